@@ -1,0 +1,60 @@
+# wallwm-pretrain
+#   make smoke-test   install what is needed, then synth data -> shards -> train -> resume
+#   make test         install what is needed, then run the whole test suite
+#
+# Environment: by default everything goes into ./.venv (created with --system-site-packages,
+# so a CUDA torch that the cluster or the user already installed is seen and never replaced;
+# torch==2.13.0, the CPU build, is installed only when no torch is importable).
+# An environment that already holds the dependencies is used as it is, with no install:
+#   make test PYTHON=python3          (any interpreter; fails naming what is missing)
+# and when plain python3 already has everything, it is picked automatically.
+
+SYS_PYTHON ?= python3
+VENV       ?= .venv
+ifndef PYTHON
+  ifeq ($(shell $(SYS_PYTHON) -m wallwm_pretrain.envcheck --tests >/dev/null 2>&1 && echo ok),ok)
+    PYTHON := $(SYS_PYTHON)
+  endif
+endif
+ifdef PYTHON
+  READY := check-env
+else
+  PYTHON := $(VENV)/bin/python
+  READY := $(VENV)/.installed
+endif
+
+SMOKE_SYNTH  ?= data/synth/smoke
+SMOKE_SHARDS ?= data/shards/smoke
+SMOKE_EPISODES ?= 48
+
+export MLFLOW_DISABLE_TELEMETRY ?= true
+export PYTHONUNBUFFERED := 1
+
+.PHONY: install check-env test smoke-test smoke-data clean
+
+install: $(READY)
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	test -x $(VENV)/bin/python || $(SYS_PYTHON) -m venv --system-site-packages $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	if $(VENV)/bin/python -c "import torch" 2>/dev/null; then extras=dev; else extras=dev,cpu; fi; \
+	  $(VENV)/bin/python -m pip install --quiet -e ".[$$extras]"
+	$(VENV)/bin/python -m wallwm_pretrain.envcheck --tests
+	touch $@
+
+check-env:
+	$(PYTHON) -m wallwm_pretrain.envcheck --tests
+
+test: $(READY)
+	$(PYTHON) -m pytest -q tests
+
+smoke-data: $(READY)
+	$(PYTHON) -m data_tools synth --out $(SMOKE_SYNTH) --episodes $(SMOKE_EPISODES) --seed 0
+	$(PYTHON) -m data_tools build-shards --src $(SMOKE_SYNTH) --out $(SMOKE_SHARDS) --level L1 --seed 0
+
+smoke-test: smoke-data
+	$(PYTHON) -m wallwm_pretrain.train --config configs/smoke.yaml train.resume=none
+	$(PYTHON) -m wallwm_pretrain.train --config configs/smoke.yaml train.resume=auto train.steps=220
+
+clean:
+	rm -rf runs data/synth/smoke data/shards/smoke

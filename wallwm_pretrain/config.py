@@ -1,0 +1,340 @@
+"""The one configuration schema of wallwm-pretrain.
+
+Every run is described by a tree of dataclasses, loaded through ``OmegaConf.structured`` so
+that a YAML preset (``configs/*.yaml``) or a ``key=value`` override that names an unknown key
+or gives a value of the wrong type fails before any work starts. The error names the bad key
+and the nearest valid one. Cross-field checks live in ``__post_init__`` / :func:`validate`.
+
+Trade-off: dataclasses cannot express "one of these sub-schemas", so mode-specific fields
+(for example ``model.chunk_horizon``) sit beside the switch that uses them.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, List, Optional, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A user mistake in a preset or override (unknown key, wrong type, bad combination)."""
+
+
+@dataclass
+class CaptionDropConfig:
+    """Length-aware caption drop: rho rises from rho_min to rho_max by a cosine ramp in L_e."""
+
+    rho_min: float = 0.1
+    """Drop probability for events of at most ``l_min`` frames."""
+    rho_max: float = 0.9
+    """Drop probability for events of at least ``l_max`` frames."""
+    l_min: int = 129
+    """Event length (frames) where the ramp starts (paper: 129)."""
+    l_max: int = 220
+    """Event length (frames) where the ramp ends (paper: 220)."""
+
+    def __post_init__(self) -> None:
+        if not (0.0 <= self.rho_min <= self.rho_max <= 1.0):
+            raise ConfigError(
+                f"data.caption_drop needs 0 <= rho_min <= rho_max <= 1, got rho_min={self.rho_min}, "
+                f"rho_max={self.rho_max}"
+            )
+        if self.l_min >= self.l_max:
+            raise ConfigError(
+                f"data.caption_drop needs l_min < l_max, got l_min={self.l_min}, l_max={self.l_max}"
+            )
+
+
+@dataclass
+class DataConfig:
+    """Where training samples come from and how they are batched."""
+
+    shards: str = "data/shards/smoke"
+    """Folder holding WebDataset ``*.tar`` shards and their ``index.json`` (from build-shards)."""
+    batch_size: int = 8
+    """Samples per rank per optimizer step."""
+    num_workers: int = 0
+    """DataLoader worker processes per rank (0 = read in the training process)."""
+    shuffle_buffer: int = 64
+    """Sample-level shuffle buffer; 0 disables sample shuffling."""
+    max_frames: int = 48
+    """Longest event kept whole, in control steps; longer events are cropped at a random start."""
+    frame_stride: int = 4
+    """Control steps per latent video frame (= K_p, action tokens per latent frame)."""
+    caption_max_bytes: int = 64
+    """Captions are UTF-8 bytes, truncated to this length."""
+    caption_drop: CaptionDropConfig = field(default_factory=CaptionDropConfig)
+    seed: int = 0
+    """Seed for shard order, sample shuffling, crops and caption drop."""
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "max_frames", "frame_stride", "caption_max_bytes"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"data.{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_frames % self.frame_stride:
+            raise ConfigError(
+                f"data.max_frames ({self.max_frames}) must be a multiple of data.frame_stride "
+                f"({self.frame_stride}) so that action groups align with latent frames"
+            )
+
+
+@dataclass
+class ModelConfig:
+    """The dual-tower, layer-coupled denoiser (video tower + action tower)."""
+
+    mode: str = "event"
+    """``event``: one sample = one whole event with its next-event caption. ``chunk``: fixed
+    ``chunk_horizon`` windows conditioned on the task instruction (the paper's baseline)."""
+    chunk_horizon: int = 16
+    """H_a, control steps per window in chunk mode."""
+    hidden_size: int = 128
+    num_layers: int = 2
+    """Depth of each tower; video block i is coupled to action block i."""
+    num_heads: int = 4
+    ffn_hidden_size: int = 256
+    """Inner width of the gated FFN."""
+    text_layers: int = 1
+    """Transformer layers of the caption encoder (byte-level tokens)."""
+    patch_size: int = 8
+    """Square patch (pixels) of the fixed patchify that turns frames into video tokens."""
+    image_size: int = 32
+    """Frames are expected at this square resolution (build-shards --image-size)."""
+    num_views: int = 2
+    """Camera views per frame."""
+    action_dim: int = 4
+    state_dim: int = 8
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("event", "chunk"):
+            raise ConfigError(f"model.mode must be 'event' or 'chunk', got {self.mode!r}")
+        if self.hidden_size % self.num_heads:
+            raise ConfigError(
+                f"model.hidden_size ({self.hidden_size}) must be divisible by model.num_heads "
+                f"({self.num_heads})"
+            )
+        if self.image_size % self.patch_size:
+            raise ConfigError(
+                f"model.image_size ({self.image_size}) must be divisible by model.patch_size "
+                f"({self.patch_size})"
+            )
+
+
+@dataclass
+class OptimConfig:
+    """Muon for hidden 2-D matrices, AdamW for everything else, warmup + cosine schedule."""
+
+    lr: float = 0.02
+    """Peak learning rate of the Muon group."""
+    adamw_lr: float = 0.003
+    """Peak learning rate of the AdamW group (embeddings, norms, biases, heads)."""
+    weight_decay: float = 0.01
+    momentum: float = 0.95
+    nesterov: bool = True
+    ns_steps: int = 5
+    ns_dtype: str = "auto"
+    """Newton-Schulz precision: ``auto`` (bf16 on GPU, fp32 on CPU), ``float32`` or ``bfloat16``."""
+    adamw_betas: List[float] = field(default_factory=lambda: [0.9, 0.95])
+    adamw_eps: float = 1e-8
+    warmup_steps: int = 20
+    min_lr_ratio: float = 0.1
+    """Cosine decays to ``min_lr_ratio * peak`` at ``train.steps``."""
+    grad_clip: float = 1.0
+    """Global grad-norm clip; 0 disables clipping."""
+
+    def __post_init__(self) -> None:
+        if self.ns_dtype not in ("auto", "float32", "bfloat16"):
+            raise ConfigError(
+                f"optim.ns_dtype must be auto, float32 or bfloat16, got {self.ns_dtype!r}"
+            )
+        if len(self.adamw_betas) != 2:
+            raise ConfigError(f"optim.adamw_betas needs two values, got {list(self.adamw_betas)}")
+
+
+@dataclass
+class TrainConfig:
+    """The training loop."""
+
+    steps: int = 200
+    """Optimizer steps to reach (a resumed run continues up to this step)."""
+    seed: int = 0
+    device: str = "auto"
+    """``auto`` (cuda:LOCAL_RANK when a GPU is present, else cpu), ``cpu`` or ``cuda``."""
+    precision: str = "auto"
+    """``auto`` (bf16 autocast on GPU, fp32 on CPU), ``fp32`` or ``bf16``."""
+    log_every: int = 10
+    save_every: int = 100
+    """Save a checkpoint every N steps (and always at the last step); 0 = only at the end."""
+    resume: str = "auto"
+    """``auto`` (newest complete checkpoint in the run folder, if any), ``none``, or a path."""
+    runs_root: str = "runs"
+    run_name: str = "smoke"
+    """The run folder is ``runs_root/run_name``."""
+    keep_checkpoints: int = 2
+    """Complete checkpoints kept in the run folder (older ones are deleted after a save)."""
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ConfigError(f"train.steps must be >= 1, got {self.steps}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ConfigError(f"train.precision must be auto, fp32 or bf16, got {self.precision!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"train.device must be auto, cpu or cuda, got {self.device!r}")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_root) / self.run_name
+
+
+@dataclass
+class ParallelConfig:
+    """Model-parallel layout; data parallel size is derived from the world size."""
+
+    tp: int = 1
+    """Tensor-parallel size."""
+    pp: int = 1
+    """Pipeline-parallel size."""
+
+    def __post_init__(self) -> None:
+        if self.tp < 1 or self.pp < 1:
+            raise ConfigError(f"parallel.tp and parallel.pp must be >= 1, got tp={self.tp}, pp={self.pp}")
+
+
+@dataclass
+class TrackingConfig:
+    """MLflow tracking."""
+
+    uri: str = ""
+    """Tracking URI; empty = sqlite store ``<runs_root>/mlflow.db`` shared by all runs."""
+    experiment: str = "wallwm-pretrain"
+    enabled: bool = True
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+def _all_keys(node: Any, prefix: str = "") -> list[str]:
+    keys = []
+    for name, value in node.items():
+        dotted = f"{prefix}{name}"
+        keys.append(dotted)
+        if isinstance(value, DictConfig):
+            keys.extend(_all_keys(value, dotted + "."))
+    return keys
+
+
+def _nearest(key: str, valid: list[str]) -> str:
+    leaf = key.rsplit(".", 1)[-1]
+    for candidates in (
+        difflib.get_close_matches(key, valid, n=1, cutoff=0.8),  # a typo in the leaf
+        [v for v in valid if v.rsplit(".", 1)[-1] == leaf],  # right leaf, wrong section
+        difflib.get_close_matches(key, valid, n=1, cutoff=0.0),
+    ):
+        if candidates:
+            return candidates[0]
+    return "?"
+
+
+def _explain(exc: OmegaConfBaseException, source: str, schema: DictConfig) -> ConfigError:
+    key = getattr(exc, "full_key", None) or ""
+    valid = _all_keys(schema)
+    if isinstance(exc, (ConfigKeyError, ConfigAttributeError)) and key:
+        return ConfigError(
+            f"{source}: unknown config key '{key}'; did you mean '{_nearest(key, valid)}'?"
+        )
+    msg = getattr(exc, "msg", str(exc)).splitlines()[0]
+    where = f" '{key}'" if key else ""
+    return ConfigError(f"{source}: bad value for config key{where}: {msg}")
+
+
+def _merge(base: DictConfig, other: Any, source: str, schema: DictConfig) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, other)
+    except OmegaConfBaseException as exc:
+        raise _explain(exc, source, schema) from None
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()) -> Config:
+    """Build the run config: schema defaults <- YAML preset <- ``key=value`` overrides.
+
+    Args:
+        path: a YAML preset (``configs/smoke.yaml``) or None for the schema defaults.
+        overrides: dotted ``key=value`` strings, e.g. ``train.steps=50``.
+
+    Returns:
+        A validated :class:`Config` object.
+
+    Raises:
+        ConfigError: unknown key (with the nearest valid key), wrong type, bad combination.
+    """
+    schema = OmegaConf.structured(Config)
+    cfg = schema
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        cfg = _merge(cfg, OmegaConf.load(path), str(path), schema)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key = item.split("=", 1)[0]
+        if OmegaConf.select(schema, key, default="__missing__") == "__missing__":
+            raise ConfigError(
+                f"override {item!r}: unknown config key '{key}'; did you mean "
+                f"'{_nearest(key, _all_keys(schema))}'?"
+            )
+        cfg = _merge(cfg, OmegaConf.from_dotlist([item]), f"override {item!r}", schema)
+    try:
+        obj = OmegaConf.to_object(cfg)
+    except ConfigError:
+        raise
+    except OmegaConfBaseException as exc:
+        raise _explain(exc, "config", schema) from None
+    validate(obj)
+    return obj
+
+
+def validate(cfg: Config) -> None:
+    """Checks that span several sections."""
+    if cfg.model.mode == "chunk" and cfg.model.chunk_horizon % cfg.data.frame_stride:
+        raise ConfigError(
+            f"model.chunk_horizon ({cfg.model.chunk_horizon}) must be a multiple of "
+            f"data.frame_stride ({cfg.data.frame_stride})"
+        )
+    if cfg.model.num_heads % cfg.parallel.tp:
+        raise ConfigError(
+            f"model.num_heads ({cfg.model.num_heads}) must be divisible by parallel.tp "
+            f"({cfg.parallel.tp})"
+        )
+
+
+def to_yaml(cfg: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def flatten(cfg: Config) -> dict[str, Any]:
+    """Dotted key -> value, for MLflow params."""
+    out: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        for k, v in node.items():
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+            else:
+                out[f"{prefix}{k}"] = v
+
+    walk(OmegaConf.to_container(OmegaConf.structured(cfg)), "")
+    return out

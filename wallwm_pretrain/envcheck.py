@@ -1,0 +1,54 @@
+"""Report which runtime dependencies are missing, without importing them.
+
+``python -m wallwm_pretrain.envcheck`` exits 0 when every module the framework needs can be
+found by the current interpreter, else prints the missing ones and exits 1. The Makefile uses
+it to decide whether an environment (a cluster module, a machine with no package registry)
+can be used as it is, with nothing installed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+# import name -> distribution name (as in setup.cfg)
+REQUIRED = {
+    "torch": "torch",
+    "megatron.core": "megatron-core",
+    "webdataset": "webdataset",
+    "safetensors": "safetensors",
+    "omegaconf": "omegaconf",
+    "mlflow": "mlflow",
+    "numpy": "numpy",
+    "av": "av",
+    "pyarrow": "pyarrow",
+    "pandas": "pandas",
+    "tqdm": "tqdm",
+    "matplotlib": "matplotlib",
+}
+FOR_TESTS = {"pytest": "pytest"}
+
+
+def missing(with_tests: bool = False) -> list[str]:
+    wanted = dict(REQUIRED, **(FOR_TESTS if with_tests else {}))
+    out = []
+    for module, dist in wanted.items():
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:  # parent package absent ("megatron" for "megatron.core")
+            found = False
+        if not found:
+            out.append(dist)
+    return out
+
+
+def main() -> int:
+    absent = missing(with_tests="--tests" in sys.argv)
+    if absent:
+        print(f"{sys.executable}: missing {', '.join(absent)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
