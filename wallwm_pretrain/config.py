@@ -108,6 +108,8 @@ class ModelConfig:
     action_dim: int = 4
     state_dim: int = 8
     init_std: float = 0.02
+    video_loss_weight: float = 1.0
+    action_loss_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if self.mode not in ("event", "chunk"):

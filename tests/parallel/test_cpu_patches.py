@@ -1,0 +1,76 @@
+"""The CPU patches for megatron-core: they apply, they work, and they fail loudly if stale."""
+
+import inspect
+
+import pytest
+import torch
+
+from wallwm_pretrain.parallel import cpu_patches
+
+pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="patches apply only without CUDA")
+
+
+def test_patch_targets_still_look_as_expected():
+    # If megatron-core moves or fixes one of these, this fails and the patch needs a look.
+    from megatron.core.pipeline_parallel import schedules
+    from megatron.core.tensor_parallel import random as mp_random
+    from megatron.core.transformer import utils as tf_utils
+
+    assert hasattr(mp_random, "_CUDA_RNG_STATE_TRACKER")
+    assert "_CUDA_RNG_STATE_TRACKER_INITIALIZED" in inspect.getsource(mp_random.initialize_rng_tracker)
+    assert 'torch.zeros([], dtype=torch.int, device="cuda")' in inspect.getsource(schedules)
+    assert "torch.cuda.current_device()" in inspect.getsource(
+        __import__("megatron.core.utils", fromlist=["GlobalMemoryBuffer"]).GlobalMemoryBuffer
+    )
+    if not cpu_patches.patches_active():
+        assert 'device="cuda"' in inspect.getsource(tf_utils.get_default_causal_mask)
+
+
+def test_stale_target_is_reported():
+    def no_marker():
+        return None
+
+    with pytest.raises(cpu_patches.MegatronPatchError, match="may be stale"):
+        cpu_patches._require_source(no_marker, 'device="cuda"')
+
+
+def test_megatron_attention_runs_on_cpu(single_process):
+    from megatron.core.transformer import utils as tf_utils
+
+    from wallwm_pretrain.config import ModelConfig
+    from wallwm_pretrain.model.spec import build_transformer_config, self_attention
+
+    assert cpu_patches.patches_active()
+    attn = self_attention(build_transformer_config(ModelConfig(hidden_size=32, num_heads=4)), 1)
+    x = torch.randn(6, 2, 32)
+    mask = torch.zeros(2, 1, 1, 6, dtype=torch.bool)
+    out, _ = attn(x, attention_mask=mask)
+    assert out.shape == (6, 2, 32) and torch.isfinite(out).all()
+    causal = tf_utils.get_default_causal_mask(4)
+    assert causal.device.type == "cpu" and causal[0, 1] and not causal[1, 0]
+
+
+def test_rng_tracker_forks_named_cpu_streams(single_process):
+    from megatron.core import tensor_parallel
+
+    tracker = tensor_parallel.get_cuda_rng_tracker()
+    assert isinstance(tracker, cpu_patches.CpuRNGStatesTracker)
+    outer = torch.get_rng_state()
+    with tracker.fork():
+        a = torch.rand(3)
+    assert torch.equal(torch.get_rng_state(), outer), "fork must restore the default stream"
+    with tracker.fork():
+        b = torch.rand(3)
+    assert not torch.equal(a, b), "the forked stream advances"
+    tensor_parallel.model_parallel_cuda_manual_seed(0)
+    with tensor_parallel.get_cuda_rng_tracker().fork():
+        c = torch.rand(3)
+    assert torch.equal(a, c), "same seed -> same model-parallel stream"
+
+
+def test_schedule_zeros_redirected(single_process):
+    from megatron.core.pipeline_parallel import schedules
+
+    z = schedules.torch.zeros([], dtype=torch.int, device="cuda")
+    assert z.device.type == "cpu"
+    assert schedules.torch.ones is torch.ones

@@ -1,0 +1,65 @@
+import pytest
+
+from wallwm_pretrain.config import ConfigError, flatten, load_config, to_yaml
+
+
+def test_defaults_and_override():
+    cfg = load_config(None, ["train.steps=7", "optim.lr=0.5", "data.caption_drop.l_max=300"])
+    assert cfg.train.steps == 7 and cfg.optim.lr == 0.5 and cfg.data.caption_drop.l_max == 300
+
+
+def test_smoke_preset_loads():
+    cfg = load_config("configs/smoke.yaml")
+    assert cfg.data.shards == "data/shards/smoke" and cfg.train.run_name == "smoke"
+
+
+@pytest.mark.parametrize(
+    "override, nearest",
+    [("train.stepz=3", "train.steps"), ("train.lr=1", "optim.lr"), ("datta.seed=1", "data.seed"),
+     ("optim.weight_decey=0", "optim.weight_decay")],
+)
+def test_unknown_override_names_nearest_key(override, nearest):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert f"'{override.split('=')[0]}'" in str(err.value)
+    assert f"did you mean '{nearest}'" in str(err.value)
+
+
+def test_unknown_yaml_key_names_file_and_key(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("model:\n  hiden_size: 64\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: unknown config key 'model\.hiden_size'; did you mean 'model\.hidden_size'"):
+        load_config(path)
+
+
+def test_wrong_type_fails():
+    with pytest.raises(ConfigError, match="train.steps"):
+        load_config(None, ["train.steps=many"])
+
+
+@pytest.mark.parametrize(
+    "overrides, fragment",
+    [(["model.num_heads=3"], "divisible by model.num_heads"),
+     (["data.caption_drop.rho_min=0.95"], "rho_min <= rho_max"),
+     (["model.mode=chunk", "model.chunk_horizon=10"], "multiple of data.frame_stride"),
+     (["data.max_frames=30"], "multiple of data.frame_stride"),
+     (["optim.ns_dtype=fp8"], "optim.ns_dtype")],
+)
+def test_bad_combinations_fail(overrides, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        load_config(None, overrides)
+
+
+def test_malformed_override_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(None, ["train.steps"])
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_yaml_round_trip(tmp_path):
+    cfg = load_config(None, ["model.hidden_size=64", "train.run_name=x"])
+    path = tmp_path / "resolved.yaml"
+    path.write_text(to_yaml(cfg))
+    assert load_config(path) == cfg
+    assert flatten(cfg)["model.hidden_size"] == 64

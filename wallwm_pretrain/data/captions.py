@@ -1,0 +1,46 @@
+"""Captions as model input: byte tokens, and the length-aware caption drop.
+
+The caption drop lives here and nowhere else. Following WALL-WM, the probability of dropping
+an event's caption rises with the event's length L_e along a cosine ramp:
+rho = rho_min for L_e <= L_min, rho_max for L_e >= L_max, and in between
+rho_min + (rho_max - rho_min) * (1 - cos(pi * u)) / 2 with u = (L_e - L_min) / (L_max - L_min).
+Long events are where the video and state already say most of what happens, so the model is
+pushed to rely on them there and on language for short, ambiguous events.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from wallwm_pretrain.config import CaptionDropConfig
+from wallwm_pretrain.model.embeddings import CAPTION_BEGIN
+
+
+def encode_caption(text: str, max_bytes: int) -> np.ndarray:
+    """UTF-8 bytes -> int64 tokens ``[BEGIN, 2 + b0, 2 + b1, ...]`` (at most max_bytes bytes)."""
+    data = np.frombuffer(text.encode("utf-8")[:max_bytes], dtype=np.uint8).astype(np.int64) + 2
+    return np.concatenate([[CAPTION_BEGIN], data]).astype(np.int64)
+
+
+def decode_caption(tokens: np.ndarray) -> str:
+    data = [int(t) - 2 for t in tokens if int(t) >= 2]
+    return bytes(data).decode("utf-8", errors="replace")
+
+
+def drop_probability(length: int, cfg: CaptionDropConfig) -> float:
+    """rho(L_e) of the cosine ramp described in the module docstring."""
+    if length <= cfg.l_min:
+        return cfg.rho_min
+    if length >= cfg.l_max:
+        return cfg.rho_max
+    u = (length - cfg.l_min) / (cfg.l_max - cfg.l_min)
+    return cfg.rho_min + (cfg.rho_max - cfg.rho_min) * (1.0 - math.cos(math.pi * u)) / 2.0
+
+
+def maybe_drop(tokens: np.ndarray, length: int, cfg: CaptionDropConfig, rng: np.random.Generator) -> np.ndarray:
+    """The caption, or only the begin token with probability rho(length)."""
+    if rng.random() < drop_probability(length, cfg):
+        return tokens[:1].copy()
+    return tokens

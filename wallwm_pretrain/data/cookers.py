@@ -1,0 +1,155 @@
+"""Cookers: crude WebDataset samples -> typed training samples.
+
+Shards stay crude on disk (a dict of decoded keys, see DESIGN.md for the contract). A cooker
+checks one crude sample, then cuts it into what the model trains on:
+
+- :func:`cook_event` (event mode): the whole event, conditioned on its caption (the next-event
+  description); events longer than ``data.max_frames`` are cropped at a random start.
+- :func:`cook_chunks` (chunk mode, the baseline): fixed windows of H_a control steps tiled over
+  the sample, each conditioned on the task instruction (the same text for every window).
+
+Randomness per sample (crop start, caption drop) comes from a generator seeded by
+(seed, epoch, sample key), so a sample is cooked the same way whatever worker or rank reads it
+and a resumed run reproduces it without saving any RNG state.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from wallwm_pretrain.config import DataConfig
+from wallwm_pretrain.data.captions import encode_caption, maybe_drop
+
+REQUIRED_KEYS = {
+    "json": None,
+    "actions.npy": (np.float32, 2),
+    "state.npy": (np.float32, 1),
+    "states.npy": (np.float32, 2),
+    "frames.npy": (np.uint8, 5),
+}
+
+
+class SampleError(ValueError):
+    """A crude sample does not follow the shard contract; names shard, sample and key."""
+
+
+@dataclass
+class TrainSample:
+    key: str
+    frames: np.ndarray  # uint8 [T, V, H, W, C]
+    actions: np.ndarray  # float32 [T, A], normalised
+    state: np.ndarray  # float32 [S], normalised
+    caption: np.ndarray  # int64 tokens
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def length(self) -> int:
+        return int(self.actions.shape[0])
+
+
+@dataclass
+class Normalizer:
+    """Per-dimension standardisation of actions and states (statistics from index.json)."""
+
+    action_mean: np.ndarray | None = None
+    action_std: np.ndarray | None = None
+    state_mean: np.ndarray | None = None
+    state_std: np.ndarray | None = None
+
+    @classmethod
+    def from_index(cls, index: dict) -> "Normalizer":
+        stats = index.get("stats") or {}
+        arr = lambda part, k: None if part not in stats else np.asarray(stats[part][k], np.float32)  # noqa: E731
+        return cls(arr("action", "mean"), arr("action", "std"), arr("state", "mean"), arr("state", "std"))
+
+    def actions(self, x: np.ndarray) -> np.ndarray:
+        if self.action_mean is None:
+            return x
+        return (x - self.action_mean) / np.maximum(self.action_std, 1e-6)
+
+    def state(self, x: np.ndarray) -> np.ndarray:
+        if self.state_mean is None:
+            return x
+        return (x - self.state_mean) / np.maximum(self.state_std, 1e-6)
+
+
+def check_sample(sample: dict[str, Any]) -> None:
+    """Raise :class:`SampleError` unless the crude sample follows the shard contract."""
+    where = f"{sample.get('__url__', '?')}: sample {sample.get('__key__', '?')}"
+    for key, spec in REQUIRED_KEYS.items():
+        if key not in sample:
+            raise SampleError(f"{where}: missing key '{key}' (has {sorted(k for k in sample if not k.startswith('__'))})")
+        if spec is None:
+            continue
+        dtype, ndim = spec
+        value = sample[key]
+        if not isinstance(value, np.ndarray) or value.dtype != dtype or value.ndim != ndim:
+            got = f"{getattr(value, 'dtype', type(value).__name__)} with shape {getattr(value, 'shape', '?')}"
+            raise SampleError(f"{where}: key '{key}' must be {np.dtype(dtype).name} with {ndim} dims, got {got}")
+    t = sample["actions.npy"].shape[0]
+    if sample["frames.npy"].shape[0] != t or sample["states.npy"].shape[0] != t:
+        raise SampleError(
+            f"{where}: lengths differ: actions {t}, frames {sample['frames.npy'].shape[0]}, "
+            f"states {sample['states.npy'].shape[0]}"
+        )
+    if t == 0:
+        raise SampleError(f"{where}: empty event (0 steps)")
+    for key in ("actions.npy", "state.npy", "states.npy"):
+        if not np.isfinite(sample[key]).all():
+            raise SampleError(f"{where}: key '{key}' contains NaN or inf")
+
+
+def sample_rng(seed: int, epoch: int, key: str) -> np.random.Generator:
+    return np.random.default_rng([seed, epoch, zlib.crc32(key.encode())])
+
+
+def cook_event(sample: dict[str, Any], cfg: DataConfig, norm: Normalizer, epoch: int) -> list[TrainSample]:
+    """Event mode: one training sample per event (cropped to ``cfg.max_frames``)."""
+    check_sample(sample)
+    meta, key = sample["json"], sample["__key__"]
+    rng = sample_rng(cfg.seed, epoch, key)
+    t = sample["actions.npy"].shape[0]
+    start = int(rng.integers(0, t - cfg.max_frames + 1)) if t > cfg.max_frames else 0
+    stop = min(t, start + cfg.max_frames)
+    caption = encode_caption(meta["caption"], cfg.caption_max_bytes)
+    return [
+        TrainSample(
+            key=key,
+            frames=sample["frames.npy"][start:stop],
+            actions=norm.actions(sample["actions.npy"][start:stop]),
+            state=norm.state(sample["states.npy"][start]),
+            caption=maybe_drop(caption, t, cfg.caption_drop, rng),
+            meta=meta,
+        )
+    ]
+
+
+def cook_chunks(
+    sample: dict[str, Any], cfg: DataConfig, horizon: int, norm: Normalizer, epoch: int
+) -> list[TrainSample]:
+    """Chunk mode: windows of ``horizon`` steps, each conditioned on the task instruction.
+
+    The last window of a sample may be shorter (it is padded and masked in the batch).
+    """
+    check_sample(sample)
+    meta, key = sample["json"], sample["__key__"]
+    t = sample["actions.npy"].shape[0]
+    task = encode_caption(meta.get("task", ""), cfg.caption_max_bytes)
+    out = []
+    for start in range(0, t, horizon):
+        stop = min(t, start + horizon)
+        out.append(
+            TrainSample(
+                key=f"{key}/w{start}",
+                frames=sample["frames.npy"][start:stop],
+                actions=norm.actions(sample["actions.npy"][start:stop]),
+                state=norm.state(sample["states.npy"][start]),
+                caption=task,
+                meta=meta,
+            )
+        )
+    return out

@@ -1,0 +1,177 @@
+"""The training loader: WebDataset shards -> cooked, shuffled, padded batches, forever.
+
+Stages, in order (one WebDataset ``DataPipeline`` per epoch):
+
+1. shard list, permuted by (seed, epoch) — the explicit shard shuffle;
+2. split by data-parallel rank (explicit node splitter: TP/PP peers of one DP rank read the
+   same data) and then by loader worker;
+3. tar -> crude samples -> decoded ``.npy`` / ``.json``;
+4. ``balance``: the seam for cluster-balanced sampling (identity until it is plugged in);
+5. sample shuffle buffer seeded by (seed, epoch, rank, worker);
+6. cook (event or chunk mode, see ``cookers.py``) and collate into :class:`EventBatch`.
+
+The loader position is ``(epoch, batches consumed in the epoch)``; :meth:`state_dict` and
+:meth:`load_state_dict` save and restore it. Restoring rebuilds the epoch's pipeline and
+fast-forwards, which re-reads the skipped part of the epoch: exact, but it costs time
+proportional to the position inside the epoch.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import random
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Optional
+
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader, get_worker_info
+
+from wallwm_pretrain.config import DataConfig
+from wallwm_pretrain.data.collate import EventBatch, collate
+from wallwm_pretrain.data.cookers import Normalizer, cook_chunks, cook_event
+
+
+class ShardError(ValueError):
+    """The shard folder is missing, incomplete or does not match its index.json."""
+
+
+def read_index(folder: str | Path) -> dict:
+    path = Path(folder) / "index.json"
+    if not path.is_file():
+        raise ShardError(
+            f"{path} not found: data.shards must name a folder written by "
+            f"`python -m data_tools build-shards`"
+        )
+    index = json.loads(path.read_text())
+    missing = [s["name"] for s in index.get("shards", []) if not (Path(folder) / s["name"]).is_file()]
+    if missing:
+        raise ShardError(f"{folder}: shards listed in index.json are missing: {missing[:5]}")
+    if not index.get("shards"):
+        raise ShardError(f"{path}: lists no shards")
+    return index
+
+
+def _split_by_rank(src: Iterable[dict], rank: int, world: int) -> Iterator[dict]:
+    for i, item in enumerate(src):
+        if i % world == rank:
+            yield item
+
+
+def _cook(src: Iterable[dict], cooker: Callable[[dict], list]) -> Iterator:
+    for sample in src:
+        yield from cooker(sample)
+
+
+def _shuffle(src: Iterable, bufsize: int, seed: tuple[int, ...]) -> Iterator:
+    info = get_worker_info()
+    rng = random.Random(hash(seed + ((info.id if info else 0),)))
+    return wds.shuffle(bufsize=bufsize, initial=bufsize, rng=rng)(src)
+
+
+class EventLoader:
+    """Infinite iterator of :class:`EventBatch` for one data-parallel rank.
+
+    Args:
+        cfg: the ``data`` section of the run config.
+        mode: ``event`` or ``chunk`` (``model.mode``).
+        chunk_horizon: H_a for chunk mode.
+        dp_rank, dp_size: this rank's place among data-parallel ranks.
+        balance: optional pipeline stage (iterator of crude samples -> iterator) for
+            cluster-balanced mixing.
+    """
+
+    def __init__(
+        self,
+        cfg: DataConfig,
+        mode: str = "event",
+        chunk_horizon: int = 16,
+        dp_rank: int = 0,
+        dp_size: int = 1,
+        balance: Optional[Callable[[Iterable[dict]], Iterator[dict]]] = None,
+    ) -> None:
+        self.cfg = cfg
+        self.index = read_index(cfg.shards)
+        self.urls = [str(Path(cfg.shards) / s["name"]) for s in self.index["shards"]]
+        readers = dp_size * max(cfg.num_workers, 1)
+        if len(self.urls) < readers:
+            raise ShardError(
+                f"{cfg.shards}: {len(self.urls)} shards cannot feed dp_size * num_workers = "
+                f"{dp_size} * {max(cfg.num_workers, 1)} = {readers} readers; build more shards "
+                f"(build-shards --samples-per-shard) or lower data.num_workers"
+            )
+        self.norm = Normalizer.from_index(self.index)
+        if mode == "event":
+            self.cooker = functools.partial(cook_event, cfg=cfg, norm=self.norm)
+        else:
+            self.cooker = functools.partial(cook_chunks, cfg=cfg, horizon=chunk_horizon, norm=self.norm)
+        self.dp_rank, self.dp_size = dp_rank, dp_size
+        self.balance = balance
+        self.epoch = 0
+        self.batches_in_epoch = 0
+        self._iter: Optional[Iterator[EventBatch]] = None
+
+    def pipeline(self, epoch: int) -> wds.DataPipeline:
+        urls = list(self.urls)
+        random.Random(self.cfg.seed * 1_000_003 + epoch).shuffle(urls)
+        stages: list = [
+            wds.SimpleShardList(urls),
+            functools.partial(_split_by_rank, rank=self.dp_rank, world=self.dp_size),
+            wds.split_by_worker,
+            wds.tarfile_to_samples(),
+            wds.decode(),
+        ]
+        if self.balance is not None:
+            stages.append(self.balance)
+        if self.cfg.shuffle_buffer > 0:
+            stages.append(functools.partial(_shuffle, bufsize=self.cfg.shuffle_buffer, seed=(self.cfg.seed, epoch, self.dp_rank)))
+        stages += [
+            functools.partial(_cook, cooker=functools.partial(self.cooker, epoch=epoch)),
+            wds.batched(
+                self.cfg.batch_size,
+                collation_fn=functools.partial(collate, frame_stride=self.cfg.frame_stride),
+                partial=False,
+            ),
+        ]
+        return wds.DataPipeline(*stages)
+
+    def _start_epoch(self) -> None:
+        loader = DataLoader(
+            self.pipeline(self.epoch),
+            batch_size=None,
+            num_workers=self.cfg.num_workers,
+            persistent_workers=False,
+        )
+        self._iter = iter(loader)
+        for _ in range(self.batches_in_epoch):  # fast-forward after a restore
+            next(self._iter)
+
+    def __iter__(self) -> "EventLoader":
+        return self
+
+    def __next__(self) -> EventBatch:
+        for _ in range(2):
+            if self._iter is None:
+                self._start_epoch()
+            try:
+                batch = next(self._iter)
+            except StopIteration:
+                if self.batches_in_epoch == 0:
+                    break
+                self.epoch, self.batches_in_epoch, self._iter = self.epoch + 1, 0, None
+                continue
+            self.batches_in_epoch += 1
+            return batch
+        raise ShardError(
+            f"{self.cfg.shards}: an epoch on data-parallel rank {self.dp_rank} gives no full batch of "
+            f"{self.cfg.batch_size}; lower data.batch_size or add data"
+        )
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "batches_in_epoch": self.batches_in_epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch = int(state["epoch"])
+        self.batches_in_epoch = int(state["batches_in_epoch"])
+        self._iter = None

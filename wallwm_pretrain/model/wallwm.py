@@ -1,0 +1,176 @@
+"""WALL-WM-style dual-tower, layer-coupled flow-matching denoiser (event mode and chunk mode).
+
+Data flow of one training forward (shapes for batch B, T control steps, stride K = K_p):
+
+1. Video: latent frame f is the observed frame at step f*K; patchified to [B, F, P, D].
+   Frame 0 is the observation at the event start and stays clean (it is the condition);
+   frames 1.. are noised with flow time t_v and predicted.
+2. Actions: [B, T, A], noised with their own flow time t_a. Action k belongs to latent frame
+   k // K and carries that frame index (shared sinusoid with the video tokens) plus its place
+   inside the group of K, so each group of K_p actions lines up with its frame.
+3. The state token (proprioception at the event start) and the caption states condition the
+   action tower; the caption conditions the video tower too; timesteps enter by AdaLN.
+4. ``num_layers`` coupled layers, then per-tower heads and masked flow-matching losses.
+
+Event mode and chunk mode share this model; they differ only in what a sample is (see
+``wallwm_pretrain/data/cookers.py``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from wallwm_pretrain.config import ModelConfig
+from wallwm_pretrain.model.blocks import CoupledLayer, FinalLayer, Streams, TextLayer, key_padding_mask
+from wallwm_pretrain.model.embeddings import (
+    CAPTION_PAD,
+    CaptionEncoder,
+    TimestepEmbedder,
+    mark_adamw,
+    patchify,
+    sinusoidal,
+)
+from wallwm_pretrain.model.flow_matching import interpolate, masked_mse, sample_time
+from wallwm_pretrain.model.spec import build_transformer_config
+
+
+class WallWM(nn.Module):
+    """The dual-tower denoiser.
+
+    Args:
+        cfg: the ``model`` section of the run config.
+        frame_stride: K_p, control steps per latent frame (``data.frame_stride``).
+        caption_max_len: longest caption in tokens (``data.caption_max_bytes`` + 1).
+    """
+
+    def __init__(self, cfg: ModelConfig, frame_stride: int, caption_max_len: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.frame_stride = frame_stride
+        h = cfg.hidden_size
+        patches = cfg.num_views * (cfg.image_size // cfg.patch_size) ** 2
+        self.patch_dim = cfg.patch_size**2 * 3
+        tcfg = build_transformer_config(cfg)
+
+        self.video_in = mark_adamw(nn.Linear(self.patch_dim, h))
+        self.video_patch_pos = mark_adamw(nn.Embedding(patches, h))
+        self.action_in = mark_adamw(nn.Linear(cfg.action_dim, h))
+        self.action_group_pos = mark_adamw(nn.Embedding(frame_stride, h))
+        self.state_in = mark_adamw(nn.Linear(cfg.state_dim, h))
+        self.time_video = TimestepEmbedder(h)
+        self.time_action = TimestepEmbedder(h)
+        text_cfg = build_transformer_config(cfg, num_layers=max(cfg.text_layers, 1))
+        self.caption = CaptionEncoder(
+            h, caption_max_len, nn.ModuleList(TextLayer(text_cfg, i + 1) for i in range(cfg.text_layers))
+        )
+        self.layers = nn.ModuleList(CoupledLayer(tcfg, i + 1) for i in range(cfg.num_layers))
+        self.video_out = FinalLayer(h, self.patch_dim)
+        self.action_out = FinalLayer(h, cfg.action_dim)
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameters per tower (the rest: caption encoder, embeddings, timestep MLPs)."""
+        count = lambda mods: sum(p.numel() for m in mods for p in m.parameters())  # noqa: E731
+        video = count([l.video for l in self.layers] + [self.video_in, self.video_patch_pos, self.video_out])
+        action = count(
+            [l.action for l in self.layers]
+            + [self.action_in, self.action_group_pos, self.state_in, self.action_out]
+        )
+        total = sum(p.numel() for p in self.parameters())
+        return {"video_tower": video, "action_tower": action, "conditioning": total - video - action, "total": total}
+
+    def forward(
+        self,
+        frames: torch.Tensor,
+        actions: torch.Tensor,
+        state: torch.Tensor,
+        lengths: torch.Tensor,
+        caption: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Flow-matching losses of one batch.
+
+        Args:
+            frames: uint8 [B, T, V, H, W, 3], T a multiple of ``frame_stride``.
+            actions: float [B, T, A] (normalised), zero beyond each length.
+            state: float [B, S], proprioception at the first step.
+            lengths: long [B], real control steps per sample.
+            caption: long [B, L] byte tokens (0 = pad).
+            generator: optional RNG for flow times and noise.
+
+        Returns:
+            ``loss`` (weighted sum), ``loss_video``, ``loss_action``.
+        """
+        b, t_steps = actions.shape[:2]
+        k = self.frame_stride
+        dev = actions.device
+        n_frames = t_steps // k
+        steps = torch.arange(t_steps, device=dev)
+        action_valid = steps[None, :] < lengths[:, None]  # [B, T]
+        frame_valid = (torch.arange(n_frames, device=dev) * k)[None, :] < lengths[:, None]  # [B, F]
+
+        # video latents; frame 0 is the clean condition
+        x0_v = patchify(frames[:, ::k], self.cfg.patch_size)  # [B, F, P, D]
+        t_v = sample_time(b, dev, generator)
+        noise_v = torch.randn(x0_v.shape, device=dev, generator=generator)
+        xt_v, target_v = interpolate(x0_v, noise_v, t_v)
+        xt_v = torch.cat([x0_v[:, :1], xt_v[:, 1:]], dim=1)
+        video_loss_mask = frame_valid.clone()
+        video_loss_mask[:, 0] = False
+
+        t_a = sample_time(b, dev, generator)
+        noise_a = torch.randn(actions.shape, device=dev, generator=generator)
+        xt_a, target_a = interpolate(actions, noise_a, t_a)
+
+        pred_v, pred_a = self.denoise(xt_v, xt_a, t_v, t_a, state, caption, frame_valid, action_valid)
+        loss_v = masked_mse(pred_v, target_v, video_loss_mask)
+        loss_a = masked_mse(pred_a, target_a, action_valid)
+        loss = self.cfg.video_loss_weight * loss_v + self.cfg.action_loss_weight * loss_a
+        return {"loss": loss, "loss_video": loss_v.detach(), "loss_action": loss_a.detach()}
+
+    def denoise(
+        self,
+        xt_video: torch.Tensor,
+        xt_action: torch.Tensor,
+        t_video: torch.Tensor,
+        t_action: torch.Tensor,
+        state: torch.Tensor,
+        caption: torch.Tensor,
+        frame_valid: torch.Tensor,
+        action_valid: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Velocity predictions for noisy video latents [B, F, P, D] and actions [B, T, A]."""
+        s = self.embed(xt_video, xt_action, t_video, t_action, state, caption, frame_valid, action_valid)
+        for layer in self.layers:
+            s = layer(s)
+        return self.head(s, xt_video.shape)
+
+    def embed(self, xt_video, xt_action, t_video, t_action, state, caption, frame_valid, action_valid) -> Streams:
+        b, f, p, _ = xt_video.shape
+        t_steps = xt_action.shape[1]
+        k = self.frame_stride
+        dev = xt_action.device
+        frame_index = torch.arange(f, device=dev)
+        h = self.cfg.hidden_size
+        video = self.video_in(xt_video) + self.video_patch_pos.weight[None, None]
+        video = video + sinusoidal(frame_index, h)[None, :, None]
+        steps = torch.arange(t_steps, device=dev)
+        action = self.action_in(xt_action) + sinusoidal(steps // k, h)[None] + self.action_group_pos(steps % k)[None]
+        text_valid = caption != CAPTION_PAD
+        text_mask = key_padding_mask(text_valid)
+        return Streams(
+            video=video.reshape(b, f * p, h).transpose(0, 1),
+            action=action.transpose(0, 1),
+            text=self.caption(caption, text_mask),
+            state=self.state_in(state)[None],
+            temb_video=self.time_video(t_video),
+            temb_action=self.time_action(t_action),
+            video_mask=key_padding_mask(frame_valid.repeat_interleave(p, dim=1)),
+            action_mask=key_padding_mask(action_valid),
+            text_mask=text_mask,
+        )
+
+    def head(self, s: Streams, video_shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor]:
+        pred_v = self.video_out(s.video, s.temb_video).transpose(0, 1).reshape(video_shape)
+        pred_a = self.action_out(s.action, s.temb_action).transpose(0, 1)
+        return pred_v, pred_a

@@ -1,0 +1,120 @@
+"""Process groups for a run: torch.distributed + megatron-core model-parallel state.
+
+This is the one place that creates process groups. It works the same under ``torchrun`` (reads
+RANK / WORLD_SIZE / LOCAL_RANK) and as a plain single process (an in-memory store, no port).
+Backend and device follow the hardware: NCCL + ``cuda:LOCAL_RANK`` when a GPU is present and
+wanted, gloo + CPU otherwise (then megatron-core's CUDA assumptions are patched first).
+Data-parallel size is derived: world = tp * pp * dp.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from wallwm_pretrain.parallel.cpu_patches import apply_cpu_patches
+
+
+@dataclass(frozen=True)
+class ParallelContext:
+    """Where this process sits in the run."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    tp: int
+    pp: int
+    dp: int
+    dp_rank: int
+    tp_rank: int
+    pp_rank: int
+    device: torch.device
+    backend: str
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def choose_device(requested: str, local_rank: int) -> torch.device:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ValueError("train.device=cuda but torch.cuda.is_available() is False")
+    if requested == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    torch.cuda.set_device(local_rank)
+    return torch.device("cuda", local_rank)
+
+
+def init_parallel(tp: int = 1, pp: int = 1, device: str = "auto", seed: int = 0) -> ParallelContext:
+    """Initialise torch.distributed and megatron-core's model-parallel groups.
+
+    Args:
+        tp: tensor-parallel size.
+        pp: pipeline-parallel size.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        seed: base seed; megatron's model-parallel RNG streams are derived from it.
+
+    Raises:
+        ValueError: the world size is not a multiple of tp * pp.
+    """
+    rank = int(os.environ.get("RANK", 0))
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if world_size % (tp * pp):
+        raise ValueError(
+            f"world size {world_size} is not divisible by tp*pp = {tp}*{pp} = {tp * pp}; "
+            f"need world = tp * pp * dp"
+        )
+    dev = choose_device(device, local_rank)
+    backend = "nccl" if dev.type == "cuda" else "gloo"
+    if dev.type == "cpu":
+        apply_cpu_patches()
+
+    if not dist.is_initialized():
+        if world_size == 1 and "MASTER_ADDR" not in os.environ:
+            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+        else:
+            dist.init_process_group(backend, rank=rank, world_size=world_size)
+
+    from megatron.core import parallel_state as ps
+    from megatron.core import tensor_parallel
+
+    if not ps.model_parallel_is_initialized():
+        ps.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)
+    tensor_parallel.model_parallel_cuda_manual_seed(seed)
+    return ParallelContext(
+        rank=rank,
+        world_size=world_size,
+        local_rank=local_rank,
+        tp=tp,
+        pp=pp,
+        dp=world_size // (tp * pp),
+        dp_rank=ps.get_data_parallel_rank(),
+        tp_rank=ps.get_tensor_model_parallel_rank(),
+        pp_rank=ps.get_pipeline_model_parallel_rank(),
+        device=dev,
+        backend=backend,
+    )
+
+
+def shutdown_parallel() -> None:
+    """Tear down groups; the barrier first avoids gloo aborting at exit."""
+    if not dist.is_initialized():
+        return
+    from megatron.core import parallel_state as ps
+
+    dist.barrier()
+    ps.destroy_model_parallel()
+    dist.destroy_process_group()
+
+
+def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
+    """Mean of a tensor over all ranks (for logging losses across data-parallel ranks)."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        value = value.detach().clone()
+        dist.all_reduce(value)
+        value /= dist.get_world_size()
+    return value
