@@ -1,0 +1,163 @@
+"""Newton-Schulz: the scalar map on singular values, its band, precision and cost model."""
+
+import math
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from wallwm_pretrain.optim import NS_COEFFICIENTS, newton_schulz, newton_schulz_flops
+
+
+def _scalar_map(s: torch.Tensor, steps: int = 5, coefficients=NS_COEFFICIENTS) -> torch.Tensor:
+    a, b, c = coefficients
+    for _ in range(steps):
+        s = a * s + b * s**3 + c * s**5
+    return s
+
+
+def _band(lo: float, steps: int = 5) -> tuple[float, float]:
+    """Range of the 5-step scalar map over normalised singular values in [lo, 1] (dense grid)."""
+    grid = torch.linspace(lo, 1.0, 2_000_001, dtype=torch.float64)
+    out = _scalar_map(grid, steps)
+    return out.min().item(), out.max().item()
+
+
+def _with_spectrum(m: int, n: int, s: torch.Tensor, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    u, _ = torch.linalg.qr(torch.randn(m, len(s), generator=g, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(n, len(s), generator=g, dtype=torch.float64))
+    return u @ torch.diag(s) @ v.T
+
+
+# Wide, tall and odd shapes with aspect ratio >= ~2: a Gaussian matrix of that shape has its
+# smallest singular value >= 0.03 of its Frobenius norm (checked below), far from zero.
+RECT_SHAPES = [(64, 128), (128, 64), (96, 256), (33, 77), (77, 33)]
+
+
+def test_band_of_the_standard_coefficients():
+    # The iteration never converges to 1: p(1) = a + b + c = 0.701 and max p on [0, 1] is 1.2024.
+    # For inputs in [0.01, 1] (after the Frobenius scaling) the 5-step map stays in
+    # [0.6818, 1.1344], the "about 0.68..1.13" band.
+    lo, hi = _band(0.01)
+    assert lo == pytest.approx(0.6818, abs=1e-4)
+    assert hi == pytest.approx(1.1344, abs=1e-4)
+    assert sum(NS_COEFFICIENTS) == pytest.approx(0.701)
+
+
+@pytest.mark.parametrize("shape", RECT_SHAPES)
+def test_singular_values_lie_in_band(shape):
+    torch.manual_seed(sum(shape))
+    g = torch.randn(shape, dtype=torch.float64)
+    sv_in = torch.linalg.svdvals(g) / g.norm()
+    assert sv_in.min() >= 0.01  # precondition of the band below
+    lo, hi = _band(0.01)
+    sv32 = torch.linalg.svdvals(newton_schulz(g, dtype="float32").double())
+    assert lo - 1e-4 <= sv32.min() and sv32.max() <= hi + 1e-4
+    # bf16 rounds each element with relative error up to 2^-8; singular values move by a few
+    # of those units (measured <= 0.003 here), so allow 0.02.
+    sv16 = torch.linalg.svdvals(newton_schulz(g, dtype="bfloat16").double())
+    assert lo - 0.02 <= sv16.min() and sv16.max() <= hi + 0.02
+
+
+@pytest.mark.parametrize("m,n", [(48, 48), (40, 90), (90, 40)])
+def test_output_singular_values_are_the_scalar_map_of_the_input(m, n):
+    # X_k keeps the singular vectors of G, and each singular value goes through p five times.
+    k = min(m, n)
+    s = torch.linspace(0.05, 1.0, k, dtype=torch.float64)
+    g = _with_spectrum(m, n, s, seed=m * n)
+    expected = _scalar_map(s / s.norm()).sort().values
+    got = torch.linalg.svdvals(newton_schulz(g, dtype="float32").double()).sort().values
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("shape", RECT_SHAPES + [(64, 64), (1, 7)])
+def test_fp32_follows_the_exact_iteration_far_better_than_bf16(shape):
+    # Reference: the same iteration in float64. fp32 unit roundoff is 2^-24 ~ 6e-8, bf16 2^-9.
+    torch.manual_seed(7)
+    g = torch.randn(shape, dtype=torch.float64)
+    ref = newton_schulz(g, dtype="float64")
+    err32 = ((newton_schulz(g, dtype="float32").double() - ref).norm() / ref.norm()).item()
+    err16 = ((newton_schulz(g, dtype="bfloat16").double() - ref).norm() / ref.norm()).item()
+    assert err32 < 1e-5
+    assert err16 < 0.05
+    assert err32 < err16 / 100
+
+
+@pytest.mark.parametrize("shape", RECT_SHAPES)
+def test_fp32_at_least_as_close_to_polar_factor_as_bf16(shape):
+    torch.manual_seed(11)
+    g = torch.randn(shape, dtype=torch.float64)
+    u, s, vh = torch.linalg.svd(g, full_matrices=False)
+    polar = u @ vh
+
+    def dist(x):
+        return (x.double() - polar).norm().item()
+
+    # With the standard coefficients the distance is set by the band, not by rounding:
+    # ||U p5(S) V^T - U V^T||_F = ||p5(s) - 1||_2 exactly, and fp32 reproduces that number.
+    band_dist = (_scalar_map(s / g.norm()) - 1).norm().item()
+    d32, d16 = dist(newton_schulz(g, dtype="float32")), dist(newton_schulz(g, dtype="bfloat16"))
+    assert d32 == pytest.approx(band_dist, rel=1e-4)
+    assert abs(d32 - band_dist) <= abs(d16 - band_dist)
+
+    # With coefficients whose map converges to 1 (p(1) = 1, p'(1) = 0), many steps approach the
+    # polar factor itself: fp32 down to rounding (~1e-6), bf16 stuck at its ~1e-2 rounding floor.
+    converging = (15 / 8, -10 / 8, 3 / 8)
+    c32 = dist(newton_schulz(g, steps=25, dtype="float32", coefficients=converging))
+    c16 = dist(newton_schulz(g, steps=25, dtype="bfloat16", coefficients=converging))
+    assert c32 < 1e-4 * polar.norm().item()
+    assert c32 <= c16
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_batch_matches_one_by_one(dtype):
+    torch.manual_seed(3)
+    for shape in [(4, 40, 24), (3, 24, 40), (2, 16, 16)]:
+        x = torch.randn(shape)
+        batched = newton_schulz(x, dtype=dtype)
+        single = torch.stack([newton_schulz(m, dtype=dtype) for m in x])
+        assert batched.shape == x.shape and batched.dtype == single.dtype
+        # Same ops per matrix; equal on the CPU backends tried, but batched matmul kernels may
+        # sum in another order, so compare to a few ulps of the compute dtype.
+        tol = 1e-5 if dtype == "float32" else 2 * 2**-8
+        torch.testing.assert_close(batched.float(), single.float(), atol=tol, rtol=0)
+
+
+def test_input_is_not_modified_and_zero_gives_zero():
+    x = torch.randn(8, 12, dtype=torch.bfloat16)
+    before = x.clone()
+    newton_schulz(x, dtype="bfloat16")  # `to(bfloat16)` returns x itself: must not divide in place
+    assert torch.equal(x, before)
+    z = newton_schulz(torch.zeros(5, 3))
+    assert torch.equal(z, torch.zeros(5, 3))
+
+
+def test_output_dtype_and_shape():
+    x = torch.randn(10, 6)
+    assert newton_schulz(x, dtype="bfloat16").dtype == torch.bfloat16
+    assert newton_schulz(x, dtype=torch.float32).dtype == torch.float32
+    assert newton_schulz(x).shape == (10, 6)
+
+
+@pytest.mark.parametrize("bad", [dict(grad=torch.randn(3)), dict(grad=torch.randn(2, 2, 2, 2)),
+                                 dict(grad=torch.randn(3, 3), steps=-1),
+                                 dict(grad=torch.randn(3, 3), dtype="float16")])
+def test_rejects_user_mistakes(bad):
+    with pytest.raises(ValueError):
+        newton_schulz(**bad)
+
+
+@pytest.mark.parametrize("shape", [(64, 128), (128, 64), (3, 50, 20)])
+def test_flop_estimate_matches_counted_matmul_flops(shape):
+    x = torch.randn(shape)
+    with FlopCounterMode(display=False) as counter:
+        newton_schulz(x, steps=5)
+    m, n = shape[-2:]
+    batch = shape[0] if len(shape) == 3 else 1
+    assert counter.get_total_flops() == batch * newton_schulz_flops(m, n, steps=5)
+    s, l = min(m, n), max(m, n)
+    assert newton_schulz_flops(m, n) == 4 * s * s * l + 2 * s**3
+    assert newton_schulz_flops(m, n) == newton_schulz_flops(n, m)
+    with pytest.raises(ValueError):
+        newton_schulz_flops(0, 4)

@@ -1,0 +1,162 @@
+"""Muon: momentum, then Newton-Schulz orthogonalisation, for hidden 2-D weight matrices.
+
+One step per matrix W with gradient G (the order matches ``torch.optim.Muon``):
+
+    M  <- lerp(M, G, 1 - mu)                   momentum as an EMA of gradients
+    U  <- lerp(G, M, mu) if nesterov else M     Nesterov look-ahead
+    O  <- NewtonSchulz(U)                      in ``ns_dtype``
+    W  <- W * (1 - lr * wd)                    decoupled weight decay, with the unscaled lr
+    W  <- W - lr * 0.2 * sqrt(max(A, B)) * O
+
+The EMA form of momentum differs from M <- mu M + G only by the factor (1 - mu), which the
+normalisation inside Newton-Schulz removes. The 0.2 sqrt(max(A, B)) factor ("match_rms_adamw")
+makes the update's RMS about 0.2, the typical RMS of an AdamW update, so Muon can share the
+learning rate and weight decay tuned for AdamW. Trade-off: one Newton-Schulz call per matrix
+per step, i.e. O(s^2 l) extra flops against AdamW's O(s l); this single-process optimizer does
+them all locally.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterable, Optional
+
+import torch
+from torch import Tensor
+
+from .newton_schulz import (
+    DEFAULT_EPS,
+    DEFAULT_NS_STEPS,
+    NS_COEFFICIENTS,
+    newton_schulz,
+    resolve_ns_dtype,
+)
+
+
+def adamw_rms_scale(rows: int, cols: int) -> float:
+    """The "match_rms_adamw" factor 0.2 * sqrt(max(rows, cols)).
+
+    An m x n semi-orthogonal matrix has min(m, n) unit singular values, hence RMS
+    sqrt(min / (m n)) = 1 / sqrt(max(m, n)); multiplying by this factor gives RMS 0.2.
+
+    Args:
+        rows: first dimension of the parameter.
+        cols: second dimension of the parameter.
+
+    Returns:
+        The factor applied to the learning rate of that parameter.
+    """
+    return 0.2 * math.sqrt(max(rows, cols))
+
+
+class Muon(torch.optim.Optimizer):
+    """Muon optimizer for 2-D parameters (see the module docstring for the update).
+
+    Attributes:
+        ns_calls: Newton-Schulz calls made so far (one per matrix with a gradient per step).
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict],
+        lr: float = 0.02,
+        weight_decay: float = 0.0,
+        momentum: float = 0.95,
+        nesterov: bool = True,
+        ns_steps: int = DEFAULT_NS_STEPS,
+        ns_dtype: str = "float32",
+        ns_coefficients: tuple[float, float, float] = NS_COEFFICIENTS,
+        eps: float = DEFAULT_EPS,
+    ) -> None:
+        """Create the optimizer.
+
+        Args:
+            params: 2-D tensors, or param-group dicts holding them.
+            lr: learning rate before the per-shape 0.2 sqrt(max(A, B)) factor.
+            weight_decay: decoupled weight decay; each step multiplies W by 1 - lr * weight_decay.
+            momentum: EMA coefficient mu of the momentum buffer, in [0, 1).
+            nesterov: use the Nesterov look-ahead lerp(G, M, mu) instead of M.
+            ns_steps: Newton-Schulz iterations.
+            ns_dtype: Newton-Schulz precision, ``float32`` or ``bfloat16``.
+            ns_coefficients: quintic coefficients (a, b, c).
+            eps: Frobenius-norm floor inside Newton-Schulz.
+
+        Raises:
+            ValueError: a bad hyper-parameter or a parameter that is not 2-D.
+        """
+        if lr < 0.0:
+            raise ValueError(f"Muon lr must be >= 0, got {lr}")
+        if weight_decay < 0.0:
+            raise ValueError(f"Muon weight_decay must be >= 0, got {weight_decay}")
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"Muon momentum must be in [0, 1), got {momentum}")
+        if ns_steps < 1:
+            raise ValueError(f"Muon ns_steps must be >= 1, got {ns_steps}")
+        # Stored by name, not as a torch.dtype, so state_dict() holds only plain values.
+        ns_dtype = str(resolve_ns_dtype(ns_dtype)).removeprefix("torch.")
+        defaults = dict(
+            lr=lr,
+            weight_decay=weight_decay,
+            momentum=momentum,
+            nesterov=nesterov,
+            ns_steps=ns_steps,
+            ns_dtype=ns_dtype,
+            ns_coefficients=tuple(ns_coefficients),
+            eps=eps,
+        )
+        super().__init__(params, defaults)
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.ndim != 2:
+                    raise ValueError(
+                        f"Muon only takes 2-D parameters, got one of shape {tuple(p.shape)}; "
+                        "give it to AdamW instead"
+                    )
+        self.ns_calls = 0
+
+    @torch.no_grad()
+    def step(self, closure: Optional[Callable[[], Tensor]] = None) -> Optional[Tensor]:
+        """Update every parameter that has a gradient.
+
+        Args:
+            closure: optional callable that re-evaluates the model and returns the loss.
+
+        Returns:
+            The closure's loss, or None.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+
+        for group in self.param_groups:
+            lr = group["lr"]
+            mu = group["momentum"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad = p.grad
+                if grad.is_sparse:
+                    raise ValueError("Muon does not support sparse gradients")
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(
+                        grad, memory_format=torch.preserve_format
+                    )
+                buf = state["momentum_buffer"]
+                buf.lerp_(grad, 1.0 - mu)
+                update = grad.lerp(buf, mu) if group["nesterov"] else buf
+
+                ortho = newton_schulz(
+                    update,
+                    steps=group["ns_steps"],
+                    dtype=group["ns_dtype"],
+                    coefficients=group["ns_coefficients"],
+                    eps=group["eps"],
+                )
+                self.ns_calls += 1
+
+                # Weight decay uses the unscaled lr, so its strength does not depend on shape.
+                p.mul_(1.0 - lr * group["weight_decay"])
+                p.add_(ortho, alpha=-lr * adamw_rms_scale(p.size(0), p.size(1)))
+        return loss
