@@ -1,0 +1,393 @@
+"""Save, find, load and prune checkpoints in a run folder.
+
+Layout (one folder per optimizer step)::
+
+    run_dir/checkpoints/step_00000200/
+        model.safetensors        model state_dict (name -> tensor; ``_extra_state`` entries and
+                                 the key order travel as JSON in the header)
+        optimizer.safetensors    tensors of the optimizer state_dict
+        optimizer.json           its structure, tensors replaced by references
+        trainer.safetensors      trainer tensors (RNG states, counters kept as tensors)
+        trainer.json             trainer structure (step, data-loader state, RNG tuples ...)
+        config.yaml              the resolved run config
+        manifest.json            format version, step, time, sha256 + size of every file
+
+A save writes everything into ``checkpoints/.tmp-step_00000200-<random>``, fsyncs each file and
+the folder, renames it to its final name and fsyncs ``checkpoints/``. A crash at any point
+leaves either the previous state or the complete new folder; leftover ``.tmp-*`` folders are
+never loaded and are removed by the next successful save. Saving a step that already exists
+first renames the old folder to ``.old-*``: a crash between the two renames leaves that one
+step missing (older checkpoints stay loadable), never a mix of old and new files.
+
+Only rank 0 saves for now, and a run folder must have a single writer. Parallel sharded
+checkpoints will keep this layout and add a per-rank suffix to the tensor files
+(``model.safetensors`` now, ``model-rank00003.safetensors`` later), all listed in the one
+manifest that rank 0 writes last. Every tensor is stored with safetensors; no pickle is used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from .manifest import (
+    CheckpointError,
+    fsync_path,
+    read_manifest,
+    sync_and_digest,
+    verify_hashes,
+    write_manifest,
+    write_text_durable,
+)
+from .state import StateError, dedupe_storage, flatten_state, standalone_tensor, unflatten_state
+
+CHECKPOINTS = "checkpoints"
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.yaml"
+REQUIRED_FILES = (
+    MODEL_FILE,
+    "optimizer.safetensors",
+    "optimizer.json",
+    "trainer.safetensors",
+    "trainer.json",
+    CONFIG_FILE,
+)
+_STEP_DIR = re.compile(r"^step_(\d{8,})$")
+_SCRATCH_PREFIXES = (".tmp-", ".old-")
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint; tensors are on the CPU."""
+
+    step: int
+    model: dict[str, torch.Tensor]
+    optimizer: Any
+    trainer: Any
+    config_yaml: str
+    path: Path
+
+
+def step_dirname(step: int) -> str:
+    """``step_00000200``: zero-padded so that names sort like steps (wider past 10^8)."""
+    return f"step_{step:08d}"
+
+
+def _write_tensors(
+    path: Path,
+    tensors: dict[str, torch.Tensor],
+    order: list[str] | None = None,
+    extra_json: str | None = None,
+) -> None:
+    """One safetensors file; ``extra_json`` (encoded non-tensor entries) goes into the header.
+
+    safetensors sorts names, so the original order (of tensors and extras together) is kept
+    in the header too, and a loaded state_dict iterates exactly like the saved one.
+    """
+    metadata = {"format": "pt", "order": json.dumps(order if order is not None else list(tensors))}
+    if extra_json is not None:
+        metadata["extra"] = extra_json
+    save_file(tensors, str(path), metadata=metadata)
+
+
+def _write_state(folder: Path, stem: str, state: Any) -> None:
+    """``stem.json`` (structure) + ``stem.safetensors`` (tensors) for a nested state."""
+    try:
+        structure, tensors = flatten_state(state)
+        text = json.dumps(structure, allow_nan=False, indent=1)
+    except (StateError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"cannot save {stem} state: {exc}") from exc
+    _write_tensors(folder / f"{stem}.safetensors", tensors)
+    write_text_durable(folder / f"{stem}.json", text + "\n")
+
+
+def _write_model(path: Path, model: dict[str, Any]) -> None:
+    """Model tensors, plus the few non-tensor entries some modules put in a state_dict.
+
+    megatron-core layers report ``*._extra_state`` (None, or bytes for Transformer Engine);
+    those small values travel as JSON in the safetensors header instead of a side file.
+    """
+    tensors = {}
+    for name, value in model.items():
+        if type(name) is not str:
+            raise CheckpointError(f"model state keys must be str, got {name!r}")
+        if isinstance(value, torch.Tensor):
+            tensors[name] = standalone_tensor(value)
+    try:
+        extra, nested = flatten_state({k: v for k, v in model.items() if k not in tensors})
+        extra_json = json.dumps(extra, allow_nan=False)
+    except (StateError, ValueError) as exc:
+        raise CheckpointError(f"cannot save model state: {exc}") from exc
+    if nested:
+        raise CheckpointError(
+            f"model state entries {sorted(nested)[:3]} hold tensors inside containers; "
+            "a model state_dict must be flat"
+        )
+    _write_tensors(path, dedupe_storage(tensors), list(model), extra_json)
+
+
+def _new_scratch(root: Path, prefix: str) -> Path:
+    # os.mkdir (not tempfile.mkdtemp) so that the final folder gets the usual umask-derived
+    # permissions instead of 0700, which would hide checkpoints from teammates on a cluster.
+    while True:
+        path = root / f"{prefix}{secrets.token_hex(4)}"
+        try:
+            os.mkdir(path)
+            return path
+        except FileExistsError:
+            continue
+
+
+def _commit(tmp: Path, final: Path) -> None:
+    """Rename a finished temp folder to its final name, replacing an older one safely."""
+    root = final.parent
+    old = None
+    if final.exists():
+        # rename() cannot replace a non-empty folder; move the old one out of the way under a
+        # name that is never loaded, so that there is no moment with a half-deleted step folder.
+        old = root / f".old-{final.name}-{secrets.token_hex(4)}"
+        os.rename(final, old)
+    os.rename(tmp, final)
+    fsync_path(root)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _dist_rank() -> int:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    return 0
+
+
+def save_checkpoint(
+    run_dir: str | Path,
+    step: int,
+    *,
+    model: dict[str, torch.Tensor],
+    optimizer: Any,
+    trainer: Any,
+    config_yaml: str,
+    keep_last: int,
+) -> Path:
+    """Write a complete checkpoint atomically, then prune old ones.
+
+    Args:
+        run_dir: the run folder; checkpoints go to ``run_dir/checkpoints/step_XXXXXXXX``.
+        step: the optimizer step reached (>= 0).
+        model: flat ``name -> tensor`` state_dict; views, non-contiguous and tied tensors are
+            copied to standalone CPU tensors.
+        optimizer: nested optimizer state (e.g. ``optimizer.state_dict()``).
+        trainer: nested trainer state (JSON-able values, tuples, tensors such as
+            ``torch.get_rng_state()``, numpy arrays such as ``np.random.get_state()``).
+        config_yaml: the resolved config as YAML text.
+        keep_last: complete checkpoints to keep after this save (the newest by step, plus
+            always the one just written); <= 0 keeps all.
+
+    Returns:
+        The final checkpoint folder.
+
+    Raises:
+        CheckpointError: a value that cannot be stored, or a call on a torch.distributed rank
+            other than 0; nothing is committed in that case.
+        OSError: a failed write; the temporary folder is removed and the previous
+            checkpoints are untouched.
+    """
+    if type(step) is not int or step < 0:
+        raise CheckpointError(f"checkpoint step must be an int >= 0, got {step!r}")
+    rank = _dist_rank()
+    if rank != 0:
+        # Several writers in one run folder would race on the rename and on the clean-up of
+        # each other's temp folders; per-rank shard files are a later format extension.
+        raise CheckpointError(f"save_checkpoint called on rank {rank}; only rank 0 saves checkpoints")
+    root = Path(run_dir) / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / step_dirname(step)
+    tmp = _new_scratch(root, f".tmp-{final.name}-")
+    try:
+        _write_model(tmp / MODEL_FILE, model)
+        _write_state(tmp, "optimizer", optimizer)
+        _write_state(tmp, "trainer", trainer)
+        write_text_durable(tmp / CONFIG_FILE, config_yaml)
+        files = {name: sync_and_digest(tmp / name) for name in REQUIRED_FILES}
+        write_manifest(tmp, step, files)
+        fsync_path(tmp)
+        _commit(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    prune_checkpoints(run_dir, keep_last, protect=final)
+    return final
+
+
+def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """``(step, folder)`` of every complete checkpoint, oldest first (sizes checked, not hashes)."""
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = []
+    for entry in root.iterdir():
+        match = _STEP_DIR.match(entry.name)
+        if match and entry.is_dir() and is_complete(entry):
+            found.append((int(match.group(1)), entry))
+    return sorted(found)
+
+
+def is_complete(path: str | Path) -> bool:
+    """True when ``path`` holds a manifest whose listed files are all present, at full size."""
+    try:
+        _check_folder(Path(path))
+    except CheckpointError:
+        return False
+    return True
+
+
+def _check_folder(path: Path) -> dict[str, Any]:
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: not a folder")
+    manifest = read_manifest(path, REQUIRED_FILES)
+    match = _STEP_DIR.match(path.name)
+    if match and int(match.group(1)) != manifest["step"]:
+        raise CheckpointError(f"{path}: folder name does not match manifest step {manifest['step']}")
+    return manifest
+
+
+def find_latest(run_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint folder of a run, or None.
+
+    Args:
+        run_dir: the run folder.
+
+    Returns:
+        The folder with the highest step whose manifest lists all files at the right sizes;
+        temp folders and folders without a manifest are ignored.
+    """
+    complete = list_checkpoints(run_dir)
+    return complete[-1][1] if complete else None
+
+
+def prune_checkpoints(run_dir: str | Path, keep_last: int, protect: Path | None = None) -> None:
+    """Delete complete checkpoints beyond the newest ``keep_last``, and stale scratch folders.
+
+    Args:
+        run_dir: the run folder.
+        keep_last: how many complete checkpoints to keep; <= 0 keeps all.
+        protect: a folder that is never deleted (the one just written), even when newer
+            checkpoints from an earlier attempt exist.
+    """
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return
+    # Leftovers of crashed saves or interrupted deletions: safe to drop under the single-writer
+    # rule, and they can be as large as a full checkpoint.
+    for entry in root.iterdir():
+        if entry.name.startswith(_SCRATCH_PREFIXES) and entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+    if keep_last <= 0:
+        return
+    complete = list_checkpoints(run_dir)
+    protect = Path(protect).resolve() if protect is not None else None
+    for _, folder in complete[:-keep_last]:
+        if protect is not None and folder.resolve() == protect:
+            continue
+        # Rename first so that a deletion cut short never leaves a step folder that still looks
+        # loadable by name.
+        doomed = root / f".old-{folder.name}-{secrets.token_hex(4)}"
+        os.rename(folder, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+    fsync_path(root)
+
+
+def _load_tensors(file: Path) -> dict[str, Any]:
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            metadata = f.metadata() or {}
+        order = json.loads(metadata.get("order", "[]"))
+        extra = unflatten_state(json.loads(metadata.get("extra", "{}")), {})
+        tensors = load_file(str(file))
+    except (SafetensorError, StateError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{file}: cannot read tensors ({exc})") from None
+    entries = {**tensors, **extra}
+    if sorted(order) != sorted(entries):
+        raise CheckpointError(f"{file}: header order list does not match the stored entries")
+    return {name: entries[name] for name in order}
+
+
+def _load_state(folder: Path, stem: str) -> Any:
+    json_file = folder / f"{stem}.json"
+    try:
+        structure = json.loads(json_file.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{json_file}: malformed JSON ({exc})") from None
+    tensors = _load_tensors(folder / f"{stem}.safetensors")
+    try:
+        return unflatten_state(structure, tensors)
+    except (StateError, ValueError, TypeError, KeyError) as exc:
+        raise CheckpointError(f"{json_file}: cannot rebuild the {stem} state ({exc})") from None
+
+
+def load_checkpoint(path: str | Path, verify: bool = True) -> Checkpoint:
+    """Load a checkpoint folder.
+
+    Args:
+        path: a ``step_XXXXXXXX`` folder (see :func:`find_latest`, :func:`resolve_resume`).
+        verify: compare every file's sha256 with the manifest before reading it.
+
+    Returns:
+        A :class:`Checkpoint` with CPU tensors and the nested states rebuilt exactly.
+
+    Raises:
+        CheckpointError: naming the folder or file that is incomplete, corrupted or unreadable.
+    """
+    folder = Path(path)
+    manifest = _check_folder(folder)
+    if verify:
+        verify_hashes(folder, manifest)
+    return Checkpoint(
+        step=manifest["step"],
+        model=_load_tensors(folder / MODEL_FILE),
+        optimizer=_load_state(folder, "optimizer"),
+        trainer=_load_state(folder, "trainer"),
+        config_yaml=(folder / CONFIG_FILE).read_text(encoding="utf-8"),
+        path=folder,
+    )
+
+
+def resolve_resume(run_dir: str | Path, resume: str) -> Path | None:
+    """Turn ``train.resume`` into a checkpoint folder to load, or None to start fresh.
+
+    Args:
+        run_dir: the run folder.
+        resume: ``"none"`` (start fresh), ``"auto"`` (newest complete checkpoint of the run,
+            None when there is none) or a path to a checkpoint folder.
+
+    Returns:
+        The checkpoint folder, or None.
+
+    Raises:
+        CheckpointError: an explicit path that is not a complete checkpoint, naming it and
+            saying why.
+    """
+    if resume == "none":
+        return None
+    if resume == "auto":
+        return find_latest(run_dir)
+    if not resume:
+        raise CheckpointError("train.resume is empty; use 'auto', 'none' or a checkpoint folder")
+    folder = Path(resume).expanduser()
+    try:
+        _check_folder(folder)
+    except CheckpointError as exc:
+        raise CheckpointError(
+            f"train.resume={resume!r} is not a complete checkpoint folder: {exc}"
+        ) from None
+    return folder
