@@ -163,6 +163,9 @@ class TrainConfig:
 
     steps: int = 200
     """Optimizer steps to reach (a resumed run continues up to this step)."""
+    stop_after: int = 0
+    """Stop this invocation at this global step (0 = at ``steps``), e.g. to fit a job's time
+    limit; the learning-rate schedule still spans ``steps`` and a later run resumes."""
     seed: int = 0
     device: str = "auto"
     """``auto`` (cuda:LOCAL_RANK when a GPU is present, else cpu), ``cpu`` or ``cuda``."""
@@ -182,6 +185,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.steps < 1:
             raise ConfigError(f"train.steps must be >= 1, got {self.steps}")
+        if self.stop_after < 0 or self.stop_after > self.steps:
+            raise ConfigError(f"train.stop_after must be in [0, train.steps={self.steps}], got {self.stop_after}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"train.precision must be auto, fp32 or bf16, got {self.precision!r}")
         if self.device not in ("auto", "cpu", "cuda"):

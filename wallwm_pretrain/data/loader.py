@@ -142,6 +142,9 @@ class EventLoader:
             batch_size=None,
             num_workers=self.cfg.num_workers,
             persistent_workers=False,
+            # its own generator: starting an epoch (or a fast-forward after a restore) must not
+            # draw from the global RNG that the model's flow-matching noise uses
+            generator=torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.epoch),
         )
         self._iter = iter(loader)
         for _ in range(self.batches_in_epoch):  # fast-forward after a restore

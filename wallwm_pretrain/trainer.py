@@ -1,0 +1,252 @@
+"""The trainer: builds the run from its config and runs the optimisation loop.
+
+``Trainer.__init__`` reads as the pipeline of a run: process groups and device, model,
+optimizer, data, resume from a checkpoint, tracking. ``Trainer.train`` then steps to
+``train.steps``, logging one line per ``train.log_every`` steps, saving every
+``train.save_every`` steps and at the end, and returns a :class:`RunSummary`.
+
+Everything a resumed run needs to continue exactly where the uninterrupted run would be is in
+the checkpoint: weights, optimizer and schedule, the loader position and all RNG states.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from wallwm_pretrain import checkpoint as ckpt
+from wallwm_pretrain.config import Config, ConfigError, flatten, to_yaml
+from wallwm_pretrain.data import EventLoader
+from wallwm_pretrain.model import WallWM
+from wallwm_pretrain.optim import build_optimizer
+from wallwm_pretrain.parallel import init_parallel
+from wallwm_pretrain.tracking import build_tracker, plot_loss_curve
+
+log = logging.getLogger("wallwm_pretrain")
+
+LOSS_KEYS = ("loss", "loss_video", "loss_action")
+
+
+@dataclass
+class RunSummary:
+    start_step: int
+    end_step: int
+    first_loss: float
+    last_loss: float
+    samples_per_s: float
+    checkpoint: str
+    mlflow_run_id: str
+    resumed_from: str
+
+    def render(self) -> str:
+        lines = [
+            "=" * 64,
+            "wallwm-pretrain run summary",
+            f"  steps            {self.start_step} -> {self.end_step}"
+            + (f" (resumed from {self.resumed_from})" if self.resumed_from else ""),
+            f"  loss             first {self.first_loss:.4f} -> last {self.last_loss:.4f}"
+            "  (means over the first and last 10 steps of this invocation)",
+            f"  samples/s        {self.samples_per_s:.1f}",
+            f"  checkpoint       {self.checkpoint}",
+            f"  MLflow run id    {self.mlflow_run_id}",
+            "=" * 64,
+        ]
+        return "\n".join(lines)
+
+
+def rng_state() -> dict:
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Trainer:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        # 1. process groups and device (megatron-core state; CPU patches when there is no GPU)
+        self.ctx = init_parallel(cfg.parallel.tp, cfg.parallel.pp, cfg.train.device, cfg.train.seed)
+        if self.ctx.world_size > 1:
+            raise ConfigError(
+                f"this trainer runs one process; got WORLD_SIZE={self.ctx.world_size} "
+                f"(tp={cfg.parallel.tp}, pp={cfg.parallel.pp})"
+            )
+        self.device = self.ctx.device
+        self.run_dir = cfg.train.run_dir
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
+        precision = cfg.train.precision
+        if precision == "auto":
+            precision = "bf16" if self.device.type == "cuda" else "fp32"
+        self.autocast = (
+            torch.autocast(self.device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
+        )
+
+        # 2. model (same seed on every rank: identical initial weights)
+        torch.manual_seed(cfg.train.seed)
+        self.model = WallWM(cfg.model, cfg.data.frame_stride, cfg.data.caption_max_bytes + 1).to(self.device)
+        self.param_counts = self.model.parameter_counts()
+
+        # 3. optimizer: Muon for hidden matrices, AdamW for the rest, warmup + cosine
+        self.optim = build_optimizer(self.model, cfg.optim, cfg.train.steps, self.device.type)
+
+        # 4. data for this data-parallel rank
+        self.loader = EventLoader(
+            cfg.data, cfg.model.mode, cfg.model.chunk_horizon, self.ctx.dp_rank, self.ctx.dp
+        )
+
+        # 5. resume: weights, optimizer, loader position, RNG, MLflow run
+        self.step = 0
+        self.history: dict[str, list[tuple[int, float]]] = {k: [] for k in LOSS_KEYS}
+        self.resumed_from = ""
+        run_id = None
+        path = ckpt.resolve_resume(self.run_dir, cfg.train.resume)
+        if path is not None:
+            run_id = self._restore(path)
+            self.resumed_from = str(path)
+
+        # 6. tracking (rank 0 only)
+        self.tracker = build_tracker(cfg, self.ctx.rank, run_id)
+        if run_id is None:
+            self.tracker.log_params(flatten(cfg))
+            self.tracker.log_params({f"params.{k}": v for k, v in self.param_counts.items()})
+
+    # -- checkpoints --------------------------------------------------------------------
+    def _restore(self, path: Path) -> Optional[str]:
+        state = ckpt.load_checkpoint(path)
+        self.model.load_state_dict(state.model)
+        self.optim.load_state_dict(state.optimizer)
+        trainer = state.trainer
+        self.step = int(trainer["step"])
+        self.loader.load_state_dict(trainer["loader"])
+        self.history = {k: [tuple(p) for p in v] for k, v in json.loads(trainer["history"]).items()}
+        set_rng_state(trainer["rng"])
+        log.info("resumed from %s at step %d", path, self.step)
+        return trainer.get("mlflow_run_id") or None
+
+    def save(self) -> Optional[Path]:
+        """Rank 0 writes the checkpoint (one process holds the whole model for now)."""
+        if not self.ctx.is_main:
+            return None
+        trainer_state = {
+            "step": self.step,
+            "loader": self.loader.state_dict(),
+            "rng": rng_state(),
+            "history": json.dumps(self.history),
+            "mlflow_run_id": self.tracker.run_id or "",
+        }
+        return ckpt.save_checkpoint(
+            self.run_dir,
+            self.step,
+            model=self.model.state_dict(),
+            optimizer=self.optim.state_dict(),
+            trainer=trainer_state,
+            config_yaml=to_yaml(self.cfg),
+            keep_last=self.cfg.train.keep_checkpoints,
+        )
+
+    # -- the loop -----------------------------------------------------------------------
+    def train_step(self) -> dict[str, float]:
+        batch = next(self.loader).to(self.device)
+        self.model.train()
+        with self.autocast:
+            out = self.model(batch.frames, batch.actions, batch.state, batch.lengths, batch.caption)
+        out["loss"].backward()
+        grad_norm = self.optim.clip_grad_norm(self.cfg.optim.grad_clip)
+        self.optim.step()
+        self.optim.zero_grad(set_to_none=True)
+        self.step += 1
+        metrics = {k: float(out[k].detach()) for k in LOSS_KEYS}
+        metrics["grad_norm"] = float(grad_norm)
+        metrics["padding_efficiency"] = batch.padding_efficiency()
+        metrics["samples"] = batch.size
+        metrics["tokens"] = int(batch.lengths.sum())
+        if not np.isfinite(metrics["loss"]):
+            raise FloatingPointError(f"loss is {metrics['loss']} at step {self.step} (batch {batch.keys[:4]}...)")
+        return metrics
+
+    def train(self) -> RunSummary:
+        cfg = self.cfg.train
+        start_step = self.step
+        end_step = cfg.stop_after or cfg.steps
+        if self.ctx.is_main:
+            counts = ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in self.param_counts.items())
+            log.info("parameters: %s", counts)
+            log.info("optimizer groups: %s", self.optim.param_groups_summary())
+        losses: list[float] = []
+        samples, t_start = 0, time.perf_counter()
+        window_samples, window_tokens, t_window = 0, 0, time.perf_counter()
+        last_path: Optional[Path] = None
+        bar = tqdm(
+            total=cfg.steps, initial=self.step, disable=not self.ctx.is_main, dynamic_ncols=True, desc="train"
+        )
+        while self.step < end_step:
+            m = self.train_step()
+            losses.append(m["loss"])
+            samples += m["samples"]
+            window_samples += m["samples"]
+            window_tokens += m["tokens"]
+            for k in LOSS_KEYS:
+                self.history[k].append((self.step, m[k]))
+            bar.update(1)
+            bar.set_postfix(loss=f"{m['loss']:.4f}")
+            if self.step % cfg.log_every == 0 or self.step == end_step:
+                dt = max(time.perf_counter() - t_window, 1e-9)
+                m["samples_per_s"] = window_samples / dt
+                m["tokens_per_s"] = window_tokens / dt
+                m.update({f"lr/{k}": v for k, v in self.optim.lrs().items()})
+                self.tracker.log_metrics({k: v for k, v in m.items() if k not in ("samples", "tokens")}, self.step)
+                bar.write(
+                    f"step {self.step:6d} | loss {m['loss']:.4f} (video {m['loss_video']:.4f}, action "
+                    f"{m['loss_action']:.4f}) | grad {m['grad_norm']:.3f} | "
+                    + " ".join(f"{k} {v:.2e}" for k, v in self.optim.lrs().items())
+                    + f" | {m['samples_per_s']:.1f} samples/s | pad eff {m['padding_efficiency']:.2f}"
+                )
+                window_samples, window_tokens, t_window = 0, 0, time.perf_counter()
+            if cfg.save_every and self.step % cfg.save_every == 0 and self.step < end_step:
+                last_path = self.save()
+        bar.close()
+        elapsed = time.perf_counter() - t_start
+        if self.step > start_step and (last_path is None or last_path.name != ckpt.step_dirname(self.step)):
+            last_path = self.save()
+        last_path = last_path or ckpt.find_latest(self.run_dir)  # nothing new if already complete
+        curve = self.run_dir / "loss_curve.png"
+        plot_loss_curve(self.history, curve)
+        self.tracker.log_artifact(curve)
+        self.tracker.log_artifact(self.run_dir / "config.yaml")
+        head, tail = losses[:10], losses[-10:]
+        summary = RunSummary(
+            start_step=start_step,
+            end_step=self.step,
+            first_loss=float(np.mean(head)) if head else float("nan"),
+            last_loss=float(np.mean(tail)) if tail else float("nan"),
+            samples_per_s=samples / max(elapsed, 1e-9),
+            checkpoint=str(last_path),
+            mlflow_run_id=self.tracker.run_id or "",
+            resumed_from=self.resumed_from,
+        )
+        (self.run_dir / "summary.json").write_text(json.dumps(asdict(summary), indent=2))
+        self.tracker.finish()
+        return summary
