@@ -63,7 +63,7 @@ def write_shards(
                 sink.write(sample)
                 count += 1
         shards.append({"name": name, "samples": count})
-    index = {"format": 1, "level": "L1", "shards": shards, "total_samples": len(lengths)}
+    index = {"format_version": 1, "level": "L1", "shards": shards, "total_samples": len(lengths)}
     (folder / "index.json").write_text(json.dumps(index))
     return folder
 

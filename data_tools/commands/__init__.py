@@ -1,0 +1,32 @@
+"""The verbs of ``python -m data_tools``, one module each.
+
+Every verb module exposes ``add_parser(subparsers)`` (registers its sub-command, flags and
+``--help`` text) and ``run(args) -> int`` (the exit code). Verb modules import their heavy
+dependencies inside ``run`` so that ``--help`` stays instant. A new verb is a new module plus
+one entry in ``VERB_MODULES``; the order here is the order ``--help`` lists them in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import textwrap
+
+VERB_MODULES = ("synth", "build_shards")
+
+
+def load_verbs() -> list:
+    return [importlib.import_module(f"{__name__}.{name}") for name in VERB_MODULES]
+
+
+def add_verb_parser(subparsers, name: str, module_doc: str) -> argparse.ArgumentParser:
+    """A sub-command whose --help shows the module docstring (summary line + examples)."""
+    doc = textwrap.dedent(module_doc or "").strip()
+    summary = doc.splitlines()[0] if doc else name
+    return subparsers.add_parser(name, help=summary, description=doc,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def add_progress_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bars (errors and the final summary still print)")

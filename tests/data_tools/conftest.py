@@ -1,0 +1,71 @@
+"""Fixtures for data_tools tests: tiny synthetic datasets, shard folders and a CLI runner.
+
+Helpers are handed out as fixtures (prefixed ``dt_``) rather than imported, so these tests
+do not depend on how pytest puts test folders on ``sys.path``. The shared dataset is
+session-scoped and simulated once; tests that corrupt data copy it first.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from data_tools.shards import build_shards
+from data_tools.synthworld import synthesize
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = dict(episodes=5, seed=7, regrasp_prob=0.5)
+
+
+def _make_dataset(out: Path, **kw) -> Path:
+    args = {**TINY, **kw}
+    synthesize(out, args.pop("episodes"), args.pop("seed"), progress=False, **args)
+    return out
+
+
+def _events(root: Path) -> list[dict]:
+    return [json.loads(line) for line in (root / "events.jsonl").read_text().splitlines()]
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "data_tools", *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def dt_params() -> dict:
+    return dict(TINY)
+
+
+@pytest.fixture(scope="session")
+def dt_make_dataset():
+    """make(out, **synth_kwargs) -> out; defaults to the tiny parameters."""
+    return _make_dataset
+
+
+@pytest.fixture(scope="session")
+def dt_events():
+    """events(root) -> list of event dicts from root/events.jsonl."""
+    return _events
+
+
+@pytest.fixture(scope="session")
+def dt_cli():
+    """cli(*args) -> CompletedProcess of `python -m data_tools *args`."""
+    return _cli
+
+
+@pytest.fixture(scope="session")
+def dt_tiny(tmp_path_factory) -> Path:
+    return _make_dataset(tmp_path_factory.mktemp("synth") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def dt_tiny_shards(dt_tiny, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("shards") / "l1"
+    build_shards(dt_tiny, out, level="L1", seed=0, image_size=32, samples_per_shard=8, progress=False)
+    return out
