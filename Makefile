@@ -53,8 +53,10 @@ smoke-data: $(READY)
 	$(PYTHON) -m data_tools build-shards --src $(SMOKE_SYNTH) --out $(SMOKE_SHARDS) --level L1 --seed 0
 
 smoke-test: smoke-data
-	$(PYTHON) -m wallwm_pretrain.train --config configs/smoke.yaml train.resume=none
-	$(PYTHON) -m wallwm_pretrain.train --config configs/smoke.yaml train.resume=auto train.steps=220
+	@echo "== train 200 of 240 steps, save, stop (as a job at its time limit would) =="
+	$(PYTHON) -m wallwm_pretrain.train --config configs/smoke.yaml train.resume=none train.stop_after=200
+	@echo "== resume from the checkpoint and finish the run =="
+	$(PYTHON) -m wallwm_pretrain.train --config configs/smoke.yaml train.resume=auto
 
 clean:
 	rm -rf runs data/synth/smoke data/shards/smoke

@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(message)s",
         datefmt="%H:%M:%S",
     )
+    logging.getLogger("megatron").setLevel(logging.WARNING)
     # megatron-core warns at import about optional GPU-only extensions (apex, TE)
     warnings.filterwarnings("ignore", module="megatron")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -200,7 +201,12 @@ class Trainer:
         window_samples, window_tokens, t_window = 0, 0, time.perf_counter()
         last_path: Optional[Path] = None
         bar = tqdm(
-            total=cfg.steps, initial=self.step, disable=not self.ctx.is_main, dynamic_ncols=True, desc="train"
+            total=cfg.steps,
+            initial=self.step,
+            # a bar only on a terminal; logs and CI get the per-log_every lines alone
+            disable=not (self.ctx.is_main and sys.stderr.isatty()),
+            dynamic_ncols=True,
+            desc="train",
         )
         while self.step < end_step:
             m = self.train_step()
