@@ -31,6 +31,7 @@ def write_shards(
     state_dim: int = 8,
     seed: int = 0,
     corrupt: dict | None = None,
+    clusters: list[tuple[int, int]] | None = None,
 ) -> Path:
     """Write event samples with the DESIGN.md keys; ``corrupt`` = {sample_index: fn(sample)}."""
     import webdataset as wds
@@ -38,6 +39,7 @@ def write_shards(
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     shards = []
+    clusters = clusters or [(0, 0)] * len(lengths)
     for s0 in range(0, len(lengths), per_shard):
         name = f"shard-{s0 // per_shard:06d}.tar"
         count = 0
@@ -48,7 +50,7 @@ def write_shards(
                 meta = {
                     "episode_id": i // 3, "event_index": i % 3, "level": "L1",
                     "caption": f"reach for cube {i}", "next_caption": "grasp it", "task": f"task {i // 3}",
-                    "start": 0, "end": t, "fps": 10, "vl_cluster": 0, "action_cluster": 0,
+                    "start": 0, "end": t, "fps": 10, "vl_cluster": clusters[i][0], "action_cluster": clusters[i][1],
                 }
                 sample = {
                     "__key__": f"ep{i // 3:06d}_L1_{i % 3:03d}",
@@ -63,7 +65,9 @@ def write_shards(
                 sink.write(sample)
                 count += 1
         shards.append({"name": name, "samples": count})
-    index = {"format_version": 1, "level": "L1", "shards": shards, "total_samples": len(lengths)}
+    count = lambda axis: {str(c): sum(1 for v in clusters if v[axis] == c) for c in sorted({v[axis] for v in clusters})}  # noqa: E731
+    index = {"format_version": 1, "level": "L1", "shards": shards, "total_samples": len(lengths),
+             "vl_cluster_counts": count(0), "action_cluster_counts": count(1)}
     (folder / "index.json").write_text(json.dumps(index))
     return folder
 

@@ -32,12 +32,15 @@ def losses(trainer):
     return [v for _, v in trainer.history["loss"]]
 
 
-def test_resume_gives_identical_losses(tmp_path, shard_writer):
-    """2N steps straight == N steps, stop, resume, N steps (the loader crosses an epoch too)."""
-    folder = shard_writer(tmp_path / "shards", LENGTHS)
-    straight, _ = run(tmp_path, folder, "straight", "train.steps=6", "train.save_every=0")
-    run(tmp_path, folder, "split", "train.steps=6", "train.stop_after=3", "train.save_every=0")
-    resumed, summary = run(tmp_path, folder, "split", "train.steps=6", "train.resume=auto")
+@pytest.mark.parametrize("balance", [[], ["data.balance.alpha_vl=0.0", "data.balance.alpha_action=0.5"]])
+def test_resume_gives_identical_losses(tmp_path, shard_writer, balance):
+    """2N steps straight == N steps, stop, resume, N steps (the loader crosses an epoch too),
+    with the natural mix and with cluster balancing."""
+    clusters = [(i % 3, i % 2) for i in range(len(LENGTHS))]
+    folder = shard_writer(tmp_path / "shards", LENGTHS, clusters=clusters)
+    straight, _ = run(tmp_path, folder, "straight", "train.steps=6", "train.save_every=0", *balance)
+    run(tmp_path, folder, "split", "train.steps=6", "train.stop_after=3", "train.save_every=0", *balance)
+    resumed, summary = run(tmp_path, folder, "split", "train.steps=6", "train.resume=auto", *balance)
     assert summary.start_step == 3 and summary.resumed_from.endswith("step_00000003")
     assert losses(resumed) == losses(straight)  # exact: same data, RNG, optimizer state on CPU
 

@@ -50,6 +50,31 @@ class CaptionDropConfig:
 
 
 @dataclass
+class BalanceConfig:
+    """Cluster-balanced mix over the vision-language x action cluster product.
+
+    A sample in VL cluster v and action cluster a is kept with probability proportional to
+    n_v^(alpha_vl - 1) * n_a^(alpha_action - 1), so the target mix is
+    p(v, a) ~ n_(v,a) * n_v^(alpha_vl - 1) * n_a^(alpha_action - 1): alpha 1 = natural,
+    0 = every cluster of that axis equally often (for independent axes).
+    """
+
+    alpha_vl: float = 1.0
+    """Exponent on vision-language cluster counts (1 natural, 0 balanced)."""
+    alpha_action: float = 1.0
+    """Exponent on action cluster counts (1 natural, 0 balanced)."""
+
+    def __post_init__(self) -> None:
+        for name in ("alpha_vl", "alpha_action"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"data.balance.{name} must be in [0, 1], got {getattr(self, name)}")
+
+    @property
+    def active(self) -> bool:
+        return self.alpha_vl != 1.0 or self.alpha_action != 1.0
+
+
+@dataclass
 class DataConfig:
     """Where training samples come from and how they are batched."""
 
@@ -68,6 +93,10 @@ class DataConfig:
     caption_max_bytes: int = 64
     """Captions are UTF-8 bytes, truncated to this length."""
     caption_drop: CaptionDropConfig = field(default_factory=CaptionDropConfig)
+    balance: BalanceConfig = field(default_factory=BalanceConfig)
+    length_buckets: List[int] = field(default_factory=lambda: [8, 16, 32])
+    """Upper bounds (control steps) of length buckets; a batch draws from one bucket so that
+    short events are not padded to long ones. Empty = plain batching in stream order."""
     seed: int = 0
     """Seed for shard order, sample shuffling, crops and caption drop."""
 
@@ -75,6 +104,8 @@ class DataConfig:
         for name in ("batch_size", "max_frames", "frame_stride", "caption_max_bytes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"data.{name} must be >= 1, got {getattr(self, name)}")
+        if list(self.length_buckets) != sorted(set(self.length_buckets)) or any(b < 1 for b in self.length_buckets):
+            raise ConfigError(f"data.length_buckets must be increasing positive ints, got {list(self.length_buckets)}")
         if self.max_frames % self.frame_stride:
             raise ConfigError(
                 f"data.max_frames ({self.max_frames}) must be a multiple of data.frame_stride "

@@ -5,10 +5,13 @@ Stages, in order (one WebDataset ``DataPipeline`` per epoch):
 1. shard list, permuted by (seed, epoch) — the explicit shard shuffle;
 2. split by data-parallel rank (explicit node splitter: TP/PP peers of one DP rank read the
    same data) and then by loader worker;
-3. tar -> crude samples -> decoded ``.npy`` / ``.json``;
-4. ``balance``: the seam for cluster-balanced sampling (identity until it is plugged in);
-5. sample shuffle buffer seeded by (seed, epoch, rank, worker);
-6. cook (event or chunk mode, see ``cookers.py``) and collate into :class:`EventBatch`.
+3. tar -> crude samples;
+4. cluster balance (``balance.py``; only when ``data.balance`` departs from the natural mix),
+   deciding on the json member before the frames are decoded;
+5. decode ``.npy`` / ``.json``;
+6. sample shuffle buffer seeded by (seed, epoch, rank, worker);
+7. cook (event or chunk mode, see ``cookers.py``), then length-bucketed batching
+   (``buckets.py``) into :class:`EventBatch`.
 
 The loader position is ``(epoch, batches consumed in the epoch)``; :meth:`state_dict` and
 :meth:`load_state_dict` save and restore it. Restoring rebuilds the epoch's pipeline and
@@ -29,6 +32,8 @@ import webdataset as wds
 from torch.utils.data import DataLoader, get_worker_info
 
 from wallwm_pretrain.config import DataConfig
+from wallwm_pretrain.data.balance import ClusterBalance
+from wallwm_pretrain.data.buckets import bucket_batches
 from wallwm_pretrain.data.collate import EventBatch, collate
 from wallwm_pretrain.data.cookers import Normalizer, cook_chunks, cook_event
 
@@ -78,8 +83,6 @@ class EventLoader:
         mode: ``event`` or ``chunk`` (``model.mode``).
         chunk_horizon: H_a for chunk mode.
         dp_rank, dp_size: this rank's place among data-parallel ranks.
-        balance: optional pipeline stage (iterator of crude samples -> iterator) for
-            cluster-balanced mixing.
     """
 
     def __init__(
@@ -89,7 +92,6 @@ class EventLoader:
         chunk_horizon: int = 16,
         dp_rank: int = 0,
         dp_size: int = 1,
-        balance: Optional[Callable[[Iterable[dict]], Iterator[dict]]] = None,
     ) -> None:
         self.cfg = cfg
         self.index = read_index(cfg.shards)
@@ -107,7 +109,7 @@ class EventLoader:
         else:
             self.cooker = functools.partial(cook_chunks, cfg=cfg, horizon=chunk_horizon, norm=self.norm)
         self.dp_rank, self.dp_size = dp_rank, dp_size
-        self.balance = balance
+        self.balance = ClusterBalance(self.index, cfg.balance, cfg.seed) if cfg.balance.active else None
         self.epoch = 0
         self.batches_in_epoch = 0
         self._iter: Optional[Iterator[EventBatch]] = None
@@ -120,20 +122,22 @@ class EventLoader:
             functools.partial(_split_by_rank, rank=self.dp_rank, world=self.dp_size),
             wds.split_by_worker,
             wds.tarfile_to_samples(),
-            wds.decode(),
         ]
         if self.balance is not None:
-            stages.append(self.balance)
+            stages.append(functools.partial(self.balance.stage, epoch=epoch))
+        stages.append(wds.decode())
         if self.cfg.shuffle_buffer > 0:
             stages.append(functools.partial(_shuffle, bufsize=self.cfg.shuffle_buffer, seed=(self.cfg.seed, epoch, self.dp_rank)))
-        stages += [
-            functools.partial(_cook, cooker=functools.partial(self.cooker, epoch=epoch)),
-            wds.batched(
-                self.cfg.batch_size,
-                collation_fn=functools.partial(collate, frame_stride=self.cfg.frame_stride),
-                partial=False,
-            ),
-        ]
+        stages.append(functools.partial(_cook, cooker=functools.partial(self.cooker, epoch=epoch)))
+        to_batch = functools.partial(collate, frame_stride=self.cfg.frame_stride)
+        if self.cfg.length_buckets:
+            stages.append(
+                functools.partial(
+                    bucket_batches, batch_size=self.cfg.batch_size, boundaries=list(self.cfg.length_buckets), collate=to_batch
+                )
+            )
+        else:
+            stages.append(wds.batched(self.cfg.batch_size, collation_fn=to_batch, partial=False))
         return wds.DataPipeline(*stages)
 
     def _start_epoch(self) -> None:
