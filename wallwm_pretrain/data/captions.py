@@ -11,6 +11,7 @@ pushed to rely on them there and on language for short, ambiguous events.
 from __future__ import annotations
 
 import math
+import random
 
 import numpy as np
 
@@ -39,7 +40,7 @@ def drop_probability(length: int, cfg: CaptionDropConfig) -> float:
     return cfg.rho_min + (cfg.rho_max - cfg.rho_min) * (1.0 - math.cos(math.pi * u)) / 2.0
 
 
-def maybe_drop(tokens: np.ndarray, length: int, cfg: CaptionDropConfig, rng: np.random.Generator) -> np.ndarray:
+def maybe_drop(tokens: np.ndarray, length: int, cfg: CaptionDropConfig, rng: random.Random) -> np.ndarray:
     """The caption, or only the begin token with probability rho(length)."""
     if rng.random() < drop_probability(length, cfg):
         return tokens[:1].copy()

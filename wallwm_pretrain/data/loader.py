@@ -36,6 +36,7 @@ from wallwm_pretrain.data.balance import ClusterBalance
 from wallwm_pretrain.data.buckets import bucket_batches
 from wallwm_pretrain.data.collate import EventBatch, collate
 from wallwm_pretrain.data.cookers import Normalizer, cook_chunks, cook_event
+from wallwm_pretrain.data.npy import npy_handler
 
 
 class ShardError(ValueError):
@@ -125,7 +126,7 @@ class EventLoader:
         ]
         if self.balance is not None:
             stages.append(functools.partial(self.balance.stage, epoch=epoch))
-        stages.append(wds.decode())
+        stages.append(wds.decode(npy_handler))
         if self.cfg.shuffle_buffer > 0:
             stages.append(functools.partial(_shuffle, bufsize=self.cfg.shuffle_buffer, seed=(self.cfg.seed, epoch, self.dp_rank)))
         stages.append(functools.partial(_cook, cooker=functools.partial(self.cooker, epoch=epoch)))
