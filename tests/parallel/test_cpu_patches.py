@@ -22,6 +22,10 @@ def test_patch_targets_still_look_as_expected():
     assert "torch.cuda.current_device()" in inspect.getsource(
         __import__("megatron.core.utils", fromlist=["GlobalMemoryBuffer"]).GlobalMemoryBuffer
     )
+    # megatron DDP allocates its gradient buffers on torch.cuda.current_device() (patch 1)
+    from megatron.core.distributed import param_and_grad_buffer
+
+    assert "device=torch.cuda.current_device()" in inspect.getsource(param_and_grad_buffer._ParamAndGradBuffer)
     if not cpu_patches.patches_active():
         assert 'device="cuda"' in inspect.getsource(tf_utils.get_default_causal_mask)
 

@@ -7,6 +7,8 @@ length never contributes, so variable-length events weigh by their true size.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 
@@ -16,15 +18,42 @@ def interpolate(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> tuple
     return (1.0 - tt) * x0 + tt * noise, noise - x0
 
 
-def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over masked-in elements; ``mask`` broadcasts over trailing dims of pred."""
+def masked_mse(
+    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, denominator: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean over masked-in elements; ``mask`` broadcasts over trailing dims of pred.
+
+    ``denominator`` replaces the local count of masked-in elements: a data-parallel rank that
+    holds part of a global batch divides its squared-error sum by the *global* count, so the
+    shares of all ranks add up to the global-batch mean.
+    """
     while mask.dim() < pred.dim():
         mask = mask.unsqueeze(-1)
     mask = mask.to(pred.dtype).expand_as(pred)
-    denom = mask.sum().clamp_min(1.0)
-    return ((pred - target) ** 2 * mask).sum() / denom
+    # A given denominator keeps its own (fp32) dtype: global counts exceed bf16's 8-bit mantissa.
+    denom = mask.sum() if denominator is None else denominator
+    return ((pred - target) ** 2 * mask).sum() / denom.clamp_min(1.0)
 
 
 def sample_time(batch: int, device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:
     """Flow time per sample, uniform in [0, 1)."""
     return torch.rand(batch, device=device, generator=generator)
+
+
+@dataclass
+class FlowNoise:
+    """Flow times and noise of one batch, drawn ahead of the forward.
+
+    Drawing them outside the forward lets several processes use the same draws: tensor-parallel
+    peers pass identical noise, and a data-parallel rank passes its rows of the noise drawn for
+    the whole global batch, so its samples see exactly what a single process would.
+    """
+
+    t_video: torch.Tensor  # [B]
+    noise_video: torch.Tensor  # [B, F, P, D]
+    t_action: torch.Tensor  # [B]
+    noise_action: torch.Tensor  # [B, T, A]
+
+    def rows(self, start: int, stop: int) -> "FlowNoise":
+        """The draws of samples ``start:stop`` of the batch."""
+        return FlowNoise(*(x[start:stop] for x in (self.t_video, self.noise_video, self.t_action, self.noise_action)))

@@ -31,7 +31,7 @@ from wallwm_pretrain.model.embeddings import (
     patchify,
     sinusoidal,
 )
-from wallwm_pretrain.model.flow_matching import interpolate, masked_mse, sample_time
+from wallwm_pretrain.model.flow_matching import FlowNoise, interpolate, masked_mse, sample_time
 from wallwm_pretrain.model.spec import build_transformer_config
 
 
@@ -87,6 +87,8 @@ class WallWM(nn.Module):
         lengths: torch.Tensor,
         caption: torch.Tensor,
         generator: torch.Generator | None = None,
+        noise: FlowNoise | None = None,
+        loss_denominators: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Flow-matching losses of one batch.
 
@@ -96,37 +98,69 @@ class WallWM(nn.Module):
             state: float [B, S], proprioception at the first step.
             lengths: long [B], real control steps per sample.
             caption: long [B, L] byte tokens (0 = pad).
-            generator: optional RNG for flow times and noise.
+            generator: optional RNG for flow times and noise (ignored when ``noise`` is given).
+            noise: precomputed draws (see :meth:`sample_noise`), e.g. rows of a global batch's.
+            loss_denominators: [2] element counts (video, action) that divide the squared-error
+                sums instead of this batch's own counts (see :meth:`loss_element_counts`).
 
         Returns:
             ``loss`` (weighted sum), ``loss_video``, ``loss_action``.
         """
-        b, t_steps = actions.shape[:2]
         k = self.frame_stride
-        dev = actions.device
-        n_frames = t_steps // k
-        steps = torch.arange(t_steps, device=dev)
-        action_valid = steps[None, :] < lengths[:, None]  # [B, T]
-        frame_valid = (torch.arange(n_frames, device=dev) * k)[None, :] < lengths[:, None]  # [B, F]
+        action_valid, frame_valid, video_loss_mask = self._masks(lengths, actions.shape[1])
+        if noise is None:
+            noise = self.sample_noise(frames, actions, generator)
 
         # video latents; frame 0 is the clean condition
         x0_v = patchify(frames[:, ::k], self.cfg.patch_size)  # [B, F, P, D]
-        t_v = sample_time(b, dev, generator)
-        noise_v = torch.randn(x0_v.shape, device=dev, generator=generator)
-        xt_v, target_v = interpolate(x0_v, noise_v, t_v)
+        t_v, t_a = noise.t_video, noise.t_action
+        xt_v, target_v = interpolate(x0_v, noise.noise_video, t_v)
         xt_v = torch.cat([x0_v[:, :1], xt_v[:, 1:]], dim=1)
-        video_loss_mask = frame_valid.clone()
-        video_loss_mask[:, 0] = False
-
-        t_a = sample_time(b, dev, generator)
-        noise_a = torch.randn(actions.shape, device=dev, generator=generator)
-        xt_a, target_a = interpolate(actions, noise_a, t_a)
+        xt_a, target_a = interpolate(actions, noise.noise_action, t_a)
 
         pred_v, pred_a = self.denoise(xt_v, xt_a, t_v, t_a, state, caption, frame_valid, action_valid)
-        loss_v = masked_mse(pred_v, target_v, video_loss_mask)
-        loss_a = masked_mse(pred_a, target_a, action_valid)
+        den_v, den_a = (None, None) if loss_denominators is None else loss_denominators.unbind()
+        loss_v = masked_mse(pred_v, target_v, video_loss_mask, den_v)
+        loss_a = masked_mse(pred_a, target_a, action_valid, den_a)
         loss = self.cfg.video_loss_weight * loss_v + self.cfg.action_loss_weight * loss_a
         return {"loss": loss, "loss_video": loss_v.detach(), "loss_action": loss_a.detach()}
+
+    def _masks(self, lengths: torch.Tensor, t_steps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Real action steps [B, T], real latent frames [B, F], frames that carry a video loss."""
+        k = self.frame_stride
+        dev = lengths.device
+        action_valid = torch.arange(t_steps, device=dev)[None, :] < lengths[:, None]
+        frame_valid = (torch.arange(t_steps // k, device=dev) * k)[None, :] < lengths[:, None]
+        video_loss_mask = frame_valid.clone()
+        video_loss_mask[:, 0] = False  # frame 0 is the clean condition, never predicted
+        return action_valid, frame_valid, video_loss_mask
+
+    def loss_element_counts(self, lengths: torch.Tensor, t_steps: int) -> torch.Tensor:
+        """[2] float: elements (video, action) over which this batch's losses average.
+
+        Summed over data-parallel ranks and passed back as ``loss_denominators``, they make
+        each rank's loss its exact share of the global-batch loss.
+        """
+        action_valid, _, video_loss_mask = self._masks(lengths, t_steps)
+        per_frame = self.cfg.num_views * (self.cfg.image_size // self.cfg.patch_size) ** 2 * self.patch_dim
+        return torch.stack(
+            [video_loss_mask.sum() * per_frame, action_valid.sum() * self.cfg.action_dim]
+        ).to(torch.float32)
+
+    def sample_noise(
+        self, frames: torch.Tensor, actions: torch.Tensor, generator: torch.Generator | None = None
+    ) -> FlowNoise:
+        """Flow times and noise for a batch, in the order the forward has always drawn them."""
+        b, t_steps = actions.shape[:2]
+        dev = actions.device
+        p = self.cfg.patch_size
+        n_frames = -(-t_steps // self.frame_stride)  # frames[:, ::K] keeps ceil(T / K) frames
+        patches = frames.shape[2] * (frames.shape[3] // p) * (frames.shape[4] // p)
+        t_v = sample_time(b, dev, generator)
+        noise_v = torch.randn((b, n_frames, patches, p * p * frames.shape[5]), device=dev, generator=generator)
+        t_a = sample_time(b, dev, generator)
+        noise_a = torch.randn(actions.shape, device=dev, generator=generator)
+        return FlowNoise(t_v, noise_v, t_a, noise_a)
 
     def denoise(
         self,

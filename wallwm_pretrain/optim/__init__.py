@@ -8,7 +8,7 @@ from .build import (
     split_parameters,
     uses_muon,
 )
-from .muon import Muon, adamw_rms_scale
+from .muon import LocalMatrices, Muon, adamw_rms_scale
 from .newton_schulz import (
     DEFAULT_EPS,
     DEFAULT_NS_STEPS,
@@ -22,6 +22,7 @@ from .schedule import build_scheduler, lr_factor
 __all__ = [
     "DEFAULT_EPS",
     "DEFAULT_NS_STEPS",
+    "LocalMatrices",
     "Muon",
     "NS_COEFFICIENTS",
     "OptimizerSet",

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..config import OptimConfig
-from .muon import Muon
+from .muon import LocalMatrices, Muon
 from .schedule import build_scheduler
 
 
@@ -95,6 +95,7 @@ class OptimizerSet:
         cfg: OptimConfig,
         total_steps: int,
         ns_dtype: str,
+        matrices: LocalMatrices | None = None,
     ) -> None:
         self.split = split
         self._params = named_params
@@ -108,6 +109,7 @@ class OptimizerSet:
                 nesterov=cfg.nesterov,
                 ns_steps=cfg.ns_steps,
                 ns_dtype=ns_dtype,
+                matrices=matrices,
             )
         adamw_groups = [
             {"params": [named_params[n] for n in names], "weight_decay": wd}

@@ -12,8 +12,9 @@ The EMA form of momentum differs from M <- mu M + G only by the factor (1 - mu),
 normalisation inside Newton-Schulz removes. The 0.2 sqrt(max(A, B)) factor ("match_rms_adamw")
 makes the update's RMS about 0.2, the typical RMS of an AdamW update, so Muon can share the
 learning rate and weight decay tuned for AdamW. Trade-off: one Newton-Schulz call per matrix
-per step, i.e. O(s^2 l) extra flops against AdamW's O(s l); this single-process optimizer does
-them all locally.
+per step, i.e. O(s^2 l) extra flops against AdamW's O(s l); this optimizer does them all
+locally. A tensor-parallel slice of a matrix is orthogonalised as the whole matrix through the
+``matrices`` hook (see :class:`LocalMatrices`).
 """
 
 from __future__ import annotations
@@ -49,6 +50,28 @@ def adamw_rms_scale(rows: int, cols: int) -> float:
     return 0.2 * math.sqrt(max(rows, cols))
 
 
+class LocalMatrices:
+    """Where Muon finds the whole matrix of a parameter: here, the parameter is the matrix.
+
+    A tensor-parallel run holds only a slice of some matrices; it passes Muon an object with
+    these three methods that gathers the slices into the logical matrix and cuts this rank's
+    slice back out (``wallwm_pretrain.parallel.tp_matrices``), so orthogonalisation and the
+    update scale always see the matrix of the single-process model.
+    """
+
+    def gather(self, param: Tensor, update: Tensor) -> Tensor:
+        """The whole logical matrix of which ``update`` is ``param``'s local part."""
+        return update
+
+    def local(self, param: Tensor, full: Tensor) -> Tensor:
+        """``param``'s part of a whole logical matrix (inverse of :meth:`gather`)."""
+        return full
+
+    def logical_shape(self, param: Tensor) -> tuple[int, int]:
+        """Shape of the whole logical matrix."""
+        return param.size(0), param.size(1)
+
+
 class Muon(torch.optim.Optimizer):
     """Muon optimizer for 2-D parameters (see the module docstring for the update).
 
@@ -67,6 +90,7 @@ class Muon(torch.optim.Optimizer):
         ns_dtype: str = "float32",
         ns_coefficients: tuple[float, float, float] = NS_COEFFICIENTS,
         eps: float = DEFAULT_EPS,
+        matrices: Optional[LocalMatrices] = None,
     ) -> None:
         """Create the optimizer.
 
@@ -80,6 +104,8 @@ class Muon(torch.optim.Optimizer):
             ns_dtype: Newton-Schulz precision, ``float32`` or ``bfloat16``.
             ns_coefficients: quintic coefficients (a, b, c).
             eps: Frobenius-norm floor inside Newton-Schulz.
+            matrices: how to reach the whole matrix of a parameter that holds a slice of it
+                (default :class:`LocalMatrices`: every parameter is whole).
 
         Raises:
             ValueError: a bad hyper-parameter or a parameter that is not 2-D.
@@ -113,6 +139,7 @@ class Muon(torch.optim.Optimizer):
                         "give it to AdamW instead"
                     )
         self.ns_calls = 0
+        self.matrices = matrices if matrices is not None else LocalMatrices()
 
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], Tensor]] = None) -> Optional[Tensor]:
@@ -147,16 +174,19 @@ class Muon(torch.optim.Optimizer):
                 buf.lerp_(grad, 1.0 - mu)
                 update = grad.lerp(buf, mu) if group["nesterov"] else buf
 
+                # A sliced matrix is orthogonalised whole: orthogonalising each slice on its
+                # own gives another matrix than slicing the orthogonalised whole.
                 ortho = newton_schulz(
-                    update,
+                    self.matrices.gather(p, update),
                     steps=group["ns_steps"],
                     dtype=group["ns_dtype"],
                     coefficients=group["ns_coefficients"],
                     eps=group["eps"],
                 )
+                ortho = self.matrices.local(p, ortho)
                 self.ns_calls += 1
 
                 # Weight decay uses the unscaled lr, so its strength does not depend on shape.
                 p.mul_(1.0 - lr * group["weight_decay"])
-                p.add_(ortho, alpha=-lr * adamw_rms_scale(p.size(0), p.size(1)))
+                p.add_(ortho, alpha=-lr * adamw_rms_scale(*self.matrices.logical_shape(p)))
         return loss

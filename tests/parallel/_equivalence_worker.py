@@ -1,0 +1,107 @@
+"""One rank of a TP/DP equivalence run: three optimizer steps of the small WallWM, results to disk.
+
+``tests/parallel/test_equivalence.py`` starts :func:`run_rank` once per rank (gloo, file
+rendezvous); the single-process reference is the same function with world size 1. Every rank
+draws the noise of the whole global batch from the same seeded generator and keeps its own
+rows, so each sample sees the same noise as in the single-process run.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import torch
+
+warnings.filterwarnings("ignore")
+
+from wallwm_pretrain.config import ModelConfig, OptimConfig  # noqa: E402
+from wallwm_pretrain.model import WallWM  # noqa: E402
+
+# the small model of tests/model/test_wallwm.py
+CFG = ModelConfig(hidden_size=32, num_layers=2, num_heads=4, ffn_hidden_size=64, image_size=16, patch_size=8)
+K = 4
+GLOBAL_BATCH = 4
+STEPS = 3
+# warmup 1 so that all three steps run at (near) peak lr and move the weights visibly;
+# clipping at 0.5 is active (the norms are ~1-3), so the global norm's clip factor matters.
+OPTIM = OptimConfig(lr=0.02, adamw_lr=0.003, weight_decay=0.01, warmup_steps=1, min_lr_ratio=0.1, grad_clip=0.5)
+
+
+def global_batch(step: int, t: int = 12):
+    """Seeded batch with unequal lengths, so ranks hold different numbers of real elements."""
+    g = torch.Generator().manual_seed(1000 + step)
+    b = GLOBAL_BATCH
+    frames = torch.randint(0, 256, (b, t, 2, 16, 16, 3), dtype=torch.uint8, generator=g)
+    actions = torch.randn(b, t, CFG.action_dim, generator=g)
+    state = torch.randn(b, CFG.state_dim, generator=g)
+    lengths = torch.tensor([t, 5, t - 3, 3])
+    actions = actions * (torch.arange(t)[None, :, None] < lengths[:, None, None])
+    caption = torch.randint(2, 258, (b, 10), generator=g)
+    caption[:, 0] = 1
+    caption[1, 4:] = 0
+    caption[3, 7:] = 0
+    return frames, actions, state, lengths, caption
+
+
+def _layout(p: torch.Tensor) -> dict:
+    return {
+        "sharded": bool(getattr(p, "tensor_model_parallel", False)),
+        "dim": int(getattr(p, "partition_dim", -1)),
+        "stride": int(getattr(p, "partition_stride", 1)),
+    }
+
+
+def _snapshot(model: WallWM) -> dict:
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def train(ctx, gather_tp_matrices: bool = True, overlap: bool = False, bucket_size: int | None = None) -> dict:
+    """Build, wrap and train the model for STEPS steps on this rank's rows; return a record."""
+    from wallwm_pretrain.parallel.parallelize import build_parallel_optimizer, parallelize_model, unwrap_model
+
+    torch.manual_seed(0)
+    model = WallWM(CFG, frame_stride=K, caption_max_len=16)
+    model = parallelize_model(model, ctx, overlap_grad_reduce=overlap, bucket_size=bucket_size)
+    bare = unwrap_model(model)
+    optim = build_parallel_optimizer(model, OPTIM, total_steps=10, ctx=ctx, gather_tp_matrices=gather_tp_matrices)
+    per_rank = GLOBAL_BATCH // ctx.dp
+    lo, hi = ctx.dp_rank * per_rank, (ctx.dp_rank + 1) * per_rank
+    record = {"init": _snapshot(bare), "layout": {n: _layout(p) for n, p in bare.named_parameters()}}
+    record["buckets"] = sum(len(b.buckets) for b in model.buffers)
+    record["grad_buffer_device"] = str(model.buffers[0].grad_data.device)
+    record.update(loss=[], loss_video=[], loss_action=[], grad_norm=[])
+    for step in range(STEPS):
+        data = global_batch(step)
+        noise = bare.sample_noise(data[0], data[1], torch.Generator().manual_seed(500 + step)).rows(lo, hi)
+        out = model(*(x[lo:hi] for x in data), noise=noise)
+        out["loss"].backward()
+        optim.finish_grad_sync()
+        if step == 0:
+            record["grads0"] = {n: p.main_grad.clone() for n, p in bare.named_parameters()}
+        record["grad_norm"].append(optim.clip_grad_norm(OPTIM.grad_clip))
+        optim.step()
+        optim.zero_grad()
+        for key in ("loss", "loss_video", "loss_action"):
+            record[key].append(float(out[key]))
+    record["final"] = _snapshot(bare)
+    record["muon_ns_calls"] = optim.optimizers["muon"].ns_calls
+    return record
+
+
+def run_rank(rank: int, world: int, tp: int, rdzv: str, out_dir: str, options: dict) -> None:
+    """One rank: join the group, train (and the per-shard control when TP-only), save a record."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    import torch.distributed as dist
+
+    from wallwm_pretrain.parallel import init_parallel, shutdown_parallel
+
+    torch.set_num_threads(1)  # several ranks share two cores
+    dist.init_process_group("gloo", init_method=f"file://{rdzv}", rank=rank, world_size=world)
+    ctx = init_parallel(tp, 1, "cpu", seed=0)
+    result = {"ctx": {"tp_rank": ctx.tp_rank, "dp_rank": ctx.dp_rank, "tp": ctx.tp, "dp": ctx.dp}}
+    result["run"] = train(ctx, overlap=options.get("overlap", False), bucket_size=options.get("bucket_size"))
+    if options.get("per_shard_control"):
+        result["per_shard"] = train(ctx, gather_tp_matrices=False)
+    torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+    shutdown_parallel()

@@ -1,0 +1,84 @@
+"""Each data-parallel rank's loss as its exact share of the global-batch loss.
+
+The flow-matching losses are means over the *real* elements of a batch (padding never counts),
+so two ranks holding different event lengths average over different counts, and the mean of
+their means is not the loss of the global batch. :class:`GlobalBatchLoss` sums the element
+counts over the data-parallel group first and lets every rank divide its squared-error sum by
+the global count; the ranks' losses then *add up* to the single-process loss of the global
+batch, and so do their gradients. The DDP wrapper is therefore set to sum gradients over the
+group (megatron-core's ``calculate_per_token_loss`` mode) instead of averaging them.
+
+The returned ``loss`` carries this rank's share as its gradient but the global-batch value as its
+value, so logging it, or checking it is finite, gives the same answer on every rank (no rank
+stops alone and leaves the others waiting in a collective). Trade-off: one tiny all-reduce of
+two counts before and one of three loss values after each forward.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from wallwm_pretrain.model import WallWM
+from wallwm_pretrain.model.flow_matching import FlowNoise
+
+
+class GlobalBatchLoss(nn.Module):
+    """Wraps :class:`WallWM` so that its losses are shares of the global-batch losses.
+
+    Its ``state_dict`` / ``load_state_dict`` are the wrapped model's own (no ``model.`` prefix),
+    so checkpoints read the same with or without the wrapper.
+
+    Args:
+        model: the model (holding this rank's tensor-parallel slices).
+        dp_group: the data-parallel process group.
+        dp_size: its size; 1 skips both collectives.
+    """
+
+    def __init__(self, model: WallWM, dp_group: dist.ProcessGroup | None, dp_size: int) -> None:
+        super().__init__()
+        self.model = model
+        self.dp_group, self.dp_size = dp_group, dp_size
+
+    def _sum(self, x: torch.Tensor) -> torch.Tensor:
+        if self.dp_size > 1:
+            dist.all_reduce(x, group=self.dp_group)
+        return x
+
+    def forward(
+        self,
+        frames: torch.Tensor,
+        actions: torch.Tensor,
+        state: torch.Tensor,
+        lengths: torch.Tensor,
+        caption: torch.Tensor,
+        generator: torch.Generator | None = None,
+        noise: FlowNoise | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """As :meth:`WallWM.forward` on this rank's rows of the global batch.
+
+        Returns:
+            ``loss``: value = global-batch loss, gradient = this rank's share (backward it);
+            ``loss_video``, ``loss_action``: global-batch values (detached);
+            ``loss_share``: this rank's share (detached).
+        """
+        counts = self._sum(self.model.loss_element_counts(lengths, actions.shape[1]).to(actions.device))
+        out = self.model(
+            frames, actions, state, lengths, caption, generator=generator, noise=noise, loss_denominators=counts
+        )
+        share = out["loss"]
+        # fp32 so that bf16 autocast losses add up over ranks without another rounding
+        total = self._sum(torch.stack([share.detach(), out["loss_video"], out["loss_action"]]).float())
+        return {
+            "loss": share + (total[0] - share.detach()),
+            "loss_video": total[1],
+            "loss_action": total[2],
+            "loss_share": share.detach(),
+        }
+
+    def state_dict(self, *args, **kwargs):
+        return self.model.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        return self.model.load_state_dict(state_dict, strict=strict, assign=assign)
