@@ -23,14 +23,21 @@ from typing import Optional
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
 from wallwm_pretrain import checkpoint as ckpt
 from wallwm_pretrain.config import Config, ConfigError, flatten, to_yaml
 from wallwm_pretrain.data import EventLoader
 from wallwm_pretrain.model import WallWM
-from wallwm_pretrain.optim import build_optimizer
 from wallwm_pretrain.parallel import init_parallel
+from wallwm_pretrain.parallel.canonical import canonical_state, local_state
+from wallwm_pretrain.parallel.parallelize import (
+    build_parallel_optimizer,
+    parallelize_model,
+    unwrap_model,
+    validate_tensor_parallel,
+)
 from wallwm_pretrain.tracking import build_tracker, plot_loss_curve
 
 log = logging.getLogger("wallwm_pretrain")
@@ -88,16 +95,15 @@ class Trainer:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         # 1. process groups and device (megatron-core state; CPU patches when there is no GPU)
+        if cfg.parallel.pp > 1:
+            raise ConfigError(f"parallel.pp={cfg.parallel.pp}: the trainer runs tensor and data parallel; pipeline stages are not wired in yet")
+        validate_tensor_parallel(cfg.model, cfg.parallel.tp)
         self.ctx = init_parallel(cfg.parallel.tp, cfg.parallel.pp, cfg.train.device, cfg.train.seed)
-        if self.ctx.world_size > 1:
-            raise ConfigError(
-                f"this trainer runs one process; got WORLD_SIZE={self.ctx.world_size} "
-                f"(tp={cfg.parallel.tp}, pp={cfg.parallel.pp})"
-            )
         self.device = self.ctx.device
         self.run_dir = cfg.train.run_dir
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
+        if self.ctx.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
         precision = cfg.train.precision
         if precision == "auto":
             precision = "bf16" if self.device.type == "cuda" else "fp32"
@@ -105,13 +111,17 @@ class Trainer:
             torch.autocast(self.device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
         )
 
-        # 2. model (same seed on every rank: identical initial weights)
+        # 2. model: same seed on every rank (identical replicated weights; megatron draws TP
+        # master weights whole and keeps this rank's slices), wrapped for data parallel
         torch.manual_seed(cfg.train.seed)
-        self.model = WallWM(cfg.model, cfg.data.frame_stride, cfg.data.caption_max_bytes + 1).to(self.device)
-        self.param_counts = self.model.parameter_counts()
+        model = WallWM(cfg.model, cfg.data.frame_stride, cfg.data.caption_max_bytes + 1).to(self.device)
+        self.param_counts = model.parameter_counts()
+        self.model = parallelize_model(model, self.ctx)
+        self.noise_rng = torch.Generator(device=self.device)
 
-        # 3. optimizer: Muon for hidden matrices, AdamW for the rest, warmup + cosine
-        self.optim = build_optimizer(self.model, cfg.optim, cfg.train.steps, self.device.type)
+        # 3. optimizer: Muon for hidden matrices (TP slices orthogonalised whole), AdamW for
+        # the rest, warmup + cosine, gradient norm clipped over all model-parallel ranks
+        self.optim = build_parallel_optimizer(self.model, cfg.optim, cfg.train.steps, self.ctx)
 
         # 4. data for this data-parallel rank
         self.loader = EventLoader(
@@ -137,23 +147,39 @@ class Trainer:
     # -- checkpoints --------------------------------------------------------------------
     def _restore(self, path: Path) -> Optional[str]:
         state = ckpt.load_checkpoint(path)
-        self.model.load_state_dict(state.model)
-        self.optim.load_state_dict(state.optimizer)
+        bare = unwrap_model(self.model)
+        model_state, optim_state = local_state(bare, state.model, state.optimizer, self.ctx)
+        bare.load_state_dict(model_state)
+        self.optim.load_state_dict(optim_state)
         trainer = state.trainer
         self.step = int(trainer["step"])
-        self.loader.load_state_dict(trainer["loader"])
+        loaders = trainer["loaders"]  # one position per data-parallel rank
+        if len(loaders) == self.ctx.dp:
+            self.loader.load_state_dict(loaders[self.ctx.dp_rank])
+        else:
+            epoch = max(int(s["epoch"]) for s in loaders)
+            log.warning(
+                "checkpoint has %d data-parallel loader positions, this run %d: data restarts at the "
+                "beginning of epoch %d", len(loaders), self.ctx.dp, epoch + 1,
+            )
+            self.loader.load_state_dict({"epoch": epoch + 1, "batches_in_epoch": 0})
         self.history = {k: [tuple(p) for p in v] for k, v in json.loads(trainer["history"]).items()}
         set_rng_state(trainer["rng"])
         log.info("resumed from %s at step %d", path, self.step)
         return trainer.get("mlflow_run_id") or None
 
     def save(self) -> Optional[Path]:
-        """Rank 0 writes the checkpoint (one process holds the whole model for now)."""
+        """Gather the canonical (TP=1) state and every DP rank's loader position; rank 0 writes."""
+        model_state, optim_state = canonical_state(unwrap_model(self.model), self.optim.state_dict(), self.ctx)
+        loaders = [None] * self.ctx.world_size
+        dist.all_gather_object(loaders, (self.ctx.dp_rank, self.loader.state_dict()))
         if not self.ctx.is_main:
             return None
+        by_dp_rank = dict(loaders)
         trainer_state = {
             "step": self.step,
-            "loader": self.loader.state_dict(),
+            "loaders": [by_dp_rank[r] for r in range(self.ctx.dp)],
+            "layout": {"tp": self.ctx.tp, "pp": self.ctx.pp, "dp": self.ctx.dp},
             "rng": rng_state(),
             "history": json.dumps(self.history),
             "mlflow_run_id": self.tracker.run_id or "",
@@ -161,8 +187,8 @@ class Trainer:
         return ckpt.save_checkpoint(
             self.run_dir,
             self.step,
-            model=self.model.state_dict(),
-            optimizer=self.optim.state_dict(),
+            model=model_state,
+            optimizer=optim_state,
             trainer=trainer_state,
             config_yaml=to_yaml(self.cfg),
             keep_last=self.cfg.train.keep_checkpoints,
@@ -172,8 +198,13 @@ class Trainer:
     def train_step(self) -> dict[str, float]:
         batch = next(self.loader).to(self.device)
         self.model.train()
+        # Flow-matching draws depend only on (seed, step, data-parallel rank): tensor-parallel
+        # peers draw alike, and a resumed run draws what the uninterrupted run would have.
+        self.noise_rng.manual_seed((self.cfg.train.seed * 1_000_003 + self.step) * 65_537 + self.ctx.dp_rank)
         with self.autocast:
-            out = self.model(batch.frames, batch.actions, batch.state, batch.lengths, batch.caption)
+            out = self.model(
+                batch.frames, batch.actions, batch.state, batch.lengths, batch.caption, generator=self.noise_rng
+            )
         out["loss"].backward()
         grad_norm = self.optim.clip_grad_norm(self.cfg.optim.grad_clip)
         self.optim.step()
@@ -182,8 +213,8 @@ class Trainer:
         metrics = {k: float(out[k].detach()) for k in LOSS_KEYS}
         metrics["grad_norm"] = float(grad_norm)
         metrics["padding_efficiency"] = batch.padding_efficiency()
-        metrics["samples"] = batch.size
-        metrics["tokens"] = int(batch.lengths.sum())
+        metrics["samples"] = batch.size * self.ctx.dp  # global batch (every DP rank reads as much)
+        metrics["tokens"] = int(batch.lengths.sum()) * self.ctx.dp
         if not np.isfinite(metrics["loss"]):
             raise FloatingPointError(f"loss is {metrics['loss']} at step {self.step} (batch {batch.keys[:4]}...)")
         return metrics
@@ -224,24 +255,26 @@ class Trainer:
                 m["tokens_per_s"] = window_tokens / dt
                 m.update({f"lr/{k}": v for k, v in self.optim.lrs().items()})
                 self.tracker.log_metrics({k: v for k, v in m.items() if k not in ("samples", "tokens")}, self.step)
-                bar.write(
-                    f"step {self.step:6d} | loss {m['loss']:.4f} (video {m['loss_video']:.4f}, action "
-                    f"{m['loss_action']:.4f}) | grad {m['grad_norm']:.3f} | "
-                    + " ".join(f"{k} {v:.2e}" for k, v in self.optim.lrs().items())
-                    + f" | {m['samples_per_s']:.1f} samples/s | pad eff {m['padding_efficiency']:.2f}"
-                )
+                if self.ctx.is_main:
+                    bar.write(
+                        f"step {self.step:6d} | loss {m['loss']:.4f} (video {m['loss_video']:.4f}, action "
+                        f"{m['loss_action']:.4f}) | grad {m['grad_norm']:.3f} | "
+                        + " ".join(f"{k} {v:.2e}" for k, v in self.optim.lrs().items())
+                        + f" | {m['samples_per_s']:.1f} samples/s | pad eff {m['padding_efficiency']:.2f}"
+                    )
                 window_samples, window_tokens, t_window = 0, 0, time.perf_counter()
             if cfg.save_every and self.step % cfg.save_every == 0 and self.step < end_step:
                 last_path = self.save()
         bar.close()
         elapsed = time.perf_counter() - t_start
-        if self.step > start_step and (last_path is None or last_path.name != ckpt.step_dirname(self.step)):
+        if self.step > start_step:  # periodic saves skip the last step: it is saved here, by all ranks
             last_path = self.save()
         last_path = last_path or ckpt.find_latest(self.run_dir)  # nothing new if already complete
-        curve = self.run_dir / "loss_curve.png"
-        plot_loss_curve(self.history, curve)
-        self.tracker.log_artifact(curve)
-        self.tracker.log_artifact(self.run_dir / "config.yaml")
+        if self.ctx.is_main:
+            curve = self.run_dir / "loss_curve.png"
+            plot_loss_curve(self.history, curve)
+            self.tracker.log_artifact(curve)
+            self.tracker.log_artifact(self.run_dir / "config.yaml")
         head, tail = losses[:10], losses[-10:]
         summary = RunSummary(
             start_step=start_step,
@@ -253,6 +286,7 @@ class Trainer:
             mlflow_run_id=self.tracker.run_id or "",
             resumed_from=self.resumed_from,
         )
-        (self.run_dir / "summary.json").write_text(json.dumps(asdict(summary), indent=2))
+        if self.ctx.is_main:
+            (self.run_dir / "summary.json").write_text(json.dumps(asdict(summary), indent=2))
         self.tracker.finish()
         return summary
