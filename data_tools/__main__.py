@@ -29,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=_prog(),
         description="Data tools for event-centric world-action pretraining: "
-                    "robot episodes (LeRobot v3.0 + events.jsonl) -> WebDataset event shards.",
+                    "robot episodes (LeRobot v2.1 or v3.0 + events) -> validated events -> "
+                    "clusters -> WebDataset event shards.",
         epilog="Run '%(prog)s VERB --help' for the flags and examples of one verb.")
     sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
     for module in load_verbs():
@@ -47,6 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # Output piped into `head` and closed early: not an error. Point stdout at devnull so
+        # that the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

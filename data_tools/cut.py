@@ -68,20 +68,32 @@ def check_finite(ev: Event, name: str, values: np.ndarray) -> None:
                          f"(row {row} of the event) is NaN or infinite")
 
 
+def shift_frames(frames: np.ndarray, offset: int) -> np.ndarray:
+    """frames[t + offset] at position t, repeating the first/last frame at the edges.
+
+    Used to undo a constant video/action offset found by ``sync``; padding keeps every event
+    span valid, at the cost of |offset| repeated frames at one end of the episode.
+    """
+    if offset == 0:
+        return frames
+    idx = np.clip(np.arange(len(frames)) + offset, 0, len(frames) - 1)
+    return frames[idx]
+
+
 def episode_arrays(ep: int, states: np.ndarray, actions: np.ndarray,
                    frames_by_view: list[np.ndarray], image_size: int, first: Event,
-                   view_keys: list[str]) -> EpisodeArrays:
+                   view_keys: list[str], video_offset: int = 0) -> EpisodeArrays:
     """Check lengths and stack the resized views: frames become [N, V, H, W, C]."""
     check_lengths(ep, len(actions), {k: len(f) for k, f in zip(view_keys, frames_by_view)}, first)
     if len(states) != len(actions):
         raise EventError(f"episode {ep}: {len(states)} state rows but {len(actions)} action rows")
-    views = [resize_area(f, image_size) for f in frames_by_view]
+    views = [resize_area(shift_frames(f, video_offset), image_size) for f in frames_by_view]
     return EpisodeArrays(ep, states.astype(np.float32), actions.astype(np.float32),
                          np.stack(views, axis=1))
 
 
 def make_sample(ev: Event, arrays: EpisodeArrays, ctx: EventContext, fps: float,
-                views: list[str]) -> dict[str, bytes]:
+                views: list[str], clusters: tuple[int, int] = (0, 0)) -> dict[str, bytes]:
     """Member bytes of one event's sample (see SAMPLE_MEMBERS)."""
     if ev.end > len(arrays.actions):
         raise EventError(f"{ev.describe()}: span ends after the episode's last frame "
@@ -95,7 +107,7 @@ def make_sample(ev: Event, arrays: EpisodeArrays, ctx: EventContext, fps: float,
         "caption": ev.caption, "next_caption": ctx.next_caption,
         "parent_caption": ctx.parent_caption, "task": ctx.task,
         "start": ev.start, "end": ev.end, "length": ev.end - ev.start, "fps": fps,
-        "vl_cluster": 0, "action_cluster": 0,  # filled in once clustering exists
+        "vl_cluster": int(clusters[0]), "action_cluster": int(clusters[1]),
         "views": list(views),
     }
     return {

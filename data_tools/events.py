@@ -26,7 +26,7 @@ from .errors import EventError
 EVENTS_FILE = "events.jsonl"
 # L3 task, L2 subtask, L1 action primitive, L0 segment (paper's caption hierarchy).
 LEVELS = ("L3", "L2", "L1", "L0")
-_PARENT_LEVEL = {"L2": "L3", "L1": "L2", "L0": "L1"}
+PARENT_LEVEL = {"L2": "L3", "L1": "L2", "L0": "L1"}
 
 
 @dataclass(frozen=True)
@@ -87,8 +87,12 @@ def _parse_line(line: str, lineno: int, path: Path) -> Event:
     return ev
 
 
-def read_events(path: Path) -> list[Event]:
-    """Parse ``events.jsonl``; raises EventError naming the line, episode and event."""
+def read_events(path: Path, problems: list[str] | None = None) -> list[Event]:
+    """Parse ``events.jsonl``; raises EventError naming the line, episode and event.
+
+    With a ``problems`` list, a bad line is recorded there and skipped instead, so that
+    ``validate`` can report every problem of a file in one run.
+    """
     path = Path(path)
     if not path.is_file():
         raise EventError(f"{path} not found: the events sidecar (one JSON object per event, "
@@ -98,10 +102,16 @@ def read_events(path: Path) -> list[Event]:
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
                 continue
-            ev = _parse_line(line, lineno, path)
-            key = (ev.episode_index, ev.level, ev.index)
-            if key in seen:
-                raise EventError(f"{path}:{lineno}: duplicate {ev.describe()}")
+            try:
+                ev = _parse_line(line, lineno, path)
+                key = (ev.episode_index, ev.level, ev.index)
+                if key in seen:
+                    raise EventError(f"{path}:{lineno}: duplicate {ev.describe()}")
+            except EventError as exc:
+                if problems is None:
+                    raise
+                problems.append(str(exc))
+                continue
             seen.add(key)
             events.append(ev)
     return events
@@ -143,7 +153,7 @@ def check_nesting(events: Iterable[Event]) -> None:
                 if b.start < a.end:
                     raise EventError(f"{b.describe()} overlaps {level} event {a.index} "
                                      f"(frames [{a.start}, {a.end}))")
-            up = _PARENT_LEVEL.get(level)
+            up = PARENT_LEVEL.get(level)
             parents = {p.index: p for p in levels.get(up, [])} if up else {}
             for ev in evs:
                 if ev.parent is None:

@@ -1,7 +1,8 @@
 """Write-then-rename output folders.
 
-Every verb that produces a folder writes into a temporary sibling and renames it over the
-target at the end, so a crash or an input error never leaves a half-written dataset that a
+Verbs that produce a folder in one go (synth) write into a temporary sibling and rename it
+over the target at the end (build-shards does the same with a resumable staging folder, see
+``buildplan``), so a crash or an input error never leaves a half-written dataset that a
 later step could mistake for a complete one. The trade-off: the target is replaced as a whole,
 so we only replace folders that look like our own output (a guard against ``--out ~``).
 """

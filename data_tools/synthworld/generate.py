@@ -1,4 +1,4 @@
-"""Generate a synthetic event-annotated dataset: episodes -> LeRobot v3.0 + events.jsonl.
+"""Generate a synthetic event-annotated dataset: episodes -> LeRobot v3.0 (or v2.1) + events.jsonl.
 
 Each episode draws its scene, task family, speed limits, captions and whether a grasp slips
 from ``numpy.random.default_rng([seed, episode_index])``, so an episode depends only on the
@@ -16,7 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..events import EVENTS_FILE, Event, write_events
-from ..lerobot import LeRobotV3Writer
+from ..lerobot import writer_class
 from . import captions as C
 from .policy import Recording, ScriptedEpisode
 from .render import Renderer
@@ -100,9 +100,10 @@ def simulate_episode(ep: int, seed: int, image_size: int, fps: int,
 
 def synthesize(out: Path, episodes: int, seed: int, image_size: int = 64, fps: int = 10,
                regrasp_prob: float = 0.2, vcodec: str = "h264", frames_per_file: int = 100_000,
-               progress: bool = True) -> dict:
-    """Write ``episodes`` simulated episodes under ``out``; returns a small summary."""
-    writer = LeRobotV3Writer(out, fps, STATE_NAMES, ACTION_NAMES, [video_key(v) for v in VIEWS],
+               progress: bool = True, layout: str = "v3.0") -> dict:
+    """Write ``episodes`` simulated episodes under ``out`` in LeRobot ``layout`` (v3.0 or v2.1);
+    returns a small summary."""
+    writer = writer_class(layout)(out, fps, STATE_NAMES, ACTION_NAMES, [video_key(v) for v in VIEWS],
                              image_size, image_size, vcodec=vcodec, robot_type="synth_gripper",
                              frames_per_file=frames_per_file)
     all_events: list[Event] = []

@@ -65,6 +65,14 @@ def dt_tiny(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def dt_av1_pair(tmp_path_factory) -> dict[str, Path]:
+    """The same 4 episodes in both LeRobot layouts, two AV1 cameras each: layout -> root."""
+    base = tmp_path_factory.mktemp("av1")
+    return {layout: _make_dataset(base / layout.replace(".", ""), episodes=4, seed=3,
+                                  vcodec="av1", layout=layout) for layout in ("v3.0", "v2.1")}
+
+
+@pytest.fixture(scope="session")
 def dt_tiny_shards(dt_tiny, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("shards") / "l1"
     build_shards(dt_tiny, out, level="L1", seed=0, image_size=32, samples_per_shard=8, progress=False)
