@@ -50,7 +50,8 @@ test: $(READY)
 
 smoke-data: $(READY)
 	$(PYTHON) -m data_tools synth --out $(SMOKE_SYNTH) --episodes $(SMOKE_EPISODES) --seed 0
-	$(PYTHON) -m data_tools build-shards --src $(SMOKE_SYNTH) --out $(SMOKE_SHARDS) --level L1 --seed 0
+	$(PYTHON) -m data_tools cluster --src $(SMOKE_SYNTH) --out $(SMOKE_SYNTH)/clusters.json --level L1 --vl-k 6 --action-k 4 --seed 0
+	$(PYTHON) -m data_tools build-shards --src $(SMOKE_SYNTH) --out $(SMOKE_SHARDS) --level L1 --seed 0 --clusters $(SMOKE_SYNTH)/clusters.json
 
 smoke-test: smoke-data
 	@echo "== train 200 of 240 steps, save, stop (as a job at its time limit would) =="
