@@ -12,7 +12,7 @@ import argparse
 import importlib
 import textwrap
 
-VERB_MODULES = ("synth", "events", "validate", "sync", "cluster", "build_shards", "inspect_shards")
+VERB_MODULES = ("synth", "record_metaworld", "events", "validate", "sync", "cluster", "build_shards", "inspect_shards")
 
 
 def load_verbs() -> list:
