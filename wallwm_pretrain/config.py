@@ -97,10 +97,15 @@ class DataConfig:
     length_buckets: List[int] = field(default_factory=lambda: [8, 16, 32])
     """Upper bounds (control steps) of length buckets; a batch draws from one bucket so that
     short events are not padded to long ones. Empty = plain batching in stream order."""
+    max_bad_samples: int = 0
+    """Bad samples (or unreadable tar remainders) that may be skipped, counted and logged;
+    0 = stop at the first one with an error naming shard and key."""
     seed: int = 0
     """Seed for shard order, sample shuffling, crops and caption drop."""
 
     def __post_init__(self) -> None:
+        if self.max_bad_samples < 0:
+            raise ConfigError(f"data.max_bad_samples must be >= 0, got {self.max_bad_samples}")
         for name in ("batch_size", "max_frames", "frame_stride", "caption_max_bytes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"data.{name} must be >= 1, got {getattr(self, name)}")

@@ -23,10 +23,13 @@ class EventBatch:
     lengths: torch.Tensor  # int64 [B]
     caption: torch.Tensor  # int64 [B, L], 0 = pad
     keys: list[str]
+    skipped: int = 0  # bad samples skipped (within data.max_bad_samples) since the last batch
 
     def to(self, device: torch.device) -> "EventBatch":
         move = lambda x: x.to(device, non_blocking=True)  # noqa: E731
-        return EventBatch(move(self.frames), move(self.actions), move(self.state), move(self.lengths), move(self.caption), self.keys)
+        return EventBatch(
+            move(self.frames), move(self.actions), move(self.state), move(self.lengths), move(self.caption), self.keys, self.skipped
+        )
 
     @property
     def size(self) -> int:

@@ -32,6 +32,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, get_worker_info
 
 from wallwm_pretrain.config import DataConfig
+from wallwm_pretrain.data.badinput import BadInputError, SkipCounter, cook_or_skip, stamp_skips
 from wallwm_pretrain.data.balance import ClusterBalance
 from wallwm_pretrain.data.buckets import bucket_batches
 from wallwm_pretrain.data.collate import EventBatch, collate
@@ -63,11 +64,6 @@ def _split_by_rank(src: Iterable[dict], rank: int, world: int) -> Iterator[dict]
     for i, item in enumerate(src):
         if i % world == rank:
             yield item
-
-
-def _cook(src: Iterable[dict], cooker: Callable[[dict], list]) -> Iterator:
-    for sample in src:
-        yield from cooker(sample)
 
 
 def _shuffle(src: Iterable, bufsize: int, seed: tuple[int, ...]) -> Iterator:
@@ -113,23 +109,27 @@ class EventLoader:
         self.balance = ClusterBalance(self.index, cfg.balance, cfg.seed) if cfg.balance.active else None
         self.epoch = 0
         self.batches_in_epoch = 0
+        self.bad_samples = 0  # skipped within data.max_bad_samples, over the whole run
         self._iter: Optional[Iterator[EventBatch]] = None
 
     def pipeline(self, epoch: int) -> wds.DataPipeline:
         urls = list(self.urls)
         random.Random(self.cfg.seed * 1_000_003 + epoch).shuffle(urls)
+        counter = SkipCounter(self.cfg.max_bad_samples)
         stages: list = [
             wds.SimpleShardList(urls),
             functools.partial(_split_by_rank, rank=self.dp_rank, world=self.dp_size),
             wds.split_by_worker,
-            wds.tarfile_to_samples(),
+            wds.tarfile_to_samples(handler=counter.tar_handler),
         ]
         if self.balance is not None:
             stages.append(functools.partial(self.balance.stage, epoch=epoch))
         stages.append(wds.decode(npy_handler))
         if self.cfg.shuffle_buffer > 0:
             stages.append(functools.partial(_shuffle, bufsize=self.cfg.shuffle_buffer, seed=(self.cfg.seed, epoch, self.dp_rank)))
-        stages.append(functools.partial(_cook, cooker=functools.partial(self.cooker, epoch=epoch)))
+        stages.append(
+            functools.partial(cook_or_skip, cooker=functools.partial(self.cooker, epoch=epoch), counter=counter)
+        )
         to_batch = functools.partial(collate, frame_stride=self.cfg.frame_stride)
         if self.cfg.length_buckets:
             stages.append(
@@ -139,6 +139,7 @@ class EventLoader:
             )
         else:
             stages.append(wds.batched(self.cfg.batch_size, collation_fn=to_batch, partial=False))
+        stages.append(functools.partial(stamp_skips, counter=counter))
         return wds.DataPipeline(*stages)
 
     def _start_epoch(self) -> None:
@@ -152,7 +153,7 @@ class EventLoader:
             generator=torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.epoch),
         )
         self._iter = iter(loader)
-        for _ in range(self.batches_in_epoch):  # fast-forward after a restore
+        for _ in range(self.batches_in_epoch):  # fast-forward after a restore (skips already counted)
             next(self._iter)
 
     def __iter__(self) -> "EventLoader":
@@ -170,6 +171,12 @@ class EventLoader:
                 self.epoch, self.batches_in_epoch, self._iter = self.epoch + 1, 0, None
                 continue
             self.batches_in_epoch += 1
+            self.bad_samples += batch.skipped
+            if self.bad_samples > self.cfg.max_bad_samples:
+                raise BadInputError(
+                    f"{self.bad_samples} bad samples skipped so far exceed data.max_bad_samples="
+                    f"{self.cfg.max_bad_samples} (the warnings above name each one)"
+                )
             return batch
         raise ShardError(
             f"{self.cfg.shards}: an epoch on data-parallel rank {self.dp_rank} gives no full batch of "
@@ -177,9 +184,10 @@ class EventLoader:
         )
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "batches_in_epoch": self.batches_in_epoch}
+        return {"epoch": self.epoch, "batches_in_epoch": self.batches_in_epoch, "bad_samples": self.bad_samples}
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch = int(state["epoch"])
         self.batches_in_epoch = int(state["batches_in_epoch"])
+        self.bad_samples = int(state.get("bad_samples", 0))
         self._iter = None
