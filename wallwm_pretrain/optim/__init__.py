@@ -8,13 +8,17 @@ from .build import (
     split_parameters,
     uses_muon,
 )
-from .muon import LocalMatrices, Muon, adamw_rms_scale
+from .fused import FusedRows
+from .muon import LocalMatrices, Muon, adamw_rms_scale, apply_update, momentum_update
 from .newton_schulz import (
     DEFAULT_EPS,
     DEFAULT_NS_STEPS,
     NS_COEFFICIENTS,
+    NS_VARIANTS,
+    POLAR_EXPRESS_COEFFICIENTS,
     newton_schulz,
     newton_schulz_flops,
+    ns_variant,
     resolve_ns_dtype,
 )
 from .schedule import build_scheduler, lr_factor
@@ -22,12 +26,18 @@ from .schedule import build_scheduler, lr_factor
 __all__ = [
     "DEFAULT_EPS",
     "DEFAULT_NS_STEPS",
+    "FusedRows",
     "LocalMatrices",
     "Muon",
     "NS_COEFFICIENTS",
+    "NS_VARIANTS",
     "OptimizerSet",
+    "POLAR_EXPRESS_COEFFICIENTS",
     "ParamSplit",
     "adamw_rms_scale",
+    "apply_update",
+    "momentum_update",
+    "ns_variant",
     "build_optimizer",
     "build_scheduler",
     "lr_factor",

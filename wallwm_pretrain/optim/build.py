@@ -21,7 +21,9 @@ import torch
 from torch import nn
 
 from ..config import OptimConfig
+from .fused import FusedRows
 from .muon import LocalMatrices, Muon
+from .newton_schulz import ns_variant as resolve_ns_variant
 from .schedule import build_scheduler
 
 
@@ -86,6 +88,17 @@ class OptimizerSet:
 
     ``step()`` steps both optimizers and then both schedulers, so ``lrs()`` afterwards shows the
     learning rates of the next step.
+
+    Args:
+        named_params: trainable parameters by name.
+        split: which names go to Muon and to the two AdamW groups.
+        cfg: the ``optim`` section of the run config.
+        total_steps: optimizer steps of the whole run.
+        ns_dtype: ``float32`` or ``bfloat16``.
+        matrices: Muon's hook to the whole matrix of a sliced parameter.
+        fused: row layouts of fused Muon weights by name (QKV, gate/up, KV), orthogonalised
+            per logical matrix; ``None`` treats every weight as one matrix.
+        ns_variant: ``quintic`` or ``polar_express`` (see ``newton_schulz.ns_variant``).
     """
 
     def __init__(
@@ -96,10 +109,14 @@ class OptimizerSet:
         total_steps: int,
         ns_dtype: str,
         matrices: LocalMatrices | None = None,
+        fused: dict[str, FusedRows] | None = None,
+        ns_variant: str = "quintic",
     ) -> None:
         self.split = split
         self._params = named_params
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        coefficients, norm_scale = resolve_ns_variant(ns_variant)
+        layouts = {named_params[n]: layout for n, layout in (fused or {}).items() if n in split.muon}
         if split.muon:
             self.optimizers["muon"] = Muon(
                 [named_params[n] for n in split.muon],
@@ -109,7 +126,10 @@ class OptimizerSet:
                 nesterov=cfg.nesterov,
                 ns_steps=cfg.ns_steps,
                 ns_dtype=ns_dtype,
+                ns_coefficients=coefficients,
+                ns_norm_scale=norm_scale,
                 matrices=matrices,
+                fused=layouts,
             )
         adamw_groups = [
             {"params": [named_params[n] for n in names], "weight_decay": wd}
@@ -237,7 +257,12 @@ class OptimizerSet:
 
 
 def build_optimizer(
-    model: nn.Module, cfg: OptimConfig, total_steps: int, device_type: str
+    model: nn.Module,
+    cfg: OptimConfig,
+    total_steps: int,
+    device_type: str,
+    fused: dict[str, FusedRows] | None = None,
+    ns_variant: str = "quintic",
 ) -> OptimizerSet:
     """Build the Muon + AdamW optimizer set of ``model``.
 
@@ -246,6 +271,10 @@ def build_optimizer(
         cfg: the ``optim`` section of the run config.
         total_steps: optimizer steps of the whole run (end of the cosine decay).
         device_type: ``cuda`` or ``cpu``; picks the Newton-Schulz dtype when ``ns_dtype=auto``.
+        fused: row layouts of fused weights by name (e.g. from
+            ``wallwm_pretrain.parallel.muon_layout.fused_layouts(model)``); ``None`` keeps every
+            weight one matrix.
+        ns_variant: ``quintic`` or ``polar_express``.
 
     Returns:
         An :class:`OptimizerSet`.
@@ -257,4 +286,6 @@ def build_optimizer(
     if not named:
         raise ValueError("build_optimizer: the model has no trainable parameters")
     ns_dtype = resolve_auto_ns_dtype(cfg.ns_dtype, device_type)
-    return OptimizerSet(named, split_parameters(model), cfg, total_steps, ns_dtype)
+    return OptimizerSet(
+        named, split_parameters(model), cfg, total_steps, ns_dtype, fused=fused, ns_variant=ns_variant
+    )

@@ -14,21 +14,25 @@ makes the update's RMS about 0.2, the typical RMS of an AdamW update, so Muon ca
 learning rate and weight decay tuned for AdamW. Trade-off: one Newton-Schulz call per matrix
 per step, i.e. O(s^2 l) extra flops against AdamW's O(s l); this optimizer does them all
 locally. A tensor-parallel slice of a matrix is orthogonalised as the whole matrix through the
-``matrices`` hook (see :class:`LocalMatrices`).
+``matrices`` hook (see :class:`LocalMatrices`). A fused weight (QKV, gate/up, KV) is
+orthogonalised as the logical matrices it holds when ``fused`` describes its rows (see
+:mod:`.fused`); each part is scaled by its own shape.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, Mapping, Optional
 
 import torch
 from torch import Tensor
 
+from .fused import FusedRows
 from .newton_schulz import (
     DEFAULT_EPS,
     DEFAULT_NS_STEPS,
     NS_COEFFICIENTS,
+    Coefficients,
     newton_schulz,
     resolve_ns_dtype,
 )
@@ -48,6 +52,30 @@ def adamw_rms_scale(rows: int, cols: int) -> float:
         The factor applied to the learning rate of that parameter.
     """
     return 0.2 * math.sqrt(max(rows, cols))
+
+
+def momentum_update(buf: Tensor, grad: Tensor, momentum: float, nesterov: bool) -> Tensor:
+    """Advance the momentum buffer in place and return the matrix to orthogonalise.
+
+    Elementwise only, so a slice of ``buf``/``grad`` gives exactly the slice of the result:
+    distributed Muon relies on this to match the single-process update bit for bit.
+
+    Args:
+        buf: momentum buffer (EMA of gradients), updated in place.
+        grad: this step's gradient.
+        momentum: EMA coefficient mu.
+        nesterov: return the look-ahead lerp(G, M, mu) instead of M.
+    """
+    buf.lerp_(grad, 1.0 - momentum)
+    return grad.lerp(buf, momentum) if nesterov else buf
+
+
+def apply_update(target: Tensor, ortho: Tensor, lr: float, scale: float) -> None:
+    """``target -= lr * scale * ortho`` in place (``ortho`` reshaped to ``target``'s shape).
+
+    One shared primitive, so the single-process and the distributed optimizer round alike.
+    """
+    target.add_(ortho.reshape(target.shape), alpha=-lr * scale)
 
 
 class LocalMatrices:
@@ -88,9 +116,11 @@ class Muon(torch.optim.Optimizer):
         nesterov: bool = True,
         ns_steps: int = DEFAULT_NS_STEPS,
         ns_dtype: str = "float32",
-        ns_coefficients: tuple[float, float, float] = NS_COEFFICIENTS,
+        ns_coefficients: Coefficients = NS_COEFFICIENTS,
         eps: float = DEFAULT_EPS,
         matrices: Optional[LocalMatrices] = None,
+        fused: Optional[Mapping[Tensor, FusedRows]] = None,
+        ns_norm_scale: float = 1.0,
     ) -> None:
         """Create the optimizer.
 
@@ -102,13 +132,18 @@ class Muon(torch.optim.Optimizer):
             nesterov: use the Nesterov look-ahead lerp(G, M, mu) instead of M.
             ns_steps: Newton-Schulz iterations.
             ns_dtype: Newton-Schulz precision, ``float32`` or ``bfloat16``.
-            ns_coefficients: quintic coefficients (a, b, c).
+            ns_coefficients: quintic coefficients (a, b, c), or one triple per step.
             eps: Frobenius-norm floor inside Newton-Schulz.
             matrices: how to reach the whole matrix of a parameter that holds a slice of it
                 (default :class:`LocalMatrices`: every parameter is whole).
+            fused: row layouts of fused weights (keyed by the parameter tensor); each is
+                orthogonalised per logical matrix. Parameters not in it are one matrix each.
+            ns_norm_scale: Newton-Schulz divides its input by this times its Frobenius norm.
 
         Raises:
-            ValueError: a bad hyper-parameter or a parameter that is not 2-D.
+            ValueError: a bad hyper-parameter, a parameter that is not 2-D, a fused layout that
+                does not fit its parameter, or ``fused`` together with a slicing ``matrices``
+                hook (the distributed optimizer splits slices itself).
         """
         if lr < 0.0:
             raise ValueError(f"Muon lr must be >= 0, got {lr}")
@@ -129,6 +164,7 @@ class Muon(torch.optim.Optimizer):
             ns_dtype=ns_dtype,
             ns_coefficients=tuple(ns_coefficients),
             eps=eps,
+            ns_norm_scale=ns_norm_scale,
         )
         super().__init__(params, defaults)
         for group in self.param_groups:
@@ -140,6 +176,14 @@ class Muon(torch.optim.Optimizer):
                     )
         self.ns_calls = 0
         self.matrices = matrices if matrices is not None else LocalMatrices()
+        self.fused: dict[Tensor, FusedRows] = dict(fused or {})
+        if self.fused and type(self.matrices) is not LocalMatrices:
+            raise ValueError(
+                "Muon: fused layouts need whole parameters; a tensor-parallel run splits fused "
+                "slices with wallwm_pretrain.parallel.dist_muon instead of a matrices hook"
+            )
+        for p, layout in self.fused.items():
+            layout.check(p)
 
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], Tensor]] = None) -> Optional[Tensor]:
@@ -170,23 +214,31 @@ class Muon(torch.optim.Optimizer):
                     state["momentum_buffer"] = torch.zeros_like(
                         grad, memory_format=torch.preserve_format
                     )
-                buf = state["momentum_buffer"]
-                buf.lerp_(grad, 1.0 - mu)
-                update = grad.lerp(buf, mu) if group["nesterov"] else buf
-
-                # A sliced matrix is orthogonalised whole: orthogonalising each slice on its
-                # own gives another matrix than slicing the orthogonalised whole.
-                ortho = newton_schulz(
-                    self.matrices.gather(p, update),
+                update = momentum_update(state["momentum_buffer"], grad, mu, group["nesterov"])
+                ns = dict(
                     steps=group["ns_steps"],
                     dtype=group["ns_dtype"],
                     coefficients=group["ns_coefficients"],
                     eps=group["eps"],
+                    norm_scale=group.get("ns_norm_scale", 1.0),
                 )
+                layout = self.fused.get(p)
+                if layout is not None:
+                    orthos = [newton_schulz(part, **ns) for part in layout.split(update)]
+                    self.ns_calls += len(orthos)
+                    # Weight decay uses the unscaled lr, so its strength does not depend on shape.
+                    p.mul_(1.0 - lr * group["weight_decay"])
+                    for j, ortho in enumerate(orthos):
+                        apply_update(layout.part_view(p, j), ortho, lr, adamw_rms_scale(*ortho.shape))
+                    continue
+
+                # A sliced matrix is orthogonalised whole: orthogonalising each slice on its
+                # own gives another matrix than slicing the orthogonalised whole.
+                ortho = newton_schulz(self.matrices.gather(p, update), **ns)
                 ortho = self.matrices.local(p, ortho)
                 self.ns_calls += 1
 
                 # Weight decay uses the unscaled lr, so its strength does not depend on shape.
                 p.mul_(1.0 - lr * group["weight_decay"])
-                p.add_(ortho, alpha=-lr * adamw_rms_scale(*self.matrices.logical_shape(p)))
+                apply_update(p, ortho, lr, adamw_rms_scale(*self.matrices.logical_shape(p)))
         return loss

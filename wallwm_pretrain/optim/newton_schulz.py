@@ -11,6 +11,16 @@ The function is pure (no state, no communication) and accepts a batch of same-sh
 so a distributed optimizer can gather equal shapes and orthogonalise them in one call on an
 owner rank. Trade-off: bfloat16 halves memory traffic and is much faster on GPUs, but rounds
 each output element with relative error ~2^-8; float32 is the accurate choice on CPU.
+
+Variants (:func:`ns_variant`): ``quintic`` repeats the coefficients above at every step;
+``polar_express`` uses a different quintic per step, each the minimax-optimal odd polynomial for
+the interval that the previous steps left, so the singular values do converge towards 1 (same
+three matmuls per step, hence the same cost). Coefficients from N. Amsel, D. Persson,
+C. Musco, R. M. Gower, "The Polar Express: Optimal Matrix Sign Methods and Their Application to
+the Muon Algorithm", arXiv:2505.16932 (Algorithm 1: degree 5, lower bound 1e-3, every step but
+the last divided by a safety factor 1.01, and the input scaled by 1.01 times its Frobenius norm
+so that bf16 rounding cannot push a singular value above the interval the polynomials were
+fitted on).
 """
 
 from __future__ import annotations
@@ -21,6 +31,74 @@ from torch import Tensor
 NS_COEFFICIENTS: tuple[float, float, float] = (3.4445, -4.7750, 2.0315)
 DEFAULT_NS_STEPS = 5
 DEFAULT_EPS = 1e-7
+
+# Published per-step polynomials of Polar Express (arXiv:2505.16932, Algorithm 1), before the
+# safety factor; steps beyond the list keep using the last one, (15/8, -10/8, 3/8), the
+# classical degree-5 Newton-Schulz polynomial to which the optimal ones converge.
+_POLAR_EXPRESS_RAW: tuple[tuple[float, float, float], ...] = (
+    (8.28721201814563, -23.595886519098837, 17.300387312530933),
+    (4.107059111542203, -2.9478499167379106, 0.5448431082926601),
+    (3.9486908534822946, -2.908902115962949, 0.5518191394370137),
+    (3.3184196573706015, -2.488488024314874, 0.51004894012372),
+    (2.300652019954817, -1.6689039845747493, 0.4188073119525673),
+    (1.891301407787398, -1.2679958271945868, 0.37680408948524835),
+    (1.8750014808534479, -1.2500016453999487, 0.3750001645474248),
+    (1.875, -1.25, 0.375),
+)
+POLAR_EXPRESS_SAFETY = 1.01
+# p(x / s) = (a / s) x + (b / s^3) x^3 + (c / s^5) x^5: each polynomial stretched to [0, s].
+POLAR_EXPRESS_COEFFICIENTS: tuple[tuple[float, float, float], ...] = tuple(
+    (a / POLAR_EXPRESS_SAFETY, b / POLAR_EXPRESS_SAFETY**3, c / POLAR_EXPRESS_SAFETY**5)
+    for a, b, c in _POLAR_EXPRESS_RAW[:-1]
+) + (_POLAR_EXPRESS_RAW[-1],)
+
+Coefficients = tuple[float, float, float] | tuple[tuple[float, float, float], ...]
+
+NS_VARIANTS = ("quintic", "polar_express")
+
+
+def ns_variant(name: str) -> tuple[Coefficients, float]:
+    """Coefficients and input norm scale of a named Newton-Schulz variant.
+
+    Args:
+        name: ``quintic`` (fixed (3.4445, -4.7750, 2.0315), norm scale 1) or ``polar_express``
+            (per-step coefficients, norm scale 1.01).
+
+    Returns:
+        ``(coefficients, norm_scale)`` for :func:`newton_schulz`.
+
+    Raises:
+        ValueError: an unknown name.
+    """
+    if name == "quintic":
+        return NS_COEFFICIENTS, 1.0
+    if name == "polar_express":
+        return POLAR_EXPRESS_COEFFICIENTS, POLAR_EXPRESS_SAFETY
+    raise ValueError(f"Newton-Schulz variant must be one of {NS_VARIANTS}, got {name!r}")
+
+
+def step_coefficients(coefficients: Coefficients, steps: int) -> list[tuple[float, float, float]]:
+    """The ``(a, b, c)`` of each of ``steps`` iterations.
+
+    Args:
+        coefficients: one triple (used at every step) or a sequence of triples, one per step;
+            a sequence shorter than ``steps`` repeats its last triple.
+        steps: number of iterations.
+
+    Returns:
+        ``steps`` triples.
+
+    Raises:
+        ValueError: a triple that does not hold three numbers, or an empty sequence.
+    """
+    if len(coefficients) == 3 and all(isinstance(c, (int, float)) for c in coefficients):
+        return [tuple(float(c) for c in coefficients)] * steps  # type: ignore[list-item]
+    triples = [tuple(float(c) for c in t) for t in coefficients]  # type: ignore[union-attr]
+    if not triples or any(len(t) != 3 for t in triples):
+        raise ValueError(
+            f"newton_schulz needs three coefficients (a, b, c) or a sequence of such triples, got {coefficients}"
+        )
+    return [triples[min(i, len(triples) - 1)] for i in range(steps)]  # type: ignore[misc]
 
 _DTYPES = {
     "float32": torch.float32,
@@ -55,8 +133,9 @@ def newton_schulz(
     grad: Tensor,
     steps: int = DEFAULT_NS_STEPS,
     dtype: str | torch.dtype = torch.float32,
-    coefficients: tuple[float, float, float] = NS_COEFFICIENTS,
+    coefficients: Coefficients = NS_COEFFICIENTS,
     eps: float = DEFAULT_EPS,
+    norm_scale: float = 1.0,
 ) -> Tensor:
     """Approximately orthogonalise a matrix, or each matrix of a batch.
 
@@ -64,8 +143,11 @@ def newton_schulz(
         grad: ``[m, n]`` or ``[B, m, n]``. It is never modified.
         steps: number of quintic iterations (>= 0).
         dtype: the precision of the whole iteration, ``float32`` or ``bfloat16``.
-        coefficients: ``(a, b, c)`` of p(s) = a s + b s^3 + c s^5.
+        coefficients: ``(a, b, c)`` of p(s) = a s + b s^3 + c s^5, or one such triple per step
+            (see :func:`step_coefficients`).
         eps: floor of the Frobenius norm used to scale the input, so a zero matrix gives zeros.
+        norm_scale: the input is divided by ``norm_scale`` times its Frobenius norm (1.01 for
+            Polar Express, see :func:`ns_variant`).
 
     Returns:
         A tensor of ``grad``'s shape in ``dtype`` whose singular values lie near 1 (same
@@ -80,9 +162,7 @@ def newton_schulz(
         )
     if steps < 0:
         raise ValueError(f"newton_schulz needs steps >= 0, got {steps}")
-    if len(coefficients) != 3:
-        raise ValueError(f"newton_schulz needs three coefficients (a, b, c), got {coefficients}")
-    a, b, c = coefficients
+    per_step = step_coefficients(coefficients, steps)
     compute_dtype = resolve_ns_dtype(dtype)
 
     x = grad.to(compute_dtype)
@@ -92,15 +172,15 @@ def newton_schulz(
         x = x.mT
     # Frobenius norm >= spectral norm, so dividing puts every singular value in [0, 1], the
     # interval the coefficients were tuned for. Out of place: `to` may return `grad` itself.
-    if x.ndim == 2:
-        x = x / x.norm().clamp(min=eps)
-    else:
-        x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)
+    norm = x.norm() if x.ndim == 2 else x.norm(dim=(-2, -1), keepdim=True)
+    if norm_scale != 1.0:  # skipped at 1: keeps the quintic path bit-identical to torch's Muon
+        norm = norm * norm_scale
+    x = x / norm.clamp(min=eps)
 
     # addmm/baddbmm fuse the scaled sums into the matmuls: fewer passes over memory.
     batched = x.ndim == 3
     mul_add = torch.baddbmm if batched else torch.addmm
-    for _ in range(steps):
+    for a, b, c in per_step:
         gram = x @ x.mT
         poly = mul_add(gram, gram, gram, beta=b, alpha=c)  # b A + c A^2
         x = mul_add(x, poly, x, beta=a)  # a X + (b A + c A^2) X

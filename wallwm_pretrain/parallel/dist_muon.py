@@ -1,0 +1,533 @@
+"""Distributed Muon: each logical matrix is orthogonalised once, on its home rank.
+
+Single-process Muon (``wallwm_pretrain.optim.muon``) run on every rank of a DP x TP stage does
+the same Newton-Schulz work DP x TP times over and keeps DP copies of the momentum. Here every
+logical matrix (a whole weight, or Q, K, V, gate, up of a fused one; see :mod:`.muon_plan`)
+has one home among the stage's ranks. Per step and bucket of matrices:
+
+1. *to the home* (tensor-parallel pieces only): the ranks of the home's data-parallel replica
+   send their pieces of the (already data-parallel-reduced) gradient to the home, which joins
+   them along the partition dimension, undoing megatron's stride. Replicated matrices need no
+   transfer: every rank holds the reduced gradient.
+2. the home advances the momentum (kept only there, for the whole matrix), takes the Nesterov
+   look-ahead and orthogonalises, batching same-shape matrices into one Newton-Schulz call;
+3. *back*: the home sends every rank its piece of the result (all_to_all over the stage group);
+   each rank applies decoupled weight decay and the update scaled by the logical shape.
+
+Both transfers are one ``all_to_all_single`` per bucket, started asynchronously so that the
+transfer of bucket k+1 (to the home) and of bucket k-1 (back) run while bucket k is
+orthogonalised. Every operation on matrix values is elementwise, a concatenation, or the same
+Newton-Schulz arithmetic as single-process Muon, so in fp32 on CPU the result equals
+single-process Muon on the same logical matrices bit for bit (tested; batched calls are used
+only where ATen's batched and 2-D matmuls agree, see ``BATCH_MIN_SIDE``). GPU batched kernels
+may round differently from 2-D ones: there the equality is to rounding, not to the bit.
+
+Modes: ``owner`` (above; momentum memory per rank ~ 1/(DP*TP) of the whole model's);
+``gather`` (every rank all-gathers the TP pieces of the momentum update and orthogonalises every
+matrix: the Moonlight-style baseline and today's TP-gathered behaviour, momentum kept per local
+piece); ``local`` (each rank orthogonalises its own pieces, no communication: right for
+replicated matrices, wrong for TP pieces; the negative control of the tests).
+
+Trade-off: owner mode sends each rank the result for all its pieces (same volume as the
+gradient all-reduce's all-gather half) and makes each step wait for the slowest home; the LPT
+plan keeps the slowest home within 4/3 of the best possible assignment of the flops.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from wallwm_pretrain.optim.muon import adamw_rms_scale, apply_update, momentum_update
+from wallwm_pretrain.optim.newton_schulz import (
+    DEFAULT_EPS,
+    DEFAULT_NS_STEPS,
+    NS_COEFFICIENTS,
+    Coefficients,
+    newton_schulz,
+    resolve_ns_dtype,
+)
+from wallwm_pretrain.parallel.muon_layout import FusedLayout
+from wallwm_pretrain.parallel.muon_plan import (
+    DEFAULT_BUCKET_ELEMS,
+    LogicalMatrix,
+    assign_homes,
+    bucketize,
+    fingerprint,
+    logical_matrices,
+)
+from wallwm_pretrain.parallel.tp_matrices import restride, unstride
+
+MODES = ("owner", "gather", "local")
+# Same-shape matrices whose smaller side is below this are orthogonalised one at a time: ATen's
+# CPU batched matmul sums tiny products (sides <= 11 measured) in another order than its 2-D
+# matmul, which would break bit-equality with single-process Muon, and batching such small
+# matrices saves nothing worth having.
+BATCH_MIN_SIDE = 16
+
+
+@dataclass(frozen=True)
+class MuonGroups:
+    """The process groups distributed Muon needs, for one pipeline stage.
+
+    Attributes:
+        stage: the stage's DP x TP ranks (megatron's tensor-and-data-parallel group).
+        tp: this rank's tensor-parallel group.
+        dp: this rank's data-parallel group.
+        tp_rank, tp_size, dp_rank, dp_size, pp_rank: this rank's coordinates.
+    """
+
+    stage: Optional[dist.ProcessGroup]
+    tp: Optional[dist.ProcessGroup]
+    dp: Optional[dist.ProcessGroup]
+    tp_rank: int
+    tp_size: int
+    dp_rank: int
+    dp_size: int
+    pp_rank: int = 0
+
+    @property
+    def stage_size(self) -> int:
+        return self.tp_size * self.dp_size
+
+    @classmethod
+    def from_megatron(cls) -> "MuonGroups":
+        """Groups of megatron-core's parallel state (call after ``init_parallel``)."""
+        from megatron.core import parallel_state as ps
+
+        return cls(
+            stage=ps.get_tensor_and_data_parallel_group(),
+            tp=ps.get_tensor_model_parallel_group(),
+            dp=ps.get_data_parallel_group(),
+            tp_rank=ps.get_tensor_model_parallel_rank(),
+            tp_size=ps.get_tensor_model_parallel_world_size(),
+            dp_rank=ps.get_data_parallel_rank(),
+            dp_size=ps.get_data_parallel_world_size(),
+            pp_rank=ps.get_pipeline_model_parallel_rank(),
+        )
+
+    @classmethod
+    def single(cls) -> "MuonGroups":
+        """One process: no collectives at all."""
+        return cls(None, None, None, 0, 1, 0, 1, 0)
+
+
+class _Pending:
+    """An in-flight transfer and what to do with its result."""
+
+    def __init__(self, work, finish: Callable[[], dict]) -> None:
+        self.work, self._finish = work, finish
+
+    def result(self) -> dict:
+        if self.work is not None:
+            self.work.wait()
+        return self._finish()
+
+
+class DistMuon(torch.optim.Optimizer):
+    """Muon over a pipeline stage's DP x TP ranks (see the module docstring).
+
+    Every rank of the stage constructs it with its own pieces of the same parameters (same
+    names, in the same order) and calls :meth:`step` together.
+
+    Attributes:
+        plan: the logical matrices in LPT order, with their homes.
+        buckets: the plan cut into transfer units.
+        ns_calls: Newton-Schulz orthogonalisations made on this rank, per logical matrix key.
+        ns_batched: how many of them ran inside a batched (stacked) call.
+        momentum: momentum buffers held by this rank, per logical matrix key.
+    """
+
+    def __init__(
+        self,
+        named_params: dict[str, Tensor],
+        groups: MuonGroups,
+        lr: float = 0.02,
+        weight_decay: float = 0.0,
+        momentum: float = 0.95,
+        nesterov: bool = True,
+        ns_steps: int = DEFAULT_NS_STEPS,
+        ns_dtype: str = "float32",
+        ns_coefficients: Coefficients = NS_COEFFICIENTS,
+        eps: float = DEFAULT_EPS,
+        ns_norm_scale: float = 1.0,
+        mode: str = "owner",
+        fused: Optional[dict[str, FusedLayout]] = None,
+        split_fused: bool = True,
+        bucket_elems: int = DEFAULT_BUCKET_ELEMS,
+        overlap: bool = True,
+        grad_fn: Optional[Callable[[Tensor], Optional[Tensor]]] = None,
+    ) -> None:
+        """Create the optimizer (a collective over ``groups.stage``: it checks the plan).
+
+        Args:
+            named_params: this rank's Muon parameters (2-D; TP pieces carry megatron's marks).
+            groups: the stage's process groups and this rank's coordinates.
+            lr, weight_decay, momentum, nesterov, ns_steps, ns_dtype, ns_coefficients, eps,
+                ns_norm_scale: as :class:`~wallwm_pretrain.optim.muon.Muon`.
+            mode: ``owner``, ``gather`` or ``local``.
+            fused: fused row layouts by parameter name (:func:`.muon_layout.fused_layouts`).
+            split_fused: orthogonalise the logical matrices of fused weights separately.
+            bucket_elems: elements per transfer bucket.
+            overlap: start the next bucket's transfer before orthogonalising the current one.
+            grad_fn: where a parameter's reduced gradient is (default ``p.grad``); a missing
+                gradient counts as zero, as DDP's zeroed buffers do.
+
+        Raises:
+            ValueError: a bad hyper-parameter or mode, a parameter that is not 2-D, or ranks of
+                the stage that computed different plans (different parameters or shapes).
+        """
+        if mode not in MODES:
+            raise ValueError(f"distributed Muon mode must be one of {MODES}, got {mode!r}")
+        if lr < 0.0 or weight_decay < 0.0 or not 0.0 <= momentum < 1.0 or ns_steps < 1:
+            raise ValueError(
+                f"bad Muon hyper-parameters: lr={lr} (>= 0), weight_decay={weight_decay} (>= 0), "
+                f"momentum={momentum} (in [0, 1)), ns_steps={ns_steps} (>= 1)"
+            )
+        for name, p in named_params.items():
+            if p.ndim != 2:
+                raise ValueError(f"Muon only takes 2-D parameters, got {name} of shape {tuple(p.shape)}")
+        defaults = dict(
+            lr=lr,
+            weight_decay=weight_decay,
+            momentum=momentum,
+            nesterov=nesterov,
+            ns_steps=ns_steps,
+            ns_dtype=str(resolve_ns_dtype(ns_dtype)).removeprefix("torch."),
+            ns_coefficients=tuple(ns_coefficients),
+            eps=eps,
+            ns_norm_scale=ns_norm_scale,
+        )
+        super().__init__(list(named_params.values()), defaults)
+        self.params = dict(named_params)
+        self.groups = groups
+        self.mode = mode
+        self.split_fused = split_fused
+        self.overlap = overlap
+        self.fused = {n: f for n, f in (fused or {}).items() if n in self.params}
+        self._grad_fn = grad_fn or (lambda p: p.grad)
+        matrices = logical_matrices(self.params, self.fused, groups.tp_size, split_fused)
+        self.plan = assign_homes(matrices, groups.stage_size)
+        self.buckets = bucketize(self.plan, bucket_elems)
+        self.momentum: dict[str, Tensor] = {}
+        self.ns_calls: Counter[str] = Counter()
+        self.ns_batched = 0
+        self._coords, self.stage_rank = self._exchange_coordinates()
+        self._rank_of = {c: r for r, c in enumerate(self._coords)}
+
+    # -- layout -------------------------------------------------------------------------
+    def _exchange_coordinates(self) -> tuple[list[tuple[int, int]], int]:
+        g = self.groups
+        mine = (g.dp_rank, g.tp_rank, fingerprint(self.plan))
+        if g.stage_size == 1:
+            return [(g.dp_rank, g.tp_rank)], 0
+        everyone: list = [None] * g.stage_size
+        dist.all_gather_object(everyone, mine, group=g.stage)
+        prints = {fp for _, _, fp in everyone}
+        if len(prints) != 1:
+            raise ValueError(
+                f"distributed Muon: the {g.stage_size} ranks of a stage computed {len(prints)} different "
+                "ownership plans; they must hold the same parameter names and shapes"
+            )
+        coords = [(d, t) for d, t, _ in everyone]
+        if sorted(coords) != sorted((d, t) for d in range(g.dp_size) for t in range(g.tp_size)):
+            raise ValueError(f"stage ranks do not cover dp {g.dp_size} x tp {g.tp_size} exactly once: {coords}")
+        return coords, dist.get_rank(group=g.stage)
+
+    def _local(self, m: LogicalMatrix, t: Tensor) -> Tensor:
+        """This rank's piece of ``m`` inside a tensor laid out like its parameter."""
+        return t if m.part < 0 else self.fused[m.name].local.part(t, m.part)
+
+    def _target(self, m: LogicalMatrix) -> Tensor:
+        """Writable view of this rank's piece of ``m`` in the parameter."""
+        p = self.params[m.name]
+        return p if m.part < 0 else self.fused[m.name].local.part_view(p, m.part)
+
+    def _cut(self, m: LogicalMatrix, full: Tensor, tp_rank: int) -> Tensor:
+        if m.tp_dim is None:
+            return full
+        return restride(full, m.tp_dim, m.stride, tp_rank, self.groups.tp_size)
+
+    def _join(self, m: LogicalMatrix, pieces: list[Tensor]) -> Tensor:
+        return unstride(pieces, m.tp_dim, m.stride) if m.tp_dim is not None else pieces[0]
+
+    def _ns(self, mats: list[Tensor], group: dict) -> list[Tensor]:
+        """Orthogonalise ``mats``, one batched call per shape."""
+        by_shape: dict[tuple, list[int]] = defaultdict(list)
+        for i, x in enumerate(mats):
+            by_shape[tuple(x.shape)].append(i)
+        out: list[Optional[Tensor]] = [None] * len(mats)
+        kw = dict(
+            steps=group["ns_steps"],
+            dtype=group["ns_dtype"],
+            coefficients=group["ns_coefficients"],
+            eps=group["eps"],
+            norm_scale=group.get("ns_norm_scale", 1.0),
+        )
+        for shape, idx in by_shape.items():
+            if len(idx) == 1 or min(shape) < BATCH_MIN_SIDE:
+                for i in idx:
+                    out[i] = newton_schulz(mats[i], **kw)
+            else:
+                for i, o in zip(idx, newton_schulz(torch.stack([mats[i] for i in idx]), **kw)):
+                    out[i] = o
+                self.ns_batched += len(idx)
+        return out  # type: ignore[return-value]
+
+    def state_numel(self) -> int:
+        """Elements of momentum held by this rank."""
+        return sum(t.numel() for t in self.momentum.values())
+
+    # -- step ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, closure: Optional[Callable[[], Tensor]] = None) -> Optional[Tensor]:
+        """One Muon update of every parameter (a collective over the stage in owner/gather mode).
+
+        Returns:
+            The closure's loss, or None.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        group = self.param_groups[0]
+        grads = {}
+        for name, p in self.params.items():
+            g = self._grad_fn(p)
+            grads[name] = torch.zeros_like(p) if g is None else g
+        # Weight decay with the unscaled lr, before any update lands: elementwise, so the order
+        # against other matrices' updates cannot change a bit.
+        for p in self.params.values():
+            p.mul_(1.0 - group["lr"] * group["weight_decay"])
+        if self.mode == "owner":
+            self._step_owner(grads, group)
+        elif self.mode == "gather":
+            self._step_gather(grads, group)
+        else:
+            self._step_local(grads, group)
+        return loss
+
+    def _pipeline(self, start: Callable[[int], _Pending], compute: Callable[[int, dict], Optional[_Pending]]) -> None:
+        """Run ``start`` (a transfer) one bucket ahead of ``compute`` when overlapping; a
+        compute may return a transfer of its own, finished one bucket later."""
+        n = len(self.buckets)
+        started: list[Optional[_Pending]] = [None] * n
+        later: Optional[_Pending] = None
+        for k in range(n):
+            if started[k] is None:
+                started[k] = start(k)
+            if self.overlap and k + 1 < n:
+                started[k + 1] = start(k + 1)
+            back = compute(k, started[k].result())  # type: ignore[union-attr]
+            started[k] = None
+            if later is not None:
+                later.result()
+            later = back
+            if not self.overlap and later is not None:
+                later.result()
+                later = None
+        if later is not None:
+            later.result()
+
+    def _a2a(self, chunks_by_dst: list[list[Tensor]], recv_sizes: list[int], dtype: torch.dtype, device) -> tuple:
+        """Start one all_to_all_single over the stage; returns (work, received segments)."""
+        send_sizes = [sum(c.numel() for c in chunks) for chunks in chunks_by_dst]
+        flat = [c.reshape(-1).to(dtype) for chunks in chunks_by_dst for c in chunks]
+        inp = torch.cat(flat) if flat else torch.empty(0, dtype=dtype, device=device)
+        out = torch.empty(sum(recv_sizes), dtype=dtype, device=device)
+        work = dist.all_to_all_single(out, inp, recv_sizes, send_sizes, group=self.groups.stage, async_op=True)
+        return work, out
+
+    def _step_owner(self, grads: dict[str, Tensor], group: dict) -> None:
+        g = self.groups
+        me, my_dp, tp = self.stage_rank, g.dp_rank, g.tp_size
+        device = next(iter(self.params.values())).device if self.params else torch.device("cpu")
+        grad_dtype = torch.float32
+        if grads:
+            grad_dtype = next(iter(grads.values())).dtype
+        ns_dtype = resolve_ns_dtype(group["ns_dtype"])
+        lr, mu, nesterov = group["lr"], group["momentum"], group["nesterov"]
+
+        def to_home(k: int) -> _Pending:
+            bucket = self.buckets[k]
+            owned = [m for m in bucket if m.home == me]
+            sharded_owned = [m for m in owned if m.tp_dim is not None]
+            local = {m.key: self._local(m, grads[m.name]) for m in owned if m.tp_dim is None}
+            if tp == 1 or g.stage_size == 1 or not any(m.tp_dim is not None for m in bucket):
+                return _Pending(None, lambda: local)
+            # Pieces travel from the home's own data-parallel replica (its TP peers).
+            chunks = [
+                [self._local(m, grads[m.name]) for m in bucket
+                 if m.tp_dim is not None and m.home == dst and self._coords[dst][0] == my_dp]
+                for dst in range(g.stage_size)
+            ]
+            per_src = sum(m.piece_numel(tp) for m in sharded_owned)
+            recv = [per_src if self._coords[src][0] == my_dp else 0 for src in range(g.stage_size)]
+            work, out = self._a2a(chunks, recv, grad_dtype, device)
+
+            def finish() -> dict:
+                segments = out.split(recv)
+                split_sizes = [m.piece_numel(tp) for m in sharded_owned]
+                by_src = {src: segments[src].split(split_sizes) for src in range(g.stage_size) if recv[src]}
+                full = dict(local)
+                for i, m in enumerate(sharded_owned):
+                    pieces = [by_src[self._rank_of[(my_dp, t)]][i].view(m.piece_shape(tp)) for t in range(tp)]
+                    full[m.key] = self._join(m, pieces)
+                return full
+
+            return _Pending(work, finish)
+
+        def orthogonalise_and_send(k: int, full: dict) -> _Pending:
+            bucket = self.buckets[k]
+            owned = [m for m in bucket if m.home == me]
+            updates = []
+            for m in owned:
+                grad = full[m.key]
+                if m.key not in self.momentum:
+                    self.momentum[m.key] = torch.zeros_like(grad, memory_format=torch.contiguous_format)
+                updates.append(momentum_update(self.momentum[m.key], grad, mu, nesterov))
+            orthos = dict(zip((m.key for m in owned), self._ns(updates, group)))
+            self.ns_calls.update(m.key for m in owned)
+
+            def apply(pieces: dict[str, Tensor]) -> dict:
+                for m in bucket:
+                    apply_update(self._target(m), pieces[m.key], lr, adamw_rms_scale(m.rows, m.cols))
+                return {}
+
+            if g.stage_size == 1:
+                return _Pending(None, lambda: apply(orthos))
+            chunks = [
+                [self._cut(m, orthos[m.key], self._coords[dst][1]) for m in owned] for dst in range(g.stage_size)
+            ]
+            recv = [sum(m.piece_numel(tp) for m in bucket if m.home == src) for src in range(g.stage_size)]
+            work, out = self._a2a(chunks, recv, ns_dtype, device)
+
+            def finish() -> dict:
+                segments = out.split(recv)
+                pieces = {}
+                for src in range(g.stage_size):
+                    mine = [m for m in bucket if m.home == src]
+                    for m, piece in zip(mine, segments[src].split([m.piece_numel(tp) for m in mine])):
+                        pieces[m.key] = piece
+                return apply(pieces)
+
+            return _Pending(work, finish)
+
+        self._pipeline(to_home, orthogonalise_and_send)
+
+    def _piece_updates(self, bucket: list[LogicalMatrix], grads: dict[str, Tensor], group: dict) -> dict[str, Tensor]:
+        """Momentum on this rank's pieces (gather/local modes): piece-wise, as today's Muon."""
+        out = {}
+        for m in bucket:
+            grad = self._local(m, grads[m.name])
+            if m.key not in self.momentum:
+                self.momentum[m.key] = torch.zeros_like(grad, memory_format=torch.contiguous_format)
+            out[m.key] = momentum_update(self.momentum[m.key], grad, group["momentum"], group["nesterov"])
+        return out
+
+    def _step_gather(self, grads: dict[str, Tensor], group: dict) -> None:
+        g = self.groups
+        tp = g.tp_size
+
+        def gather(k: int) -> _Pending:
+            bucket = self.buckets[k]
+            updates = self._piece_updates(bucket, grads, group)
+            sharded = [m for m in bucket if m.tp_dim is not None]
+            if tp == 1 or not sharded:
+                return _Pending(None, lambda: updates)
+            flat = torch.cat([updates[m.key].reshape(-1) for m in sharded])
+            slots = [torch.empty_like(flat) for _ in range(tp)]
+            work = dist.all_gather(slots, flat, group=g.tp, async_op=True)
+
+            def finish() -> dict:
+                sizes = [m.piece_numel(tp) for m in sharded]
+                parts = [s.split(sizes) for s in slots]
+                full = dict(updates)
+                for i, m in enumerate(sharded):
+                    full[m.key] = self._join(m, [parts[t][i].view(m.piece_shape(tp)) for t in range(tp)])
+                return full
+
+            return _Pending(work, finish)
+
+        def orthogonalise(k: int, full: dict) -> None:
+            bucket = self.buckets[k]
+            orthos = self._ns([full[m.key] for m in bucket], group)
+            self.ns_calls.update(m.key for m in bucket)
+            for m, o in zip(bucket, orthos):
+                apply_update(self._target(m), self._cut(m, o, g.tp_rank), group["lr"], adamw_rms_scale(m.rows, m.cols))
+            return None
+
+        self._pipeline(gather, orthogonalise)
+
+    def _step_local(self, grads: dict[str, Tensor], group: dict) -> None:
+        for bucket in self.buckets:
+            updates = self._piece_updates(bucket, grads, group)
+            orthos = self._ns([updates[m.key] for m in bucket], group)
+            self.ns_calls.update(m.key for m in bucket)
+            for m, o in zip(bucket, orthos):
+                # Scaled by the piece's own shape: this mode knows nothing beyond its pieces.
+                apply_update(self._target(m), o, group["lr"], adamw_rms_scale(*o.shape))
+
+    # -- state --------------------------------------------------------------------------
+    def sharded_state(self) -> dict:
+        """This rank's momentum with the layout needed to rebuild whole matrices (no comm)."""
+        g = self.groups
+        whole = {n: (list(f.whole.names), list(f.whole.sizes), f.whole.groups) for n, f in self.fused.items()}
+        return {
+            "mode": self.mode,
+            "tp_rank": g.tp_rank,
+            "tp_size": g.tp_size,
+            "dp_rank": g.dp_rank,
+            "pp_rank": g.pp_rank,
+            "stage_rank": self.stage_rank,
+            "names": list(self.params),
+            "plan": [dict(m.__dict__) for m in self.plan],
+            "whole_layouts": whole,
+            "momentum": {k: v.detach().to("cpu", copy=True) for k, v in self.momentum.items()},
+        }
+
+    def load_sharded_state(self, state: dict) -> None:
+        """Reload :meth:`sharded_state` of this rank under the same plan.
+
+        Raises:
+            ValueError: the state was saved under another plan or mode.
+        """
+        if state["mode"] != self.mode or state["plan"] != [dict(m.__dict__) for m in self.plan]:
+            raise ValueError(
+                f"momentum shard was saved under another plan or mode ({state['mode']!r} vs {self.mode!r}); "
+                "load the canonical state instead"
+            )
+        device = next(iter(self.params.values())).device
+        self.momentum = {k: v.to(device).clone() for k, v in state["momentum"].items()}
+
+    def load_whole_momentum(self, whole: dict[str, Tensor]) -> None:
+        """Take this rank's share of whole (TP=1 layout) momentum buffers, keyed by parameter.
+
+        Parameters missing from ``whole`` start with no momentum (as before their first step).
+
+        Raises:
+            ValueError: a buffer whose shape is not the parameter's whole shape.
+        """
+        self.momentum = {}
+        for m in self.plan:
+            buf = whole.get(m.name)
+            if buf is None:
+                continue
+            if m.part >= 0:
+                layout = self.fused[m.name].whole
+                layout.check(buf)
+                buf = layout.part(buf, m.part)
+            if tuple(buf.shape) != (m.rows, m.cols):
+                raise ValueError(f"momentum of {m.key}: expected {m.rows} x {m.cols}, got {tuple(buf.shape)}")
+            p = self.params[m.name]
+            if self.mode == "owner":
+                if m.home == self.stage_rank:
+                    self.momentum[m.key] = buf.to(p.device, p.dtype).clone(memory_format=torch.contiguous_format)
+            else:
+                piece = self._cut(m, buf, self.groups.tp_rank)
+                self.momentum[m.key] = piece.to(p.device, p.dtype).clone(memory_format=torch.contiguous_format)
