@@ -146,10 +146,17 @@ class ModelConfig:
     init_std: float = 0.02
     video_loss_weight: float = 1.0
     action_loss_weight: float = 1.0
+    recompute: str = "none"
+    """Activation recomputation in backward: ``none``; ``full`` (each coupled layer keeps only
+    its input and runs again in backward: least memory, about one extra forward of the towers);
+    ``selective`` (only the attention cores, whose score matrices grow with sequence length
+    squared, are recomputed: most of the memory saving for a small share of the compute)."""
 
     def __post_init__(self) -> None:
         if self.mode not in ("event", "chunk"):
             raise ConfigError(f"model.mode must be 'event' or 'chunk', got {self.mode!r}")
+        if self.recompute not in ("none", "full", "selective"):
+            raise ConfigError(f"model.recompute must be none, full or selective, got {self.recompute!r}")
         if self.hidden_size % self.num_heads:
             raise ConfigError(
                 f"model.hidden_size ({self.hidden_size}) must be divisible by model.num_heads "
@@ -217,10 +224,16 @@ class TrainConfig:
     """The run folder is ``runs_root/run_name``."""
     keep_checkpoints: int = 2
     """Complete checkpoints kept in the run folder (older ones are deleted after a save)."""
+    microbatches: int = 1
+    """Microbatches per optimizer step on each data-parallel rank: ``data.batch_size`` rows are
+    cut into this many equal microbatches whose gradients accumulate before the step (pipeline
+    stages work on different microbatches at once). The update equals that of one batch."""
 
     def __post_init__(self) -> None:
         if self.steps < 1:
             raise ConfigError(f"train.steps must be >= 1, got {self.steps}")
+        if self.microbatches < 1:
+            raise ConfigError(f"train.microbatches must be >= 1, got {self.microbatches}")
         if self.stop_after < 0 or self.stop_after > self.steps:
             raise ConfigError(f"train.stop_after must be in [0, train.steps={self.steps}], got {self.stop_after}")
         if self.precision not in ("auto", "fp32", "bf16"):
@@ -240,11 +253,20 @@ class ParallelConfig:
     tp: int = 1
     """Tensor-parallel size."""
     pp: int = 1
-    """Pipeline-parallel size."""
+    """Pipeline-parallel size: each stage holds consecutive coupled layers."""
+    vpp: int = 1
+    """Virtual pipeline stages per pipeline rank (interleaved 1F1B): each rank holds ``vpp``
+    non-adjacent chunks of layers, which shrinks the pipeline bubble by that factor at the cost
+    of ``vpp`` times more stage-to-stage messages. 1 = plain 1F1B."""
 
     def __post_init__(self) -> None:
-        if self.tp < 1 or self.pp < 1:
-            raise ConfigError(f"parallel.tp and parallel.pp must be >= 1, got tp={self.tp}, pp={self.pp}")
+        if self.tp < 1 or self.pp < 1 or self.vpp < 1:
+            raise ConfigError(
+                f"parallel.tp, parallel.pp and parallel.vpp must be >= 1, got tp={self.tp}, pp={self.pp}, "
+                f"vpp={self.vpp}"
+            )
+        if self.vpp > 1 and self.pp == 1:
+            raise ConfigError(f"parallel.vpp={self.vpp} interleaves pipeline stages and needs parallel.pp > 1")
 
 
 @dataclass
@@ -361,6 +383,24 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"model.num_heads ({cfg.model.num_heads}) must be divisible by parallel.tp "
             f"({cfg.parallel.tp})"
+        )
+    pp, vpp, layers = cfg.parallel.pp, cfg.parallel.vpp, cfg.model.num_layers
+    if layers % (pp * vpp):
+        raise ConfigError(
+            f"model.num_layers={layers} does not split into parallel.pp * parallel.vpp = {pp} * {vpp} = "
+            f"{pp * vpp} stages of whole coupled layers"
+        )
+    micro = cfg.train.microbatches
+    if cfg.data.batch_size % micro:
+        raise ConfigError(
+            f"data.batch_size={cfg.data.batch_size} does not split into train.microbatches={micro} equal "
+            f"microbatches ({cfg.data.batch_size} = {cfg.data.batch_size // micro} * {micro} + "
+            f"{cfg.data.batch_size % micro})"
+        )
+    if vpp > 1 and micro % pp:
+        raise ConfigError(
+            f"train.microbatches={micro} must be a multiple of parallel.pp={pp} for the interleaved "
+            f"schedule (parallel.vpp={vpp}): it runs microbatches in groups of pp per virtual stage"
         )
 
 

@@ -7,6 +7,13 @@ optimizer, data, resume from a checkpoint, tracking. ``Trainer.train`` then step
 
 Everything a resumed run needs to continue exactly where the uninterrupted run would be is in
 the checkpoint: weights, optimizer and schedule, the loader position and all RNG states.
+
+Every layout (TP x PP x DP, with or without virtual pipeline stages) takes one path: this
+rank's model chunks, each in megatron DDP, driven by megatron-core's schedule for the layout
+(``wallwm_pretrain.parallel.pipeline``), with ``train.microbatches`` microbatches per step.
+The flow noise of a step is drawn for the rank's whole batch from (seed, step, data-parallel
+rank) and each microbatch takes its rows, so splitting a batch into microbatches, or the model
+into stages, changes no draw.
 """
 
 from __future__ import annotations
@@ -29,15 +36,11 @@ from tqdm import tqdm
 from wallwm_pretrain import checkpoint as ckpt
 from wallwm_pretrain.config import Config, ConfigError, flatten, to_yaml
 from wallwm_pretrain.data import EventLoader
-from wallwm_pretrain.model import WallWM
 from wallwm_pretrain.parallel import init_parallel
-from wallwm_pretrain.parallel.canonical import canonical_state, local_state
-from wallwm_pretrain.parallel.parallelize import (
-    build_parallel_optimizer,
-    parallelize_model,
-    unwrap_model,
-    validate_tensor_parallel,
-)
+from wallwm_pretrain.parallel.canonical import canonical_state, load_canonical
+from wallwm_pretrain.parallel.parallelize import build_parallel_optimizer, validate_tensor_parallel
+from wallwm_pretrain.parallel.pipeline import PipelineSchedule, build_stage_models, parallelize_stages
+from wallwm_pretrain.parallel.stages import validate_pipeline_split
 from wallwm_pretrain.tracking import build_tracker, plot_loss_curve
 
 log = logging.getLogger("wallwm_pretrain")
@@ -95,10 +98,13 @@ class Trainer:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         # 1. process groups and device (megatron-core state; CPU patches when there is no GPU)
-        if cfg.parallel.pp > 1:
-            raise ConfigError(f"parallel.pp={cfg.parallel.pp}: the trainer runs tensor and data parallel; pipeline stages are not wired in yet")
-        validate_tensor_parallel(cfg.model, cfg.parallel.tp)
-        self.ctx = init_parallel(cfg.parallel.tp, cfg.parallel.pp, cfg.train.device, cfg.train.seed)
+        par = cfg.parallel
+        try:
+            validate_tensor_parallel(cfg.model, par.tp)
+            validate_pipeline_split(cfg.model.num_layers, par.pp, par.vpp)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        self.ctx = init_parallel(par.tp, par.pp, cfg.train.device, cfg.train.seed, vpp=par.vpp)
         self.device = self.ctx.device
         self.run_dir = cfg.train.run_dir
         if self.ctx.is_main:
@@ -107,16 +113,19 @@ class Trainer:
         precision = cfg.train.precision
         if precision == "auto":
             precision = "bf16" if self.device.type == "cuda" else "fp32"
-        self.autocast = (
-            torch.autocast(self.device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
-        )
+        device_type = self.device.type
+        autocast = (lambda: torch.autocast(device_type, dtype=torch.bfloat16)) if precision == "bf16" else nullcontext
 
-        # 2. model: same seed on every rank (identical replicated weights; megatron draws TP
-        # master weights whole and keeps this rank's slices), wrapped for data parallel
-        torch.manual_seed(cfg.train.seed)
-        model = WallWM(cfg.model, cfg.data.frame_stride, cfg.data.caption_max_bytes + 1).to(self.device)
-        self.param_counts = model.parameter_counts()
-        self.model = parallelize_model(model, self.ctx)
+        # 2. model: this rank's pipeline chunks, each built after the same seed (identical
+        # replicated weights; megatron draws TP master weights whole and keeps this rank's
+        # slices; a chunk's layers get the weights they have in the whole model), each wrapped
+        # for data parallel, driven by the schedule of the layout in microbatches
+        self.chunks = build_stage_models(
+            cfg.model, cfg.data.frame_stride, cfg.data.caption_max_bytes + 1, self.ctx, cfg.train.seed
+        )
+        self.param_counts = self._parameter_counts()
+        self.model = parallelize_stages(self.chunks, self.ctx)
+        self.schedule = PipelineSchedule(self.model, self.ctx, cfg.train.microbatches, autocast)
         self.noise_rng = torch.Generator(device=self.device)
 
         # 3. optimizer: Muon for hidden matrices (TP slices orthogonalised whole), AdamW for
@@ -144,13 +153,25 @@ class Trainer:
             self.tracker.log_params(flatten(cfg))
             self.tracker.log_params({f"params.{k}": v for k, v in self.param_counts.items()})
 
+    def _parameter_counts(self) -> dict[str, int]:
+        """Parameters of the whole pipeline (this rank's tensor-parallel slices), per tower."""
+        counts: dict[str, int] = {}
+        for chunk in self.chunks:
+            for k, v in chunk.parameter_counts().items():
+                counts[k] = counts.get(k, 0) + v
+        if self.ctx.pp > 1:
+            from megatron.core import parallel_state as ps
+
+            values = torch.tensor(list(counts.values()), dtype=torch.int64, device=self.device)
+            dist.all_reduce(values, group=ps.get_pipeline_model_parallel_group())
+            counts = dict(zip(counts, values.tolist()))
+        return counts
+
     # -- checkpoints --------------------------------------------------------------------
     def _restore(self, path: Path) -> Optional[str]:
         state = ckpt.load_checkpoint(path)
-        bare = unwrap_model(self.model)
-        model_state, optim_state = local_state(bare, state.model, state.optimizer, self.ctx)
-        bare.load_state_dict(model_state)
-        self.optim.load_state_dict(optim_state)
+        # each stage takes its layers, each TP rank its slices, from the canonical state
+        load_canonical(self.model, self.optim, state.model, state.optimizer, self.ctx)
         trainer = state.trainer
         self.step = int(trainer["step"])
         loaders = trainer["loaders"]  # one position per data-parallel rank
@@ -169,8 +190,8 @@ class Trainer:
         return trainer.get("mlflow_run_id") or None
 
     def save(self) -> Optional[Path]:
-        """Gather the canonical (TP=1) state and every DP rank's loader position; rank 0 writes."""
-        model_state, optim_state = canonical_state(unwrap_model(self.model), self.optim.state_dict(), self.ctx)
+        """Gather the canonical (TP=1, PP=1) state and every DP rank's loader position; rank 0 writes."""
+        model_state, optim_state = canonical_state(self.model, self.optim.state_dict(), self.ctx)
         loaders = [None] * self.ctx.world_size
         dist.all_gather_object(loaders, (self.ctx.dp_rank, self.loader.state_dict()))
         if not self.ctx.is_main:
@@ -179,7 +200,8 @@ class Trainer:
         trainer_state = {
             "step": self.step,
             "loaders": [by_dp_rank[r] for r in range(self.ctx.dp)],
-            "layout": {"tp": self.ctx.tp, "pp": self.ctx.pp, "dp": self.ctx.dp},
+            "layout": {"tp": self.ctx.tp, "pp": self.ctx.pp, "dp": self.ctx.dp, "vpp": self.ctx.vpp,
+                       "microbatches": self.cfg.train.microbatches},
             "rng": rng_state(),
             "history": json.dumps(self.history),
             "mlflow_run_id": self.tracker.run_id or "",
@@ -197,15 +219,15 @@ class Trainer:
     # -- the loop -----------------------------------------------------------------------
     def train_step(self) -> dict[str, float]:
         batch = next(self.loader).to(self.device)
-        self.model.train()
+        for chunk in self.model:
+            chunk.train()
         # Flow-matching draws depend only on (seed, step, data-parallel rank): tensor-parallel
-        # peers draw alike, and a resumed run draws what the uninterrupted run would have.
+        # and pipeline peers draw alike, and a resumed run draws what the uninterrupted run
+        # would have. Drawn for the whole batch; each microbatch takes its rows.
         self.noise_rng.manual_seed((self.cfg.train.seed * 1_000_003 + self.step) * 65_537 + self.ctx.dp_rank)
-        with self.autocast:
-            out = self.model(
-                batch.frames, batch.actions, batch.state, batch.lengths, batch.caption, generator=self.noise_rng
-            )
-        out["loss"].backward()
+        noise = self.chunks[0].sample_noise(batch.frames, batch.actions, self.noise_rng)
+        # forward and backward of all microbatches through the pipeline (megatron's schedule)
+        out = self.schedule.run(batch.frames, batch.actions, batch.state, batch.lengths, batch.caption, noise)
         grad_norm = self.optim.clip_grad_norm(self.cfg.optim.grad_clip)
         self.optim.step()
         self.optim.zero_grad(set_to_none=True)

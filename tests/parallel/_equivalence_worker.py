@@ -1,9 +1,12 @@
-"""One rank of a TP/DP equivalence run: three optimizer steps of the small WallWM, results to disk.
+"""One rank of a TP/PP/DP equivalence run: three optimizer steps of the small WallWM, results to disk.
 
-``tests/parallel/test_equivalence.py`` starts :func:`run_rank` once per rank (gloo, file
-rendezvous); the single-process reference is the same function with world size 1. Every rank
-draws the noise of the whole global batch from the same seeded generator and keeps its own
-rows, so each sample sees the same noise as in the single-process run.
+``tests/parallel/test_equivalence.py`` and ``test_pipeline.py`` start :func:`run_rank` once per
+rank (gloo, file rendezvous); the single-process reference is the same function with world size
+1. Every rank draws the noise of the whole global batch from the same seeded generator and keeps
+its own rows, so each sample sees the same noise as in the single-process run.
+
+Two training paths: :func:`train` (``parallelize_model``: one forward per step, TP x DP) and
+:func:`train_pipeline` (the trainer's path: model chunks, megatron's schedules, microbatches).
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import warnings
 import torch
 
 warnings.filterwarnings("ignore")
+
+from dataclasses import replace  # noqa: E402
 
 from wallwm_pretrain.config import ModelConfig, OptimConfig  # noqa: E402
 from wallwm_pretrain.model import WallWM  # noqa: E402
@@ -56,12 +61,19 @@ def _snapshot(model: WallWM) -> dict:
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
-def train(ctx, gather_tp_matrices: bool = True, overlap: bool = False, bucket_size: int | None = None) -> dict:
+def model_config(options: dict) -> ModelConfig:
+    return replace(
+        CFG, num_layers=options.get("num_layers", CFG.num_layers), recompute=options.get("recompute", "none")
+    )
+
+
+def train(ctx, gather_tp_matrices: bool = True, overlap: bool = False, bucket_size: int | None = None,
+          cfg: ModelConfig = CFG) -> dict:
     """Build, wrap and train the model for STEPS steps on this rank's rows; return a record."""
     from wallwm_pretrain.parallel.parallelize import build_parallel_optimizer, parallelize_model, unwrap_model
 
     torch.manual_seed(0)
-    model = WallWM(CFG, frame_stride=K, caption_max_len=16)
+    model = WallWM(cfg, frame_stride=K, caption_max_len=16)
     model = parallelize_model(model, ctx, overlap_grad_reduce=overlap, bucket_size=bucket_size)
     bare = unwrap_model(model)
     optim = build_parallel_optimizer(model, OPTIM, total_steps=10, ctx=ctx, gather_tp_matrices=gather_tp_matrices)
@@ -89,6 +101,67 @@ def train(ctx, gather_tp_matrices: bool = True, overlap: bool = False, bucket_si
     return record
 
 
+def _snapshot_chunks(chunks) -> dict:
+    return {n: p.detach().clone() for c in chunks for n, p in c.named_parameters()}
+
+
+def train_pipeline(ctx, options: dict, out_dir: str) -> dict:
+    """The trainer's path: this rank's chunks, megatron's schedule, ``microbatches`` per step.
+
+    Options: ``microbatches``; ``load`` (a canonical state file to start from, whose step
+    index follows); ``save`` (write the canonical state after the steps, then run one more
+    step and record it as ``after``).
+    """
+    from wallwm_pretrain.parallel.canonical import canonical_state, load_canonical
+    from wallwm_pretrain.parallel.parallelize import build_parallel_optimizer
+    from wallwm_pretrain.parallel.pipeline import PipelineSchedule, build_stage_models, parallelize_stages
+
+    cfg = model_config(options)
+    chunks = build_stage_models(cfg, K, 16, ctx, seed=0)
+    models = parallelize_stages(chunks, ctx, overlap_grad_reduce=options.get("overlap", False))
+    optim = build_parallel_optimizer(models, OPTIM, total_steps=10, ctx=ctx)
+    schedule = PipelineSchedule(models, ctx, options.get("microbatches", 1))
+    per_rank = GLOBAL_BATCH // ctx.dp
+    lo, hi = ctx.dp_rank * per_rank, (ctx.dp_rank + 1) * per_rank
+    record = {"init": _snapshot_chunks(chunks)}
+    record["layout"] = {n: _layout(p) for c in chunks for n, p in c.named_parameters()}
+    record.update(loss=[], loss_video=[], loss_action=[], grad_norm=[])
+    first = 0
+    if options.get("load"):
+        state = torch.load(options["load"], weights_only=False)
+        load_canonical(models, optim, state["model"], state["optimizer"], ctx)
+        first = state["step"]
+
+    def step(index: int) -> dict:
+        data = global_batch(index)
+        noise = chunks[0].sample_noise(data[0], data[1], torch.Generator().manual_seed(500 + index)).rows(lo, hi)
+        for m in models:
+            m.train()
+        out = schedule.run(*(x[lo:hi] for x in data), noise)
+        optim.finish_grad_sync()
+        if index == 0:
+            record["grads0"] = {n: p.main_grad.clone() for c in chunks for n, p in c.named_parameters()}
+        values = {k: float(out[k]) for k in ("loss", "loss_video", "loss_action")}
+        values["grad_norm"] = optim.clip_grad_norm(OPTIM.grad_clip)
+        optim.step()
+        optim.zero_grad()
+        return values
+
+    for index in range(first, first + options.get("steps", STEPS)):
+        for key, value in step(index).items():
+            record[key].append(value)
+    record["final"] = _snapshot_chunks(chunks)
+    record["muon_ns_calls"] = optim.optimizers["muon"].ns_calls
+    if options.get("save"):
+        model_state, optim_state = canonical_state(models, optim.state_dict(), ctx)
+        if ctx.rank == 0:
+            torch.save({"model": model_state, "optimizer": optim_state, "step": first + STEPS},
+                       os.path.join(out_dir, "canonical.pt"))
+        record["after_loss"] = step(first + STEPS)["loss"]
+        record["after"] = _snapshot_chunks(chunks)
+    return record
+
+
 def run_rank(rank: int, world: int, tp: int, rdzv: str, out_dir: str, options: dict) -> None:
     """One rank: join the group, train (and the per-shard control when TP-only), save a record."""
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
@@ -98,9 +171,14 @@ def run_rank(rank: int, world: int, tp: int, rdzv: str, out_dir: str, options: d
 
     torch.set_num_threads(1)  # several ranks share two cores
     dist.init_process_group("gloo", init_method=f"file://{rdzv}", rank=rank, world_size=world)
-    ctx = init_parallel(tp, 1, "cpu", seed=0)
-    result = {"ctx": {"tp_rank": ctx.tp_rank, "dp_rank": ctx.dp_rank, "tp": ctx.tp, "dp": ctx.dp}}
-    result["run"] = train(ctx, overlap=options.get("overlap", False), bucket_size=options.get("bucket_size"))
+    ctx = init_parallel(tp, options.get("pp", 1), "cpu", seed=0, vpp=options.get("vpp", 1))
+    result = {"ctx": {"tp_rank": ctx.tp_rank, "dp_rank": ctx.dp_rank, "pp_rank": ctx.pp_rank, "tp": ctx.tp,
+                      "dp": ctx.dp, "pp": ctx.pp}}
+    if options.get("pipeline"):
+        result["run"] = train_pipeline(ctx, options, out_dir)
+    else:
+        result["run"] = train(ctx, overlap=options.get("overlap", False), bucket_size=options.get("bucket_size"),
+                              cfg=model_config(options))
     if options.get("per_shard_control"):
         result["per_shard"] = train(ctx, gather_tp_matrices=False)
     torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))

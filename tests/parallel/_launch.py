@@ -24,7 +24,9 @@ import _equivalence_worker as worker  # noqa: E402
 
 _CTX = mp.get_context("forkserver")
 # Takes effect only if this process has not started a forkserver yet; otherwise slower, not wrong.
-_CTX.set_forkserver_preload(["_equivalence_worker", "wallwm_pretrain.parallel.parallelize"])
+_CTX.set_forkserver_preload(
+    ["_equivalence_worker", "wallwm_pretrain.parallel.parallelize", "wallwm_pretrain.parallel.pipeline"]
+)
 
 DEADLINE_S = 120
 
@@ -56,12 +58,17 @@ def launch(tmp: Path, world: int, tp: int, **options) -> list[dict]:
 
 
 def logical(records: list[dict], run: str, part: str, name: str) -> torch.Tensor:
-    """Whole tensor ``name`` from the TP slices held by the ranks of data-parallel rank 0.
+    """Whole tensor ``name`` from the TP slices held by the ranks of data-parallel rank 0 (the
+    pipeline stage that holds ``name``).
 
     Written independently of ``wallwm_pretrain.parallel.tp_matrices`` (which it checks): with
     stride s, rank r holds pieces r, r + tp, r + 2 tp, ... of the s * tp pieces of the tensor.
     """
-    group = sorted((r for r in records if r["ctx"]["dp_rank"] == 0), key=lambda r: r["ctx"]["tp_rank"])
+    group = sorted(
+        (r for r in records if r["ctx"]["dp_rank"] == 0 and name in r[run][part]), key=lambda r: r["ctx"]["tp_rank"]
+    )
+    if not group:
+        raise KeyError(f"no rank holds {part} {name!r}")
     layout = group[0][run]["layout"][name]
     slices = [r[run][part][name] for r in group]
     if len(slices) == 1 or not layout["sharded"]:

@@ -30,6 +30,29 @@ def test_patch_targets_still_look_as_expected():
         assert 'device="cuda"' in inspect.getsource(tf_utils.get_default_causal_mask)
 
 
+def test_pipeline_p2p_cuda_assumptions_are_what_we_work_around():
+    """The pipeline schedules' p2p allocates receive buffers on torch.cuda.current_device()
+    (patch 1), and its batched p2p ends in torch.cuda.synchronize(), which a CPU build lacks;
+    cpu_patches.pipeline_config_overrides therefore turns batch_p2p_comm off on CPU. If megatron
+    drops the synchronize, batched p2p could be used on CPU too."""
+    from megatron.core.pipeline_parallel import p2p_communication
+
+    source = inspect.getsource(p2p_communication.P2PCommunicator._communicate)
+    assert "device=torch.cuda.current_device()" in source
+    assert "if config.batch_p2p_comm and config.batch_p2p_sync:" in source
+    assert "torch.cuda.synchronize()" in source.split("if config.batch_p2p_comm and config.batch_p2p_sync:")[1]
+    # and our config does turn it off on CPU
+    from wallwm_pretrain.config import ModelConfig
+    from wallwm_pretrain.parallel.pipeline import pipeline_config
+    from wallwm_pretrain.parallel.state import ParallelContext
+
+    ctx = ParallelContext(0, 2, 0, 1, 2, 1, 0, 0, 0, torch.device("cpu"), "gloo")
+    config = pipeline_config(ModelConfig(num_layers=2), ctx)
+    assert cpu_patches.pipeline_config_overrides("cuda") == {}
+    assert not config.batch_p2p_comm and config.pipeline_dtype == torch.float32
+    assert config.calculate_per_token_loss and config.pipeline_model_parallel_size == 2
+
+
 def test_stale_target_is_reported():
     def no_marker():
         return None

@@ -2,18 +2,9 @@
 2-4 processes) against one process: same losses, gradients, grad norms and weights after three
 Muon + AdamW steps. Plus the negative control: Muon on each TP slice alone is measurably wrong.
 
-Tolerances (fp32). The parallel runs add the same numbers in another order: the TP all-reduce
-sums partial matmuls over the two halves of a contraction, the DP all-reduce sums the two
-halves of the batch, the grad norm adds per-slice squares. Each such sum differs from the
-single-process one by a few ulp (fp32 eps = 1.2e-7), hence losses and gradients agree to ~1e-7
-(measured: losses <= 4.8e-7, step-0 gradients <= 9e-8, grad norms <= 1.2e-7 relative).
-Three optimizer steps carry these differences through Newton-Schulz (a quintic that can stretch
-a small input difference several-fold per iteration) and AdamW, whose first steps move an
-element by about lr * g / (|g| + eps): where a gradient is a near-total cancellation (|g| ~
-eps = 1e-8) a 0.5 % change of g moves the weight by ~1e-6 per step. Measured weight
-differences: <= 1e-6 everywhere except two elements of ``video_in.weight`` with step-0
-gradient -4.9e-8, at 3.6e-6. PARAM_TOL = 2e-5 leaves a 5x margin over that, and the per-slice
-Newton-Schulz control lands at ~1.9e-2, about 1000x above it.
+Tolerances (fp32): see ``_reference.py``. Measured (this machine): losses <= 4.8e-7, step-0
+gradients <= 6e-8, grad norms <= 9.4e-8 relative, weights after three steps <= 1e-6.
+PARAM_TOL = 2e-5 leaves a 20x margin, and the per-slice Newton-Schulz control lands at ~2.2e-2, about 1000x above it.
 """
 
 from __future__ import annotations
@@ -26,19 +17,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # --import-mode=importlib: not on the path
 from _launch import launch, logical  # noqa: E402
+from _reference import LOSS_TOL, NORM_RTOL, PARAM_TOL, assert_matches_reference, max_param_diff  # noqa: E402
 
-LOSS_TOL = 1e-5  # the issue's bound for losses
-GRAD_TOL = 1e-6
-NORM_RTOL = 1e-5
-PARAM_TOL = 2e-5
 CONTROL_MIN = 1e-3  # the per-slice control must move some weight at least this far
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="gloo/CPU equivalence runs")
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    return launch(tmp_path_factory.mktemp("tp1"), world=1, tp=1)[0]["run"]
 
 
 @pytest.fixture(scope="module")
@@ -54,27 +37,6 @@ def dp2(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tp2dp2(tmp_path_factory):
     return launch(tmp_path_factory.mktemp("tp2dp2"), world=4, tp=2)
-
-
-def max_param_diff(records, reference, run="run", part="final"):
-    return max((logical(records, run, part, n) - ref).abs().max().item() for n, ref in reference[part].items())
-
-
-def assert_matches_reference(records, reference):
-    for rec in records:
-        run = rec["run"]
-        for key in ("loss", "loss_video", "loss_action"):
-            assert run[key] == pytest.approx(reference[key], abs=LOSS_TOL), key
-        assert run["grad_norm"] == pytest.approx(reference["grad_norm"], rel=NORM_RTOL)
-        assert run["muon_ns_calls"] == reference["muon_ns_calls"]
-    for name, ref in reference["init"].items():
-        assert torch.equal(logical(records, "run", "init", name), ref), f"initial {name}"
-    for name, ref in reference["grads0"].items():
-        torch.testing.assert_close(logical(records, "run", "grads0", name), ref, rtol=0, atol=GRAD_TOL, msg=name)
-    assert max_param_diff(records, reference) <= PARAM_TOL
-    # and the comparison is not trivial: three steps moved the weights far beyond the tolerance
-    moved = max((reference["final"][n] - reference["init"][n]).abs().max().item() for n in reference["init"])
-    assert moved > 100 * PARAM_TOL
 
 
 def assert_replicas_identical(records, same_slice_key):

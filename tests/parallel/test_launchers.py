@@ -1,5 +1,5 @@
-"""Multi-process training through the real launchers: torchrun, and Slurm's sbatch script on
-two simulated nodes (loopback), plus checkpoints that change tensor-parallel layout."""
+"""Multi-process training through the real launchers: torchrun (and ``launch/torchrun.sh``), and
+Slurm's sbatch script on two simulated nodes (loopback), plus checkpoints that change layout."""
 
 import os
 import socket
@@ -55,16 +55,26 @@ def losses(tmp_path, name):
     return [v for _, v in json.loads(history)["loss"]]
 
 
-def test_tp2_checkpoint_resumes_at_tp1(tmp_path, shard_writer):
-    """TP2 for 2 steps, save, then TP1 from that checkpoint: the same trajectory as TP1 all along."""
+def test_tp2pp2_checkpoint_resumes_at_tp1(tmp_path, shard_writer):
+    """``launch/torchrun.sh`` with 4 processes trains the smoke config at TP2 x PP2 (2 microbatches)
+    for 2 steps and saves; one process resumes from that checkpoint: the same trajectory as
+    TP1 x PP1 all along (the checkpoint is canonical: each stage's layers, whole TP tensors)."""
     folder = shard_writer(tmp_path / "shards", LENGTHS)
     train(tmp_path, folder, "ref")
-    train(tmp_path, folder, "mixed", "parallel.tp=2", "train.stop_after=2", nproc=2)
+    args = [f"data.shards={folder}", f"train.runs_root={tmp_path / 'runs'}", "train.run_name=mixed", *TINY,
+            "parallel.tp=2", "parallel.pp=2", "train.microbatches=2", "train.stop_after=2"]
+    out = subprocess.run(["bash", "launch/torchrun.sh", "configs/smoke.yaml", *args], cwd=REPO,
+                         env=env(NPROC="4", PYTHON=sys.executable), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "run summary" in out.stdout and "steps            0 -> 2" in out.stdout
+    state = load_checkpoint(find_latest(tmp_path / "runs" / "mixed"))
+    assert state.trainer["layout"] == {"tp": 2, "pp": 2, "dp": 1, "vpp": 1, "microbatches": 2}
     train(tmp_path, folder, "mixed")
     ref, mixed = losses(tmp_path, "ref"), losses(tmp_path, "mixed")
     assert len(ref) == len(mixed) == 4
-    # TP sums partial products in another order (fp32 rounding ~1e-7 per op); after a few
-    # Muon/AdamW steps parameters differ by ~1e-6, losses by well under 1e-4
+    # TP sums partial products in another order, microbatches add gradient shares one after
+    # another (fp32 rounding ~1e-7 per op); after a few Muon/AdamW steps parameters differ by
+    # ~1e-6, losses by well under 1e-4
     assert ref == pytest.approx(mixed, abs=1e-4)
     assert load_checkpoint(find_latest(tmp_path / "runs" / "mixed")).trainer["layout"]["tp"] == 1
 
@@ -115,5 +125,5 @@ def test_sbatch_script_on_two_simulated_nodes(tmp_path, shard_writer):
     summary_log = "".join(logs.values())
     assert "run summary" in summary_log and "steps            0 -> 4" in summary_log
     state = load_checkpoint(find_latest(tmp_path / "runs" / "slurm"))
-    assert state.step == 4 and state.trainer["layout"] == {"tp": 2, "pp": 1, "dp": 2}
+    assert state.step == 4 and state.trainer["layout"] == {"tp": 2, "pp": 1, "dp": 2, "vpp": 1, "microbatches": 1}
     assert len(state.trainer["loaders"]) == 2

@@ -8,6 +8,12 @@ conditioning every layer reads.
 
 All attention and FFN modules are megatron-core modules (see ``spec.py``); norms and the AdaLN
 modulation are small replicated layers.
+
+Between pipeline stages :class:`Streams` travels as ONE ``[s, b, h]`` tensor (what megatron's
+point-to-point schedule sends): :meth:`Streams.pack` stacks, along the sequence, the video
+tokens, the action tokens, the caption states, the state token and the two timestep
+embeddings; :meth:`Streams.unpack` cuts them apart again. The masks do not travel: they follow
+from the batch's lengths and caption padding, which every stage reads anyway.
 """
 
 from __future__ import annotations
@@ -43,6 +49,34 @@ class Streams:
     def with_towers(self, video: torch.Tensor, action: torch.Tensor) -> "Streams":
         return replace(self, video=video, action=action)
 
+    def pack(self) -> torch.Tensor:
+        """[Sv + Sa + L + 3, B, H]: video, action, caption, state token, t_video, t_action."""
+        return torch.cat(
+            [self.video, self.action, self.text, self.state, self.temb_video[None], self.temb_action[None]]
+        )
+
+    @classmethod
+    def unpack(
+        cls,
+        packed: torch.Tensor,
+        video_len: int,
+        action_len: int,
+        video_mask: torch.Tensor,
+        action_mask: torch.Tensor,
+        text_mask: torch.Tensor,
+    ) -> "Streams":
+        """Inverse of :meth:`pack`; the masks come from the batch, not from the wire."""
+        text_len = text_mask.shape[-1]
+        expected = video_len + action_len + text_len + 3
+        if packed.shape[0] != expected:
+            raise ValueError(
+                f"a packed stage input of {packed.shape[0]} positions does not match the batch: "
+                f"video {video_len} + action {action_len} + caption {text_len} + state 1 + timesteps 2 "
+                f"= {expected}"
+            )
+        video, action, text, state, temb_v, temb_a = packed.split([video_len, action_len, text_len, 1, 1, 1])
+        return cls(video, action, text, state, temb_v[0], temb_a[0], video_mask, action_mask, text_mask)
+
 
 def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return x * (1.0 + scale.unsqueeze(0)) + shift.unsqueeze(0)
@@ -77,11 +111,11 @@ def _ffn(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 class TextLayer(nn.Module):
     """A pre-norm transformer layer of the caption encoder."""
 
-    def __init__(self, config: TransformerConfig, layer_number: int) -> None:
+    def __init__(self, config: TransformerConfig, layer_number: int, recompute_core: bool = False) -> None:
         super().__init__()
         h = config.hidden_size
         self.norm_attn, self.norm_ffn = nn.LayerNorm(h), nn.LayerNorm(h)
-        self.attn = self_attention(config, layer_number)
+        self.attn = self_attention(config, layer_number, recompute_core)
         self.ffn = gated_mlp(config)
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
@@ -92,14 +126,14 @@ class TextLayer(nn.Module):
 class VideoBlock(nn.Module):
     """AdaLN self-attention over video tokens, cross-attention to the caption, gated FFN."""
 
-    def __init__(self, config: TransformerConfig, layer_number: int) -> None:
+    def __init__(self, config: TransformerConfig, layer_number: int, recompute_core: bool = False) -> None:
         super().__init__()
         h = config.hidden_size
         self.adaln = AdaLN(h)
         self.norm_self = nn.LayerNorm(h, elementwise_affine=False)
-        self.self_attn = self_attention(config, layer_number)
+        self.self_attn = self_attention(config, layer_number, recompute_core)
         self.norm_text = nn.LayerNorm(h)
-        self.text_attn = cross_attention(config, layer_number)
+        self.text_attn = cross_attention(config, layer_number, recompute_core)
         self.norm_ffn = nn.LayerNorm(h, elementwise_affine=False)
         self.ffn = gated_mlp(config)
 
@@ -115,18 +149,18 @@ class ActionBlock(nn.Module):
     """Self-attention over actions, cross-attention to the state token, to the matching video
     block's output (the coupling), and to the caption; then a gated FFN. AdaLN on timestep."""
 
-    def __init__(self, config: TransformerConfig, layer_number: int) -> None:
+    def __init__(self, config: TransformerConfig, layer_number: int, recompute_core: bool = False) -> None:
         super().__init__()
         h = config.hidden_size
         self.adaln = AdaLN(h)
         self.norm_self = nn.LayerNorm(h, elementwise_affine=False)
-        self.self_attn = self_attention(config, layer_number)
+        self.self_attn = self_attention(config, layer_number, recompute_core)
         self.norm_state = nn.LayerNorm(h)
-        self.state_attn = cross_attention(config, layer_number)
+        self.state_attn = cross_attention(config, layer_number, recompute_core)
         self.norm_video = nn.LayerNorm(h)
-        self.video_attn = cross_attention(config, layer_number)
+        self.video_attn = cross_attention(config, layer_number, recompute_core)
         self.norm_text = nn.LayerNorm(h)
-        self.text_attn = cross_attention(config, layer_number)
+        self.text_attn = cross_attention(config, layer_number, recompute_core)
         self.norm_ffn = nn.LayerNorm(h, elementwise_affine=False)
         self.ffn = gated_mlp(config)
 
@@ -144,10 +178,10 @@ class ActionBlock(nn.Module):
 class CoupledLayer(nn.Module):
     """Video block i and action block i: the unit a pipeline stage holds."""
 
-    def __init__(self, config: TransformerConfig, layer_number: int) -> None:
+    def __init__(self, config: TransformerConfig, layer_number: int, recompute_core: bool = False) -> None:
         super().__init__()
-        self.video = VideoBlock(config, layer_number)
-        self.action = ActionBlock(config, layer_number)
+        self.video = VideoBlock(config, layer_number, recompute_core)
+        self.action = ActionBlock(config, layer_number, recompute_core)
 
     def forward(self, s: Streams) -> Streams:
         video = self.video(s)

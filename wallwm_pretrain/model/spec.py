@@ -7,6 +7,9 @@ the tensor-parallel group that ``wallwm_pretrain.parallel`` created. Nothing in 
 creates or names a process group.
 
 Trade-off: megatron's layers work sequence-first (``[s, b, h]``), so the whole model does too.
+
+``recompute_core=True`` swaps the attention core for one whose activations are rebuilt in
+backward (``model.recompute=selective``, see ``recompute.py``).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from megatron.core.transformer.mlp import MLP, MLPSubmodules
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from wallwm_pretrain.config import ModelConfig
+from wallwm_pretrain.model.recompute import RecomputedCoreAttention
 
 
 def build_transformer_config(cfg: ModelConfig, num_layers: int | None = None) -> TransformerConfig:
@@ -50,12 +54,16 @@ def build_transformer_config(cfg: ModelConfig, num_layers: int | None = None) ->
     )
 
 
-def self_attention(config: TransformerConfig, layer_number: int) -> SelfAttention:
+def _core(recompute_core: bool) -> type:
+    return RecomputedCoreAttention if recompute_core else DotProductAttention
+
+
+def self_attention(config: TransformerConfig, layer_number: int, recompute_core: bool = False) -> SelfAttention:
     return SelfAttention(
         config,
         SelfAttentionSubmodules(
             linear_qkv=ColumnParallelLinear,
-            core_attention=DotProductAttention,
+            core_attention=_core(recompute_core),
             linear_proj=RowParallelLinear,
             q_layernorm=IdentityOp,
             k_layernorm=IdentityOp,
@@ -65,13 +73,13 @@ def self_attention(config: TransformerConfig, layer_number: int) -> SelfAttentio
     )
 
 
-def cross_attention(config: TransformerConfig, layer_number: int) -> CrossAttention:
+def cross_attention(config: TransformerConfig, layer_number: int, recompute_core: bool = False) -> CrossAttention:
     return CrossAttention(
         config,
         CrossAttentionSubmodules(
             linear_q=ColumnParallelLinear,
             linear_kv=ColumnParallelLinear,
-            core_attention=DotProductAttention,
+            core_attention=_core(recompute_core),
             linear_proj=RowParallelLinear,
         ),
         layer_number=layer_number,

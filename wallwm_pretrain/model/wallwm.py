@@ -14,9 +14,19 @@ Data flow of one training forward (shapes for batch B, T control steps, stride K
 
 Event mode and chunk mode share this model; they differ only in what a sample is (see
 ``wallwm_pretrain/data/cookers.py``).
+
+Pipeline stages. Built with a :class:`StageSpec`, the model holds only that stage's parts (see
+``stage.py``): the first stage embeds and sends the packed :class:`Streams`, middle stages
+unpack, run their coupled layers and pack again, the last stage computes heads and losses.
+Every stage derives the noisy inputs, targets and masks from the same batch and flow noise
+(:meth:`WallWM.flow_inputs`, no parameters, cheap next to the layers), so only hidden states
+cross stages. Parameter names are those of the whole model (``layers.<global index>``), so the
+stages' state dicts together are the whole model's.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -32,49 +42,92 @@ from wallwm_pretrain.model.embeddings import (
     sinusoidal,
 )
 from wallwm_pretrain.model.flow_matching import FlowNoise, interpolate, masked_mse, sample_time
+from wallwm_pretrain.model.recompute import run_layer
 from wallwm_pretrain.model.spec import build_transformer_config
+from wallwm_pretrain.model.stage import StageSpec, draw_base_seed, part_rng
+
+
+@dataclass
+class FlowInputs:
+    """What every stage derives from a batch and its flow noise (no parameters involved)."""
+
+    xt_video: torch.Tensor  # [B, F, P, D] noisy video latents, frame 0 clean
+    xt_action: torch.Tensor  # [B, T, A] noisy actions
+    target_video: torch.Tensor  # velocity targets
+    target_action: torch.Tensor
+    t_video: torch.Tensor  # [B]
+    t_action: torch.Tensor  # [B]
+    state: torch.Tensor  # [B, S]
+    caption: torch.Tensor  # [B, L]
+    frame_valid: torch.Tensor  # [B, F] real latent frames
+    action_valid: torch.Tensor  # [B, T] real control steps
+    video_loss_mask: torch.Tensor  # [B, F] frames that carry a video loss
 
 
 class WallWM(nn.Module):
-    """The dual-tower denoiser.
+    """The dual-tower denoiser, or one pipeline stage of it.
 
     Args:
         cfg: the ``model`` section of the run config.
         frame_stride: K_p, control steps per latent frame (``data.frame_stride``).
         caption_max_len: longest caption in tokens (``data.caption_max_bytes`` + 1).
+        stage: the part to hold; None = the whole model.
     """
 
-    def __init__(self, cfg: ModelConfig, frame_stride: int, caption_max_len: int) -> None:
+    def __init__(
+        self, cfg: ModelConfig, frame_stride: int, caption_max_len: int, stage: StageSpec | None = None
+    ) -> None:
         super().__init__()
         self.cfg = cfg
         self.frame_stride = frame_stride
+        self.stage = stage = stage or StageSpec.whole(cfg.num_layers)
+        if stage.first_layer < 0 or stage.num_layers < 1 or stage.layers.stop > cfg.num_layers:
+            raise ValueError(
+                f"stage layers {stage.first_layer}..{stage.layers.stop - 1} are not inside the model's "
+                f"{cfg.num_layers} coupled layers (0..{cfg.num_layers - 1})"
+            )
         h = cfg.hidden_size
-        patches = cfg.num_views * (cfg.image_size // cfg.patch_size) ** 2
+        self.patches = cfg.num_views * (cfg.image_size // cfg.patch_size) ** 2
         self.patch_dim = cfg.patch_size**2 * 3
         tcfg = build_transformer_config(cfg)
+        selective = cfg.recompute == "selective"
+        base = draw_base_seed()
 
-        self.video_in = mark_adamw(nn.Linear(self.patch_dim, h))
-        self.video_patch_pos = mark_adamw(nn.Embedding(patches, h))
-        self.action_in = mark_adamw(nn.Linear(cfg.action_dim, h))
-        self.action_group_pos = mark_adamw(nn.Embedding(frame_stride, h))
-        self.state_in = mark_adamw(nn.Linear(cfg.state_dim, h))
-        self.time_video = TimestepEmbedder(h)
-        self.time_action = TimestepEmbedder(h)
-        text_cfg = build_transformer_config(cfg, num_layers=max(cfg.text_layers, 1))
-        self.caption = CaptionEncoder(
-            h, caption_max_len, nn.ModuleList(TextLayer(text_cfg, i + 1) for i in range(cfg.text_layers))
-        )
-        self.layers = nn.ModuleList(CoupledLayer(tcfg, i + 1) for i in range(cfg.num_layers))
-        self.video_out = FinalLayer(h, self.patch_dim)
-        self.action_out = FinalLayer(h, cfg.action_dim)
+        # Registration order = parameter order: input side, layers, output side. Concatenating
+        # the stages in pipeline order therefore gives the whole model's order.
+        if stage.embed:
+            with part_rng(base, "embed"):
+                self.video_in = mark_adamw(nn.Linear(self.patch_dim, h))
+                self.video_patch_pos = mark_adamw(nn.Embedding(self.patches, h))
+                self.action_in = mark_adamw(nn.Linear(cfg.action_dim, h))
+                self.action_group_pos = mark_adamw(nn.Embedding(frame_stride, h))
+                self.state_in = mark_adamw(nn.Linear(cfg.state_dim, h))
+                self.time_video = TimestepEmbedder(h)
+                self.time_action = TimestepEmbedder(h)
+                text_cfg = build_transformer_config(cfg, num_layers=max(cfg.text_layers, 1))
+                self.caption = CaptionEncoder(
+                    h,
+                    caption_max_len,
+                    nn.ModuleList(TextLayer(text_cfg, i + 1, selective) for i in range(cfg.text_layers)),
+                )
+        # keyed by the global layer index: names match the whole model's ``layers.<i>.``
+        self.layers = nn.ModuleDict()
+        for i in stage.layers:
+            with part_rng(base, f"layer{i}"):
+                self.layers[str(i)] = CoupledLayer(tcfg, i + 1, selective)
+        if stage.head:
+            with part_rng(base, "head"):
+                self.video_out = FinalLayer(h, self.patch_dim)
+                self.action_out = FinalLayer(h, cfg.action_dim)
 
     def parameter_counts(self) -> dict[str, int]:
-        """Parameters per tower (the rest: caption encoder, embeddings, timestep MLPs)."""
+        """Parameters per tower held here (the rest: caption encoder, embeddings, timestep MLPs)."""
         count = lambda mods: sum(p.numel() for m in mods for p in m.parameters())  # noqa: E731
-        video = count([l.video for l in self.layers] + [self.video_in, self.video_patch_pos, self.video_out])
+        own = lambda *names: [getattr(self, n) for n in names if hasattr(self, n)]  # noqa: E731
+        layers = list(self.layers.values())
+        video = count([l.video for l in layers] + own("video_in", "video_patch_pos", "video_out"))
         action = count(
-            [l.action for l in self.layers]
-            + [self.action_in, self.action_group_pos, self.state_in, self.action_out]
+            [l.action for l in layers] + own("action_in", "action_group_pos", "state_in", "action_out")
         )
         total = sum(p.numel() for p in self.parameters())
         return {"video_tower": video, "action_tower": action, "conditioning": total - video - action, "total": total}
@@ -89,8 +142,9 @@ class WallWM(nn.Module):
         generator: torch.Generator | None = None,
         noise: FlowNoise | None = None,
         loss_denominators: torch.Tensor | None = None,
-    ) -> dict[str, torch.Tensor]:
-        """Flow-matching losses of one batch.
+        hidden: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor] | torch.Tensor:
+        """Flow-matching losses of one batch (or this stage's part of computing them).
 
         Args:
             frames: uint8 [B, T, V, H, W, 3], T a multiple of ``frame_stride``.
@@ -100,30 +154,66 @@ class WallWM(nn.Module):
             caption: long [B, L] byte tokens (0 = pad).
             generator: optional RNG for flow times and noise (ignored when ``noise`` is given).
             noise: precomputed draws (see :meth:`sample_noise`), e.g. rows of a global batch's.
+                Every stage of a pipeline must be given the same draws.
             loss_denominators: [2] element counts (video, action) that divide the squared-error
                 sums instead of this batch's own counts (see :meth:`loss_element_counts`).
+            hidden: the packed :class:`Streams` from the previous stage (not on the first stage).
 
         Returns:
-            ``loss`` (weighted sum), ``loss_video``, ``loss_action``.
+            On the last stage ``loss`` (weighted sum), ``loss_video``, ``loss_action``; on any
+            other stage the packed streams ``[s, B, H]`` for the next one.
         """
-        k = self.frame_stride
-        action_valid, frame_valid, video_loss_mask = self._masks(lengths, actions.shape[1])
         if noise is None:
             noise = self.sample_noise(frames, actions, generator)
+        inputs = self.flow_inputs(frames, actions, state, lengths, caption, noise)
+        return self.forward_stage(inputs, hidden, loss_denominators)
 
-        # video latents; frame 0 is the clean condition
-        x0_v = patchify(frames[:, ::k], self.cfg.patch_size)  # [B, F, P, D]
-        t_v, t_a = noise.t_video, noise.t_action
-        xt_v, target_v = interpolate(x0_v, noise.noise_video, t_v)
-        xt_v = torch.cat([x0_v[:, :1], xt_v[:, 1:]], dim=1)
-        xt_a, target_a = interpolate(actions, noise.noise_action, t_a)
-
-        pred_v, pred_a = self.denoise(xt_v, xt_a, t_v, t_a, state, caption, frame_valid, action_valid)
+    def forward_stage(
+        self, inputs: FlowInputs, hidden: torch.Tensor | None = None, loss_denominators: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor] | torch.Tensor:
+        """This stage's layers on ``inputs`` (first stage) or on ``hidden`` (any later one)."""
+        if self.stage.embed:
+            s = self.embed(
+                inputs.xt_video, inputs.xt_action, inputs.t_video, inputs.t_action, inputs.state,
+                inputs.caption, inputs.frame_valid, inputs.action_valid,
+            )
+        else:
+            if hidden is None:
+                raise ValueError(f"stage from layer {self.stage.first_layer} needs the previous stage's output")
+            video_mask, action_mask, text_mask = self._stream_masks(inputs)
+            b, f, p, _ = inputs.xt_video.shape
+            s = Streams.unpack(hidden, f * p, inputs.xt_action.shape[1], video_mask, action_mask, text_mask)
+        s = self.run_layers(s)
+        if not self.stage.head:
+            return s.pack()
+        pred_v, pred_a = self.head(s, inputs.xt_video.shape)
         den_v, den_a = (None, None) if loss_denominators is None else loss_denominators.unbind()
-        loss_v = masked_mse(pred_v, target_v, video_loss_mask, den_v)
-        loss_a = masked_mse(pred_a, target_a, action_valid, den_a)
+        loss_v = masked_mse(pred_v, inputs.target_video, inputs.video_loss_mask, den_v)
+        loss_a = masked_mse(pred_a, inputs.target_action, inputs.action_valid, den_a)
         loss = self.cfg.video_loss_weight * loss_v + self.cfg.action_loss_weight * loss_a
         return {"loss": loss, "loss_video": loss_v.detach(), "loss_action": loss_a.detach()}
+
+    def flow_inputs(
+        self,
+        frames: torch.Tensor,
+        actions: torch.Tensor,
+        state: torch.Tensor,
+        lengths: torch.Tensor,
+        caption: torch.Tensor,
+        noise: FlowNoise,
+    ) -> FlowInputs:
+        """Noisy inputs, velocity targets and masks of a batch (patchify, interpolate)."""
+        k = self.frame_stride
+        action_valid, frame_valid, video_loss_mask = self._masks(lengths, actions.shape[1])
+        # video latents; frame 0 is the clean condition
+        x0_v = patchify(frames[:, ::k], self.cfg.patch_size)  # [B, F, P, D]
+        xt_v, target_v = interpolate(x0_v, noise.noise_video, noise.t_video)
+        xt_v = torch.cat([x0_v[:, :1], xt_v[:, 1:]], dim=1)
+        xt_a, target_a = interpolate(actions, noise.noise_action, noise.t_action)
+        return FlowInputs(
+            xt_v, xt_a, target_v, target_a, noise.t_video, noise.t_action, state, caption,
+            frame_valid, action_valid, video_loss_mask,
+        )
 
     def _masks(self, lengths: torch.Tensor, t_steps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Real action steps [B, T], real latent frames [B, F], frames that carry a video loss."""
@@ -135,6 +225,15 @@ class WallWM(nn.Module):
         video_loss_mask[:, 0] = False  # frame 0 is the clean condition, never predicted
         return action_valid, frame_valid, video_loss_mask
 
+    def _stream_masks(self, inputs: FlowInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """megatron key-padding masks of the video tokens, action tokens and caption."""
+        p = inputs.xt_video.shape[2]
+        return (
+            key_padding_mask(inputs.frame_valid.repeat_interleave(p, dim=1)),
+            key_padding_mask(inputs.action_valid),
+            key_padding_mask(inputs.caption != CAPTION_PAD),
+        )
+
     def loss_element_counts(self, lengths: torch.Tensor, t_steps: int) -> torch.Tensor:
         """[2] float: elements (video, action) over which this batch's losses average.
 
@@ -142,7 +241,7 @@ class WallWM(nn.Module):
         each rank's loss its exact share of the global-batch loss.
         """
         action_valid, _, video_loss_mask = self._masks(lengths, t_steps)
-        per_frame = self.cfg.num_views * (self.cfg.image_size // self.cfg.patch_size) ** 2 * self.patch_dim
+        per_frame = self.patches * self.patch_dim
         return torch.stack(
             [video_loss_mask.sum() * per_frame, action_valid.sum() * self.cfg.action_dim]
         ).to(torch.float32)
@@ -162,6 +261,12 @@ class WallWM(nn.Module):
         noise_a = torch.randn(actions.shape, device=dev, generator=generator)
         return FlowNoise(t_v, noise_v, t_a, noise_a)
 
+    def run_layers(self, s: Streams) -> Streams:
+        """This stage's coupled layers, each recomputed in backward when ``recompute=full``."""
+        for layer in self.layers.values():
+            s = run_layer(layer, s, self.cfg.recompute)
+        return s
+
     def denoise(
         self,
         xt_video: torch.Tensor,
@@ -173,11 +278,12 @@ class WallWM(nn.Module):
         frame_valid: torch.Tensor,
         action_valid: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Velocity predictions for noisy video latents [B, F, P, D] and actions [B, T, A]."""
+        """Velocity predictions for noisy video latents [B, F, P, D] and actions [B, T, A]
+        (the whole model only)."""
+        if not (self.stage.embed and self.stage.head):
+            raise ValueError("denoise needs the whole model; a pipeline stage runs forward_stage")
         s = self.embed(xt_video, xt_action, t_video, t_action, state, caption, frame_valid, action_valid)
-        for layer in self.layers:
-            s = layer(s)
-        return self.head(s, xt_video.shape)
+        return self.head(self.run_layers(s), xt_video.shape)
 
     def embed(self, xt_video, xt_action, t_video, t_action, state, caption, frame_valid, action_valid) -> Streams:
         b, f, p, _ = xt_video.shape

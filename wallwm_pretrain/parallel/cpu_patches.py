@@ -9,6 +9,9 @@ machine without CUDA we patch exactly these, and nothing when CUDA is available:
    keeps named CUDA generator states; on CPU an equivalent tracker keeps named CPU states.
 3. ``get_default_causal_mask`` builds its mask with ``device="cuda"``.
 4. The pipeline schedules allocate a token counter with ``torch.zeros(..., device="cuda")``.
+5. Not a patch but a setting: the schedules' *batched* p2p ends in ``torch.cuda.synchronize()``,
+   so on CPU :func:`pipeline_config_overrides` turns ``batch_p2p_comm`` off (individual
+   isend/irecv, which megatron also supports).
 
 Each patch checks that its target still exists with the shape it expects and raises
 :class:`MegatronPatchError` otherwise, so an upgrade of megatron-core that moves these things
@@ -156,3 +159,8 @@ def apply_cpu_patches() -> bool:
 
 def patches_active() -> bool:
     return _APPLIED
+
+
+def pipeline_config_overrides(device_type: str) -> dict:
+    """megatron config fields the pipeline schedules need on ``device_type`` (5. above)."""
+    return {} if device_type == "cuda" else {"batch_p2p_comm": False}

@@ -35,6 +35,11 @@ backward of every micro-batch before it (inside ``model.no_sync()`` for all but 
 Checkpoints: ``model.state_dict()`` has the plain model's keys; ``unwrap_model(model)`` gives
 the :class:`WallWM` (``parameter_counts()`` etc., counts of this rank's slices).
 
+Pipeline parallel and microbatches: :mod:`.pipeline` builds this rank's model chunks, wraps
+each in DDP around a :class:`~.stage_module.StageModule`, and runs megatron-core's schedules;
+:func:`build_parallel_optimizer` takes that list of chunks as well (one optimizer over all of
+them, parameter names those of the whole model).
+
 Trade-off: DDP is used even with one data-parallel rank, so there is one code path (at the
 cost of one copy of the gradients into its buffer); megatron's distributed optimizer is not
 used (it does not run on CPU), so optimizer state is replicated over data-parallel ranks.
@@ -59,6 +64,7 @@ from wallwm_pretrain.optim import (
 )
 from wallwm_pretrain.parallel.global_batch import GlobalBatchLoss
 from wallwm_pretrain.parallel.grad_norm import clip_by_global_norm, global_grad_norm
+from wallwm_pretrain.parallel.stage_module import StageModule
 from wallwm_pretrain.parallel.state import ParallelContext
 from wallwm_pretrain.parallel.tp_matrices import TensorParallelMatrices
 
@@ -118,12 +124,18 @@ def parallelize_model(
 
 
 def unwrap_model(model: nn.Module) -> WallWM:
-    """The :class:`WallWM` inside what :func:`parallelize_model` returned (or the model itself)."""
+    """The :class:`WallWM` inside what :func:`parallelize_model` returned, inside one chunk of
+    :func:`~.pipeline.parallelize_stages`, or the model itself."""
     if isinstance(model, DistributedDataParallel):
         model = model.module
-    if isinstance(model, GlobalBatchLoss):
+    if isinstance(model, (GlobalBatchLoss, StageModule)):
         model = model.model
     return model
+
+
+def as_chunks(model: nn.Module | list[nn.Module]) -> list[nn.Module]:
+    """A model or a list of model chunks, as a list."""
+    return list(model) if isinstance(model, (list, tuple)) else [model]
 
 
 def flow_noise_generator(seed: int, ctx: ParallelContext) -> torch.Generator:
@@ -152,17 +164,19 @@ class ParallelOptimizerSet(OptimizerSet):
         ns_dtype: str,
         matrices: LocalMatrices,
         ctx: ParallelContext,
-        ddp: DistributedDataParallel | None,
+        ddp: DistributedDataParallel | list[DistributedDataParallel] | None,
     ) -> None:
         super().__init__(named_params, split, cfg, total_steps, ns_dtype, matrices=matrices)
         self.ctx = ctx
-        self.ddp = ddp
+        self.ddps = [] if ddp is None else as_chunks(ddp)
+        self.ddp = self.ddps[0] if self.ddps else None
         self._synced = False
 
     def finish_grad_sync(self) -> None:
         """Complete the data-parallel gradient reduction of this step (idempotent per step)."""
-        if self.ddp is not None and not self._synced:
-            self.ddp.finish_grad_sync()
+        if not self._synced:
+            for ddp in self.ddps:
+                ddp.finish_grad_sync()
         self._synced = True
 
     def _params_and_grads(self) -> list[tuple[nn.Parameter, torch.Tensor]]:
@@ -210,22 +224,23 @@ class ParallelOptimizerSet(OptimizerSet):
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Clear all gradients, including DDP's buffers (``p.grad`` is always dropped with DDP)."""
         super().zero_grad(set_to_none=set_to_none or self.ddp is not None)
-        if self.ddp is not None:
-            self.ddp.zero_grad_buffer()
+        for ddp in self.ddps:
+            ddp.zero_grad_buffer()
         self._synced = False
 
 
 def build_parallel_optimizer(
-    model: nn.Module,
+    model: nn.Module | list[nn.Module],
     cfg: OptimConfig,
     total_steps: int,
     ctx: ParallelContext,
     gather_tp_matrices: bool = True,
 ) -> ParallelOptimizerSet:
-    """Muon + AdamW for a (possibly DDP-wrapped, tensor-parallel) model.
+    """Muon + AdamW for a (possibly DDP-wrapped, tensor-parallel, pipelined) model.
 
     Args:
-        model: what :func:`parallelize_model` returned, or a bare :class:`WallWM`.
+        model: what :func:`parallelize_model` or :func:`~.pipeline.parallelize_stages` returned
+            (this rank's chunks, in model order), or a bare :class:`WallWM`.
         cfg: the ``optim`` section of the run config.
         total_steps: optimizer steps of the whole run.
         ctx: from :func:`init_parallel`.
@@ -240,9 +255,23 @@ def build_parallel_optimizer(
     Raises:
         ValueError: no trainable parameters, or a bad ``ns_dtype`` / schedule value.
     """
-    ddp = model if isinstance(model, DistributedDataParallel) else None
-    bare = unwrap_model(model)
-    named = {name: p for name, p in bare.named_parameters() if p.requires_grad}
+    chunks = as_chunks(model)
+    ddps = [m for m in chunks if isinstance(m, DistributedDataParallel)]
+    if ddps and len(ddps) != len(chunks):
+        raise ValueError("build_parallel_optimizer: wrap all model chunks in DDP or none")
+    bares = [unwrap_model(m) for m in chunks]
+    # Chunk names are the whole model's and chunks come in model order, so the concatenated
+    # split is the single-process split restricted to this rank's parameters.
+    named: dict[str, nn.Parameter] = {}
+    split = ParamSplit([], [], [])
+    for bare in bares:
+        mine = {name: p for name, p in bare.named_parameters() if p.requires_grad}
+        if named.keys() & mine.keys():
+            raise ValueError(f"model chunks share parameter names: {sorted(named.keys() & mine.keys())[:3]}")
+        named.update(mine)
+        part = split_parameters(bare)
+        for group in ("muon", "adamw_decay", "adamw_no_decay"):
+            getattr(split, group).extend(getattr(part, group))
     if not named:
         raise ValueError("build_parallel_optimizer: the model has no trainable parameters")
     if gather_tp_matrices:
@@ -250,4 +279,4 @@ def build_parallel_optimizer(
     else:
         matrices = LocalMatrices()
     ns_dtype = resolve_auto_ns_dtype(cfg.ns_dtype, ctx.device.type)
-    return ParallelOptimizerSet(named, split_parameters(bare), cfg, total_steps, ns_dtype, matrices, ctx, ddp)
+    return ParallelOptimizerSet(named, split, cfg, total_steps, ns_dtype, matrices, ctx, ddps or None)

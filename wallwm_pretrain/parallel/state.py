@@ -33,6 +33,12 @@ class ParallelContext:
     pp_rank: int
     device: torch.device
     backend: str
+    vpp: int = 1
+
+    @property
+    def is_last_stage(self) -> bool:
+        """This rank holds the last pipeline stage (heads and losses)."""
+        return self.pp_rank == self.pp - 1
 
     @property
     def is_main(self) -> bool:
@@ -48,17 +54,19 @@ def choose_device(requested: str, local_rank: int) -> torch.device:
     return torch.device("cuda", local_rank)
 
 
-def init_parallel(tp: int = 1, pp: int = 1, device: str = "auto", seed: int = 0) -> ParallelContext:
+def init_parallel(tp: int = 1, pp: int = 1, device: str = "auto", seed: int = 0, vpp: int = 1) -> ParallelContext:
     """Initialise torch.distributed and megatron-core's model-parallel groups.
 
     Args:
         tp: tensor-parallel size.
         pp: pipeline-parallel size.
+        vpp: virtual pipeline stages (model chunks) per pipeline rank; > 1 selects megatron's
+            interleaved schedule.
         device: ``auto``, ``cpu`` or ``cuda``.
         seed: base seed; megatron's model-parallel RNG streams are derived from it.
 
     Raises:
-        ValueError: the world size is not a multiple of tp * pp.
+        ValueError: the world size is not a multiple of tp * pp, or vpp > 1 without pp > 1.
     """
     rank = int(os.environ.get("RANK", 0))
     world_size = int(os.environ.get("WORLD_SIZE", 1))
@@ -68,6 +76,8 @@ def init_parallel(tp: int = 1, pp: int = 1, device: str = "auto", seed: int = 0)
             f"world size {world_size} is not divisible by tp*pp = {tp}*{pp} = {tp * pp}; "
             f"need world = tp * pp * dp"
         )
+    if vpp > 1 and pp == 1:
+        raise ValueError(f"vpp={vpp} interleaves pipeline stages and needs pp > 1, got pp={pp}")
     dev = choose_device(device, local_rank)
     backend = "nccl" if dev.type == "cuda" else "gloo"
     if dev.type == "cpu":
@@ -83,7 +93,11 @@ def init_parallel(tp: int = 1, pp: int = 1, device: str = "auto", seed: int = 0)
     from megatron.core import tensor_parallel
 
     if not ps.model_parallel_is_initialized():
-        ps.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)
+        ps.initialize_model_parallel(
+            tensor_model_parallel_size=tp,
+            pipeline_model_parallel_size=pp,
+            virtual_pipeline_model_parallel_size=vpp if vpp > 1 else None,
+        )
     tensor_parallel.model_parallel_cuda_manual_seed(seed)
     return ParallelContext(
         rank=rank,
@@ -97,6 +111,7 @@ def init_parallel(tp: int = 1, pp: int = 1, device: str = "auto", seed: int = 0)
         pp_rank=ps.get_pipeline_model_parallel_rank(),
         device=dev,
         backend=backend,
+        vpp=vpp,
     )
 
 

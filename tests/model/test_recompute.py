@@ -1,0 +1,91 @@
+"""Activation recomputation: same loss and gradients as without it, and it really recomputes."""
+
+from dataclasses import replace
+
+import pytest
+import torch
+from megatron.core.transformer.dot_product_attention import DotProductAttention
+
+from wallwm_pretrain.config import ModelConfig
+from wallwm_pretrain.model import WallWM
+from wallwm_pretrain.model.recompute import RecomputedCoreAttention
+
+CFG = ModelConfig(hidden_size=32, num_layers=2, num_heads=4, ffn_hidden_size=64, image_size=16, patch_size=8)
+K = 4
+# cores per coupled layer: video self + caption; action self + state + video + caption
+CORES_PER_LAYER = 6
+
+
+def make_model(recompute: str) -> WallWM:
+    torch.manual_seed(0)
+    model = WallWM(replace(CFG, recompute=recompute), frame_stride=K, caption_max_len=16)
+    with torch.no_grad():  # leave adaLN-Zero so that every path carries gradient
+        g = torch.Generator().manual_seed(1)
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn(p.shape, generator=g))
+    return model
+
+
+def batch(t=12):
+    g = torch.Generator().manual_seed(0)
+    frames = torch.randint(0, 256, (3, t, 2, 16, 16, 3), dtype=torch.uint8, generator=g)
+    actions = torch.randn(3, t, CFG.action_dim, generator=g)
+    state = torch.randn(3, CFG.state_dim, generator=g)
+    lengths = torch.tensor([t, 7, 4])
+    caption = torch.randint(2, 258, (3, 10), generator=g)
+    caption[:, 0] = 1
+    caption[2, 5:] = 0
+    return frames, actions, state, lengths, caption
+
+
+def count_core_calls(monkeypatch) -> list:
+    """Every run of megatron's attention core, through the module or (recomputing) directly."""
+    calls, original = [], DotProductAttention.forward
+
+    def counted(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(DotProductAttention, "forward", counted)
+    return calls
+
+
+def loss_grads_and_core_calls(recompute: str, monkeypatch):
+    model = make_model(recompute).train()
+    calls = count_core_calls(monkeypatch)
+    out = model(*batch(), generator=torch.Generator().manual_seed(3))
+    forward_calls = len(calls)
+    out["loss"].backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    return out["loss"].detach(), grads, forward_calls, len(calls) - forward_calls
+
+
+@pytest.mark.parametrize("mode", ["full", "selective"])
+def test_recompute_gives_the_same_gradients(single_process, mode, monkeypatch):
+    ref_loss, ref_grads, ref_fwd, ref_bwd = loss_grads_and_core_calls("none", monkeypatch)
+    monkeypatch.undo()
+    loss, grads, fwd, bwd = loss_grads_and_core_calls(mode, monkeypatch)
+    assert torch.equal(loss, ref_loss)
+    for name, g in ref_grads.items():
+        torch.testing.assert_close(grads[name], g, rtol=0, atol=1e-7, msg=name)
+    assert max(g.abs().max().item() for g in ref_grads.values()) > 1e-3  # gradients are not trivially zero
+    # it is not a no-op: attention cores run again during backward
+    towers = CFG.num_layers * CORES_PER_LAYER
+    assert ref_bwd == 0 and fwd == ref_fwd
+    assert bwd == (towers if mode == "full" else ref_fwd)  # full: the coupled layers; selective: every core
+
+
+def test_selective_swaps_only_the_attention_cores(single_process):
+    model = make_model("selective")
+    cores = [m for m in model.modules() if isinstance(m, DotProductAttention)]
+    assert cores and all(isinstance(m, RecomputedCoreAttention) for m in cores)
+    assert not any(isinstance(m, RecomputedCoreAttention) for m in make_model("full").modules())
+
+
+@pytest.mark.parametrize("mode", ["full", "selective"])
+def test_no_recompute_in_eval(single_process, mode, monkeypatch):
+    model = make_model(mode).eval()
+    calls = count_core_calls(monkeypatch)
+    with torch.no_grad():
+        model(*batch(), generator=torch.Generator().manual_seed(3))
+    assert len(calls) == CFG.num_layers * CORES_PER_LAYER + CFG.text_layers

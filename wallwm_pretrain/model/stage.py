@@ -1,0 +1,67 @@
+"""Which part of the dual-tower model one pipeline stage holds, and how its weights are drawn.
+
+A stage holds consecutive *coupled layers* (video block i and action block i together, so the
+coupling never crosses a stage), plus the input side (patchify, embeddings, caption encoder,
+timestep embedders) when it is the first stage and the output side (final layers, losses)
+when it is the last. :class:`StageSpec` only says which; deciding the split over ranks is the
+business of ``wallwm_pretrain.parallel`` (the model never sees a process group).
+
+Initial weights must not depend on the split, or a pipelined run would start from another
+model than the single-process run. Each part (the input side, each coupled layer, the output
+side) is therefore drawn from its own generator state, derived from one base seed and the
+part's name; a stage that builds only some parts draws exactly the weights those parts have in
+the whole model. Trade-off: the model's initial weights differ from a plain sequential draw
+from the global RNG, and one int is drawn from it to derive the base seed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """The part of the model one pipeline stage (or virtual-pipeline chunk) holds.
+
+    Args:
+        first_layer: index of its first coupled layer (0-based, in the whole model).
+        num_layers: how many consecutive coupled layers it holds.
+        embed: it holds the input side (it is the first stage).
+        head: it holds the output side and computes the losses (it is the last stage).
+    """
+
+    first_layer: int
+    num_layers: int
+    embed: bool
+    head: bool
+
+    @property
+    def layers(self) -> range:
+        return range(self.first_layer, self.first_layer + self.num_layers)
+
+    @classmethod
+    def whole(cls, num_layers: int) -> "StageSpec":
+        """The whole model in one stage (no pipeline)."""
+        return cls(0, num_layers, embed=True, head=True)
+
+
+def draw_base_seed() -> int:
+    """One draw from torch's global RNG: the seed every part's weights derive from."""
+    return int(torch.randint(0, 2**62, (1,)).item())
+
+
+@contextlib.contextmanager
+def part_rng(base_seed: int, part: str):
+    """Run the block with the global CPU RNG seeded for ``part`` only, then restore it.
+
+    Weights are drawn on CPU (megatron's ``use_cpu_initialization``, torch's default init), so
+    the CPU generator is the only one that matters.
+    """
+    digest = hashlib.sha256(f"{base_seed}/{part}".encode()).digest()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+        yield

@@ -1,0 +1,48 @@
+"""Which coupled layers each pipeline rank holds: the stage split, decided here, not in the model.
+
+The ``pp * vpp`` virtual stages each take ``num_layers / (pp * vpp)`` consecutive coupled layers.
+Pipeline rank r holds the virtual stages r, r + pp, r + 2 pp, ... (megatron-core's interleaved
+layout: its model chunk k is virtual stage k * pp + r). Virtual stage 0 also holds the input
+side, the last virtual stage the output side and the losses.
+
+Trade-off: an even split of whole coupled layers only. The first and last stages carry extra
+work (caption encoder and embeddings; heads and losses) that an uneven split could offset; at
+the sizes where pipelining matters, the towers' layers dominate both by far.
+"""
+
+from __future__ import annotations
+
+from wallwm_pretrain.model.stage import StageSpec
+
+
+def validate_pipeline_split(num_layers: int, pp: int, vpp: int) -> None:
+    """Raise ValueError unless ``num_layers`` splits evenly into ``pp * vpp`` stages."""
+    stages = pp * vpp
+    if num_layers % stages:
+        raise ValueError(
+            f"num_layers={num_layers} does not split into pp * vpp = {pp} * {vpp} = {stages} stages "
+            f"of whole coupled layers ({num_layers} = {num_layers // stages} * {stages} + {num_layers % stages})"
+        )
+
+
+def stage_specs(num_layers: int, pp: int, vpp: int, pp_rank: int) -> list[StageSpec]:
+    """The model chunks of pipeline rank ``pp_rank``, in chunk (= model) order.
+
+    Raises:
+        ValueError: the layers do not split evenly, or ``pp_rank`` is not in ``[0, pp)``.
+    """
+    validate_pipeline_split(num_layers, pp, vpp)
+    if not 0 <= pp_rank < pp:
+        raise ValueError(f"pp_rank={pp_rank} is not a rank of a pipeline of {pp} stages")
+    stages = pp * vpp
+    per = num_layers // stages
+    specs = []
+    for chunk in range(vpp):
+        virtual = chunk * pp + pp_rank
+        specs.append(StageSpec(virtual * per, per, embed=virtual == 0, head=virtual == stages - 1))
+    return specs
+
+
+def virtual_stage(pp: int, pp_rank: int, chunk: int) -> int:
+    """The virtual stage index of chunk ``chunk`` on pipeline rank ``pp_rank``."""
+    return chunk * pp + pp_rank
