@@ -190,8 +190,27 @@ class OptimConfig:
     """Cosine decays to ``min_lr_ratio * peak`` at ``train.steps``."""
     grad_clip: float = 1.0
     """Global grad-norm clip; 0 disables clipping."""
+    muon_mode: str = "owner"
+    """``owner``: each logical matrix orthogonalised once, on one home rank (distributed Muon,
+    ZeRO-1 AdamW); ``gather``: every rank assembles and orthogonalises every matrix;
+    ``replicated``: every rank keeps the whole optimizer state (TP slices gathered per matrix)."""
+    muon_split_fused: bool = True
+    """Orthogonalise fused weights as their logical matrices (Q, K, V; gate, up; K, V)."""
+    ns_variant: str = "quintic"
+    """Newton-Schulz coefficients: ``quintic`` (3.4445, -4.7750, 2.0315) or ``polar_express``."""
+    muon_bucket_elems: int = 4_194_304
+    """Elements per communication bucket of distributed Muon."""
 
     def __post_init__(self) -> None:
+        if self.muon_mode not in ("owner", "gather", "replicated"):
+            raise ConfigError(f"optim.muon_mode must be owner, gather or replicated, got {self.muon_mode!r}")
+        if self.ns_variant not in ("quintic", "polar_express"):
+            raise ConfigError(f"optim.ns_variant must be quintic or polar_express, got {self.ns_variant!r}")
+        if self.muon_mode == "replicated" and (self.muon_split_fused or self.ns_variant != "quintic"):
+            raise ConfigError(
+                "optim.muon_mode=replicated orthogonalises fused weights whole with the quintic "
+                "coefficients: set optim.muon_split_fused=false and optim.ns_variant=quintic, or use owner/gather"
+            )
         if self.ns_dtype not in ("auto", "float32", "bfloat16"):
             raise ConfigError(
                 f"optim.ns_dtype must be auto, float32 or bfloat16, got {self.ns_dtype!r}"

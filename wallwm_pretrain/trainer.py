@@ -37,7 +37,8 @@ from wallwm_pretrain import checkpoint as ckpt
 from wallwm_pretrain.config import Config, ConfigError, flatten, to_yaml
 from wallwm_pretrain.data import EventLoader
 from wallwm_pretrain.parallel import init_parallel
-from wallwm_pretrain.parallel.canonical import canonical_state, load_canonical
+from wallwm_pretrain.parallel.canonical import canonical_checkpoint, load_canonical
+from wallwm_pretrain.parallel.dist_muon_set import build_dist_muon_optimizer
 from wallwm_pretrain.parallel.parallelize import build_parallel_optimizer, validate_tensor_parallel
 from wallwm_pretrain.parallel.pipeline import PipelineSchedule, build_stage_models, parallelize_stages
 from wallwm_pretrain.parallel.stages import validate_pipeline_split
@@ -128,9 +129,17 @@ class Trainer:
         self.schedule = PipelineSchedule(self.model, self.ctx, cfg.train.microbatches, autocast)
         self.noise_rng = torch.Generator(device=self.device)
 
-        # 3. optimizer: Muon for hidden matrices (TP slices orthogonalised whole), AdamW for
-        # the rest, warmup + cosine, gradient norm clipped over all model-parallel ranks
-        self.optim = build_parallel_optimizer(self.model, cfg.optim, cfg.train.steps, self.ctx)
+        # 3. optimizer: Muon for hidden matrices (each logical matrix orthogonalised whole, by
+        # default once on its home rank), AdamW for the rest, warmup + cosine, gradient norm
+        # clipped over all model-parallel ranks
+        o = cfg.optim
+        if o.muon_mode == "replicated":
+            self.optim = build_parallel_optimizer(self.model, o, cfg.train.steps, self.ctx)
+        else:
+            self.optim = build_dist_muon_optimizer(
+                self.model, o, cfg.train.steps, self.device.type, mode=o.muon_mode,
+                split_fused=o.muon_split_fused, ns_variant=o.ns_variant, bucket_elems=o.muon_bucket_elems,
+            )
 
         # 4. data for this data-parallel rank
         self.loader = EventLoader(
@@ -170,7 +179,8 @@ class Trainer:
     # -- checkpoints --------------------------------------------------------------------
     def _restore(self, path: Path) -> Optional[str]:
         state = ckpt.load_checkpoint(path)
-        # each stage takes its layers, each TP rank its slices, from the canonical state
+        # each stage takes its layers, each TP rank its slices, each Muon owner its matrices'
+        # state, from the canonical state
         load_canonical(self.model, self.optim, state.model, state.optimizer, self.ctx)
         trainer = state.trainer
         self.step = int(trainer["step"])
@@ -191,7 +201,7 @@ class Trainer:
 
     def save(self) -> Optional[Path]:
         """Gather the canonical (TP=1, PP=1) state and every DP rank's loader position; rank 0 writes."""
-        model_state, optim_state = canonical_state(self.model, self.optim.state_dict(), self.ctx)
+        model_state, optim_state = canonical_checkpoint(self.model, self.optim, self.ctx)
         loaders = [None] * self.ctx.world_size
         dist.all_gather_object(loaders, (self.ctx.dp_rank, self.loader.state_dict()))
         if not self.ctx.is_main:
@@ -235,6 +245,7 @@ class Trainer:
         metrics = {k: float(out[k].detach()) for k in LOSS_KEYS}
         metrics["grad_norm"] = float(grad_norm)
         metrics["padding_efficiency"] = batch.padding_efficiency()
+        metrics["data/bad_samples"] = self.loader.bad_samples  # skipped within data.max_bad_samples
         metrics["samples"] = batch.size * self.ctx.dp  # global batch (every DP rank reads as much)
         metrics["tokens"] = int(batch.lengths.sum()) * self.ctx.dp
         if not np.isfinite(metrics["loss"]):

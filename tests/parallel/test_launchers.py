@@ -127,3 +127,17 @@ def test_sbatch_script_on_two_simulated_nodes(tmp_path, shard_writer):
     state = load_checkpoint(find_latest(tmp_path / "runs" / "slurm"))
     assert state.step == 4 and state.trainer["layout"] == {"tp": 2, "pp": 1, "dp": 2, "vpp": 1, "microbatches": 1}
     assert len(state.trainer["loaders"]) == 2
+
+
+def test_trainer_muon_modes_agree_at_dp2(tmp_path, shard_writer):
+    """Distributed Muon through the trainer: owner (the default) and gather give the same run;
+    the replicated optimizer (fused weights whole) still trains."""
+    folder = shard_writer(tmp_path / "shards", LENGTHS)
+    train(tmp_path, folder, "owner", "train.steps=3", nproc=2)
+    train(tmp_path, folder, "gather", "train.steps=3", "optim.muon_mode=gather", nproc=2)
+    train(tmp_path, folder, "replicated", "train.steps=3", "optim.muon_mode=replicated",
+          "optim.muon_split_fused=false", nproc=2)
+    assert losses(tmp_path, "owner") == losses(tmp_path, "gather")
+    replicated = losses(tmp_path, "replicated")
+    assert replicated[0] == losses(tmp_path, "owner")[0]  # same weights before the first update
+    assert replicated != losses(tmp_path, "owner")  # fused weights orthogonalised whole: another run

@@ -235,4 +235,23 @@ def load_canonical(chunks: list[nn.Module], optimizer, model_state: dict[str, Te
     states, optim = local_chunk_states(chunks, model_state, optim_state, ctx, optimizer.split)
     for chunk, state in zip(_chunks(chunks), states):
         chunk.load_state_dict(state)
-    optimizer.load_state_dict(optim)
+    if hasattr(optimizer, "load_canonical_state_dict"):  # distributed Muon: each owner takes its share
+        optimizer.load_canonical_state_dict(optim_state)
+    else:
+        optimizer.load_state_dict(optim)
+
+
+_NO_OPTIMIZER_STATE = {"split": {k: [] for k in ("muon", "adamw_decay", "adamw_no_decay")}, "optimizers": {}, "schedulers": {}}
+
+
+def canonical_checkpoint(model: nn.Module | list[nn.Module], optimizer, ctx: ParallelContext) -> tuple[dict, dict]:
+    """Canonical model and optimizer state of the run, complete on global rank 0 (collective).
+
+    A distributed Muon set gathers its owners' shares itself; a replicated optimizer set is
+    gathered like the model.
+    """
+    if hasattr(optimizer, "canonical_state_dict"):
+        model_state, _ = canonical_state(model, _NO_OPTIMIZER_STATE, ctx)
+        order = list(model_state) if ctx.rank == 0 else None
+        return model_state, optimizer.canonical_state_dict(dst=0, order=order)
+    return canonical_state(model, optimizer.state_dict(), ctx)
