@@ -1,0 +1,76 @@
+"""Export a training checkpoint as one consolidated model for inference.
+
+    python -m wallwm_pretrain.export --ckpt runs/smoke/checkpoints/step_00000240 --out wallwm_smoke.safetensors
+
+Checkpoints already hold the model in the single-process layout (tensor- and pipeline-parallel
+slices are gathered when saving), so export keeps only the weights: one safetensors file whose
+metadata carries the resolved run config (YAML) and the step, plus the config beside it as
+``<out>.yaml``. :func:`load_exported` rebuilds the model on one process from that file alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, safe_open, save_file
+
+from wallwm_pretrain.checkpoint import CheckpointError, load_checkpoint, resolve_resume
+
+
+def export(ckpt: str | Path, out: str | Path) -> Path:
+    """Write the consolidated model of checkpoint ``ckpt`` (a step folder or a run folder)."""
+    ckpt = Path(ckpt)
+    if not (ckpt / "manifest.json").is_file():  # a run folder: its newest complete checkpoint
+        ckpt = resolve_resume(ckpt, "auto") or ckpt
+    state = load_checkpoint(ckpt)
+    tensors = {k: v.contiguous() for k, v in state.model.items() if isinstance(v, torch.Tensor)}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out), metadata={"format": "wallwm-model/1", "step": str(state.step), "config": state.config_yaml})
+    out.with_suffix(out.suffix + ".yaml").write_text(state.config_yaml)
+    return out
+
+
+def load_exported(path: str | Path, device: str = "cpu"):
+    """The model of an exported file on one process (needs model-parallel state of size 1).
+
+    Returns:
+        (model, config): a :class:`WallWM` in eval mode and its run config.
+    """
+    from omegaconf import OmegaConf
+
+    from wallwm_pretrain.config import Config
+    from wallwm_pretrain.model import WallWM
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if meta.get("format") != "wallwm-model/1":
+        raise CheckpointError(f"{path}: not a wallwm export (metadata format {meta.get('format')!r})")
+    cfg: Config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(meta["config"])))
+    model = WallWM(cfg.model, cfg.data.frame_stride, cfg.data.caption_max_bytes + 1)
+    model.load_state_dict(load_file(str(path), device=device), strict=True)
+    return model.to(device).eval(), cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m wallwm_pretrain.export", description=__doc__.splitlines()[0],
+        epilog="Example: python -m wallwm_pretrain.export --ckpt runs/smoke --out wallwm_smoke.safetensors",
+    )
+    parser.add_argument("--ckpt", required=True, help="a checkpoint step folder, or a run folder (its newest checkpoint)")
+    parser.add_argument("--out", required=True, help="the .safetensors file to write (config also as <out>.yaml)")
+    args = parser.parse_args(argv)
+    try:
+        path = export(args.ckpt, args.out)
+    except CheckpointError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {path} (+ {path.name}.yaml)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
