@@ -21,7 +21,6 @@ import sys
 import time
 import warnings
 import zlib
-from multiprocessing.connection import wait
 from pathlib import Path
 
 import torch
@@ -58,7 +57,6 @@ HIDDEN, HEADS, GROUPS, FFN = 24, 4, 2, 36
 STEPS = 10
 OPTIM = OptimConfig(lr=0.02, adamw_lr=0.003, weight_decay=0.01, warmup_steps=1, min_lr_ratio=0.1, grad_clip=0.0)
 BUCKET_ELEMS = 2000  # several buckets, so transfers of one overlap the work of another
-DEADLINE_S = 120
 
 
 def _config(gqa: bool):
@@ -346,22 +344,9 @@ def launch(tmp: Path, world: int, tp: int = 1, pp: int = 1, **options) -> list[d
     if rdzv.exists():
         rdzv.unlink()
     procs = [ctx.Process(target=run_rank, args=(r, world, tp, pp, str(rdzv), str(tmp), options)) for r in range(world)]
-    for p in procs:
-        p.start()
-    end = time.monotonic() + DEADLINE_S
-    running = list(procs)
-    while running and time.monotonic() < end:
-        wait([p.sentinel for p in running], timeout=end - time.monotonic())
-        running = [p for p in procs if p.exitcode is None]
-        if any(p.exitcode for p in procs if p.exitcode is not None):
-            break
-    for p in running:
-        p.terminate()
-    for p in procs:
-        p.join()
-    codes = [p.exitcode for p in procs]
-    if running or any(codes):
-        raise AssertionError(f"ranks of a world of {world} (tp={tp}, pp={pp}) failed or hung; exit codes {codes}")
+    from _launch import run_ranks  # here, not at import: rank processes need not load it
+
+    run_ranks(procs, f"a world of {world} (tp={tp}, pp={pp})")
     return [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(world)]
 
 

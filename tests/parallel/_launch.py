@@ -38,6 +38,12 @@ def launch(tmp: Path, world: int, tp: int, **options) -> list[dict]:
         _CTX.Process(target=worker.run_rank, args=(r, world, tp, str(tmp / "rdzv"), str(tmp), options))
         for r in range(world)
     ]
+    run_ranks(procs, f"a world of {world} (tp={tp})")
+    return [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(world)]
+
+
+def run_ranks(procs: list, what: str) -> None:
+    """Start rank processes and wait for all; stop the rest as soon as one fails (no sleeps)."""
     for p in procs:
         p.start()
     end = time.monotonic() + DEADLINE_S
@@ -53,8 +59,7 @@ def launch(tmp: Path, world: int, tp: int, **options) -> list[dict]:
         p.join()
     codes = [p.exitcode for p in procs]
     if running or any(codes):
-        raise AssertionError(f"ranks of a world of {world} (tp={tp}) failed or hung; exit codes {codes}")
-    return [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(world)]
+        raise AssertionError(f"ranks of {what} failed or hung; exit codes {codes}")
 
 
 def logical(records: list[dict], run: str, part: str, name: str) -> torch.Tensor:
