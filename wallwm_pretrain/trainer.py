@@ -30,13 +30,13 @@ from typing import Optional
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from tqdm import tqdm
 
 from wallwm_pretrain import checkpoint as ckpt
 from wallwm_pretrain.config import Config, ConfigError, flatten, to_yaml
 from wallwm_pretrain.data import EventLoader
 from wallwm_pretrain.parallel import init_parallel
+from wallwm_pretrain.parallel.state import gather_per_dp_rank, sum_over_pipeline
 from wallwm_pretrain.parallel.canonical import canonical_checkpoint, load_canonical
 from wallwm_pretrain.parallel.dist_muon_set import build_dist_muon_optimizer
 from wallwm_pretrain.parallel.parallelize import build_parallel_optimizer, validate_tensor_parallel
@@ -168,13 +168,7 @@ class Trainer:
         for chunk in self.chunks:
             for k, v in chunk.parameter_counts().items():
                 counts[k] = counts.get(k, 0) + v
-        if self.ctx.pp > 1:
-            from megatron.core import parallel_state as ps
-
-            values = torch.tensor(list(counts.values()), dtype=torch.int64, device=self.device)
-            dist.all_reduce(values, group=ps.get_pipeline_model_parallel_group())
-            counts = dict(zip(counts, values.tolist()))
-        return counts
+        return sum_over_pipeline(counts, self.ctx)
 
     # -- checkpoints --------------------------------------------------------------------
     def _restore(self, path: Path) -> Optional[str]:
@@ -202,14 +196,12 @@ class Trainer:
     def save(self) -> Optional[Path]:
         """Gather the canonical (TP=1, PP=1) state and every DP rank's loader position; rank 0 writes."""
         model_state, optim_state = canonical_checkpoint(self.model, self.optim, self.ctx)
-        loaders = [None] * self.ctx.world_size
-        dist.all_gather_object(loaders, (self.ctx.dp_rank, self.loader.state_dict()))
+        loaders = gather_per_dp_rank(self.loader.state_dict(), self.ctx)
         if not self.ctx.is_main:
             return None
-        by_dp_rank = dict(loaders)
         trainer_state = {
             "step": self.step,
-            "loaders": [by_dp_rank[r] for r in range(self.ctx.dp)],
+            "loaders": loaders,
             "layout": {"tp": self.ctx.tp, "pp": self.ctx.pp, "dp": self.ctx.dp, "vpp": self.ctx.vpp,
                        "microbatches": self.cfg.train.microbatches},
             "rng": rng_state(),

@@ -45,6 +45,20 @@ def video_column(key: str, part: str) -> str:
     return f"videos/{key}/{part}"
 
 
+def frame_columns(states: np.ndarray, actions: np.ndarray, fps: int, episode_index: int,
+                  first_index: int, task_index: int) -> dict[str, np.ndarray]:
+    """The per-frame columns of one episode, as both LeRobot layouts store them."""
+    n = len(states)
+    frame_index = np.arange(n, dtype=np.int64)
+    return {
+        STATE_KEY: np.asarray(states, np.float32), ACTION_KEY: np.asarray(actions, np.float32),
+        "timestamp": (frame_index / fps).astype(np.float32), "frame_index": frame_index,
+        "episode_index": np.full(n, episode_index, np.int64),
+        "index": np.arange(first_index, first_index + n, dtype=np.int64),
+        "task_index": np.full(n, task_index, np.int64),
+    }
+
+
 def next_file(chunk_index: int, file_index: int, chunks_size: int) -> tuple[int, int]:
     """The (chunk, file) after this one: a chunk folder holds at most chunks_size files."""
     if file_index + 1 >= chunks_size:

@@ -125,14 +125,7 @@ class LeRobotV21Writer:
             raise ValueError("states, actions and every video must have the same length")
         chunk = ep // self.chunks_size
         task_index = self.tasks.setdefault(task, len(self.tasks))
-        frame_index = np.arange(n, dtype=np.int64)
-        cols = {
-            L.STATE_KEY: np.asarray(states, np.float32), L.ACTION_KEY: np.asarray(actions, np.float32),
-            "timestamp": (frame_index / self.fps).astype(np.float32), "frame_index": frame_index,
-            "episode_index": np.full(n, ep, np.int64),
-            "index": np.arange(self.total_frames, self.total_frames + n, dtype=np.int64),
-            "task_index": np.full(n, task_index, np.int64),
-        }
+        cols = L.frame_columns(states, actions, self.fps, ep, self.total_frames, task_index)
         table = pa.table({k: (pa.FixedSizeListArray.from_arrays(pa.array(v.reshape(-1)), v.shape[1])
                               if v.ndim == 2 else pa.array(v)) for k, v in cols.items()})
         path = self.root / DATA_PATH.format(episode_chunk=chunk, episode_index=ep)

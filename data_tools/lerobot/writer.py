@@ -89,14 +89,7 @@ class LeRobotV3Writer:
             self._open_encoders()
         ep = len(self.episode_rows)
         task_index = self.tasks.setdefault(task, len(self.tasks))
-        frame_index = np.arange(n, dtype=np.int64)
-        row = {
-            L.STATE_KEY: np.asarray(states, np.float32), L.ACTION_KEY: np.asarray(actions, np.float32),
-            "timestamp": (frame_index / self.fps).astype(np.float32), "frame_index": frame_index,
-            "episode_index": np.full(n, ep, np.int64),
-            "index": np.arange(self.total_frames, self.total_frames + n, dtype=np.int64),
-            "task_index": np.full(n, task_index, np.int64),
-        }
+        row = L.frame_columns(states, actions, self.fps, ep, self.total_frames, task_index)
         chunk, file = self._loc
         meta = {"episode_index": ep, "tasks": [task], "length": n,
                 "data/chunk_index": chunk, "data/file_index": file,

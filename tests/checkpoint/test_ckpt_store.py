@@ -4,7 +4,6 @@ import io
 import json
 import os
 import random
-import shutil
 
 import numpy as np
 import pytest

@@ -1,6 +1,5 @@
 """Newton-Schulz: the scalar map on singular values, its band, precision and cost model."""
 
-import math
 
 import pytest
 import torch

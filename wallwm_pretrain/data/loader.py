@@ -25,7 +25,7 @@ import functools
 import json
 import random
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Optional
+from typing import Iterable, Iterator, Optional
 
 import torch
 import webdataset as wds

@@ -83,6 +83,27 @@ def split_parameters(model: nn.Module) -> ParamSplit:
     return split
 
 
+def muon_hyperparameters(cfg: OptimConfig, ns_dtype: str, ns_variant: str) -> dict[str, Any]:
+    """Muon's keyword arguments from the ``optim`` config (shared by every Muon flavour).
+
+    Args:
+        cfg: the ``optim`` section of the run config.
+        ns_dtype: ``float32`` or ``bfloat16`` (``auto`` already resolved).
+        ns_variant: ``quintic`` or ``polar_express``.
+    """
+    coefficients, norm_scale = resolve_ns_variant(ns_variant)
+    return dict(
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        momentum=cfg.momentum,
+        nesterov=cfg.nesterov,
+        ns_steps=cfg.ns_steps,
+        ns_dtype=ns_dtype,
+        ns_coefficients=coefficients,
+        ns_norm_scale=norm_scale,
+    )
+
+
 class OptimizerSet:
     """Muon + AdamW with their schedulers, used like a single optimizer.
 
@@ -115,19 +136,11 @@ class OptimizerSet:
         self.split = split
         self._params = named_params
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
-        coefficients, norm_scale = resolve_ns_variant(ns_variant)
         layouts = {named_params[n]: layout for n, layout in (fused or {}).items() if n in split.muon}
         if split.muon:
             self.optimizers["muon"] = Muon(
                 [named_params[n] for n in split.muon],
-                lr=cfg.lr,
-                weight_decay=cfg.weight_decay,
-                momentum=cfg.momentum,
-                nesterov=cfg.nesterov,
-                ns_steps=cfg.ns_steps,
-                ns_dtype=ns_dtype,
-                ns_coefficients=coefficients,
-                ns_norm_scale=norm_scale,
+                **muon_hyperparameters(cfg, ns_dtype, ns_variant),
                 matrices=matrices,
                 fused=layouts,
             )

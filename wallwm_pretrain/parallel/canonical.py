@@ -197,16 +197,16 @@ def _split_of(optim_state: dict) -> dict[str, list[str]]:
 def local_chunk_states(
     chunks: list[nn.Module],
     model_state: dict[str, Tensor],
-    optim_state: dict,
+    optim_state: dict | None,
     ctx: ParallelContext,
     split: dict[str, list[str]] | Any,
-) -> tuple[list[dict[str, Tensor]], dict]:
+) -> tuple[list[dict[str, Tensor]], dict | None]:
     """Each chunk's part of a canonical model state and this rank's optimizer state.
 
     Args:
         chunks: this rank's chunks (bare or wrapped), in model order.
         model_state: canonical model state (whole model, whole tensors).
-        optim_state: canonical optimizer state.
+        optim_state: canonical optimizer state, or None (then no optimizer state is returned).
         ctx: from :func:`init_parallel`.
         split: this rank's optimizer split (a ``ParamSplit`` or a dict of name lists).
 
@@ -224,6 +224,8 @@ def local_chunk_states(
         states.append(
             {n: (tp.local(params[n], model_state[n]) if n in params else model_state[n]) for n in c.state_dict()}
         )
+    if optim_state is None:
+        return states, None
     mine = split if isinstance(split, dict) else {g: list(getattr(split, g)) for g in GROUPS}
     named = _map_2d(by_name(optim_state), "muon", params, tp.local)
     return states, from_by_name(named, mine)
@@ -232,10 +234,11 @@ def local_chunk_states(
 def load_canonical(chunks: list[nn.Module], optimizer, model_state: dict[str, Tensor], optim_state: dict,
                    ctx: ParallelContext) -> None:
     """Load a canonical checkpoint into this rank's chunks and optimizer (no collectives)."""
-    states, optim = local_chunk_states(chunks, model_state, optim_state, ctx, optimizer.split)
+    owners = hasattr(optimizer, "load_canonical_state_dict")  # distributed Muon: owners take their shares
+    states, optim = local_chunk_states(chunks, model_state, None if owners else optim_state, ctx, optimizer.split)
     for chunk, state in zip(_chunks(chunks), states):
         chunk.load_state_dict(state)
-    if hasattr(optimizer, "load_canonical_state_dict"):  # distributed Muon: each owner takes its share
+    if owners:
         optimizer.load_canonical_state_dict(optim_state)
     else:
         optimizer.load_state_dict(optim)

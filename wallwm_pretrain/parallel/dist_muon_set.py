@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from wallwm_pretrain.config import OptimConfig
 from wallwm_pretrain.optim import ParamSplit, resolve_auto_ns_dtype, split_parameters
-from wallwm_pretrain.optim.newton_schulz import ns_variant as resolve_ns_variant
+from wallwm_pretrain.optim.build import muon_hyperparameters
 from wallwm_pretrain.optim.schedule import build_scheduler
 from wallwm_pretrain.parallel.dist_muon import DistMuon, MuonGroups
 from wallwm_pretrain.parallel.dist_muon_adamw import ZeroAdamW
@@ -95,21 +95,13 @@ class DistMuonOptimizerSet:
         self.mp_group, self.mp_size = model_parallel_group, model_parallel_size
         self._synced = False
         grad_fn = (lambda p: p.main_grad) if self.ddps else None
-        coefficients, norm_scale = resolve_ns_variant(ns_variant)
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.muon: Optional[DistMuon] = None
         if split.muon:
             self.muon = DistMuon(
                 {n: named_params[n] for n in split.muon},
                 groups,
-                lr=cfg.lr,
-                weight_decay=cfg.weight_decay,
-                momentum=cfg.momentum,
-                nesterov=cfg.nesterov,
-                ns_steps=cfg.ns_steps,
-                ns_dtype=ns_dtype,
-                ns_coefficients=coefficients,
-                ns_norm_scale=norm_scale,
+                **muon_hyperparameters(cfg, ns_dtype, ns_variant),
                 mode=mode,
                 fused=fused,
                 split_fused=split_fused,

@@ -126,10 +126,23 @@ def shutdown_parallel() -> None:
     dist.destroy_process_group()
 
 
-def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
-    """Mean of a tensor over all ranks (for logging losses across data-parallel ranks)."""
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        value = value.detach().clone()
-        dist.all_reduce(value)
-        value /= dist.get_world_size()
-    return value
+def sum_over_pipeline(counts: dict[str, int], ctx: ParallelContext) -> dict[str, int]:
+    """Integer counts (e.g. parameters per tower) summed over this rank's pipeline stages."""
+    if ctx.pp == 1:
+        return dict(counts)
+    from megatron.core import parallel_state as ps
+
+    values = torch.tensor(list(counts.values()), dtype=torch.int64, device=ctx.device)
+    dist.all_reduce(values, group=ps.get_pipeline_model_parallel_group())
+    return dict(zip(counts, values.tolist()))
+
+
+def gather_per_dp_rank(obj: object, ctx: ParallelContext) -> list:
+    """``obj`` of every data-parallel rank, indexed by dp rank, on every rank (a collective).
+
+    Ranks of one data-parallel rank (its TP/PP peers) hold the same object; any of them speaks.
+    """
+    gathered = [None] * ctx.world_size
+    dist.all_gather_object(gathered, (ctx.dp_rank, obj))
+    by_rank = dict(gathered)
+    return [by_rank[r] for r in range(ctx.dp)]
