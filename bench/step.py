@@ -72,7 +72,8 @@ def synthetic_batch(cfg, batch: int, steps: int, caption_len: int, device):
     lengths = torch.full((batch,), steps)
     caption = torch.randint(2, 258, (batch, caption_len), generator=g)
     caption[:, 0] = 1
-    return [x.to(device) for x in (frames, actions, state, lengths, caption)]
+    remaining = lengths.float()  # every event ends with its sample: the time head's target
+    return [x.to(device) for x in (frames, actions, state, lengths, caption, remaining)]
 
 
 def run_rank(rank: int, layout: dict, args: argparse.Namespace, rdzv: str, out: str) -> None:

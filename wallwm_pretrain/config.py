@@ -146,6 +146,10 @@ class ModelConfig:
     init_std: float = 0.02
     video_loss_weight: float = 1.0
     action_loss_weight: float = 1.0
+    time_loss_weight: float = 0.1
+    """Weight of the remaining-time head's Huber loss (latent frames from a sample's first step
+    to its event's end, predicted from the clean first frame, state and caption); event mode
+    uses the head at inference to decide how many denoised steps to execute. 0 = no time loss."""
     recompute: str = "none"
     """Activation recomputation in backward: ``none``; ``full`` (each coupled layer keeps only
     its input and runs again in backward: least memory, about one extra forward of the towers);
@@ -155,6 +159,8 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.mode not in ("event", "chunk"):
             raise ConfigError(f"model.mode must be 'event' or 'chunk', got {self.mode!r}")
+        if self.time_loss_weight < 0:
+            raise ConfigError(f"model.time_loss_weight must be >= 0, got {self.time_loss_weight}")
         if self.recompute not in ("none", "full", "selective"):
             raise ConfigError(f"model.recompute must be none, full or selective, got {self.recompute!r}")
         if self.hidden_size % self.num_heads:

@@ -46,7 +46,7 @@ from wallwm_pretrain.tracking import build_tracker, plot_loss_curve
 
 log = logging.getLogger("wallwm_pretrain")
 
-LOSS_KEYS = ("loss", "loss_video", "loss_action")
+LOSS_KEYS = ("loss", "loss_video", "loss_action", "loss_time")
 
 
 @dataclass
@@ -188,7 +188,8 @@ class Trainer:
                 "beginning of epoch %d", len(loaders), self.ctx.dp, epoch + 1,
             )
             self.loader.load_state_dict({"epoch": epoch + 1, "batches_in_epoch": 0})
-        self.history = {k: [tuple(p) for p in v] for k, v in json.loads(trainer["history"]).items()}
+        saved = json.loads(trainer["history"])
+        self.history = {k: [tuple(p) for p in saved.get(k, [])] for k in LOSS_KEYS}
         set_rng_state(trainer["rng"])
         log.info("resumed from %s at step %d", path, self.step)
         return trainer.get("mlflow_run_id") or None
@@ -229,7 +230,9 @@ class Trainer:
         self.noise_rng.manual_seed((self.cfg.train.seed * 1_000_003 + self.step) * 65_537 + self.ctx.dp_rank)
         noise = self.chunks[0].sample_noise(batch.frames, batch.actions, self.noise_rng)
         # forward and backward of all microbatches through the pipeline (megatron's schedule)
-        out = self.schedule.run(batch.frames, batch.actions, batch.state, batch.lengths, batch.caption, noise)
+        out = self.schedule.run(
+            batch.frames, batch.actions, batch.state, batch.lengths, batch.caption, batch.remaining, noise
+        )
         grad_norm = self.optim.clip_grad_norm(self.cfg.optim.grad_clip)
         self.optim.step()
         self.optim.zero_grad(set_to_none=True)
@@ -283,7 +286,7 @@ class Trainer:
                 if self.ctx.is_main:
                     bar.write(
                         f"step {self.step:6d} | loss {m['loss']:.4f} (video {m['loss_video']:.4f}, action "
-                        f"{m['loss_action']:.4f}) | grad {m['grad_norm']:.3f} | "
+                        f"{m['loss_action']:.4f}, time {m['loss_time']:.3f}) | grad {m['grad_norm']:.3f} | "
                         + " ".join(f"{k} {v:.2e}" for k, v in self.optim.lrs().items())
                         + f" | {m['samples_per_s']:.1f} samples/s | pad eff {m['padding_efficiency']:.2f}"
                     )

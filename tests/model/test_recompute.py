@@ -35,7 +35,7 @@ def batch(t=12):
     caption = torch.randint(2, 258, (3, 10), generator=g)
     caption[:, 0] = 1
     caption[2, 5:] = 0
-    return frames, actions, state, lengths, caption
+    return frames, actions, state, lengths, caption, lengths.float() + 2.0
 
 
 def count_core_calls(monkeypatch) -> list:

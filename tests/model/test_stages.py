@@ -26,7 +26,7 @@ def batch(t=12):
     caption = torch.randint(2, 258, (2, 9), generator=g)
     caption[:, 0] = 1
     caption[1, 4:] = 0
-    return frames, actions, state, lengths, caption
+    return frames, actions, state, lengths, caption, torch.tensor([30.0, 5.0])
 
 
 STAGES = [StageSpec(0, 1, embed=True, head=False), StageSpec(1, 1, False, False), StageSpec(2, 1, False, True)]
@@ -61,7 +61,7 @@ def test_chained_stages_give_the_whole_models_losses(single_process):
         # video (3 frames * 8 patches) + actions (12) + caption (9) + state + 2 timesteps
         assert hidden.shape == (3 * 8 + 12 + 9 + 3, 2, CFG.hidden_size)
     out = stages[-1](*data, noise=noise, hidden=hidden)
-    for key in ("loss", "loss_video", "loss_action"):
+    for key in ("loss", "loss_video", "loss_action", "loss_time"):
         torch.testing.assert_close(out[key], ref[key], rtol=0, atol=1e-6)
 
 

@@ -25,7 +25,8 @@ def batch(b=3, t=12, seed=0):
     caption = torch.randint(2, 258, (b, 10), generator=g)
     caption[:, 0] = 1
     caption[1, 4:] = 0
-    return frames, actions, state, lengths, caption
+    remaining = lengths.float() + torch.tensor([0.0, 9.0, 30.0][:b])  # steps to each event's end
+    return frames, actions, state, lengths, caption, remaining
 
 
 def test_patchify_round_trip():
@@ -56,8 +57,7 @@ def _denoise_inputs(model, frames, actions, state, lengths, caption, seed=1):
 def test_padding_does_not_leak(single_process):
     """Changing what sits in padded steps (and caption padding) changes no real output."""
     model = make_model().eval()
-    _, _, state, lengths, caption = batch()
-    xv, xa, tv, ta, st, cap, fv, av = _denoise_inputs(model, *batch())
+    xv, xa, tv, ta, st, cap, fv, av = _denoise_inputs(model, *batch()[:5])
     pv, pa = model.denoise(xv, xa, tv, ta, st, cap, fv, av)
     xa2, xv2 = xa.clone(), xv.clone()
     xa2[~av] = 100.0
@@ -77,7 +77,7 @@ def test_coupling_is_one_way(single_process):
     model = make_model()
     for p in model.parameters():  # leave adaLN-Zero so every path is live
         p.data.add_(0.02 * torch.randn_like(p))
-    xv, xa, tv, ta, st, cap, fv, av = _denoise_inputs(model, *batch())
+    xv, xa, tv, ta, st, cap, fv, av = _denoise_inputs(model, *batch()[:5])
     pv, pa = model.denoise(xv, xa, tv, ta, st, cap, fv, av)
     pv2, _ = model.denoise(xv, xa + 3.0, tv, ta, st, cap, fv, av)
     torch.testing.assert_close(pv, pv2)
@@ -93,7 +93,7 @@ def test_losses_are_finite_and_decrease_when_overfitting(single_process):
     for step in range(40):
         g = torch.Generator().manual_seed(step % 4)  # a few fixed noise draws
         out = model(*data, generator=g)
-        assert set(out) == {"loss", "loss_video", "loss_action"}
+        assert set(out) == {"loss", "loss_video", "loss_action", "loss_time"}
         out["loss"].backward()
         opt.step()
         opt.zero_grad()
@@ -105,12 +105,60 @@ def test_losses_are_finite_and_decrease_when_overfitting(single_process):
 @pytest.mark.parametrize("bad", ["video", "action"])
 def test_loss_ignores_padding_targets(single_process, bad):
     model = make_model()
-    frames, actions, state, lengths, caption = batch()
-    ref = model(frames, actions, state, lengths, caption, generator=torch.Generator().manual_seed(3))
+    frames, actions, state, lengths, caption, remaining = batch()
+    ref = model(frames, actions, state, lengths, caption, remaining, generator=torch.Generator().manual_seed(3))
     frames2, actions2 = frames.clone(), actions.clone()
     if bad == "action":
         actions2[1, lengths[1]:] = 1e3
     else:
         frames2[2, lengths[2] + K:] = 255 - frames2[2, lengths[2] + K:]
-    out = model(frames2, actions2, state, lengths, caption, generator=torch.Generator().manual_seed(3))
+    out = model(frames2, actions2, state, lengths, caption, remaining, generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(out["loss"], ref["loss"])
+
+
+def test_remaining_time_head_reads_nothing_that_depends_on_the_event_length(single_process):
+    """The time head sees the first frame, state and caption only: lengths, later frames and
+    actions change nothing, so training cannot leak the answer through padding masks."""
+    model = make_model()
+    for p in model.parameters():
+        p.data.add_(0.02 * torch.randn_like(p))
+    frames, actions, state, lengths, caption, remaining = batch()
+    ref = model(frames, actions, state, lengths, caption, remaining, generator=torch.Generator().manual_seed(3))
+    frames2, actions2 = frames.clone(), torch.randn_like(actions)
+    frames2[:, 1:] = 255 - frames2[:, 1:]
+    out = model(frames2, actions2, state, torch.tensor([4, 8, 12]), caption, remaining,
+                generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(out["loss_time"], ref["loss_time"], rtol=0, atol=1e-6)
+    assert abs(out["loss_action"] - ref["loss_action"]) > 1e-3  # the rest did see the change
+    # the inference entry point is the same head: its steps reproduce the training loss
+    steps = model.remaining_steps(frames[:, 0], state, caption)
+    expected = torch.nn.functional.huber_loss(steps / K, remaining / K, delta=1.0)
+    torch.testing.assert_close(ref["loss_time"], expected, rtol=1e-5, atol=1e-6)
+    frames3 = frames.clone()
+    frames3[:, 0] = 255 - frames3[:, 0]
+    assert (model.remaining_steps(frames3[:, 0], state, caption) - steps).abs().max() > 1e-4
+
+
+def test_remaining_time_head_learns_the_steps_to_the_event_end(single_process):
+    model = make_model()
+    data = batch()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for step in range(150):
+        out = model(*data, generator=torch.Generator().manual_seed(step % 4))
+        out["loss"].backward()
+        opt.step()
+        opt.zero_grad()
+    with torch.no_grad():
+        steps = model.remaining_steps(data[0][:, 0], data[2], data[4])
+    # targets 12, 16 and 36 steps; one latent frame is 4 steps
+    assert (steps - data[5]).abs().max() < K, (steps, data[5])
+
+
+def test_time_loss_weight_zero_leaves_the_head_out(single_process):
+    from dataclasses import replace
+
+    torch.manual_seed(0)
+    model = WallWM(replace(CFG, time_loss_weight=0.0), frame_stride=K, caption_max_len=16)
+    out = model(*batch(), generator=torch.Generator().manual_seed(3))
+    assert float(out["loss_time"]) == 0.0
+    torch.testing.assert_close(out["loss"], out["loss_video"] + out["loss_action"])

@@ -46,7 +46,8 @@ def global_batch(step: int, t: int = 12):
     caption[:, 0] = 1
     caption[1, 4:] = 0
     caption[3, 7:] = 0
-    return frames, actions, state, lengths, caption
+    remaining = lengths.float() + torch.tensor([0.0, 20.0, 3.0, 11.0])  # steps to each event's end
+    return frames, actions, state, lengths, caption, remaining
 
 
 def _layout(p: torch.Tensor) -> dict:
@@ -82,7 +83,7 @@ def train(ctx, gather_tp_matrices: bool = True, overlap: bool = False, bucket_si
     record = {"init": _snapshot(bare), "layout": {n: _layout(p) for n, p in bare.named_parameters()}}
     record["buckets"] = sum(len(b.buckets) for b in model.buffers)
     record["grad_buffer_device"] = str(model.buffers[0].grad_data.device)
-    record.update(loss=[], loss_video=[], loss_action=[], grad_norm=[])
+    record.update(loss=[], loss_video=[], loss_action=[], loss_time=[], grad_norm=[])
     for step in range(STEPS):
         data = global_batch(step)
         noise = bare.sample_noise(data[0], data[1], torch.Generator().manual_seed(500 + step)).rows(lo, hi)
@@ -94,7 +95,7 @@ def train(ctx, gather_tp_matrices: bool = True, overlap: bool = False, bucket_si
         record["grad_norm"].append(optim.clip_grad_norm(OPTIM.grad_clip))
         optim.step()
         optim.zero_grad()
-        for key in ("loss", "loss_video", "loss_action"):
+        for key in ("loss", "loss_video", "loss_action", "loss_time"):
             record[key].append(float(out[key]))
     record["final"] = _snapshot(bare)
     record["muon_ns_calls"] = optim.optimizers["muon"].ns_calls
@@ -125,7 +126,7 @@ def train_pipeline(ctx, options: dict, out_dir: str) -> dict:
     lo, hi = ctx.dp_rank * per_rank, (ctx.dp_rank + 1) * per_rank
     record = {"init": _snapshot_chunks(chunks)}
     record["layout"] = {n: _layout(p) for c in chunks for n, p in c.named_parameters()}
-    record.update(loss=[], loss_video=[], loss_action=[], grad_norm=[])
+    record.update(loss=[], loss_video=[], loss_action=[], loss_time=[], grad_norm=[])
     first = 0
     if options.get("load"):
         state = torch.load(options["load"], weights_only=False)
@@ -141,7 +142,7 @@ def train_pipeline(ctx, options: dict, out_dir: str) -> dict:
         optim.finish_grad_sync()
         if index == 0:
             record["grads0"] = {n: p.main_grad.clone() for c in chunks for n, p in c.named_parameters()}
-        values = {k: float(out[k]) for k in ("loss", "loss_video", "loss_action")}
+        values = {k: float(out[k]) for k in ("loss", "loss_video", "loss_action", "loss_time")}
         values["grad_norm"] = optim.clip_grad_norm(OPTIM.grad_clip)
         optim.step()
         optim.zero_grad()

@@ -33,7 +33,7 @@ def max_param_diff(records, reference, run="run", part="final"):
 def assert_matches_reference(records, reference):
     for rec in records:
         run = rec["run"]
-        for key in ("loss", "loss_video", "loss_action"):
+        for key in ("loss", "loss_video", "loss_action", "loss_time"):
             assert run[key] == pytest.approx(reference[key], abs=LOSS_TOL), key
         assert run["grad_norm"] == pytest.approx(reference["grad_norm"], rel=NORM_RTOL)
     # Newton-Schulz calls are per rank: the ranks of one data-parallel replica together make

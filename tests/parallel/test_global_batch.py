@@ -39,7 +39,7 @@ def batch(seed=0, t=12):
     lengths = torch.tensor([t, 5, t - 3, 3])
     caption = torch.randint(2, 258, (4, 10), generator=g)
     caption[:, 0] = 1
-    return frames, actions, state, lengths, caption
+    return frames, actions, state, lengths, caption, lengths.float() + torch.tensor([0.0, 20.0, 3.0, 11.0])
 
 
 def test_precomputed_noise_equals_generator_draws(single_process):

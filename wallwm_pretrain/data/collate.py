@@ -24,11 +24,13 @@ class EventBatch:
     caption: torch.Tensor  # int64 [B, L], 0 = pad
     keys: list[str]
     skipped: int = 0  # bad samples skipped (within data.max_bad_samples) since the last batch
+    remaining: torch.Tensor | None = None  # float32 [B] control steps to each sample's event end
 
     def to(self, device: torch.device) -> "EventBatch":
         move = lambda x: x.to(device, non_blocking=True)  # noqa: E731
         return EventBatch(
-            move(self.frames), move(self.actions), move(self.state), move(self.lengths), move(self.caption), self.keys, self.skipped
+            move(self.frames), move(self.actions), move(self.state), move(self.lengths), move(self.caption), self.keys,
+            self.skipped, None if self.remaining is None else move(self.remaining),
         )
 
     @property
@@ -60,4 +62,5 @@ def collate(samples: list[TrainSample], frame_stride: int) -> EventBatch:
         lengths=torch.tensor([s.length for s in samples], dtype=torch.int64),
         caption=torch.from_numpy(caption),
         keys=[s.key for s in samples],
+        remaining=torch.tensor([s.remaining for s in samples], dtype=torch.float32),
     )

@@ -8,6 +8,9 @@ checks one crude sample, then cuts it into what the model trains on:
 - :func:`cook_chunks` (chunk mode, the baseline): fixed windows of H_a control steps tiled over
   the sample, each conditioned on the task instruction (the same text for every window).
 
+Each cooked sample also carries ``remaining``: control steps from its first step to the end of
+the crude sample, the target of the model's remaining-time head.
+
 Randomness per sample (crop start, caption drop) comes from a generator seeded by
 (seed, epoch, sample key), so a sample is cooked the same way whatever worker or rank reads it
 and a resumed run reproduces it without saving any RNG state.
@@ -46,6 +49,7 @@ class TrainSample:
     state: np.ndarray  # float32 [S], normalised
     caption: np.ndarray  # int64 tokens
     meta: dict[str, Any] = field(default_factory=dict)
+    remaining: int = 0  # control steps from the first step to the end of the crude sample's event
 
     @property
     def length(self) -> int:
@@ -76,6 +80,12 @@ class Normalizer:
         if self.state_mean is None:
             return x
         return (x - self.state_mean) / np.maximum(self.state_std, 1e-6)
+
+    def raw_actions(self, x: np.ndarray) -> np.ndarray:
+        """Inverse of :meth:`actions`: normalised model outputs -> the robot's units."""
+        if self.action_mean is None:
+            return x
+        return x * np.maximum(self.action_std, 1e-6) + self.action_mean
 
 
 def check_sample(sample: dict[str, Any]) -> None:
@@ -126,6 +136,7 @@ def cook_event(sample: dict[str, Any], cfg: DataConfig, norm: Normalizer, epoch:
             state=norm.state(sample["states.npy"][start]),
             caption=maybe_drop(caption, t, cfg.caption_drop, rng),
             meta=meta,
+            remaining=t - start,
         )
     ]
 
@@ -152,6 +163,7 @@ def cook_chunks(
                 state=norm.state(sample["states.npy"][start]),
                 caption=task,
                 meta=meta,
+                remaining=t - start,
             )
         )
     return out

@@ -11,6 +11,9 @@ Data flow of one training forward (shapes for batch B, T control steps, stride K
 3. The state token (proprioception at the event start) and the caption states condition the
    action tower; the caption conditions the video tower too; timesteps enter by AdaLN.
 4. ``num_layers`` coupled layers, then per-tower heads and masked flow-matching losses.
+5. The remaining-time head (``remaining_time.py``) predicts, from the clean first frame, the
+   state token and the caption, how many frames are left until the event ends (Huber loss);
+   at inference it decides how much of a denoised event to execute.
 
 Event mode and chunk mode share this model; they differ only in what a sample is (see
 ``wallwm_pretrain/data/cookers.py``).
@@ -43,6 +46,7 @@ from wallwm_pretrain.model.embeddings import (
 )
 from wallwm_pretrain.model.flow_matching import FlowNoise, interpolate, masked_mse, sample_time
 from wallwm_pretrain.model.recompute import run_layer
+from wallwm_pretrain.model.remaining_time import RemainingTimeHead, huber_sum
 from wallwm_pretrain.model.spec import build_transformer_config
 from wallwm_pretrain.model.stage import StageSpec, draw_base_seed, part_rng
 
@@ -62,6 +66,7 @@ class FlowInputs:
     frame_valid: torch.Tensor  # [B, F] real latent frames
     action_valid: torch.Tensor  # [B, T] real control steps
     video_loss_mask: torch.Tensor  # [B, F] frames that carry a video loss
+    remaining: torch.Tensor | None = None  # [B] latent frames to the event's end (time-head target)
 
 
 class WallWM(nn.Module):
@@ -119,6 +124,8 @@ class WallWM(nn.Module):
             with part_rng(base, "head"):
                 self.video_out = FinalLayer(h, self.patch_dim)
                 self.action_out = FinalLayer(h, cfg.action_dim)
+            with part_rng(base, "time_head"):
+                self.time_head = RemainingTimeHead(h, self.patch_dim)
 
     def parameter_counts(self) -> dict[str, int]:
         """Parameters per tower held here (the rest: caption encoder, embeddings, timestep MLPs)."""
@@ -139,6 +146,7 @@ class WallWM(nn.Module):
         state: torch.Tensor,
         lengths: torch.Tensor,
         caption: torch.Tensor,
+        remaining: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         noise: FlowNoise | None = None,
         loss_denominators: torch.Tensor | None = None,
@@ -152,20 +160,22 @@ class WallWM(nn.Module):
             state: float [B, S], proprioception at the first step.
             lengths: long [B], real control steps per sample.
             caption: long [B, L] byte tokens (0 = pad).
+            remaining: float [B] control steps from each sample's first step to the end of its
+                event: the remaining-time head's target (None = no time loss).
             generator: optional RNG for flow times and noise (ignored when ``noise`` is given).
             noise: precomputed draws (see :meth:`sample_noise`), e.g. rows of a global batch's.
                 Every stage of a pipeline must be given the same draws.
-            loss_denominators: [2] element counts (video, action) that divide the squared-error
-                sums instead of this batch's own counts (see :meth:`loss_element_counts`).
+            loss_denominators: [3] counts (video elements, action elements, samples) that divide
+                the loss sums instead of this batch's own counts (see :meth:`loss_element_counts`).
             hidden: the packed :class:`Streams` from the previous stage (not on the first stage).
 
         Returns:
-            On the last stage ``loss`` (weighted sum), ``loss_video``, ``loss_action``; on any
-            other stage the packed streams ``[s, B, H]`` for the next one.
+            On the last stage ``loss`` (weighted sum), ``loss_video``, ``loss_action``,
+            ``loss_time``; on any other stage the packed streams ``[s, B, H]`` for the next one.
         """
         if noise is None:
             noise = self.sample_noise(frames, actions, generator)
-        inputs = self.flow_inputs(frames, actions, state, lengths, caption, noise)
+        inputs = self.flow_inputs(frames, actions, state, lengths, caption, noise, remaining)
         return self.forward_stage(inputs, hidden, loss_denominators)
 
     def forward_stage(
@@ -187,11 +197,17 @@ class WallWM(nn.Module):
         if not self.stage.head:
             return s.pack()
         pred_v, pred_a = self.head(s, inputs.xt_video.shape)
-        den_v, den_a = (None, None) if loss_denominators is None else loss_denominators.unbind()
+        den_v, den_a, den_t = (None,) * 3 if loss_denominators is None else loss_denominators.unbind()
         loss_v = masked_mse(pred_v, inputs.target_video, inputs.video_loss_mask, den_v)
         loss_a = masked_mse(pred_a, inputs.target_action, inputs.action_valid, den_a)
         loss = self.cfg.video_loss_weight * loss_v + self.cfg.action_loss_weight * loss_a
-        return {"loss": loss, "loss_video": loss_v.detach(), "loss_action": loss_a.detach()}
+        loss_t = torch.zeros((), device=loss.device)
+        if inputs.remaining is not None and self.cfg.time_loss_weight > 0:
+            pred_t = self.time_head(inputs.xt_video[:, 0], s.state, s.text, inputs.caption != CAPTION_PAD)
+            den = torch.tensor(float(pred_t.shape[0]), device=loss.device) if den_t is None else den_t
+            loss_t = huber_sum(pred_t, inputs.remaining) / den.clamp_min(1.0)
+            loss = loss + self.cfg.time_loss_weight * loss_t
+        return {"loss": loss, "loss_video": loss_v.detach(), "loss_action": loss_a.detach(), "loss_time": loss_t.detach()}
 
     def flow_inputs(
         self,
@@ -201,6 +217,7 @@ class WallWM(nn.Module):
         lengths: torch.Tensor,
         caption: torch.Tensor,
         noise: FlowNoise,
+        remaining: torch.Tensor | None = None,
     ) -> FlowInputs:
         """Noisy inputs, velocity targets and masks of a batch (patchify, interpolate)."""
         k = self.frame_stride
@@ -213,6 +230,7 @@ class WallWM(nn.Module):
         return FlowInputs(
             xt_v, xt_a, target_v, target_a, noise.t_video, noise.t_action, state, caption,
             frame_valid, action_valid, video_loss_mask,
+            None if remaining is None else remaining.float() / k,
         )
 
     def _masks(self, lengths: torch.Tensor, t_steps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -235,7 +253,8 @@ class WallWM(nn.Module):
         )
 
     def loss_element_counts(self, lengths: torch.Tensor, t_steps: int) -> torch.Tensor:
-        """[2] float: elements (video, action) over which this batch's losses average.
+        """[3] float: video elements, action elements and samples over which this batch's
+        losses average.
 
         Summed over data-parallel ranks and passed back as ``loss_denominators``, they make
         each rank's loss its exact share of the global-batch loss.
@@ -243,7 +262,7 @@ class WallWM(nn.Module):
         action_valid, _, video_loss_mask = self._masks(lengths, t_steps)
         per_frame = self.patches * self.patch_dim
         return torch.stack(
-            [video_loss_mask.sum() * per_frame, action_valid.sum() * self.cfg.action_dim]
+            [video_loss_mask.sum() * per_frame, action_valid.sum() * self.cfg.action_dim, lengths.new_tensor(lengths.shape[0])]
         ).to(torch.float32)
 
     def sample_noise(
@@ -284,6 +303,21 @@ class WallWM(nn.Module):
             raise ValueError("denoise needs the whole model; a pipeline stage runs forward_stage")
         s = self.embed(xt_video, xt_action, t_video, t_action, state, caption, frame_valid, action_valid)
         return self.head(self.run_layers(s), xt_video.shape)
+
+    def remaining_steps(self, first_frame: torch.Tensor, state: torch.Tensor, caption: torch.Tensor) -> torch.Tensor:
+        """Predicted control steps to the end of the event that starts now (whole model only).
+
+        Args:
+            first_frame: uint8 [B, V, H, W, 3], the current observation.
+            state: float [B, S] (normalised); caption: long [B, L] byte tokens.
+        """
+        if not (self.stage.embed and self.stage.head):
+            raise ValueError("remaining_steps needs the whole model")
+        text_valid = caption != CAPTION_PAD
+        text = self.caption(caption, key_padding_mask(text_valid))
+        patches = patchify(first_frame[:, None], self.cfg.patch_size)[:, 0]
+        frames_left = self.time_head(patches, self.state_in(state)[None], text, text_valid)
+        return frames_left * self.frame_stride
 
     def embed(self, xt_video, xt_action, t_video, t_action, state, caption, frame_valid, action_valid) -> Streams:
         b, f, p, _ = xt_video.shape

@@ -11,7 +11,7 @@ group (megatron-core's ``calculate_per_token_loss`` mode) instead of averaging t
 The returned ``loss`` carries this rank's share as its gradient but the global-batch value as its
 value, so logging it, or checking it is finite, gives the same answer on every rank (no rank
 stops alone and leaves the others waiting in a collective). Trade-off: one tiny all-reduce of
-two counts before and one of three loss values after each forward.
+three counts before and one of four loss values after each forward.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ class GlobalBatchLoss(nn.Module):
         state: torch.Tensor,
         lengths: torch.Tensor,
         caption: torch.Tensor,
+        remaining: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         noise: FlowNoise | None = None,
     ) -> dict[str, torch.Tensor]:
@@ -60,20 +61,24 @@ class GlobalBatchLoss(nn.Module):
 
         Returns:
             ``loss``: value = global-batch loss, gradient = this rank's share (backward it);
-            ``loss_video``, ``loss_action``: global-batch values (detached);
+            ``loss_video``, ``loss_action``, ``loss_time``: global-batch values (detached);
             ``loss_share``: this rank's share (detached).
         """
         counts = self._sum(self.model.loss_element_counts(lengths, actions.shape[1]).to(actions.device))
         out = self.model(
-            frames, actions, state, lengths, caption, generator=generator, noise=noise, loss_denominators=counts
+            frames, actions, state, lengths, caption, generator=generator, noise=noise, loss_denominators=counts,
+            remaining=remaining,
         )
         share = out["loss"]
         # fp32 so that bf16 autocast losses add up over ranks without another rounding
-        total = self._sum(torch.stack([share.detach(), out["loss_video"], out["loss_action"]]).float())
+        total = self._sum(
+            torch.stack([share.detach(), out["loss_video"], out["loss_action"], out["loss_time"]]).float()
+        )
         return {
             "loss": share + (total[0] - share.detach()),
             "loss_video": total[1],
             "loss_action": total[2],
+            "loss_time": total[3],
             "loss_share": share.detach(),
         }
 

@@ -67,7 +67,7 @@ from wallwm_pretrain.parallel.stages import stage_specs
 from wallwm_pretrain.parallel.state import ParallelContext
 
 PIPELINE_DTYPE = torch.float32
-LOSS_KEYS = ("loss", "loss_video", "loss_action")
+LOSS_KEYS = ("loss", "loss_video", "loss_action", "loss_time")
 
 
 def build_stage_models(
@@ -140,9 +140,9 @@ def parallelize_stages(
 
 
 def split_microbatches(
-    frames, actions, state, lengths, caption, noise: FlowNoise, microbatches: int
+    frames, actions, state, lengths, caption, noise: FlowNoise, microbatches: int, remaining=None
 ) -> list[MicroBatch]:
-    """``microbatches`` equal row slices of a batch and its noise.
+    """``microbatches`` equal row slices of a batch, its noise and remaining-time targets.
 
     Raises:
         ValueError: the batch does not split evenly.
@@ -156,7 +156,7 @@ def split_microbatches(
     m = b // microbatches
     return [
         MicroBatch(frames[i:i + m], actions[i:i + m], state[i:i + m], lengths[i:i + m], caption[i:i + m],
-                   noise.rows(i, i + m))
+                   noise.rows(i, i + m), None if remaining is None else remaining[i:i + m])
         for i in range(0, b, m)
     ]
 
@@ -213,14 +213,17 @@ class PipelineSchedule:
         # 3-tuple: with calculate_per_token_loss the schedule leaves the share as it is
         return out["loss"], tokens, {k: out[k].detach() for k in LOSS_KEYS}
 
-    def run(self, frames, actions, state, lengths, caption, noise: FlowNoise) -> dict[str, torch.Tensor]:
+    def run(self, frames, actions, state, lengths, caption, remaining, noise: FlowNoise) -> dict[str, torch.Tensor]:
         """Forward and backward of this rank's batch; gradients accumulate in DDP's buffers.
 
+        ``remaining`` (float [B], control steps to each sample's event end) trains the
+        remaining-time head; None leaves it out.
+
         Returns:
-            ``loss``, ``loss_video``, ``loss_action``: global-batch values (fp32 scalars), the
-            same on every rank.
+            ``loss``, ``loss_video``, ``loss_action``, ``loss_time``: global-batch values (fp32
+            scalars), the same on every rank.
         """
-        micro = split_microbatches(frames, actions, state, lengths, caption, noise, self.microbatches)
+        micro = split_microbatches(frames, actions, state, lengths, caption, noise, self.microbatches, remaining)
         denominators = self._denominators(lengths, actions.shape[1])
         iterators = [iter(micro) for _ in self.chunks]
         stored = self.forward_backward(

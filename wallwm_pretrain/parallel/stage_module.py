@@ -28,6 +28,7 @@ class MicroBatch:
     lengths: torch.Tensor
     caption: torch.Tensor
     noise: FlowNoise
+    remaining: torch.Tensor | None = None
 
     @property
     def size(self) -> int:
@@ -63,6 +64,7 @@ class StageModule(nn.Module):
         out = self.model(
             micro.frames, micro.actions, micro.state, micro.lengths, micro.caption,
             noise=micro.noise, loss_denominators=loss_denominators, hidden=self.input_tensor,
+            remaining=micro.remaining,
         )
         if isinstance(out, torch.Tensor):
             # the receiver allocates pipeline_dtype; under autocast the packed streams may mix dtypes
