@@ -20,12 +20,16 @@ from safetensors.torch import load_file, safe_open, save_file
 from wallwm_pretrain.checkpoint import CheckpointError, load_checkpoint, resolve_resume
 
 
-def export(ckpt: str | Path, out: str | Path) -> Path:
-    """Write the consolidated model of checkpoint ``ckpt`` (a step folder or a run folder)."""
+def _checkpoint_folder(ckpt: str | Path) -> Path:
     ckpt = Path(ckpt)
     if not (ckpt / "manifest.json").is_file():  # a run folder: its newest complete checkpoint
         ckpt = resolve_resume(ckpt, "auto") or ckpt
-    state = load_checkpoint(ckpt)
+    return ckpt
+
+
+def export(ckpt: str | Path, out: str | Path) -> Path:
+    """Write the consolidated model of checkpoint ``ckpt`` (a step folder or a run folder)."""
+    state = load_checkpoint(_checkpoint_folder(ckpt))
     tensors = {k: v.contiguous() for k, v in state.model.items() if isinstance(v, torch.Tensor)}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -40,19 +44,37 @@ def load_exported(path: str | Path, device: str = "cpu"):
     Returns:
         (model, config): a :class:`WallWM` in eval mode and its run config.
     """
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if meta.get("format") != "wallwm-model/1":
+        raise CheckpointError(f"{path}: not a wallwm export (metadata format {meta.get('format')!r})")
+    return _build(meta["config"], load_file(str(path), device=device), device)
+
+
+def _build(config_yaml: str, weights: dict, device: str):
     from omegaconf import OmegaConf
 
     from wallwm_pretrain.config import Config
     from wallwm_pretrain.model import WallWM
 
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    if meta.get("format") != "wallwm-model/1":
-        raise CheckpointError(f"{path}: not a wallwm export (metadata format {meta.get('format')!r})")
-    cfg: Config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(meta["config"])))
+    cfg: Config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(config_yaml)))
     model = WallWM(cfg.model, cfg.data.frame_stride, cfg.data.caption_max_bytes + 1)
-    model.load_state_dict(load_file(str(path), device=device), strict=True)
+    model.load_state_dict(weights, strict=True)
     return model.to(device).eval(), cfg
+
+
+def load_model(path: str | Path, device: str = "cpu"):
+    """(model in eval mode, run config) from an exported ``.safetensors`` file, a checkpoint
+    step folder, or a run folder (its newest complete checkpoint); needs model-parallel state
+    of size 1 (``init_parallel(1, 1, ...)``)."""
+    path = Path(path)
+    if path.is_file():
+        return load_exported(path, device)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: no such checkpoint (give a run folder, a step folder or an exported .safetensors)")
+    state = load_checkpoint(_checkpoint_folder(path))
+    weights = {k: v for k, v in state.model.items() if isinstance(v, torch.Tensor)}
+    return _build(state.config_yaml, weights, device)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,9 @@
+"""Evaluation of trained checkpoints: closed-loop rollouts in a simulator and open-loop action
+error on held-out events (``python -m wallwm_pretrain.eval --help``).
+
+- :mod:`.sampler`: rectified-flow sampling of an event (or chunk) from the current observation;
+- :mod:`.policy`: a checkpoint as a policy (normalisation, captions, planning);
+- :mod:`.metaworld`: closed-loop episodes in Meta-World, in event or chunk mode;
+- :mod:`.openloop`: action error of denoised events against held-out shards;
+- :mod:`.report`: success rates with confidence intervals, frame strips, the results table.
+"""

@@ -1,0 +1,147 @@
+"""Closed-loop episodes of a checkpoint policy in Meta-World.
+
+Observations are made exactly as the recorder made the training data (``data_tools.metaworld``:
+same cameras, upright, same render size, then the same area resize as ``build-shards``), so the
+policy sees what it was trained on, up to the video codec's artefacts, which recorded frames
+went through and live renders do not.
+
+Event mode walks the task's event script, the expert's phases in order with their first
+caption template (``reach for the puck``, ``lower the gripper to the puck``, ...). For each
+event it plans ``data.max_frames`` steps and executes as many as the remaining-time head
+predicts (at least one, at most the plan); when the head says the event continues past the
+plan it plans the same event again (at most ``max_plans_per_event`` times), otherwise it moves
+to the next event. After the last event it keeps re-planning the last one until the task
+succeeds or the step budget is spent. Chunk mode plans ``model.chunk_horizon`` steps from the
+task instruction and executes all of them, over and over.
+
+Episode layouts come from ``SeedSequence([seed, crc32(task), index, 1])``: a different stream
+from the recorder's ``[seed, crc32(task), index]``, so evaluation layouts are fresh.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from data_tools.imageops import resize_area
+from data_tools.metaworld.env import STATE_KINDS, TaskEnv
+from data_tools.metaworld.render import CameraRig
+from data_tools.metaworld.tasks import TaskSpec, get_spec
+from wallwm_pretrain.eval.policy import CheckpointPolicy, PolicyError
+
+STATE_KIND_BY_DIM = {len(names): kind for kind, (names, _) in STATE_KINDS.items()}
+
+
+def _names(spec: TaskSpec) -> dict[str, str]:
+    return {slot: options[0] for slot, options in spec.nouns.items()}
+
+
+def event_script(spec: TaskSpec) -> list[tuple[str, str]]:
+    """(primitive, caption) of each event of the task, in the expert's order."""
+    names = _names(spec)
+    return [(prim, templates[0].format(**names)) for prim, templates in spec.primitives.items()]
+
+
+def task_instruction(spec: TaskSpec) -> str:
+    return spec.task[0].format(**_names(spec))
+
+
+def eval_env_seed(seed: int, task: str, index: int) -> int:
+    return int(np.random.SeedSequence([seed, zlib.crc32(task.encode()), index, 1]).generate_state(1)[0])
+
+
+@dataclass
+class Episode:
+    task: str
+    index: int
+    env_seed: int
+    success: bool
+    steps: int
+    plans: int
+    events: list[str] = field(default_factory=list)  # caption of each plan, in order
+    strip: list[tuple[int, str, np.ndarray]] = field(default_factory=list)  # (step, label, frame)
+
+
+class MetaWorldRunner:
+    """Runs episodes of one task with one policy.
+
+    Args:
+        policy: the checkpoint policy.
+        task: a supported Meta-World task (``data_tools.metaworld.tasks``).
+        max_steps: step budget of an episode.
+        render_size: camera resolution before the resize to the model's size (the recorder's
+            ``--image-size``).
+        strip_every: keep the first view every this many steps for the frame strip.
+        max_plans_per_event: event mode: plans of one event before moving on regardless.
+    """
+
+    def __init__(self, policy: CheckpointPolicy, task: str, max_steps: int = 200, render_size: int = 64,
+                 strip_every: int = 10, max_plans_per_event: int = 4) -> None:
+        self.policy, self.spec = policy, get_spec(task)
+        self.max_steps, self.strip_every, self.max_plans_per_event = max_steps, strip_every, max_plans_per_event
+        state_dim = policy.cfg.model.state_dim
+        if state_dim not in STATE_KIND_BY_DIM:
+            raise PolicyError(
+                f"the model's state_dim is {state_dim}; Meta-World states are "
+                + ", ".join(f"{kind} ({len(names)})" for kind, (names, _) in STATE_KINDS.items())
+            )
+        self.to_state = STATE_KINDS[STATE_KIND_BY_DIM[state_dim]][1]
+        views = policy.views or ["corner", "gripperPOV"]
+        if len(views) != policy.cfg.model.num_views:
+            raise PolicyError(f"the statistics name views {views} but the model has {policy.cfg.model.num_views}")
+        self.views = [v.rsplit(".", 1)[-1] for v in views]
+        self.env = TaskEnv(task, max_steps)
+        self.env.reset(0)
+        self.rig = CameraRig(self.env.model, self.env.data, self.views, render_size)
+
+    def observe(self) -> tuple[np.ndarray, np.ndarray]:
+        """(frame at the render size [V, R, R, 3], frame at the model's size [V, H, W, 3])."""
+        images = self.rig.render(self.env.data)
+        raw = np.stack([images[v] for v in self.views])
+        return raw, resize_area(raw, self.policy.image_size)
+
+    def run(self, index: int, seed: int) -> Episode:
+        env_seed = eval_env_seed(seed, self.spec.name, index)
+        obs = self.env.reset(env_seed)
+        gen = torch.Generator(device=self.policy.device).manual_seed(env_seed)
+        script = event_script(self.spec)
+        ep = Episode(self.spec.name, index, env_seed, False, 0, 0)
+        event, plans_in_event = 0, 0
+        t = 0
+        while t < self.max_steps and not ep.success:
+            raw, frame = self.observe()
+            label, caption = script[event] if self.policy.mode == "event" else ("chunk", task_instruction(self.spec))
+            plan = self.policy.plan(frame, self.to_state(obs), caption, gen)
+            ep.plans += 1
+            ep.events.append(caption)
+            if self.policy.mode == "event":
+                n = int(np.clip(round(plan.remaining), 1, len(plan.actions)))
+                plans_in_event += 1
+                if plan.remaining <= len(plan.actions) or plans_in_event >= self.max_plans_per_event:
+                    event, plans_in_event = min(event + 1, len(script) - 1), 0
+            else:
+                n = len(plan.actions)
+            for action in plan.actions[:n]:
+                if t % self.strip_every == 0:
+                    if raw is None:
+                        raw, _ = self.observe()
+                    ep.strip.append((t, label, raw[0]))
+                raw = None
+                obs, info = self.env.step(np.clip(action, -1.0, 1.0))
+                t += 1
+                if info.get("success", 0.0) >= 1.0:
+                    ep.success = True
+                    break
+                if t >= self.max_steps:
+                    break
+        ep.steps = t
+        final, _ = self.observe()
+        ep.strip.append((t, "success" if ep.success else "end", final[0]))
+        return ep
+
+    def close(self) -> None:
+        self.rig.close()
+        self.env.close()

@@ -1,0 +1,61 @@
+"""Sampling an event from the current observation by integrating the learned flow.
+
+Training teaches the velocity ``noise - x0`` at ``x_t = (1 - t) x0 + t noise``, so a sample is
+the solution of ``dx/dt = v(x, t)`` from pure noise at t = 1 back to t = 0. Video and actions
+are integrated together with one shared time (the action tower reads the video tower at every
+layer), with Euler steps on a uniform grid; the first latent frame is the current observation
+and stays clean throughout, exactly as during training.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from wallwm_pretrain.model import WallWM
+from wallwm_pretrain.model.embeddings import patchify
+
+
+@torch.no_grad()
+def sample_event(
+    model: WallWM,
+    first_frame: torch.Tensor,
+    state: torch.Tensor,
+    caption: torch.Tensor,
+    steps: int,
+    denoise_steps: int = 10,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Denoise ``steps`` control steps of actions (and the matching video latents).
+
+    Args:
+        model: the whole model (eval mode).
+        first_frame: uint8 [B, V, H, W, 3], the current observation.
+        state: float [B, S] (normalised); caption: long [B, L] byte tokens.
+        steps: control steps to denoise, a multiple of ``model.frame_stride``.
+        denoise_steps: Euler steps from t = 1 to t = 0.
+
+    Returns:
+        (actions [B, steps, A] normalised, video latents [B, F, P, D] in [-1, 1] scale).
+    """
+    k = model.frame_stride
+    if steps % k or steps < k:
+        raise ValueError(f"steps ({steps}) must be a positive multiple of the frame stride ({k})")
+    if denoise_steps < 1:
+        raise ValueError(f"denoise_steps must be >= 1, got {denoise_steps}")
+    b, dev = first_frame.shape[0], first_frame.device
+    first = patchify(first_frame[:, None], model.cfg.patch_size)  # [B, 1, P, D]
+    frames = steps // k
+    video = torch.randn((b, frames, *first.shape[2:]), device=dev, generator=generator)
+    video[:, :1] = first
+    actions = torch.randn((b, steps, model.cfg.action_dim), device=dev, generator=generator)
+    frame_valid = torch.ones((b, frames), dtype=torch.bool, device=dev)
+    action_valid = torch.ones((b, steps), dtype=torch.bool, device=dev)
+    grid = torch.linspace(1.0, 0.0, denoise_steps + 1, device=dev)
+    for t, t_next in zip(grid[:-1], grid[1:]):
+        tt = t.expand(b)
+        v_video, v_action = model.denoise(video, actions, tt, tt, state, caption, frame_valid, action_valid)
+        dt = t_next - t  # negative: towards the data
+        video = video + dt * v_video
+        video[:, :1] = first
+        actions = actions + dt * v_action
+    return actions, video
