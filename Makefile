@@ -1,6 +1,7 @@
 # wallwm-pretrain
 #   make smoke-test   install what is needed, then synth data -> shards -> train -> resume
 #   make test         install what is needed, then run the whole test suite
+#   make ablation     Meta-World event mode vs chunk mode (bench/ablation.py), table in docs/
 #
 # Environment: by default everything goes into ./.venv (created with --system-site-packages,
 # so a CUDA torch that the cluster or the user already installed is seen and never replaced;
@@ -30,7 +31,7 @@ SMOKE_EPISODES ?= 48
 export MLFLOW_DISABLE_TELEMETRY ?= true
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install check-env test smoke-test smoke-data clean
+.PHONY: install check-env test smoke-test smoke-data ablation clean
 
 install: $(READY)
 
@@ -47,6 +48,9 @@ check-env:
 
 test: $(READY)
 	$(PYTHON) -m pytest -q tests
+
+ablation: $(READY)
+	$(PYTHON) bench/ablation.py
 
 smoke-data: $(READY)
 	$(PYTHON) -m data_tools synth --out $(SMOKE_SYNTH) --episodes $(SMOKE_EPISODES) --seed 0
