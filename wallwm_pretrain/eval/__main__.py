@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from tqdm import tqdm
@@ -27,7 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
             "action error on held-out events. Event-mode checkpoints walk the task's event script and\n"
             "execute as many denoised steps as the remaining-time head predicts; chunk-mode\n"
             "checkpoints execute fixed chunks of model.chunk_horizon steps. Results go to --out\n"
-            "(results.json, results.md, strips/) and to MLflow (experiment '<tracking.experiment>-eval')."
+            "(results.json, results.md, strips/) and to MLflow (experiment '<tracking.experiment>-eval').\n"
+            "Observations are rendered at --render-size (the recorder's --image-size) and resized to\n"
+            "the model's size as build-shards did."
         ),
         epilog=(
             "example:\n"
@@ -51,8 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heldout", help="held-out shard folder for the open-loop action error (L1 events for event mode, "
                                      "episodes for chunk mode)")
     p.add_argument("--out", help="folder for results (default: <run folder>/eval, or <file>.eval/ for an export)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where the model runs (default auto: cuda if available)")
+    p.add_argument("--no-tracking", action="store_true",
+                   help="do not log to MLflow (nor does a run trained with tracking.enabled=false)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads (default 0: torch's choice; 1 is fastest for small models on a busy CPU)")
     p.add_argument("--runs-root", help="MLflow store's runs root (default: train.runs_root of the run config)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
@@ -72,6 +79,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     from data_tools.metaworld.gl import check_rendering
     from data_tools.metaworld.heap import reproducible_heap
     from data_tools.metaworld.tasks import get_spec
+    from wallwm_pretrain.data.loader import read_index
     from wallwm_pretrain.eval.metaworld import MetaWorldRunner
     from wallwm_pretrain.eval.openloop import open_loop_error
     from wallwm_pretrain.eval.policy import CheckpointPolicy
@@ -80,6 +88,8 @@ def evaluate(args: argparse.Namespace) -> dict:
 
     if args.episodes < 1:
         raise ValueError(f"--episodes must be >= 1, got {args.episodes}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     for task in args.tasks:
         get_spec(task)  # KeyError naming the supported tasks
     ckpt = Path(args.ckpt)
@@ -90,6 +100,8 @@ def evaluate(args: argparse.Namespace) -> dict:
     try:
         policy = CheckpointPolicy.load(ckpt, args.stats, device, args.denoise_steps)
         cfg = policy.cfg
+        if args.heldout:
+            read_index(args.heldout)  # a bad --heldout fails now, not after the rollouts
         results: dict = {
             "checkpoint": str(ckpt), "mode": cfg.model.mode, "horizon": policy.horizon, "seed": args.seed,
             "episodes_per_task": args.episodes, "max_steps": args.max_steps, "denoise_steps": args.denoise_steps,
@@ -140,7 +152,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         (out / "results.md").write_text(table + "\n")
         results["table"] = table
         results["out"] = str(out)
-        if not args.no_tracking:
+        if not args.no_tracking and cfg.tracking.enabled:
             results["mlflow_run_id"] = log_to_mlflow(results, cfg, args, out)
         return results
     finally:
@@ -170,6 +182,9 @@ def log_to_mlflow(results: dict, cfg, args: argparse.Namespace, out: Path) -> st
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # megatron-core warns at import about optional GPU-only extensions (apex, TE)
+    warnings.filterwarnings("ignore", module="megatron")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     from data_tools.errors import DataToolsError
     from wallwm_pretrain.checkpoint import CheckpointError
     from wallwm_pretrain.eval.policy import PolicyError

@@ -3,8 +3,9 @@
 Each held-out sample is cooked as in training for the checkpoint's mode (one event, or the
 task-conditioned windows of chunk mode), with the caption drop off; the model denoises its
 actions from the sample's first frame, state and caption, and the denoised actions are
-compared with the recorded ones over the sample's real steps. Event mode also reports how far
-the remaining-time head is from the true steps to the event's end.
+compared with the recorded ones over the sample's real steps. It also reports how far the
+remaining-time head is from the true steps to the end of the sample's event (in chunk mode, where
+samples are windows of whole episodes, that is the end of the episode, and the head is unused).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float
     denom = 1.0 + z * z / trials
     centre = (p + z * z / (2 * trials)) / denom
     half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    return min(p, max(0.0, centre - half)), max(p, min(1.0, centre + half))  # p inside despite rounding
 
 
 def save_strip(strip: list[tuple[int, str, np.ndarray]], title: str, path: str | Path, max_frames: int = 12) -> Path:
