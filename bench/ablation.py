@@ -33,6 +33,7 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--docs", default="docs", help="where ablation.md and ablation.png go (default docs)")
     p.add_argument("--fresh", action="store_true", help="delete --work first")
     args = p.parse_args(argv)
+    warnings.filterwarnings("ignore", module="megatron")  # optional GPU-only extensions, at import
     preset = dict(PRESETS[args.preset])
     for key in ("episodes", "steps", "eval_episodes"):
         if getattr(args, key) is not None:
@@ -166,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     cooked = {m: mean_cooked_length(shards[m], m, config, preset["overrides"]) for m in shards}
     batch = {"event": preset["batch"]}
     batch["chunk"] = max(1, round(preset["batch"] * cooked["event"][0] / cooked["chunk"][0]))
+    for m in ("event", "chunk"):
+        print(f"{m} mode: {cooked[m][1]} cooked samples of {cooked[m][0]:.2f} steps on average -> batch {batch[m]} "
+              f"({batch[m] * cooked[m][0]:.0f} action tokens per step)", flush=True)
 
     # 4. train and evaluate both modes
     results: dict = {}
