@@ -1,6 +1,6 @@
 """Event mode vs chunk mode on the same Meta-World demonstrations, with the same compute.
 
-    python bench/ablation.py                      # CPU preset (about half an hour on 2 cores)
+    python bench/ablation.py                      # CPU preset (about 20 minutes on 2 cores)
     python bench/ablation.py --preset gpu         # larger data, model and budget, for one GPU
 
 One command runs the whole comparison, each step through the command a user would run:
@@ -133,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", default="runs/ablation", help="data and runs (default runs/ablation)")
     p.add_argument("--docs", default="docs", help="where ablation.md and ablation.png go (default docs)")
     p.add_argument("--fresh", action="store_true", help="delete --work first")
+    p.add_argument("--report-only", action="store_true",
+                   help="only re-render docs/ablation.md and .png from <work>/ablation.json of an earlier run")
     args = p.parse_args(argv)
     warnings.filterwarnings("ignore", module="megatron")  # optional GPU-only extensions, at import
     preset = dict(PRESETS[args.preset])
@@ -140,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, key) is not None:
             preset[key] = getattr(args, key)
     work, docs = (ROOT / args.work).resolve(), (ROOT / args.docs).resolve()
+    if args.report_only:
+        return write_report(json.loads((work / "ablation.json").read_text()), docs)
     if args.fresh and work.exists():
         shutil.rmtree(work)
     (work / "logs").mkdir(parents=True, exist_ok=True)
@@ -197,14 +201,27 @@ def main(argv: list[str] | None = None) -> int:
         }
     results["preset"], results["tasks"], results["machine"] = args.preset, args.tasks, machine()
     results["total_seconds"] = time.perf_counter() - started
+    results["recorded_now"] = any(k.startswith("record") for k in timings)
+    results["record_seconds"] = {name: recorder_seconds(work / "logs" / f"record_{name}.log") for name in ("train", "heldout")}
     results["settings"] = preset
-    results["command"] = "python bench/ablation.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    results["command"] = " ".join(["python bench/ablation.py", *(argv if argv is not None else sys.argv[1:])])
     (work / "ablation.json").write_text(json.dumps(results, indent=1) + "\n")
+    return write_report(results, docs)
 
-    # 5. table and plot
+
+def recorder_seconds(log: Path) -> float | None:
+    """Seconds the recorder reported in its summary line ("... in 145.0 s ...")."""
+    import re
+
+    found = re.search(r" in ([0-9.]+) s \(", log.read_text()) if log.is_file() else None
+    return float(found.group(1)) if found else None
+
+
+def write_report(results: dict, docs: Path) -> int:
+    """5. the table (docs/ablation.md) and the plot (docs/ablation.png)."""
     docs.mkdir(parents=True, exist_ok=True)
-    plot(results, args.tasks, docs / "ablation.png")
-    (docs / "ablation.md").write_text(render(results, args.tasks))
+    plot(results, results["tasks"], docs / "ablation.png")
+    (docs / "ablation.md").write_text(render(results, results["tasks"]))
     print((docs / "ablation.md").read_text())
     return 0
 
@@ -231,10 +248,22 @@ def render(results: dict, tasks: list[str]) -> str:
     rows.append(["expected action tokens seen"] + [f"{r['action_tokens']:,.0f}" for r in (ev, ch)])
     rows.append(["training / evaluation time"] + [f"{r['train_seconds'] / 60:.1f} / {r['eval_seconds'] / 60:.1f} min" for r in (ev, ch)])
     table = markdown_table(["", "event mode", "chunk mode"], rows)
+    rec = results.get("record_seconds") or {}
+    rec_text = " and ".join(f"{rec[k]:.0f} s for the {k} set" for k in ("train", "heldout") if rec.get(k))
+    when = (f"including recording the demonstrations ({rec_text})" if results.get("recorded_now")
+            else f"reusing demonstrations recorded by an earlier invocation (recording took {rec_text})")
+    oe, oc = ev["eval"]["overall"], ch["eval"]["overall"]
+    diff = oe["success_rate"] - oc["success_rate"]
+    overlap = oe["ci95"][0] <= oc["ci95"][1] and oc["ci95"][0] <= oe["ci95"][1]
+    verdict = ("the two 95% intervals overlap: at this scale the run does not separate the modes"
+               if overlap else "the two 95% intervals do not overlap")
     return f"""# Event mode vs chunk mode (Meta-World)
 
-Produced by `{results['command']}` (preset `{results['preset']}`), {results['total_seconds'] / 60:.0f} min in all,
-on {results['machine']}.
+Produced by `{results['command']}` (preset `{results['preset']}`) in {results['total_seconds'] / 60:.0f} min,
+{when}, on {results['machine']}.
+
+Overall closed-loop success: event mode {oe['success_rate']:.0%}, chunk mode {oc['success_rate']:.0%}
+(difference {diff * 100:+.0f} points); {verdict}.
 
 ![success per task](ablation.png)
 
