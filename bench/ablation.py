@@ -64,22 +64,13 @@ def run(cmd: list[str], log: Path) -> float:
 
 def mean_cooked_length(shards: Path, mode: str, config: Path, overrides: list[str]) -> tuple[float, int]:
     """(mean action steps of a cooked training sample, samples) for a mode, cooked as the loader does."""
-    import webdataset as wds
-
     from wallwm_pretrain.config import load_config
-    from wallwm_pretrain.data.cookers import Normalizer, cook_chunks, cook_event
-    from wallwm_pretrain.data.loader import read_index
-    from wallwm_pretrain.data.npy import npy_handler
+    from wallwm_pretrain.data.cookers import Normalizer
+    from wallwm_pretrain.data.loader import read_cooked, read_index
 
     cfg = load_config(config, [f"data.shards={shards}", f"model.mode={mode}", *overrides])
-    index = read_index(shards)
-    norm = Normalizer.from_index(index)
-    urls = [str(shards / s["name"]) for s in index["shards"]]
-    lengths = []
-    for crude in wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples(), wds.decode(npy_handler)):
-        cooked = (cook_event(crude, cfg.data, norm, 0) if mode == "event"
-                  else cook_chunks(crude, cfg.data, cfg.model.chunk_horizon, norm, 0))
-        lengths.extend(s.length for s in cooked)
+    norm = Normalizer.from_index(read_index(shards))
+    lengths = [s.length for s in read_cooked(shards, cfg.data, mode, cfg.model.chunk_horizon, norm)]
     return sum(lengths) / len(lengths), len(lengths)
 
 

@@ -86,3 +86,21 @@ def single_process():
     ctx = init_parallel(1, 1, "cpu", seed=0)
     yield ctx
     shutdown_parallel()
+
+
+def require_rendering() -> str:
+    """The headless OpenGL backend of this machine; where Meta-World or rendering is missing, the
+    test fails (never skips) with the one line that names what to install."""
+    from data_tools.metaworld import gl
+
+    try:
+        return gl.check_rendering()
+    except (gl.MetaWorldUnavailable, gl.RenderingUnavailable) as exc:
+        problem = str(exc)
+    # Outside the except block, so the report is the one line that names what to install.
+    pytest.fail(f"Meta-World cannot run on this machine: {problem}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def mw_backend() -> str:
+    return require_rendering()

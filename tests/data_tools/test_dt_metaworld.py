@@ -27,20 +27,6 @@ TINY = dict(tasks=["pick-place-v3"], episodes_per_task=2, seed=5, image_size=32,
             cameras=["corner", "gripperPOV"], max_steps=120, steps_after_success=4)
 
 
-def _require_rendering() -> str:
-    try:
-        return gl.check_rendering()
-    except (gl.MetaWorldUnavailable, gl.RenderingUnavailable) as exc:
-        problem = str(exc)
-    # Outside the except block, so the report is the one line that names what to install.
-    pytest.fail(f"record-metaworld cannot run on this machine: {problem}", pytrace=False)
-
-
-@pytest.fixture(scope="module")
-def mw_backend() -> str:
-    return _require_rendering()
-
-
 @pytest.fixture(scope="module")
 def mw_tiny(mw_backend, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("mw") / "tiny"
@@ -55,8 +41,8 @@ def _files(root: Path) -> dict[str, bytes]:
 
 # --- environment and install messages --------------------------------------------------------
 
-def test_headless_rendering_works():
-    assert _require_rendering() in ("egl", "osmesa")
+def test_headless_rendering_works(mw_backend):
+    assert mw_backend in ("egl", "osmesa")
 
 
 def test_install_hints_name_the_packages(monkeypatch):

@@ -37,22 +37,6 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def _require_rendering() -> str:
-    from data_tools.metaworld import gl
-
-    try:
-        return gl.check_rendering()
-    except (gl.MetaWorldUnavailable, gl.RenderingUnavailable) as exc:
-        problem = str(exc)
-    # Outside the except block, so the report is the one line that names what to install.
-    pytest.fail(f"Meta-World evaluation cannot run on this machine: {problem}", pytrace=False)
-
-
-@pytest.fixture(scope="session")
-def mw_backend() -> str:
-    return _require_rendering()
-
-
 @pytest.fixture(scope="session")
 def mw_recording(mw_backend, tmp_path_factory) -> Path:
     """Two successful expert episodes of pick-place-v3 (LeRobot v3.0 + events.jsonl)."""

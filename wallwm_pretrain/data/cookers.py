@@ -18,6 +18,7 @@ and a resumed run reproduces it without saving any RNG state.
 
 from __future__ import annotations
 
+import functools
 import random
 import zlib
 from dataclasses import dataclass, field
@@ -139,6 +140,13 @@ def cook_event(sample: dict[str, Any], cfg: DataConfig, norm: Normalizer, epoch:
             remaining=t - start,
         )
     ]
+
+
+def make_cooker(cfg: DataConfig, mode: str, horizon: int, norm: Normalizer):
+    """``cooker(sample, epoch) -> list[TrainSample]`` of a mode: ``event`` or ``chunk``."""
+    if mode == "event":
+        return functools.partial(cook_event, cfg=cfg, norm=norm)
+    return functools.partial(cook_chunks, cfg=cfg, horizon=horizon, norm=norm)
 
 
 def cook_chunks(

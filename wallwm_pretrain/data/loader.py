@@ -36,7 +36,7 @@ from wallwm_pretrain.data.badinput import BadInputError, SkipCounter, cook_or_sk
 from wallwm_pretrain.data.balance import ClusterBalance
 from wallwm_pretrain.data.buckets import bucket_batches
 from wallwm_pretrain.data.collate import EventBatch, collate
-from wallwm_pretrain.data.cookers import Normalizer, cook_chunks, cook_event
+from wallwm_pretrain.data.cookers import Normalizer, TrainSample, make_cooker
 from wallwm_pretrain.data.npy import npy_handler
 
 
@@ -58,6 +58,18 @@ def read_index(folder: str | Path) -> dict:
     if not index.get("shards"):
         raise ShardError(f"{path}: lists no shards")
     return index
+
+
+def read_cooked(
+    folder: str | Path, cfg: DataConfig, mode: str, chunk_horizon: int, norm: Normalizer
+) -> Iterator[TrainSample]:
+    """One pass over a shard folder, in file order, cooked as the loader cooks (epoch 0);
+    for evaluation and statistics, not training (no split, balance or shuffle)."""
+    index = read_index(folder)
+    urls = [str(Path(folder) / s["name"]) for s in index["shards"]]
+    cooker = make_cooker(cfg, mode, chunk_horizon, norm)
+    for crude in wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples(), wds.decode(npy_handler)):
+        yield from cooker(crude, epoch=0)
 
 
 def _split_by_rank(src: Iterable[dict], rank: int, world: int) -> Iterator[dict]:
@@ -101,10 +113,7 @@ class EventLoader:
                 f"(build-shards --samples-per-shard) or lower data.num_workers"
             )
         self.norm = Normalizer.from_index(self.index)
-        if mode == "event":
-            self.cooker = functools.partial(cook_event, cfg=cfg, norm=self.norm)
-        else:
-            self.cooker = functools.partial(cook_chunks, cfg=cfg, horizon=chunk_horizon, norm=self.norm)
+        self.cooker = make_cooker(cfg, mode, chunk_horizon, self.norm)
         self.dp_rank, self.dp_size = dp_rank, dp_size
         self.balance = ClusterBalance(self.index, cfg.balance, cfg.seed) if cfg.balance.active else None
         self.epoch = 0

@@ -15,30 +15,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import webdataset as wds
 from tqdm import tqdm
 
-from wallwm_pretrain.data.cookers import cook_chunks, cook_event
-from wallwm_pretrain.data.loader import read_index
-from wallwm_pretrain.data.npy import npy_handler
+from wallwm_pretrain.data.loader import read_cooked
 from wallwm_pretrain.eval.policy import CheckpointPolicy
 from wallwm_pretrain.eval.sampler import sample_event
 
 
 def heldout_samples(policy: CheckpointPolicy, shards: str | Path):
     """Cooked samples of a shard folder, in file order, as the checkpoint's mode cooks them."""
-    index = read_index(shards)
-    urls = [str(Path(shards) / s["name"]) for s in index["shards"]]
     cfg = policy.cfg
     data_cfg = dataclasses.replace(
         cfg.data, caption_drop=dataclasses.replace(cfg.data.caption_drop, rho_min=0.0, rho_max=0.0)
     )
-    pipeline = wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples(), wds.decode(npy_handler))
-    for crude in pipeline:
-        if cfg.model.mode == "event":
-            yield from cook_event(crude, data_cfg, policy.norm, epoch=0)
-        else:
-            yield from cook_chunks(crude, data_cfg, cfg.model.chunk_horizon, policy.norm, epoch=0)
+    return read_cooked(shards, data_cfg, cfg.model.mode, cfg.model.chunk_horizon, policy.norm)
 
 
 @torch.no_grad()

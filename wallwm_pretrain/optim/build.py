@@ -60,6 +60,20 @@ class ParamSplit:
     adamw_decay: list[str]
     adamw_no_decay: list[str]
 
+    def summary(self, params: dict[str, torch.Tensor]) -> dict[str, dict[str, int]]:
+        """``{"tensors": ..., "params": ...}`` per optimizer and AdamW group (``muon``, ``adamw``,
+        ``adamw_decay``, ``adamw_no_decay``), counting the elements of ``params`` by name."""
+
+        def count(names: list[str]) -> dict[str, int]:
+            return {"tensors": len(names), "params": sum(params[n].numel() for n in names)}
+
+        return {
+            "muon": count(self.muon),
+            "adamw": count(self.adamw_decay + self.adamw_no_decay),
+            "adamw_decay": count(self.adamw_decay),
+            "adamw_no_decay": count(self.adamw_no_decay),
+        }
+
 
 def split_parameters(model: nn.Module) -> ParamSplit:
     """Assign each trainable parameter of ``model`` to Muon, AdamW with decay or AdamW without.
@@ -257,16 +271,7 @@ class OptimizerSet:
         Keys: ``muon``, ``adamw`` (both AdamW groups), ``adamw_decay``, ``adamw_no_decay``; each
         maps to ``{"tensors": ..., "params": ...}``.
         """
-
-        def count(names: list[str]) -> dict[str, int]:
-            return {"tensors": len(names), "params": sum(self._params[n].numel() for n in names)}
-
-        return {
-            "muon": count(self.split.muon),
-            "adamw": count(self.split.adamw_decay + self.split.adamw_no_decay),
-            "adamw_decay": count(self.split.adamw_decay),
-            "adamw_no_decay": count(self.split.adamw_no_decay),
-        }
+        return self.split.summary(self._params)
 
 
 def build_optimizer(

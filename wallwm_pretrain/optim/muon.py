@@ -100,6 +100,35 @@ class LocalMatrices:
         return param.size(0), param.size(1)
 
 
+def muon_defaults(lr, weight_decay, momentum, nesterov, ns_steps, ns_dtype, ns_coefficients, eps,
+                  ns_norm_scale) -> dict:
+    """Checked param-group defaults of Muon (shared by :class:`Muon` and the distributed one).
+
+    Raises:
+        ValueError: naming the hyper-parameter out of range.
+    """
+    if lr < 0.0:
+        raise ValueError(f"Muon lr must be >= 0, got {lr}")
+    if weight_decay < 0.0:
+        raise ValueError(f"Muon weight_decay must be >= 0, got {weight_decay}")
+    if not 0.0 <= momentum < 1.0:
+        raise ValueError(f"Muon momentum must be in [0, 1), got {momentum}")
+    if ns_steps < 1:
+        raise ValueError(f"Muon ns_steps must be >= 1, got {ns_steps}")
+    return dict(
+        lr=lr,
+        weight_decay=weight_decay,
+        momentum=momentum,
+        nesterov=nesterov,
+        ns_steps=ns_steps,
+        # stored by name, not as a torch.dtype, so state_dict() holds only plain values
+        ns_dtype=str(resolve_ns_dtype(ns_dtype)).removeprefix("torch."),
+        ns_coefficients=tuple(ns_coefficients),
+        eps=eps,
+        ns_norm_scale=ns_norm_scale,
+    )
+
+
 class Muon(torch.optim.Optimizer):
     """Muon optimizer for 2-D parameters (see the module docstring for the update).
 
@@ -145,27 +174,8 @@ class Muon(torch.optim.Optimizer):
                 does not fit its parameter, or ``fused`` together with a slicing ``matrices``
                 hook (the distributed optimizer splits slices itself).
         """
-        if lr < 0.0:
-            raise ValueError(f"Muon lr must be >= 0, got {lr}")
-        if weight_decay < 0.0:
-            raise ValueError(f"Muon weight_decay must be >= 0, got {weight_decay}")
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"Muon momentum must be in [0, 1), got {momentum}")
-        if ns_steps < 1:
-            raise ValueError(f"Muon ns_steps must be >= 1, got {ns_steps}")
-        # Stored by name, not as a torch.dtype, so state_dict() holds only plain values.
-        ns_dtype = str(resolve_ns_dtype(ns_dtype)).removeprefix("torch.")
-        defaults = dict(
-            lr=lr,
-            weight_decay=weight_decay,
-            momentum=momentum,
-            nesterov=nesterov,
-            ns_steps=ns_steps,
-            ns_dtype=ns_dtype,
-            ns_coefficients=tuple(ns_coefficients),
-            eps=eps,
-            ns_norm_scale=ns_norm_scale,
-        )
+        defaults = muon_defaults(lr, weight_decay, momentum, nesterov, ns_steps, ns_dtype, ns_coefficients, eps,
+                                 ns_norm_scale)
         super().__init__(params, defaults)
         for group in self.param_groups:
             for p in group["params"]:

@@ -43,7 +43,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from wallwm_pretrain.optim.muon import adamw_rms_scale, apply_update, momentum_update
+from wallwm_pretrain.optim.muon import adamw_rms_scale, apply_update, momentum_update, muon_defaults
 from wallwm_pretrain.optim.newton_schulz import (
     DEFAULT_EPS,
     DEFAULT_NS_STEPS,
@@ -184,25 +184,11 @@ class DistMuon(torch.optim.Optimizer):
         """
         if mode not in MODES:
             raise ValueError(f"distributed Muon mode must be one of {MODES}, got {mode!r}")
-        if lr < 0.0 or weight_decay < 0.0 or not 0.0 <= momentum < 1.0 or ns_steps < 1:
-            raise ValueError(
-                f"bad Muon hyper-parameters: lr={lr} (>= 0), weight_decay={weight_decay} (>= 0), "
-                f"momentum={momentum} (in [0, 1)), ns_steps={ns_steps} (>= 1)"
-            )
+        defaults = muon_defaults(lr, weight_decay, momentum, nesterov, ns_steps, ns_dtype, ns_coefficients, eps,
+                                 ns_norm_scale)
         for name, p in named_params.items():
             if p.ndim != 2:
                 raise ValueError(f"Muon only takes 2-D parameters, got {name} of shape {tuple(p.shape)}")
-        defaults = dict(
-            lr=lr,
-            weight_decay=weight_decay,
-            momentum=momentum,
-            nesterov=nesterov,
-            ns_steps=ns_steps,
-            ns_dtype=str(resolve_ns_dtype(ns_dtype)).removeprefix("torch."),
-            ns_coefficients=tuple(ns_coefficients),
-            eps=eps,
-            ns_norm_scale=ns_norm_scale,
-        )
         super().__init__(list(named_params.values()), defaults)
         self.params = dict(named_params)
         self.groups = groups

@@ -204,16 +204,7 @@ class DistMuonOptimizerSet:
 
     def param_groups_summary(self) -> dict[str, dict[str, int]]:
         """Tensor and element counts (this rank's pieces) per optimizer and AdamW group."""
-
-        def count(names: list[str]) -> dict[str, int]:
-            return {"tensors": len(names), "params": sum(self._params[n].numel() for n in names)}
-
-        return {
-            "muon": count(self.split.muon),
-            "adamw": count(self.split.adamw_decay + self.split.adamw_no_decay),
-            "adamw_decay": count(self.split.adamw_decay),
-            "adamw_no_decay": count(self.split.adamw_no_decay),
-        }
+        return self.split.summary(self._params)
 
     # -- checkpoints ----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
