@@ -68,9 +68,9 @@ def mean_cooked_length(shards: Path, mode: str, config: Path, overrides: list[st
     from wallwm_pretrain.data.cookers import Normalizer
     from wallwm_pretrain.data.loader import read_cooked, read_index
 
-    cfg = load_config(config, [f"data.shards={shards}", f"model.mode={mode}", *overrides])
+    cfg = load_config(config, [f"data.shards={shards}", f"data.mode={mode}", *overrides])
     norm = Normalizer.from_index(read_index(shards))
-    lengths = [s.length for s in read_cooked(shards, cfg.data, mode, cfg.model.chunk_horizon, norm)]
+    lengths = [s.length for s in read_cooked(shards, cfg.data, cfg.model.caption_max_bytes, norm)]
     return sum(lengths) / len(lengths), len(lengths)
 
 
@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {}
     for mode in ("event", "chunk"):
         name = f"{args.preset}_{mode}"
-        overrides = [f"data.shards={shards[mode]}", f"model.mode={mode}", f"data.batch_size={batch[mode]}",
+        overrides = [f"data.shards={shards[mode]}", f"data.mode={mode}", f"data.batch_size={batch[mode]}",
                      f"train.steps={preset['steps']}", f"train.runs_root={work / 'runs'}", f"train.run_name={name}",
                      "train.save_every=0", "train.log_every=50", "train.resume=none", *preset["overrides"]]
         shutil.rmtree(work / "runs" / name, ignore_errors=True)
@@ -268,7 +268,7 @@ Overall closed-loop success: event mode {oe['success_rate']:.0%}, chunk mode {oc
 - Event mode: one sample per L1 event (reach, descend, grasp, transport, pull, press), conditioned on the
   event's caption; at evaluation the policy walks the task's event script and executes as many denoised
   steps as the remaining-time head predicts (at most `data.max_frames` = 48 per plan).
-- Chunk mode: windows of `model.chunk_horizon` = 16 steps tiled over whole episodes (L3 shards), each
+- Chunk mode: windows of `data.chunk_horizon` = 16 steps tiled over whole episodes (L3 shards), each
   conditioned on the task instruction; at evaluation it executes every chunk in full.
 - Same model (`configs/metaworld.yaml`{' + ' + ' '.join(s['overrides']) if s['overrides'] else ''}), optimizer,
   schedule, seed and number of steps; the chunk run's batch is scaled so that batch x mean sample length

@@ -43,7 +43,7 @@ def plain_read(urls: list[str], workers: int, epochs: int, batch_size: int) -> t
 
 def training_loader(overrides: list[str], workers: int, epochs: int) -> tuple[int, float, float]:
     cfg = load_config(None, overrides + [f"data.num_workers={workers}"])
-    loader = EventLoader(cfg.data, cfg.model.mode, cfg.model.chunk_horizon)
+    loader = EventLoader(cfg.data, cfg.model.frame_stride, cfg.model.caption_max_bytes)
     n, real, padded, t0 = 0, 0, 0, time.perf_counter()
     while loader.epoch < epochs:
         batch = next(loader)

@@ -97,10 +97,10 @@ def _timed(fn) -> float:
 
 
 def _world_groups():
-    from wallwm_pretrain.parallel.dist_muon import MuonGroups
+    from wallwm_pretrain.optim.groups import OptimizerGroups
 
     world, rank = dist.get_world_size(), dist.get_rank()
-    return MuonGroups(stage=None, tp=None, dp=None, tp_rank=0, tp_size=1, dp_rank=rank, dp_size=world)
+    return OptimizerGroups(stage=None, tp=None, dp=None, tp_rank=0, tp_size=1, dp_rank=rank, dp_size=world)
 
 
 BUCKET_ELEMS = 1 << 20  # ~4 buckets here, so transfers can overlap Newton-Schulz
@@ -108,12 +108,12 @@ BUCKET_ELEMS = 1 << 20  # ~4 buckets here, so transfers can overlap Newton-Schul
 
 def _our_set(model: nn.Module, mode: str, overlap: bool = True):
     from wallwm_pretrain.optim import ParamSplit, split_parameters
-    from wallwm_pretrain.parallel.dist_muon_set import DistMuonOptimizerSet
+    from wallwm_pretrain.optim.distributed.optimizer_set import DistributedOptimizerSet
 
     split = split_parameters(model)
     if mode == "adamw":  # everything to ZeRO-1 AdamW
         split = ParamSplit([], split.muon + split.adamw_decay, split.adamw_no_decay)
-    return DistMuonOptimizerSet(dict(model.named_parameters()), split, OPTIM, 1000, "float32", _world_groups(),
+    return DistributedOptimizerSet(dict(model.named_parameters()), split, OPTIM, 1000, "float32", _world_groups(),
                                 mode="owner" if mode == "adamw" else mode, bucket_elems=BUCKET_ELEMS, overlap=overlap)
 
 
@@ -318,13 +318,13 @@ def run_train(steps: int) -> None:
     """(c) One process, the smoke model: fwd + bwd + step with Muon (+AdamW) vs AdamW only."""
     from wallwm_pretrain.config import load_config
     from wallwm_pretrain.model import WallWM
-    from wallwm_pretrain.optim import OptimizerSet, ParamSplit, split_parameters
+    from wallwm_pretrain.optim import ParamSplit, ReplicatedOptimizerSet, split_parameters
     from wallwm_pretrain.parallel import init_parallel, shutdown_parallel
-    from wallwm_pretrain.parallel.muon_layout import fused_layouts
+    from wallwm_pretrain.optim.distributed.layout import fused_layouts
 
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml", [])
     init_parallel(1, 1, "cpu", seed=0)
-    k, t, b = cfg.data.frame_stride, cfg.data.max_frames, cfg.data.batch_size
+    t, b = cfg.data.max_frames, cfg.data.batch_size
     size = cfg.model.image_size
 
     def batch(step):
@@ -333,13 +333,13 @@ def run_train(steps: int) -> None:
         actions = torch.randn(b, t, cfg.model.action_dim, generator=g)
         state = torch.randn(b, cfg.model.state_dim, generator=g)
         lengths = torch.full((b,), t)
-        caption = torch.randint(2, 258, (b, cfg.data.caption_max_bytes + 1), generator=g)
+        caption = torch.randint(2, 258, (b, cfg.model.caption_max_bytes + 1), generator=g)
         return frames, actions, state, lengths, caption
 
     setups = {}
     for name in ("muon", "muon_split", "adamw"):
         torch.manual_seed(0)
-        model = WallWM(cfg.model, k, cfg.data.caption_max_bytes + 1)
+        model = WallWM(cfg.model)
         named = {n: p for n, p in model.named_parameters() if p.requires_grad}
         split = split_parameters(model)
         fused = None
@@ -347,7 +347,8 @@ def run_train(steps: int) -> None:
             split = ParamSplit([], split.muon + split.adamw_decay, split.adamw_no_decay)
         elif name == "muon_split":
             fused = {n: f.whole for n, f in fused_layouts(model, 1).items()}
-        setups[name] = (model, OptimizerSet(named, split, cfg.optim, cfg.train.steps, "float32", fused=fused))
+        setups[name] = (model, ReplicatedOptimizerSet(named, split, cfg.optim, cfg.train.steps, "float32",
+                                                     fused=fused))
     times = {n: {"step": [], "total": []} for n in setups}
     for s in range(steps + 2):
         for name, (model, opt) in setups.items():

@@ -35,9 +35,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from wallwm_pretrain.step_metrics import PEAK_TFLOPS  # noqa: E402  dense bf16 peaks by device name, for MFU
+
 DEFAULT_LAYOUTS = ["tp1", "tp1:m1", "tp1:selective", "tp1:full", "tp2", "pp2", "dp2", "tp2dp2", "tp2pp2", "pp2dp2"]
-# dense bf16 tensor-core peaks (TFLOP/s) by device-name fragment, for MFU
-PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 70.0}
 
 
 def parse_layout(text: str, microbatches: int) -> dict:
@@ -88,8 +88,9 @@ def run_rank(rank: int, layout: dict, args: argparse.Namespace, rdzv: str, out: 
 
     from wallwm_pretrain.config import load_config
     from wallwm_pretrain.parallel import init_parallel, shutdown_parallel
-    from wallwm_pretrain.parallel.parallelize import build_parallel_optimizer
+    from wallwm_pretrain.optim import build_optimizer
     from wallwm_pretrain.parallel.pipeline import PipelineSchedule, build_stage_models, parallelize_stages
+    from wallwm_pretrain.parallel.state import optimizer_groups
 
     torch.set_num_threads(max(1, args.threads // layout["world"]))
     cuda = args.device == "cuda"
@@ -102,9 +103,9 @@ def run_rank(rank: int, layout: dict, args: argparse.Namespace, rdzv: str, out: 
                  f"data.batch_size={args.batch // layout['dp']}", f"train.device={args.device}"]
     cfg = load_config(args.config, overrides)
     ctx = init_parallel(layout["tp"], layout["pp"], args.device, seed=0, vpp=layout["vpp"])
-    chunks = build_stage_models(cfg.model, cfg.data.frame_stride, cfg.data.caption_max_bytes + 1, ctx, seed=0)
+    chunks = build_stage_models(cfg.model, ctx, seed=0)
     models = parallelize_stages(chunks, ctx)
-    optim = build_parallel_optimizer(models, cfg.optim, total_steps=10_000, ctx=ctx)
+    optim = build_optimizer(chunks, cfg.optim, 10_000, optimizer_groups(ctx), grad_buffers=models)
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else contextlib.nullcontext
     schedule = PipelineSchedule(models, ctx, layout["microbatches"], autocast)
     data = synthetic_batch(cfg, args.batch, args.event_steps, args.caption_len, ctx.device)
@@ -174,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     from wallwm_pretrain.model.flops import SampleShape, train_flops
 
     cfg = load_config(args.config)
-    shape = SampleShape.of(cfg.model, args.event_steps, cfg.data.frame_stride, args.caption_len)
+    shape = SampleShape.of(cfg.model, args.event_steps, cfg.model.frame_stride, args.caption_len)
     tokens_per_sample = shape.video_tokens + shape.action_tokens
     flops_per_sample = train_flops(cfg.model, shape)
     layouts = [parse_layout(text, args.microbatches) for text in args.layouts]

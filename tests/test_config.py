@@ -41,8 +41,8 @@ def test_wrong_type_fails():
     "overrides, fragment",
     [(["model.num_heads=3"], "divisible by model.num_heads"),
      (["data.caption_drop.rho_min=0.95"], "rho_min <= rho_max"),
-     (["model.mode=chunk", "model.chunk_horizon=10"], "multiple of data.frame_stride"),
-     (["data.max_frames=30"], "multiple of data.frame_stride"),
+     (["data.mode=chunk", "data.chunk_horizon=10"], "multiple of model.frame_stride"),
+     (["data.max_frames=30"], "multiple of model.frame_stride"),
      (["optim.ns_dtype=fp8"], "optim.ns_dtype")],
 )
 def test_bad_combinations_fail(overrides, fragment):
@@ -63,3 +63,28 @@ def test_yaml_round_trip(tmp_path):
     path.write_text(to_yaml(cfg))
     assert load_config(path) == cfg
     assert flatten(cfg)["model.hidden_size"] == 64
+
+
+@pytest.mark.parametrize("old, new", [("data.frame_stride", "model.frame_stride"),
+                                      ("data.caption_max_bytes", "model.caption_max_bytes"),
+                                      ("model.mode", "data.mode"), ("model.chunk_horizon", "data.chunk_horizon")])
+def test_moved_keys_fail_naming_their_new_place(tmp_path, old, new):
+    value = "chunk" if old.endswith("mode") else "4"
+    with pytest.raises(ConfigError, match=f"{old} is now {new}"):
+        load_config(None, [f"{old}={value}"])
+    section, key = old.split(".")
+    preset = tmp_path / "old.yaml"
+    preset.write_text(f"{section}:\n  {key}: {value}\n")
+    with pytest.raises(ConfigError, match=f"old.yaml: {old} is now {new}"):
+        load_config(preset)
+
+
+def test_a_stored_config_from_before_the_move_is_translated():
+    from wallwm_pretrain.config import config_from_stored
+
+    old = "data:\n  frame_stride: 2\n  caption_max_bytes: 20\nmodel:\n  mode: chunk\n  chunk_horizon: 8\n"
+    cfg = config_from_stored(old)
+    assert (cfg.model.frame_stride, cfg.model.caption_max_bytes) == (2, 20)
+    assert (cfg.data.mode, cfg.data.chunk_horizon) == ("chunk", 8)
+    # a config written after the move reads as it is
+    assert config_from_stored(to_yaml(cfg)) == cfg

@@ -78,7 +78,7 @@ def test_run_folder_checkpoint_and_mlflow(tmp_path, shard_writer):
 
 def test_chunk_mode_trains(tmp_path, shard_writer):
     folder = shard_writer(tmp_path / "shards", LENGTHS)
-    trainer, summary = run(tmp_path, folder, "chunk", "train.steps=2", "model.mode=chunk", "model.chunk_horizon=8")
+    trainer, summary = run(tmp_path, folder, "chunk", "train.steps=2", "data.mode=chunk", "data.chunk_horizon=8")
     assert summary.end_step == 2 and all(l > 0 for l in losses(trainer))
 
 

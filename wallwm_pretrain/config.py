@@ -5,8 +5,15 @@ that a YAML preset (``configs/*.yaml``) or a ``key=value`` override that names a
 or gives a value of the wrong type fails before any work starts. The error names the bad key
 and the nearest valid one. Cross-field checks live in ``__post_init__`` / :func:`validate`.
 
+Each section belongs to the code that reads it: ``data`` to ``wallwm_pretrain.data`` (what a
+sample is, how batches are drawn), ``model`` to ``wallwm_pretrain.model`` (including what the
+model consumes: control steps per latent frame, caption length), ``optim`` to
+``wallwm_pretrain.optim``, ``train`` to the trainer, ``parallel`` to ``wallwm_pretrain.parallel``.
+Keys that moved between sections fail naming their new place (:data:`MOVED_KEYS`); configs
+stored in checkpoints written before the move are translated (:func:`config_from_stored`).
+
 Trade-off: dataclasses cannot express "one of these sub-schemas", so mode-specific fields
-(for example ``model.chunk_horizon``) sit beside the switch that uses them.
+(for example ``data.chunk_horizon``) sit beside the switch that uses them.
 """
 
 from __future__ import annotations
@@ -86,12 +93,13 @@ class DataConfig:
     """DataLoader worker processes per rank (0 = read in the training process)."""
     shuffle_buffer: int = 64
     """Sample-level shuffle buffer; 0 disables sample shuffling."""
+    mode: str = "event"
+    """What a sample is. ``event``: one whole event with its next-event caption. ``chunk``: fixed
+    ``chunk_horizon`` windows conditioned on the task instruction (the paper's baseline)."""
+    chunk_horizon: int = 16
+    """H_a, control steps per window in chunk mode."""
     max_frames: int = 48
     """Longest event kept whole, in control steps; longer events are cropped at a random start."""
-    frame_stride: int = 4
-    """Control steps per latent video frame (= K_p, action tokens per latent frame)."""
-    caption_max_bytes: int = 64
-    """Captions are UTF-8 bytes, truncated to this length."""
     caption_drop: CaptionDropConfig = field(default_factory=CaptionDropConfig)
     balance: BalanceConfig = field(default_factory=BalanceConfig)
     length_buckets: List[int] = field(default_factory=lambda: [8, 16, 32])
@@ -106,27 +114,23 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.max_bad_samples < 0:
             raise ConfigError(f"data.max_bad_samples must be >= 0, got {self.max_bad_samples}")
-        for name in ("batch_size", "max_frames", "frame_stride", "caption_max_bytes"):
+        if self.mode not in ("event", "chunk"):
+            raise ConfigError(f"data.mode must be 'event' or 'chunk', got {self.mode!r}")
+        for name in ("batch_size", "max_frames", "chunk_horizon"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"data.{name} must be >= 1, got {getattr(self, name)}")
         if list(self.length_buckets) != sorted(set(self.length_buckets)) or any(b < 1 for b in self.length_buckets):
             raise ConfigError(f"data.length_buckets must be increasing positive ints, got {list(self.length_buckets)}")
-        if self.max_frames % self.frame_stride:
-            raise ConfigError(
-                f"data.max_frames ({self.max_frames}) must be a multiple of data.frame_stride "
-                f"({self.frame_stride}) so that action groups align with latent frames"
-            )
 
 
 @dataclass
 class ModelConfig:
     """The dual-tower, layer-coupled denoiser (video tower + action tower)."""
 
-    mode: str = "event"
-    """``event``: one sample = one whole event with its next-event caption. ``chunk``: fixed
-    ``chunk_horizon`` windows conditioned on the task instruction (the paper's baseline)."""
-    chunk_horizon: int = 16
-    """H_a, control steps per window in chunk mode."""
+    frame_stride: int = 4
+    """Control steps per latent video frame (= K_p, action tokens per latent frame)."""
+    caption_max_bytes: int = 64
+    """Captions are UTF-8 bytes, truncated to this length (the caption encoder's positions)."""
     hidden_size: int = 128
     num_layers: int = 2
     """Depth of each tower; video block i is coupled to action block i."""
@@ -157,8 +161,9 @@ class ModelConfig:
     squared, are recomputed: most of the memory saving for a small share of the compute)."""
 
     def __post_init__(self) -> None:
-        if self.mode not in ("event", "chunk"):
-            raise ConfigError(f"model.mode must be 'event' or 'chunk', got {self.mode!r}")
+        for name in ("frame_stride", "caption_max_bytes"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"model.{name} must be >= 1, got {getattr(self, name)}")
         if self.time_loss_weight < 0:
             raise ConfigError(f"model.time_loss_weight must be >= 0, got {self.time_loss_weight}")
         if self.recompute not in ("none", "full", "selective"):
@@ -249,6 +254,9 @@ class TrainConfig:
     """The run folder is ``runs_root/run_name``."""
     keep_checkpoints: int = 2
     """Complete checkpoints kept in the run folder (older ones are deleted after a save)."""
+    peak_tflops: float = 0.0
+    """Dense bf16 peak of one device in TFLOP/s, for the MFU in the step log; 0 = from the GPU's
+    name (H100, H200, A100, L40S, A10G). No MFU on CPUs."""
     microbatches: int = 1
     """Microbatches per optimizer step on each data-parallel rank: ``data.batch_size`` rows are
     cut into this many equal microbatches whose gradients accumulate before the step (pipeline
@@ -314,6 +322,50 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
+# Keys that moved to the section of their reader (old -> new).
+MOVED_KEYS = {
+    "data.frame_stride": "model.frame_stride",
+    "data.caption_max_bytes": "model.caption_max_bytes",
+    "model.mode": "data.mode",
+    "model.chunk_horizon": "data.chunk_horizon",
+}
+
+
+def _moved_key_error(source: str, old: str) -> ConfigError:
+    return ConfigError(f"{source}: {old} is now {MOVED_KEYS[old]} (moved to the section that reads it)")
+
+
+def _check_moved(node: Any, source: str) -> None:
+    """Fail naming the new place of any moved key that ``node`` (a YAML mapping) sets."""
+    if not isinstance(node, DictConfig):
+        return
+    for old in MOVED_KEYS:
+        section, key = old.split(".")
+        if section in node and isinstance(node[section], DictConfig) and key in node[section]:
+            raise _moved_key_error(source, old)
+
+
+def config_from_stored(config_yaml: str) -> "Config":
+    """The :class:`Config` of a config stored in a checkpoint or an export.
+
+    Configs written before keys moved between sections (:data:`MOVED_KEYS`) are translated:
+    each old key's value goes to its new place. A stored config is the record of a finished
+    run, so it is read as written rather than rejected like a user's preset.
+    """
+    raw = OmegaConf.create(config_yaml)
+    for old, new in MOVED_KEYS.items():
+        value = OmegaConf.select(raw, old, default="__missing__")
+        if value == "__missing__":
+            continue
+        old_section, old_key = old.split(".")
+        new_section, new_key = new.split(".")
+        del raw[old_section][old_key]
+        if OmegaConf.select(raw, new, default="__missing__") == "__missing__":
+            raw.setdefault(new_section, {})
+            raw[new_section][new_key] = value
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), raw))
+
+
 def _all_keys(node: Any, prefix: str = "") -> list[str]:
     keys = []
     for name, value in node.items():
@@ -376,11 +428,15 @@ def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        cfg = _merge(cfg, OmegaConf.load(path), str(path), schema)
+        loaded = OmegaConf.load(path)
+        _check_moved(loaded, str(path))
+        cfg = _merge(cfg, loaded, str(path), schema)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value")
         key = item.split("=", 1)[0]
+        if key in MOVED_KEYS:
+            raise _moved_key_error(f"override {item!r}", key)
         if OmegaConf.select(schema, key, default="__missing__") == "__missing__":
             raise ConfigError(
                 f"override {item!r}: unknown config key '{key}'; did you mean "
@@ -399,16 +455,23 @@ def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()
 
 def validate(cfg: Config) -> None:
     """Checks that span several sections."""
-    if cfg.model.mode == "chunk" and cfg.model.chunk_horizon % cfg.data.frame_stride:
+    stride = cfg.model.frame_stride
+    if cfg.data.max_frames % stride:
         raise ConfigError(
-            f"model.chunk_horizon ({cfg.model.chunk_horizon}) must be a multiple of "
-            f"data.frame_stride ({cfg.data.frame_stride})"
+            f"data.max_frames ({cfg.data.max_frames}) must be a multiple of model.frame_stride "
+            f"({stride}) so that action groups align with latent frames"
         )
-    if cfg.model.num_heads % cfg.parallel.tp:
+    if cfg.data.mode == "chunk" and cfg.data.chunk_horizon % stride:
         raise ConfigError(
-            f"model.num_heads ({cfg.model.num_heads}) must be divisible by parallel.tp "
-            f"({cfg.parallel.tp})"
+            f"data.chunk_horizon ({cfg.data.chunk_horizon}) must be a multiple of model.frame_stride ({stride})"
         )
+    tp = cfg.parallel.tp
+    for name, value in (("num_heads", cfg.model.num_heads), ("ffn_hidden_size", cfg.model.ffn_hidden_size)):
+        if value % tp:
+            raise ConfigError(
+                f"model.{name}={value} is not divisible by parallel.tp={tp} "
+                f"({value} = {value // tp} * {tp} + {value % tp}); tensor parallel splits it evenly"
+            )
     pp, vpp, layers = cfg.parallel.pp, cfg.parallel.vpp, cfg.model.num_layers
     if layers % (pp * vpp):
         raise ConfigError(

@@ -52,13 +52,11 @@ def load_exported(path: str | Path, device: str = "cpu"):
 
 
 def _build(config_yaml: str, weights: dict, device: str):
-    from omegaconf import OmegaConf
-
-    from wallwm_pretrain.config import Config
+    from wallwm_pretrain.config import config_from_stored
     from wallwm_pretrain.model import WallWM
 
-    cfg: Config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(config_yaml)))
-    model = WallWM(cfg.model, cfg.data.frame_stride, cfg.data.caption_max_bytes + 1)
+    cfg = config_from_stored(config_yaml)  # translates configs written before keys moved
+    model = WallWM(cfg.model)
     model.load_state_dict(weights, strict=True)
     return model.to(device).eval(), cfg
 

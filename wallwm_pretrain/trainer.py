@@ -33,15 +33,16 @@ import torch
 from tqdm import tqdm
 
 from wallwm_pretrain import checkpoint as ckpt
-from wallwm_pretrain.config import Config, ConfigError, flatten, to_yaml
+from wallwm_pretrain.config import Config, flatten, to_yaml
 from wallwm_pretrain.data import EventLoader
+from wallwm_pretrain.model.flops import SampleShape, train_flops
+from wallwm_pretrain.optim import build_optimizer
 from wallwm_pretrain.parallel import init_parallel
-from wallwm_pretrain.parallel.state import gather_per_dp_rank, sum_over_pipeline
 from wallwm_pretrain.parallel.canonical import canonical_checkpoint, load_canonical
-from wallwm_pretrain.parallel.dist_muon_set import build_dist_muon_optimizer
-from wallwm_pretrain.parallel.parallelize import build_parallel_optimizer, validate_tensor_parallel
+from wallwm_pretrain.parallel.parallelize import unwrap_model
 from wallwm_pretrain.parallel.pipeline import PipelineSchedule, build_stage_models, parallelize_stages
-from wallwm_pretrain.parallel.stages import validate_pipeline_split
+from wallwm_pretrain.parallel.state import gather_per_dp_rank, optimizer_groups, sum_over_pipeline
+from wallwm_pretrain.step_metrics import memory_label, peak_memory_gib, peak_tflops
 from wallwm_pretrain.tracking import build_tracker, plot_loss_curve
 
 log = logging.getLogger("wallwm_pretrain")
@@ -100,11 +101,6 @@ class Trainer:
         self.cfg = cfg
         # 1. process groups and device (megatron-core state; CPU patches when there is no GPU)
         par = cfg.parallel
-        try:
-            validate_tensor_parallel(cfg.model, par.tp)
-            validate_pipeline_split(cfg.model.num_layers, par.pp, par.vpp)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
         self.ctx = init_parallel(par.tp, par.pp, cfg.train.device, cfg.train.seed, vpp=par.vpp)
         self.device = self.ctx.device
         self.run_dir = cfg.train.run_dir
@@ -121,29 +117,23 @@ class Trainer:
         # replicated weights; megatron draws TP master weights whole and keeps this rank's
         # slices; a chunk's layers get the weights they have in the whole model), each wrapped
         # for data parallel, driven by the schedule of the layout in microbatches
-        self.chunks = build_stage_models(
-            cfg.model, cfg.data.frame_stride, cfg.data.caption_max_bytes + 1, self.ctx, cfg.train.seed
-        )
+        self.chunks = build_stage_models(cfg.model, self.ctx, cfg.train.seed)
         self.param_counts = self._parameter_counts()
         self.model = parallelize_stages(self.chunks, self.ctx)
         self.schedule = PipelineSchedule(self.model, self.ctx, cfg.train.microbatches, autocast)
         self.noise_rng = torch.Generator(device=self.device)
 
         # 3. optimizer: Muon for hidden matrices (each logical matrix orthogonalised whole, by
-        # default once on its home rank), AdamW for the rest, warmup + cosine, gradient norm
-        # clipped over all model-parallel ranks
-        o = cfg.optim
-        if o.muon_mode == "replicated":
-            self.optim = build_parallel_optimizer(self.model, o, cfg.train.steps, self.ctx)
-        else:
-            self.optim = build_dist_muon_optimizer(
-                self.model, o, cfg.train.steps, self.device.type, mode=o.muon_mode,
-                split_fused=o.muon_split_fused, ns_variant=o.ns_variant, bucket_elems=o.muon_bucket_elems,
-            )
+        # default once on its home rank: optim.muon_mode), AdamW for the rest, warmup + cosine,
+        # gradient norm clipped over all model-parallel ranks; gradients in the DDP buffers
+        self.optim = build_optimizer(
+            [unwrap_model(m) for m in self.model], cfg.optim, cfg.train.steps, optimizer_groups(self.ctx),
+            grad_buffers=self.model, device_type=self.device.type,
+        )
 
         # 4. data for this data-parallel rank
         self.loader = EventLoader(
-            cfg.data, cfg.model.mode, cfg.model.chunk_horizon, self.ctx.dp_rank, self.ctx.dp
+            cfg.data, cfg.model.frame_stride, cfg.model.caption_max_bytes, self.ctx.dp_rank, self.ctx.dp
         )
 
         # 5. resume: weights, optimizer, loader position, RNG, MLflow run
@@ -243,6 +233,9 @@ class Trainer:
         metrics["data/bad_samples"] = self.loader.bad_samples  # skipped within data.max_bad_samples
         metrics["samples"] = batch.size * self.ctx.dp  # global batch (every DP rank reads as much)
         metrics["tokens"] = int(batch.lengths.sum()) * self.ctx.dp
+        # model FLOPs of the padded shapes this step computed, over all data-parallel ranks
+        shape = SampleShape.of(self.cfg.model, batch.actions.shape[1], self.cfg.model.frame_stride, batch.caption.shape[1])
+        metrics["model_flops"] = train_flops(self.cfg.model, shape) * metrics["samples"]
         if not np.isfinite(metrics["loss"]):
             raise FloatingPointError(f"loss is {metrics['loss']} at step {self.step} (batch {batch.keys[:4]}...)")
         return metrics
@@ -257,7 +250,8 @@ class Trainer:
             log.info("optimizer groups: %s", self.optim.param_groups_summary())
         losses: list[float] = []
         samples, t_start = 0, time.perf_counter()
-        window_samples, window_tokens, t_window = 0, 0, time.perf_counter()
+        window_samples, window_tokens, window_flops, t_window = 0, 0, 0, time.perf_counter()
+        peak = peak_tflops(self.device, cfg.peak_tflops)
         last_path: Optional[Path] = None
         bar = tqdm(
             total=cfg.steps,
@@ -273,6 +267,7 @@ class Trainer:
             samples += m["samples"]
             window_samples += m["samples"]
             window_tokens += m["tokens"]
+            window_flops += m["model_flops"]
             for k in LOSS_KEYS:
                 self.history[k].append((self.step, m[k]))
             bar.update(1)
@@ -281,16 +276,23 @@ class Trainer:
                 dt = max(time.perf_counter() - t_window, 1e-9)
                 m["samples_per_s"] = window_samples / dt
                 m["tokens_per_s"] = window_tokens / dt
+                m["memory_gib"] = peak_memory_gib(self.device)
+                if peak:  # on GPUs: model FLOPs per second over the peak of all devices of the run
+                    m["mfu"] = window_flops / dt / (peak * 1e12 * self.ctx.world_size)
                 m.update({f"lr/{k}": v for k, v in self.optim.lrs().items()})
-                self.tracker.log_metrics({k: v for k, v in m.items() if k not in ("samples", "tokens")}, self.step)
+                self.tracker.log_metrics(
+                    {k: v for k, v in m.items() if k not in ("samples", "tokens", "model_flops")}, self.step
+                )
                 if self.ctx.is_main:
                     bar.write(
                         f"step {self.step:6d} | loss {m['loss']:.4f} (video {m['loss_video']:.4f}, action "
                         f"{m['loss_action']:.4f}, time {m['loss_time']:.3f}) | grad {m['grad_norm']:.3f} | "
                         + " ".join(f"{k} {v:.2e}" for k, v in self.optim.lrs().items())
                         + f" | {m['samples_per_s']:.1f} samples/s | pad eff {m['padding_efficiency']:.2f}"
+                        + f" | {memory_label(self.device)} {m['memory_gib']:.2f} GiB"
+                        + (f" | MFU {m['mfu']:.3f}" if "mfu" in m else "")
                     )
-                window_samples, window_tokens, t_window = 0, 0, time.perf_counter()
+                window_samples, window_tokens, window_flops, t_window = 0, 0, 0, time.perf_counter()
             if cfg.save_every and self.step % cfg.save_every == 0 and self.step < end_step:
                 last_path = self.save()
         bar.close()

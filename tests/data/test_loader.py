@@ -9,13 +9,14 @@ import torch
 
 from wallwm_pretrain.config import CaptionDropConfig, DataConfig
 from wallwm_pretrain.data import EventLoader, SampleError, ShardError
-from wallwm_pretrain.data.captions import decode_caption, drop_probability
+from wallwm_pretrain.captions import decode_caption
+from wallwm_pretrain.data.captions import drop_probability
 
 LENGTHS = [5, 9, 12, 16, 7, 20, 11, 8, 14, 6, 10, 13, 15, 9, 17, 12]
 
 
 def cfg(folder, **kw):
-    base = dict(shards=str(folder), batch_size=4, shuffle_buffer=8, max_frames=16, frame_stride=4, seed=3,
+    base = dict(shards=str(folder), batch_size=4, shuffle_buffer=8, max_frames=16, seed=3,
                 caption_drop=CaptionDropConfig(rho_min=0.0, rho_max=0.0, l_min=1, l_max=2))
     base.update(kw)
     return DataConfig(**base)
@@ -89,7 +90,7 @@ def test_state_dict_restores_the_position(tmp_path, shard_writer):
 
 def test_chunk_mode_windows_use_the_task(tmp_path, shard_writer):
     folder = shard_writer(tmp_path / "s", [20, 8, 12, 16])
-    loader = EventLoader(cfg(folder, batch_size=2, shuffle_buffer=0), mode="chunk", chunk_horizon=8)
+    loader = EventLoader(cfg(folder, batch_size=2, shuffle_buffer=0, mode="chunk", chunk_horizon=8))
     batches = take(loader, 4)  # 20->3 windows, 8->1, 12->2, 16->2: 8 windows
     lengths = sorted(n for b in batches for n in b.lengths.tolist())
     assert lengths == [4, 4, 8, 8, 8, 8, 8, 8]

@@ -85,7 +85,7 @@ def event_run(mw_shards, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def chunk_run(mw_shards, tmp_path_factory) -> Path:
-    return train_tiny(mw_shards["L3"], tmp_path_factory.mktemp("eval_train"), "mw_chunk", "model.mode=chunk")
+    return train_tiny(mw_shards["L3"], tmp_path_factory.mktemp("eval_train"), "mw_chunk", "data.mode=chunk")
 
 
 @pytest.fixture

@@ -120,7 +120,7 @@ def test_chunk_checkpoint_end_to_end(chunk_run, mw_shards, eval_cli):
     assert code == 0, err
     results = json.loads((chunk_run / "eval" / "results.json").read_text())
     check_results(results, "chunk", mw_shards["L3"])
-    assert results["horizon"] == 16  # model.chunk_horizon, whole latent frames
+    assert results["horizon"] == 16  # data.chunk_horizon, whole latent frames
     task = results["tasks"][TASK]
     # chunk mode executes every planned step: plans = steps / horizon, rounded up
     assert task["mean_plans"] == math.ceil(task["mean_steps"] / 16)

@@ -8,14 +8,15 @@ from wallwm_pretrain.eval.sampler import sample_event
 from wallwm_pretrain.model import WallWM
 from wallwm_pretrain.model.embeddings import patchify
 
-CFG = ModelConfig(hidden_size=32, num_layers=1, num_heads=4, ffn_hidden_size=64, image_size=16, patch_size=8)
 K = 4
+CFG = ModelConfig(hidden_size=32, num_layers=1, num_heads=4, ffn_hidden_size=64, image_size=16, patch_size=8,
+                  frame_stride=K, caption_max_bytes=15)  # captions of at most 16 tokens
 
 
 @pytest.fixture
 def model(single_process):
     torch.manual_seed(0)
-    m = WallWM(CFG, frame_stride=K, caption_max_len=16)
+    m = WallWM(CFG)
     for p in m.parameters():  # leave adaLN-Zero's zero init, so every path is live
         p.data.add_(0.02 * torch.randn_like(p))
     return m.eval()

@@ -10,8 +10,9 @@ from wallwm_pretrain.config import ModelConfig
 from wallwm_pretrain.model import WallWM
 from wallwm_pretrain.model.flops import SampleShape, attention_core_flops, forward_flops, recompute_flops, train_flops
 
-CFG = ModelConfig(hidden_size=32, num_layers=2, num_heads=4, ffn_hidden_size=64, image_size=16, patch_size=8)
 K = 4
+CFG = ModelConfig(hidden_size=32, num_layers=2, num_heads=4, ffn_hidden_size=64, image_size=16, patch_size=8,
+                  frame_stride=K, caption_max_bytes=15)  # captions of at most 16 tokens
 
 
 def inputs(b, t, caption_len):
@@ -26,7 +27,7 @@ def inputs(b, t, caption_len):
     [(CFG, 3, 12, 10), (replace(CFG, text_layers=2, num_layers=3, ffn_hidden_size=96), 2, 20, 7)],
 )
 def test_forward_formula_equals_counted_matmuls(single_process, cfg, b, t, caption_len):
-    model = WallWM(cfg, frame_stride=K, caption_max_len=16)
+    model = WallWM(cfg)
     with FlopCounterMode(display=False) as counter:
         model(*inputs(b, t, caption_len), generator=torch.Generator().manual_seed(0))
     shape = SampleShape.of(cfg, t, K, caption_len)
@@ -35,7 +36,7 @@ def test_forward_formula_equals_counted_matmuls(single_process, cfg, b, t, capti
 
 def test_training_is_about_three_forwards(single_process):
     """Backward skips the input gradients of the first layers, so it is a little under 2x."""
-    model = WallWM(CFG, frame_stride=K, caption_max_len=16)
+    model = WallWM(CFG)
     with FlopCounterMode(display=False) as counter:
         model(*inputs(3, 12, 10), generator=torch.Generator().manual_seed(0))["loss"].backward()
     estimate = 3 * train_flops(CFG, SampleShape.of(CFG, 12, K, 10))  # batch of 3

@@ -10,15 +10,16 @@ from wallwm_pretrain.config import ModelConfig
 from wallwm_pretrain.model import WallWM
 from wallwm_pretrain.model.recompute import RecomputedCoreAttention
 
-CFG = ModelConfig(hidden_size=32, num_layers=2, num_heads=4, ffn_hidden_size=64, image_size=16, patch_size=8)
 K = 4
+CFG = ModelConfig(hidden_size=32, num_layers=2, num_heads=4, ffn_hidden_size=64, image_size=16, patch_size=8,
+                  frame_stride=K, caption_max_bytes=15)  # captions of at most 16 tokens
 # cores per coupled layer: video self + caption; action self + state + video + caption
 CORES_PER_LAYER = 6
 
 
 def make_model(recompute: str) -> WallWM:
     torch.manual_seed(0)
-    model = WallWM(replace(CFG, recompute=recompute), frame_stride=K, caption_max_len=16)
+    model = WallWM(replace(CFG, recompute=recompute))
     with torch.no_grad():  # leave adaLN-Zero so that every path carries gradient
         g = torch.Generator().manual_seed(1)
         for p in model.parameters():

@@ -8,13 +8,14 @@ from wallwm_pretrain.model import WallWM
 from wallwm_pretrain.model.blocks import Streams
 from wallwm_pretrain.model.stage import StageSpec
 
-CFG = ModelConfig(hidden_size=32, num_layers=3, num_heads=4, ffn_hidden_size=64, image_size=16, patch_size=8)
 K = 4
+CFG = ModelConfig(hidden_size=32, num_layers=3, num_heads=4, ffn_hidden_size=64, image_size=16, patch_size=8,
+                  frame_stride=K, caption_max_bytes=15)  # captions of at most 16 tokens
 
 
 def build(stage=None, seed=0):
     torch.manual_seed(seed)
-    return WallWM(CFG, frame_stride=K, caption_max_len=16, stage=stage)
+    return WallWM(CFG, stage=stage)
 
 
 def batch(t=12):

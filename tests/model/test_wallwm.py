@@ -7,13 +7,14 @@ from wallwm_pretrain.config import ModelConfig
 from wallwm_pretrain.model import WallWM
 from wallwm_pretrain.model.embeddings import patchify, unpatchify
 
-CFG = ModelConfig(hidden_size=32, num_layers=2, num_heads=4, ffn_hidden_size=64, image_size=16, patch_size=8)
 K = 4
+CFG = ModelConfig(hidden_size=32, num_layers=2, num_heads=4, ffn_hidden_size=64, image_size=16, patch_size=8,
+                  frame_stride=K, caption_max_bytes=15)  # captions of at most 16 tokens
 
 
 def make_model(seed=0):
     torch.manual_seed(seed)
-    return WallWM(CFG, frame_stride=K, caption_max_len=16)
+    return WallWM(CFG)
 
 
 def batch(b=3, t=12, seed=0):
@@ -158,7 +159,7 @@ def test_time_loss_weight_zero_leaves_the_head_out(single_process):
     from dataclasses import replace
 
     torch.manual_seed(0)
-    model = WallWM(replace(CFG, time_loss_weight=0.0), frame_stride=K, caption_max_len=16)
+    model = WallWM(replace(CFG, time_loss_weight=0.0))
     out = model(*batch(), generator=torch.Generator().manual_seed(3))
     assert float(out["loss_time"]) == 0.0
     torch.testing.assert_close(out["loss"], out["loss_video"] + out["loss_action"])

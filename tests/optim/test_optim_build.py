@@ -77,9 +77,9 @@ def test_split_follows_ndim_and_use_adamw_marks():
 def test_ns_dtype_auto_picks_bf16_only_on_cuda():
     torch.manual_seed(0)
     for device, want in [("cuda", "bfloat16"), ("cpu", "float32")]:
-        opt = build_optimizer(Tiny(), _cfg(ns_dtype="auto"), 10, device)
+        opt = build_optimizer(Tiny(), _cfg(ns_dtype="auto"), 10, device_type=device)
         assert opt.optimizers["muon"].param_groups[0]["ns_dtype"] == want
-    opt = build_optimizer(Tiny(), _cfg(ns_dtype="bfloat16"), 10, "cpu")
+    opt = build_optimizer(Tiny(), _cfg(ns_dtype="bfloat16"), 10, device_type="cpu")
     assert opt.optimizers["muon"].param_groups[0]["ns_dtype"] == "bfloat16"
 
 
@@ -97,7 +97,7 @@ def test_lrs_follow_the_schedule_from_each_peak():
 def test_one_newton_schulz_call_per_matrix_per_step():
     torch.manual_seed(0)
     model = Tiny()
-    opt = build_optimizer(model, _cfg(), 10, "cpu")
+    opt = build_optimizer(model, _cfg(), 10, device_type="cpu")
     _train(model, opt, steps=3, start=0)
     assert opt.optimizers["muon"].ns_calls == 2 * 3
 
@@ -132,8 +132,8 @@ def test_state_dict_round_trip_resumes_identically():
 
 def test_load_rejects_state_of_another_model():
     torch.manual_seed(0)
-    opt = build_optimizer(Tiny(), _cfg(), 10, "cpu")
-    other = build_optimizer(Tiny(frozen=False), _cfg(), 10, "cpu")
+    opt = build_optimizer(Tiny(), _cfg(), 10, device_type="cpu")
+    other = build_optimizer(Tiny(frozen=False), _cfg(), 10, device_type="cpu")
     with pytest.raises(ValueError, match="does not match"):
         other.load_state_dict(opt.state_dict())
 
@@ -141,7 +141,7 @@ def test_load_rejects_state_of_another_model():
 def test_clip_grad_norm_returns_global_norm_and_clips():
     torch.manual_seed(0)
     model = Tiny()
-    opt = build_optimizer(model, _cfg(), 10, "cpu")
+    opt = build_optimizer(model, _cfg(), 10, device_type="cpu")
     params = [p for p in model.parameters() if p.requires_grad]
     for i, p in enumerate(params):
         p.grad = torch.full_like(p, float(i + 1))
@@ -167,15 +167,15 @@ def test_clip_grad_norm_returns_global_norm_and_clips():
 def test_zero_grad_and_no_trainable_parameters():
     torch.manual_seed(0)
     model = Tiny()
-    opt = build_optimizer(model, _cfg(), 10, "cpu")
+    opt = build_optimizer(model, _cfg(), 10, device_type="cpu")
     _train(model, opt, steps=1, start=0)
     opt.zero_grad(set_to_none=True)
     assert all(p.grad is None for p in model.parameters())
     with pytest.raises(ValueError, match="no trainable"):
-        build_optimizer(Tiny().requires_grad_(False), _cfg(), 10, "cpu")
+        build_optimizer(Tiny().requires_grad_(False), _cfg(), 10, device_type="cpu")
 
 
 def test_model_without_matrices_gets_adamw_only():
-    opt = build_optimizer(nn.LayerNorm(8), _cfg(), 10, "cpu")
+    opt = build_optimizer(nn.LayerNorm(8), _cfg(), 10, device_type="cpu")
     assert list(opt.optimizers) == ["adamw"]
     assert opt.param_groups_summary()["muon"] == {"tensors": 0, "params": 0}

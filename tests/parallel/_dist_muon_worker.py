@@ -23,6 +23,8 @@ import warnings
 import zlib
 from pathlib import Path
 
+from dataclasses import replace
+
 import torch
 
 warnings.filterwarnings("ignore")
@@ -47,11 +49,11 @@ from megatron.core.transformer.transformer_config import TransformerConfig  # no
 from torch import nn  # noqa: E402
 
 from wallwm_pretrain.config import OptimConfig  # noqa: E402
-from wallwm_pretrain.optim import OptimizerSet, split_parameters  # noqa: E402
+from wallwm_pretrain.optim import ReplicatedOptimizerSet, build_optimizer, split_parameters  # noqa: E402
+from wallwm_pretrain.optim.distributed.layout import fused_layouts  # noqa: E402
+from wallwm_pretrain.optim.distributed.optimizer_set import DistributedOptimizerSet  # noqa: E402
 from wallwm_pretrain.parallel import init_parallel, shutdown_parallel  # noqa: E402
-from wallwm_pretrain.parallel.dist_muon import MuonGroups  # noqa: E402
-from wallwm_pretrain.parallel.dist_muon_set import DistMuonOptimizerSet, build_dist_muon_optimizer  # noqa: E402
-from wallwm_pretrain.parallel.muon_layout import fused_layouts  # noqa: E402
+from wallwm_pretrain.parallel.state import optimizer_groups  # noqa: E402
 
 HIDDEN, HEADS, GROUPS, FFN = 24, 4, 2, 36
 STEPS = 10
@@ -131,7 +133,7 @@ class Net(nn.Module):
             self.odd = Odd()
 
 
-# -- slicing, written independently of wallwm_pretrain.parallel.tp_matrices ------------------
+# -- slicing, written independently of wallwm_pretrain.optim.distributed.tp_matrices ------------------
 def layout_of(p: torch.Tensor, tp: int) -> dict:
     sharded = tp > 1 and bool(getattr(p, "tensor_model_parallel", False))
     return {
@@ -202,7 +204,8 @@ def reference(options: dict) -> dict:
     values = torch.load(options["load"] + "/model.pt") if options.get("load") else None
     net, layouts = _build(1, 0, 1, 0, values)
     fused = {n: f.whole for n, f in fused_layouts(net, 1).items()} if options.get("split_fused", True) else None
-    opt = OptimizerSet(dict(net.named_parameters()), split_parameters(net), OPTIM, STEPS, "float32", fused=fused)
+    opt = ReplicatedOptimizerSet(dict(net.named_parameters()), split_parameters(net), OPTIM, STEPS, "float32",
+                                 fused=fused)
     record = {"init": _snapshot(net), "layout": layouts, "norms": [], "fused": sorted(fused or {})}
     record["fused_rows"] = {n: (f.names, f.sizes, f.groups) for n, f in (fused or {}).items()}
     if options.get("load"):
@@ -223,15 +226,12 @@ def reference(options: dict) -> dict:
 
 def distributed(ctx, options: dict) -> dict:
     """The distributed set on this rank's slices, optionally resumed from / saved to canonical files."""
-    from megatron.core import parallel_state as ps
-
-    groups = MuonGroups.from_megatron()
+    groups = optimizer_groups(ctx)
     values = torch.load(options["load"] + "/model.pt") if options.get("load") else None
     net, layouts = _build(ctx.tp, ctx.pp_rank, ctx.pp, ctx.tp_rank, values)
-    mp = ctx.tp * ctx.pp
     if options.get("ddp"):
         return _with_ddp(ctx, net, layouts, options)
-    opt = DistMuonOptimizerSet(
+    opt = DistributedOptimizerSet(
         dict(net.named_parameters()),
         split_parameters(net),
         OPTIM,
@@ -241,8 +241,6 @@ def distributed(ctx, options: dict) -> dict:
         mode=options.get("mode", "owner"),
         fused=fused_layouts(net, ctx.tp),
         split_fused=options.get("split_fused", True),
-        model_parallel_group=ps.get_model_parallel_group() if mp > 1 else None,
-        model_parallel_size=mp,
         bucket_elems=options.get("bucket_elems", BUCKET_ELEMS),
         overlap=options.get("overlap", True),
     )
@@ -267,7 +265,7 @@ def distributed(ctx, options: dict) -> dict:
     record["state_numel"] = opt.state_numel()
     record["stage_rank"] = opt.muon.stage_rank if opt.muon else 0
     if options.get("save"):
-        canonical = opt.canonical_state_dict(dst=0)
+        canonical = opt.canonical_state_dict()
         if ctx.rank == 0:
             torch.save(canonical, options["save"] + "/optim.pt")
         record["shard"] = opt.state_dict()
@@ -284,7 +282,8 @@ def _with_ddp(ctx, net: nn.Module, layouts: dict, options: dict) -> dict:
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
 
     ddp = DistributedDataParallel(_config(gqa=False), DistributedDataParallelConfig(use_distributed_optimizer=False), net)
-    opt = build_dist_muon_optimizer(ddp, OPTIM, STEPS, "cpu", mode=options.get("mode", "owner"), bucket_elems=BUCKET_ELEMS)
+    cfg = replace(OPTIM, muon_mode=options.get("mode", "owner"), muon_bucket_elems=BUCKET_ELEMS)
+    opt = build_optimizer(net, cfg, STEPS, optimizer_groups(ctx), grad_buffers=[ddp], device_type="cpu")
     record = {"init": _snapshot(net), "layout": layouts, "norms": []}
     for step in range(STEPS):
         # every data-parallel rank holds the same gradient; DDP scales by 1/dp and sums, which
@@ -337,7 +336,7 @@ def launch(tmp: Path, world: int, tp: int = 1, pp: int = 1, **options) -> list[d
     # Python 3.11's forkserver ignores the parent's sys.path while preloading, so this test
     # folder's modules cannot be preloaded; their heavy imports (megatron, the optimizer) can.
     ctx.set_forkserver_preload(
-        ["wallwm_pretrain.parallel.dist_muon_set", "megatron.core.transformer.attention", "megatron.core.transformer.mlp"]
+        ["wallwm_pretrain.optim.distributed.optimizer_set", "megatron.core.transformer.attention", "megatron.core.transformer.mlp"]
     )
     tmp.mkdir(parents=True, exist_ok=True)
     rdzv = tmp / "rdzv"

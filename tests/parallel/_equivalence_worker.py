@@ -24,13 +24,16 @@ from wallwm_pretrain.config import ModelConfig, OptimConfig  # noqa: E402
 from wallwm_pretrain.model import WallWM  # noqa: E402
 
 # the small model of tests/model/test_wallwm.py
-CFG = ModelConfig(hidden_size=32, num_layers=2, num_heads=4, ffn_hidden_size=64, image_size=16, patch_size=8)
 K = 4
+CFG = ModelConfig(hidden_size=32, num_layers=2, num_heads=4, ffn_hidden_size=64, image_size=16, patch_size=8,
+                  frame_stride=K, caption_max_bytes=15)  # captions of at most 16 tokens
 GLOBAL_BATCH = 4
 STEPS = 3
 # warmup 1 so that all three steps run at (near) peak lr and move the weights visibly;
 # clipping at 0.5 is active (the norms are ~1-3), so the global norm's clip factor matters.
-OPTIM = OptimConfig(lr=0.02, adamw_lr=0.003, weight_decay=0.01, warmup_steps=1, min_lr_ratio=0.1, grad_clip=0.5)
+# replicated Muon with fused weights whole: the TP-gathered optimizer these layouts are compared on
+OPTIM = OptimConfig(lr=0.02, adamw_lr=0.003, weight_decay=0.01, warmup_steps=1, min_lr_ratio=0.1, grad_clip=0.5,
+                    muon_mode="replicated", muon_split_fused=False)
 
 
 def global_batch(step: int, t: int = 12):
@@ -71,13 +74,21 @@ def model_config(options: dict) -> ModelConfig:
 def train(ctx, gather_tp_matrices: bool = True, overlap: bool = False, bucket_size: int | None = None,
           cfg: ModelConfig = CFG) -> dict:
     """Build, wrap and train the model for STEPS steps on this rank's rows; return a record."""
-    from wallwm_pretrain.parallel.parallelize import build_parallel_optimizer, parallelize_model, unwrap_model
+    from _ddp_reference import parallelize_model, unwrap
+
+    from wallwm_pretrain.optim import LocalMatrices, ReplicatedOptimizerSet, build_optimizer, split_parameters
+    from wallwm_pretrain.parallel.state import optimizer_groups
 
     torch.manual_seed(0)
-    model = WallWM(cfg, frame_stride=K, caption_max_len=16)
+    model = WallWM(cfg)
     model = parallelize_model(model, ctx, overlap_grad_reduce=overlap, bucket_size=bucket_size)
-    bare = unwrap_model(model)
-    optim = build_parallel_optimizer(model, OPTIM, total_steps=10, ctx=ctx, gather_tp_matrices=gather_tp_matrices)
+    bare = unwrap(model)
+    if gather_tp_matrices:
+        optim = build_optimizer(bare, OPTIM, 10, optimizer_groups(ctx), grad_buffers=[model])
+    else:  # the negative control: each TP slice orthogonalised on its own
+        named = {n: p for n, p in bare.named_parameters() if p.requires_grad}
+        optim = ReplicatedOptimizerSet(named, split_parameters(bare), OPTIM, 10, "float32", optimizer_groups(ctx),
+                                       matrices=LocalMatrices(), grad_buffers=[model])
     per_rank = GLOBAL_BATCH // ctx.dp
     lo, hi = ctx.dp_rank * per_rank, (ctx.dp_rank + 1) * per_rank
     record = {"init": _snapshot(bare), "layout": {n: _layout(p) for n, p in bare.named_parameters()}}
@@ -113,14 +124,15 @@ def train_pipeline(ctx, options: dict, out_dir: str) -> dict:
     index follows); ``save`` (write the canonical state after the steps, then run one more
     step and record it as ``after``).
     """
-    from wallwm_pretrain.parallel.canonical import canonical_state, load_canonical
-    from wallwm_pretrain.parallel.parallelize import build_parallel_optimizer
+    from wallwm_pretrain.optim import build_optimizer
+    from wallwm_pretrain.parallel.canonical import canonical_checkpoint, load_canonical
     from wallwm_pretrain.parallel.pipeline import PipelineSchedule, build_stage_models, parallelize_stages
+    from wallwm_pretrain.parallel.state import optimizer_groups
 
     cfg = model_config(options)
-    chunks = build_stage_models(cfg, K, 16, ctx, seed=0)
+    chunks = build_stage_models(cfg, ctx, seed=0)
     models = parallelize_stages(chunks, ctx, overlap_grad_reduce=options.get("overlap", False))
-    optim = build_parallel_optimizer(models, OPTIM, total_steps=10, ctx=ctx)
+    optim = build_optimizer(chunks, OPTIM, 10, optimizer_groups(ctx), grad_buffers=models)
     schedule = PipelineSchedule(models, ctx, options.get("microbatches", 1))
     per_rank = GLOBAL_BATCH // ctx.dp
     lo, hi = ctx.dp_rank * per_rank, (ctx.dp_rank + 1) * per_rank
@@ -154,7 +166,7 @@ def train_pipeline(ctx, options: dict, out_dir: str) -> dict:
     record["final"] = _snapshot_chunks(chunks)
     record["muon_ns_calls"] = optim.optimizers["muon"].ns_calls
     if options.get("save"):
-        model_state, optim_state = canonical_state(models, optim.state_dict(), ctx)
+        model_state, optim_state = canonical_checkpoint(models, optim, ctx)
         if ctx.rank == 0:
             torch.save({"model": model_state, "optimizer": optim_state, "step": first + STEPS},
                        os.path.join(out_dir, "canonical.pt"))

@@ -25,7 +25,7 @@ import _equivalence_worker as worker  # noqa: E402
 _CTX = mp.get_context("forkserver")
 # Takes effect only if this process has not started a forkserver yet; otherwise slower, not wrong.
 _CTX.set_forkserver_preload(
-    ["_equivalence_worker", "wallwm_pretrain.parallel.parallelize", "wallwm_pretrain.parallel.pipeline"]
+    ["_equivalence_worker", "_ddp_reference", "wallwm_pretrain.parallel.pipeline"]
 )
 
 DEADLINE_S = 120
@@ -66,7 +66,7 @@ def logical(records: list[dict], run: str, part: str, name: str) -> torch.Tensor
     """Whole tensor ``name`` from the TP slices held by the ranks of data-parallel rank 0 (the
     pipeline stage that holds ``name``).
 
-    Written independently of ``wallwm_pretrain.parallel.tp_matrices`` (which it checks): with
+    Written independently of ``wallwm_pretrain.optim.distributed.tp_matrices`` (which it checks): with
     stride s, rank r holds pieces r, r + tp, r + 2 tp, ... of the s * tp pieces of the tensor.
     """
     group = sorted(

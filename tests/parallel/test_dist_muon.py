@@ -3,7 +3,7 @@
 Layouts (tp, dp, pp) in {(1,4,1), (2,2,1), (2,1,2), (1,2,2)}; real megatron modules built at the
 TP size (grouped-query fused QKV, fused cross-attention KV, gated fc1 with stride 2, odd-sized
 column/row-parallel and replicated weights); 10 steps on seeded gradients (see
-``_dist_muon_worker``). The single-process reference is ``OptimizerSet`` with Muon splitting the
+``_dist_muon_worker``). The single-process reference is ``ReplicatedOptimizerSet`` with Muon splitting the
 same fused weights into Q, K, V / gate, up / K, V.
 
 Why equality is exact (``torch.equal``, fp32 on CPU): the distributed step performs the same
@@ -186,7 +186,7 @@ def test_unsplit_fused_weights_match_todays_tp_gathered_muon(tmp_path_factory, r
 
 
 def test_the_builder_on_megatron_ddp_buffers_matches(tmp_path_factory, muon_reference):
-    """``build_dist_muon_optimizer`` on a megatron-DDP-wrapped model: gradients in ``main_grad``,
+    """``build_optimizer`` on a megatron-DDP-wrapped model: gradients in ``main_grad``,
     DDP's own reduction (exact at dp = 2), fused layouts found on the modules."""
     records = run(tmp_path_factory, "ddp_221", 2, 2, 1, mode="owner", ddp=True)
     assert_equal_params(worker.logical(records), muon_reference["final"])
@@ -288,7 +288,7 @@ def test_tp2_checkpoint_resumes_at_tp1_and_in_a_single_process(tmp_path_factory,
     folder = _save(tmp_path_factory, "save_tp2", 2, 1, 1)
     _assert_same_state(torch.load(folder / "optim.pt", weights_only=False), muon_reference["state_at_save"])
     assert_equal_params(_resume(tmp_path_factory, "resume_tp1", folder, 1, 1, 1), muon_reference["final"])
-    # the plain single-process OptimizerSet loads it too
+    # the plain single-process ReplicatedOptimizerSet loads it too
     assert_equal_params(_resume(tmp_path_factory, "resume_single", folder, 1, 1, 1, job="reference"), muon_reference["final"])
 
 

@@ -12,7 +12,7 @@ from wallwm_pretrain.optim import (
     FusedRows,
     LocalMatrices,
     Muon,
-    OptimizerSet,
+    ReplicatedOptimizerSet,
     POLAR_EXPRESS_COEFFICIENTS,
     adamw_rms_scale,
     newton_schulz,
@@ -21,11 +21,13 @@ from wallwm_pretrain.optim import (
     split_parameters,
 )
 from wallwm_pretrain.optim.newton_schulz import step_coefficients
-from wallwm_pretrain.parallel.dist_muon import BATCH_MIN_SIDE, DistMuon, MuonGroups
-from wallwm_pretrain.parallel.dist_muon_adamw import ZeroAdamW, merge_adamw_state
-from wallwm_pretrain.parallel.dist_muon_set import DistMuonOptimizerSet, merge_sharded_states
-from wallwm_pretrain.parallel.muon_layout import FusedLayout
-from wallwm_pretrain.parallel.muon_plan import (
+from wallwm_pretrain.optim.distributed.muon import BATCH_MIN_SIDE, DistMuon
+from wallwm_pretrain.optim.groups import OptimizerGroups
+from wallwm_pretrain.optim.distributed.adamw import ZeroAdamW, merge_adamw_state
+from wallwm_pretrain.optim.distributed.checkpoint import merge_sharded_states
+from wallwm_pretrain.optim.distributed.optimizer_set import DistributedOptimizerSet
+from wallwm_pretrain.optim.distributed.layout import FusedLayout
+from wallwm_pretrain.optim.distributed.plan import (
     LogicalMatrix,
     assign_homes,
     bucketize,
@@ -81,7 +83,7 @@ def test_muon_refuses_fused_layouts_with_a_slicing_hook():
         pass
 
     w = torch.nn.Parameter(torch.zeros(24, 4))
-    with pytest.raises(ValueError, match="dist_muon"):
+    with pytest.raises(ValueError, match="optim.distributed"):
         Muon([w], fused={w: QKV}, matrices=Half())
     short = torch.nn.Parameter(torch.zeros(20, 4))
     with pytest.raises(ValueError, match="24 rows"):
@@ -110,7 +112,7 @@ def _block():
 
 
 def test_fused_layouts_of_megatron_modules(single_process):
-    from wallwm_pretrain.parallel.muon_layout import fused_layouts
+    from wallwm_pretrain.optim.distributed.layout import fused_layouts
 
     m = _block()
     layouts = fused_layouts(m)
@@ -132,7 +134,7 @@ def test_fused_layouts_of_megatron_modules(single_process):
 
 
 def test_query_groups_that_do_not_split_over_tp_are_refused(single_process):
-    from wallwm_pretrain.parallel.muon_layout import fused_layouts
+    from wallwm_pretrain.optim.distributed.layout import fused_layouts
 
     m = _block()
     m.attn.world_size = 4  # as if built at TP4: 2 query groups over 4 ranks
@@ -212,7 +214,7 @@ def test_batched_newton_schulz_is_bit_identical_to_one_at_a_time_in_fp32():
 
 def test_dist_muon_batches_large_shapes_and_keeps_small_ones_exact():
     torch.manual_seed(0)
-    opt = DistMuon({"w": torch.nn.Parameter(torch.zeros(2, 2))}, MuonGroups.single())
+    opt = DistMuon({"w": torch.nn.Parameter(torch.zeros(2, 2))}, OptimizerGroups.single())
     mats = [torch.randn(24, 40) for _ in range(3)] + [torch.randn(11, 37) for _ in range(3)] + [torch.randn(5, 5)]
     out = opt._ns(mats, opt.param_groups[0])
     assert opt.ns_batched == 3  # only the three 24 x 40
@@ -261,10 +263,10 @@ def _tiny_pair(**set_kwargs):
     b = _Tiny()
     b.load_state_dict(a.state_dict())
     cfg = OptimConfig(lr=0.02, adamw_lr=0.003, weight_decay=0.01, warmup_steps=2, min_lr_ratio=0.1)
-    ref = OptimizerSet(dict(a.named_parameters()), split_parameters(a), cfg, 8, "float32", fused={"qkv.weight": QKV})
+    ref = ReplicatedOptimizerSet(dict(a.named_parameters()), split_parameters(a), cfg, 8, "float32", fused={"qkv.weight": QKV})
     fused = {"qkv.weight": FusedLayout(QKV, QKV)}
-    dist_set = DistMuonOptimizerSet(dict(b.named_parameters()), split_parameters(b), cfg, 8, "float32",
-                                    MuonGroups.single(), fused=fused, **set_kwargs)
+    dist_set = DistributedOptimizerSet(dict(b.named_parameters()), split_parameters(b), cfg, 8, "float32",
+                                    OptimizerGroups.single(), fused=fused, **set_kwargs)
     return a, ref, b, dist_set
 
 
@@ -385,12 +387,12 @@ def test_stages_with_different_group_kinds_merge_into_the_single_process_state()
     a, b = _StageA(), _StageB()
     whole = copy.deepcopy(_Whole(a, b))
     whole.emb.weight.use_adamw = True  # deepcopy drops attributes set on a Parameter
-    ref = OptimizerSet(dict(whole.named_parameters()), split_parameters(whole), cfg, 8, "float32",
+    ref = ReplicatedOptimizerSet(dict(whole.named_parameters()), split_parameters(whole), cfg, 8, "float32",
                        fused={"qkv.weight": QKV})
 
     def stage_sets(models):
-        return [DistMuonOptimizerSet(dict(m.named_parameters()), split_parameters(m), cfg, 8, "float32",
-                                     MuonGroups(None, None, None, 0, 1, 0, 1, pp_rank=i),
+        return [DistributedOptimizerSet(dict(m.named_parameters()), split_parameters(m), cfg, 8, "float32",
+                                     OptimizerGroups(None, None, None, 0, 1, 0, 1, pp_rank=i),
                                      fused={"qkv.weight": FusedLayout(QKV, QKV)} if i == 0 else None)
                 for i, m in enumerate(models)]
 
@@ -427,5 +429,5 @@ def test_stages_with_different_group_kinds_merge_into_the_single_process_state()
 
 def test_dist_muon_rejects_a_bad_mode():
     with pytest.raises(ValueError, match="owner"):
-        DistMuon({"w": torch.nn.Parameter(torch.zeros(2, 2))}, MuonGroups.single(), mode="gram")
+        DistMuon({"w": torch.nn.Parameter(torch.zeros(2, 2))}, OptimizerGroups.single(), mode="gram")
 

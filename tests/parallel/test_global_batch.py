@@ -1,31 +1,27 @@
 """Loss shares of a split batch add up to the whole batch's loss; the wrapped model and its
-optimizer behave like the bare model and OptimizerSet in one process."""
+optimizer behave like the bare model and the single-process optimizer set in one process."""
 
 import copy
 
 import pytest
 import torch
 
+from _ddp_reference import GlobalBatchLoss, parallelize_model, unwrap
+
 from wallwm_pretrain.config import ModelConfig, OptimConfig
 from wallwm_pretrain.model import WallWM
-from wallwm_pretrain.optim import build_optimizer
-from wallwm_pretrain.parallel.global_batch import GlobalBatchLoss
-from wallwm_pretrain.parallel.parallelize import (
-    ParallelOptimizerSet,
-    build_parallel_optimizer,
-    flow_noise_generator,
-    parallelize_model,
-    unwrap_model,
-)
+from wallwm_pretrain.optim import ReplicatedOptimizerSet, build_optimizer
+from wallwm_pretrain.parallel.state import optimizer_groups
 
-CFG = ModelConfig(hidden_size=32, num_layers=1, num_heads=4, ffn_hidden_size=64, image_size=16, patch_size=8)
 K = 4
-OPTIM = OptimConfig(lr=0.02, adamw_lr=0.003, warmup_steps=1)
+CFG = ModelConfig(hidden_size=32, num_layers=1, num_heads=4, ffn_hidden_size=64, image_size=16, patch_size=8,
+                  frame_stride=K, caption_max_bytes=15)  # captions of at most 16 tokens
+OPTIM = OptimConfig(lr=0.02, adamw_lr=0.003, warmup_steps=1, muon_mode="replicated", muon_split_fused=False)
 
 
 def make_model():
     torch.manual_seed(0)
-    model = WallWM(CFG, frame_stride=K, caption_max_len=16)
+    model = WallWM(CFG)
     for p in model.parameters():  # leave adaLN-Zero so that every weight gets a gradient
         p.data.add_(0.02 * torch.randn_like(p))
     return model
@@ -86,13 +82,13 @@ def test_wrapper_keeps_the_model_state_dict_keys(single_process):
     wrapped = parallelize_model(model, single_process)
     assert list(wrapped.state_dict()) == keys
     assert list(GlobalBatchLoss(model, None, 1).state_dict()) == keys
-    assert unwrap_model(wrapped) is model and unwrap_model(model) is model
+    assert unwrap(wrapped) is model and unwrap(model) is model
     wrapped.load_state_dict(copy.deepcopy(model.state_dict()))
     assert wrapped.module.dp_size == 1
 
 
 def _bare_steps(model, steps, zero_to_none=True):
-    optim = build_optimizer(model, OPTIM, 10, "cpu")
+    optim = build_optimizer(model, OPTIM, 10, device_type="cpu")
     norms = []
     for step in range(steps):
         data = batch(step)
@@ -106,8 +102,8 @@ def _bare_steps(model, steps, zero_to_none=True):
 
 def _parallel_steps(model, ctx, steps, zero_to_none=True):
     wrapped = parallelize_model(model, ctx)
-    optim = build_parallel_optimizer(wrapped, OPTIM, 10, ctx)
-    assert isinstance(optim, ParallelOptimizerSet)
+    optim = build_optimizer(model, OPTIM, 10, optimizer_groups(ctx), grad_buffers=[wrapped])
+    assert isinstance(optim, ReplicatedOptimizerSet)
     norms = []
     for step in range(steps):
         data = batch(step)
@@ -129,14 +125,4 @@ def test_wrapped_training_equals_bare_training_in_one_process(single_process, ze
     for (name, a), b in zip(bare.named_parameters(), wrapped.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
     assert all(p.grad is None for p in wrapped.parameters())
-    assert optim.split.muon == build_optimizer(bare, OPTIM, 10, "cpu").split.muon
-
-
-def test_flow_noise_generator_depends_on_dp_rank_only(single_process):
-    from dataclasses import replace
-
-    a = flow_noise_generator(0, single_process)
-    b = flow_noise_generator(0, replace(single_process, tp_rank=1))
-    c = flow_noise_generator(0, replace(single_process, dp_rank=1))
-    x, y, z = (torch.rand(4, generator=g) for g in (a, b, c))
-    assert torch.equal(x, y) and not torch.equal(x, z)
+    assert optim.split.muon == build_optimizer(bare, OPTIM, 10, device_type="cpu").split.muon

@@ -4,11 +4,10 @@ all without processes."""
 import pytest
 import torch
 
-from wallwm_pretrain.config import ModelConfig
+from wallwm_pretrain.config import ModelConfig, load_config
 from wallwm_pretrain.optim import LocalMatrices, Muon, adamw_rms_scale, newton_schulz
-from wallwm_pretrain.parallel.grad_norm import clip_by_global_norm, global_grad_norm
-from wallwm_pretrain.parallel.parallelize import validate_tensor_parallel
-from wallwm_pretrain.parallel.tp_matrices import TensorParallelMatrices, restride, unstride
+from wallwm_pretrain.optim.grad_norm import clip_by_global_norm, global_grad_norm
+from wallwm_pretrain.optim.distributed.tp_matrices import TensorParallelMatrices, restride, unstride
 
 
 @pytest.mark.parametrize("dim", [0, 1])
@@ -55,12 +54,12 @@ def test_logical_shape_and_pass_through():
     assert tp1.gather(col, update) is update
 
 
-def test_validate_tensor_parallel_names_the_arithmetic():
-    validate_tensor_parallel(ModelConfig(num_heads=4, ffn_hidden_size=64), 2)
+def test_tensor_parallel_split_is_checked_by_the_config_with_the_arithmetic():
+    load_config(None, ["model.num_heads=4", "model.ffn_hidden_size=64", "parallel.tp=2"])
     with pytest.raises(ValueError, match=r"num_heads=6 is not divisible by parallel.tp=4 \(6 = 1 \* 4 \+ 2\)"):
-        validate_tensor_parallel(ModelConfig(hidden_size=96, num_heads=6, ffn_hidden_size=64), 4)
+        load_config(None, ["model.hidden_size=96", "model.num_heads=6", "model.ffn_hidden_size=64", "parallel.tp=4"])
     with pytest.raises(ValueError, match="ffn_hidden_size=66"):
-        validate_tensor_parallel(ModelConfig(num_heads=4, ffn_hidden_size=66), 4)
+        load_config(None, ["model.num_heads=4", "model.ffn_hidden_size=66", "parallel.tp=4"])
 
 
 def test_global_grad_norm_counts_replicated_grads_on_tp_rank_0_only():

@@ -1,4 +1,4 @@
-"""Captions as model input: byte tokens, and the length-aware caption drop.
+"""The length-aware caption drop (the vocabulary itself is ``wallwm_pretrain.captions``).
 
 The caption drop lives here and nowhere else. Following WALL-WM, the probability of dropping
 an event's caption rises with the event's length L_e along a cosine ramp:
@@ -16,18 +16,6 @@ import random
 import numpy as np
 
 from wallwm_pretrain.config import CaptionDropConfig
-from wallwm_pretrain.model.embeddings import CAPTION_BEGIN
-
-
-def encode_caption(text: str, max_bytes: int) -> np.ndarray:
-    """UTF-8 bytes -> int64 tokens ``[BEGIN, 2 + b0, 2 + b1, ...]`` (at most max_bytes bytes)."""
-    data = np.frombuffer(text.encode("utf-8")[:max_bytes], dtype=np.uint8).astype(np.int64) + 2
-    return np.concatenate([[CAPTION_BEGIN], data]).astype(np.int64)
-
-
-def decode_caption(tokens: np.ndarray) -> str:
-    data = [int(t) - 2 for t in tokens if int(t) >= 2]
-    return bytes(data).decode("utf-8", errors="replace")
 
 
 def drop_probability(length: int, cfg: CaptionDropConfig) -> float:

@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 
 from wallwm_pretrain.config import DataConfig
-from wallwm_pretrain.data.captions import encode_caption, maybe_drop
+from wallwm_pretrain.captions import encode_caption
+from wallwm_pretrain.data.captions import maybe_drop
 
 REQUIRED_KEYS = {
     "json": None,
@@ -120,7 +121,9 @@ def sample_rng(seed: int, epoch: int, key: str) -> random.Random:
     return random.Random((seed * 1_000_003 + epoch) * 4_294_967_296 + zlib.crc32(key.encode()))
 
 
-def cook_event(sample: dict[str, Any], cfg: DataConfig, norm: Normalizer, epoch: int) -> list[TrainSample]:
+def cook_event(
+    sample: dict[str, Any], cfg: DataConfig, caption_max_bytes: int, norm: Normalizer, epoch: int
+) -> list[TrainSample]:
     """Event mode: one training sample per event (cropped to ``cfg.max_frames``)."""
     check_sample(sample)
     meta, key = sample["json"], sample["__key__"]
@@ -128,7 +131,7 @@ def cook_event(sample: dict[str, Any], cfg: DataConfig, norm: Normalizer, epoch:
     t = sample["actions.npy"].shape[0]
     start = rng.randrange(t - cfg.max_frames + 1) if t > cfg.max_frames else 0
     stop = min(t, start + cfg.max_frames)
-    caption = encode_caption(meta["caption"], cfg.caption_max_bytes)
+    caption = encode_caption(meta["caption"], caption_max_bytes)
     return [
         TrainSample(
             key=key,
@@ -142,24 +145,25 @@ def cook_event(sample: dict[str, Any], cfg: DataConfig, norm: Normalizer, epoch:
     ]
 
 
-def make_cooker(cfg: DataConfig, mode: str, horizon: int, norm: Normalizer):
-    """``cooker(sample, epoch) -> list[TrainSample]`` of a mode: ``event`` or ``chunk``."""
-    if mode == "event":
-        return functools.partial(cook_event, cfg=cfg, norm=norm)
-    return functools.partial(cook_chunks, cfg=cfg, horizon=horizon, norm=norm)
+def make_cooker(cfg: DataConfig, caption_max_bytes: int, norm: Normalizer):
+    """``cooker(sample, epoch) -> list[TrainSample]`` of ``cfg.mode``: ``event`` or ``chunk``."""
+    if cfg.mode == "event":
+        return functools.partial(cook_event, cfg=cfg, caption_max_bytes=caption_max_bytes, norm=norm)
+    return functools.partial(cook_chunks, cfg=cfg, caption_max_bytes=caption_max_bytes, norm=norm)
 
 
 def cook_chunks(
-    sample: dict[str, Any], cfg: DataConfig, horizon: int, norm: Normalizer, epoch: int
+    sample: dict[str, Any], cfg: DataConfig, caption_max_bytes: int, norm: Normalizer, epoch: int
 ) -> list[TrainSample]:
-    """Chunk mode: windows of ``horizon`` steps, each conditioned on the task instruction.
+    """Chunk mode: windows of ``cfg.chunk_horizon`` steps, each conditioned on the task instruction.
 
     The last window of a sample may be shorter (it is padded and masked in the batch).
     """
     check_sample(sample)
     meta, key = sample["json"], sample["__key__"]
     t = sample["actions.npy"].shape[0]
-    task = encode_caption(meta.get("task", ""), cfg.caption_max_bytes)
+    task = encode_caption(meta.get("task", ""), caption_max_bytes)
+    horizon = cfg.chunk_horizon
     out = []
     for start in range(0, t, horizon):
         stop = min(t, start + horizon)

@@ -61,13 +61,13 @@ def read_index(folder: str | Path) -> dict:
 
 
 def read_cooked(
-    folder: str | Path, cfg: DataConfig, mode: str, chunk_horizon: int, norm: Normalizer
+    folder: str | Path, cfg: DataConfig, caption_max_bytes: int, norm: Normalizer
 ) -> Iterator[TrainSample]:
     """One pass over a shard folder, in file order, cooked as the loader cooks (epoch 0);
     for evaluation and statistics, not training (no split, balance or shuffle)."""
     index = read_index(folder)
     urls = [str(Path(folder) / s["name"]) for s in index["shards"]]
-    cooker = make_cooker(cfg, mode, chunk_horizon, norm)
+    cooker = make_cooker(cfg, caption_max_bytes, norm)
     for crude in wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples(), wds.decode(npy_handler)):
         yield from cooker(crude, epoch=0)
 
@@ -88,17 +88,18 @@ class EventLoader:
     """Infinite iterator of :class:`EventBatch` for one data-parallel rank.
 
     Args:
-        cfg: the ``data`` section of the run config.
-        mode: ``event`` or ``chunk`` (``model.mode``).
-        chunk_horizon: H_a for chunk mode.
+        cfg: the ``data`` section of the run config (``mode`` says what a sample is).
+        frame_stride: control steps per latent frame (``model.frame_stride``): batches are
+            padded to a multiple of it.
+        caption_max_bytes: caption length the model reads (``model.caption_max_bytes``).
         dp_rank, dp_size: this rank's place among data-parallel ranks.
     """
 
     def __init__(
         self,
         cfg: DataConfig,
-        mode: str = "event",
-        chunk_horizon: int = 16,
+        frame_stride: int = 4,
+        caption_max_bytes: int = 64,
         dp_rank: int = 0,
         dp_size: int = 1,
     ) -> None:
@@ -113,7 +114,8 @@ class EventLoader:
                 f"(build-shards --samples-per-shard) or lower data.num_workers"
             )
         self.norm = Normalizer.from_index(self.index)
-        self.cooker = make_cooker(cfg, mode, chunk_horizon, self.norm)
+        self.frame_stride = frame_stride
+        self.cooker = make_cooker(cfg, caption_max_bytes, self.norm)
         self.dp_rank, self.dp_size = dp_rank, dp_size
         self.balance = ClusterBalance(self.index, cfg.balance, cfg.seed) if cfg.balance.active else None
         self.epoch = 0
@@ -139,7 +141,7 @@ class EventLoader:
         stages.append(
             functools.partial(cook_or_skip, cooker=functools.partial(self.cooker, epoch=epoch), counter=counter)
         )
-        to_batch = functools.partial(collate, frame_stride=self.cfg.frame_stride)
+        to_batch = functools.partial(collate, frame_stride=self.frame_stride)
         if self.cfg.length_buckets:
             stages.append(
                 functools.partial(

@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
             "with a 95% Wilson interval, rollout frame strips (PNG) and, with --heldout, the open-loop\n"
             "action error on held-out events. Event-mode checkpoints walk the task's event script and\n"
             "execute as many denoised steps as the remaining-time head predicts; chunk-mode\n"
-            "checkpoints execute fixed chunks of model.chunk_horizon steps. Results go to --out\n"
+            "checkpoints execute fixed chunks of data.chunk_horizon steps. Results go to --out\n"
             "(results.json, results.md, strips/) and to MLflow (experiment '<tracking.experiment>-eval').\n"
             "Observations are rendered at --render-size (the recorder's --image-size) and resized to\n"
             "the model's size as build-shards did."
@@ -103,13 +103,13 @@ def evaluate(args: argparse.Namespace) -> dict:
         if args.heldout:
             read_index(args.heldout)  # a bad --heldout fails now, not after the rollouts
         results: dict = {
-            "checkpoint": str(ckpt), "mode": cfg.model.mode, "horizon": policy.horizon, "seed": args.seed,
+            "checkpoint": str(ckpt), "mode": cfg.data.mode, "horizon": policy.horizon, "seed": args.seed,
             "episodes_per_task": args.episodes, "max_steps": args.max_steps, "denoise_steps": args.denoise_steps,
             "tasks": {},
         }
         with reproducible_heap():
             results["gl_backend"] = check_rendering()
-            bar = tqdm(total=len(args.tasks) * args.episodes, desc=f"eval ({cfg.model.mode} mode)", unit="ep",
+            bar = tqdm(total=len(args.tasks) * args.episodes, desc=f"eval ({cfg.data.mode} mode)", unit="ep",
                        disable=args.quiet)
             for task in args.tasks:
                 runner = MetaWorldRunner(policy, task, args.max_steps, args.render_size,
@@ -121,7 +121,7 @@ def evaluate(args: argparse.Namespace) -> dict:
                         episodes.append(ep)
                         if i == 0:
                             verdict = "success" if ep.success else "failure"
-                            save_strip(ep.strip, f"{task} episode {i} ({cfg.model.mode} mode): {verdict} in {ep.steps} steps",
+                            save_strip(ep.strip, f"{task} episode {i} ({cfg.data.mode} mode): {verdict} in {ep.steps} steps",
                                        out / "strips" / f"{task}_ep{i:03d}.png")
                         bar.update(1)
                         bar.set_postfix_str(f"{task} {sum(e.success for e in episodes)}/{len(episodes)} ok")
@@ -166,7 +166,7 @@ def log_to_mlflow(results: dict, cfg, args: argparse.Namespace, out: Path) -> st
     tracker = MLflowTracker(uri, f"{cfg.tracking.experiment}-eval", f"{cfg.train.run_name}-eval",
                             artifact_location=artifacts, tags={"wallwm.checkpoint": str(args.ckpt)})
     with tracker:
-        tracker.log_params({"checkpoint": str(args.ckpt), "mode": cfg.model.mode, "tasks": " ".join(args.tasks),
+        tracker.log_params({"checkpoint": str(args.ckpt), "mode": cfg.data.mode, "tasks": " ".join(args.tasks),
                             "episodes": args.episodes, "seed": args.seed, "max_steps": args.max_steps,
                             "denoise_steps": args.denoise_steps, "env": args.env})
         metrics = {f"success_rate/{task}": t["success_rate"] for task, t in results["tasks"].items()}

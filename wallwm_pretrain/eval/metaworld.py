@@ -11,7 +11,7 @@ event it plans ``data.max_frames`` steps and executes as many as the remaining-t
 predicts (at least one, at most the plan); when the head says the event continues past the
 plan it plans the same event again (at most ``max_plans_per_event`` times), otherwise it moves
 to the next event. After the last event it keeps re-planning the last one until the task
-succeeds or the step budget is spent. Chunk mode plans ``model.chunk_horizon`` steps from the
+succeeds or the step budget is spent. Chunk mode plans ``data.chunk_horizon`` steps from the
 task instruction and executes all of them, over and over.
 
 Episode layouts come from ``SeedSequence([seed, crc32(task), index, 1])``: a different stream

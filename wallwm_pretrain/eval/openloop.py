@@ -28,14 +28,14 @@ def heldout_samples(policy: CheckpointPolicy, shards: str | Path):
     data_cfg = dataclasses.replace(
         cfg.data, caption_drop=dataclasses.replace(cfg.data.caption_drop, rho_min=0.0, rho_max=0.0)
     )
-    return read_cooked(shards, data_cfg, cfg.model.mode, cfg.model.chunk_horizon, policy.norm)
+    return read_cooked(shards, data_cfg, cfg.model.caption_max_bytes, policy.norm)
 
 
 @torch.no_grad()
 def open_loop_error(policy: CheckpointPolicy, shards: str | Path, seed: int = 0, progress: bool = True) -> dict:
     """Mean action error over held-out samples (normalised MSE, raw-unit MAE), per sample averaged
     over its real steps, and the remaining-time head's mean absolute error in steps."""
-    k = policy.cfg.data.frame_stride
+    k = policy.cfg.model.frame_stride
     gen = torch.Generator(device=policy.device).manual_seed(seed)
     mse, mae, time_err = [], [], []
     for s in tqdm(list(heldout_samples(policy, shards)), desc="open-loop", unit="sample", disable=not progress):

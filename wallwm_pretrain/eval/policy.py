@@ -2,7 +2,7 @@
 
 The policy owns everything that must match training exactly: the normalisation statistics of
 the shards the model was trained on (``index.json``), the caption encoding, the model's frame
-size, and the horizon it plans over (``data.max_frames`` in event mode, ``model.chunk_horizon``
+size, and the horizon it plans over (``data.max_frames`` in event mode, ``data.chunk_horizon``
 in chunk mode, rounded up to whole latent frames).
 """
 
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from wallwm_pretrain.config import Config
-from wallwm_pretrain.data.captions import encode_caption
+from wallwm_pretrain.captions import encode_caption
 from wallwm_pretrain.data.cookers import Normalizer
 from wallwm_pretrain.eval.sampler import sample_event
 from wallwm_pretrain.export import load_model
@@ -61,8 +61,8 @@ class CheckpointPolicy:
         self.norm = Normalizer.from_index(index)
         self.denoise_steps = denoise_steps
         self.device = next(model.parameters()).device
-        k = cfg.data.frame_stride
-        raw = cfg.data.max_frames if cfg.model.mode == "event" else cfg.model.chunk_horizon
+        k = cfg.model.frame_stride
+        raw = cfg.data.max_frames if cfg.data.mode == "event" else cfg.data.chunk_horizon
         self.horizon = -(-raw // k) * k
         for name, want in (("state_dim", cfg.model.state_dim), ("action_dim", cfg.model.action_dim)):
             got = index.get(name)
@@ -77,7 +77,7 @@ class CheckpointPolicy:
 
     @property
     def mode(self) -> str:
-        return self.cfg.model.mode
+        return self.cfg.data.mode
 
     @property
     def views(self) -> list[str]:
@@ -88,7 +88,7 @@ class CheckpointPolicy:
         return self.cfg.model.image_size
 
     def caption_tokens(self, text: str) -> torch.Tensor:
-        return torch.from_numpy(encode_caption(text, self.cfg.data.caption_max_bytes))[None].to(self.device)
+        return torch.from_numpy(encode_caption(text, self.cfg.model.caption_max_bytes))[None].to(self.device)
 
     def plan(self, frame: np.ndarray, state: np.ndarray, caption: str, generator: torch.Generator) -> Plan:
         """Denoise ``self.horizon`` steps from this observation.

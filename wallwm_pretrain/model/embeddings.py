@@ -7,9 +7,8 @@ downloaded weights; the cost is that the video tower denoises pixels, which is o
 at the small resolutions of the smoke world. A learned video VAE can replace
 :func:`patchify` / :func:`unpatchify` without touching the towers.
 
-Captions are UTF-8 bytes (``0`` pad, ``1`` begin, ``2 + byte``), encoded by a small
-transformer: no tokenizer download either. Every caption starts with the begin token, so a
-dropped caption is that one token and cross-attention always has a key.
+Captions are UTF-8 byte tokens (vocabulary in ``wallwm_pretrain.captions``), encoded by a small
+transformer: no tokenizer download either.
 """
 
 from __future__ import annotations
@@ -19,8 +18,7 @@ import math
 import torch
 from torch import nn
 
-CAPTION_VOCAB = 258
-CAPTION_PAD, CAPTION_BEGIN = 0, 1
+from wallwm_pretrain.captions import CAPTION_VOCAB
 
 
 def patchify(frames: torch.Tensor, patch: int) -> torch.Tensor:

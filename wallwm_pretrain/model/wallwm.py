@@ -36,8 +36,8 @@ from torch import nn
 
 from wallwm_pretrain.config import ModelConfig
 from wallwm_pretrain.model.blocks import CoupledLayer, FinalLayer, Streams, TextLayer, key_padding_mask
+from wallwm_pretrain.captions import CAPTION_PAD
 from wallwm_pretrain.model.embeddings import (
-    CAPTION_PAD,
     CaptionEncoder,
     TimestepEmbedder,
     mark_adamw,
@@ -73,18 +73,18 @@ class WallWM(nn.Module):
     """The dual-tower denoiser, or one pipeline stage of it.
 
     Args:
-        cfg: the ``model`` section of the run config.
-        frame_stride: K_p, control steps per latent frame (``data.frame_stride``).
-        caption_max_len: longest caption in tokens (``data.caption_max_bytes`` + 1).
+        cfg: the ``model`` section of the run config (K_p is ``cfg.frame_stride``; captions are
+            at most ``cfg.caption_max_bytes`` + 1 tokens).
         stage: the part to hold; None = the whole model.
     """
 
     def __init__(
-        self, cfg: ModelConfig, frame_stride: int, caption_max_len: int, stage: StageSpec | None = None
+        self, cfg: ModelConfig, stage: StageSpec | None = None
     ) -> None:
         super().__init__()
         self.cfg = cfg
-        self.frame_stride = frame_stride
+        self.frame_stride = frame_stride = cfg.frame_stride
+        caption_max_len = cfg.caption_max_bytes + 1
         self.stage = stage = stage or StageSpec.whole(cfg.num_layers)
         if stage.first_layer < 0 or stage.num_layers < 1 or stage.layers.stop > cfg.num_layers:
             raise ValueError(

@@ -1,14 +1,12 @@
-"""Optimizers: Muon (Newton-Schulz) for hidden matrices, AdamW for the rest, warmup + cosine."""
+"""Optimizers: Muon (Newton-Schulz) for hidden matrices, AdamW for the rest, warmup + cosine.
 
-from .build import (
-    OptimizerSet,
-    ParamSplit,
-    build_optimizer,
-    resolve_auto_ns_dtype,
-    split_parameters,
-    uses_muon,
-)
+``build_optimizer`` is the entry point; :mod:`.distributed` holds distributed Muon. Process
+groups flow in as :class:`OptimizerGroups`; nothing in ``optim/`` creates one.
+"""
+
+from .build import build_optimizer
 from .fused import FusedRows
+from .groups import OptimizerGroups
 from .muon import LocalMatrices, Muon, adamw_rms_scale, apply_update, momentum_update
 from .newton_schulz import (
     DEFAULT_EPS,
@@ -21,7 +19,9 @@ from .newton_schulz import (
     ns_variant,
     resolve_ns_dtype,
 )
+from .params import ParamSplit, resolve_auto_ns_dtype, split_parameters, uses_muon
 from .schedule import build_scheduler, lr_factor
+from .sets import OptimizerSet, OptimizerSetBase, ReplicatedOptimizerSet
 
 __all__ = [
     "DEFAULT_EPS",
@@ -31,9 +31,12 @@ __all__ = [
     "Muon",
     "NS_COEFFICIENTS",
     "NS_VARIANTS",
+    "OptimizerGroups",
     "OptimizerSet",
+    "OptimizerSetBase",
     "POLAR_EXPRESS_COEFFICIENTS",
     "ParamSplit",
+    "ReplicatedOptimizerSet",
     "adamw_rms_scale",
     "apply_update",
     "momentum_update",

@@ -83,7 +83,7 @@ class LocalMatrices:
 
     A tensor-parallel run holds only a slice of some matrices; it passes Muon an object with
     these three methods that gathers the slices into the logical matrix and cuts this rank's
-    slice back out (``wallwm_pretrain.parallel.tp_matrices``), so orthogonalisation and the
+    slice back out (``wallwm_pretrain.optim.distributed.tp_matrices``), so orthogonalisation and the
     update scale always see the matrix of the single-process model.
     """
 
@@ -190,7 +190,7 @@ class Muon(torch.optim.Optimizer):
         if self.fused and type(self.matrices) is not LocalMatrices:
             raise ValueError(
                 "Muon: fused layouts need whole parameters; a tensor-parallel run splits fused "
-                "slices with wallwm_pretrain.parallel.dist_muon instead of a matrices hook"
+                "slices with wallwm_pretrain.optim.distributed.muon instead of a matrices hook"
             )
         for p, layout in self.fused.items():
             layout.check(p)

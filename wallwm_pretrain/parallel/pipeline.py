@@ -61,7 +61,6 @@ from wallwm_pretrain.model import WallWM
 from wallwm_pretrain.model.flow_matching import FlowNoise
 from wallwm_pretrain.model.spec import build_transformer_config
 from wallwm_pretrain.parallel.cpu_patches import pipeline_config_overrides
-from wallwm_pretrain.parallel.parallelize import validate_tensor_parallel
 from wallwm_pretrain.parallel.stage_module import MicroBatch, StageModule
 from wallwm_pretrain.parallel.stages import stage_specs
 from wallwm_pretrain.parallel.state import ParallelContext
@@ -70,9 +69,7 @@ PIPELINE_DTYPE = torch.float32
 LOSS_KEYS = ("loss", "loss_video", "loss_action", "loss_time")
 
 
-def build_stage_models(
-    cfg: ModelConfig, frame_stride: int, caption_max_len: int, ctx: ParallelContext, seed: int
-) -> list[WallWM]:
+def build_stage_models(cfg: ModelConfig, ctx: ParallelContext, seed: int) -> list[WallWM]:
     """This rank's model chunks (one per virtual stage it holds), on ``ctx.device``.
 
     Each chunk is built after ``torch.manual_seed(seed)``, so its weights are exactly those of
@@ -81,7 +78,7 @@ def build_stage_models(
     chunks = []
     for spec in stage_specs(cfg.num_layers, ctx.pp, ctx.vpp, ctx.pp_rank):
         torch.manual_seed(seed)
-        chunks.append(WallWM(cfg, frame_stride, caption_max_len, stage=spec).to(ctx.device))
+        chunks.append(WallWM(cfg, stage=spec).to(ctx.device))
     # leave the global RNG alike on all ranks, whatever number of chunks each built
     torch.manual_seed(seed)
     return chunks
@@ -117,7 +114,6 @@ def parallelize_stages(
         overlap_grad_reduce: all-reduce buckets while backward runs; default on for CUDA.
         bucket_size: elements per bucket when overlapping (megatron's default when None).
     """
-    validate_tensor_parallel(chunks[0].cfg, ctx.tp)
     if overlap_grad_reduce is None:
         overlap_grad_reduce = ctx.device.type == "cuda"
     config = pipeline_config(chunks[0].cfg, ctx)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from wallwm_pretrain.optim.groups import OptimizerGroups
 from wallwm_pretrain.parallel.cpu_patches import apply_cpu_patches
 
 
@@ -146,3 +147,23 @@ def gather_per_dp_rank(obj: object, ctx: ParallelContext) -> list:
     dist.all_gather_object(gathered, (ctx.dp_rank, obj))
     by_rank = dict(gathered)
     return [by_rank[r] for r in range(ctx.dp)]
+
+
+def optimizer_groups(ctx: ParallelContext) -> OptimizerGroups:
+    """The run's groups as the optimizer takes them (call after :func:`init_parallel`)."""
+    from megatron.core import parallel_state as ps
+
+    mp_size = ctx.tp * ctx.pp
+    return OptimizerGroups(
+        stage=ps.get_tensor_and_data_parallel_group(),
+        tp=ps.get_tensor_model_parallel_group(),
+        dp=ps.get_data_parallel_group(),
+        tp_rank=ctx.tp_rank,
+        tp_size=ctx.tp,
+        dp_rank=ctx.dp_rank,
+        dp_size=ctx.dp,
+        pp_rank=ctx.pp_rank,
+        pp=ps.get_pipeline_model_parallel_group(),
+        pp_size=ctx.pp,
+        model_parallel=ps.get_model_parallel_group() if mp_size > 1 else None,
+    )

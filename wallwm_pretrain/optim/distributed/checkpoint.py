@@ -1,13 +1,13 @@
 """Distributed Muon's optimizer state in the single-process layout, from every rank's share.
 
-Each rank's :meth:`~.dist_muon_set.DistMuonOptimizerSet.state_dict` holds what that rank owns
+Each rank's :meth:`~.optimizer_set.DistributedOptimizerSet.state_dict` holds what that rank owns
 (the momentum of its home matrices, its AdamW shards) plus the layout needed to rebuild whole
 tensors: the ownership plan, tensor-parallel partition dims and strides, fused row layouts,
 flat shard ranges, pipeline rank. :func:`merge_sharded_states` turns the shares of all ranks
-into exactly the layout of a single-process ``OptimizerSet.state_dict()`` (whole TP=1 tensors,
+into exactly the layout of a single-process ``ReplicatedOptimizerSet.state_dict()`` (whole TP=1 tensors,
 parameters named by the ``split`` lists, per-group scheduler fields per AdamW group kind), the
 format of the canonical checkpoints. Loading the other way is per rank and needs no merge
-(``DistMuonOptimizerSet.load_canonical_state_dict``).
+(``DistributedOptimizerSet.load_canonical_state_dict``).
 
 Trade-off: the merge holds the whole optimizer state in one process; it is done once per save
 on the writer, or offline from per-rank files.
@@ -20,11 +20,11 @@ from typing import Any, Optional
 
 from torch import Tensor
 
-from wallwm_pretrain.optim import ParamSplit
+from wallwm_pretrain.optim.params import ParamSplit
 from wallwm_pretrain.optim.fused import FusedRows
-from wallwm_pretrain.parallel.dist_muon_adamw import merge_adamw_state
-from wallwm_pretrain.parallel.muon_plan import LogicalMatrix
-from wallwm_pretrain.parallel.tp_matrices import unstride
+from wallwm_pretrain.optim.distributed.adamw import merge_adamw_state
+from wallwm_pretrain.optim.distributed.plan import LogicalMatrix
+from wallwm_pretrain.optim.distributed.tp_matrices import unstride
 
 FORMAT = "wallwm-dist-muon/1"
 KINDS = {"muon": ("muon",), "adamw": ("adamw_decay", "adamw_no_decay")}
@@ -117,18 +117,18 @@ def merge_momentum(states: list[dict]) -> tuple[list[str], dict[str, Tensor]]:
 
 
 def merge_sharded_states(states: list[dict], order: Optional[list[str]] = None) -> dict[str, Any]:
-    """Merge every rank's :meth:`DistMuonOptimizerSet.state_dict` into single-process layout.
+    """Merge every rank's :meth:`DistributedOptimizerSet.state_dict` into single-process layout.
 
     Args:
         states: one state per rank, all ranks of all pipeline stages (any order).
         order: parameter names in the single-process model's order. Without it the names of
             each group follow the pipeline stages in rank order, which is the model's order
-            unless stages interleave (virtual pipeline); ``OptimizerSet.load_state_dict``
-            compares names in order, :meth:`DistMuonOptimizerSet.load_canonical_state_dict`
+            unless stages interleave (virtual pipeline); ``ReplicatedOptimizerSet.load_state_dict``
+            compares names in order, :meth:`DistributedOptimizerSet.load_canonical_state_dict`
             by name.
 
     Returns:
-        A dict laid out as ``OptimizerSet.state_dict()``: ``split``, ``optimizers`` (torch
+        A dict laid out as ``ReplicatedOptimizerSet.state_dict()``: ``split``, ``optimizers`` (torch
         ``state_dict`` of ``muon`` and ``adamw`` with whole tensors) and ``schedulers``.
     """
     stages: dict[int, dict] = {}

@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from wallwm_pretrain.optim import LocalMatrices
+from wallwm_pretrain.optim.muon import LocalMatrices
 
 
 def is_tp_sharded(param: Tensor) -> bool:

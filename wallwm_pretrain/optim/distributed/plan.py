@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from wallwm_pretrain.optim.newton_schulz import newton_schulz_flops
-from wallwm_pretrain.parallel.muon_layout import FusedLayout
-from wallwm_pretrain.parallel.tp_matrices import is_tp_sharded
+from wallwm_pretrain.optim.distributed.layout import FusedLayout
+from wallwm_pretrain.optim.distributed.tp_matrices import is_tp_sharded
 
 DEFAULT_BUCKET_ELEMS = 1 << 22  # 4 Mi elements: 16 MiB of fp32 per transfer
 
@@ -80,7 +80,7 @@ def logical_matrices(
 
     Args:
         named: this rank's Muon parameters by name (its tensor-parallel pieces).
-        fused: fused row layouts by name (see :func:`~.muon_layout.fused_layouts`).
+        fused: fused row layouts by name (see :func:`~.layout.fused_layouts`).
         tp: tensor-parallel size.
         split_fused: split fused weights into their logical matrices.
 

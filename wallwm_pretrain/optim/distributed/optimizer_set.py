@@ -1,18 +1,19 @@
-"""Distributed Muon + ZeRO-1 AdamW driven as one optimizer, with layout-free checkpoints.
+"""Distributed Muon + ZeRO-1 AdamW driven as one optimizer set, with layout-free checkpoints.
 
-:class:`DistMuonOptimizerSet` has the interface of ``ParallelOptimizerSet`` (``step``,
-``zero_grad``, ``clip_grad_norm`` over the logical model, ``finish_grad_sync``, ``lrs``,
-``param_groups_summary``) with :class:`~.dist_muon.DistMuon` for the hidden matrices and
-:class:`~.dist_muon_adamw.ZeroAdamW` for the rest, both under the warmup + cosine schedule.
+:class:`DistributedOptimizerSet` is the ``owner`` and ``gather`` modes of ``optim.muon_mode``:
+the :class:`~wallwm_pretrain.optim.sets.OptimizerSet` interface over
+:class:`~.muon.DistMuon` for the hidden matrices and :class:`~.adamw.ZeroAdamW` for the rest,
+both under the warmup + cosine schedule. Gradients, clipping, zeroing and summaries are the
+shared :class:`~wallwm_pretrain.optim.sets.OptimizerSetBase`.
 
-Checkpoints. :meth:`~DistMuonOptimizerSet.state_dict` is this rank's share (momentum of the
+Checkpoints. :meth:`~DistributedOptimizerSet.state_dict` is this rank's share (momentum of the
 matrices it owns, its AdamW shards) plus the layout needed to rebuild whole tensors; it reloads
-only under the same layout. :meth:`~DistMuonOptimizerSet.canonical_state_dict` gathers every
-rank's share to one writer and merges it into exactly the layout of a single-process
-``OptimizerSet.state_dict()`` (whole TP=1 tensors; parameters named by the ``split`` lists), and
-:meth:`~DistMuonOptimizerSet.load_canonical_state_dict` gives each rank of any DP/TP/PP layout
+only under the same layout. :meth:`~DistributedOptimizerSet.canonical_state_dict` gathers every
+rank's share to one writer and merges it into exactly the layout of a single-process set's
+``state_dict()`` (whole TP=1 tensors; parameters named by the ``split`` lists), and
+:meth:`~DistributedOptimizerSet.load_canonical_state_dict` gives each rank of any DP/TP/PP layout
 its share of such a state. A single-process run and any distributed layout therefore resume
-from one another. :func:`~.dist_muon_checkpoint.merge_sharded_states` does the merge offline from
+from one another. :func:`~.checkpoint.merge_sharded_states` does the merge offline from
 per-rank files.
 
 Trade-off: the writer holds the whole optimizer state while saving (as the canonical model
@@ -21,19 +22,14 @@ checkpoint already requires); per-rank files avoid that at the price of an offli
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
-import torch
 import torch.distributed as dist
-from torch import Tensor, nn
+from torch import nn
 
 from wallwm_pretrain.config import OptimConfig
-from wallwm_pretrain.optim import ParamSplit, resolve_auto_ns_dtype, split_parameters
-from wallwm_pretrain.optim.build import muon_hyperparameters
-from wallwm_pretrain.optim.schedule import build_scheduler
-from wallwm_pretrain.parallel.dist_muon import DistMuon, MuonGroups
-from wallwm_pretrain.parallel.dist_muon_adamw import ZeroAdamW
-from wallwm_pretrain.parallel.dist_muon_checkpoint import (
+from wallwm_pretrain.optim.distributed.adamw import ZeroAdamW
+from wallwm_pretrain.optim.distributed.checkpoint import (
     FORMAT,
     group_kinds,
     hyper_of,
@@ -43,11 +39,15 @@ from wallwm_pretrain.parallel.dist_muon_checkpoint import (
     scheduler_by_kind,
     scheduler_for,
 )
-from wallwm_pretrain.parallel.grad_norm import clip_by_global_norm, global_grad_norm
-from wallwm_pretrain.parallel.muon_layout import FusedLayout, fused_layouts
-from wallwm_pretrain.parallel.muon_plan import DEFAULT_BUCKET_ELEMS
+from wallwm_pretrain.optim.distributed.layout import FusedLayout
+from wallwm_pretrain.optim.distributed.muon import DistMuon
+from wallwm_pretrain.optim.distributed.plan import DEFAULT_BUCKET_ELEMS
+from wallwm_pretrain.optim.groups import OptimizerGroups
+from wallwm_pretrain.optim.params import ParamSplit, muon_hyperparameters
+from wallwm_pretrain.optim.sets import GradBuffer, OptimizerSetBase
 
-class DistMuonOptimizerSet:
+
+class DistributedOptimizerSet(OptimizerSetBase):
     """Distributed Muon + ZeRO-1 AdamW with schedules (see the module docstring).
 
     Args:
@@ -56,16 +56,13 @@ class DistMuonOptimizerSet:
         cfg: the ``optim`` section of the run config.
         total_steps: optimizer steps of the whole run.
         ns_dtype: ``float32`` or ``bfloat16``.
-        groups: the stage's process groups (:meth:`MuonGroups.from_megatron`).
-        mode: ``owner``, ``gather`` or ``local`` (see :mod:`.dist_muon`).
+        groups: this rank's process groups (``parallel.state.optimizer_groups``).
+        mode: ``owner``, ``gather`` or ``local`` (see :mod:`.muon`).
         fused: fused row layouts by name; ``None`` finds none.
         split_fused: orthogonalise Q/K/V, gate/up, K/V separately.
         ns_variant: ``quintic`` or ``polar_express``.
-        ddp: megatron DDP wrapper (or one per pipeline chunk) whose buffers
+        grad_buffers: data-parallel wrappers (one per pipeline chunk) whose buffers
             (``param.main_grad``) hold the gradients; ``None`` reads ``param.grad``.
-        model_parallel_group: group over which sliced gradients and stages add up in the norm
-            (megatron's model-parallel group); ``None`` when tp * pp == 1.
-        model_parallel_size: its size.
         bucket_elems: elements per Muon transfer bucket.
         overlap: overlap Muon transfers with Newton-Schulz.
     """
@@ -77,25 +74,18 @@ class DistMuonOptimizerSet:
         cfg: OptimConfig,
         total_steps: int,
         ns_dtype: str,
-        groups: MuonGroups,
+        groups: OptimizerGroups,
         mode: str = "owner",
         fused: Optional[dict[str, FusedLayout]] = None,
         split_fused: bool = True,
         ns_variant: str = "quintic",
-        ddp: Any = None,
-        model_parallel_group: Optional[dist.ProcessGroup] = None,
-        model_parallel_size: int = 1,
+        grad_buffers: Optional[Sequence[GradBuffer]] = None,
         bucket_elems: int = DEFAULT_BUCKET_ELEMS,
         overlap: bool = True,
     ) -> None:
-        self.split = split
-        self._params = named_params
-        self.groups = groups
-        self.ddps = list(ddp) if isinstance(ddp, (list, tuple)) else ([ddp] if ddp is not None else [])
-        self.mp_group, self.mp_size = model_parallel_group, model_parallel_size
-        self._synced = False
-        grad_fn = (lambda p: p.main_grad) if self.ddps else None
-        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        super().__init__(named_params, split, groups, grad_buffers)
+        groups = self.groups
+        grad_fn = self._grad_fn()
         self.muon: Optional[DistMuon] = None
         if split.muon:
             self.muon = DistMuon(
@@ -127,40 +117,7 @@ class DistMuonOptimizerSet:
                 grad_fn=grad_fn,
             )
             self.optimizers["adamw"] = self.adamw.inner
-        self.schedulers = {
-            key: build_scheduler(opt, cfg.warmup_steps, total_steps, cfg.min_lr_ratio)
-            for key, opt in self.optimizers.items()
-        }
-
-    # -- the loop -------------------------------------------------------------------------
-    def finish_grad_sync(self) -> None:
-        """Complete the data-parallel gradient reduction of this step (idempotent per step)."""
-        if not self._synced:
-            for ddp in self.ddps:
-                ddp.finish_grad_sync()
-        self._synced = True
-
-    def _grad(self, p: Tensor) -> Optional[Tensor]:
-        return p.main_grad if self.ddps else p.grad
-
-    @torch.no_grad()
-    def clip_grad_norm(self, max_norm: float) -> float:
-        """Scale all gradients so the norm of the logical model's gradient is <= ``max_norm``.
-
-        Returns:
-            The global norm before clipping (same on every rank).
-
-        Raises:
-            ValueError: a negative ``max_norm``.
-        """
-        if max_norm < 0:
-            raise ValueError(f"max_norm must be >= 0 (0 disables clipping), got {max_norm}")
-        self.finish_grad_sync()
-        pairs = [(p, g) for p in self._params.values() if (g := self._grad(p)) is not None]
-        device = next(iter(self._params.values())).device
-        total = global_grad_norm(pairs, self.groups.tp_rank, self.mp_group, self.mp_size, device)
-        clip_by_global_norm([g for _, g in pairs], total, max_norm)
-        return float(total)
+        self._build_schedulers(cfg, total_steps)
 
     def step(self) -> None:
         """One update of every parameter, then advance the schedules (a collective)."""
@@ -175,21 +132,6 @@ class DistMuonOptimizerSet:
         finally:
             self._synced = False
 
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        """Clear all gradients, including DDP's buffers."""
-        for p in self._params.values():
-            if set_to_none or self.ddps:
-                p.grad = None
-            elif p.grad is not None:
-                p.grad.zero_()
-        for ddp in self.ddps:
-            ddp.zero_grad_buffer()
-        self._synced = False
-
-    def lrs(self) -> dict[str, float]:
-        """Current (scheduled) learning rate per optimizer."""
-        return {key: float(opt.param_groups[0]["lr"]) for key, opt in self.optimizers.items()}
-
     @property
     def ns_calls(self) -> dict[str, int]:
         """Newton-Schulz orthogonalisations made on this rank, per logical matrix."""
@@ -201,10 +143,6 @@ class DistMuonOptimizerSet:
             "muon": self.muon.state_numel() if self.muon is not None else 0,
             "adamw": self.adamw.state_numel() if self.adamw is not None else 0,
         }
-
-    def param_groups_summary(self) -> dict[str, dict[str, int]]:
-        """Tensor and element counts (this rank's pieces) per optimizer and AdamW group."""
-        return self.split.summary(self._params)
 
     # -- checkpoints ----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -243,7 +181,7 @@ class DistMuonOptimizerSet:
             sched.load_state_dict(state["schedulers"][key])
 
     def canonical_state_dict(
-        self, dst: int = 0, group: Optional[dist.ProcessGroup] = None, order: Optional[list[str]] = None
+        self, order: Optional[list[str]] = None, dst: int = 0, group: Optional[dist.ProcessGroup] = None
     ) -> Optional[dict]:
         """The whole optimizer state in single-process ``OptimizerSet`` layout, on rank ``dst``.
 
@@ -270,7 +208,7 @@ class DistMuonOptimizerSet:
         """Take this rank's share of a single-process-layout state (from any layout).
 
         Args:
-            state: :meth:`canonical_state_dict` output or ``OptimizerSet.state_dict()``; it may
+            state: :meth:`canonical_state_dict` output or ``ReplicatedOptimizerSet.state_dict()``; it may
                 hold more parameters (other pipeline stages) than this rank.
 
         Raises:
@@ -302,77 +240,3 @@ class DistMuonOptimizerSet:
         for key, sched in self.schedulers.items():
             common, per_kind = scheduler_by_kind(state["schedulers"][key], group_kinds(key, saved))
             sched.load_state_dict(scheduler_for(common, per_kind, group_kinds(key, mine)))
-
-
-_WRAPPERS = ("GlobalBatchLoss", "StageModule")  # hold the model as `.model`
-
-
-def _unwrap(model: nn.Module) -> tuple[nn.Module, Any]:
-    """(bare model, megatron DDP wrapper or None), without importing the model package."""
-    from megatron.core.distributed import DistributedDataParallel
-
-    ddp = model if isinstance(model, DistributedDataParallel) else None
-    bare = model.module if ddp is not None else model
-    while type(bare).__name__ in _WRAPPERS:
-        bare = bare.model
-    return bare, ddp
-
-
-def build_dist_muon_optimizer(
-    model: nn.Module | list[nn.Module],
-    cfg: OptimConfig,
-    total_steps: int,
-    device_type: str,
-    groups: Optional[MuonGroups] = None,
-    mode: str = "owner",
-    split_fused: bool = True,
-    ns_variant: str = "quintic",
-    bucket_elems: int = DEFAULT_BUCKET_ELEMS,
-    overlap: bool = True,
-) -> DistMuonOptimizerSet:
-    """Distributed Muon + ZeRO-1 AdamW for a (DDP-wrapped, tensor/pipeline-parallel) model.
-
-    Args:
-        model: what ``parallelize_model`` returned, this rank's list of pipeline chunks (each
-            DDP-wrapped or not, in model order), or a bare model (gradients in ``p.grad``).
-        cfg: the ``optim`` section of the run config.
-        total_steps: optimizer steps of the whole run.
-        device_type: ``cuda`` or ``cpu`` (picks the Newton-Schulz dtype for ``ns_dtype=auto``).
-        groups: default :meth:`MuonGroups.from_megatron`.
-        mode, split_fused, ns_variant, bucket_elems, overlap: see :class:`DistMuonOptimizerSet`.
-
-    Raises:
-        ValueError: no trainable parameters, chunks of which only some are DDP-wrapped, or a
-            bad setting.
-    """
-    from megatron.core import parallel_state as ps
-
-    chunks = [_unwrap(m) for m in (model if isinstance(model, (list, tuple)) else [model])]
-    ddps = [d for _, d in chunks if d is not None]
-    if ddps and len(ddps) != len(chunks):
-        raise ValueError(f"build_dist_muon_optimizer: {len(ddps)} of {len(chunks)} chunks are DDP-wrapped; wrap all or none")
-    named = {n: p for bare, _ in chunks for n, p in bare.named_parameters() if p.requires_grad}
-    if not named:
-        raise ValueError("build_dist_muon_optimizer: the model has no trainable parameters")
-    splits = [split_parameters(bare) for bare, _ in chunks]
-    split = ParamSplit(*([n for s in splits for n in getattr(s, k)] for k in ("muon", "adamw_decay", "adamw_no_decay")))
-    groups = groups or MuonGroups.from_megatron()
-    fused = {n: f for bare, _ in chunks for n, f in fused_layouts(bare, groups.tp_size).items()} if split_fused else None
-    mp_size = ps.get_tensor_model_parallel_world_size() * ps.get_pipeline_model_parallel_world_size()
-    return DistMuonOptimizerSet(
-        named,
-        split,
-        cfg,
-        total_steps,
-        resolve_auto_ns_dtype(cfg.ns_dtype, device_type),
-        groups,
-        mode=mode,
-        fused=fused,
-        split_fused=split_fused,
-        ns_variant=ns_variant,
-        ddp=ddps or None,
-        model_parallel_group=ps.get_model_parallel_group() if mp_size > 1 else None,
-        model_parallel_size=mp_size,
-        bucket_elems=bucket_elems,
-        overlap=overlap,
-    )

@@ -2,7 +2,7 @@
 
 Single-process Muon (``wallwm_pretrain.optim.muon``) run on every rank of a DP x TP stage does
 the same Newton-Schulz work DP x TP times over and keeps DP copies of the momentum. Here every
-logical matrix (a whole weight, or Q, K, V, gate, up of a fused one; see :mod:`.muon_plan`)
+logical matrix (a whole weight, or Q, K, V, gate, up of a fused one; see :mod:`.plan`)
 has one home among the stage's ranks. Per step and bucket of matrices:
 
 1. *to the home* (tensor-parallel pieces only): the ranks of the home's data-parallel replica
@@ -52,8 +52,9 @@ from wallwm_pretrain.optim.newton_schulz import (
     newton_schulz,
     resolve_ns_dtype,
 )
-from wallwm_pretrain.parallel.muon_layout import FusedLayout
-from wallwm_pretrain.parallel.muon_plan import (
+from wallwm_pretrain.optim.distributed.layout import FusedLayout
+from wallwm_pretrain.optim.groups import OptimizerGroups
+from wallwm_pretrain.optim.distributed.plan import (
     DEFAULT_BUCKET_ELEMS,
     LogicalMatrix,
     assign_homes,
@@ -61,7 +62,7 @@ from wallwm_pretrain.parallel.muon_plan import (
     fingerprint,
     logical_matrices,
 )
-from wallwm_pretrain.parallel.tp_matrices import restride, unstride
+from wallwm_pretrain.optim.distributed.tp_matrices import restride, unstride
 
 MODES = ("owner", "gather", "local")
 # Same-shape matrices whose smaller side is below this are orthogonalised one at a time: ATen's
@@ -69,52 +70,6 @@ MODES = ("owner", "gather", "local")
 # matmul, which would break bit-equality with single-process Muon, and batching such small
 # matrices saves nothing worth having.
 BATCH_MIN_SIDE = 16
-
-
-@dataclass(frozen=True)
-class MuonGroups:
-    """The process groups distributed Muon needs, for one pipeline stage.
-
-    Attributes:
-        stage: the stage's DP x TP ranks (megatron's tensor-and-data-parallel group).
-        tp: this rank's tensor-parallel group.
-        dp: this rank's data-parallel group.
-        tp_rank, tp_size, dp_rank, dp_size, pp_rank: this rank's coordinates.
-    """
-
-    stage: Optional[dist.ProcessGroup]
-    tp: Optional[dist.ProcessGroup]
-    dp: Optional[dist.ProcessGroup]
-    tp_rank: int
-    tp_size: int
-    dp_rank: int
-    dp_size: int
-    pp_rank: int = 0
-
-    @property
-    def stage_size(self) -> int:
-        return self.tp_size * self.dp_size
-
-    @classmethod
-    def from_megatron(cls) -> "MuonGroups":
-        """Groups of megatron-core's parallel state (call after ``init_parallel``)."""
-        from megatron.core import parallel_state as ps
-
-        return cls(
-            stage=ps.get_tensor_and_data_parallel_group(),
-            tp=ps.get_tensor_model_parallel_group(),
-            dp=ps.get_data_parallel_group(),
-            tp_rank=ps.get_tensor_model_parallel_rank(),
-            tp_size=ps.get_tensor_model_parallel_world_size(),
-            dp_rank=ps.get_data_parallel_rank(),
-            dp_size=ps.get_data_parallel_world_size(),
-            pp_rank=ps.get_pipeline_model_parallel_rank(),
-        )
-
-    @classmethod
-    def single(cls) -> "MuonGroups":
-        """One process: no collectives at all."""
-        return cls(None, None, None, 0, 1, 0, 1, 0)
 
 
 class _Pending:
@@ -146,7 +101,7 @@ class DistMuon(torch.optim.Optimizer):
     def __init__(
         self,
         named_params: dict[str, Tensor],
-        groups: MuonGroups,
+        groups: OptimizerGroups,
         lr: float = 0.02,
         weight_decay: float = 0.0,
         momentum: float = 0.95,
@@ -171,7 +126,7 @@ class DistMuon(torch.optim.Optimizer):
             lr, weight_decay, momentum, nesterov, ns_steps, ns_dtype, ns_coefficients, eps,
                 ns_norm_scale: as :class:`~wallwm_pretrain.optim.muon.Muon`.
             mode: ``owner``, ``gather`` or ``local``.
-            fused: fused row layouts by parameter name (:func:`.muon_layout.fused_layouts`).
+            fused: fused row layouts by parameter name (:func:`.layout.fused_layouts`).
             split_fused: orthogonalise the logical matrices of fused weights separately.
             bucket_elems: elements per transfer bucket.
             overlap: start the next bucket's transfer before orthogonalising the current one.

@@ -1,0 +1,14 @@
+"""Distributed Muon: each logical matrix orthogonalised once, on its home rank, with ZeRO-1 AdamW.
+
+- :mod:`.plan`: logical matrices (fused weights split into Q, K, V / gate, up / K, V), their
+  home ranks (LPT balancing on Newton-Schulz cost) and transfer buckets;
+- :mod:`.layout`: where megatron-core fuses linear maps into one weight;
+- :mod:`.tp_matrices`: whole matrices from tensor-parallel slices and back;
+- :mod:`.muon`: the optimizer (owner and gather modes);
+- :mod:`.adamw`: AdamW with its state sharded over data-parallel ranks;
+- :mod:`.checkpoint`: every rank's share merged into the single-process layout;
+- :mod:`.optimizer_set`: both under one :class:`~wallwm_pretrain.optim.sets.OptimizerSet`.
+
+Process groups come in as :class:`~wallwm_pretrain.optim.groups.OptimizerGroups`; nothing here
+creates one.
+"""
