@@ -186,7 +186,7 @@ class CoupledLayer(nn.Module):
     def forward(self, s: Streams) -> Streams:
         video = self.video(s)
         # Actions read this layer's video output; gradients flow back into the video tower
-        # unless a stage preset freezes it.
+        # (one-way: the video block never reads the action stream).
         action = self.action(s, video)
         return s.with_towers(video, action)
 
