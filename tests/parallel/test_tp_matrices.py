@@ -4,7 +4,7 @@ all without processes."""
 import pytest
 import torch
 
-from wallwm_pretrain.config import ModelConfig, load_config
+from wallwm_pretrain.config import load_config
 from wallwm_pretrain.optim import LocalMatrices, Muon, adamw_rms_scale, newton_schulz
 from wallwm_pretrain.optim.grad_norm import clip_by_global_norm, global_grad_norm
 from wallwm_pretrain.optim.distributed.tp_matrices import TensorParallelMatrices, restride, unstride

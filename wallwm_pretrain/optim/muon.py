@@ -100,9 +100,29 @@ class LocalMatrices:
         return param.size(0), param.size(1)
 
 
-def muon_defaults(lr, weight_decay, momentum, nesterov, ns_steps, ns_dtype, ns_coefficients, eps,
-                  ns_norm_scale) -> dict:
+def muon_defaults(
+    lr: float = 0.02,
+    weight_decay: float = 0.0,
+    momentum: float = 0.95,
+    nesterov: bool = True,
+    ns_steps: int = DEFAULT_NS_STEPS,
+    ns_dtype: str = "float32",
+    ns_coefficients: Coefficients = NS_COEFFICIENTS,
+    eps: float = DEFAULT_EPS,
+    ns_norm_scale: float = 1.0,
+) -> dict:
     """Checked param-group defaults of Muon (shared by :class:`Muon` and the distributed one).
+
+    Args:
+        lr: learning rate before the per-shape 0.2 sqrt(max(A, B)) factor.
+        weight_decay: decoupled weight decay; each step multiplies W by 1 - lr * weight_decay.
+        momentum: EMA coefficient mu of the momentum buffer, in [0, 1).
+        nesterov: use the Nesterov look-ahead lerp(G, M, mu) instead of M.
+        ns_steps: Newton-Schulz iterations.
+        ns_dtype: Newton-Schulz precision, ``float32`` or ``bfloat16``.
+        ns_coefficients: quintic coefficients (a, b, c), or one triple per step.
+        eps: Frobenius-norm floor inside Newton-Schulz.
+        ns_norm_scale: Newton-Schulz divides its input by this times its Frobenius norm.
 
     Raises:
         ValueError: naming the hyper-parameter out of range.
@@ -139,43 +159,28 @@ class Muon(torch.optim.Optimizer):
     def __init__(
         self,
         params: Iterable[Tensor] | Iterable[dict],
-        lr: float = 0.02,
-        weight_decay: float = 0.0,
-        momentum: float = 0.95,
-        nesterov: bool = True,
-        ns_steps: int = DEFAULT_NS_STEPS,
-        ns_dtype: str = "float32",
-        ns_coefficients: Coefficients = NS_COEFFICIENTS,
-        eps: float = DEFAULT_EPS,
         matrices: Optional[LocalMatrices] = None,
         fused: Optional[Mapping[Tensor, FusedRows]] = None,
-        ns_norm_scale: float = 1.0,
+        **hyper,
     ) -> None:
         """Create the optimizer.
 
         Args:
             params: 2-D tensors, or param-group dicts holding them.
-            lr: learning rate before the per-shape 0.2 sqrt(max(A, B)) factor.
-            weight_decay: decoupled weight decay; each step multiplies W by 1 - lr * weight_decay.
-            momentum: EMA coefficient mu of the momentum buffer, in [0, 1).
-            nesterov: use the Nesterov look-ahead lerp(G, M, mu) instead of M.
-            ns_steps: Newton-Schulz iterations.
-            ns_dtype: Newton-Schulz precision, ``float32`` or ``bfloat16``.
-            ns_coefficients: quintic coefficients (a, b, c), or one triple per step.
-            eps: Frobenius-norm floor inside Newton-Schulz.
             matrices: how to reach the whole matrix of a parameter that holds a slice of it
                 (default :class:`LocalMatrices`: every parameter is whole).
             fused: row layouts of fused weights (keyed by the parameter tensor); each is
                 orthogonalised per logical matrix. Parameters not in it are one matrix each.
-            ns_norm_scale: Newton-Schulz divides its input by this times its Frobenius norm.
+            hyper: the hyper-parameters of :func:`muon_defaults` (``lr``, ``weight_decay``,
+                ``momentum``, ``nesterov``, ``ns_steps``, ``ns_dtype``, ``ns_coefficients``,
+                ``eps``, ``ns_norm_scale``), by keyword, with its defaults.
 
         Raises:
             ValueError: a bad hyper-parameter, a parameter that is not 2-D, a fused layout that
                 does not fit its parameter, or ``fused`` together with a slicing ``matrices``
                 hook (the distributed optimizer splits slices itself).
         """
-        defaults = muon_defaults(lr, weight_decay, momentum, nesterov, ns_steps, ns_dtype, ns_coefficients, eps,
-                                 ns_norm_scale)
+        defaults = muon_defaults(**hyper)
         super().__init__(params, defaults)
         for group in self.param_groups:
             for p in group["params"]:

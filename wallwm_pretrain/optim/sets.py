@@ -74,36 +74,50 @@ class OptimizerSet(Protocol):
 
 
 class OptimizerSetBase:
-    """What every optimizer set does alike: gradients, clipping, zeroing, schedules, summaries.
+    """What every optimizer set does alike: hyper-parameters, gradients, clipping, zeroing,
+    schedules, summaries. A subclass builds ``self.optimizers`` (``muon``, ``adamw``) from
+    :attr:`muon_hyper`, :attr:`adamw_hyper` and :attr:`adamw_groups`, then calls
+    :meth:`_build_schedulers`.
 
     Args:
         named_params: this rank's trainable parameters by name (the whole model's names).
         split: which names go to Muon and to the two AdamW groups.
+        cfg: the ``optim`` section of the run config.
+        total_steps: optimizer steps of the whole run (end of the cosine decay).
+        ns_dtype: Newton-Schulz precision, ``float32`` or ``bfloat16``.
         groups: this rank's process groups; ``None`` = one process, no collectives.
         grad_buffers: data-parallel wrappers whose buffers (``param.main_grad``) hold the
             gradients; ``None`` reads ``param.grad``.
+        ns_variant: ``quintic`` or ``polar_express`` (Newton-Schulz coefficients).
     """
 
     def __init__(
         self,
         named_params: dict[str, nn.Parameter],
         split: ParamSplit,
+        cfg: OptimConfig,
+        total_steps: int,
+        ns_dtype: str,
         groups: Optional[OptimizerGroups] = None,
         grad_buffers: Optional[Sequence[GradBuffer]] = None,
+        ns_variant: str = "quintic",
     ) -> None:
         self.split = split
         self._params = named_params
         self.groups = groups or OptimizerGroups.single()
         self.grad_buffers = list(grad_buffers or [])
+        self.muon_hyper = muon_hyperparameters(cfg, ns_dtype, ns_variant)
+        self.adamw_hyper = dict(lr=cfg.adamw_lr, betas=(float(cfg.adamw_betas[0]), float(cfg.adamw_betas[1])),
+                                eps=cfg.adamw_eps)
+        # (names, weight decay) per AdamW group: norms, biases and 1-D tensors are not decayed
+        self.adamw_groups = [(split.adamw_decay, cfg.weight_decay), (split.adamw_no_decay, 0.0)]
+        self._schedule = (cfg.warmup_steps, total_steps, cfg.min_lr_ratio)
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.schedulers: dict[str, Any] = {}
         self._synced = False
 
-    def _build_schedulers(self, cfg: OptimConfig, total_steps: int) -> None:
-        self.schedulers = {
-            key: build_scheduler(opt, cfg.warmup_steps, total_steps, cfg.min_lr_ratio)
-            for key, opt in self.optimizers.items()
-        }
+    def _build_schedulers(self) -> None:
+        self.schedulers = {key: build_scheduler(opt, *self._schedule) for key, opt in self.optimizers.items()}
 
     def _grad(self, p: Tensor) -> Optional[Tensor]:
         return p.main_grad if self.grad_buffers else p.grad
@@ -187,53 +201,35 @@ class ReplicatedOptimizerSet(OptimizerSetBase):
     learning rates of the next step.
 
     Args:
-        named_params, split, groups, grad_buffers: see :class:`OptimizerSetBase`.
-        cfg: the ``optim`` section of the run config.
-        total_steps: optimizer steps of the whole run.
-        ns_dtype: ``float32`` or ``bfloat16``.
+        *common, **common_kw: as :class:`OptimizerSetBase` (parameters, split, config, steps,
+            Newton-Schulz dtype, groups, grad buffers, Newton-Schulz variant).
         matrices: Muon's hook to the whole matrix of a sliced parameter (``LocalMatrices``:
             every parameter is its own matrix).
         fused: row layouts of fused Muon weights by name (QKV, gate/up, KV), orthogonalised
             per logical matrix; ``None`` treats every weight as one matrix.
-        ns_variant: ``quintic`` or ``polar_express``.
     """
 
     def __init__(
         self,
-        named_params: dict[str, nn.Parameter],
-        split: ParamSplit,
-        cfg: OptimConfig,
-        total_steps: int,
-        ns_dtype: str,
-        groups: Optional[OptimizerGroups] = None,
+        *common,
         matrices: Optional[LocalMatrices] = None,
         fused: Optional[dict[str, FusedRows]] = None,
-        ns_variant: str = "quintic",
-        grad_buffers: Optional[Sequence[GradBuffer]] = None,
+        **common_kw,
     ) -> None:
-        super().__init__(named_params, split, groups, grad_buffers)
+        super().__init__(*common, **common_kw)
+        params, split = self._params, self.split
         self.matrices = matrices or LocalMatrices()
-        layouts = {named_params[n]: layout for n, layout in (fused or {}).items() if n in split.muon}
+        layouts = {params[n]: layout for n, layout in (fused or {}).items() if n in split.muon}
         if split.muon:
             self.optimizers["muon"] = Muon(
-                [named_params[n] for n in split.muon],
-                **muon_hyperparameters(cfg, ns_dtype, ns_variant),
-                matrices=self.matrices,
-                fused=layouts,
+                [params[n] for n in split.muon], **self.muon_hyper, matrices=self.matrices, fused=layouts
             )
         adamw_groups = [
-            {"params": [named_params[n] for n in names], "weight_decay": wd}
-            for names, wd in ((split.adamw_decay, cfg.weight_decay), (split.adamw_no_decay, 0.0))
-            if names
+            {"params": [params[n] for n in names], "weight_decay": wd} for names, wd in self.adamw_groups if names
         ]
         if adamw_groups:
-            self.optimizers["adamw"] = torch.optim.AdamW(
-                adamw_groups,
-                lr=cfg.adamw_lr,
-                betas=(float(cfg.adamw_betas[0]), float(cfg.adamw_betas[1])),
-                eps=cfg.adamw_eps,
-            )
-        self._build_schedulers(cfg, total_steps)
+            self.optimizers["adamw"] = torch.optim.AdamW(adamw_groups, **self.adamw_hyper)
+        self._build_schedulers()
 
     def step(self) -> None:
         """One update of every parameter with a gradient, then advance the schedules."""

@@ -36,7 +36,6 @@ plan keeps the slowest home within 4/3 of the best possible assignment of the fl
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
@@ -44,14 +43,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from wallwm_pretrain.optim.muon import adamw_rms_scale, apply_update, momentum_update, muon_defaults
-from wallwm_pretrain.optim.newton_schulz import (
-    DEFAULT_EPS,
-    DEFAULT_NS_STEPS,
-    NS_COEFFICIENTS,
-    Coefficients,
-    newton_schulz,
-    resolve_ns_dtype,
-)
+from wallwm_pretrain.optim.newton_schulz import newton_schulz, resolve_ns_dtype
 from wallwm_pretrain.optim.distributed.layout import FusedLayout
 from wallwm_pretrain.optim.groups import OptimizerGroups
 from wallwm_pretrain.optim.distributed.plan import (
@@ -102,29 +94,19 @@ class DistMuon(torch.optim.Optimizer):
         self,
         named_params: dict[str, Tensor],
         groups: OptimizerGroups,
-        lr: float = 0.02,
-        weight_decay: float = 0.0,
-        momentum: float = 0.95,
-        nesterov: bool = True,
-        ns_steps: int = DEFAULT_NS_STEPS,
-        ns_dtype: str = "float32",
-        ns_coefficients: Coefficients = NS_COEFFICIENTS,
-        eps: float = DEFAULT_EPS,
-        ns_norm_scale: float = 1.0,
         mode: str = "owner",
         fused: Optional[dict[str, FusedLayout]] = None,
         split_fused: bool = True,
         bucket_elems: int = DEFAULT_BUCKET_ELEMS,
         overlap: bool = True,
         grad_fn: Optional[Callable[[Tensor], Optional[Tensor]]] = None,
+        **hyper,
     ) -> None:
         """Create the optimizer (a collective over ``groups.stage``: it checks the plan).
 
         Args:
             named_params: this rank's Muon parameters (2-D; TP pieces carry megatron's marks).
             groups: the stage's process groups and this rank's coordinates.
-            lr, weight_decay, momentum, nesterov, ns_steps, ns_dtype, ns_coefficients, eps,
-                ns_norm_scale: as :class:`~wallwm_pretrain.optim.muon.Muon`.
             mode: ``owner``, ``gather`` or ``local``.
             fused: fused row layouts by parameter name (:func:`.layout.fused_layouts`).
             split_fused: orthogonalise the logical matrices of fused weights separately.
@@ -132,6 +114,10 @@ class DistMuon(torch.optim.Optimizer):
             overlap: start the next bucket's transfer before orthogonalising the current one.
             grad_fn: where a parameter's reduced gradient is (default ``p.grad``); a missing
                 gradient counts as zero, as DDP's zeroed buffers do.
+            hyper: Muon's hyper-parameters, the keyword arguments of
+                :class:`~wallwm_pretrain.optim.muon.Muon` (``lr``, ``weight_decay``, ``momentum``,
+                ``nesterov``, ``ns_steps``, ``ns_dtype``, ``ns_coefficients``, ``eps``,
+                ``ns_norm_scale``), with the same defaults and checks (``muon_defaults``).
 
         Raises:
             ValueError: a bad hyper-parameter or mode, a parameter that is not 2-D, or ranks of
@@ -139,8 +125,7 @@ class DistMuon(torch.optim.Optimizer):
         """
         if mode not in MODES:
             raise ValueError(f"distributed Muon mode must be one of {MODES}, got {mode!r}")
-        defaults = muon_defaults(lr, weight_decay, momentum, nesterov, ns_steps, ns_dtype, ns_coefficients, eps,
-                                 ns_norm_scale)
+        defaults = muon_defaults(**hyper)
         for name, p in named_params.items():
             if p.ndim != 2:
                 raise ValueError(f"Muon only takes 2-D parameters, got {name} of shape {tuple(p.shape)}")

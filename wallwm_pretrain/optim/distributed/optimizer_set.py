@@ -22,12 +22,10 @@ checkpoint already requires); per-rank files avoid that at the price of an offli
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import torch.distributed as dist
-from torch import nn
 
-from wallwm_pretrain.config import OptimConfig
 from wallwm_pretrain.optim.distributed.adamw import ZeroAdamW
 from wallwm_pretrain.optim.distributed.checkpoint import (
     FORMAT,
@@ -42,82 +40,51 @@ from wallwm_pretrain.optim.distributed.checkpoint import (
 from wallwm_pretrain.optim.distributed.layout import FusedLayout
 from wallwm_pretrain.optim.distributed.muon import DistMuon
 from wallwm_pretrain.optim.distributed.plan import DEFAULT_BUCKET_ELEMS
-from wallwm_pretrain.optim.groups import OptimizerGroups
-from wallwm_pretrain.optim.params import ParamSplit, muon_hyperparameters
-from wallwm_pretrain.optim.sets import GradBuffer, OptimizerSetBase
+from wallwm_pretrain.optim.sets import OptimizerSetBase
 
 
 class DistributedOptimizerSet(OptimizerSetBase):
     """Distributed Muon + ZeRO-1 AdamW with schedules (see the module docstring).
 
     Args:
-        named_params: this rank's trainable parameters by name (bare model names).
-        split: which names go to Muon and to the two AdamW groups.
-        cfg: the ``optim`` section of the run config.
-        total_steps: optimizer steps of the whole run.
-        ns_dtype: ``float32`` or ``bfloat16``.
-        groups: this rank's process groups (``parallel.state.optimizer_groups``).
+        *common, **common_kw: as :class:`~wallwm_pretrain.optim.sets.OptimizerSetBase`
+            (parameters, split, config, steps, Newton-Schulz dtype, groups, grad buffers,
+            Newton-Schulz variant); ``groups`` is required here.
         mode: ``owner``, ``gather`` or ``local`` (see :mod:`.muon`).
         fused: fused row layouts by name; ``None`` finds none.
         split_fused: orthogonalise Q/K/V, gate/up, K/V separately.
-        ns_variant: ``quintic`` or ``polar_express``.
-        grad_buffers: data-parallel wrappers (one per pipeline chunk) whose buffers
-            (``param.main_grad``) hold the gradients; ``None`` reads ``param.grad``.
         bucket_elems: elements per Muon transfer bucket.
         overlap: overlap Muon transfers with Newton-Schulz.
     """
 
     def __init__(
         self,
-        named_params: dict[str, nn.Parameter],
-        split: ParamSplit,
-        cfg: OptimConfig,
-        total_steps: int,
-        ns_dtype: str,
-        groups: OptimizerGroups,
+        *common,
         mode: str = "owner",
         fused: Optional[dict[str, FusedLayout]] = None,
         split_fused: bool = True,
-        ns_variant: str = "quintic",
-        grad_buffers: Optional[Sequence[GradBuffer]] = None,
         bucket_elems: int = DEFAULT_BUCKET_ELEMS,
         overlap: bool = True,
+        **common_kw,
     ) -> None:
-        super().__init__(named_params, split, groups, grad_buffers)
-        groups = self.groups
-        grad_fn = self._grad_fn()
+        super().__init__(*common, **common_kw)
+        params, split, groups, grad_fn = self._params, self.split, self.groups, self._grad_fn()
         self.muon: Optional[DistMuon] = None
         if split.muon:
             self.muon = DistMuon(
-                {n: named_params[n] for n in split.muon},
-                groups,
-                **muon_hyperparameters(cfg, ns_dtype, ns_variant),
-                mode=mode,
-                fused=fused,
-                split_fused=split_fused,
-                bucket_elems=bucket_elems,
-                overlap=overlap,
-                grad_fn=grad_fn,
+                {n: params[n] for n in split.muon}, groups, mode=mode, fused=fused, split_fused=split_fused,
+                bucket_elems=bucket_elems, overlap=overlap, grad_fn=grad_fn, **self.muon_hyper,
             )
             self.optimizers["muon"] = self.muon
         self.adamw: Optional[ZeroAdamW] = None
         if split.adamw_decay or split.adamw_no_decay:
             self.adamw = ZeroAdamW(
-                named_params,
-                [(split.adamw_decay, cfg.weight_decay), (split.adamw_no_decay, 0.0)],
-                lr=cfg.adamw_lr,
-                betas=(float(cfg.adamw_betas[0]), float(cfg.adamw_betas[1])),
-                eps=cfg.adamw_eps,
-                dp_group=groups.dp,
-                dp_rank=groups.dp_rank,
-                dp_size=groups.dp_size,
-                tp_size=groups.tp_size,
-                tp_rank=groups.tp_rank,
-                pp_rank=groups.pp_rank,
-                grad_fn=grad_fn,
+                params, self.adamw_groups, **self.adamw_hyper,
+                dp_group=groups.dp, dp_rank=groups.dp_rank, dp_size=groups.dp_size,
+                tp_size=groups.tp_size, tp_rank=groups.tp_rank, pp_rank=groups.pp_rank, grad_fn=grad_fn,
             )
             self.optimizers["adamw"] = self.adamw.inner
-        self._build_schedulers(cfg, total_steps)
+        self._build_schedulers()
 
     def step(self) -> None:
         """One update of every parameter, then advance the schedules (a collective)."""
