@@ -13,7 +13,7 @@ K = 4
 
 
 @pytest.fixture
-def model(single_process):
+def model():
     torch.manual_seed(0)
     m = WallWM(CFG, frame_stride=K, caption_max_len=16)
     for p in m.parameters():  # leave adaLN-Zero's zero init, so every path is live

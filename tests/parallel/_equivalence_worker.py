@@ -74,7 +74,7 @@ def train(ctx, gather_tp_matrices: bool = True, overlap: bool = False, bucket_si
     from wallwm_pretrain.parallel.parallelize import build_parallel_optimizer, parallelize_model, unwrap_model
 
     torch.manual_seed(0)
-    model = WallWM(cfg, frame_stride=K, caption_max_len=16)
+    model = WallWM(cfg, frame_stride=K, caption_max_len=16, pg_collection=ctx.pg_collection)
     model = parallelize_model(model, ctx, overlap_grad_reduce=overlap, bucket_size=bucket_size)
     bare = unwrap_model(model)
     optim = build_parallel_optimizer(model, OPTIM, total_steps=10, ctx=ctx, gather_tp_matrices=gather_tp_matrices)

@@ -1,8 +1,9 @@
 """Tensor- and data-parallel training of :class:`WallWM`: the API the trainer calls.
 
-Tensor parallel needs no wrapping: built after :func:`init_parallel`, the model's megatron-core
-layers already hold this rank's attention heads and FFN width, and everything else
-(norms, AdaLN, embeddings, heads) is replicated with identical gradients on all TP ranks.
+Tensor parallel needs no wrapping: built with the groups of :func:`init_parallel`
+(``ctx.pg_collection``), the model's megatron-core layers already hold this rank's attention
+heads and FFN width, and everything else (norms, AdaLN, embeddings, heads) is replicated with
+identical gradients on all TP ranks.
 Data parallel wraps the model in megatron-core's ``DistributedDataParallel`` (contiguous,
 bucketed gradient buffers; the all-reduce overlaps backward on GPU), around
 :class:`GlobalBatchLoss`, which makes each rank's loss its share of the global-batch loss.
@@ -15,7 +16,8 @@ Calling sequence (every rank runs the same code)::
     ctx = init_parallel(cfg.parallel.tp, cfg.parallel.pp, cfg.train.device, cfg.train.seed)
     validate_tensor_parallel(cfg.model, ctx.tp)           # before building: clear errors
     torch.manual_seed(cfg.train.seed)                     # same seed on every rank
-    model = WallWM(cfg.model, ...).to(ctx.device)         # this rank's TP slices, same init
+    model = WallWM(cfg.model, ..., pg_collection=ctx.pg_collection)  # this rank's TP slices,
+    model = model.to(ctx.device)                          # same init on every TP layout
     model = parallelize_model(model, ctx)                 # DDP(GlobalBatchLoss(model))
     optim = build_parallel_optimizer(model, cfg.optim, cfg.train.steps, ctx)
     noise_rng = flow_noise_generator(cfg.train.seed, ctx) # same draws on TP peers
