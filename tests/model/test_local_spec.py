@@ -18,8 +18,7 @@ import pytest
 import torch
 
 from wallwm_pretrain.config import ModelConfig
-from wallwm_pretrain.model import WallWM
-from wallwm_pretrain.model import spec
+from wallwm_pretrain.model import WallWM, spec
 from wallwm_pretrain.model.local_layers import LocalCoreAttention, LocalMLP
 from wallwm_pretrain.model.recompute import RecomputedCoreAttention, RecomputedLocalCoreAttention
 
@@ -93,7 +92,7 @@ def test_local_model_builds_and_runs_without_any_process_group():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split("\n")[-2] == "False False [] True True"
+    assert done.stdout.strip().splitlines()[-1] == "False False [] True True"
 
 
 def test_state_dicts_are_interchangeable(single_process):
