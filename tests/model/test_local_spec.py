@@ -1,6 +1,7 @@
 """The model built with no process group (local layers) against megatron-core's layers at TP=1:
 same state-dict keys and shapes, same initial weights from the same seed, same losses, outputs
-and gradients of every parameter (padding, selective recomputation, query groups).
+and gradients of every parameter (padding, selective recomputation, query groups). And the
+megatron-built model hands its tensor-parallel group to every megatron layer.
 
 Tolerance: rtol=1e-6, atol=1e-7 (fp32). Both run the same torch operations in the same order
 (scores scaled inside ``baddbmm``, -10000 in masked scores, ``[gate; up]`` SiLU), and on this
@@ -12,10 +13,12 @@ torch's matmul backward for the local ones): a few fp32 ulp (eps = 1.2e-7).
 import dataclasses
 import subprocess
 import sys
+import warnings
 from dataclasses import replace
 
 import pytest
 import torch
+from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
 
 from wallwm_pretrain.config import ModelConfig
 from wallwm_pretrain.model import WallWM, spec
@@ -93,6 +96,18 @@ def test_local_model_builds_and_runs_without_any_process_group():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "False False [] True True"
+
+
+def test_every_megatron_layer_is_given_its_group(single_process):
+    """Built with the collection, no megatron layer falls back to the global tensor-parallel group
+    (megatron warns each time one does)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = build(single_process.pg_collection)
+    fallbacks = [str(w.message) for w in caught if "tp_group is None" in str(w.message)]
+    assert fallbacks == []
+    linears = [m for m in model.modules() if isinstance(m, (ColumnParallelLinear, RowParallelLinear))]
+    assert linears and all(m.tp_group is single_process.pg_collection.tp for m in linears)
 
 
 def test_state_dicts_are_interchangeable(single_process):
