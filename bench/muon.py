@@ -323,7 +323,7 @@ def run_train(steps: int) -> None:
     from wallwm_pretrain.optim.distributed.layout import fused_layouts
 
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml", [])
-    init_parallel(1, 1, "cpu", seed=0)
+    ctx = init_parallel(1, 1, "cpu", seed=0)
     t, b = cfg.data.max_frames, cfg.data.batch_size
     size = cfg.model.image_size
 
@@ -339,7 +339,8 @@ def run_train(steps: int) -> None:
     setups = {}
     for name in ("muon", "muon_split", "adamw"):
         torch.manual_seed(0)
-        model = WallWM(cfg.model)
+        # megatron's layers: fused_layouts recognises their fused QKV / KV / fc1 weights
+        model = WallWM(cfg.model, pg_collection=ctx.pg_collection)
         named = {n: p for n, p in model.named_parameters() if p.requires_grad}
         split = split_parameters(model)
         fused = None

@@ -5,7 +5,8 @@
 Checkpoints already hold the model in the single-process layout (tensor- and pipeline-parallel
 slices are gathered when saving), so export keeps only the weights: one safetensors file whose
 metadata carries the resolved run config (YAML) and the step, plus the config beside it as
-``<out>.yaml``. :func:`load_exported` rebuilds the model on one process from that file alone.
+``<out>.yaml``. :func:`load_exported` rebuilds the model on one process from that file alone,
+from local layers (no process group, no ``torch.distributed``; see ``model/spec.py``).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def export(ckpt: str | Path, out: str | Path) -> Path:
 
 
 def load_exported(path: str | Path, device: str = "cpu"):
-    """The model of an exported file on one process (needs model-parallel state of size 1).
+    """The model of an exported file on one process (local layers, no process group needed).
 
     Returns:
         (model, config): a :class:`WallWM` in eval mode and its run config.
@@ -56,6 +57,7 @@ def _build(config_yaml: str, weights: dict, device: str):
     from wallwm_pretrain.model import WallWM
 
     cfg = config_from_stored(config_yaml)  # translates configs written before keys moved
+    # no pg_collection: local layers, which load the megatron-built model's state dict as it is
     model = WallWM(cfg.model)
     model.load_state_dict(weights, strict=True)
     return model.to(device).eval(), cfg
@@ -63,8 +65,8 @@ def _build(config_yaml: str, weights: dict, device: str):
 
 def load_model(path: str | Path, device: str = "cpu"):
     """(model in eval mode, run config) from an exported ``.safetensors`` file, a checkpoint
-    step folder, or a run folder (its newest complete checkpoint); needs model-parallel state
-    of size 1 (``init_parallel(1, 1, ...)``)."""
+    step folder, or a run folder (its newest complete checkpoint); built from local layers,
+    with no process group."""
     path = Path(path)
     if path.is_file():
         return load_exported(path, device)

@@ -14,7 +14,7 @@ CFG = ModelConfig(hidden_size=32, num_layers=1, num_heads=4, ffn_hidden_size=64,
 
 
 @pytest.fixture
-def model(single_process):
+def model():
     torch.manual_seed(0)
     m = WallWM(CFG)
     for p in m.parameters():  # leave adaLN-Zero's zero init, so every path is live

@@ -26,7 +26,7 @@ def inputs(b, t, caption_len):
     "cfg, b, t, caption_len",
     [(CFG, 3, 12, 10), (replace(CFG, text_layers=2, num_layers=3, ffn_hidden_size=96), 2, 20, 7)],
 )
-def test_forward_formula_equals_counted_matmuls(single_process, cfg, b, t, caption_len):
+def test_forward_formula_equals_counted_matmuls(cfg, b, t, caption_len):
     model = WallWM(cfg)
     with FlopCounterMode(display=False) as counter:
         model(*inputs(b, t, caption_len), generator=torch.Generator().manual_seed(0))
@@ -34,7 +34,7 @@ def test_forward_formula_equals_counted_matmuls(single_process, cfg, b, t, capti
     assert counter.get_total_flops() == b * forward_flops(cfg, shape)["total"]
 
 
-def test_training_is_about_three_forwards(single_process):
+def test_training_is_about_three_forwards():
     """Backward skips the input gradients of the first layers, so it is a little under 2x."""
     model = WallWM(CFG)
     with FlopCounterMode(display=False) as counter:

@@ -1,4 +1,5 @@
-"""Activation recomputation: same loss and gradients as without it, and it really recomputes."""
+"""Activation recomputation: same loss and gradients as without it, and it really recomputes,
+with megatron's layers and with the local ones (a model built without process groups)."""
 
 from dataclasses import replace
 
@@ -8,7 +9,8 @@ from megatron.core.transformer.dot_product_attention import DotProductAttention
 
 from wallwm_pretrain.config import ModelConfig
 from wallwm_pretrain.model import WallWM
-from wallwm_pretrain.model.recompute import RecomputedCoreAttention
+from wallwm_pretrain.model.local_layers import LocalCoreAttention
+from wallwm_pretrain.model.recompute import RecomputedCoreAttention, RecomputedLocalCoreAttention
 
 K = 4
 CFG = ModelConfig(hidden_size=32, num_layers=2, num_heads=4, ffn_hidden_size=64, image_size=16, patch_size=8,
@@ -17,9 +19,22 @@ CFG = ModelConfig(hidden_size=32, num_layers=2, num_heads=4, ffn_hidden_size=64,
 CORES_PER_LAYER = 6
 
 
-def make_model(recompute: str) -> WallWM:
+# the attention core class of each kind of layer, and its recomputed form
+CORES = {"local": (LocalCoreAttention, RecomputedLocalCoreAttention),
+         "megatron": (DotProductAttention, RecomputedCoreAttention)}
+
+
+@pytest.fixture(params=["local", "megatron"])
+def groups(request):
+    """(kind, pg_collection): None for local layers; megatron's needs one process's groups."""
+    if request.param == "local":
+        return "local", None
+    return "megatron", request.getfixturevalue("single_process").pg_collection
+
+
+def make_model(recompute: str, pg_collection=None) -> WallWM:
     torch.manual_seed(0)
-    model = WallWM(replace(CFG, recompute=recompute))
+    model = WallWM(replace(CFG, recompute=recompute), pg_collection=pg_collection)
     with torch.no_grad():  # leave adaLN-Zero so that every path carries gradient
         g = torch.Generator().manual_seed(1)
         for p in model.parameters():
@@ -39,21 +54,23 @@ def batch(t=12):
     return frames, actions, state, lengths, caption, lengths.float() + 2.0
 
 
-def count_core_calls(monkeypatch) -> list:
-    """Every run of megatron's attention core, through the module or (recomputing) directly."""
-    calls, original = [], DotProductAttention.forward
+def count_core_calls(monkeypatch, kind: str) -> list:
+    """Every run of the attention core, through the module or (recomputing) directly."""
+    core = CORES[kind][0]
+    calls, original = [], core.forward
 
     def counted(self, *args, **kwargs):
         calls.append(1)
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(DotProductAttention, "forward", counted)
+    monkeypatch.setattr(core, "forward", counted)
     return calls
 
 
-def loss_grads_and_core_calls(recompute: str, monkeypatch):
-    model = make_model(recompute).train()
-    calls = count_core_calls(monkeypatch)
+def loss_grads_and_core_calls(recompute: str, monkeypatch, groups):
+    kind, pg_collection = groups
+    model = make_model(recompute, pg_collection).train()
+    calls = count_core_calls(monkeypatch, kind)
     out = model(*batch(), generator=torch.Generator().manual_seed(3))
     forward_calls = len(calls)
     out["loss"].backward()
@@ -62,10 +79,10 @@ def loss_grads_and_core_calls(recompute: str, monkeypatch):
 
 
 @pytest.mark.parametrize("mode", ["full", "selective"])
-def test_recompute_gives_the_same_gradients(single_process, mode, monkeypatch):
-    ref_loss, ref_grads, ref_fwd, ref_bwd = loss_grads_and_core_calls("none", monkeypatch)
+def test_recompute_gives_the_same_gradients(groups, mode, monkeypatch):
+    ref_loss, ref_grads, ref_fwd, ref_bwd = loss_grads_and_core_calls("none", monkeypatch, groups)
     monkeypatch.undo()
-    loss, grads, fwd, bwd = loss_grads_and_core_calls(mode, monkeypatch)
+    loss, grads, fwd, bwd = loss_grads_and_core_calls(mode, monkeypatch, groups)
     assert torch.equal(loss, ref_loss)
     for name, g in ref_grads.items():
         torch.testing.assert_close(grads[name], g, rtol=0, atol=1e-7, msg=name)
@@ -76,17 +93,19 @@ def test_recompute_gives_the_same_gradients(single_process, mode, monkeypatch):
     assert bwd == (towers if mode == "full" else ref_fwd)  # full: the coupled layers; selective: every core
 
 
-def test_selective_swaps_only_the_attention_cores(single_process):
-    model = make_model("selective")
-    cores = [m for m in model.modules() if isinstance(m, DotProductAttention)]
-    assert cores and all(isinstance(m, RecomputedCoreAttention) for m in cores)
-    assert not any(isinstance(m, RecomputedCoreAttention) for m in make_model("full").modules())
+def test_selective_swaps_only_the_attention_cores(groups):
+    (_, pg_collection), (core, recomputed) = groups, CORES[groups[0]]
+    model = make_model("selective", pg_collection)
+    cores = [m for m in model.modules() if isinstance(m, core)]
+    assert cores and all(isinstance(m, recomputed) for m in cores)
+    assert not any(isinstance(m, recomputed) for m in make_model("full", pg_collection).modules())
 
 
 @pytest.mark.parametrize("mode", ["full", "selective"])
-def test_no_recompute_in_eval(single_process, mode, monkeypatch):
-    model = make_model(mode).eval()
-    calls = count_core_calls(monkeypatch)
+def test_no_recompute_in_eval(groups, mode, monkeypatch):
+    kind, pg_collection = groups
+    model = make_model(mode, pg_collection).eval()
+    calls = count_core_calls(monkeypatch, kind)
     with torch.no_grad():
         model(*batch(), generator=torch.Generator().manual_seed(3))
     assert len(calls) == CFG.num_layers * CORES_PER_LAYER + CFG.text_layers

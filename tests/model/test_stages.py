@@ -33,7 +33,7 @@ def batch(t=12):
 STAGES = [StageSpec(0, 1, embed=True, head=False), StageSpec(1, 1, False, False), StageSpec(2, 1, False, True)]
 
 
-def test_stages_hold_the_whole_models_weights(single_process):
+def test_stages_hold_the_whole_models_weights():
     whole = dict(build().named_parameters())
     parts = [dict(build(s).named_parameters()) for s in STAGES]
     names = [set(p) for p in parts]
@@ -45,7 +45,7 @@ def test_stages_hold_the_whole_models_weights(single_process):
     assert {n.split(".")[1] for n in names[1]} == {"1"}  # only coupled layer 1, video and action block
 
 
-def test_chained_stages_give_the_whole_models_losses(single_process):
+def test_chained_stages_give_the_whole_models_losses():
     whole, stages = build(), [build(s) for s in STAGES]
     with torch.no_grad():  # leave adaLN-Zero so that every layer matters
         for p in whole.parameters():

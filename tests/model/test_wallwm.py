@@ -38,7 +38,7 @@ def test_patchify_round_trip():
     assert torch.allclose((back + 1) * 127.5, frames.float(), atol=1e-4)
 
 
-def test_parameter_counts_add_up(single_process):
+def test_parameter_counts_add_up():
     counts = make_model().parameter_counts()
     assert counts["video_tower"] > 0 and counts["action_tower"] > 0
     assert counts["video_tower"] + counts["action_tower"] + counts["conditioning"] == counts["total"]
@@ -55,7 +55,7 @@ def _denoise_inputs(model, frames, actions, state, lengths, caption, seed=1):
     return xv, xa, t, t, state, caption, fv, av
 
 
-def test_padding_does_not_leak(single_process):
+def test_padding_does_not_leak():
     """Changing what sits in padded steps (and caption padding) changes no real output."""
     model = make_model().eval()
     xv, xa, tv, ta, st, cap, fv, av = _denoise_inputs(model, *batch()[:5])
@@ -73,7 +73,7 @@ def test_padding_does_not_leak(single_process):
     assert (pa3[av] - pa[av]).abs().max() > 1e-3
 
 
-def test_coupling_is_one_way(single_process):
+def test_coupling_is_one_way():
     """Video predictions ignore actions; action predictions read the video tower."""
     model = make_model()
     for p in model.parameters():  # leave adaLN-Zero so every path is live
@@ -86,7 +86,7 @@ def test_coupling_is_one_way(single_process):
     assert (pa3 - pa).abs().max() > 1e-4
 
 
-def test_losses_are_finite_and_decrease_when_overfitting(single_process):
+def test_losses_are_finite_and_decrease_when_overfitting():
     model = make_model()
     data = batch()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
@@ -104,7 +104,7 @@ def test_losses_are_finite_and_decrease_when_overfitting(single_process):
 
 
 @pytest.mark.parametrize("bad", ["video", "action"])
-def test_loss_ignores_padding_targets(single_process, bad):
+def test_loss_ignores_padding_targets(bad):
     model = make_model()
     frames, actions, state, lengths, caption, remaining = batch()
     ref = model(frames, actions, state, lengths, caption, remaining, generator=torch.Generator().manual_seed(3))
@@ -117,7 +117,7 @@ def test_loss_ignores_padding_targets(single_process, bad):
     torch.testing.assert_close(out["loss"], ref["loss"])
 
 
-def test_remaining_time_head_reads_nothing_that_depends_on_the_event_length(single_process):
+def test_remaining_time_head_reads_nothing_that_depends_on_the_event_length():
     """The time head sees the first frame, state and caption only: lengths, later frames and
     actions change nothing, so training cannot leak the answer through padding masks."""
     model = make_model()
@@ -140,7 +140,7 @@ def test_remaining_time_head_reads_nothing_that_depends_on_the_event_length(sing
     assert (model.remaining_steps(frames3[:, 0], state, caption) - steps).abs().max() > 1e-4
 
 
-def test_remaining_time_head_learns_the_steps_to_the_event_end(single_process):
+def test_remaining_time_head_learns_the_steps_to_the_event_end():
     model = make_model()
     data = batch()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
@@ -155,7 +155,7 @@ def test_remaining_time_head_learns_the_steps_to_the_event_end(single_process):
     assert (steps - data[5]).abs().max() < K, (steps, data[5])
 
 
-def test_time_loss_weight_zero_leaves_the_head_out(single_process):
+def test_time_loss_weight_zero_leaves_the_head_out():
     from dataclasses import replace
 
     torch.manual_seed(0)

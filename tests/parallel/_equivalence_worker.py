@@ -80,7 +80,7 @@ def train(ctx, gather_tp_matrices: bool = True, overlap: bool = False, bucket_si
     from wallwm_pretrain.parallel.state import optimizer_groups
 
     torch.manual_seed(0)
-    model = WallWM(cfg)
+    model = WallWM(cfg, pg_collection=ctx.pg_collection)
     model = parallelize_model(model, ctx, overlap_grad_reduce=overlap, bucket_size=bucket_size)
     bare = unwrap(model)
     if gather_tp_matrices:

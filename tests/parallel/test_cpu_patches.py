@@ -68,7 +68,8 @@ def test_megatron_attention_runs_on_cpu(single_process):
     from wallwm_pretrain.model.spec import build_transformer_config, self_attention
 
     assert cpu_patches.patches_active()
-    attn = self_attention(build_transformer_config(ModelConfig(hidden_size=32, num_heads=4)), 1)
+    config = build_transformer_config(ModelConfig(hidden_size=32, num_heads=4))
+    attn = self_attention(config, 1, pg_collection=single_process.pg_collection)
     x = torch.randn(6, 2, 32)
     mask = torch.zeros(2, 1, 1, 6, dtype=torch.bool)
     out, _ = attn(x, attention_mask=mask)

@@ -19,9 +19,10 @@ CFG = ModelConfig(hidden_size=32, num_layers=1, num_heads=4, ffn_hidden_size=64,
 OPTIM = OptimConfig(lr=0.02, adamw_lr=0.003, warmup_steps=1, muon_mode="replicated", muon_split_fused=False)
 
 
-def make_model():
+def make_model(pg_collection=None):
+    """Local layers by default; megatron's when given the groups (what the parallel wrappers hold)."""
     torch.manual_seed(0)
-    model = WallWM(CFG)
+    model = WallWM(CFG, pg_collection=pg_collection)
     for p in model.parameters():  # leave adaLN-Zero so that every weight gets a gradient
         p.data.add_(0.02 * torch.randn_like(p))
     return model
@@ -38,7 +39,7 @@ def batch(seed=0, t=12):
     return frames, actions, state, lengths, caption, lengths.float() + torch.tensor([0.0, 20.0, 3.0, 11.0])
 
 
-def test_precomputed_noise_equals_generator_draws(single_process):
+def test_precomputed_noise_equals_generator_draws():
     model = make_model()
     data = batch()
     by_generator = model(*data, generator=torch.Generator().manual_seed(7))
@@ -49,7 +50,7 @@ def test_precomputed_noise_equals_generator_draws(single_process):
     assert torch.equal(noise.rows(1, 3).t_action, noise.t_action[1:3])
 
 
-def test_shares_with_global_counts_add_up_to_the_whole_batch(single_process):
+def test_shares_with_global_counts_add_up_to_the_whole_batch():
     model = make_model()
     data = batch()
     noise = model.sample_noise(data[0], data[1], torch.Generator().manual_seed(3))
@@ -77,7 +78,7 @@ def test_shares_with_global_counts_add_up_to_the_whole_batch(single_process):
 
 
 def test_wrapper_keeps_the_model_state_dict_keys(single_process):
-    model = make_model()
+    model = make_model(single_process.pg_collection)
     keys = list(model.state_dict())
     wrapped = parallelize_model(model, single_process)
     assert list(wrapped.state_dict()) == keys
@@ -118,7 +119,7 @@ def _parallel_steps(model, ctx, steps, zero_to_none=True):
 @pytest.mark.parametrize("zero_to_none", [True, False])
 def test_wrapped_training_equals_bare_training_in_one_process(single_process, zero_to_none):
     """DDP buffers, main_grad hand-over and zero_grad (either flavour) change nothing at DP1."""
-    bare, wrapped = make_model(), make_model()
+    bare, wrapped = make_model(single_process.pg_collection), make_model(single_process.pg_collection)
     bare_norms = _bare_steps(bare, 3, zero_to_none)
     par_norms, optim = _parallel_steps(wrapped, single_process, 3, zero_to_none)
     assert par_norms == pytest.approx(bare_norms, rel=1e-6)

@@ -84,7 +84,6 @@ def evaluate(args: argparse.Namespace) -> dict:
     from wallwm_pretrain.eval.openloop import open_loop_error
     from wallwm_pretrain.eval.policy import CheckpointPolicy
     from wallwm_pretrain.eval.report import markdown_table, rate_cell, save_strip, wilson_interval
-    from wallwm_pretrain.parallel import init_parallel, shutdown_parallel
 
     if args.episodes < 1:
         raise ValueError(f"--episodes must be >= 1, got {args.episodes}")
@@ -94,69 +93,67 @@ def evaluate(args: argparse.Namespace) -> dict:
         get_spec(task)  # KeyError naming the supported tasks
     ckpt = Path(args.ckpt)
     out = Path(args.out) if args.out else default_out(ckpt)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda but torch.cuda.is_available() is False")
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     started = time.perf_counter()
-    init_parallel(1, 1, device)
-    try:
-        policy = CheckpointPolicy.load(ckpt, args.stats, device, args.denoise_steps)
-        cfg = policy.cfg
-        if args.heldout:
-            read_index(args.heldout)  # a bad --heldout fails now, not after the rollouts
-        results: dict = {
-            "checkpoint": str(ckpt), "mode": cfg.data.mode, "horizon": policy.horizon, "seed": args.seed,
-            "episodes_per_task": args.episodes, "max_steps": args.max_steps, "denoise_steps": args.denoise_steps,
-            "tasks": {},
-        }
-        with reproducible_heap():
-            results["gl_backend"] = check_rendering()
-            bar = tqdm(total=len(args.tasks) * args.episodes, desc=f"eval ({cfg.data.mode} mode)", unit="ep",
-                       disable=args.quiet)
-            for task in args.tasks:
-                runner = MetaWorldRunner(policy, task, args.max_steps, args.render_size,
-                                         max_plans_per_event=args.max_plans_per_event)
-                try:
-                    episodes = []
-                    for i in range(args.episodes):
-                        ep = runner.run(i, args.seed)
-                        episodes.append(ep)
-                        if i == 0:
-                            verdict = "success" if ep.success else "failure"
-                            save_strip(ep.strip, f"{task} episode {i} ({cfg.data.mode} mode): {verdict} in {ep.steps} steps",
-                                       out / "strips" / f"{task}_ep{i:03d}.png")
-                        bar.update(1)
-                        bar.set_postfix_str(f"{task} {sum(e.success for e in episodes)}/{len(episodes)} ok")
-                finally:
-                    runner.close()
-                wins = sum(e.success for e in episodes)
-                lo, hi = wilson_interval(wins, len(episodes))
-                results["tasks"][task] = {
-                    "successes": wins, "episodes": len(episodes), "success_rate": wins / len(episodes),
-                    "ci95": [lo, hi], "mean_steps": sum(e.steps for e in episodes) / len(episodes),
-                    "mean_plans": sum(e.plans for e in episodes) / len(episodes),
-                    "episode_seeds": [e.env_seed for e in episodes], "success_per_episode": [e.success for e in episodes],
-                }
-            bar.close()
-        wins = sum(t["successes"] for t in results["tasks"].values())
-        total = sum(t["episodes"] for t in results["tasks"].values())
-        results["overall"] = {"successes": wins, "episodes": total, "success_rate": wins / total,
-                              "ci95": list(wilson_interval(wins, total))}
-        if args.heldout:
-            results["open_loop"] = open_loop_error(policy, args.heldout, args.seed, progress=not args.quiet)
-        results["seconds"] = time.perf_counter() - started
-        rows = [[task, rate_cell(t["successes"], t["episodes"]), f"{t['mean_steps']:.0f}", f"{t['mean_plans']:.1f}"]
-                for task, t in results["tasks"].items()]
-        rows.append(["all", rate_cell(wins, total), "", ""])
-        table = markdown_table(["task", "success [95% CI]", "mean steps", "plans/episode"], rows)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-        (out / "results.md").write_text(table + "\n")
-        results["table"] = table
-        results["out"] = str(out)
-        if not args.no_tracking and cfg.tracking.enabled:
-            results["mlflow_run_id"] = log_to_mlflow(results, cfg, args, out)
-        return results
-    finally:
-        shutdown_parallel()
+    policy = CheckpointPolicy.load(ckpt, args.stats, device, args.denoise_steps)
+    cfg = policy.cfg
+    if args.heldout:
+        read_index(args.heldout)  # a bad --heldout fails now, not after the rollouts
+    results: dict = {
+        "checkpoint": str(ckpt), "mode": cfg.data.mode, "horizon": policy.horizon, "seed": args.seed,
+        "episodes_per_task": args.episodes, "max_steps": args.max_steps, "denoise_steps": args.denoise_steps,
+        "tasks": {},
+    }
+    with reproducible_heap():
+        results["gl_backend"] = check_rendering()
+        bar = tqdm(total=len(args.tasks) * args.episodes, desc=f"eval ({cfg.data.mode} mode)", unit="ep",
+                   disable=args.quiet)
+        for task in args.tasks:
+            runner = MetaWorldRunner(policy, task, args.max_steps, args.render_size,
+                                     max_plans_per_event=args.max_plans_per_event)
+            try:
+                episodes = []
+                for i in range(args.episodes):
+                    ep = runner.run(i, args.seed)
+                    episodes.append(ep)
+                    if i == 0:
+                        verdict = "success" if ep.success else "failure"
+                        save_strip(ep.strip, f"{task} episode {i} ({cfg.data.mode} mode): {verdict} in {ep.steps} steps",
+                                   out / "strips" / f"{task}_ep{i:03d}.png")
+                    bar.update(1)
+                    bar.set_postfix_str(f"{task} {sum(e.success for e in episodes)}/{len(episodes)} ok")
+            finally:
+                runner.close()
+            wins = sum(e.success for e in episodes)
+            lo, hi = wilson_interval(wins, len(episodes))
+            results["tasks"][task] = {
+                "successes": wins, "episodes": len(episodes), "success_rate": wins / len(episodes),
+                "ci95": [lo, hi], "mean_steps": sum(e.steps for e in episodes) / len(episodes),
+                "mean_plans": sum(e.plans for e in episodes) / len(episodes),
+                "episode_seeds": [e.env_seed for e in episodes], "success_per_episode": [e.success for e in episodes],
+            }
+        bar.close()
+    wins = sum(t["successes"] for t in results["tasks"].values())
+    total = sum(t["episodes"] for t in results["tasks"].values())
+    results["overall"] = {"successes": wins, "episodes": total, "success_rate": wins / total,
+                          "ci95": list(wilson_interval(wins, total))}
+    if args.heldout:
+        results["open_loop"] = open_loop_error(policy, args.heldout, args.seed, progress=not args.quiet)
+    results["seconds"] = time.perf_counter() - started
+    rows = [[task, rate_cell(t["successes"], t["episodes"]), f"{t['mean_steps']:.0f}", f"{t['mean_plans']:.1f}"]
+            for task, t in results["tasks"].items()]
+    rows.append(["all", rate_cell(wins, total), "", ""])
+    table = markdown_table(["task", "success [95% CI]", "mean steps", "plans/episode"], rows)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    (out / "results.md").write_text(table + "\n")
+    results["table"] = table
+    results["out"] = str(out)
+    if not args.no_tracking and cfg.tracking.enabled:
+        results["mlflow_run_id"] = log_to_mlflow(results, cfg, args, out)
+    return results
 
 
 def log_to_mlflow(results: dict, cfg, args: argparse.Namespace, out: Path) -> str:

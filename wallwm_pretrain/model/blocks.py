@@ -6,8 +6,9 @@ stage that holds whole coupled layers never sends coupling traffic across stages
 between layers is :class:`Streams`, which carries both towers' hidden states and the
 conditioning every layer reads.
 
-All attention and FFN modules are megatron-core modules (see ``spec.py``); norms and the AdaLN
-modulation are small replicated layers.
+The attention and FFN modules come from ``spec.py``: megatron-core's layers when the model is
+given a ``ProcessGroupCollection``, local layers with the same parameters otherwise. Norms and
+the AdaLN modulation are small plain layers, replicated over tensor-parallel ranks.
 
 Between pipeline stages :class:`Streams` travels as ONE ``[s, b, h]`` tensor (what megatron's
 point-to-point schedule sends): :meth:`Streams.pack` stacks, along the sequence, the video
@@ -21,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import torch
+from megatron.core.process_groups_config import ProcessGroupCollection
 from megatron.core.transformer.transformer_config import TransformerConfig
 from torch import nn
 
@@ -111,12 +113,18 @@ def _ffn(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 class TextLayer(nn.Module):
     """A pre-norm transformer layer of the caption encoder."""
 
-    def __init__(self, config: TransformerConfig, layer_number: int, recompute_core: bool = False) -> None:
+    def __init__(
+        self,
+        config: TransformerConfig,
+        layer_number: int,
+        recompute_core: bool = False,
+        pg_collection: ProcessGroupCollection | None = None,
+    ) -> None:
         super().__init__()
         h = config.hidden_size
         self.norm_attn, self.norm_ffn = nn.LayerNorm(h), nn.LayerNorm(h)
-        self.attn = self_attention(config, layer_number, recompute_core)
-        self.ffn = gated_mlp(config)
+        self.attn = self_attention(config, layer_number, recompute_core, pg_collection)
+        self.ffn = gated_mlp(config, pg_collection)
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
         x = x + _attend(self.attn, self.norm_attn(x), key_mask)
@@ -126,16 +134,22 @@ class TextLayer(nn.Module):
 class VideoBlock(nn.Module):
     """AdaLN self-attention over video tokens, cross-attention to the caption, gated FFN."""
 
-    def __init__(self, config: TransformerConfig, layer_number: int, recompute_core: bool = False) -> None:
+    def __init__(
+        self,
+        config: TransformerConfig,
+        layer_number: int,
+        recompute_core: bool = False,
+        pg_collection: ProcessGroupCollection | None = None,
+    ) -> None:
         super().__init__()
         h = config.hidden_size
         self.adaln = AdaLN(h)
         self.norm_self = nn.LayerNorm(h, elementwise_affine=False)
-        self.self_attn = self_attention(config, layer_number, recompute_core)
+        self.self_attn = self_attention(config, layer_number, recompute_core, pg_collection)
         self.norm_text = nn.LayerNorm(h)
-        self.text_attn = cross_attention(config, layer_number, recompute_core)
+        self.text_attn = cross_attention(config, layer_number, recompute_core, pg_collection)
         self.norm_ffn = nn.LayerNorm(h, elementwise_affine=False)
-        self.ffn = gated_mlp(config)
+        self.ffn = gated_mlp(config, pg_collection)
 
     def forward(self, s: Streams) -> torch.Tensor:
         shift1, scale1, gate1, shift2, scale2, gate2 = self.adaln(s.temb_video)
@@ -149,20 +163,26 @@ class ActionBlock(nn.Module):
     """Self-attention over actions, cross-attention to the state token, to the matching video
     block's output (the coupling), and to the caption; then a gated FFN. AdaLN on timestep."""
 
-    def __init__(self, config: TransformerConfig, layer_number: int, recompute_core: bool = False) -> None:
+    def __init__(
+        self,
+        config: TransformerConfig,
+        layer_number: int,
+        recompute_core: bool = False,
+        pg_collection: ProcessGroupCollection | None = None,
+    ) -> None:
         super().__init__()
         h = config.hidden_size
         self.adaln = AdaLN(h)
         self.norm_self = nn.LayerNorm(h, elementwise_affine=False)
-        self.self_attn = self_attention(config, layer_number, recompute_core)
+        self.self_attn = self_attention(config, layer_number, recompute_core, pg_collection)
         self.norm_state = nn.LayerNorm(h)
-        self.state_attn = cross_attention(config, layer_number, recompute_core)
+        self.state_attn = cross_attention(config, layer_number, recompute_core, pg_collection)
         self.norm_video = nn.LayerNorm(h)
-        self.video_attn = cross_attention(config, layer_number, recompute_core)
+        self.video_attn = cross_attention(config, layer_number, recompute_core, pg_collection)
         self.norm_text = nn.LayerNorm(h)
-        self.text_attn = cross_attention(config, layer_number, recompute_core)
+        self.text_attn = cross_attention(config, layer_number, recompute_core, pg_collection)
         self.norm_ffn = nn.LayerNorm(h, elementwise_affine=False)
-        self.ffn = gated_mlp(config)
+        self.ffn = gated_mlp(config, pg_collection)
 
     def forward(self, s: Streams, video_hidden: torch.Tensor) -> torch.Tensor:
         shift1, scale1, gate1, shift2, scale2, gate2 = self.adaln(s.temb_action)
@@ -178,10 +198,16 @@ class ActionBlock(nn.Module):
 class CoupledLayer(nn.Module):
     """Video block i and action block i: the unit a pipeline stage holds."""
 
-    def __init__(self, config: TransformerConfig, layer_number: int, recompute_core: bool = False) -> None:
+    def __init__(
+        self,
+        config: TransformerConfig,
+        layer_number: int,
+        recompute_core: bool = False,
+        pg_collection: ProcessGroupCollection | None = None,
+    ) -> None:
         super().__init__()
-        self.video = VideoBlock(config, layer_number, recompute_core)
-        self.action = ActionBlock(config, layer_number, recompute_core)
+        self.video = VideoBlock(config, layer_number, recompute_core, pg_collection)
+        self.action = ActionBlock(config, layer_number, recompute_core, pg_collection)
 
     def forward(self, s: Streams) -> Streams:
         video = self.video(s)

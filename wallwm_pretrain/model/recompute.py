@@ -6,7 +6,9 @@
 - ``selective``: only the attention cores (scores, softmax, weighted sum) are recomputed. Their
   score matrices grow with sequence length squared ([b * heads, s_q, s_k]) and dominate
   activation memory for long events, yet cost few FLOPs to rebuild compared with the
-  projections and FFNs, which keep their activations.
+  projections and FFNs, which keep their activations. Both attention cores have a recomputed
+  form: megatron's (``RecomputedCoreAttention``) and the local one of a model built without
+  process groups (``RecomputedLocalCoreAttention``).
 
 Both use ``torch.utils.checkpoint`` (non-reentrant) rather than megatron-core's
 ``tensor_parallel.checkpoint``: it runs unchanged on CPU and GPU (megatron's saves and restores
@@ -23,7 +25,16 @@ from megatron.core.transformer.dot_product_attention import DotProductAttention
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from wallwm_pretrain.model.local_layers import LocalCoreAttention
+
 RECOMPUTE_MODES = ("none", "full", "selective")
+
+
+def _recomputed(core: nn.Module, run, *args):
+    """``run(*args)``, its activations rebuilt in backward when ``core`` trains with grad on."""
+    if not (core.training and torch.is_grad_enabled()):
+        return run(*args)
+    return checkpoint(run, *args, use_reentrant=False)
 
 
 class RecomputedCoreAttention(DotProductAttention):
@@ -31,13 +42,15 @@ class RecomputedCoreAttention(DotProductAttention):
 
     def forward(self, query, key, value, attention_mask, attn_mask_type=None, attention_bias=None,
                 packed_seq_params=None):
-        run = super().forward
-        if not (self.training and torch.is_grad_enabled()):
-            return run(query, key, value, attention_mask, attn_mask_type, attention_bias, packed_seq_params)
-        return checkpoint(
-            run, query, key, value, attention_mask, attn_mask_type, attention_bias, packed_seq_params,
-            use_reentrant=False,
-        )
+        return _recomputed(self, super().forward, query, key, value, attention_mask, attn_mask_type,
+                           attention_bias, packed_seq_params)
+
+
+class RecomputedLocalCoreAttention(LocalCoreAttention):
+    """The local attention core whose activations are rebuilt in backward (``selective``)."""
+
+    def forward(self, query, key, value, attention_mask):
+        return _recomputed(self, super().forward, query, key, value, attention_mask)
 
 
 def run_layer(layer: nn.Module, streams, recompute: str):

@@ -1,21 +1,30 @@
-"""megatron-core building blocks for both towers: the one switch between local and TP layers.
+"""The attention and FFN modules of both towers: the one switch between megatron's layers and local ones.
 
-The towers are assembled from megatron-core's ``SelfAttention`` / ``CrossAttention`` with
-``ColumnParallelLinear`` / ``RowParallelLinear`` projections and its gated ``MLP``. At TP=1
-these are plain local layers; at TP>1 the same modules split attention heads and FFN width over
-the tensor-parallel group that ``wallwm_pretrain.parallel`` created. Nothing in ``model/``
-creates or names a process group.
+Given megatron-core's ``ProcessGroupCollection`` (built by ``wallwm_pretrain.parallel``), the
+towers are assembled from megatron-core's ``SelfAttention`` / ``CrossAttention`` with
+``ColumnParallelLinear`` / ``RowParallelLinear`` projections and its gated ``MLP``, each handed
+the collection (attention) or its tensor-parallel group (linear layers, MLP). At TP>1 they split
+attention heads and FFN width over that group; at TP=1 they hold whole matrices. Given no
+collection, the same modules are built from plain local layers (``local_layers.py``): the same
+parameter names, layouts, initial weights and arithmetic as megatron's at TP=1, and no process
+group or ``torch.distributed`` at all (export, evaluation, inference, unit tests). ``model/``
+creates no process group and never imports ``wallwm_pretrain.parallel``; it only passes on the
+groups it is given.
 
-Trade-off: megatron's layers work sequence-first (``[s, b, h]``), so the whole model does too.
+Trade-off: megatron's layers work sequence-first (``[s, b, h]``), so the whole model does too,
+local layers included.
 
 ``recompute_core=True`` swaps the attention core for one whose activations are rebuilt in
-backward (``model.recompute=selective``, see ``recompute.py``).
+backward (``model.recompute=selective``, see ``recompute.py``), in both kinds of layers.
 """
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
+from megatron.core.process_groups_config import ProcessGroupCollection
 from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
 from megatron.core.transformer.attention import (
     CrossAttention,
@@ -28,9 +37,11 @@ from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.identity_op import IdentityOp
 from megatron.core.transformer.mlp import MLP, MLPSubmodules
 from megatron.core.transformer.transformer_config import TransformerConfig
+from torch import nn
 
 from wallwm_pretrain.config import ModelConfig
-from wallwm_pretrain.model.recompute import RecomputedCoreAttention
+from wallwm_pretrain.model.local_layers import LocalCoreAttention, LocalCrossAttention, LocalMLP, LocalSelfAttention
+from wallwm_pretrain.model.recompute import RecomputedCoreAttention, RecomputedLocalCoreAttention
 
 
 def build_transformer_config(cfg: ModelConfig, num_layers: int | None = None) -> TransformerConfig:
@@ -58,7 +69,19 @@ def _core(recompute_core: bool) -> type:
     return RecomputedCoreAttention if recompute_core else DotProductAttention
 
 
-def self_attention(config: TransformerConfig, layer_number: int, recompute_core: bool = False) -> SelfAttention:
+def _local_core(recompute_core: bool) -> type:
+    return RecomputedLocalCoreAttention if recompute_core else LocalCoreAttention
+
+
+def self_attention(
+    config: TransformerConfig,
+    layer_number: int,
+    recompute_core: bool = False,
+    pg_collection: ProcessGroupCollection | None = None,
+) -> nn.Module:
+    """Self-attention with padding masks: megatron's with ``pg_collection``, else the local one."""
+    if pg_collection is None:
+        return LocalSelfAttention(config, _local_core(recompute_core))
     return SelfAttention(
         config,
         SelfAttentionSubmodules(
@@ -70,22 +93,43 @@ def self_attention(config: TransformerConfig, layer_number: int, recompute_core:
         ),
         layer_number=layer_number,
         attn_mask_type=AttnMaskType.padding,
+        pg_collection=pg_collection,  # SelfAttention hands its tp group to both projections
     )
 
 
-def cross_attention(config: TransformerConfig, layer_number: int, recompute_core: bool = False) -> CrossAttention:
+def cross_attention(
+    config: TransformerConfig,
+    layer_number: int,
+    recompute_core: bool = False,
+    pg_collection: ProcessGroupCollection | None = None,
+) -> nn.Module:
+    """Cross-attention with padding masks: megatron's with ``pg_collection``, else the local one."""
+    if pg_collection is None:
+        return LocalCrossAttention(config, _local_core(recompute_core))
+    # megatron's CrossAttention passes the tp group to linear_proj but not to linear_q and
+    # linear_kv, which would then fall back to the global group: bind it here
+    column = partial(ColumnParallelLinear, tp_group=pg_collection.tp)
     return CrossAttention(
         config,
         CrossAttentionSubmodules(
-            linear_q=ColumnParallelLinear,
-            linear_kv=ColumnParallelLinear,
+            linear_q=column,
+            linear_kv=column,
             core_attention=_core(recompute_core),
             linear_proj=RowParallelLinear,
         ),
         layer_number=layer_number,
         attn_mask_type=AttnMaskType.padding,
+        pg_collection=pg_collection,
     )
 
 
-def gated_mlp(config: TransformerConfig) -> MLP:
-    return MLP(config, MLPSubmodules(linear_fc1=ColumnParallelLinear, linear_fc2=RowParallelLinear))
+def gated_mlp(config: TransformerConfig, pg_collection: ProcessGroupCollection | None = None) -> nn.Module:
+    """The gated (SwiGLU) FFN: megatron's with ``pg_collection``, else the local one."""
+    if pg_collection is None:
+        return LocalMLP(config)
+    return MLP(
+        config,
+        MLPSubmodules(linear_fc1=ColumnParallelLinear, linear_fc2=RowParallelLinear),
+        ffn_hidden_size=config.ffn_hidden_size,
+        tp_group=pg_collection.tp,  # MLP passes it on to linear_fc1 and linear_fc2
+    )

@@ -4,7 +4,8 @@ A stage holds consecutive *coupled layers* (video block i and action block i tog
 coupling never crosses a stage), plus the input side (patchify, embeddings, caption encoder,
 timestep embedders) when it is the first stage and the output side (final layers, losses)
 when it is the last. :class:`StageSpec` only says which; deciding the split over ranks is the
-business of ``wallwm_pretrain.parallel`` (the model never sees a process group).
+business of ``wallwm_pretrain.parallel`` (the model creates no process group; it only passes
+the ones it is given to its megatron layers).
 
 Initial weights must not depend on the split, or a pipelined run would start from another
 model than the single-process run. Each part (the input side, each coupled layer, the output

@@ -32,6 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from megatron.core.process_groups_config import ProcessGroupCollection
 from torch import nn
 
 from wallwm_pretrain.config import ModelConfig
@@ -76,10 +77,19 @@ class WallWM(nn.Module):
         cfg: the ``model`` section of the run config (K_p is ``cfg.frame_stride``; captions are
             at most ``cfg.caption_max_bytes`` + 1 tokens).
         stage: the part to hold; None = the whole model.
+        pg_collection: megatron's process groups of this rank (``ParallelContext.pg_collection``):
+            the attention and FFN modules are then megatron-core's, split over its
+            tensor-parallel group. None builds them from local layers with the same parameter
+            names, layouts and arithmetic (see ``spec.py``), with no process group at all:
+            for export, evaluation, inference and tests. The two load each other's state dicts.
     """
 
     def __init__(
-        self, cfg: ModelConfig, stage: StageSpec | None = None
+        self,
+        cfg: ModelConfig,
+        stage: StageSpec | None = None,
+        *,
+        pg_collection: ProcessGroupCollection | None = None,
     ) -> None:
         super().__init__()
         self.cfg = cfg
@@ -113,13 +123,15 @@ class WallWM(nn.Module):
                 self.caption = CaptionEncoder(
                     h,
                     caption_max_len,
-                    nn.ModuleList(TextLayer(text_cfg, i + 1, selective) for i in range(cfg.text_layers)),
+                    nn.ModuleList(
+                        TextLayer(text_cfg, i + 1, selective, pg_collection) for i in range(cfg.text_layers)
+                    ),
                 )
         # keyed by the global layer index: names match the whole model's ``layers.<i>.``
         self.layers = nn.ModuleDict()
         for i in stage.layers:
             with part_rng(base, f"layer{i}"):
-                self.layers[str(i)] = CoupledLayer(tcfg, i + 1, selective)
+                self.layers[str(i)] = CoupledLayer(tcfg, i + 1, selective, pg_collection)
         if stage.head:
             with part_rng(base, "head"):
                 self.video_out = FinalLayer(h, self.patch_dim)

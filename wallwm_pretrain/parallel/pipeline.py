@@ -70,7 +70,8 @@ LOSS_KEYS = ("loss", "loss_video", "loss_action", "loss_time")
 
 
 def build_stage_models(cfg: ModelConfig, ctx: ParallelContext, seed: int) -> list[WallWM]:
-    """This rank's model chunks (one per virtual stage it holds), on ``ctx.device``.
+    """This rank's model chunks (one per virtual stage it holds), on ``ctx.device``, built from
+    megatron-core's layers over ``ctx.pg_collection``.
 
     Each chunk is built after ``torch.manual_seed(seed)``, so its weights are exactly those of
     the same layers in a single-process model built after the same seed (see ``model/stage.py``).
@@ -78,7 +79,7 @@ def build_stage_models(cfg: ModelConfig, ctx: ParallelContext, seed: int) -> lis
     chunks = []
     for spec in stage_specs(cfg.num_layers, ctx.pp, ctx.vpp, ctx.pp_rank):
         torch.manual_seed(seed)
-        chunks.append(WallWM(cfg, stage=spec).to(ctx.device))
+        chunks.append(WallWM(cfg, spec, pg_collection=ctx.pg_collection).to(ctx.device))
     # leave the global RNG alike on all ranks, whatever number of chunks each built
     torch.manual_seed(seed)
     return chunks

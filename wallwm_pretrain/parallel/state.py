@@ -5,18 +5,26 @@ RANK / WORLD_SIZE / LOCAL_RANK) and as a plain single process (an in-memory stor
 Backend and device follow the hardware: NCCL + ``cuda:LOCAL_RANK`` when a GPU is present and
 wanted, gloo + CPU otherwise (then megatron-core's CUDA assumptions are patched first).
 Data-parallel size is derived: world = tp * pp * dp.
+
+The groups megatron-core creates are also handed out explicitly, as its
+``ProcessGroupCollection`` (``ParallelContext.pg_collection``): the model passes it to every
+megatron layer instead of letting each layer look the groups up in megatron's globals.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 
 from wallwm_pretrain.optim.groups import OptimizerGroups
 from wallwm_pretrain.parallel.cpu_patches import apply_cpu_patches
+
+if TYPE_CHECKING:
+    from megatron.core.process_groups_config import ProcessGroupCollection
 
 
 @dataclass(frozen=True)
@@ -35,6 +43,8 @@ class ParallelContext:
     device: torch.device
     backend: str
     vpp: int = 1
+    # megatron's groups of this rank (see build_pg_collection); None only for hand-made contexts
+    pg_collection: ProcessGroupCollection | None = field(default=None, repr=False, compare=False)
 
     @property
     def is_last_stage(self) -> bool:
@@ -53,6 +63,29 @@ def choose_device(requested: str, local_rank: int) -> torch.device:
         return torch.device("cpu")
     torch.cuda.set_device(local_rank)
     return torch.device("cuda", local_rank)
+
+
+def build_pg_collection() -> ProcessGroupCollection:
+    """This rank's megatron-core groups as a ``ProcessGroupCollection`` (after
+    ``initialize_model_parallel``; it creates no group of its own).
+
+    Holds what megatron's layers read (``tp``; attention also ``cp``), the pipeline group
+    (``pp``), the data-parallel groups (``dp``, ``dp_cp``) and their model-parallel
+    combinations (``tp_cp``, ``mp``). Expert and distributed-optimizer groups are left out:
+    the model has no experts and the distributed optimizer is the project's own.
+    """
+    from megatron.core import parallel_state as ps
+    from megatron.core.process_groups_config import ProcessGroupCollection
+
+    return ProcessGroupCollection(
+        tp=ps.get_tensor_model_parallel_group(),
+        cp=ps.get_context_parallel_group(),
+        tp_cp=ps.get_tensor_and_context_parallel_group(),
+        pp=ps.get_pipeline_model_parallel_group(),
+        mp=ps.get_model_parallel_group(),
+        dp=ps.get_data_parallel_group(),
+        dp_cp=ps.get_data_parallel_group(with_context_parallel=True),
+    )
 
 
 def init_parallel(tp: int = 1, pp: int = 1, device: str = "auto", seed: int = 0, vpp: int = 1) -> ParallelContext:
@@ -113,6 +146,7 @@ def init_parallel(tp: int = 1, pp: int = 1, device: str = "auto", seed: int = 0,
         device=dev,
         backend=backend,
         vpp=vpp,
+        pg_collection=build_pg_collection(),
     )
 
 

@@ -77,12 +77,24 @@ def _fc1(module, prefix: str, tp: int) -> tuple[str, FusedLayout] | None:
     )
 
 
+def _declared(module, prefix: str) -> tuple[str, FusedLayout] | None:
+    """A layer that is not megatron's (no tensor parallel) may declare its fused weight:
+    ``module.fused_rows() -> (layer attribute, part names, rows per part, groups)``."""
+    declare = getattr(module, "fused_rows", None)
+    if not callable(declare):
+        return None
+    attr, names, sizes, groups = declare()
+    rows = FusedRows(tuple(names), tuple(sizes), groups)
+    return f"{prefix}.{attr}.weight", FusedLayout(local=rows, whole=rows)
+
+
 def fused_layouts(model: nn.Module, tp: int | None = None) -> dict[str, FusedLayout]:
     """Fused weights of ``model`` by parameter name, with their local and whole row layouts.
 
     Args:
-        model: a module built from megatron-core layers (any wrapper prefix is kept in names,
-            so call it on the module whose ``named_parameters`` the optimizer uses).
+        model: a module built from megatron-core layers, or from layers that declare their
+            fused weights (``fused_rows()``, see :func:`_declared`); any wrapper prefix is kept
+            in names, so call it on the module whose ``named_parameters`` the optimizer uses.
         tp: tensor-parallel size for the gated FFN (attention modules know theirs); default:
             megatron's current tensor-parallel world size, or 1 when it is not initialised.
 
@@ -102,8 +114,10 @@ def fused_layouts(model: nn.Module, tp: int | None = None) -> dict[str, FusedLay
     params = dict(model.named_parameters())
     found: dict[str, FusedLayout] = {}
     for prefix, module in model.named_modules():
-        entry = None
-        if isinstance(module, SelfAttention) and hasattr(getattr(module, "linear_qkv", None), "weight"):
+        entry = _declared(module, prefix)
+        if entry is not None:
+            pass
+        elif isinstance(module, SelfAttention) and hasattr(getattr(module, "linear_qkv", None), "weight"):
             entry = _qkv(module, prefix)
         elif isinstance(module, CrossAttention) and hasattr(getattr(module, "linear_kv", None), "weight"):
             entry = _kv(module, prefix)
