@@ -17,6 +17,8 @@ import os
 import sys
 
 from .commands import load_verbs
+from sim.errors import SimError
+
 from .errors import DataToolsError
 
 
@@ -42,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args))
-    except DataToolsError as exc:
+    except (DataToolsError, SimError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sim.imageops import resize_area
+
 from .errors import EventError
 from .events import Event
-from .imageops import resize_area
 
 # Member order inside a sample is fixed so that shards are byte-identical between runs.
 SAMPLE_MEMBERS = ("json", "actions.npy", "state.npy", "states.npy", "frames.npy")

@@ -22,8 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from sim.imageops import resize_area
+
 from .errors import DataToolsError
-from .imageops import resize_area
 from .lerobot import open_dataset
 from .lerobot.layout import STATE_KEY
 from .parallel import chunks, run_ordered

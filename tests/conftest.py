@@ -91,7 +91,7 @@ def single_process():
 def require_rendering() -> str:
     """The headless OpenGL backend of this machine; where Meta-World or rendering is missing, the
     test fails (never skips) with the one line that names what to install."""
-    from data_tools.metaworld import gl
+    from sim.metaworld import gl
 
     try:
         return gl.check_rendering()

@@ -23,15 +23,16 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from sim.metaworld.env import ACTION_NAMES, FPS, STATE_KINDS, TaskEnv
+from sim.metaworld.gl import check_rendering
+from sim.metaworld.heap import reproducible_heap
+from sim.metaworld.render import CameraRig
+from sim.metaworld.tasks import get_spec
+
 from ..errors import DataToolsError
 from ..events import EVENTS_FILE, Event, write_events
 from ..lerobot import LeRobotV3Writer
-from .env import ACTION_NAMES, FPS, STATE_KINDS, TaskEnv
-from .gl import check_rendering
-from .heap import reproducible_heap
-from .render import CameraRig
 from .segment import episode_events, primitive_sequence
-from .tasks import get_spec
 
 RECORDING_FILE = "metaworld.json"  # provenance beside events.jsonl: seeds, success, versions
 

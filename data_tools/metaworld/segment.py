@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from sim.metaworld.tasks import TaskSpec
+
 from ..events import Event
-from .tasks import TaskSpec
 
 Run = tuple[str, int, int]  # (label, start, end), end exclusive
 

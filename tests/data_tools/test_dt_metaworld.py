@@ -20,7 +20,7 @@ import pytest
 from data_tools.events import check_nesting, read_events
 from data_tools.lerobot import LeRobotV3Dataset
 from data_tools.metaworld import SPECS, RecordConfig, record_metaworld
-from data_tools.metaworld import gl
+from sim.metaworld import gl
 from data_tools.metaworld.segment import episode_events, smooth_runs, to_runs
 
 TINY = dict(tasks=["pick-place-v3"], episodes_per_task=2, seed=5, image_size=32,
@@ -62,7 +62,7 @@ def test_task_list_of_the_cli_matches_the_specs():
 
 
 def test_layouts_depend_on_the_seed_only(mw_backend):
-    from data_tools.metaworld.env import OBJ1, TaskEnv
+    from sim.metaworld.env import OBJ1, TaskEnv
 
     env = TaskEnv("pick-place-v3", 50)
     a, b, c = env.reset(1), env.reset(2), env.reset(1)
@@ -75,8 +75,8 @@ def test_corner_camera_is_turned_upright(mw_backend):
     """rot180(render) equals a render from the same camera rolled by 180 degrees."""
     import mujoco
 
-    from data_tools.metaworld.env import TaskEnv
-    from data_tools.metaworld.render import CameraRig
+    from sim.metaworld.env import TaskEnv
+    from sim.metaworld.render import CameraRig
 
     env = TaskEnv("pick-place-v3", 50)
     env.reset(3)
@@ -116,7 +116,7 @@ def test_expert_walks_through_its_phases_in_order(mw_backend, task):
     the check is on first appearances: they follow the spec's order, every phase shows up in
     a few episodes, and a successful episode ends in the last phase.
     """
-    from data_tools.metaworld.env import TaskEnv
+    from sim.metaworld.env import TaskEnv
     from data_tools.metaworld.record import episode_streams, rollout
     from data_tools.metaworld.segment import primitive_sequence
 

@@ -11,7 +11,7 @@ import pytest
 import webdataset as wds
 
 from data_tools.errors import OutputExistsError
-from data_tools.imageops import resize_area
+from sim.imageops import resize_area
 from data_tools.lerobot import LeRobotV3Dataset
 from data_tools.shards import build_shards
 

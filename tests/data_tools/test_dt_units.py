@@ -10,7 +10,7 @@ import pytest
 
 from data_tools.errors import EventError
 from data_tools.events import Event, check_nesting, check_spans, read_events
-from data_tools.imageops import resize_area
+from sim.imageops import resize_area
 from data_tools.tario import DeterministicTarWriter
 
 

@@ -3,7 +3,7 @@ tiny event-mode and chunk-mode checkpoint trained on them, all built once per se
 
 The recording needs the metaworld package and a headless OpenGL library. Where either is
 missing the tests that use it fail (never skip) with the message of
-``data_tools.metaworld.gl``, which names the pip requirement or the Debian packages to install.
+``sim.metaworld.gl``, which names the pip requirement or the Debian packages to install.
 
 Torch runs single-threaded here: the tiny models' matmuls are microseconds of work, and with two
 intra-op threads on a shared 2-core machine each one waits milliseconds for a busy core.

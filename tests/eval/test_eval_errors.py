@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from data_tools.metaworld import SPECS
+from sim.metaworld import SPECS
 
 TASK = "pick-place-v3"
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from data_tools.metaworld.tasks import get_spec
+from sim.metaworld.tasks import get_spec
 from wallwm_pretrain.eval.metaworld import MetaWorldRunner, eval_env_seed, event_script
 from wallwm_pretrain.eval.policy import CheckpointPolicy, PolicyError
 from wallwm_pretrain.eval.report import rate_cell, wilson_interval

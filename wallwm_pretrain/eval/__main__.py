@@ -76,9 +76,9 @@ def evaluate(args: argparse.Namespace) -> dict:
     """Everything the command does; returns the results dict (also written to --out)."""
     import torch
 
-    from data_tools.metaworld.gl import check_rendering
-    from data_tools.metaworld.heap import reproducible_heap
-    from data_tools.metaworld.tasks import get_spec
+    from sim.metaworld.gl import check_rendering
+    from sim.metaworld.heap import reproducible_heap
+    from sim.metaworld.tasks import get_spec
     from wallwm_pretrain.data.loader import read_index
     from wallwm_pretrain.eval.metaworld import MetaWorldRunner
     from wallwm_pretrain.eval.openloop import open_loop_error
@@ -185,13 +185,13 @@ def main(argv: list[str] | None = None) -> int:
     # megatron-core warns at import about optional GPU-only extensions (apex, TE)
     warnings.filterwarnings("ignore", module="megatron")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    from data_tools.errors import DataToolsError
+    from sim.errors import SimError
     from wallwm_pretrain.checkpoint import CheckpointError
     from wallwm_pretrain.eval.policy import PolicyError
 
     try:
         results = evaluate(args)
-    except (DataToolsError, CheckpointError, PolicyError, ValueError) as exc:
+    except (SimError, CheckpointError, PolicyError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyError as exc:

@@ -1,6 +1,6 @@
 """Closed-loop episodes of a checkpoint policy in Meta-World.
 
-Observations are made exactly as the recorder made the training data (``data_tools.metaworld``:
+Observations are made exactly as the recorder made the training data (``sim.metaworld``:
 same cameras, upright, same render size, then the same area resize as ``build-shards``), so the
 policy sees what it was trained on, up to the video codec's artefacts, which recorded frames
 went through and live renders do not.
@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from data_tools.imageops import resize_area
-from data_tools.metaworld.env import STATE_KINDS, TaskEnv
-from data_tools.metaworld.render import CameraRig
-from data_tools.metaworld.tasks import TaskSpec, get_spec
+from sim.imageops import resize_area
+from sim.metaworld.env import STATE_KINDS, TaskEnv
+from sim.metaworld.render import CameraRig
+from sim.metaworld.tasks import TaskSpec, get_spec
 from wallwm_pretrain.eval.policy import CheckpointPolicy, PolicyError
 
 STATE_KIND_BY_DIM = {len(names): kind for kind, (names, _) in STATE_KINDS.items()}
@@ -70,7 +70,7 @@ class MetaWorldRunner:
 
     Args:
         policy: the checkpoint policy.
-        task: a supported Meta-World task (``data_tools.metaworld.tasks``).
+        task: a supported Meta-World task (``sim.metaworld.tasks``).
         max_steps: step budget of an episode.
         render_size: camera resolution before the resize to the model's size (the recorder's
             ``--image-size``).

@@ -1,4 +1,4 @@
-"""Frame resizing in numpy.
+"""Frame resizing in numpy, shared by shard building, closed-loop evaluation and serving.
 
 Area (box) resampling, done as two batched matrix products (BLAS, so a whole episode resizes
 in milliseconds): exact box averaging for integer

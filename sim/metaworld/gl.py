@@ -5,7 +5,7 @@ library then fails inside that import with an unhelpful PyOpenGL error. So the b
 chosen here, before anything imports ``mujoco`` or ``metaworld``: the user's ``MUJOCO_GL`` if
 set, else EGL when libEGL is present (Mesa's software rasteriser on a CPU machine, the vendor
 driver on a GPU node), else OSMesa when libOSMesa is present. Every failure is turned into a
-DataToolsError that names the pip requirement or the Debian packages to install. The trade-off:
+SimError that names the pip requirement or the Debian packages to install. The trade-off:
 one process renders with one backend; switching needs a new process.
 """
 
@@ -17,7 +17,7 @@ import importlib.util
 import os
 import sys
 
-from ..errors import DataToolsError
+from ..errors import SimError
 
 PIP_REQUIREMENTS = ("metaworld==3.1.1", "packaging")
 # Debian/Ubuntu packages that provide each backend's libraries (dependencies such as
@@ -29,11 +29,11 @@ APT_PACKAGES = {
 _LIBRARY = {"egl": "EGL", "osmesa": "OSMesa"}
 
 
-class MetaWorldUnavailable(DataToolsError):
+class MetaWorldUnavailable(SimError):
     """The metaworld package (or mujoco) cannot be imported."""
 
 
-class RenderingUnavailable(DataToolsError):
+class RenderingUnavailable(SimError):
     """No headless OpenGL backend works in this process."""
 
 
