@@ -22,15 +22,18 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from sim.imageops import resize_area
 from sim.metaworld.env import STATE_KINDS, TaskEnv
 from sim.metaworld.render import CameraRig
 from sim.metaworld.tasks import TaskSpec, get_spec
 from wallwm_pretrain.eval.policy import CheckpointPolicy, PolicyError
+
+if TYPE_CHECKING:
+    from wallwm_pretrain.eval.remote import RemotePolicy
 
 STATE_KIND_BY_DIM = {len(names): kind for kind, (names, _) in STATE_KINDS.items()}
 
@@ -69,7 +72,7 @@ class MetaWorldRunner:
     """Runs episodes of one task with one policy.
 
     Args:
-        policy: the checkpoint policy.
+        policy: the checkpoint policy, in-process or behind a policy server (same interface).
         task: a supported Meta-World task (``sim.metaworld.tasks``).
         max_steps: step budget of an episode.
         render_size: camera resolution before the resize to the model's size (the recorder's
@@ -78,11 +81,11 @@ class MetaWorldRunner:
         max_plans_per_event: event mode: plans of one event before moving on regardless.
     """
 
-    def __init__(self, policy: CheckpointPolicy, task: str, max_steps: int = 200, render_size: int = 64,
+    def __init__(self, policy: CheckpointPolicy | RemotePolicy, task: str, max_steps: int = 200, render_size: int = 64,
                  strip_every: int = 10, max_plans_per_event: int = 4) -> None:
         self.policy, self.spec = policy, get_spec(task)
         self.max_steps, self.strip_every, self.max_plans_per_event = max_steps, strip_every, max_plans_per_event
-        state_dim = policy.cfg.model.state_dim
+        state_dim = policy.state_dim
         if state_dim not in STATE_KIND_BY_DIM:
             raise PolicyError(
                 f"the model's state_dim is {state_dim}; Meta-World states are "
@@ -90,8 +93,8 @@ class MetaWorldRunner:
             )
         self.to_state = STATE_KINDS[STATE_KIND_BY_DIM[state_dim]][1]
         views = policy.views or ["corner", "gripperPOV"]
-        if len(views) != policy.cfg.model.num_views:
-            raise PolicyError(f"the statistics name views {views} but the model has {policy.cfg.model.num_views}")
+        if len(views) != policy.num_views:
+            raise PolicyError(f"the statistics name views {views} but the model has {policy.num_views}")
         self.views = [v.rsplit(".", 1)[-1] for v in views]
         self.env = TaskEnv(task, max_steps)
         self.env.reset(0)
@@ -106,7 +109,7 @@ class MetaWorldRunner:
     def run(self, index: int, seed: int) -> Episode:
         env_seed = eval_env_seed(seed, self.spec.name, index)
         obs = self.env.reset(env_seed)
-        gen = torch.Generator(device=self.policy.device).manual_seed(env_seed)
+        gen = self.policy.new_episode(env_seed)  # the episode's sampling-noise stream
         script = event_script(self.spec)
         ep = Episode(self.spec.name, index, env_seed, False, 0, 0)
         event, plans_in_event = 0, 0
