@@ -175,3 +175,40 @@ def test_binds_to_loopback_by_default(engine):
 
     assert PolicyServer(engine).host == "127.0.0.1"
     assert build_parser().parse_args(["--ckpt", "x"]).host == "127.0.0.1"
+
+
+class RecordingClient:
+    """A real PolicyClient that also keeps every chunk it received, in order."""
+
+    def __init__(self, client):
+        self.client, self.chunks = client, []
+
+    def infer(self, obs):
+        reply = self.client.infer(obs)
+        self.chunks.append(reply["actions"])
+        return reply
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.5])
+def test_chunk_runner_executes_chunks_while_the_next_is_requested(start_server, obs_factory, threshold):
+    from wallwm_pretrain.client import ChunkRunner
+
+    server = start_server()
+    executed = []
+    with PolicyClient(server.url) as client:
+        rec = RecordingClient(client)
+        observations = iter([obs_factory(0, seed=7)] + [obs_factory(i) for i in range(1, 50)])
+        runner = ChunkRunner(rec, lambda: next(observations), executed.append, threshold=threshold)
+        stats = runner.run(100)
+    assert stats.steps == len(executed) == 100 and stats.requests == len(rec.chunks)
+    if threshold == 0.0:
+        # No overlap: chunk after chunk, each executed whole, nothing skipped.
+        assert stats.requests == 3 and stats.skipped == 0
+        np.testing.assert_array_equal(np.stack(executed), np.concatenate(rec.chunks)[:100])
+    else:
+        # The next chunk is asked for when 24 of 48 actions are left, so more requests than
+        # without overlap; every executed action is one of a received chunk, in order.
+        assert stats.requests >= 3
+        flat = np.concatenate(rec.chunks)
+        rows = [int(np.flatnonzero((flat == a).all(1))[0]) for a in executed]
+        assert rows == sorted(rows) and rows[:24] == list(range(24))
