@@ -9,6 +9,7 @@ runs first, and the server (which needs that state for its model) is started aft
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -67,3 +68,17 @@ def test_eval_server_flags_fail_cleanly(tmp_path, capsys):
         assert eval_main(args + base) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and needle in err and "Traceback" not in err, err
+
+
+def test_metaworld_goes_through_the_adapter_yaml(event_run, mw_backend, tmp_path):
+    """configs/adapters/metaworld.yaml spells out the default mapping: the same episodes."""
+    root = Path(__file__).resolve().parents[2]
+    default, default_strip = _run(tmp_path, "default", "--ckpt", event_run)
+    with_yaml, yaml_strip = _run(tmp_path, "yaml", "--ckpt", event_run, "--adapter", root / "configs/adapters/metaworld.yaml")
+    assert default["tasks"][TASK] == with_yaml["tasks"][TASK]
+    np.testing.assert_array_equal(default_strip, yaml_strip)
+    # a mapping the model cannot take fails before any episode, naming the file and the views
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("images: {corner: camera/corner}\nstate: [{key: state/full}]\n")
+    assert eval_main(["--ckpt", str(event_run), "--tasks", TASK, "--episodes", "1", "--adapter", str(bad),
+                      "--out", str(tmp_path / "bad"), "--no-tracking", "--quiet"]) == 2

@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", default=os.environ.get("WALLWM_API_KEY"),
                    help="with --server: the server's API key (default: $WALLWM_API_KEY)")
     p.add_argument("--env", default="metaworld", choices=["metaworld"], help="simulator (default metaworld)")
+    p.add_argument("--adapter", metavar="YAML",
+                   help="environment adapter: which cameras and state entries feed the model, how actions map back "
+                        "(default: the model's views and state layout; configs/adapters/metaworld.yaml spells it out)")
     p.add_argument("--tasks", nargs="+", default=DEFAULT_TASKS, metavar="TASK",
                    help=f"Meta-World tasks to evaluate (default: {' '.join(DEFAULT_TASKS)})")
     p.add_argument("--episodes", type=int, default=10, help="episodes per task (default 10)")
@@ -90,6 +93,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     from sim.metaworld.heap import reproducible_heap
     from sim.metaworld.tasks import get_spec
     from wallwm_pretrain.data.loader import read_index
+    from wallwm_pretrain.eval.adapter import EnvAdapter
     from wallwm_pretrain.eval.metaworld import MetaWorldRunner
     from wallwm_pretrain.eval.openloop import open_loop_error
     from wallwm_pretrain.eval.policy import CheckpointPolicy
@@ -128,6 +132,7 @@ def evaluate(args: argparse.Namespace) -> dict:
             cfg = policy.cfg
         if args.heldout:
             read_index(args.heldout)  # a bad --heldout fails now, not after the rollouts
+        adapter = EnvAdapter.from_yaml(args.adapter) if args.adapter else None
         results: dict = {
             "checkpoint": checkpoint, "mode": policy.mode, "horizon": policy.horizon, "seed": args.seed,
             "episodes_per_task": args.episodes, "max_steps": args.max_steps,
@@ -140,7 +145,7 @@ def evaluate(args: argparse.Namespace) -> dict:
                        disable=args.quiet)
             for task in args.tasks:
                 runner = MetaWorldRunner(policy, task, args.max_steps, args.render_size,
-                                         max_plans_per_event=args.max_plans_per_event)
+                                         max_plans_per_event=args.max_plans_per_event, adapter=adapter)
                 try:
                     episodes = []
                     for i in range(args.episodes):

@@ -30,6 +30,7 @@ from sim.imageops import resize_area
 from sim.metaworld.env import STATE_KINDS, TaskEnv
 from sim.metaworld.render import CameraRig
 from sim.metaworld.tasks import TaskSpec, get_spec
+from wallwm_pretrain.eval.adapter import EnvAdapter, StatePart
 from wallwm_pretrain.eval.policy import CheckpointPolicy, PolicyError
 
 if TYPE_CHECKING:
@@ -79,10 +80,15 @@ class MetaWorldRunner:
             ``--image-size``).
         strip_every: keep the first view every this many steps for the frame strip.
         max_plans_per_event: event mode: plans of one event before moving on regardless.
+        adapter: maps this runner's observation dict (``camera/<name>``: uint8 [R, R, 3] for each
+            camera the adapter names, ``state/full``: the 39-D observation, ``state/proprio``:
+            hand, gripper, hand velocity) to the model's views and state, and model actions to
+            Meta-World's; default: the views' cameras, the state layout of the model's width,
+            actions clipped to [-1, 1] (``configs/adapters/metaworld.yaml`` spelled out).
     """
 
     def __init__(self, policy: CheckpointPolicy | RemotePolicy, task: str, max_steps: int = 200, render_size: int = 64,
-                 strip_every: int = 10, max_plans_per_event: int = 4) -> None:
+                 strip_every: int = 10, max_plans_per_event: int = 4, adapter: EnvAdapter | None = None) -> None:
         self.policy, self.spec = policy, get_spec(task)
         self.max_steps, self.strip_every, self.max_plans_per_event = max_steps, strip_every, max_plans_per_event
         state_dim = policy.state_dim
@@ -91,20 +97,32 @@ class MetaWorldRunner:
                 f"the model's state_dim is {state_dim}; Meta-World states are "
                 + ", ".join(f"{kind} ({len(names)})" for kind, (names, _) in STATE_KINDS.items())
             )
-        self.to_state = STATE_KINDS[STATE_KIND_BY_DIM[state_dim]][1]
+        kind = STATE_KIND_BY_DIM[state_dim]
         views = policy.views or ["corner", "gripperPOV"]
         if len(views) != policy.num_views:
             raise PolicyError(f"the statistics name views {views} but the model has {policy.num_views}")
         self.views = [v.rsplit(".", 1)[-1] for v in views]
+        self.adapter = adapter or EnvAdapter({v: f"camera/{v}" for v in self.views}, [StatePart(f"state/{kind}")],
+                                             action_low=-1.0, action_high=1.0, source=f"default Meta-World adapter ({kind} state)")
+        self.adapter.check(self.views, state_dim, {"state": {k: np.zeros(len(names)) for k, (names, _) in STATE_KINDS.items()},
+                                                   "camera": {}})
+        keys = [self.adapter.images[v] for v in self.views]
+        if not all(k.startswith("camera/") for k in keys):
+            raise PolicyError(f"{self.adapter.source}: Meta-World images are 'camera/<name>' keys, got {self.adapter.images}")
+        cameras = list(dict.fromkeys(k.split("/", 1)[1] for k in keys))
         self.env = TaskEnv(task, max_steps)
         self.env.reset(0)
-        self.rig = CameraRig(self.env.model, self.env.data, self.views, render_size)
+        self.rig = CameraRig(self.env.model, self.env.data, cameras, render_size)
 
     def observe(self) -> tuple[np.ndarray, np.ndarray]:
         """(frame at the render size [V, R, R, 3], frame at the model's size [V, H, W, 3])."""
-        images = self.rig.render(self.env.data)
+        images = self.adapter.images_of({"camera": self.rig.render(self.env.data)})
         raw = np.stack([images[v] for v in self.views])
         return raw, resize_area(raw, self.policy.image_size)
+
+    def to_state(self, obs: np.ndarray) -> np.ndarray:
+        """The model's state from Meta-World's observation vector, through the adapter."""
+        return self.adapter.state_of({"state": {kind: fn(obs) for kind, (_, fn) in STATE_KINDS.items()}})
 
     def run(self, index: int, seed: int) -> Episode:
         env_seed = eval_env_seed(seed, self.spec.name, index)
@@ -133,7 +151,7 @@ class MetaWorldRunner:
                         raw, _ = self.observe()
                     ep.strip.append((t, label, raw[0]))
                 raw = None
-                obs, info = self.env.step(np.clip(action, -1.0, 1.0))
+                obs, info = self.env.step(self.adapter.action(action))
                 t += 1
                 if info.get("success", 0.0) >= 1.0:
                     ep.success = True
