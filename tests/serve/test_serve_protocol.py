@@ -212,3 +212,18 @@ def test_chunk_runner_executes_chunks_while_the_next_is_requested(start_server, 
         flat = np.concatenate(rec.chunks)
         rows = [int(np.flatnonzero((flat == a).all(1))[0]) for a in executed]
         assert rows == sorted(rows) and rows[:24] == list(range(24))
+
+
+def test_a_failure_inside_the_model_closes_only_that_connection(engine, start_server, obs_factory):
+    server = start_server()
+    with PolicyClient(server.url) as client:
+        engine.policy.denoise_steps = 0  # a setting the sampler refuses only once a request runs
+        try:
+            with pytest.raises(ServerError, match=r"(?s)Traceback.*denoise_steps must be >= 1"):
+                client.infer(obs_factory(0))
+        finally:
+            engine.policy.denoise_steps = 10
+        with pytest.raises(ServerError, match="code 1011"):  # that connection was closed ...
+            client.infer(obs_factory(0))
+    with PolicyClient(server.url) as other:  # ... and the server goes on serving
+        assert other.infer(obs_factory(0))["actions"].shape == (48, 4)

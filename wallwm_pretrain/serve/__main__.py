@@ -69,6 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     from wallwm_pretrain.serve.engine import PolicyEngine
     from wallwm_pretrain.serve.server import PolicyServer
 
+    for flag, value, low in (("--denoise-steps", args.denoise_steps, 1), ("--max-batch", args.max_batch, 1),
+                             ("--max-queue", args.max_queue, 1), ("--max-wait-ms", args.max_wait_ms, 0),
+                             ("--port", args.port, 0), ("--threads", args.threads, 0)):
+        if value < low:
+            print(f"error: {flag} must be >= {low}, got {value}", file=sys.stderr)
+            return 2
     if args.threads:
         torch.set_num_threads(args.threads)
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
