@@ -102,13 +102,15 @@ class MetaWorldRunner:
         if len(views) != policy.num_views:
             raise PolicyError(f"the statistics name views {views} but the model has {policy.num_views}")
         self.views = [v.rsplit(".", 1)[-1] for v in views]
-        self.adapter = adapter or EnvAdapter({v: f"camera/{v}" for v in self.views}, [StatePart(f"state/{kind}")],
-                                             action_low=-1.0, action_high=1.0, source=f"default Meta-World adapter ({kind} state)")
-        self.adapter.check(self.views, state_dim, {"state": {k: np.zeros(len(names)) for k, (names, _) in STATE_KINDS.items()},
-                                                   "camera": {}})
+        self.adapter = adapter or EnvAdapter(
+            {v: f"camera/{v}" for v in self.views}, [StatePart(f"state/{kind}")], action_low=-1.0, action_high=1.0,
+            source=f"default Meta-World adapter ({kind} state)")
+        zeros = {k: np.zeros(len(names)) for k, (names, _) in STATE_KINDS.items()}
+        self.adapter.check(self.views, state_dim, {"state": zeros})  # fails before the env is built
         keys = [self.adapter.images[v] for v in self.views]
         if not all(k.startswith("camera/") for k in keys):
-            raise PolicyError(f"{self.adapter.source}: Meta-World images are 'camera/<name>' keys, got {self.adapter.images}")
+            raise PolicyError(f"{self.adapter.source}: Meta-World images are 'camera/<name>' keys, "
+                              f"got {self.adapter.images}")
         cameras = list(dict.fromkeys(k.split("/", 1)[1] for k in keys))
         self.env = TaskEnv(task, max_steps)
         self.env.reset(0)
