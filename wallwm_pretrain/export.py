@@ -77,6 +77,22 @@ def load_model(path: str | Path, device: str = "cpu"):
     return _build(state.config_yaml, weights, device)
 
 
+def checkpoint_step(path: str | Path) -> int | None:
+    """The training step of an exported file, a checkpoint step folder or a run folder's newest
+    checkpoint (None when the file or folder does not say)."""
+    path = Path(path)
+    if path.is_file():
+        with safe_open(str(path), framework="pt") as f:
+            step = (f.metadata() or {}).get("step")
+        return int(step) if step is not None else None
+    manifest = _checkpoint_folder(path) / "manifest.json"
+    if not manifest.is_file():
+        return None
+    import json
+
+    return json.loads(manifest.read_text()).get("step")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m wallwm_pretrain.export", description=__doc__.splitlines()[0],

@@ -4,6 +4,9 @@ error on held-out events (``python -m wallwm_pretrain.eval --help``).
 - :mod:`.sampler`: rectified-flow sampling of an event (or chunk) from the current observation;
 - :mod:`.policy`: a checkpoint as a policy (normalisation, captions, planning);
 - :mod:`.metaworld`: closed-loop episodes in Meta-World, in event or chunk mode;
+- :mod:`.remote`: a policy server (``python -m wallwm_pretrain.serve``) as a policy (``--server``);
+- :mod:`.adapter`: environment observations -> the model's views and state, actions back (YAML);
+- :mod:`.gym_loop`: closed-loop episodes of any gymnasium-style environment through a server;
 - :mod:`.openloop`: action error of denoised events against held-out shards;
 - :mod:`.report`: success rates with confidence intervals, frame strips, the results table.
 """

@@ -2,6 +2,7 @@
 
     python -m wallwm_pretrain.eval --ckpt runs/mw_event --env metaworld \\
         --tasks pick-place-v3 drawer-open-v3 --episodes 20 --heldout data/shards/mw_heldout_L1
+    python -m wallwm_pretrain.eval --server ws://127.0.0.1:8000 --tasks pick-place-v3 --episodes 20 --out eval_remote
 """
 
 from __future__ import annotations
@@ -31,16 +32,28 @@ def build_parser() -> argparse.ArgumentParser:
             "checkpoints execute fixed chunks of data.chunk_horizon steps. Results go to --out\n"
             "(results.json, results.md, strips/) and to MLflow (experiment '<tracking.experiment>-eval').\n"
             "Observations are rendered at --render-size (the recorder's --image-size) and resized to\n"
-            "the model's size as build-shards did."
+            "the model's size as build-shards did. With --server the same episodes run through a policy\n"
+            "server (python -m wallwm_pretrain.serve) instead of an in-process model; same seeds and\n"
+            "checkpoint give the same successes."
         ),
         epilog=(
             "example:\n"
             "  python -m wallwm_pretrain.eval --ckpt runs/mw_event --env metaworld \\\n"
-            "      --tasks pick-place-v3 drawer-open-v3 --episodes 20 --heldout data/shards/mw_heldout_L1"
+            "      --tasks pick-place-v3 drawer-open-v3 --episodes 20 --heldout data/shards/mw_heldout_L1\n"
+            "  python -m wallwm_pretrain.eval --server ws://127.0.0.1:8000 --tasks pick-place-v3 --episodes 20 --out eval_remote"
         ),
     )
-    p.add_argument("--ckpt", required=True, help="run folder (newest checkpoint), checkpoint step folder, or exported .safetensors")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--ckpt", help="run folder (newest checkpoint), checkpoint step folder, or exported .safetensors")
+    where.add_argument("--server", metavar="URI",
+                       help="evaluate through a policy server (ws://HOST:PORT) instead of loading --ckpt; needs --out, "
+                            "no --heldout/--stats, no MLflow logging (the server holds the model and its config)")
+    p.add_argument("--api-key", default=os.environ.get("WALLWM_API_KEY"),
+                   help="with --server: the server's API key (default: $WALLWM_API_KEY)")
     p.add_argument("--env", default="metaworld", choices=["metaworld"], help="simulator (default metaworld)")
+    p.add_argument("--adapter", metavar="YAML",
+                   help="environment adapter: which cameras and state entries feed the model, how actions map back "
+                        "(default: the model's views and state layout; configs/adapters/metaworld.yaml spells it out)")
     p.add_argument("--tasks", nargs="+", default=DEFAULT_TASKS, metavar="TASK",
                    help=f"Meta-World tasks to evaluate (default: {' '.join(DEFAULT_TASKS)})")
     p.add_argument("--episodes", type=int, default=10, help="episodes per task (default 10)")
@@ -48,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, default=200, help="step budget per episode (default 200, as recorded)")
     p.add_argument("--render-size", type=int, default=64,
                    help="camera resolution before resizing to the model's size; the recorder's --image-size (default 64)")
-    p.add_argument("--denoise-steps", type=int, default=10, help="Euler steps of the flow per plan (default 10)")
+    p.add_argument("--denoise-steps", type=int, default=10, help="Euler steps of the flow per plan (default 10; with --server the server's own)")
     p.add_argument("--max-plans-per-event", type=int, default=4,
                    help="event mode: plans of one event before moving to the next regardless (default 4)")
     p.add_argument("--stats", help="training shard folder (or its index.json) for normalisation; default: data.shards of the run config")
@@ -80,6 +93,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     from sim.metaworld.heap import reproducible_heap
     from sim.metaworld.tasks import get_spec
     from wallwm_pretrain.data.loader import read_index
+    from wallwm_pretrain.eval.adapter import EnvAdapter
     from wallwm_pretrain.eval.metaworld import MetaWorldRunner
     from wallwm_pretrain.eval.openloop import open_loop_error
     from wallwm_pretrain.eval.policy import CheckpointPolicy
@@ -91,69 +105,91 @@ def evaluate(args: argparse.Namespace) -> dict:
         torch.set_num_threads(args.threads)
     for task in args.tasks:
         get_spec(task)  # KeyError naming the supported tasks
-    ckpt = Path(args.ckpt)
-    out = Path(args.out) if args.out else default_out(ckpt)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda but torch.cuda.is_available() is False")
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.server:
+        for flag, value in (("--heldout", args.heldout), ("--stats", args.stats)):
+            if value:
+                raise ValueError(f"{flag} needs the model in-process; with --server the server holds the model "
+                                 f"(give its statistics to the server's --stats)")
+        if not args.out:
+            raise ValueError("--out is required with --server (there is no run folder to write into)")
     started = time.perf_counter()
-    policy = CheckpointPolicy.load(ckpt, args.stats, device, args.denoise_steps)
-    cfg = policy.cfg
-    if args.heldout:
-        read_index(args.heldout)  # a bad --heldout fails now, not after the rollouts
-    results: dict = {
-        "checkpoint": str(ckpt), "mode": cfg.data.mode, "horizon": policy.horizon, "seed": args.seed,
-        "episodes_per_task": args.episodes, "max_steps": args.max_steps, "denoise_steps": args.denoise_steps,
-        "tasks": {},
-    }
-    with reproducible_heap():
-        results["gl_backend"] = check_rendering()
-        bar = tqdm(total=len(args.tasks) * args.episodes, desc=f"eval ({cfg.data.mode} mode)", unit="ep",
-                   disable=args.quiet)
-        for task in args.tasks:
-            runner = MetaWorldRunner(policy, task, args.max_steps, args.render_size,
-                                     max_plans_per_event=args.max_plans_per_event)
-            try:
-                episodes = []
-                for i in range(args.episodes):
-                    ep = runner.run(i, args.seed)
-                    episodes.append(ep)
-                    if i == 0:
-                        verdict = "success" if ep.success else "failure"
-                        save_strip(ep.strip, f"{task} episode {i} ({cfg.data.mode} mode): {verdict} in {ep.steps} steps",
-                                   out / "strips" / f"{task}_ep{i:03d}.png")
-                    bar.update(1)
-                    bar.set_postfix_str(f"{task} {sum(e.success for e in episodes)}/{len(episodes)} ok")
-            finally:
-                runner.close()
-            wins = sum(e.success for e in episodes)
-            lo, hi = wilson_interval(wins, len(episodes))
-            results["tasks"][task] = {
-                "successes": wins, "episodes": len(episodes), "success_rate": wins / len(episodes),
-                "ci95": [lo, hi], "mean_steps": sum(e.steps for e in episodes) / len(episodes),
-                "mean_plans": sum(e.plans for e in episodes) / len(episodes),
-                "episode_seeds": [e.env_seed for e in episodes], "success_per_episode": [e.success for e in episodes],
-            }
-        bar.close()
-    wins = sum(t["successes"] for t in results["tasks"].values())
-    total = sum(t["episodes"] for t in results["tasks"].values())
-    results["overall"] = {"successes": wins, "episodes": total, "success_rate": wins / total,
-                          "ci95": list(wilson_interval(wins, total))}
-    if args.heldout:
-        results["open_loop"] = open_loop_error(policy, args.heldout, args.seed, progress=not args.quiet)
-    results["seconds"] = time.perf_counter() - started
-    rows = [[task, rate_cell(t["successes"], t["episodes"]), f"{t['mean_steps']:.0f}", f"{t['mean_plans']:.1f}"]
-            for task, t in results["tasks"].items()]
-    rows.append(["all", rate_cell(wins, total), "", ""])
-    table = markdown_table(["task", "success [95% CI]", "mean steps", "plans/episode"], rows)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    (out / "results.md").write_text(table + "\n")
-    results["table"] = table
-    results["out"] = str(out)
-    if not args.no_tracking and cfg.tracking.enabled:
-        results["mlflow_run_id"] = log_to_mlflow(results, cfg, args, out)
-    return results
+    if args.server:
+        from wallwm_pretrain.eval.remote import RemotePolicy
+
+        policy = RemotePolicy(args.server, args.api_key)
+        out, cfg = Path(args.out), None
+        checkpoint = f"{args.server} ({policy.metadata.get('checkpoint')}, step {policy.metadata.get('checkpoint_step')})"
+    else:
+        ckpt = Path(args.ckpt)
+        out = Path(args.out) if args.out else default_out(ckpt)
+        if args.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--device cuda but torch.cuda.is_available() is False")
+        device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        checkpoint = str(ckpt)
+    try:
+        if not args.server:
+            policy = CheckpointPolicy.load(ckpt, args.stats, device, args.denoise_steps)
+            cfg = policy.cfg
+        if args.heldout:
+            read_index(args.heldout)  # a bad --heldout fails now, not after the rollouts
+        adapter = EnvAdapter.from_yaml(args.adapter) if args.adapter else None
+        results: dict = {
+            "checkpoint": checkpoint, "mode": policy.mode, "horizon": policy.horizon, "seed": args.seed,
+            "episodes_per_task": args.episodes, "max_steps": args.max_steps,
+            "denoise_steps": policy.metadata["denoise_steps"] if args.server else args.denoise_steps,
+            "tasks": {},
+        }
+        with reproducible_heap():
+            results["gl_backend"] = check_rendering()
+            bar = tqdm(total=len(args.tasks) * args.episodes, desc=f"eval ({policy.mode} mode)", unit="ep",
+                       disable=args.quiet)
+            for task in args.tasks:
+                runner = MetaWorldRunner(policy, task, args.max_steps, args.render_size,
+                                         max_plans_per_event=args.max_plans_per_event, adapter=adapter)
+                try:
+                    episodes = []
+                    for i in range(args.episodes):
+                        ep = runner.run(i, args.seed)
+                        episodes.append(ep)
+                        if i == 0:
+                            verdict = "success" if ep.success else "failure"
+                            save_strip(ep.strip, f"{task} episode {i} ({policy.mode} mode): {verdict} in {ep.steps} steps",
+                                       out / "strips" / f"{task}_ep{i:03d}.png")
+                        bar.update(1)
+                        bar.set_postfix_str(f"{task} {sum(e.success for e in episodes)}/{len(episodes)} ok")
+                finally:
+                    runner.close()
+                wins = sum(e.success for e in episodes)
+                lo, hi = wilson_interval(wins, len(episodes))
+                results["tasks"][task] = {
+                    "successes": wins, "episodes": len(episodes), "success_rate": wins / len(episodes),
+                    "ci95": [lo, hi], "mean_steps": sum(e.steps for e in episodes) / len(episodes),
+                    "mean_plans": sum(e.plans for e in episodes) / len(episodes),
+                    "episode_seeds": [e.env_seed for e in episodes], "success_per_episode": [e.success for e in episodes],
+                }
+            bar.close()
+        wins = sum(t["successes"] for t in results["tasks"].values())
+        total = sum(t["episodes"] for t in results["tasks"].values())
+        results["overall"] = {"successes": wins, "episodes": total, "success_rate": wins / total,
+                              "ci95": list(wilson_interval(wins, total))}
+        if args.heldout:
+            results["open_loop"] = open_loop_error(policy, args.heldout, args.seed, progress=not args.quiet)
+        results["seconds"] = time.perf_counter() - started
+        rows = [[task, rate_cell(t["successes"], t["episodes"]), f"{t['mean_steps']:.0f}", f"{t['mean_plans']:.1f}"]
+                for task, t in results["tasks"].items()]
+        rows.append(["all", rate_cell(wins, total), "", ""])
+        table = markdown_table(["task", "success [95% CI]", "mean steps", "plans/episode"], rows)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+        (out / "results.md").write_text(table + "\n")
+        results["table"] = table
+        results["out"] = str(out)
+        if cfg is not None and not args.no_tracking and cfg.tracking.enabled:
+            results["mlflow_run_id"] = log_to_mlflow(results, cfg, args, out)
+        return results
+    finally:
+        if args.server:
+            policy.close()
 
 
 def log_to_mlflow(results: dict, cfg, args: argparse.Namespace, out: Path) -> str:
@@ -184,11 +220,12 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     from sim.errors import SimError
     from wallwm_pretrain.checkpoint import CheckpointError
+    from wallwm_pretrain.client import ServerError
     from wallwm_pretrain.eval.policy import PolicyError
 
     try:
         results = evaluate(args)
-    except (SimError, CheckpointError, PolicyError, ValueError) as exc:
+    except (SimError, CheckpointError, PolicyError, ServerError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyError as exc:

@@ -22,15 +22,19 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from sim.imageops import resize_area
 from sim.metaworld.env import STATE_KINDS, TaskEnv
 from sim.metaworld.render import CameraRig
 from sim.metaworld.tasks import TaskSpec, get_spec
+from wallwm_pretrain.eval.adapter import EnvAdapter, StatePart
 from wallwm_pretrain.eval.policy import CheckpointPolicy, PolicyError
+
+if TYPE_CHECKING:
+    from wallwm_pretrain.eval.remote import RemotePolicy
 
 STATE_KIND_BY_DIM = {len(names): kind for kind, (names, _) in STATE_KINDS.items()}
 
@@ -69,44 +73,63 @@ class MetaWorldRunner:
     """Runs episodes of one task with one policy.
 
     Args:
-        policy: the checkpoint policy.
+        policy: the checkpoint policy, in-process or behind a policy server (same interface).
         task: a supported Meta-World task (``sim.metaworld.tasks``).
         max_steps: step budget of an episode.
         render_size: camera resolution before the resize to the model's size (the recorder's
             ``--image-size``).
         strip_every: keep the first view every this many steps for the frame strip.
         max_plans_per_event: event mode: plans of one event before moving on regardless.
+        adapter: maps this runner's observation dict (``camera/<name>``: uint8 [R, R, 3] for each
+            camera the adapter names, ``state/full``: the 39-D observation, ``state/proprio``:
+            hand, gripper, hand velocity) to the model's views and state, and model actions to
+            Meta-World's; default: the views' cameras, the state layout of the model's width,
+            actions clipped to [-1, 1] (``configs/adapters/metaworld.yaml`` spelled out).
     """
 
-    def __init__(self, policy: CheckpointPolicy, task: str, max_steps: int = 200, render_size: int = 64,
-                 strip_every: int = 10, max_plans_per_event: int = 4) -> None:
+    def __init__(self, policy: CheckpointPolicy | RemotePolicy, task: str, max_steps: int = 200, render_size: int = 64,
+                 strip_every: int = 10, max_plans_per_event: int = 4, adapter: EnvAdapter | None = None) -> None:
         self.policy, self.spec = policy, get_spec(task)
         self.max_steps, self.strip_every, self.max_plans_per_event = max_steps, strip_every, max_plans_per_event
-        state_dim = policy.cfg.model.state_dim
+        state_dim = policy.state_dim
         if state_dim not in STATE_KIND_BY_DIM:
             raise PolicyError(
                 f"the model's state_dim is {state_dim}; Meta-World states are "
                 + ", ".join(f"{kind} ({len(names)})" for kind, (names, _) in STATE_KINDS.items())
             )
-        self.to_state = STATE_KINDS[STATE_KIND_BY_DIM[state_dim]][1]
+        kind = STATE_KIND_BY_DIM[state_dim]
         views = policy.views or ["corner", "gripperPOV"]
-        if len(views) != policy.cfg.model.num_views:
-            raise PolicyError(f"the statistics name views {views} but the model has {policy.cfg.model.num_views}")
+        if len(views) != policy.num_views:
+            raise PolicyError(f"the statistics name views {views} but the model has {policy.num_views}")
         self.views = [v.rsplit(".", 1)[-1] for v in views]
+        self.adapter = adapter or EnvAdapter(
+            {v: f"camera/{v}" for v in self.views}, [StatePart(f"state/{kind}")], action_low=-1.0, action_high=1.0,
+            source=f"default Meta-World adapter ({kind} state)")
+        zeros = {k: np.zeros(len(names)) for k, (names, _) in STATE_KINDS.items()}
+        self.adapter.check(self.views, state_dim, {"state": zeros})  # fails before the env is built
+        keys = [self.adapter.images[v] for v in self.views]
+        if not all(k.startswith("camera/") for k in keys):
+            raise PolicyError(f"{self.adapter.source}: Meta-World images are 'camera/<name>' keys, "
+                              f"got {self.adapter.images}")
+        cameras = list(dict.fromkeys(k.split("/", 1)[1] for k in keys))
         self.env = TaskEnv(task, max_steps)
         self.env.reset(0)
-        self.rig = CameraRig(self.env.model, self.env.data, self.views, render_size)
+        self.rig = CameraRig(self.env.model, self.env.data, cameras, render_size)
 
     def observe(self) -> tuple[np.ndarray, np.ndarray]:
         """(frame at the render size [V, R, R, 3], frame at the model's size [V, H, W, 3])."""
-        images = self.rig.render(self.env.data)
+        images = self.adapter.images_of({"camera": self.rig.render(self.env.data)})
         raw = np.stack([images[v] for v in self.views])
         return raw, resize_area(raw, self.policy.image_size)
+
+    def to_state(self, obs: np.ndarray) -> np.ndarray:
+        """The model's state from Meta-World's observation vector, through the adapter."""
+        return self.adapter.state_of({"state": {kind: fn(obs) for kind, (_, fn) in STATE_KINDS.items()}})
 
     def run(self, index: int, seed: int) -> Episode:
         env_seed = eval_env_seed(seed, self.spec.name, index)
         obs = self.env.reset(env_seed)
-        gen = torch.Generator(device=self.policy.device).manual_seed(env_seed)
+        gen = self.policy.new_episode(env_seed)  # the episode's sampling-noise stream
         script = event_script(self.spec)
         ep = Episode(self.spec.name, index, env_seed, False, 0, 0)
         event, plans_in_event = 0, 0
@@ -130,7 +153,7 @@ class MetaWorldRunner:
                         raw, _ = self.observe()
                     ep.strip.append((t, label, raw[0]))
                 raw = None
-                obs, info = self.env.step(np.clip(action, -1.0, 1.0))
+                obs, info = self.env.step(self.adapter.action(action))
                 t += 1
                 if info.get("success", 0.0) >= 1.0:
                     ep.success = True

@@ -16,10 +16,11 @@ import numpy as np
 import torch
 
 from wallwm_pretrain.config import Config
-from wallwm_pretrain.captions import encode_caption
+from wallwm_pretrain.captions import CAPTION_PAD, encode_caption
 from wallwm_pretrain.data.cookers import Normalizer
 from wallwm_pretrain.eval.sampler import sample_event
 from wallwm_pretrain.export import load_model
+from wallwm_pretrain.model.embeddings import patchify
 
 
 class PolicyError(ValueError):
@@ -87,8 +88,35 @@ class CheckpointPolicy:
     def image_size(self) -> int:
         return self.cfg.model.image_size
 
+    @property
+    def state_dim(self) -> int:
+        return self.cfg.model.state_dim
+
+    @property
+    def action_dim(self) -> int:
+        return self.cfg.model.action_dim
+
+    @property
+    def num_views(self) -> int:
+        return self.cfg.model.num_views
+
+    @property
+    def fps(self) -> float | None:
+        return self.index.get("fps")
+
+    def new_episode(self, seed: int) -> torch.Generator:
+        """The sampling-noise stream of one episode: every plan of the episode draws from it."""
+        return torch.Generator(device=self.device).manual_seed(seed)
+
     def caption_tokens(self, text: str) -> torch.Tensor:
         return torch.from_numpy(encode_caption(text, self.cfg.model.caption_max_bytes))[None].to(self.device)
+
+    def check_observation(self, frame: np.ndarray, state: np.ndarray) -> None:
+        want = (self.num_views, self.image_size, self.image_size, 3)
+        if frame.shape != want:
+            raise PolicyError(f"observation frame has shape {frame.shape}, the model expects {want}")
+        if state.shape != (self.state_dim,):
+            raise PolicyError(f"state has shape {state.shape}, the model expects ({self.state_dim},)")
 
     def plan(self, frame: np.ndarray, state: np.ndarray, caption: str, generator: torch.Generator) -> Plan:
         """Denoise ``self.horizon`` steps from this observation.
@@ -97,16 +125,35 @@ class CheckpointPolicy:
             frame: uint8 [V, H, W, 3] at the model's image size, views in training order.
             state: float [S] in the robot's units.
             caption: the next-event description (event mode) or the task (chunk mode).
+            generator: the episode's noise stream (:meth:`new_episode`).
         """
-        want = (self.cfg.model.num_views, self.image_size, self.image_size, 3)
-        if frame.shape != want:
-            raise PolicyError(f"observation frame has shape {frame.shape}, the model expects {want}")
-        if state.shape != (self.cfg.model.state_dim,):
-            raise PolicyError(f"state has shape {state.shape}, the model expects ({self.cfg.model.state_dim},)")
-        first = torch.from_numpy(np.ascontiguousarray(frame))[None].to(self.device)
-        st = torch.from_numpy(self.norm.state(state.astype(np.float32)))[None].to(self.device)
-        cap = self.caption_tokens(caption)
-        actions, _ = sample_event(self.model, first, st, cap, self.horizon, self.denoise_steps, generator)
+        return self.plan_batch([frame], [state], [caption], [generator])[0]
+
+    def plan_batch(self, frames: list[np.ndarray], states: list[np.ndarray], captions: list[str],
+                   generators: list[torch.Generator]) -> list[Plan]:
+        """:meth:`plan` for several observations in one forward pass.
+
+        Each observation draws its starting noise from its own generator, in the order a
+        lone :meth:`plan` draws it (video, then actions), so its plan does not depend on what
+        else is in the batch, up to float rounding of the batched matmuls. Captions are padded
+        to the longest; the model masks the padding.
+        """
+        for frame, state in zip(frames, states):
+            self.check_observation(frame, state)
+        first = torch.from_numpy(np.stack(frames))
+        st = torch.from_numpy(np.stack([self.norm.state(s.astype(np.float32)) for s in states]))
+        tokens = [encode_caption(c, self.cfg.model.caption_max_bytes) for c in captions]
+        cap = np.full((len(tokens), max(len(t) for t in tokens)), CAPTION_PAD, np.int64)
+        for i, t in enumerate(tokens):
+            cap[i, : len(t)] = t
+        first, st, cap = first.to(self.device), st.to(self.device), torch.from_numpy(cap).to(self.device)
+        video_shape = patchify(first[:1, None], self.cfg.model.patch_size).shape[2:]
+        frames_n = self.horizon // self.cfg.model.frame_stride
+        noise = [(torch.randn((1, frames_n, *video_shape), device=self.device, generator=g),
+                  torch.randn((1, self.horizon, self.action_dim), device=self.device, generator=g)) for g in generators]
+        noise = (torch.cat([v for v, _ in noise]), torch.cat([a for _, a in noise]))
+        actions, _ = sample_event(self.model, first, st, cap, self.horizon, self.denoise_steps, noise=noise)
         with torch.no_grad():
-            remaining = float(self.model.remaining_steps(first, st, cap)[0])
-        return Plan(self.norm.raw_actions(actions[0].float().cpu().numpy()).astype(np.float32), remaining)
+            remaining = self.model.remaining_steps(first, st, cap).float().cpu().numpy()
+        raw = self.norm.raw_actions(actions.float().cpu().numpy()).astype(np.float32)
+        return [Plan(raw[i], float(remaining[i])) for i in range(len(frames))]

@@ -24,6 +24,7 @@ def sample_event(
     steps: int,
     denoise_steps: int = 10,
     generator: torch.Generator | None = None,
+    noise: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Denoise ``steps`` control steps of actions (and the matching video latents).
 
@@ -33,6 +34,9 @@ def sample_event(
         state: float [B, S] (normalised); caption: long [B, L] byte tokens.
         steps: control steps to denoise, a multiple of ``model.frame_stride``.
         denoise_steps: Euler steps from t = 1 to t = 0.
+        noise: optional starting noise (video [B, F, P, D], actions [B, steps, A]) in place of
+            draws from ``generator``: a batch of requests that each bring their own noise gets
+            the samples each would get alone (the policy server batches that way).
 
     Returns:
         (actions [B, steps, A] normalised, video latents [B, F, P, D] in [-1, 1] scale).
@@ -45,9 +49,15 @@ def sample_event(
     b, dev = first_frame.shape[0], first_frame.device
     first = patchify(first_frame[:, None], model.cfg.patch_size)  # [B, 1, P, D]
     frames = steps // k
-    video = torch.randn((b, frames, *first.shape[2:]), device=dev, generator=generator)
+    if noise is None:
+        video = torch.randn((b, frames, *first.shape[2:]), device=dev, generator=generator)
+        actions = torch.randn((b, steps, model.cfg.action_dim), device=dev, generator=generator)
+    else:
+        video, actions = (n.to(dev).clone() for n in noise)
+        want = ((b, frames, *first.shape[2:]), (b, steps, model.cfg.action_dim))
+        if (tuple(video.shape), tuple(actions.shape)) != want:
+            raise ValueError(f"noise shapes {tuple(video.shape)}, {tuple(actions.shape)}; expected {want[0]}, {want[1]}")
     video[:, :1] = first
-    actions = torch.randn((b, steps, model.cfg.action_dim), device=dev, generator=generator)
     frame_valid = torch.ones((b, frames), dtype=torch.bool, device=dev)
     action_valid = torch.ones((b, steps), dtype=torch.bool, device=dev)
     grid = torch.linspace(1.0, 0.0, denoise_steps + 1, device=dev)
