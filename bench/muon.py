@@ -36,6 +36,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from wallwm_pretrain.batch import Batch
 from wallwm_pretrain.config import OptimConfig  # noqa: E402
 
 HIDDEN, FFN, LAYERS, VOCAB, BATCH, SEQ = 256, 1024, 4, 1000, 4, 64
@@ -355,7 +356,7 @@ def run_train(steps: int) -> None:
         for name, (model, opt) in setups.items():
             data = batch(s)
             t0 = time.perf_counter()
-            out = model(*data, generator=torch.Generator().manual_seed(s))
+            out = model(Batch(*data), generator=torch.Generator().manual_seed(s))
             out["loss"].backward()
             t1 = time.perf_counter()
             opt.step()

@@ -35,6 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from wallwm_pretrain.batch import Batch
 from wallwm_pretrain.step_metrics import PEAK_TFLOPS  # noqa: E402  dense bf16 peaks by device name, for MFU
 
 DEFAULT_LAYOUTS = ["tp1", "tp1:m1", "tp1:selective", "tp1:full", "tp2", "pp2", "dp2", "tp2dp2", "tp2pp2", "pp2dp2"]
@@ -89,7 +90,7 @@ def run_rank(rank: int, layout: dict, args: argparse.Namespace, rdzv: str, out: 
     from wallwm_pretrain.config import load_config
     from wallwm_pretrain.parallel import init_parallel, shutdown_parallel
     from wallwm_pretrain.optim import build_optimizer
-    from wallwm_pretrain.parallel.pipeline import PipelineSchedule, build_stage_models, parallelize_stages
+    from wallwm_pretrain.parallel.pipeline import PipelineSchedule, build_pipeline_chunks, parallelize_chunks
     from wallwm_pretrain.parallel.state import optimizer_groups
 
     torch.set_num_threads(max(1, args.threads // layout["world"]))
@@ -103,8 +104,8 @@ def run_rank(rank: int, layout: dict, args: argparse.Namespace, rdzv: str, out: 
                  f"data.batch_size={args.batch // layout['dp']}", f"train.device={args.device}"]
     cfg = load_config(args.config, overrides)
     ctx = init_parallel(layout["tp"], layout["pp"], args.device, seed=0, vpp=layout["vpp"])
-    chunks = build_stage_models(cfg.model, ctx, seed=0)
-    models = parallelize_stages(chunks, ctx)
+    chunks = build_pipeline_chunks(cfg.model, ctx, seed=0)
+    models = parallelize_chunks(chunks, ctx)
     optim = build_optimizer(chunks, cfg.optim, 10_000, optimizer_groups(ctx), grad_buffers=models)
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else contextlib.nullcontext
     schedule = PipelineSchedule(models, ctx, layout["microbatches"], autocast)
@@ -117,8 +118,8 @@ def run_rank(rank: int, layout: dict, args: argparse.Namespace, rdzv: str, out: 
         dist.barrier()
         t0 = time.perf_counter()
         rng.manual_seed(step * 65_537 + ctx.dp_rank)
-        noise = chunks[0].sample_noise(mine[0], mine[1], rng)
-        schedule.run(*mine, noise)
+        noise = chunks[0].sample_noise(Batch(*mine), rng)
+        schedule.run(Batch(*mine), noise)
         optim.clip_grad_norm(cfg.optim.grad_clip)
         optim.step()
         optim.zero_grad()

@@ -35,19 +35,19 @@ from tqdm import tqdm
 from wallwm_pretrain import checkpoint as ckpt
 from wallwm_pretrain.config import Config, flatten, to_yaml
 from wallwm_pretrain.data import EventLoader
+from wallwm_pretrain.model import LOSS_KEYS
 from wallwm_pretrain.model.flops import SampleShape, train_flops
+from wallwm_pretrain.model.flow_matching import noise_seed
 from wallwm_pretrain.optim import build_optimizer
 from wallwm_pretrain.parallel import init_parallel
 from wallwm_pretrain.parallel.canonical import canonical_checkpoint, load_canonical
 from wallwm_pretrain.parallel.parallelize import unwrap_model
-from wallwm_pretrain.parallel.pipeline import PipelineSchedule, build_stage_models, parallelize_stages
+from wallwm_pretrain.parallel.pipeline import PipelineSchedule, build_pipeline_chunks, parallelize_chunks
 from wallwm_pretrain.parallel.state import gather_per_dp_rank, optimizer_groups, sum_over_pipeline
 from wallwm_pretrain.step_metrics import memory_label, peak_memory_gib, peak_tflops
 from wallwm_pretrain.tracking import build_tracker, plot_loss_curve
 
 log = logging.getLogger("wallwm_pretrain")
-
-LOSS_KEYS = ("loss", "loss_video", "loss_action", "loss_time")
 
 
 @dataclass
@@ -117,9 +117,9 @@ class Trainer:
         # replicated weights; megatron draws TP master weights whole and keeps this rank's
         # slices; a chunk's layers get the weights they have in the whole model), each wrapped
         # for data parallel, driven by the schedule of the layout in microbatches
-        self.chunks = build_stage_models(cfg.model, self.ctx, cfg.train.seed)
+        self.chunks = build_pipeline_chunks(cfg.model, self.ctx, cfg.train.seed)
         self.param_counts = self._parameter_counts()
-        self.model = parallelize_stages(self.chunks, self.ctx)
+        self.model = parallelize_chunks(self.chunks, self.ctx)
         self.schedule = PipelineSchedule(self.model, self.ctx, cfg.train.microbatches, autocast)
         self.noise_rng = torch.Generator(device=self.device)
 
@@ -214,15 +214,12 @@ class Trainer:
         batch = next(self.loader).to(self.device)
         for chunk in self.model:
             chunk.train()
-        # Flow-matching draws depend only on (seed, step, data-parallel rank): tensor-parallel
-        # and pipeline peers draw alike, and a resumed run draws what the uninterrupted run
-        # would have. Drawn for the whole batch; each microbatch takes its rows.
-        self.noise_rng.manual_seed((self.cfg.train.seed * 1_000_003 + self.step) * 65_537 + self.ctx.dp_rank)
-        noise = self.chunks[0].sample_noise(batch.frames, batch.actions, self.noise_rng)
+        # Flow-matching draws depend only on (seed, step, data-parallel rank), see noise_seed.
+        # Drawn for the whole batch; each microbatch takes its rows.
+        self.noise_rng.manual_seed(noise_seed(self.cfg.train.seed, self.step, self.ctx.dp_rank))
+        noise = self.chunks[0].sample_noise(batch, self.noise_rng)
         # forward and backward of all microbatches through the pipeline (megatron's schedule)
-        out = self.schedule.run(
-            batch.frames, batch.actions, batch.state, batch.lengths, batch.caption, batch.remaining, noise
-        )
+        out = self.schedule.run(batch, noise)
         grad_norm = self.optim.clip_grad_norm(self.cfg.optim.grad_clip)
         self.optim.step()
         self.optim.zero_grad(set_to_none=True)

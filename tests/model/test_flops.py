@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from wallwm_pretrain.batch import Batch
 from wallwm_pretrain.config import ModelConfig
 from wallwm_pretrain.model import WallWM
 from wallwm_pretrain.model.flops import SampleShape, attention_core_flops, forward_flops, recompute_flops, train_flops
@@ -29,7 +30,7 @@ def inputs(b, t, caption_len):
 def test_forward_formula_equals_counted_matmuls(cfg, b, t, caption_len):
     model = WallWM(cfg)
     with FlopCounterMode(display=False) as counter:
-        model(*inputs(b, t, caption_len), generator=torch.Generator().manual_seed(0))
+        model(Batch(*inputs(b, t, caption_len)), generator=torch.Generator().manual_seed(0))
     shape = SampleShape.of(cfg, t, K, caption_len)
     assert counter.get_total_flops() == b * forward_flops(cfg, shape)["total"]
 
@@ -38,7 +39,7 @@ def test_training_is_about_three_forwards():
     """Backward skips the input gradients of the first layers, so it is a little under 2x."""
     model = WallWM(CFG)
     with FlopCounterMode(display=False) as counter:
-        model(*inputs(3, 12, 10), generator=torch.Generator().manual_seed(0))["loss"].backward()
+        model(Batch(*inputs(3, 12, 10)), generator=torch.Generator().manual_seed(0))["loss"].backward()
     estimate = 3 * train_flops(CFG, SampleShape.of(CFG, 12, K, 10))  # batch of 3
     assert 0.95 * estimate < counter.get_total_flops() <= estimate
 

@@ -20,6 +20,7 @@ import pytest
 import torch
 from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
 
+from wallwm_pretrain.batch import Batch
 from wallwm_pretrain.config import ModelConfig
 from wallwm_pretrain.model import WallWM, spec
 from wallwm_pretrain.model.local_layers import LocalCoreAttention, LocalMLP
@@ -70,7 +71,7 @@ def pair(pg_collection, **overrides) -> tuple[WallWM, WallWM]:
 
 def loss_and_grads(model: WallWM):
     model.train()
-    out = model(*batch(), generator=torch.Generator().manual_seed(3))
+    out = model(Batch(*batch()), generator=torch.Generator().manual_seed(3))
     out["loss"].backward()
     return out, {n: p.grad for n, p in model.named_parameters()}
 

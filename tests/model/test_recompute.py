@@ -7,6 +7,7 @@ import pytest
 import torch
 from megatron.core.transformer.dot_product_attention import DotProductAttention
 
+from wallwm_pretrain.batch import Batch
 from wallwm_pretrain.config import ModelConfig
 from wallwm_pretrain.model import WallWM
 from wallwm_pretrain.model.local_layers import LocalCoreAttention
@@ -71,7 +72,7 @@ def loss_grads_and_core_calls(recompute: str, monkeypatch, groups):
     kind, pg_collection = groups
     model = make_model(recompute, pg_collection).train()
     calls = count_core_calls(monkeypatch, kind)
-    out = model(*batch(), generator=torch.Generator().manual_seed(3))
+    out = model(Batch(*batch()), generator=torch.Generator().manual_seed(3))
     forward_calls = len(calls)
     out["loss"].backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters()}
@@ -107,5 +108,5 @@ def test_no_recompute_in_eval(groups, mode, monkeypatch):
     model = make_model(mode, pg_collection).eval()
     calls = count_core_calls(monkeypatch, kind)
     with torch.no_grad():
-        model(*batch(), generator=torch.Generator().manual_seed(3))
+        model(Batch(*batch()), generator=torch.Generator().manual_seed(3))
     assert len(calls) == CFG.num_layers * CORES_PER_LAYER + CFG.text_layers

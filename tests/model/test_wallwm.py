@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from wallwm_pretrain.batch import Batch
 from wallwm_pretrain.config import ModelConfig
 from wallwm_pretrain.model import WallWM
 from wallwm_pretrain.model.embeddings import patchify, unpatchify
@@ -93,7 +94,7 @@ def test_losses_are_finite_and_decrease_when_overfitting():
     losses = []
     for step in range(40):
         g = torch.Generator().manual_seed(step % 4)  # a few fixed noise draws
-        out = model(*data, generator=g)
+        out = model(Batch(*data), generator=g)
         assert set(out) == {"loss", "loss_video", "loss_action", "loss_time"}
         out["loss"].backward()
         opt.step()
@@ -107,13 +108,13 @@ def test_losses_are_finite_and_decrease_when_overfitting():
 def test_loss_ignores_padding_targets(bad):
     model = make_model()
     frames, actions, state, lengths, caption, remaining = batch()
-    ref = model(frames, actions, state, lengths, caption, remaining, generator=torch.Generator().manual_seed(3))
+    ref = model(Batch(frames, actions, state, lengths, caption, remaining), generator=torch.Generator().manual_seed(3))
     frames2, actions2 = frames.clone(), actions.clone()
     if bad == "action":
         actions2[1, lengths[1]:] = 1e3
     else:
         frames2[2, lengths[2] + K:] = 255 - frames2[2, lengths[2] + K:]
-    out = model(frames2, actions2, state, lengths, caption, remaining, generator=torch.Generator().manual_seed(3))
+    out = model(Batch(frames2, actions2, state, lengths, caption, remaining), generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(out["loss"], ref["loss"])
 
 
@@ -124,10 +125,10 @@ def test_remaining_time_head_reads_nothing_that_depends_on_the_event_length():
     for p in model.parameters():
         p.data.add_(0.02 * torch.randn_like(p))
     frames, actions, state, lengths, caption, remaining = batch()
-    ref = model(frames, actions, state, lengths, caption, remaining, generator=torch.Generator().manual_seed(3))
+    ref = model(Batch(frames, actions, state, lengths, caption, remaining), generator=torch.Generator().manual_seed(3))
     frames2, actions2 = frames.clone(), torch.randn_like(actions)
     frames2[:, 1:] = 255 - frames2[:, 1:]
-    out = model(frames2, actions2, state, torch.tensor([4, 8, 12]), caption, remaining,
+    out = model(Batch(frames2, actions2, state, torch.tensor([4, 8, 12]), caption, remaining),
                 generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(out["loss_time"], ref["loss_time"], rtol=0, atol=1e-6)
     assert abs(out["loss_action"] - ref["loss_action"]) > 1e-3  # the rest did see the change
@@ -145,7 +146,7 @@ def test_remaining_time_head_learns_the_steps_to_the_event_end():
     data = batch()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     for step in range(150):
-        out = model(*data, generator=torch.Generator().manual_seed(step % 4))
+        out = model(Batch(*data), generator=torch.Generator().manual_seed(step % 4))
         out["loss"].backward()
         opt.step()
         opt.zero_grad()
@@ -160,6 +161,6 @@ def test_time_loss_weight_zero_leaves_the_head_out():
 
     torch.manual_seed(0)
     model = WallWM(replace(CFG, time_loss_weight=0.0))
-    out = model(*batch(), generator=torch.Generator().manual_seed(3))
+    out = model(Batch(*batch()), generator=torch.Generator().manual_seed(3))
     assert float(out["loss_time"]) == 0.0
     torch.testing.assert_close(out["loss"], out["loss_video"] + out["loss_action"])

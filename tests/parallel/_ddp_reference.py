@@ -22,6 +22,7 @@ from megatron.core import parallel_state as ps
 from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
 from torch import nn
 
+from wallwm_pretrain.batch import Batch
 from wallwm_pretrain.model import WallWM
 from wallwm_pretrain.model.flow_matching import FlowNoise
 from wallwm_pretrain.model.spec import build_transformer_config
@@ -51,15 +52,7 @@ class GlobalBatchLoss(nn.Module):
         return x
 
     def forward(
-        self,
-        frames: torch.Tensor,
-        actions: torch.Tensor,
-        state: torch.Tensor,
-        lengths: torch.Tensor,
-        caption: torch.Tensor,
-        remaining: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
-        noise: FlowNoise | None = None,
+        self, batch: Batch, generator: torch.Generator | None = None, noise: FlowNoise | None = None
     ) -> dict[str, torch.Tensor]:
         """As :meth:`WallWM.forward` on this rank's rows of the global batch.
 
@@ -68,11 +61,8 @@ class GlobalBatchLoss(nn.Module):
             ``loss_video``, ``loss_action``, ``loss_time``: global-batch values (detached);
             ``loss_share``: this rank's share (detached).
         """
-        counts = self._sum(self.model.loss_element_counts(lengths, actions.shape[1]).to(actions.device))
-        out = self.model(
-            frames, actions, state, lengths, caption, generator=generator, noise=noise, loss_denominators=counts,
-            remaining=remaining,
-        )
+        counts = self._sum(self.model.loss_element_counts(batch.lengths, batch.actions.shape[1]).to(batch.actions.device))
+        out = self.model(batch, generator=generator, noise=noise, loss_denominators=counts)
         share = out["loss"]
         # fp32 so that bf16 autocast losses add up over ranks without another rounding
         total = self._sum(

@@ -20,6 +20,7 @@ warnings.filterwarnings("ignore")
 
 from dataclasses import replace  # noqa: E402
 
+from wallwm_pretrain.batch import Batch
 from wallwm_pretrain.config import ModelConfig, OptimConfig  # noqa: E402
 from wallwm_pretrain.model import WallWM  # noqa: E402
 
@@ -97,8 +98,8 @@ def train(ctx, gather_tp_matrices: bool = True, overlap: bool = False, bucket_si
     record.update(loss=[], loss_video=[], loss_action=[], loss_time=[], grad_norm=[])
     for step in range(STEPS):
         data = global_batch(step)
-        noise = bare.sample_noise(data[0], data[1], torch.Generator().manual_seed(500 + step)).rows(lo, hi)
-        out = model(*(x[lo:hi] for x in data), noise=noise)
+        noise = bare.sample_noise(Batch(*data), torch.Generator().manual_seed(500 + step)).rows(lo, hi)
+        out = model(Batch(*data).rows(lo, hi), noise=noise)
         out["loss"].backward()
         optim.finish_grad_sync()
         if step == 0:
@@ -126,12 +127,12 @@ def train_pipeline(ctx, options: dict, out_dir: str) -> dict:
     """
     from wallwm_pretrain.optim import build_optimizer
     from wallwm_pretrain.parallel.canonical import canonical_checkpoint, load_canonical
-    from wallwm_pretrain.parallel.pipeline import PipelineSchedule, build_stage_models, parallelize_stages
+    from wallwm_pretrain.parallel.pipeline import PipelineSchedule, build_pipeline_chunks, parallelize_chunks
     from wallwm_pretrain.parallel.state import optimizer_groups
 
     cfg = model_config(options)
-    chunks = build_stage_models(cfg, ctx, seed=0)
-    models = parallelize_stages(chunks, ctx, overlap_grad_reduce=options.get("overlap", False))
+    chunks = build_pipeline_chunks(cfg, ctx, seed=0)
+    models = parallelize_chunks(chunks, ctx, overlap_grad_reduce=options.get("overlap", False))
     optim = build_optimizer(chunks, OPTIM, 10, optimizer_groups(ctx), grad_buffers=models)
     schedule = PipelineSchedule(models, ctx, options.get("microbatches", 1))
     per_rank = GLOBAL_BATCH // ctx.dp
@@ -147,10 +148,10 @@ def train_pipeline(ctx, options: dict, out_dir: str) -> dict:
 
     def step(index: int) -> dict:
         data = global_batch(index)
-        noise = chunks[0].sample_noise(data[0], data[1], torch.Generator().manual_seed(500 + index)).rows(lo, hi)
+        noise = chunks[0].sample_noise(Batch(*data), torch.Generator().manual_seed(500 + index)).rows(lo, hi)
         for m in models:
             m.train()
-        out = schedule.run(*(x[lo:hi] for x in data), noise)
+        out = schedule.run(Batch(*data).rows(lo, hi), noise)
         optim.finish_grad_sync()
         if index == 0:
             record["grads0"] = {n: p.main_grad.clone() for c in chunks for n, p in c.named_parameters()}

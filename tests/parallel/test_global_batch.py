@@ -8,6 +8,7 @@ import torch
 
 from _ddp_reference import GlobalBatchLoss, parallelize_model, unwrap
 
+from wallwm_pretrain.batch import Batch
 from wallwm_pretrain.config import ModelConfig, OptimConfig
 from wallwm_pretrain.model import WallWM
 from wallwm_pretrain.optim import ReplicatedOptimizerSet, build_optimizer
@@ -42,9 +43,9 @@ def batch(seed=0, t=12):
 def test_precomputed_noise_equals_generator_draws():
     model = make_model()
     data = batch()
-    by_generator = model(*data, generator=torch.Generator().manual_seed(7))
-    noise = model.sample_noise(data[0], data[1], torch.Generator().manual_seed(7))
-    by_noise = model(*data, noise=noise)
+    by_generator = model(Batch(*data), generator=torch.Generator().manual_seed(7))
+    noise = model.sample_noise(Batch(*data), torch.Generator().manual_seed(7))
+    by_noise = model(Batch(*data), noise=noise)
     assert torch.equal(by_generator["loss"], by_noise["loss"])
     assert noise.rows(1, 3).noise_video.shape[0] == 2
     assert torch.equal(noise.rows(1, 3).t_action, noise.t_action[1:3])
@@ -53,8 +54,8 @@ def test_precomputed_noise_equals_generator_draws():
 def test_shares_with_global_counts_add_up_to_the_whole_batch():
     model = make_model()
     data = batch()
-    noise = model.sample_noise(data[0], data[1], torch.Generator().manual_seed(3))
-    whole = model(*data, noise=noise)
+    noise = model.sample_noise(Batch(*data), torch.Generator().manual_seed(3))
+    whole = model(Batch(*data), noise=noise)
     whole["loss"].backward()
     whole_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
@@ -66,10 +67,10 @@ def test_shares_with_global_counts_add_up_to_the_whole_batch():
     for h in halves:
         part = [x[h] for x in data]
         rows = noise.rows(h.start, h.stop)
-        out = model(*part, noise=rows, loss_denominators=counts)
+        out = model(Batch(*part), noise=rows, loss_denominators=counts)
         out["loss"].backward()
         shares.append(out["loss"].item())
-        means.append(model(*part, noise=rows)["loss"].item())
+        means.append(model(Batch(*part), noise=rows)["loss"].item())
     assert sum(shares) == pytest.approx(whole["loss"].item(), abs=1e-6)
     for n, p in model.named_parameters():
         torch.testing.assert_close(p.grad, whole_grads[n], rtol=1e-5, atol=1e-7, msg=n)
@@ -93,8 +94,8 @@ def _bare_steps(model, steps, zero_to_none=True):
     norms = []
     for step in range(steps):
         data = batch(step)
-        noise = model.sample_noise(data[0], data[1], torch.Generator().manual_seed(step))
-        model(*data, noise=noise)["loss"].backward()
+        noise = model.sample_noise(Batch(*data), torch.Generator().manual_seed(step))
+        model(Batch(*data), noise=noise)["loss"].backward()
         norms.append(optim.clip_grad_norm(0.5))
         optim.step()
         optim.zero_grad(set_to_none=zero_to_none)
@@ -108,8 +109,8 @@ def _parallel_steps(model, ctx, steps, zero_to_none=True):
     norms = []
     for step in range(steps):
         data = batch(step)
-        noise = model.sample_noise(data[0], data[1], torch.Generator().manual_seed(step))
-        wrapped(*data, noise=noise)["loss"].backward()
+        noise = model.sample_noise(Batch(*data), torch.Generator().manual_seed(step))
+        wrapped(Batch(*data), noise=noise)["loss"].backward()
         norms.append(optim.clip_grad_norm(0.5))
         optim.step()
         optim.zero_grad(set_to_none=zero_to_none)

@@ -11,7 +11,7 @@ Stages, in order (one WebDataset ``DataPipeline`` per epoch):
 5. decode ``.npy`` / ``.json``;
 6. sample shuffle buffer seeded by (seed, epoch, rank, worker);
 7. cook (event or chunk mode, see ``cookers.py``), then length-bucketed batching
-   (``buckets.py``) into :class:`EventBatch`.
+   (``buckets.py``) into :class:`~wallwm_pretrain.batch.Batch`.
 
 The loader position is ``(epoch, batches consumed in the epoch)``; :meth:`state_dict` and
 :meth:`load_state_dict` save and restore it. Restoring rebuilds the epoch's pipeline and
@@ -35,7 +35,8 @@ from wallwm_pretrain.config import DataConfig
 from wallwm_pretrain.data.badinput import BadInputError, SkipCounter, cook_or_skip, stamp_skips
 from wallwm_pretrain.data.balance import ClusterBalance
 from wallwm_pretrain.data.buckets import bucket_batches
-from wallwm_pretrain.data.collate import EventBatch, collate
+from wallwm_pretrain.batch import Batch
+from wallwm_pretrain.data.collate import collate
 from wallwm_pretrain.data.cookers import Normalizer, TrainSample, make_cooker
 from wallwm_pretrain.data.npy import npy_handler
 
@@ -85,7 +86,7 @@ def _shuffle(src: Iterable, bufsize: int, seed: tuple[int, ...]) -> Iterator:
 
 
 class EventLoader:
-    """Infinite iterator of :class:`EventBatch` for one data-parallel rank.
+    """Infinite iterator of :class:`~wallwm_pretrain.batch.Batch` for one data-parallel rank.
 
     Args:
         cfg: the ``data`` section of the run config (``mode`` says what a sample is).
@@ -121,7 +122,7 @@ class EventLoader:
         self.epoch = 0
         self.batches_in_epoch = 0
         self.bad_samples = 0  # skipped within data.max_bad_samples, over the whole run
-        self._iter: Optional[Iterator[EventBatch]] = None
+        self._iter: Optional[Iterator[Batch]] = None
 
     def pipeline(self, epoch: int) -> wds.DataPipeline:
         urls = list(self.urls)
@@ -170,7 +171,7 @@ class EventLoader:
     def __iter__(self) -> "EventLoader":
         return self
 
-    def __next__(self) -> EventBatch:
+    def __next__(self) -> Batch:
         for _ in range(2):
             if self._iter is None:
                 self._start_epoch()

@@ -35,6 +35,16 @@ def masked_mse(
     return ((pred - target) ** 2 * mask).sum() / denom.clamp_min(1.0)
 
 
+def noise_seed(seed: int, step: int, replica: int) -> int:
+    """The seed of a step's flow draws: a function of (run seed, step, data-parallel rank) only.
+
+    Tensor-parallel and pipeline peers of one data-parallel rank draw alike (they compute one
+    forward together), data-parallel ranks draw differently (they hold different samples), and
+    a resumed run draws what the uninterrupted run would have.
+    """
+    return (seed * 1_000_003 + step) * 65_537 + replica
+
+
 def sample_time(batch: int, device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:
     """Flow time per sample, uniform in [0, 1)."""
     return torch.rand(batch, device=device, generator=generator)

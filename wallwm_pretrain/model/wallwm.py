@@ -18,8 +18,8 @@ Data flow of one training forward (shapes for batch B, T control steps, stride K
 Event mode and chunk mode share this model; they differ only in what a sample is (see
 ``wallwm_pretrain/data/cookers.py``).
 
-Pipeline stages. Built with a :class:`StageSpec`, the model holds only that stage's parts (see
-``stage.py``): the first stage embeds and sends the packed :class:`Streams`, middle stages
+Pipeline parallel. Built with a :class:`PipelineSlice`, the model holds only the parts one
+pipeline stage runs (see ``pipeline_slice.py``): the first stage embeds and sends the packed :class:`Streams`, middle stages
 unpack, run their coupled layers and pack again, the last stage computes heads and losses.
 Every stage derives the noisy inputs, targets and masks from the same batch and flow noise
 (:meth:`WallWM.flow_inputs`, no parameters, cheap next to the layers), so only hidden states
@@ -37,6 +37,7 @@ from torch import nn
 
 from wallwm_pretrain.config import ModelConfig
 from wallwm_pretrain.model.blocks import CoupledLayer, FinalLayer, Streams, TextLayer, key_padding_mask
+from wallwm_pretrain.batch import Batch
 from wallwm_pretrain.captions import CAPTION_PAD
 from wallwm_pretrain.model.embeddings import (
     CaptionEncoder,
@@ -49,7 +50,11 @@ from wallwm_pretrain.model.flow_matching import FlowNoise, interpolate, masked_m
 from wallwm_pretrain.model.recompute import run_layer
 from wallwm_pretrain.model.remaining_time import RemainingTimeHead, huber_sum
 from wallwm_pretrain.model.spec import build_transformer_config
-from wallwm_pretrain.model.stage import StageSpec, draw_base_seed, part_rng
+from wallwm_pretrain.model.pipeline_slice import PipelineSlice, draw_base_seed, part_rng
+
+
+# what the last stage's forward returns, and so what the trainer logs and checkpoints
+LOSS_KEYS = ("loss", "loss_video", "loss_action", "loss_time")
 
 
 @dataclass
@@ -76,7 +81,7 @@ class WallWM(nn.Module):
     Args:
         cfg: the ``model`` section of the run config (K_p is ``cfg.frame_stride``; captions are
             at most ``cfg.caption_max_bytes`` + 1 tokens).
-        stage: the part to hold; None = the whole model.
+        pipeline_slice: the part to hold (one pipeline stage's); None = the whole model.
         pg_collection: megatron's process groups of this rank (``ParallelContext.pg_collection``):
             the attention and FFN modules are then megatron-core's, split over its
             tensor-parallel group. None builds them from local layers with the same parameter
@@ -87,7 +92,7 @@ class WallWM(nn.Module):
     def __init__(
         self,
         cfg: ModelConfig,
-        stage: StageSpec | None = None,
+        pipeline_slice: PipelineSlice | None = None,
         *,
         pg_collection: ProcessGroupCollection | None = None,
     ) -> None:
@@ -95,10 +100,10 @@ class WallWM(nn.Module):
         self.cfg = cfg
         self.frame_stride = frame_stride = cfg.frame_stride
         caption_max_len = cfg.caption_max_bytes + 1
-        self.stage = stage = stage or StageSpec.whole(cfg.num_layers)
-        if stage.first_layer < 0 or stage.num_layers < 1 or stage.layers.stop > cfg.num_layers:
+        self.pipeline_slice = part = pipeline_slice or PipelineSlice.whole(cfg.num_layers)
+        if part.first_layer < 0 or part.num_layers < 1 or part.layers.stop > cfg.num_layers:
             raise ValueError(
-                f"stage layers {stage.first_layer}..{stage.layers.stop - 1} are not inside the model's "
+                f"pipeline slice layers {part.first_layer}..{part.layers.stop - 1} are not inside the model's "
                 f"{cfg.num_layers} coupled layers (0..{cfg.num_layers - 1})"
             )
         h = cfg.hidden_size
@@ -110,7 +115,7 @@ class WallWM(nn.Module):
 
         # Registration order = parameter order: input side, layers, output side. Concatenating
         # the stages in pipeline order therefore gives the whole model's order.
-        if stage.embed:
+        if part.embed:
             with part_rng(base, "embed"):
                 self.video_in = mark_adamw(nn.Linear(self.patch_dim, h))
                 self.video_patch_pos = mark_adamw(nn.Embedding(self.patches, h))
@@ -129,10 +134,10 @@ class WallWM(nn.Module):
                 )
         # keyed by the global layer index: names match the whole model's ``layers.<i>.``
         self.layers = nn.ModuleDict()
-        for i in stage.layers:
+        for i in part.layers:
             with part_rng(base, f"layer{i}"):
                 self.layers[str(i)] = CoupledLayer(tcfg, i + 1, selective, pg_collection)
-        if stage.head:
+        if part.head:
             with part_rng(base, "head"):
                 self.video_out = FinalLayer(h, self.patch_dim)
                 self.action_out = FinalLayer(h, cfg.action_dim)
@@ -153,12 +158,8 @@ class WallWM(nn.Module):
 
     def forward(
         self,
-        frames: torch.Tensor,
-        actions: torch.Tensor,
-        state: torch.Tensor,
-        lengths: torch.Tensor,
-        caption: torch.Tensor,
-        remaining: torch.Tensor | None = None,
+        batch: Batch,
+        *,
         generator: torch.Generator | None = None,
         noise: FlowNoise | None = None,
         loss_denominators: torch.Tensor | None = None,
@@ -167,13 +168,8 @@ class WallWM(nn.Module):
         """Flow-matching losses of one batch (or this stage's part of computing them).
 
         Args:
-            frames: uint8 [B, T, V, H, W, 3], T a multiple of ``frame_stride``.
-            actions: float [B, T, A] (normalised), zero beyond each length.
-            state: float [B, S], proprioception at the first step.
-            lengths: long [B], real control steps per sample.
-            caption: long [B, L] byte tokens (0 = pad).
-            remaining: float [B] control steps from each sample's first step to the end of its
-                event: the remaining-time head's target (None = no time loss).
+            batch: the padded batch (T a multiple of ``frame_stride``); its ``remaining`` is the
+                remaining-time head's target (None = no time loss).
             generator: optional RNG for flow times and noise (ignored when ``noise`` is given).
             noise: precomputed draws (see :meth:`sample_noise`), e.g. rows of a global batch's.
                 Every stage of a pipeline must be given the same draws.
@@ -182,31 +178,34 @@ class WallWM(nn.Module):
             hidden: the packed :class:`Streams` from the previous stage (not on the first stage).
 
         Returns:
-            On the last stage ``loss`` (weighted sum), ``loss_video``, ``loss_action``,
-            ``loss_time``; on any other stage the packed streams ``[s, B, H]`` for the next one.
+            On the last stage the :data:`LOSS_KEYS`: ``loss`` (weighted sum), ``loss_video``,
+            ``loss_action``, ``loss_time``; on any other stage the packed streams ``[s, B, H]``
+            for the next one.
         """
         if noise is None:
-            noise = self.sample_noise(frames, actions, generator)
-        inputs = self.flow_inputs(frames, actions, state, lengths, caption, noise, remaining)
-        return self.forward_stage(inputs, hidden, loss_denominators)
+            noise = self.sample_noise(batch, generator)
+        inputs = self.flow_inputs(batch, noise)
+        return self.forward_slice(inputs, hidden, loss_denominators)
 
-    def forward_stage(
+    def forward_slice(
         self, inputs: FlowInputs, hidden: torch.Tensor | None = None, loss_denominators: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor] | torch.Tensor:
         """This stage's layers on ``inputs`` (first stage) or on ``hidden`` (any later one)."""
-        if self.stage.embed:
+        if self.pipeline_slice.embed:
             s = self.embed(
                 inputs.xt_video, inputs.xt_action, inputs.t_video, inputs.t_action, inputs.state,
                 inputs.caption, inputs.frame_valid, inputs.action_valid,
             )
         else:
             if hidden is None:
-                raise ValueError(f"stage from layer {self.stage.first_layer} needs the previous stage's output")
+                raise ValueError(
+                    f"pipeline slice from layer {self.pipeline_slice.first_layer} needs the previous stage's output"
+                )
             video_mask, action_mask, text_mask = self._stream_masks(inputs)
             b, f, p, _ = inputs.xt_video.shape
             s = Streams.unpack(hidden, f * p, inputs.xt_action.shape[1], video_mask, action_mask, text_mask)
         s = self.run_layers(s)
-        if not self.stage.head:
+        if not self.pipeline_slice.head:
             return s.pack()
         pred_v, pred_a = self.head(s, inputs.xt_video.shape)
         den_v, den_a, den_t = (None,) * 3 if loss_denominators is None else loss_denominators.unbind()
@@ -221,17 +220,9 @@ class WallWM(nn.Module):
             loss = loss + self.cfg.time_loss_weight * loss_t
         return {"loss": loss, "loss_video": loss_v.detach(), "loss_action": loss_a.detach(), "loss_time": loss_t.detach()}
 
-    def flow_inputs(
-        self,
-        frames: torch.Tensor,
-        actions: torch.Tensor,
-        state: torch.Tensor,
-        lengths: torch.Tensor,
-        caption: torch.Tensor,
-        noise: FlowNoise,
-        remaining: torch.Tensor | None = None,
-    ) -> FlowInputs:
+    def flow_inputs(self, batch: Batch, noise: FlowNoise) -> FlowInputs:
         """Noisy inputs, velocity targets and masks of a batch (patchify, interpolate)."""
+        frames, actions, lengths, remaining = batch.frames, batch.actions, batch.lengths, batch.remaining
         k = self.frame_stride
         action_valid, frame_valid, video_loss_mask = self._masks(lengths, actions.shape[1])
         # video latents; frame 0 is the clean condition
@@ -240,7 +231,7 @@ class WallWM(nn.Module):
         xt_v = torch.cat([x0_v[:, :1], xt_v[:, 1:]], dim=1)
         xt_a, target_a = interpolate(actions, noise.noise_action, noise.t_action)
         return FlowInputs(
-            xt_v, xt_a, target_v, target_a, noise.t_video, noise.t_action, state, caption,
+            xt_v, xt_a, target_v, target_a, noise.t_video, noise.t_action, batch.state, batch.caption,
             frame_valid, action_valid, video_loss_mask,
             None if remaining is None else remaining.float() / k,
         )
@@ -277,10 +268,9 @@ class WallWM(nn.Module):
             [video_loss_mask.sum() * per_frame, action_valid.sum() * self.cfg.action_dim, lengths.new_tensor(lengths.shape[0])]
         ).to(torch.float32)
 
-    def sample_noise(
-        self, frames: torch.Tensor, actions: torch.Tensor, generator: torch.Generator | None = None
-    ) -> FlowNoise:
+    def sample_noise(self, batch: Batch, generator: torch.Generator | None = None) -> FlowNoise:
         """Flow times and noise for a batch, in the order the forward has always drawn them."""
+        frames, actions = batch.frames, batch.actions
         b, t_steps = actions.shape[:2]
         dev = actions.device
         p = self.cfg.patch_size
@@ -311,8 +301,8 @@ class WallWM(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Velocity predictions for noisy video latents [B, F, P, D] and actions [B, T, A]
         (the whole model only)."""
-        if not (self.stage.embed and self.stage.head):
-            raise ValueError("denoise needs the whole model; a pipeline stage runs forward_stage")
+        if not (self.pipeline_slice.embed and self.pipeline_slice.head):
+            raise ValueError("denoise needs the whole model; a pipeline stage runs forward_slice")
         s = self.embed(xt_video, xt_action, t_video, t_action, state, caption, frame_valid, action_valid)
         return self.head(self.run_layers(s), xt_video.shape)
 
@@ -323,7 +313,7 @@ class WallWM(nn.Module):
             first_frame: uint8 [B, V, H, W, 3], the current observation.
             state: float [B, S] (normalised); caption: long [B, L] byte tokens.
         """
-        if not (self.stage.embed and self.stage.head):
+        if not (self.pipeline_slice.embed and self.pipeline_slice.head):
             raise ValueError("remaining_steps needs the whole model")
         text_valid = caption != CAPTION_PAD
         text = self.caption(caption, key_padding_mask(text_valid))

@@ -24,7 +24,7 @@ from wallwm_pretrain.optim import OptimizerSet
 from wallwm_pretrain.optim.distributed.tp_matrices import TensorParallelMatrices
 from wallwm_pretrain.optim.state_by_name import to_cpu
 from wallwm_pretrain.parallel.parallelize import as_chunks, unwrap_model
-from wallwm_pretrain.parallel.stages import virtual_stage
+from wallwm_pretrain.parallel.pipeline_split import virtual_stage
 from wallwm_pretrain.parallel.state import ParallelContext
 
 

@@ -1,6 +1,6 @@
 """Model chunks as the parallel wrappers hold them.
 
-The trainer's chunks are megatron DDP around a :class:`~.stage_module.StageModule` around the
+The trainer's chunks are megatron DDP around a :class:`~.pipeline_chunk.PipelineChunk` around the
 model chunk (see :mod:`.pipeline`); checkpoints, the optimizer and parameter counts need the
 bare chunk, whose parameter names are the whole model's.
 """
@@ -10,15 +10,15 @@ from __future__ import annotations
 from megatron.core.distributed import DistributedDataParallel
 from torch import nn
 
-from wallwm_pretrain.parallel.stage_module import StageModule
+from wallwm_pretrain.parallel.pipeline_chunk import PipelineChunk
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
-    """The bare model chunk inside one chunk of :func:`~.pipeline.parallelize_stages`, or the
+    """The bare model chunk inside one chunk of :func:`~.pipeline.parallelize_chunks`, or the
     model itself."""
     if isinstance(model, DistributedDataParallel):
         model = model.module
-    if isinstance(model, StageModule):
+    if isinstance(model, PipelineChunk):
         model = model.model
     return model
 

@@ -57,19 +57,19 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from wallwm_pretrain.config import ModelConfig
-from wallwm_pretrain.model import WallWM
+from wallwm_pretrain.batch import Batch
+from wallwm_pretrain.model import LOSS_KEYS, WallWM
 from wallwm_pretrain.model.flow_matching import FlowNoise
 from wallwm_pretrain.model.spec import build_transformer_config
 from wallwm_pretrain.parallel.cpu_patches import pipeline_config_overrides
-from wallwm_pretrain.parallel.stage_module import MicroBatch, StageModule
-from wallwm_pretrain.parallel.stages import stage_specs
+from wallwm_pretrain.parallel.pipeline_chunk import MicroBatch, PipelineChunk
+from wallwm_pretrain.parallel.pipeline_split import pipeline_slices
 from wallwm_pretrain.parallel.state import ParallelContext
 
 PIPELINE_DTYPE = torch.float32
-LOSS_KEYS = ("loss", "loss_video", "loss_action", "loss_time")
 
 
-def build_stage_models(cfg: ModelConfig, ctx: ParallelContext, seed: int) -> list[WallWM]:
+def build_pipeline_chunks(cfg: ModelConfig, ctx: ParallelContext, seed: int) -> list[WallWM]:
     """This rank's model chunks (one per virtual stage it holds), on ``ctx.device``, built from
     megatron-core's layers over ``ctx.pg_collection``.
 
@@ -77,7 +77,7 @@ def build_stage_models(cfg: ModelConfig, ctx: ParallelContext, seed: int) -> lis
     the same layers in a single-process model built after the same seed (see ``model/stage.py``).
     """
     chunks = []
-    for spec in stage_specs(cfg.num_layers, ctx.pp, ctx.vpp, ctx.pp_rank):
+    for spec in pipeline_slices(cfg.num_layers, ctx.pp, ctx.vpp, ctx.pp_rank):
         torch.manual_seed(seed)
         chunks.append(WallWM(cfg, spec, pg_collection=ctx.pg_collection).to(ctx.device))
     # leave the global RNG alike on all ranks, whatever number of chunks each built
@@ -101,16 +101,16 @@ def pipeline_config(cfg: ModelConfig, ctx: ParallelContext) -> TransformerConfig
     )
 
 
-def parallelize_stages(
+def parallelize_chunks(
     chunks: list[WallWM],
     ctx: ParallelContext,
     overlap_grad_reduce: bool | None = None,
     bucket_size: int | None = None,
 ) -> list[DistributedDataParallel]:
-    """``DistributedDataParallel(StageModule(chunk))`` for each chunk, sharing one pipeline config.
+    """``DistributedDataParallel(PipelineChunk(chunk))`` for each chunk, sharing one pipeline config.
 
     Args:
-        chunks: from :func:`build_stage_models`.
+        chunks: from :func:`build_pipeline_chunks`.
         ctx: from :func:`init_parallel`.
         overlap_grad_reduce: all-reduce buckets while backward runs; default on for CUDA.
         bucket_size: elements per bucket when overlapping (megatron's default when None).
@@ -127,7 +127,7 @@ def parallelize_stages(
             average_in_collective=False,
         )
         # later chunks' reductions are off the critical path: one bucket (megatron's choice)
-        ddp = DistributedDataParallel(config, ddp_config, StageModule(chunk, PIPELINE_DTYPE), disable_bucketing=i > 0)
+        ddp = DistributedDataParallel(config, ddp_config, PipelineChunk(chunk, PIPELINE_DTYPE), disable_bucketing=i > 0)
         ddp.broadcast_params()
         wrapped.append(ddp)
     if overlap_grad_reduce:
@@ -136,31 +136,26 @@ def parallelize_stages(
     return wrapped
 
 
-def split_microbatches(
-    frames, actions, state, lengths, caption, noise: FlowNoise, microbatches: int, remaining=None
-) -> list[MicroBatch]:
-    """``microbatches`` equal row slices of a batch, its noise and remaining-time targets.
+def split_microbatches(batch: Batch, noise: FlowNoise, microbatches: int) -> list[MicroBatch]:
+    """``microbatches`` equal row slices of a batch and its noise.
 
     Raises:
         ValueError: the batch does not split evenly.
     """
-    b = int(lengths.shape[0])
+    b = batch.size
     if b % microbatches:
         raise ValueError(
             f"a batch of {b} rows does not split into {microbatches} equal microbatches "
             f"({b} = {b // microbatches} * {microbatches} + {b % microbatches})"
         )
     m = b // microbatches
-    return [
-        MicroBatch(frames[i:i + m], actions[i:i + m], state[i:i + m], lengths[i:i + m], caption[i:i + m],
-                   noise.rows(i, i + m), None if remaining is None else remaining[i:i + m])
-        for i in range(0, b, m)
-    ]
+    return [MicroBatch(batch.rows(i, i + m), noise.rows(i, i + m)) for i in range(0, b, m)]
 
 
-def stage_seq_length(model: WallWM, frames: torch.Tensor, actions: torch.Tensor, caption: torch.Tensor) -> int:
+def boundary_seq_length(model: WallWM, batch: Batch) -> int:
     """Positions of the packed stage-boundary tensor: F * P + T + L + 3."""
-    t_steps = actions.shape[1]
+    frames, caption = batch.frames, batch.caption
+    t_steps = batch.actions.shape[1]
     frames_kept = -(-t_steps // model.frame_stride)
     p = model.cfg.patch_size
     patches = frames.shape[2] * (frames.shape[3] // p) * (frames.shape[4] // p)
@@ -171,7 +166,7 @@ class PipelineSchedule:
     """Forward and backward of one step's batch over this rank's chunks, in microbatches.
 
     Args:
-        chunks: from :func:`parallelize_stages` (this rank's chunks, in model order).
+        chunks: from :func:`parallelize_chunks` (this rank's chunks, in model order).
         ctx: from :func:`init_parallel`.
         microbatches: microbatches per step (the batch's rows must split evenly).
         autocast: context manager factory entered around each microbatch's forward.
@@ -186,7 +181,7 @@ class PipelineSchedule:
             )
         self.chunks, self.ctx, self.microbatches, self.autocast = chunks, ctx, microbatches, autocast
         self.bare = [c.module.model for c in chunks]
-        self.holds_head = any(m.stage.head for m in self.bare)
+        self.holds_head = any(m.pipeline_slice.head for m in self.bare)
         self.forward_backward = get_forward_backward_func()
 
     def _denominators(self, lengths: torch.Tensor, t_steps: int) -> torch.Tensor | None:
@@ -202,7 +197,7 @@ class PipelineSchedule:
         micro = next(data_iterator)
         with self.autocast():
             out = model(micro, denominators)
-        tokens = micro.lengths.sum().to(torch.int)
+        tokens = micro.batch.lengths.sum().to(torch.int)
         return out, partial(self._loss, tokens)
 
     @staticmethod
@@ -210,26 +205,27 @@ class PipelineSchedule:
         # 3-tuple: with calculate_per_token_loss the schedule leaves the share as it is
         return out["loss"], tokens, {k: out[k].detach() for k in LOSS_KEYS}
 
-    def run(self, frames, actions, state, lengths, caption, remaining, noise: FlowNoise) -> dict[str, torch.Tensor]:
+    def run(self, batch: Batch, noise: FlowNoise) -> dict[str, torch.Tensor]:
         """Forward and backward of this rank's batch; gradients accumulate in DDP's buffers.
 
-        ``remaining`` (float [B], control steps to each sample's event end) trains the
+        ``batch.remaining`` (control steps to each sample's event end) trains the
         remaining-time head; None leaves it out.
 
         Returns:
             ``loss``, ``loss_video``, ``loss_action``, ``loss_time``: global-batch values (fp32
             scalars), the same on every rank.
         """
-        micro = split_microbatches(frames, actions, state, lengths, caption, noise, self.microbatches, remaining)
-        denominators = self._denominators(lengths, actions.shape[1])
+        micro = split_microbatches(batch, noise, self.microbatches)
+        lengths = batch.lengths
+        denominators = self._denominators(lengths, batch.actions.shape[1])
         iterators = [iter(micro) for _ in self.chunks]
         stored = self.forward_backward(
             forward_step_func=partial(self._forward_step, denominators),
             data_iterator=iterators if len(iterators) > 1 else iterators[0],
             model=self.chunks if len(self.chunks) > 1 else self.chunks[0],
             num_microbatches=self.microbatches,
-            seq_length=stage_seq_length(self.bare[0], frames, actions, caption),
-            micro_batch_size=micro[0].size,
+            seq_length=boundary_seq_length(self.bare[0], batch),
+            micro_batch_size=micro[0].batch.size,
             forward_only=False,
         )
         total = torch.zeros(len(LOSS_KEYS), dtype=torch.float32, device=lengths.device)

@@ -2,7 +2,7 @@
 
 The schedules hand each stage the tensor received from the previous stage through
 ``set_input_tensor`` (looked up through the DDP wrapper) before calling the forward-step
-function, and read ``model_type``. :class:`StageModule` keeps that tensor and passes it to
+function, and read ``model_type``. :class:`PipelineChunk` keeps that tensor and passes it to
 :meth:`WallWM.forward` as ``hidden``; the model itself knows nothing of schedules or groups.
 """
 
@@ -14,6 +14,7 @@ import torch
 from megatron.core.enums import ModelType
 from torch import nn
 
+from wallwm_pretrain.batch import Batch
 from wallwm_pretrain.model import WallWM
 from wallwm_pretrain.model.flow_matching import FlowNoise
 
@@ -22,20 +23,11 @@ from wallwm_pretrain.model.flow_matching import FlowNoise
 class MicroBatch:
     """Rows of one data-parallel rank's batch, with their flow noise."""
 
-    frames: torch.Tensor
-    actions: torch.Tensor
-    state: torch.Tensor
-    lengths: torch.Tensor
-    caption: torch.Tensor
+    batch: Batch
     noise: FlowNoise
-    remaining: torch.Tensor | None = None
-
-    @property
-    def size(self) -> int:
-        return int(self.lengths.shape[0])
 
 
-class StageModule(nn.Module):
+class PipelineChunk(nn.Module):
     """A :class:`WallWM` stage (or chunk) with megatron's pipeline-schedule interface.
 
     Its ``state_dict`` / ``load_state_dict`` are the wrapped model's own (no prefix), so the
@@ -62,9 +54,7 @@ class StageModule(nn.Module):
 
     def forward(self, micro: MicroBatch, loss_denominators: torch.Tensor | None = None):
         out = self.model(
-            micro.frames, micro.actions, micro.state, micro.lengths, micro.caption,
-            noise=micro.noise, loss_denominators=loss_denominators, hidden=self.input_tensor,
-            remaining=micro.remaining,
+            micro.batch, noise=micro.noise, loss_denominators=loss_denominators, hidden=self.input_tensor
         )
         if isinstance(out, torch.Tensor):
             # the receiver allocates pipeline_dtype; under autocast the packed streams may mix dtypes

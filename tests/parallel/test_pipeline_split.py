@@ -3,20 +3,20 @@
 import pytest
 
 from wallwm_pretrain.config import ConfigError, load_config
-from wallwm_pretrain.model.stage import StageSpec
-from wallwm_pretrain.parallel.stages import stage_specs
+from wallwm_pretrain.model.pipeline_slice import PipelineSlice
+from wallwm_pretrain.parallel.pipeline_split import pipeline_slices
 
 
 def test_pp2_splits_consecutive_layers():
-    assert stage_specs(4, pp=2, vpp=1, pp_rank=0) == [StageSpec(0, 2, embed=True, head=False)]
-    assert stage_specs(4, pp=2, vpp=1, pp_rank=1) == [StageSpec(2, 2, embed=False, head=True)]
-    assert stage_specs(3, pp=1, vpp=1, pp_rank=0) == [StageSpec.whole(3)]
+    assert pipeline_slices(4, pp=2, vpp=1, pp_rank=0) == [PipelineSlice(0, 2, embed=True, head=False)]
+    assert pipeline_slices(4, pp=2, vpp=1, pp_rank=1) == [PipelineSlice(2, 2, embed=False, head=True)]
+    assert pipeline_slices(3, pp=1, vpp=1, pp_rank=0) == [PipelineSlice.whole(3)]
 
 
 def test_interleaved_chunks_follow_megatrons_virtual_stage_order():
     # chunk k of rank r is virtual stage k * pp + r
-    rank0 = stage_specs(8, pp=2, vpp=2, pp_rank=0)
-    rank1 = stage_specs(8, pp=2, vpp=2, pp_rank=1)
+    rank0 = pipeline_slices(8, pp=2, vpp=2, pp_rank=0)
+    rank1 = pipeline_slices(8, pp=2, vpp=2, pp_rank=1)
     assert [list(s.layers) for s in rank0] == [[0, 1], [4, 5]]
     assert [list(s.layers) for s in rank1] == [[2, 3], [6, 7]]
     assert [s.embed for s in rank0 + rank1] == [True, False, False, False]
@@ -25,7 +25,7 @@ def test_interleaved_chunks_follow_megatrons_virtual_stage_order():
 
 def test_uneven_split_names_the_arithmetic():
     with pytest.raises(ValueError, match=r"num_layers=3 does not split into pp \* vpp = 2 \* 2 = 4 stages"):
-        stage_specs(3, pp=2, vpp=2, pp_rank=0)
+        pipeline_slices(3, pp=2, vpp=2, pp_rank=0)
 
 
 @pytest.mark.parametrize(

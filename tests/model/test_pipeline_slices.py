@@ -1,21 +1,22 @@
-"""Pipeline stages of the model in one process: split weights, packed streams, same losses."""
+"""Pipeline slices of the model in one process: split weights, packed streams, same losses."""
 
 import pytest
 import torch
 
+from wallwm_pretrain.batch import Batch
 from wallwm_pretrain.config import ModelConfig
 from wallwm_pretrain.model import WallWM
 from wallwm_pretrain.model.blocks import Streams
-from wallwm_pretrain.model.stage import StageSpec
+from wallwm_pretrain.model.pipeline_slice import PipelineSlice
 
 K = 4
 CFG = ModelConfig(hidden_size=32, num_layers=3, num_heads=4, ffn_hidden_size=64, image_size=16, patch_size=8,
                   frame_stride=K, caption_max_bytes=15)  # captions of at most 16 tokens
 
 
-def build(stage=None, seed=0):
+def build(part=None, seed=0):
     torch.manual_seed(seed)
-    return WallWM(CFG, stage=stage)
+    return WallWM(CFG, pipeline_slice=part)
 
 
 def batch(t=12):
@@ -30,7 +31,7 @@ def batch(t=12):
     return frames, actions, state, lengths, caption, torch.tensor([30.0, 5.0])
 
 
-STAGES = [StageSpec(0, 1, embed=True, head=False), StageSpec(1, 1, False, False), StageSpec(2, 1, False, True)]
+STAGES = [PipelineSlice(0, 1, embed=True, head=False), PipelineSlice(1, 1, False, False), PipelineSlice(2, 1, False, True)]
 
 
 def test_stages_hold_the_whole_models_weights():
@@ -54,14 +55,14 @@ def test_chained_stages_give_the_whole_models_losses():
     for m in stages:  # a stage's state dict is the whole model's, restricted to its names
         m.load_state_dict({k: state[k] for k in m.state_dict()})
     data = batch()
-    noise = whole.sample_noise(data[0], data[1], torch.Generator().manual_seed(2))
-    ref = whole(*data, noise=noise)
+    noise = whole.sample_noise(Batch(*data), torch.Generator().manual_seed(2))
+    ref = whole(Batch(*data), noise=noise)
     hidden = None
     for m in stages[:-1]:
-        hidden = m(*data, noise=noise, hidden=hidden)
+        hidden = m(Batch(*data), noise=noise, hidden=hidden)
         # video (3 frames * 8 patches) + actions (12) + caption (9) + state + 2 timesteps
         assert hidden.shape == (3 * 8 + 12 + 9 + 3, 2, CFG.hidden_size)
-    out = stages[-1](*data, noise=noise, hidden=hidden)
+    out = stages[-1](Batch(*data), noise=noise, hidden=hidden)
     for key in ("loss", "loss_video", "loss_action", "loss_time"):
         torch.testing.assert_close(out[key], ref[key], rtol=0, atol=1e-6)
 
@@ -82,4 +83,4 @@ def test_pack_unpack_round_trip_and_shape_check():
 
 def test_stage_outside_the_model_is_refused():
     with pytest.raises(ValueError, match="not inside the model's 3 coupled layers"):
-        build(StageSpec(2, 2, False, True))
+        build(PipelineSlice(2, 2, False, True))

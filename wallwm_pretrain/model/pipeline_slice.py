@@ -1,9 +1,11 @@
 """Which part of the dual-tower model one pipeline stage holds, and how its weights are drawn.
 
+(A *pipeline* stage: the word "stage" alone names the training stages of the recipe.)
+
 A stage holds consecutive *coupled layers* (video block i and action block i together, so the
 coupling never crosses a stage), plus the input side (patchify, embeddings, caption encoder,
 timestep embedders) when it is the first stage and the output side (final layers, losses)
-when it is the last. :class:`StageSpec` only says which; deciding the split over ranks is the
+when it is the last. :class:`PipelineSlice` only says which; deciding the split over ranks is the
 business of ``wallwm_pretrain.parallel`` (the model creates no process group; it only passes
 the ones it is given to its megatron layers).
 
@@ -25,7 +27,7 @@ import torch
 
 
 @dataclass(frozen=True)
-class StageSpec:
+class PipelineSlice:
     """The part of the model one pipeline stage (or virtual-pipeline chunk) holds.
 
     Args:
@@ -45,7 +47,7 @@ class StageSpec:
         return range(self.first_layer, self.first_layer + self.num_layers)
 
     @classmethod
-    def whole(cls, num_layers: int) -> "StageSpec":
+    def whole(cls, num_layers: int) -> "PipelineSlice":
         """The whole model in one stage (no pipeline)."""
         return cls(0, num_layers, embed=True, head=True)
 

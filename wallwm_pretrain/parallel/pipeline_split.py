@@ -12,7 +12,7 @@ the sizes where pipelining matters, the towers' layers dominate both by far.
 
 from __future__ import annotations
 
-from wallwm_pretrain.model.stage import StageSpec
+from wallwm_pretrain.model.pipeline_slice import PipelineSlice
 
 
 def validate_pipeline_split(num_layers: int, pp: int, vpp: int) -> None:
@@ -25,7 +25,7 @@ def validate_pipeline_split(num_layers: int, pp: int, vpp: int) -> None:
         )
 
 
-def stage_specs(num_layers: int, pp: int, vpp: int, pp_rank: int) -> list[StageSpec]:
+def pipeline_slices(num_layers: int, pp: int, vpp: int, pp_rank: int) -> list[PipelineSlice]:
     """The model chunks of pipeline rank ``pp_rank``, in chunk (= model) order.
 
     Raises:
@@ -39,7 +39,7 @@ def stage_specs(num_layers: int, pp: int, vpp: int, pp_rank: int) -> list[StageS
     specs = []
     for chunk in range(vpp):
         virtual = chunk * pp + pp_rank
-        specs.append(StageSpec(virtual * per, per, embed=virtual == 0, head=virtual == stages - 1))
+        specs.append(PipelineSlice(virtual * per, per, embed=virtual == 0, head=virtual == stages - 1))
     return specs
 
 

@@ -1,0 +1,65 @@
+"""One batch type, from the loader to the loss: :class:`Batch`.
+
+The loader collates cooked samples into a :class:`Batch`; the trainer moves it to the device;
+the pipeline schedule cuts it into microbatches with :meth:`Batch.rows`; the model's forward
+and its losses read it whole. A field added here (a new target, a new condition) reaches
+every stage without another repacking.
+
+Samples have different lengths: every per-step field is padded to the batch's longest sample
+(rounded up to whole latent frames) and ``lengths`` says how much of each row is real; the
+model derives its masks from ``lengths`` alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Optional
+
+import torch
+
+
+@dataclass
+class Batch:
+    """A padded batch of training samples (events, or chunks in chunk mode)."""
+
+    frames: torch.Tensor
+    """uint8 [B, T, V, H, W, C]: camera frames per control step, zero beyond each length."""
+    actions: torch.Tensor
+    """float32 [B, T, A]: normalised actions, zero beyond each length."""
+    state: torch.Tensor
+    """float32 [B, S]: normalised proprioception at each sample's first step (the state token)."""
+    lengths: torch.Tensor
+    """int64 [B]: real control steps per sample."""
+    caption: torch.Tensor
+    """int64 [B, L]: caption tokens (``wallwm_pretrain.captions``; 0 = pad)."""
+    remaining: Optional[torch.Tensor] = None
+    """float32 [B]: control steps from each sample's first step to its event's end (the
+    remaining-time head's target); None trains no time head."""
+    keys: list[str] = field(default_factory=list)
+    """The samples' keys (shard sample keys, ``/w<start>`` for chunk windows)."""
+    skipped: int = 0
+    """Bad samples skipped (within ``data.max_bad_samples``) since the previous batch."""
+
+    @property
+    def size(self) -> int:
+        return int(self.lengths.shape[0])
+
+    def rows(self, start: int, stop: int) -> "Batch":
+        """Rows ``start:stop`` (a microbatch, or one data-parallel rank's part)."""
+        cut = lambda x: None if x is None else x[start:stop]  # noqa: E731
+        return replace(
+            self, frames=cut(self.frames), actions=cut(self.actions), state=cut(self.state),
+            lengths=cut(self.lengths), caption=cut(self.caption), remaining=cut(self.remaining),
+            keys=self.keys[start:stop], skipped=self.skipped if start == 0 else 0,
+        )
+
+    def to(self, device: torch.device | str) -> "Batch":
+        move = lambda x: None if x is None else x.to(device, non_blocking=True)  # noqa: E731
+        return replace(
+            self, frames=move(self.frames), actions=move(self.actions), state=move(self.state),
+            lengths=move(self.lengths), caption=move(self.caption), remaining=move(self.remaining),
+        )
+
+    def padding_efficiency(self) -> float:
+        """Real control steps / padded control steps."""
+        return float(self.lengths.sum()) / float(self.lengths.shape[0] * self.actions.shape[1])
