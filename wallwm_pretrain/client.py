@@ -68,8 +68,7 @@ class PolicyClient:
         try:
             message = self._ws.recv()
         except ConnectionClosed as exc:
-            raise ServerError(f"{self.uri} closed the connection (code {exc.rcvd.code if exc.rcvd else 'none'}: "
-                              f"{exc.rcvd.reason if exc.rcvd else 'no reason'})") from None
+            raise self._closed(exc) from None
         if isinstance(message, str):
             cls = ServerBusy if message.startswith("error: server busy") else ServerError
             raise cls(message.removeprefix("error: "))
@@ -79,9 +78,14 @@ class PolicyClient:
         """One observation -> the server's action dict (``actions``, ``server_timing``, ...)."""
         try:
             self._ws.send(packb(observation))
-        except ConnectionClosed as exc:
-            raise ServerError(f"{self.uri} closed the connection ({exc})") from None
+        except ConnectionClosed as exc:  # the server closed it before this request (found on send)
+            raise self._closed(exc) from None
         return unpackb(self._recv())
+
+    def _closed(self, exc: ConnectionClosed) -> ServerError:
+        """One message for a closed connection, whether the send or the receive found it."""
+        code, reason = (exc.rcvd.code, exc.rcvd.reason) if exc.rcvd else ("none", "no reason")
+        return ServerError(f"{self.uri} closed the connection (code {code}: {reason})")
 
     def close(self) -> None:
         self._ws.close()
