@@ -30,9 +30,8 @@ Trade-off: a second implementation to keep in step with megatron-core (that test
 they drift). Only what ``spec.build_transformer_config`` sets is reproduced; other megatron
 options (biases, output gates, dropout, query-key layer scaling, other softmax types, sliding
 windows) raise rather than being silently ignored. No tensor or sequence parallelism, no fused
-or Transformer Engine kernels. And ``parallel/muon_layout.py`` recognises megatron's classes,
-so Muon's split of fused weights into Q/K/V and gate/up applies to megatron-built models only
-(training always builds those).
+or Transformer Engine kernels. The fused weights (QKV, KV, gate/up) declare their row layouts
+(``fused_rows()``), so Muon splits them into logical matrices as it does megatron's.
 """
 
 from __future__ import annotations
