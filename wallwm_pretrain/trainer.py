@@ -35,6 +35,7 @@ from tqdm import tqdm
 from wallwm_pretrain import checkpoint as ckpt
 from wallwm_pretrain.config import Config, flatten, to_yaml
 from wallwm_pretrain.data import EventLoader
+from wallwm_pretrain.data.badinput import merge_problems
 from wallwm_pretrain.data.dims import resolve_data_dims
 from wallwm_pretrain.model.flops import SampleShape, train_flops
 from wallwm_pretrain.optim import build_optimizer
@@ -181,7 +182,8 @@ class Trainer:
                 "checkpoint has %d data-parallel loader positions, this run %d: data restarts at the "
                 "beginning of epoch %d", len(loaders), self.ctx.dp, epoch + 1,
             )
-            self.loader.load_state_dict({"epoch": epoch + 1, "batches_in_epoch": 0})
+            # problems already counted stay counted, whichever rank found them
+            self.loader.load_state_dict({"epoch": epoch + 1, "batches_in_epoch": 0, **merge_problems(loaders)})
         saved = json.loads(trainer["history"])
         self.history = {k: [tuple(p) for p in saved.get(k, [])] for k in LOSS_KEYS}
         set_rng_state(trainer["rng"])

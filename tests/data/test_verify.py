@@ -146,3 +146,12 @@ def test_budget_exceeded_names_the_count(tmp_path, shard_writer):
     with pytest.raises(BadInputError, match=r"2 problems skipped so far \(2 bad samples, 0 unreadable shards\)"):
         for _ in range(8):
             next(loader)
+
+
+def test_problems_of_several_ranks_merge_for_another_layout():
+    from wallwm_pretrain.data.badinput import merge_problems
+
+    ranks = [{"epoch": 2, "bad_sample_ids": ["a.tar#k1"], "quarantined": {"b.tar": 1}},
+             {"epoch": 2, "bad_sample_ids": ["a.tar#k1", "c.tar#k2"], "quarantined": {"b.tar": 0, "d.tar": 2}}]
+    assert merge_problems(ranks) == {"bad_samples": 4, "bad_sample_ids": ["a.tar#k1", "c.tar#k2"],
+                                     "quarantined": {"b.tar": 0, "d.tar": 2}}

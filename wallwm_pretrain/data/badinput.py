@@ -117,3 +117,15 @@ def report_skips(src: Iterable, counter: SkipCounter) -> Iterator:
     report = counter.take()
     if report is not None:
         yield report
+
+
+def merge_problems(states: list[dict]) -> dict:
+    """The problems counted by several loaders (one per data-parallel rank), for a run that
+    resumes with another number of ranks."""
+    bad = sorted({i for s in states for i in s.get("bad_sample_ids", [])})
+    quarantined: dict[str, int] = {}
+    for s in states:
+        for name, epoch in s.get("quarantined", {}).items():
+            quarantined[name] = min(int(epoch), quarantined.get(name, int(epoch)))
+    return {"bad_samples": len(bad) + len(quarantined), "bad_sample_ids": bad,
+            "quarantined": dict(sorted(quarantined.items()))}
