@@ -17,6 +17,7 @@ import io
 import math
 import re
 import struct
+import warnings
 
 import numpy as np
 
@@ -38,6 +39,8 @@ def _header(data: bytes) -> tuple[np.dtype, bool, tuple[int, ...], int]:
     if len(data) < 10 or data[:6] != _MAGIC:
         raise NpyError(f"not a .npy array (starts {data[:8]!r})")
     version = data[6]
+    if data[7] != 0:
+        raise NpyError(f"unsupported .npy format version {version}.{data[7]}")
     if version == 1:
         (hlen,), start = struct.unpack_from("<H", data, 8), 10
     elif version in (2, 3) and len(data) >= 12:
@@ -53,9 +56,12 @@ def _header(data: bytes) -> tuple[np.dtype, bool, tuple[int, ...], int]:
         return np.dtype(match["descr"].decode()), False, shape, start + hlen
     reader = np.lib.format.read_array_header_1_0 if version == 1 else np.lib.format.read_array_header_2_0
     try:
-        # the parser reads the length field again: give it the bytes after the magic and version
-        shape, fortran, dtype = reader(io.BytesIO(data[8 : start + hlen]), max_header_size=_MAX_HEADER)
-    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError) as exc:
+        # the parser reads the length field again: give it the bytes after the magic and version;
+        # its warnings (headers written by Python 2) would repeat for every sample
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            shape, fortran, dtype = reader(io.BytesIO(data[8 : start + hlen]), max_header_size=_MAX_HEADER)
+    except Exception as exc:  # noqa: BLE001 - numpy's parser of untrusted text raises many types
         raise NpyError(f"unreadable header ({str(exc).splitlines()[0][:120]})") from None
     return dtype, bool(fortran), tuple(shape), start + hlen
 
