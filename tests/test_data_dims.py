@@ -7,7 +7,6 @@ import pytest
 from omegaconf import OmegaConf
 
 from wallwm_pretrain.config import ConfigError, load_config
-from wallwm_pretrain.data.dims import resolve_data_dims
 
 TINY = [
     "model.hidden_size=32", "model.num_layers=1", "model.num_heads=2", "model.ffn_hidden_size=64",
@@ -36,6 +35,8 @@ def test_auto_dims_train_and_are_saved_in_the_run_folder(tmp_path, shard_writer)
 @pytest.mark.parametrize("key, value, found", [("action_dim", 4, 7), ("state_dim", 8, 5), ("num_views", 2, 3),
                                                ("image_size", 32, 16)])
 def test_an_explicit_dim_that_disagrees_names_both_numbers_and_the_folder(tmp_path, shard_writer, key, value, found):
+    from wallwm_pretrain.data.dims import resolve_data_dims
+
     folder = shard_writer(tmp_path / "shards", [8] * 4, **DIMS)
     cfg = load_config(None, TINY + [f"data.shards={folder}", f"model.{key}={value}"])
     with pytest.raises(ConfigError) as err:
@@ -47,6 +48,8 @@ def test_an_explicit_dim_that_disagrees_names_both_numbers_and_the_folder(tmp_pa
 
 
 def test_an_agreeing_explicit_dim_is_kept(tmp_path, shard_writer):
+    from wallwm_pretrain.data.dims import resolve_data_dims
+
     folder = shard_writer(tmp_path / "shards", [8] * 4, **DIMS)
     cfg = resolve_data_dims(load_config(None, TINY + [f"data.shards={folder}", "model.action_dim=7"]))
     assert (cfg.model.action_dim, cfg.model.state_dim) == (7, 5)

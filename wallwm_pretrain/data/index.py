@@ -92,6 +92,13 @@ def _check_dims(index: dict, where: str) -> None:
         raise ShardError(f"{where}: 'views' must be a non-empty list of view names, got {views!r:.80}")
 
 
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # a name the file system cannot hold (too long, bad bytes)
+        return False
+
+
 def read_index(folder: str | Path) -> dict:
     """The checked index of a shard folder; :class:`ShardError` names the file and the key."""
     path = Path(folder) / INDEX_FILE
@@ -112,7 +119,7 @@ def read_index(folder: str | Path) -> dict:
     _check_stats(index.get("stats"), str(path))
     _check_counts(index, str(path))
     _check_dims(index, str(path))
-    missing = [s["name"] for s in index["shards"] if not (Path(folder) / s["name"]).is_file()]
+    missing = [s["name"] for s in index["shards"] if not _is_file(Path(folder) / s["name"])]
     if missing:
-        raise ShardError(f"{folder}: shards listed in index.json are missing: {missing[:5]}")
+        raise ShardError(f"{folder}: shards listed in index.json are missing: {[m[:80] for m in missing[:5]]}")
     return index

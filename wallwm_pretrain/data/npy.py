@@ -25,7 +25,7 @@ from wallwm_pretrain.data.errors import InputError
 
 _MAGIC = b"\x93NUMPY"
 _HEADER = re.compile(
-    rb"\{'descr': '(?P<descr>[<|][a-z]\d+)', 'fortran_order': False, 'shape': \((?P<shape>[\d, ]*)\), \}\s*$"
+    rb"\{'descr': '(?P<descr>[<|][a-z]\d+)', 'fortran_order': False, 'shape': \((?P<shape>|\d+,|\d+(?:, \d+)+)\), \} *\n$"
 )
 _MAX_HEADER = 10_000  # numpy's own limit for untrusted headers
 
@@ -53,7 +53,11 @@ def _header(data: bytes) -> tuple[np.dtype, bool, tuple[int, ...], int]:
     match = _HEADER.match(text)
     if match:
         shape = tuple(int(x) for x in match["shape"].split(b",") if x.strip())
-        return np.dtype(match["descr"].decode()), False, shape, start + hlen
+        try:
+            dtype = np.dtype(match["descr"].decode())
+        except TypeError:
+            raise NpyError(f"unknown dtype {match['descr'].decode()!r}") from None
+        return dtype, False, shape, start + hlen
     reader = np.lib.format.read_array_header_1_0 if version == 1 else np.lib.format.read_array_header_2_0
     try:
         # the parser reads the length field again: give it the bytes after the magic and version;
