@@ -294,7 +294,9 @@ def reference_cook(crude: dict) -> Any:
     decoded = dict(crude)
     for k, v in crude.items():
         if k.endswith(".npy"):
-            decoded[k] = np.load(io.BytesIO(v), allow_pickle=False)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # numpy's note on Python-2 headers
+                decoded[k] = np.load(io.BytesIO(v), allow_pickle=False)
     decoded["json"] = json.loads(crude["json"].decode("utf-8-sig")) if "json" in crude else None
     if decoded["json"] is None:
         del decoded["json"]
