@@ -2,6 +2,7 @@
 #   make smoke-test   install what is needed, then synth data -> shards -> train -> resume
 #   make test         install what is needed, then run the whole test suite
 #   make ablation     Meta-World event mode vs chunk mode (bench/ablation.py), table in docs/
+#   make fuzz         the long mutation fuzz of the input readers (bench/fuzz_readers.py, docs/fuzzing.md)
 #
 # Environment: by default everything goes into ./.venv (created with --system-site-packages,
 # so a CUDA torch that the cluster or the user already installed is seen and never replaced;
@@ -27,11 +28,13 @@ endif
 SMOKE_SYNTH  ?= data/synth/smoke
 SMOKE_SHARDS ?= data/shards/smoke
 SMOKE_EPISODES ?= 48
+FUZZ_CASES ?= 20000
+FUZZ_SEED  ?= 1
 
 export MLFLOW_DISABLE_TELEMETRY ?= true
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install check-env test smoke-test smoke-data ablation clean
+.PHONY: install check-env test smoke-test smoke-data ablation fuzz clean
 
 install: $(READY)
 
@@ -52,6 +55,9 @@ test: $(READY)
 
 ablation: $(READY)
 	$(PYTHON) bench/ablation.py
+
+fuzz: $(READY)
+	$(PYTHON) bench/fuzz_readers.py --cases $(FUZZ_CASES) --seed $(FUZZ_SEED)
 
 smoke-data: $(READY)
 	$(PYTHON) -m data_tools synth --out $(SMOKE_SYNTH) --episodes $(SMOKE_EPISODES) --seed 0

@@ -323,7 +323,9 @@ def run_train(steps: int) -> None:
     from wallwm_pretrain.parallel import init_parallel, shutdown_parallel
     from wallwm_pretrain.optim.distributed.layout import fused_layouts
 
-    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml", [])
+    # synthetic batches: the smoke world's data dims (no shards to read them from)
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml",
+                      ["model.action_dim=4", "model.state_dim=8", "model.num_views=2"])
     ctx = init_parallel(1, 1, "cpu", seed=0)
     t, b = cfg.data.max_frames, cfg.data.batch_size
     size = cfg.model.image_size

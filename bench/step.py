@@ -61,6 +61,20 @@ def parse_layout(text: str, microbatches: int) -> dict:
     return layout
 
 
+# Synthetic batches have no shards to take the model's data dims from (``auto``): the smoke
+# world's, unless the config or an override sets them.
+SYNTHETIC_DIMS = ["model.action_dim=4", "model.state_dim=8", "model.num_views=2", "model.image_size=32"]
+
+
+def synthetic_config(config, overrides=()):
+    from wallwm_pretrain.config import AUTO, DATA_DIMS, load_config
+
+    cfg = load_config(config, overrides)
+    given = [f"model.{k}" for k in DATA_DIMS if getattr(cfg.model, k) != AUTO]
+    fill = [o for o in SYNTHETIC_DIMS if o.split("=")[0] not in given]
+    return load_config(config, fill + list(overrides))
+
+
 def synthetic_batch(cfg, batch: int, steps: int, caption_len: int, device):
     import torch
 
@@ -87,7 +101,6 @@ def run_rank(rank: int, layout: dict, args: argparse.Namespace, rdzv: str, out: 
     import torch
     import torch.distributed as dist
 
-    from wallwm_pretrain.config import load_config
     from wallwm_pretrain.parallel import init_parallel, shutdown_parallel
     from wallwm_pretrain.optim import build_optimizer
     from wallwm_pretrain.parallel.pipeline import PipelineSchedule, build_pipeline_chunks, parallelize_chunks
@@ -102,7 +115,7 @@ def run_rank(rank: int, layout: dict, args: argparse.Namespace, rdzv: str, out: 
     overrides = [f"parallel.tp={layout['tp']}", f"parallel.pp={layout['pp']}", f"parallel.vpp={layout['vpp']}",
                  f"train.microbatches={layout['microbatches']}", f"model.recompute={layout['recompute']}",
                  f"data.batch_size={args.batch // layout['dp']}", f"train.device={args.device}"]
-    cfg = load_config(args.config, overrides)
+    cfg = synthetic_config(args.config, overrides)
     ctx = init_parallel(layout["tp"], layout["pp"], args.device, seed=0, vpp=layout["vpp"])
     chunks = build_pipeline_chunks(cfg.model, ctx, seed=0)
     models = parallelize_chunks(chunks, ctx)
@@ -172,10 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=600.0)
     args = parser.parse_args(argv)
 
-    from wallwm_pretrain.config import load_config
     from wallwm_pretrain.model.flops import SampleShape, train_flops
 
-    cfg = load_config(args.config)
+    cfg = synthetic_config(args.config)
     shape = SampleShape.of(cfg.model, args.event_steps, cfg.model.frame_stride, args.caption_len)
     tokens_per_sample = shape.video_tokens + shape.action_tokens
     flops_per_sample = train_flops(cfg.model, shape)

@@ -24,7 +24,6 @@ recomputed on every run (``python -m data_tools events`` writes them out for rev
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from pathlib import Path
 
@@ -33,6 +32,7 @@ import pandas as pd
 import pyarrow as pa
 
 from .errors import DatasetFormatError
+from . import textio
 from .events import EVENTS_FILE, LEVELS, PARENT_LEVEL, Event, check_level, read_events
 from .lerobot.base import LeRobotDatasetBase, read_parquet
 
@@ -54,13 +54,12 @@ def subtask_table(root: Path) -> dict[int, str] | None:
         return {int(i): str(t) for t, i in zip(texts, df[SUBTASK_COLUMN])}
     if jl_path.is_file():
         out = {}
-        for lineno, line in enumerate(jl_path.read_text(encoding="utf-8").splitlines(), 1):
-            if line.strip():
-                try:
-                    row = json.loads(line)
-                    out[int(row[SUBTASK_COLUMN])] = str(row["subtask"])
-                except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                    raise DatasetFormatError(f"{jl_path}:{lineno}: bad subtask line ({exc})") from None
+        for lineno, line in textio.lines(jl_path, DatasetFormatError):
+            try:
+                row = textio.loads(line, f"{jl_path}:{lineno}", DatasetFormatError)
+                out[int(row[SUBTASK_COLUMN])] = str(row["subtask"])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise DatasetFormatError(f"{jl_path}:{lineno}: bad subtask line ({exc})") from None
         return out
     return None
 

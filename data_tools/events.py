@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 from .errors import EventError
+from . import textio
 
 EVENTS_FILE = "events.jsonl"
 # L3 task, L2 subtask, L1 action primitive, L0 segment (paper's caption hierarchy).
@@ -57,10 +58,7 @@ def check_level(level: str) -> str:
 
 def _parse_line(line: str, lineno: int, path: Path) -> Event:
     where = f"{path}:{lineno}"
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise EventError(f"{where}: not valid JSON ({exc.msg})") from None
+    obj = textio.loads(line, where, EventError)
     if not isinstance(obj, dict):
         raise EventError(f"{where}: expected a JSON object, got {type(obj).__name__}")
     missing = [k for k in ("episode_index", "level", "index", "start", "end", "caption")
@@ -98,22 +96,19 @@ def read_events(path: Path, problems: list[str] | None = None) -> list[Event]:
         raise EventError(f"{path} not found: the events sidecar (one JSON object per event, "
                          "see data_tools/events.py) is required")
     events, seen = [], set()
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                ev = _parse_line(line, lineno, path)
-                key = (ev.episode_index, ev.level, ev.index)
-                if key in seen:
-                    raise EventError(f"{path}:{lineno}: duplicate {ev.describe()}")
-            except EventError as exc:
-                if problems is None:
-                    raise
-                problems.append(str(exc))
-                continue
-            seen.add(key)
-            events.append(ev)
+    for lineno, line in textio.lines(path, EventError):
+        try:
+            ev = _parse_line(line, lineno, path)
+            key = (ev.episode_index, ev.level, ev.index)
+            if key in seen:
+                raise EventError(f"{path}:{lineno}: duplicate {ev.describe()}")
+        except EventError as exc:
+            if problems is None:
+                raise
+            problems.append(str(exc))
+            continue
+        seen.add(key)
+        events.append(ev)
     return events
 
 

@@ -8,7 +8,6 @@ missing shard, raises DataToolsError naming the file.
 from __future__ import annotations
 
 import io
-import json
 import tarfile
 from pathlib import Path
 from typing import Iterator
@@ -16,6 +15,7 @@ from typing import Iterator
 import numpy as np
 
 from .errors import DataToolsError
+from . import textio
 
 INDEX_FILE = "index.json"
 
@@ -23,7 +23,7 @@ INDEX_FILE = "index.json"
 def read_index(folder: Path) -> dict:
     path = Path(folder) / INDEX_FILE
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return textio.read_json(path)
     except FileNotFoundError:
         raise DataToolsError(f"{path} not found: {folder} is not a shard folder") from None
     except (OSError, ValueError) as exc:

@@ -163,7 +163,9 @@ def build_shards(src: Path, out: Path, level: str = "L1", seed: int = 0, image_s
             staging.mark_done(name, sha)
         shutil.rmtree(spill)
         lengths = np.array([ev.length for ev in level_events])
-        shards = [{"name": n, "samples": len(p), "sha256": staging.done[n],
+        # bytes and sha256 let the training loader verify each shard before it starts
+        shards = [{"name": n, "samples": len(p), "bytes": (staging.path / n).stat().st_size,
+                   "sha256": staging.done[n],
                    "vl_cluster": _counts(cluster_of[k][0] for k in p),
                    "action_cluster": _counts(cluster_of[k][1] for k in p)}
                   for n, p in zip(names, parts)]

@@ -24,6 +24,7 @@ import json
 from pathlib import Path
 
 from .errors import DataToolsError
+from . import textio
 
 CLUSTERS_KIND = "wallwm-event-clusters"
 SYNC_KIND = "wallwm-video-sync"
@@ -33,7 +34,7 @@ FORMAT_VERSION = 1
 def _load(path: Path, kind: str) -> dict:
     path = Path(path)
     try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
+        obj = textio.read_json(path)
     except FileNotFoundError:
         raise DataToolsError(f"{path} not found") from None
     except (OSError, ValueError) as exc:

@@ -9,6 +9,7 @@ names the pip requirement or the Debian packages to install.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -71,10 +72,13 @@ def write_shards(
                     corrupt[i](sample)
                 sink.write(sample)
                 count += 1
-        shards.append({"name": name, "samples": count})
+        data = (folder / name).read_bytes()
+        shards.append({"name": name, "samples": count, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()})
     count = lambda axis: {str(c): sum(1 for v in clusters if v[axis] == c) for c in sorted({v[axis] for v in clusters})}  # noqa: E731
     index = {"format_version": 1, "level": "L1", "shards": shards, "total_samples": len(lengths),
-             "vl_cluster_counts": count(0), "action_cluster_counts": count(1)}
+             "vl_cluster_counts": count(0), "action_cluster_counts": count(1),
+             "image_size": size, "views": [f"cam{v}" for v in range(views)], "fps": 10,
+             "action_dim": action_dim, "state_dim": state_dim}
     (folder / "index.json").write_text(json.dumps(index))
     return folder
 

@@ -37,8 +37,6 @@ class Batch:
     remaining-time head's target); None trains no time head."""
     keys: list[str] = field(default_factory=list)
     """The samples' keys (shard sample keys, ``/w<start>`` for chunk windows)."""
-    skipped: int = 0
-    """Bad samples skipped (within ``data.max_bad_samples``) since the previous batch."""
 
     @property
     def size(self) -> int:
@@ -50,7 +48,7 @@ class Batch:
         return replace(
             self, frames=cut(self.frames), actions=cut(self.actions), state=cut(self.state),
             lengths=cut(self.lengths), caption=cut(self.caption), remaining=cut(self.remaining),
-            keys=self.keys[start:stop], skipped=self.skipped if start == 0 else 0,
+            keys=self.keys[start:stop],
         )
 
     def to(self, device: torch.device | str) -> "Batch":

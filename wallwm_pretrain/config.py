@@ -21,8 +21,9 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional, Sequence
+from typing import Any, List, Optional, Sequence, Union
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
@@ -106,12 +107,18 @@ class DataConfig:
     """Upper bounds (control steps) of length buckets; a batch draws from one bucket so that
     short events are not padded to long ones. Empty = plain batching in stream order."""
     max_bad_samples: int = 0
-    """Bad samples (or unreadable tar remainders) that may be skipped, counted and logged;
-    0 = stop at the first one with an error naming shard and key."""
+    """Bad samples and unreadable shards that may be skipped over the whole run, each counted
+    and logged once (an unreadable shard is not read again); 0 = stop at the first one with an
+    error naming shard and key."""
     seed: int = 0
     """Seed for shard order, sample shuffling, crops and caption drop."""
+    verify: str = "size"
+    """Shards checked against index.json before the first step: ``size`` (bytes and sample
+    count from the tar headers), ``sha256`` (also every byte's checksum) or ``none``."""
 
     def __post_init__(self) -> None:
+        if self.verify not in ("size", "sha256", "none"):
+            raise ConfigError(f"data.verify must be size, sha256 or none, got {self.verify!r}")
         if self.max_bad_samples < 0:
             raise ConfigError(f"data.max_bad_samples must be >= 0, got {self.max_bad_samples}")
         if self.mode not in ("event", "chunk"):
@@ -121,6 +128,12 @@ class DataConfig:
                 raise ConfigError(f"data.{name} must be >= 1, got {getattr(self, name)}")
         if list(self.length_buckets) != sorted(set(self.length_buckets)) or any(b < 1 for b in self.length_buckets):
             raise ConfigError(f"data.length_buckets must be increasing positive ints, got {list(self.length_buckets)}")
+
+
+AUTO = "auto"
+# Model fields that describe the data; a run config takes them from the shards' index.json
+# (``wallwm_pretrain.data.dims``) unless set.
+DATA_DIMS = ("action_dim", "state_dim", "num_views", "image_size")
 
 
 @dataclass
@@ -141,12 +154,15 @@ class ModelConfig:
     """Transformer layers of the caption encoder (byte-level tokens)."""
     patch_size: int = 8
     """Square patch (pixels) of the fixed patchify that turns frames into video tokens."""
-    image_size: int = 32
-    """Frames are expected at this square resolution (build-shards --image-size)."""
-    num_views: int = 2
-    """Camera views per frame."""
-    action_dim: int = 4
-    state_dim: int = 8
+    image_size: Union[int, str] = 32
+    """Frames are expected at this square resolution (build-shards --image-size); ``auto`` (the
+    default of a run config) = what the shards' index.json records."""
+    num_views: Union[int, str] = 2
+    """Camera views per frame; ``auto`` = the views index.json records."""
+    action_dim: Union[int, str] = 4
+    """Action dimensions; ``auto`` = what index.json records."""
+    state_dim: Union[int, str] = 8
+    """Proprioceptive state dimensions; ``auto`` = what index.json records."""
     init_std: float = 0.02
     video_loss_weight: float = 1.0
     action_loss_weight: float = 1.0
@@ -164,6 +180,10 @@ class ModelConfig:
         for name in ("frame_stride", "caption_max_bytes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+        for name in DATA_DIMS:
+            value = getattr(self, name)
+            if value != AUTO and (not isinstance(value, int) or value < 1):
+                raise ConfigError(f"model.{name} must be 'auto' or an int >= 1, got {value!r}")
         if self.time_loss_weight < 0:
             raise ConfigError(f"model.time_loss_weight must be >= 0, got {self.time_loss_weight}")
         if self.recompute not in ("none", "full", "selective"):
@@ -173,7 +193,7 @@ class ModelConfig:
                 f"model.hidden_size ({self.hidden_size}) must be divisible by model.num_heads "
                 f"({self.num_heads})"
             )
-        if self.image_size % self.patch_size:
+        if self.image_size != AUTO and self.image_size % self.patch_size:
             raise ConfigError(
                 f"model.image_size ({self.image_size}) must be divisible by model.patch_size "
                 f"({self.patch_size})"
@@ -315,7 +335,9 @@ class TrackingConfig:
 @dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    # A run's data dims default to ``auto`` (read from the shards); a ModelConfig built alone
+    # (tests, benchmarks) keeps concrete laptop-sized numbers so it builds a model by itself.
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(**{k: AUTO for k in DATA_DIMS}))
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
@@ -409,6 +431,60 @@ def _merge(base: DictConfig, other: Any, source: str, schema: DictConfig) -> Dic
         raise ConfigError(f"{source}: {exc}") from None
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """A YAML loader that rejects a key given twice in one mapping (the later one would
+    silently win)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise ConfigError(
+                    f"line {line}: duplicate key '{key}' (first given on line {seen[key]})"
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: Path) -> DictConfig:
+    """A preset file as a mapping, or :class:`ConfigError` naming the file and the line.
+
+    The text is parsed twice: once strictly (duplicate keys, syntax, top-level mapping), then by
+    OmegaConf for the values, which keeps OmegaConf's reading of numbers and interpolations.
+    """
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({exc.strerror or exc})") from None
+    try:
+        text = raw.decode("utf-8-sig")  # an editor's byte-order mark is not part of the YAML
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}, line {line}: not UTF-8 text (byte 0x{raw[exc.start]:02x})") from None
+    try:
+        tree = yaml.load(text, Loader=_StrictLoader)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}, {exc}") from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f", line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{where}: YAML syntax error: {exc.problem or exc.context}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: YAML syntax error: {str(exc).splitlines()[0]}") from None
+    if tree is None:
+        return OmegaConf.create({})
+    if not isinstance(tree, dict):
+        raise ConfigError(
+            f"{path}: the top level must be a mapping of sections (data:, model:, ...), "
+            f"got a {type(tree).__name__}"
+        )
+    return OmegaConf.create(text)
+
+
 def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()) -> Config:
     """Build the run config: schema defaults <- YAML preset <- ``key=value`` overrides.
 
@@ -426,9 +502,7 @@ def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()
     cfg = schema
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        loaded = OmegaConf.load(path)
+        loaded = read_yaml(path)
         _check_moved(loaded, str(path))
         cfg = _merge(cfg, loaded, str(path), schema)
     for item in overrides:

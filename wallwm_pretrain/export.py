@@ -16,9 +16,10 @@ import sys
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file, safe_open
 
 from wallwm_pretrain.checkpoint import CheckpointError, load_checkpoint, resolve_resume
+from wallwm_pretrain.checkpoint.stable import save_file_stable
 
 
 def _checkpoint_folder(ckpt: str | Path) -> Path:
@@ -34,7 +35,7 @@ def export(ckpt: str | Path, out: str | Path) -> Path:
     tensors = {k: v.contiguous() for k, v in state.model.items() if isinstance(v, torch.Tensor)}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(out), metadata={"format": "wallwm-model/1", "step": str(state.step), "config": state.config_yaml})
+    save_file_stable(tensors, out, metadata={"format": "wallwm-model/1", "step": str(state.step), "config": state.config_yaml})
     out.with_suffix(out.suffix + ".yaml").write_text(state.config_yaml)
     return out
 

@@ -50,13 +50,13 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
     from wallwm_pretrain.checkpoint import CheckpointError
-    from wallwm_pretrain.data import BadInputError, SampleError, ShardError
+    from wallwm_pretrain.data import InputError
     from wallwm_pretrain.parallel import shutdown_parallel
     from wallwm_pretrain.trainer import Trainer
 
     try:
         summary = Trainer(cfg).train()
-    except (ConfigError, ShardError, SampleError, BadInputError, CheckpointError) as exc:
+    except (ConfigError, InputError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:

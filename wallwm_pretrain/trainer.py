@@ -35,6 +35,8 @@ from tqdm import tqdm
 from wallwm_pretrain import checkpoint as ckpt
 from wallwm_pretrain.config import Config, flatten, to_yaml
 from wallwm_pretrain.data import EventLoader
+from wallwm_pretrain.data.badinput import merge_problems
+from wallwm_pretrain.data.dims import resolve_data_dims
 from wallwm_pretrain.model import LOSS_KEYS
 from wallwm_pretrain.model.flops import SampleShape, train_flops
 from wallwm_pretrain.model.flow_matching import noise_seed
@@ -98,15 +100,13 @@ def set_rng_state(state: dict) -> None:
 
 class Trainer:
     def __init__(self, cfg: Config) -> None:
-        self.cfg = cfg
+        # 0. the model's data dims (``auto``) from the shards' index.json, checked before any work
+        self.cfg = cfg = resolve_data_dims(cfg)
         # 1. process groups and device (megatron-core state; CPU patches when there is no GPU)
         par = cfg.parallel
         self.ctx = init_parallel(par.tp, par.pp, cfg.train.device, cfg.train.seed, vpp=par.vpp)
         self.device = self.ctx.device
         self.run_dir = cfg.train.run_dir
-        if self.ctx.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
         precision = cfg.train.precision
         if precision == "auto":
             precision = "bf16" if self.device.type == "cuda" else "fp32"
@@ -135,6 +135,11 @@ class Trainer:
         self.loader = EventLoader(
             cfg.data, cfg.model.frame_stride, cfg.model.caption_max_bytes, self.ctx.dp_rank, self.ctx.dp
         )
+        # the config and the data are checked: only now does the run folder exist (the resolved
+        # config in it holds the dims the model was built with)
+        if self.ctx.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
 
         # 5. resume: weights, optimizer, loader position, RNG, MLflow run
         self.step = 0
@@ -177,7 +182,8 @@ class Trainer:
                 "checkpoint has %d data-parallel loader positions, this run %d: data restarts at the "
                 "beginning of epoch %d", len(loaders), self.ctx.dp, epoch + 1,
             )
-            self.loader.load_state_dict({"epoch": epoch + 1, "batches_in_epoch": 0})
+            # problems already counted stay counted, whichever rank found them
+            self.loader.load_state_dict({"epoch": epoch + 1, "batches_in_epoch": 0, **merge_problems(loaders)})
         saved = json.loads(trainer["history"])
         self.history = {k: [tuple(p) for p in saved.get(k, [])] for k in LOSS_KEYS}
         set_rng_state(trainer["rng"])

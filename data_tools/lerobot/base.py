@@ -10,7 +10,6 @@ the column or camera, so a corrupt input stops a run with a message instead of a
 
 from __future__ import annotations
 
-import json
 from abc import ABC, abstractmethod
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .. import textio
 from ..errors import DatasetFormatError
 from ..video import VideoCursor
 
@@ -29,10 +29,9 @@ def read_info(root: Path) -> dict:
     path = Path(root) / INFO_PATH
     if not path.is_file():
         raise DatasetFormatError(f"{path} not found: {root} is not a LeRobot dataset")
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DatasetFormatError(f"{path}: not valid JSON ({exc})") from None
+    info = textio.read_json(path, DatasetFormatError)
+    if not isinstance(info, dict):
+        raise DatasetFormatError(f"{path}: must hold a JSON object, got {type(info).__name__}")
     for key in ("fps", "features", "data_path"):
         if key not in info:
             raise DatasetFormatError(f"{path}: missing field {key!r}")

@@ -24,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .. import textio
 from ..errors import DatasetFormatError
 from ..video import CODECS, VideoEncoder
 from . import layout as L
@@ -48,13 +49,10 @@ def read_jsonl(path: Path, required: tuple[str, ...]) -> list[dict]:
     if not path.is_file():
         raise DatasetFormatError(f"{path} not found")
     rows = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DatasetFormatError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+    for lineno, line in textio.lines(path, DatasetFormatError):
+        row = textio.loads(line, f"{path}:{lineno}", DatasetFormatError)
+        if not isinstance(row, dict):
+            raise DatasetFormatError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
         missing = [k for k in required if k not in row]
         if missing:
             raise DatasetFormatError(f"{path}:{lineno}: missing field(s) {', '.join(missing)}")

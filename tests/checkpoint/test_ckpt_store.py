@@ -284,3 +284,19 @@ def test_only_rank_zero_saves(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match="rank 3"):
         save(tmp_path, 1)
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_the_same_state_saved_twice_gives_identical_bytes(tmp_path):
+    """Header metadata is written in one order, so the manifest's sha256 shows equal checkpoints
+    (safetensors alone writes its metadata map in a different order from save to save)."""
+    model = make_model()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    train_steps(model, opt, 2)
+    state = dict(model={**model.state_dict(), "0._extra_state": None}, optimizer=opt.state_dict(),
+                 trainer=trainer_state(2), config_yaml=CONFIG_YAML, keep_last=0)
+    folders = [save_checkpoint(tmp_path / f"run{i}", 2, **state) for i in range(4)]
+    manifests = [json.loads((f / "manifest.json").read_text())["files"] for f in folders]
+    assert all(m == manifests[0] for m in manifests)
+    for name in manifests[0]:
+        assert len({(f / name).read_bytes() for f in folders}) == 1, name
+    assert_same(load_checkpoint(folders[0]).model, load_checkpoint(folders[3]).model)

@@ -150,28 +150,18 @@ def _truncate(path, fraction=0.5):
     path.write_bytes(data[: int(len(data) * fraction)])
 
 
-def test_truncated_tar_names_the_shard(tmp_path, shard_writer):
-    from wallwm_pretrain.data import BadInputError
-
-    folder = shard_writer(tmp_path / "s", [9] * 8, per_shard=4)
-    _truncate(folder / "shard-000001.tar")
-    # the cut falls inside a member: either its sample lacks keys or the tar header is short
-    with pytest.raises((BadInputError, SampleError), match=r"shard-000001\.tar: (unreadable tar|sample)"):
-        take(EventLoader(cfg(folder, shuffle_buffer=0, batch_size=1)), 8)
-
-
 def test_bad_input_within_budget_is_skipped_counted_and_resumable(tmp_path, shard_writer):
     bad = lambda s: s.update({"actions.npy": _npy(np.full((9, 4), np.inf, np.float32))})  # noqa: E731
     folder = shard_writer(tmp_path / "s", [9] * 12, per_shard=4, corrupt={1: bad, 6: bad})
     _truncate(folder / "shard-000002.tar", 0.3)  # partial samples and the tar error: more skips
-    loader = EventLoader(cfg(folder, shuffle_buffer=0, batch_size=1, max_bad_samples=20))
+    loader = EventLoader(cfg(folder, shuffle_buffer=0, batch_size=1, max_bad_samples=20, verify="none"))
     keys = []
     while loader.epoch == 0:
         keys += next(loader).keys
     keys.pop()  # the first batch of epoch 1
     assert "ep000000_L1_001" not in keys and "ep000002_L1_000" not in keys  # samples 1 and 6
     assert 1 <= len(keys) <= 12 - 2 - 1 and len(set(keys)) == len(keys)
-    assert loader.bad_samples >= 3  # two bad samples + at least the unreadable tar
+    assert loader.bad_samples == 3  # two bad samples + the unreadable tar, each once
     assert loader.state_dict()["bad_samples"] == loader.bad_samples
     with pytest.raises(Exception, match="max_bad_samples=2"):
-        take(EventLoader(cfg(folder, shuffle_buffer=0, batch_size=1, max_bad_samples=2)), 12)
+        take(EventLoader(cfg(folder, shuffle_buffer=0, batch_size=1, max_bad_samples=2, verify="none")), 12)

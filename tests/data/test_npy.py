@@ -5,7 +5,7 @@ import io
 import numpy as np
 import pytest
 
-from wallwm_pretrain.data.npy import load_npy
+from wallwm_pretrain.data.npy import NpyError, load_npy
 
 
 def npy(x):
@@ -34,3 +34,26 @@ def test_falls_back_for_fortran_order_and_big_endian():
 def test_garbage_raises():
     with pytest.raises(ValueError):
         load_npy(b"not an npy file at all")
+
+
+def _with_header(x, old, new):
+    """``x`` saved, with ``old`` replaced by ``new`` in its header (padding keeps the length)."""
+    data = npy(x)
+    end = data.index(b"\n")
+    header = data[10:end].replace(old, new)
+    header = header.ljust(end - 10) if len(header) <= end - 10 else header
+    return data[:8] + (len(header) + 1).to_bytes(2, "little") + header + b"\n" + data[end + 1:]
+
+
+@pytest.mark.parametrize("data, message", [
+    (_with_header(np.zeros((3, 4), np.float32), b"(3, 4)", b"(4611686018427387904,)"),
+     r"header declares shape \(4611686018427387904,\) of <f4: 4611686018427387904 items \* 4 bytes = "
+     r"18446744073709551616 bytes, the payload has 48"),
+    (npy(np.zeros((3, 4), np.float32)) + b"\0" * 4, r"12 items \* 4 bytes = 48 bytes, the payload has 52"),
+    (npy(np.zeros((3, 4), np.float32))[:-1], r"the payload has 47"),
+    (_with_header(np.zeros(3, np.float32), b"'<f4'", b"'|O'"), r"holds Python objects"),
+    (npy(np.zeros(2))[:7] + b"\x07" + npy(np.zeros(2))[8:], r"unsupported .npy format version 1.7"),
+])
+def test_a_lying_header_fails_with_the_arithmetic_before_allocating(data, message):
+    with pytest.raises(NpyError, match=message):
+        load_npy(data)

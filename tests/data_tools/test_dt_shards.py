@@ -97,6 +97,7 @@ def test_index_json_counts_match_the_tars(dt_tiny_shards):
         with tarfile.open(dt_tiny_shards / shard["name"]) as tar:
             keys = {m.name.split(".", 1)[0] for m in tar.getmembers()}
         assert shard["samples"] == len(keys) <= 8
+        assert shard["bytes"] == (dt_tiny_shards / shard["name"]).stat().st_size
         assert sum(shard["vl_cluster"].values()) == sum(shard["action_cluster"].values()) == len(keys)
         total += len(keys)
     assert index["total_samples"] == total == len(_samples(dt_tiny_shards))

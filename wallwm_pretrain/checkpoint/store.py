@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from .manifest import (
     CheckpointError,
@@ -49,6 +49,7 @@ from .manifest import (
     write_manifest,
     write_text_durable,
 )
+from .stable import save_file_stable
 from .state import StateError, dedupe_storage, flatten_state, standalone_tensor, unflatten_state
 
 CHECKPOINTS = "checkpoints"
@@ -97,7 +98,7 @@ def _write_tensors(
     metadata = {"format": "pt", "order": json.dumps(order if order is not None else list(tensors))}
     if extra_json is not None:
         metadata["extra"] = extra_json
-    save_file(tensors, str(path), metadata=metadata)
+    save_file_stable(tensors, path, metadata)
 
 
 def _write_state(folder: Path, stem: str, state: Any) -> None:

@@ -18,11 +18,12 @@ repeating samples of small ones, so an epoch is shorter than the dataset
 
 from __future__ import annotations
 
-import json
 import zlib
 from typing import Iterable, Iterator
 
 from wallwm_pretrain.config import BalanceConfig
+from wallwm_pretrain.data.decode import decode_meta
+from wallwm_pretrain.data.errors import InputError
 
 
 def _counts(index: dict, axis: str) -> dict[int, int]:
@@ -79,10 +80,15 @@ class ClusterBalance:
     def stage(self, src: Iterable[dict], epoch: int) -> Iterator[dict]:
         """Pipeline stage on raw samples (before decoding: only the json member is parsed)."""
         for sample in src:
-            meta = sample.get("json")
-            if isinstance(meta, (bytes, bytearray)):
-                meta = json.loads(meta)
-            if meta is None:
-                yield sample  # the cooker reports the missing key, naming the shard
-            elif self.keep(meta, sample["__key__"], epoch):
+            try:
+                meta = decode_meta(sample)
+                keep = meta is None or self.keep(meta, sample["__key__"], epoch)
+            except InputError:
+                yield sample  # the cooker reports a missing or unreadable json, naming the shard
+                continue
+            except (KeyError, ValueError, TypeError) as exc:
+                # kept and marked: the cooker reports it, inside data.max_bad_samples
+                yield {**sample, "__balance_error__": f"no usable cluster ids ({type(exc).__name__}: {exc})"}
+                continue
+            if keep:
                 yield sample

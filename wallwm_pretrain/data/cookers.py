@@ -29,6 +29,7 @@ import numpy as np
 from wallwm_pretrain.config import DataConfig
 from wallwm_pretrain.captions import encode_caption
 from wallwm_pretrain.data.captions import maybe_drop
+from wallwm_pretrain.data.errors import InputError
 
 REQUIRED_KEYS = {
     "json": None,
@@ -39,7 +40,7 @@ REQUIRED_KEYS = {
 }
 
 
-class SampleError(ValueError):
+class SampleError(InputError):
     """A crude sample does not follow the shard contract; names shard, sample and key."""
 
 
@@ -103,6 +104,16 @@ def check_sample(sample: dict[str, Any]) -> None:
         if not isinstance(value, np.ndarray) or value.dtype != dtype or value.ndim != ndim:
             got = f"{getattr(value, 'dtype', type(value).__name__)} with shape {getattr(value, 'shape', '?')}"
             raise SampleError(f"{where}: key '{key}' must be {np.dtype(dtype).name} with {ndim} dims, got {got}")
+    meta = sample["json"]
+    if not isinstance(meta, dict):
+        raise SampleError(f"{where}: key 'json' must hold an object, got {type(meta).__name__}")
+    for name in ("caption", "task"):
+        if name in meta and not isinstance(meta[name], str):
+            raise SampleError(f"{where}: key 'json': '{name}' must be a string, got {type(meta[name]).__name__}")
+    if "caption" not in meta:
+        raise SampleError(f"{where}: key 'json' has no 'caption'")
+    if "__balance_error__" in sample:
+        raise SampleError(f"{where}: key 'json': {sample['__balance_error__']}")
     t = sample["actions.npy"].shape[0]
     if sample["frames.npy"].shape[0] != t or sample["states.npy"].shape[0] != t:
         raise SampleError(

@@ -1,19 +1,22 @@
 """The training loader: WebDataset shards -> cooked, shuffled, padded batches, forever.
 
-Stages, in order (one WebDataset ``DataPipeline`` per epoch):
+Before the first epoch every shard is checked against index.json (``data.verify``, see
+``verify.py``). Stages, in order (one WebDataset ``DataPipeline`` per epoch):
 
 1. shard list, permuted by (seed, epoch) — the explicit shard shuffle;
 2. split by data-parallel rank (explicit node splitter: TP/PP peers of one DP rank read the
    same data) and then by loader worker;
-3. tar -> crude samples;
+3. tar -> crude samples (``tarread.py``; a damaged shard is quarantined within the skip
+   budget, ``badinput.py``);
 4. cluster balance (``balance.py``; only when ``data.balance`` departs from the natural mix),
    deciding on the json member before the frames are decoded;
-5. decode ``.npy`` / ``.json``;
-6. sample shuffle buffer seeded by (seed, epoch, rank, worker);
-7. cook (event or chunk mode, see ``cookers.py``), then length-bucketed batching
-   (``buckets.py``) into :class:`~wallwm_pretrain.batch.Batch`.
+5. sample shuffle buffer seeded by (seed, epoch, rank, worker);
+6. decode ``.npy`` / ``.json`` (``decode.py``) and cook (event or chunk mode, see
+   ``cookers.py``), then length-bucketed batching (``buckets.py``) into
+   :class:`~wallwm_pretrain.batch.Batch`.
 
-The loader position is ``(epoch, batches consumed in the epoch)``; :meth:`state_dict` and
+The loader position is ``(epoch, batches consumed in the epoch)`` plus the problems counted
+so far (bad sample ids, quarantined shards); :meth:`state_dict` and
 :meth:`load_state_dict` save and restore it. Restoring rebuilds the epoch's pipeline and
 fast-forwards, which re-reads the skipped part of the epoch: exact, but it costs time
 proportional to the position inside the epoch.
@@ -22,7 +25,6 @@ proportional to the position inside the epoch.
 from __future__ import annotations
 
 import functools
-import json
 import random
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
@@ -32,33 +34,21 @@ import webdataset as wds
 from torch.utils.data import DataLoader, get_worker_info
 
 from wallwm_pretrain.config import DataConfig
-from wallwm_pretrain.data.badinput import BadInputError, SkipCounter, cook_or_skip, stamp_skips
+from wallwm_pretrain.data.badinput import (
+    BadInputError, Known, SkipCounter, SkipReport, cook_or_skip, read_shards, report_skips,
+)
 from wallwm_pretrain.data.balance import ClusterBalance
 from wallwm_pretrain.data.buckets import bucket_batches
 from wallwm_pretrain.batch import Batch
 from wallwm_pretrain.data.collate import collate
 from wallwm_pretrain.data.cookers import Normalizer, TrainSample, make_cooker
-from wallwm_pretrain.data.npy import npy_handler
+from wallwm_pretrain.data.decode import decode_sample
+from wallwm_pretrain.data.errors import ShardError
+from wallwm_pretrain.data.index import read_index
+from wallwm_pretrain.data.tarread import read_tar
+from wallwm_pretrain.data.verify import verify_shards
 
-
-class ShardError(ValueError):
-    """The shard folder is missing, incomplete or does not match its index.json."""
-
-
-def read_index(folder: str | Path) -> dict:
-    path = Path(folder) / "index.json"
-    if not path.is_file():
-        raise ShardError(
-            f"{path} not found: data.shards must name a folder written by "
-            f"`python -m data_tools build-shards`"
-        )
-    index = json.loads(path.read_text())
-    missing = [s["name"] for s in index.get("shards", []) if not (Path(folder) / s["name"]).is_file()]
-    if missing:
-        raise ShardError(f"{folder}: shards listed in index.json are missing: {missing[:5]}")
-    if not index.get("shards"):
-        raise ShardError(f"{path}: lists no shards")
-    return index
+__all__ = ["EventLoader", "ShardError", "read_cooked", "read_index"]
 
 
 def read_cooked(
@@ -69,14 +59,19 @@ def read_cooked(
     index = read_index(folder)
     urls = [str(Path(folder) / s["name"]) for s in index["shards"]]
     cooker = make_cooker(cfg, caption_max_bytes, norm)
-    for crude in wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples(), wds.decode(npy_handler)):
-        yield from cooker(crude, epoch=0)
+    for url in urls:
+        for crude in read_tar(url):
+            yield from cooker(decode_sample(crude), epoch=0)
 
 
 def _split_by_rank(src: Iterable[dict], rank: int, world: int) -> Iterator[dict]:
     for i, item in enumerate(src):
         if i % world == rank:
             yield item
+
+
+def _read_listed(src: Iterable[dict], counter: SkipCounter, epoch: int) -> Iterator[dict]:
+    return read_shards((item["url"] for item in src), counter, epoch)
 
 
 def _shuffle(src: Iterable, bufsize: int, seed: tuple[int, ...]) -> Iterator:
@@ -106,6 +101,7 @@ class EventLoader:
     ) -> None:
         self.cfg = cfg
         self.index = read_index(cfg.shards)
+        verify_shards(cfg.shards, self.index, cfg.verify)
         self.urls = [str(Path(cfg.shards) / s["name"]) for s in self.index["shards"]]
         readers = dp_size * max(cfg.num_workers, 1)
         if len(self.urls) < readers:
@@ -121,22 +117,28 @@ class EventLoader:
         self.balance = ClusterBalance(self.index, cfg.balance, cfg.seed) if cfg.balance.active else None
         self.epoch = 0
         self.batches_in_epoch = 0
-        self.bad_samples = 0  # skipped within data.max_bad_samples, over the whole run
+        self.bad_samples = 0  # problems skipped within data.max_bad_samples, over the whole run
+        self.bad_sample_ids: set[str] = set()  # "shard#key" of each bad sample counted
+        self.quarantined: dict[str, int] = {}  # shard name -> epoch it was found unreadable in
         self._iter: Optional[Iterator[Batch]] = None
 
     def pipeline(self, epoch: int) -> wds.DataPipeline:
         urls = list(self.urls)
         random.Random(self.cfg.seed * 1_000_003 + epoch).shuffle(urls)
-        counter = SkipCounter(self.cfg.max_bad_samples)
+        folder = Path(self.cfg.shards)
+        known = Known(
+            frozenset(str(folder / i) for i in self.bad_sample_ids),
+            {str(folder / name): found for name, found in self.quarantined.items()},
+        )
+        counter = SkipCounter(self.cfg.max_bad_samples, known)
         stages: list = [
             wds.SimpleShardList(urls),
             functools.partial(_split_by_rank, rank=self.dp_rank, world=self.dp_size),
             wds.split_by_worker,
-            wds.tarfile_to_samples(handler=counter.tar_handler),
+            functools.partial(_read_listed, counter=counter, epoch=epoch),
         ]
         if self.balance is not None:
             stages.append(functools.partial(self.balance.stage, epoch=epoch))
-        stages.append(wds.decode(npy_handler))
         if self.cfg.shuffle_buffer > 0:
             stages.append(functools.partial(_shuffle, bufsize=self.cfg.shuffle_buffer, seed=(self.cfg.seed, epoch, self.dp_rank)))
         stages.append(
@@ -151,7 +153,7 @@ class EventLoader:
             )
         else:
             stages.append(wds.batched(self.cfg.batch_size, collation_fn=to_batch, partial=False))
-        stages.append(functools.partial(stamp_skips, counter=counter))
+        stages.append(functools.partial(report_skips, counter=counter))
         return wds.DataPipeline(*stages)
 
     def _start_epoch(self) -> None:
@@ -171,24 +173,41 @@ class EventLoader:
     def __iter__(self) -> "EventLoader":
         return self
 
+    def _count(self, report: SkipReport) -> None:
+        """Count each problem a reader reports once per run (ids are relative to the folder)."""
+        folder = Path(self.cfg.shards)
+        for ident in report.bad_samples:
+            rel = ident.removeprefix(f"{folder}/")
+            if rel not in self.bad_sample_ids:
+                self.bad_sample_ids.add(rel)
+                self.bad_samples += 1
+        for url in report.quarantined:
+            name = Path(url).name
+            if name not in self.quarantined:
+                self.quarantined[name] = self.epoch
+                self.bad_samples += 1
+        if self.bad_samples > self.cfg.max_bad_samples:
+            raise BadInputError(
+                f"{self.bad_samples} problems skipped so far ({len(self.bad_sample_ids)} bad samples, "
+                f"{len(self.quarantined)} unreadable shards) exceed data.max_bad_samples="
+                f"{self.cfg.max_bad_samples} (the warnings above name each one)"
+            )
+
     def __next__(self) -> Batch:
         for _ in range(2):
             if self._iter is None:
                 self._start_epoch()
             try:
                 batch = next(self._iter)
+                while isinstance(batch, SkipReport):
+                    self._count(batch)
+                    batch = next(self._iter)
             except StopIteration:
                 if self.batches_in_epoch == 0:
                     break
                 self.epoch, self.batches_in_epoch, self._iter = self.epoch + 1, 0, None
                 continue
             self.batches_in_epoch += 1
-            self.bad_samples += batch.skipped
-            if self.bad_samples > self.cfg.max_bad_samples:
-                raise BadInputError(
-                    f"{self.bad_samples} bad samples skipped so far exceed data.max_bad_samples="
-                    f"{self.cfg.max_bad_samples} (the warnings above name each one)"
-                )
             return batch
         raise ShardError(
             f"{self.cfg.shards}: an epoch on data-parallel rank {self.dp_rank} gives no full batch of "
@@ -196,10 +215,18 @@ class EventLoader:
         )
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "batches_in_epoch": self.batches_in_epoch, "bad_samples": self.bad_samples}
+        return {
+            "epoch": self.epoch,
+            "batches_in_epoch": self.batches_in_epoch,
+            "bad_samples": self.bad_samples,
+            "bad_sample_ids": sorted(self.bad_sample_ids),
+            "quarantined": dict(sorted(self.quarantined.items())),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch = int(state["epoch"])
         self.batches_in_epoch = int(state["batches_in_epoch"])
         self.bad_samples = int(state.get("bad_samples", 0))
+        self.bad_sample_ids = set(state.get("bad_sample_ids", []))
+        self.quarantined = {str(k): int(v) for k, v in state.get("quarantined", {}).items()}
         self._iter = None

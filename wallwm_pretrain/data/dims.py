@@ -1,0 +1,62 @@
+"""Model dims from the data: ``model.action_dim``, ``state_dim``, ``num_views`` and
+``image_size`` set to ``auto`` take what the shards' index.json records.
+
+The run config stays the schema (``wallwm_pretrain/config.py``); this module reads the data and
+returns a config whose dims are numbers, before the model is built. An explicit value that
+disagrees with the index fails here, naming both numbers and the shard folder, instead of as a
+shape error deep in the model's first forward. The data's fps is not resolved: no model field
+depends on it. Trade-off: a folder whose index records no dims (shards written by hand) needs
+them set explicitly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from wallwm_pretrain.config import AUTO, DATA_DIMS, Config, ConfigError, validate
+from wallwm_pretrain.data.index import INDEX_FILE, read_index
+
+
+def index_dims(index: dict) -> dict[str, int]:
+    """The model dims an index records (``views`` is a list of view names)."""
+    dims = {k: index[k] for k in ("action_dim", "state_dim", "image_size") if k in index}
+    if "views" in index:
+        dims["num_views"] = len(index["views"])
+    return dims
+
+
+def resolve_data_dims(cfg: Config, index: dict | None = None) -> Config:
+    """``cfg`` with every data dim of ``cfg.model`` a number taken from, or checked against,
+    the index of ``cfg.data.shards``.
+
+    Raises:
+        ConfigError: an explicit value disagrees with the index, or ``auto`` where the index
+            records nothing.
+        ShardError: the index cannot be read.
+    """
+    folder = cfg.data.shards
+    index = read_index(folder) if index is None else index
+    recorded = index_dims(index)
+    resolved = {}
+    for name in DATA_DIMS:
+        value = getattr(cfg.model, name)
+        found = recorded.get(name)
+        if value == AUTO:
+            if found is None:
+                raise ConfigError(
+                    f"model.{name}=auto but {Path(folder) / INDEX_FILE} records no "
+                    f"{'views' if name == 'num_views' else name}; set model.{name} explicitly"
+                )
+            resolved[name] = found
+        elif found is not None and value != found:
+            raise ConfigError(
+                f"model.{name}={value} but the shards in {folder} have {name} {found} "
+                f"(index.json); set model.{name}={found} or auto"
+            )
+    if not resolved:
+        return cfg
+    model = dataclasses.replace(cfg.model, **resolved)  # runs ModelConfig's checks again
+    out = dataclasses.replace(cfg, model=model)
+    validate(out)
+    return out
