@@ -72,10 +72,9 @@ def test_tp2pp2_checkpoint_resumes_at_tp1(tmp_path, shard_writer):
     train(tmp_path, folder, "mixed")
     ref, mixed = losses(tmp_path, "ref"), losses(tmp_path, "mixed")
     assert len(ref) == len(mixed) == 4
-    # TP sums partial products in another order, microbatches add gradient shares one after
-    # another (fp32 rounding ~1e-7 per op); after a few Muon/AdamW steps parameters differ by
-    # ~1e-6, losses by well under 1e-4
-    assert ref == pytest.approx(mixed, abs=1e-4)
+    # the README's promise (1e-5): TP sums partial products in another order and microbatches
+    # add gradient shares one after another (fp32 rounding ~1e-7 per op); measured 4.8e-7
+    assert ref == pytest.approx(mixed, rel=0, abs=1e-5)
     assert load_checkpoint(find_latest(tmp_path / "runs" / "mixed")).trainer["layout"]["tp"] == 1
 
 
