@@ -12,6 +12,7 @@ TINY = [
     "model.hidden_size=32", "model.num_layers=2", "model.num_heads=2", "model.ffn_hidden_size=64",
     "model.text_layers=1", "model.image_size=32", "model.patch_size=16", "data.batch_size=4",
     "data.max_frames=16", "data.shuffle_buffer=8", "train.log_every=2", "optim.warmup_steps=2",
+    "train.device=cpu",  # in this process megatron runs patched for CPU, also on a GPU machine
 ]
 
 

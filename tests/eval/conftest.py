@@ -23,6 +23,7 @@ TINY_MODEL = [
     "model.hidden_size=32", "model.num_heads=4", "model.ffn_hidden_size=64", "model.num_layers=1",
     "model.text_layers=1", "data.batch_size=2", "data.length_buckets=[]", "data.shuffle_buffer=4",
     "train.steps=4", "train.log_every=2", "train.save_every=0", "optim.warmup_steps=1",
+    "train.device=cpu",  # in this process megatron runs patched for CPU, also on a GPU machine
 ]
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "metaworld.yaml"
 
@@ -95,7 +96,8 @@ def eval_cli(capsys):
 
     def cli(*args) -> tuple[int, str, str]:
         capsys.readouterr()
-        code = main([str(a) for a in args])
+        # CPU unless a test asks otherwise (a later --device wins): in-process, as the trainer above
+        code = main(["--device", "cpu", *(str(a) for a in args)])
         captured = capsys.readouterr()
         return code, captured.out, captured.err
 

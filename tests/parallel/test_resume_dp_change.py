@@ -24,6 +24,7 @@ TINY = [
     "model.hidden_size=32", "model.num_layers=2", "model.num_heads=2", "model.ffn_hidden_size=64",
     "model.image_size=32", "model.patch_size=16", "data.max_frames=16", "data.shuffle_buffer=8",
     "train.log_every=1", "optim.warmup_steps=2", "train.steps=4", "tracking.enabled=false",
+    "train.device=cpu",  # gloo on CPU tensors, also on a GPU machine
 ]
 
 
