@@ -206,3 +206,42 @@ def test_action_block_ignores_the_layer_input_video(single_process, layer):
     shift_hidden = lambda m, args: (args[0], args[1] + 0.5)  # noqa: E731
     _, moved3 = _run(model, data, [(block.action, "pre", shift_hidden)])
     assert (moved3[layer] - base[layer]).abs().max() > 1e-3
+
+
+# -- the masked loss and the draws ----------------------------------------------------------
+
+
+def test_masked_mse_hand_worked():
+    from wallwm_pretrain.model.flow_matching import masked_mse
+
+    pred = torch.tensor([[[1.0, 2.0], [3.0, 4.0]], [[0.5, 0.5], [9.0, 9.0]]])  # [B=2, T=2, D=2]
+    target = torch.tensor([[[0.0, 0.0], [1.0, 1.0]], [[0.5, 1.5], [0.0, 0.0]]])
+    mask = torch.tensor([[True, True], [True, False]])  # the last step of sample 1 is padding
+    # squared errors of real elements: 1 + 4 + 4 + 9 + 0 + 1 = 19 over 6 real elements
+    assert masked_mse(pred, target, mask).item() == pytest.approx(19 / 6, abs=1e-6)
+    # a global denominator replaces the local count (a DP rank's share of the global mean)
+    assert masked_mse(pred, target, mask, torch.tensor(38.0)).item() == pytest.approx(0.5, abs=1e-6)
+    # nothing real: zero, not NaN (the count is clamped to 1)
+    assert masked_mse(pred, target, torch.zeros(2, 2, dtype=torch.bool)).item() == 0.0
+    assert masked_mse(pred, target, mask, torch.tensor(0.0)).item() == pytest.approx(19.0, abs=1e-5)
+
+
+def test_flow_time_is_uniform_draws_of_the_generator():
+    from wallwm_pretrain.model.flow_matching import sample_time
+
+    t = sample_time(5, torch.device("cpu"), torch.Generator().manual_seed(9))
+    assert torch.equal(t, torch.rand(5, generator=torch.Generator().manual_seed(9)))
+    many = sample_time(20000, torch.device("cpu"), torch.Generator().manual_seed(1))
+    assert 0.0 <= many.min() and many.max() < 1.0 and abs(many.mean().item() - 0.5) < 0.01  # 5 sigma = 0.0102
+
+
+def test_flow_noise_rows_take_the_same_rows_of_every_draw():
+    from wallwm_pretrain.model.flow_matching import FlowNoise
+
+    g = torch.Generator().manual_seed(3)
+    noise = FlowNoise(torch.rand(4, generator=g), torch.randn(4, 2, 3, 5, generator=g),
+                      torch.rand(4, generator=g), torch.randn(4, 6, 2, generator=g))
+    part = noise.rows(1, 3)
+    for whole, rows in zip((noise.t_video, noise.noise_video, noise.t_action, noise.noise_action),
+                           (part.t_video, part.noise_video, part.t_action, part.noise_action)):
+        assert torch.equal(rows, whole[1:3])
