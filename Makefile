@@ -2,6 +2,8 @@
 #   make smoke-test   install what is needed, then synth data -> shards -> train -> resume
 #   make test         install what is needed, then run the whole test suite
 #   make ablation     Meta-World event mode vs chunk mode (bench/ablation.py), table in docs/
+#   make mutation     mutation testing of core modules (cosmic-ray; long, not part of make test):
+#                     make mutation MUTATE="captions balance"   (names of mutation/*.toml)
 #
 # Environment: by default everything goes into ./.venv (created with --system-site-packages,
 # so a CUDA torch that the cluster or the user already installed is seen and never replaced;
@@ -31,7 +33,7 @@ SMOKE_EPISODES ?= 48
 export MLFLOW_DISABLE_TELEMETRY ?= true
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install check-env test smoke-test smoke-data ablation clean
+.PHONY: install check-env test smoke-test smoke-data ablation mutation clean
 
 install: $(READY)
 
@@ -51,6 +53,10 @@ test: $(READY)
 
 ablation: $(READY)
 	$(PYTHON) bench/ablation.py
+
+MUTATE ?=
+mutation: $(READY)
+	PYTHON=$(PYTHON) mutation/run.sh $(MUTATE)
 
 smoke-data: $(READY)
 	$(PYTHON) -m data_tools synth --out $(SMOKE_SYNTH) --episodes $(SMOKE_EPISODES) --seed 0
