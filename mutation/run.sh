@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Mutation testing of core modules with cosmic-ray (make mutation; not part of make test).
 #   mutation/run.sh [MODULE ...]      default: every mutation/*.toml
+#   RECHECK=1 mutation/run.sh MODULE  re-test only the survivors of the last session (after
+#                                     adding tests), then report again
 # Each mutation/NAME.toml names one module and the fast tests that guard it. cosmic-ray
 # mutates the module IN PLACE, one mutant at a time, and runs the tests; the working tree is
 # checked to be clean of that module afterwards. Sessions and reports go to runs/mutation/.
@@ -25,10 +27,14 @@ for name in "${names[@]}"; do
     exit 1
   fi
   session=$OUT/$name.sqlite
-  rm -f "$session"
-  $CR init "$cfg" "$session"
-  $CR baseline "$cfg" >/dev/null  # the tests must pass on the unmutated module
-  $CR exec "$cfg" "$session"
+  if [ -n "${RECHECK:-}" ]; then
+    "$PYTHON" mutation/recheck.py "$cfg" "$session"
+  else
+    rm -f "$session"
+    $CR init "$cfg" "$session"
+    $CR baseline "$cfg" >/dev/null  # the tests must pass on the unmutated module
+    $CR exec "$cfg" "$session"
+  fi
   git diff --quiet -- "$module" || { echo "cosmic-ray left $module modified" >&2; exit 1; }
   "$PYTHON" mutation/report.py "$session" "$name" | tee "$OUT/$name.txt"
 done

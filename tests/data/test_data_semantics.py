@@ -131,3 +131,26 @@ def test_drop_frequency_of_cooked_events_matches_the_ramp_of_the_full_length():
         dropped += len(cooked.caption) == 1
     sigma = math.sqrt(0.25 / n)
     assert abs(dropped / n - 0.5) < 5 * sigma
+
+
+# -- caption tokens ---------------------------------------------------------------------------
+
+
+def test_caption_tokens_hand_worked():
+    from wallwm_pretrain.data.captions import decode_caption
+
+    # BEGIN = 1, then each UTF-8 byte + 2 (0 is padding): "ab" = bytes 97, 98
+    assert encode_caption("ab", 64).tolist() == [1, 99, 100]
+    assert encode_caption("ab", 64).dtype == np.int64
+    assert encode_caption("abcdef", 3).tolist() == [1, 99, 100, 101]  # at most max_bytes bytes
+    assert encode_caption("", 8).tolist() == [1]
+    # decoding drops BEGIN and padding and undoes the offset; byte 0xff survives the round trip
+    assert decode_caption(np.array([1, 99, 100, 0, 0])) == "ab"
+    assert decode_caption(encode_caption("grasp \u00e9\u00ff", 64)) == "grasp \u00e9\u00ff"
+    assert decode_caption(np.array([1, 2 + 0xFF], dtype=np.int64)) == "\ufffd"  # a lone 0xff byte
+
+
+@pytest.mark.parametrize("length", [201, 250, 300])
+def test_ramp_is_flat_beyond_l_max(length):
+    """Past l_max rho stays rho_max (a cosine continued past u = 1 would give 0.5 at 250)."""
+    assert drop_probability(length, RAMP) == pytest.approx(0.9, abs=1e-12)
