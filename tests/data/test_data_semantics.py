@@ -154,3 +154,22 @@ def test_caption_tokens_hand_worked():
 def test_ramp_is_flat_beyond_l_max(length):
     """Past l_max rho stays rho_max (a cosine continued past u = 1 would give 0.5 at 250)."""
     assert drop_probability(length, RAMP) == pytest.approx(0.9, abs=1e-12)
+
+
+PAPER_RAMP = CaptionDropConfig(rho_min=0.1, rho_max=0.9, l_min=129, l_max=220)
+
+
+@pytest.mark.parametrize("length", [130, 140, 152, 175, 197, 219])
+def test_paper_ramp_at_interior_points(length):
+    """The paper's ramp (0.1, 0.9, 129, 220 frames): the cosine typed out again here. Lengths are
+    not on a round grid, so a shifted or wrapped u (u + 2, u mod 1) cannot land on the same cosine."""
+    u = (length - 129) / (220 - 129)
+    assert drop_probability(length, PAPER_RAMP) == pytest.approx(0.1 + 0.8 * (1 - math.cos(math.pi * u)) / 2, abs=1e-12)
+
+
+def test_caption_with_a_nul_byte_round_trips():
+    from wallwm_pretrain.data.captions import decode_caption
+
+    tokens = encode_caption("a\x00b", 64)
+    assert tokens.tolist() == [1, 99, 2, 100]  # byte 0 is token 2, distinct from padding (0)
+    assert decode_caption(tokens) == "a\x00b"
