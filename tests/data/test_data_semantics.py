@@ -173,3 +173,11 @@ def test_caption_with_a_nul_byte_round_trips():
     tokens = encode_caption("a\x00b", 64)
     assert tokens.tolist() == [1, 99, 2, 100]  # byte 0 is token 2, distinct from padding (0)
     assert decode_caption(tokens) == "a\x00b"
+
+
+@pytest.mark.parametrize("length", [6, 9, 12, 14])
+def test_wide_ramp_at_interior_points(length):
+    """l_max more than twice l_min (5 .. 15 steps): u = (L - 5) / 10 differs from (L mod 5) / 10."""
+    ramp = CaptionDropConfig(rho_min=0.0, rho_max=1.0, l_min=5, l_max=15)
+    u = (length - 5) / 10
+    assert drop_probability(length, ramp) == pytest.approx((1 - math.cos(math.pi * u)) / 2, abs=1e-12)
