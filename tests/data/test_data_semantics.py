@@ -181,3 +181,26 @@ def test_wide_ramp_at_interior_points(length):
     ramp = CaptionDropConfig(rho_min=0.0, rho_max=1.0, l_min=5, l_max=15)
     u = (length - 5) / 10
     assert drop_probability(length, ramp) == pytest.approx((1 - math.cos(math.pi * u)) / 2, abs=1e-12)
+
+
+
+def test_older_index_counts_are_summed_from_the_shards():
+    """An index.json without the *_cluster_counts totals: per-shard counts are added up."""
+    shards = [
+        {"vl_cluster": {"0": 300, "1": 60}, "action_cluster": {"0": 200, "1": 40, "2": 120}},
+        {"vl_cluster": {"0": 100, "1": 40, "2": 25}, "action_cluster": {"0": 160, "2": 5}},
+    ]
+    older = ClusterBalance({"shards": shards}, BalanceConfig(0.5, 0.0), seed=0)
+    # VL totals 400, 100, 25 and action totals 360, 40, 125 -> the hand-worked factors of VL above
+    assert older.keep_probability(0, 1) == pytest.approx(1 / 4, rel=1e-12)
+    assert older.keep_probability(1, 2) == pytest.approx(1 / 2 * 40 / 125, rel=1e-12)
+    assert older.keep_probability(2, 0) == pytest.approx(40 / 360, rel=1e-12)
+
+
+def test_empty_clusters_are_left_out():
+    """A cluster with no samples has no keep probability (and does not set the normalisation)."""
+    index = {"vl_cluster_counts": {"0": 400, "1": 100, "2": 0}, "action_cluster_counts": {"0": 10}}
+    balance = ClusterBalance(index, BalanceConfig(0.5, 1.0), seed=0)
+    assert balance.keep_probability(1, 0) == 1.0 and balance.keep_probability(0, 0) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="cluster 2"):
+        balance.keep_probability(2, 0)
