@@ -204,3 +204,11 @@ def test_empty_clusters_are_left_out():
     assert balance.keep_probability(1, 0) == 1.0 and balance.keep_probability(0, 0) == pytest.approx(0.5)
     with pytest.raises(ValueError, match="cluster 2"):
         balance.keep_probability(2, 0)
+
+
+
+def test_a_one_sample_cluster_is_balanced_too():
+    """The long tail can be a single sample: its cluster is the smallest one, always kept."""
+    index = {"vl_cluster_counts": {"0": 100, "1": 1}, "action_cluster_counts": {"0": 101}}
+    balance = ClusterBalance(index, BalanceConfig(0.0, 1.0), seed=0)
+    assert balance.keep_probability(1, 0) == 1.0 and balance.keep_probability(0, 0) == pytest.approx(0.01)
