@@ -3,6 +3,8 @@
 #   make test         install what is needed, then run the whole test suite
 #   make ablation     Meta-World event mode vs chunk mode (bench/ablation.py), table in docs/
 #   make fuzz         the long mutation fuzz of the input readers (bench/fuzz_readers.py, docs/fuzzing.md)
+#   make mutation     mutation testing of core modules (cosmic-ray; long, not part of make test):
+#                     make mutation MUTATE="captions balance"   (names of mutation/*.toml)
 #
 # Environment: by default everything goes into ./.venv (created with --system-site-packages,
 # so a CUDA torch that the cluster or the user already installed is seen and never replaced;
@@ -34,7 +36,7 @@ FUZZ_SEED  ?= 1
 export MLFLOW_DISABLE_TELEMETRY ?= true
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install check-env test smoke-test smoke-data ablation fuzz clean
+.PHONY: install check-env test smoke-test smoke-data ablation fuzz mutation clean
 
 install: $(READY)
 
@@ -58,6 +60,10 @@ ablation: $(READY)
 
 fuzz: $(READY)
 	$(PYTHON) bench/fuzz_readers.py --cases $(FUZZ_CASES) --seed $(FUZZ_SEED)
+
+MUTATE ?=
+mutation: $(READY)
+	PYTHON=$(PYTHON) mutation/run.sh $(MUTATE)
 
 smoke-data: $(READY)
 	$(PYTHON) -m data_tools synth --out $(SMOKE_SYNTH) --episodes $(SMOKE_EPISODES) --seed 0

@@ -2,6 +2,9 @@
 
 import subprocess
 import sys
+from pathlib import Path
+
+SMOKE = str(Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml")  # from any working directory
 
 import pytest
 
@@ -16,14 +19,14 @@ def test_help():
 
 
 def test_mistyped_key_fails_before_work(tmp_path):
-    out = run("--config", "configs/smoke.yaml", "train.stpes=3", f"train.runs_root={tmp_path}")
+    out = run("--config", SMOKE, "train.stpes=3", f"train.runs_root={tmp_path}")
     assert out.returncode == 2
     assert "unknown config key 'train.stpes'; did you mean 'train.steps'?" in out.stderr
     assert not any(tmp_path.iterdir())  # nothing was created
 
 
 def test_missing_shards_named(tmp_path):
-    out = run("--config", "configs/smoke.yaml", f"data.shards={tmp_path / 'nope'}", f"train.runs_root={tmp_path}")
+    out = run("--config", SMOKE, f"data.shards={tmp_path / 'nope'}", f"train.runs_root={tmp_path}")
     assert out.returncode != 0 and "index.json not found" in out.stderr
 
 

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from wallwm_pretrain.config import ConfigError, flatten, load_config, to_yaml
@@ -9,7 +11,7 @@ def test_defaults_and_override():
 
 
 def test_smoke_preset_loads():
-    cfg = load_config("configs/smoke.yaml")
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml")  # any working directory
     assert cfg.data.shards == "data/shards/smoke" and cfg.train.run_name == "smoke"
 
 

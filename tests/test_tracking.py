@@ -137,6 +137,26 @@ def test_flatten_params_nested_and_key_limit():
         flatten_params({"k" * 251: 1})
 
 
+def curve_pixels(path):
+    """(height, width) of a PNG and how many pixels carry the first series' colour (matplotlib's
+    default C0, #1f77b4)."""
+    import numpy as np
+    from matplotlib.image import imread
+
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    img = imread(path)
+    c0 = np.array([0x1F, 0x77, 0xB4]) / 255
+    return img.shape[:2], int((np.abs(img[..., :3] - c0).max(-1) < 0.03).sum())
+
+
 def test_plot_loss_curve_handles_empty_and_nan(tmp_path):
     path = plot_loss_curve({"loss": [(1, float("nan"))], "aux": []}, tmp_path / "sub" / "p.png")
-    assert path.is_file() and path.stat().st_size > 1000
+    size, drawn = curve_pixels(path)
+    assert size == (400, 700)  # figsize (7, 4) at 100 dpi
+    assert drawn == 0  # a NaN point and an empty series draw no line
+
+
+def test_plot_loss_curve_draws_the_curve(tmp_path):
+    path = plot_loss_curve({"loss": [(i, 5.0 / (i + 1)) for i in range(20)]}, tmp_path / "c.png")
+    size, drawn = curve_pixels(path)
+    assert size == (400, 700) and drawn > 100  # a line across the axes, in the series colour

@@ -6,12 +6,14 @@ import mlflow
 import pytest
 
 from wallwm_pretrain.config import load_config
+from wallwm_pretrain.captions import decode_caption
 
 LENGTHS = [5, 9, 12, 16, 7, 20, 11, 8, 14, 6, 10, 13, 15, 9, 17, 12]
 TINY = [
     "model.hidden_size=32", "model.num_layers=2", "model.num_heads=2", "model.ffn_hidden_size=64",
     "model.text_layers=1", "model.image_size=32", "model.patch_size=16", "data.batch_size=4",
     "data.max_frames=16", "data.shuffle_buffer=8", "train.log_every=2", "optim.warmup_steps=2",
+    "train.device=cpu",  # in this process megatron runs patched for CPU, also on a GPU machine
 ]
 
 
@@ -50,6 +52,10 @@ def test_resume_none_starts_over_and_differs_from_continuing(tmp_path, shard_wri
     first, _ = run(tmp_path, folder, "r", "train.steps=3")
     again, summary = run(tmp_path, folder, "r", "train.steps=3", "train.resume=none")
     assert summary.start_step == 0 and losses(again) == losses(first)
+    # continuing (resume=auto) from the step-3 checkpoint is another trajectory: steps 4..6
+    continued, later = run(tmp_path, folder, "r", "train.steps=6", "train.resume=auto")
+    assert later.start_step == 3 and [s for s, _ in continued.history["loss"]] == [1, 2, 3, 4, 5, 6]
+    assert losses(continued)[:3] == losses(first) and losses(continued)[3:] != losses(first)
 
 
 def test_run_folder_checkpoint_and_mlflow(tmp_path, shard_writer):
@@ -57,11 +63,15 @@ def test_run_folder_checkpoint_and_mlflow(tmp_path, shard_writer):
     trainer, summary = run(tmp_path, folder, "tracked", "train.steps=4", "train.save_every=2",
                            "train.keep_checkpoints=1")
     run_dir = tmp_path / "runs" / "tracked"
-    assert (run_dir / "config.yaml").is_file() and (run_dir / "loss_curve.png").stat().st_size > 0
+    png = (run_dir / "loss_curve.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"  # the curve is a PNG (its drawing: tests/test_tracking.py)
     assert load_config(run_dir / "config.yaml").train.steps == 4  # the resolved config, loadable
     ckpts = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert ckpts == ["step_00000004"]  # keep_checkpoints=1
-    assert json.loads((run_dir / "summary.json").read_text())["end_step"] == 4
+    written = json.loads((run_dir / "summary.json").read_text())
+    assert written["start_step"] == 0 and written["end_step"] == 4
+    assert written["last_loss"] == pytest.approx(sum(losses(trainer)) / 4)  # mean of the (<= 10) last
+    assert written["checkpoint"].endswith("step_00000004")
 
     client = mlflow.tracking.MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
     run_info = client.get_run(summary.mlflow_run_id)
@@ -80,6 +90,10 @@ def test_chunk_mode_trains(tmp_path, shard_writer):
     folder = shard_writer(tmp_path / "shards", LENGTHS)
     trainer, summary = run(tmp_path, folder, "chunk", "train.steps=2", "data.mode=chunk", "data.chunk_horizon=8")
     assert summary.end_step == 2 and all(l > 0 for l in losses(trainer))
+    # chunk mode trains on windows of at most chunk_horizon steps, each with the task caption
+    batch = next(iter(trainer.loader))
+    assert int(batch.lengths.max()) <= 8 and batch.actions.shape[1] <= 8
+    assert all(decode_caption(c.numpy()).startswith("task ") for c in batch.caption)
 
 
 def test_microbatches_give_the_same_run(tmp_path, shard_writer):
@@ -106,6 +120,8 @@ def test_export_gives_a_model_that_loads_on_one_process(tmp_path, shard_writer):
                            "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "model.safetensors.yaml").is_file()
+    exported_cfg = load_config(tmp_path / "model.safetensors.yaml")  # the run's config, beside the weights
+    assert exported_cfg.model.hidden_size == 32 and exported_cfg.train.steps == 2
     model, cfg = load_exported(out)  # local layers: no process group needed
     from wallwm_pretrain.checkpoint import find_latest, load_checkpoint
 
@@ -116,4 +132,4 @@ def test_export_gives_a_model_that_loads_on_one_process(tmp_path, shard_writer):
     assert cfg.model.hidden_size == 32 and cfg.train.steps == 2
     bad = subprocess.run([sys.executable, "-m", "wallwm_pretrain.export", "--ckpt", str(tmp_path / "nope"),
                           "--out", str(tmp_path / "x.safetensors")], capture_output=True, text=True, timeout=300)
-    assert bad.returncode != 0
+    assert bad.returncode != 0 and str(tmp_path / "nope") in bad.stderr

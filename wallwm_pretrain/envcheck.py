@@ -31,6 +31,36 @@ REQUIRED = {
     "msgpack": "msgpack",
 }
 FOR_TESTS = {"pytest": "pytest", "metaworld": "metaworld", "packaging": "packaging", "importlinter": "import-linter"}
+# distribution -> lowest release (setup.cfg's floor), read from metadata without importing
+MIN_VERSIONS = {"torch": (2, 9)}
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """``2.13.0+cpu`` -> (2, 13, 0): the leading numeric release segments."""
+    parts = []
+    for piece in version.split("+")[0].split("."):
+        digits = "".join(c for c in piece if c.isdigit()) if piece[:1].isdigit() else ""
+        if not digits:
+            break
+        parts.append(int(digits))
+        if not piece.isdigit():
+            break
+    return tuple(parts)
+
+
+def too_old() -> list[str]:
+    """``name version (needs >= floor)`` for each installed distribution below its floor."""
+    from importlib import metadata
+
+    out = []
+    for dist, floor in MIN_VERSIONS.items():
+        try:
+            version = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue  # reported by missing()
+        if _release(version) < floor:
+            out.append(f"{dist} {version} (needs >= {'.'.join(map(str, floor))})")
+    return out
 
 
 def missing(with_tests: bool = False) -> list[str]:
@@ -48,10 +78,12 @@ def missing(with_tests: bool = False) -> list[str]:
 
 def main() -> int:
     absent = missing(with_tests="--tests" in sys.argv)
+    old = too_old()
     if absent:
         print(f"{sys.executable}: missing {', '.join(absent)}", file=sys.stderr)
-        return 1
-    return 0
+    if old:
+        print(f"{sys.executable}: too old: {', '.join(old)}", file=sys.stderr)
+    return 1 if absent or old else 0
 
 
 if __name__ == "__main__":

@@ -60,6 +60,17 @@ def test_synth_then_build_shards_end_to_end(dt_cli, tmp_path):
     assert proc.returncode == 0, proc.stderr
     index = json.loads((out / "index.json").read_text())
     assert index["total_samples"] > 3 * 6 and (out / "shard-000000.tar").is_file()
+    # each listed shard holds the samples and bytes the index says (read with tarfile/hashlib)
+    import hashlib
+    import tarfile
+
+    assert sum(s["samples"] for s in index["shards"]) == index["total_samples"]
+    for shard in index["shards"]:
+        tar = out / shard["name"]
+        assert hashlib.sha256(tar.read_bytes()).hexdigest() == shard["sha256"], shard["name"]
+        with tarfile.open(tar) as t:
+            metas = [json.load(t.extractfile(m)) for m in t.getmembers() if m.name.endswith(".json")]
+        assert len(metas) == shard["samples"] and all(m["level"] == "L1" for m in metas)
     # Re-running into the same folders replaces them (make smoke-data runs twice).
     assert dt_cli("synth", "--out", src, "--episodes", "2", "--seed", "4", "--quiet").returncode == 0
     assert json.loads((src / "meta/info.json").read_text())["total_episodes"] == 2

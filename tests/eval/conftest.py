@@ -28,7 +28,8 @@ def eval_cli(capsys):
 
     def cli(*args) -> tuple[int, str, str]:
         capsys.readouterr()
-        code = main([str(a) for a in args])
+        # CPU unless a test asks otherwise (a later --device wins): in-process, as the trainer above
+        code = main(["--device", "cpu", *(str(a) for a in args)])
         captured = capsys.readouterr()
         return code, captured.out, captured.err
 

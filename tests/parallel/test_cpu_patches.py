@@ -7,7 +7,6 @@ import torch
 
 from wallwm_pretrain.parallel import cpu_patches
 
-pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="patches apply only without CUDA")
 
 
 def test_patch_targets_still_look_as_expected():

@@ -31,7 +31,6 @@ import _dist_muon_worker as worker  # noqa: E402
 
 from wallwm_pretrain.optim.schedule import lr_factor  # noqa: E402
 
-pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="gloo/CPU runs")
 
 LAYOUTS = [(1, 4, 1), (2, 2, 1), (2, 1, 2), (1, 2, 2)]
 FUSED = {

@@ -21,7 +21,6 @@ from _reference import LOSS_TOL, NORM_RTOL, PARAM_TOL, assert_matches_reference,
 
 CONTROL_MIN = 1e-3  # the per-slice control must move some weight at least this far
 
-pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="gloo/CPU equivalence runs")
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from wallwm_pretrain.checkpoint import find_latest, load_checkpoint
 
-pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="CPU/gloo launch tests")
 
 REPO = Path(__file__).resolve().parents[2]
 LENGTHS = [5, 9, 12, 16, 7, 20, 11, 8, 14, 6, 10, 13, 15, 9, 17, 12] * 2
@@ -20,6 +18,7 @@ TINY = [
     "model.hidden_size=32", "model.num_layers=2", "model.num_heads=2", "model.ffn_hidden_size=64",
     "model.image_size=32", "model.patch_size=16", "data.batch_size=2", "data.max_frames=16",
     "data.shuffle_buffer=8", "train.log_every=1", "optim.warmup_steps=2", "train.steps=4",
+    "train.device=cpu",  # gloo on CPU tensors, also on a GPU machine: the point is the equivalence
 ]
 
 
@@ -72,10 +71,9 @@ def test_tp2pp2_checkpoint_resumes_at_tp1(tmp_path, shard_writer):
     train(tmp_path, folder, "mixed")
     ref, mixed = losses(tmp_path, "ref"), losses(tmp_path, "mixed")
     assert len(ref) == len(mixed) == 4
-    # TP sums partial products in another order, microbatches add gradient shares one after
-    # another (fp32 rounding ~1e-7 per op); after a few Muon/AdamW steps parameters differ by
-    # ~1e-6, losses by well under 1e-4
-    assert ref == pytest.approx(mixed, abs=1e-4)
+    # the README's promise (1e-5): TP sums partial products in another order and microbatches
+    # add gradient shares one after another (fp32 rounding ~1e-7 per op); measured 4.8e-7
+    assert ref == pytest.approx(mixed, rel=0, abs=1e-5)
     assert load_checkpoint(find_latest(tmp_path / "runs" / "mixed")).trainer["layout"]["tp"] == 1
 
 

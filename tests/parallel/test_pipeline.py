@@ -26,7 +26,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # --import-mode=import
 from _launch import launch, logical  # noqa: E402
 from _reference import LOSS_TOL, PARAM_TOL, assert_matches_reference  # noqa: E402
 
-pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="gloo/CPU equivalence runs")
 
 HEADS = ("video_out.head.weight", "action_out.head.weight")
 EMBEDS = ("video_in.weight", "caption.tokens.weight", "time_video.mlp.0.weight")

@@ -1,7 +1,8 @@
-"""The only place where megatron-core is adapted to run on CPU (gloo, no CUDA).
+"""The only place where megatron-core is adapted to run on CPU (gloo).
 
-megatron-core assumes CUDA in a handful of spots that are otherwise device-agnostic. On a
-machine without CUDA we patch exactly these, and nothing when CUDA is available:
+megatron-core assumes CUDA in a handful of spots that are otherwise device-agnostic. A process
+that runs on CPU (no CUDA, or ``train.device=cpu`` on a GPU machine) gets exactly these patched;
+a process that runs on CUDA gets nothing patched:
 
 1. ``torch.cuda.current_device()`` is used as the device of scratch buffers (e.g. the global
    memory buffer of ``DotProductAttention``, p2p shape tensors); on CPU it returns ``cpu``.
@@ -119,14 +120,16 @@ def _cpu_causal_mask(sq: int) -> torch.Tensor:
 
 
 def apply_cpu_patches() -> bool:
-    """Patch megatron-core for CPU when CUDA is unavailable. Idempotent.
+    """Patch megatron-core for a process that runs on CPU. Idempotent.
+
+    Called by ``init_parallel`` when the chosen device is the CPU, also where CUDA is available
+    (``train.device=cpu``): megatron-core would otherwise put its scratch buffers, RNG streams
+    and causal masks on the GPU next to a CPU model. The process must not use CUDA afterwards.
 
     Returns:
-        True when the patches are (now) active, False when CUDA is available and nothing was done.
+        True: the patches are (now) active.
     """
     global _APPLIED
-    if torch.cuda.is_available():
-        return False
     if _APPLIED:
         return True
 
