@@ -53,7 +53,7 @@ def _instrument(crash_at, log):
     os.rename = wrap("rename", os.rename)
     os.fsync = wrap("fsync", os.fsync)
     shutil.rmtree = wrap("rmtree", shutil.rmtree)
-    store.save_file = wrap("save_file", store.save_file)
+    store.save_file_stable = wrap("save_file", store.save_file_stable)
 
 
 def _save_in_child(run_dir, step, version, keep_last, crash_at, log_file):
