@@ -52,18 +52,28 @@ def main(argv: list[str] | None = None) -> int:
     from wallwm_pretrain.checkpoint import CheckpointError
     from wallwm_pretrain.data import BadInputError, SampleError, ShardError
     from wallwm_pretrain.parallel import shutdown_parallel
+    from wallwm_pretrain.resilience import EXIT_REQUEUE, NonFiniteError, write_exit_record
     from wallwm_pretrain.trainer import Trainer
 
     try:
         summary = Trainer(cfg).train()
-    except (ConfigError, ShardError, SampleError, BadInputError, CheckpointError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (ConfigError, ShardError, SampleError, BadInputError, CheckpointError, NonFiniteError) as exc:
+        print(f"error: rank {rank}: {exc}", file=sys.stderr)
+        if rank == 0:
+            write_exit_record("failed", -1, type(exc).__name__)
         return 2
+    except BaseException:
+        if rank == 0:
+            write_exit_record("failed", -1, "exception")
+        raise
     finally:
         shutdown_parallel()
     if rank == 0:
         print(summary.render(), flush=True)
-    return 0
+        # a launcher behind torchrun sees only torchrun's code: it reads this record instead
+        write_exit_record("requeue" if summary.stopped else "finished", summary.end_step, summary.stopped)
+    # 75 (EX_TEMPFAIL): saved on request (signal, wall time), not finished: run again to continue
+    return EXIT_REQUEUE if summary.stopped else 0
 
 
 if __name__ == "__main__":
