@@ -38,6 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    # SIGUSR1/SIGTERM only set a flag from here on (their default is to kill the process), so a
+    # warning that arrives during the imports and set-up still leads to a save
+    from wallwm_pretrain.resilience.stop import StopRequests
+
+    stop_requests = StopRequests()
     rank = int(os.environ.get("RANK", 0))
     logging.basicConfig(
         level=logging.INFO if rank == 0 else logging.WARNING,
@@ -52,16 +57,25 @@ def main(argv: list[str] | None = None) -> int:
     from wallwm_pretrain.checkpoint import CheckpointError
     from wallwm_pretrain.data import BadInputError, SampleError, ShardError
     from wallwm_pretrain.parallel import shutdown_parallel
-    from wallwm_pretrain.resilience import EXIT_REQUEUE, NonFiniteError, write_exit_record
+    from wallwm_pretrain.resilience.exit import EXIT_REQUEUE, write_exit_record
+    from wallwm_pretrain.resilience.nonfinite import NonFiniteError
+    from wallwm_pretrain.resilience.watchdog import PeerFailure
     from wallwm_pretrain.trainer import Trainer
 
     try:
-        summary = Trainer(cfg).train()
+        summary = Trainer(cfg, stop_requests).train()
     except (ConfigError, ShardError, SampleError, BadInputError, CheckpointError, NonFiniteError) as exc:
-        print(f"error: rank {rank}: {exc}", file=sys.stderr)
+        print(f"error: {exc}", file=sys.stderr)
         if rank == 0:
             write_exit_record("failed", -1, type(exc).__name__)
         return 2
+    except PeerFailure as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        if rank == 0:
+            write_exit_record("failed", -1, "peer failure")
+        # no orderly shutdown: its barrier would wait on the peer that failed
+        sys.stderr.flush()
+        os._exit(1)
     except BaseException:
         if rank == 0:
             write_exit_record("failed", -1, "exception")

@@ -52,8 +52,10 @@ from wallwm_pretrain.parallel.canonical import canonical_checkpoint, load_canoni
 from wallwm_pretrain.parallel.parallelize import unwrap_model
 from wallwm_pretrain.parallel.pipeline import PipelineSchedule, build_pipeline_chunks, parallelize_chunks
 from wallwm_pretrain.parallel.state import gather_per_dp_rank, optimizer_groups, sum_over_pipeline
-from wallwm_pretrain.resilience import Deadline, NonFiniteError, SkipBook, StopRequests, Watchdog, agree
-from wallwm_pretrain.resilience.nonfinite import is_finite
+from wallwm_pretrain.resilience.agree import agree
+from wallwm_pretrain.resilience.nonfinite import NonFiniteError, SkipBook, is_finite
+from wallwm_pretrain.resilience.stop import Deadline, StopRequests
+from wallwm_pretrain.resilience.watchdog import Watchdog
 from wallwm_pretrain.step_metrics import memory_label, peak_memory_gib, peak_tflops
 from wallwm_pretrain.tracking import build_tracker, plot_loss_curve
 
@@ -116,11 +118,12 @@ def set_rng_state(state: dict) -> None:
 
 
 class Trainer:
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, stop_requests: Optional[StopRequests] = None) -> None:
         self.cfg = cfg
         # 0. stop requests first: a signal during the minutes of set-up is kept and acted on at
-        # the first step boundary (the handler only sets a flag)
-        self.stop_requests = StopRequests()
+        # the first step boundary (the handler only sets a flag); train.py installs them before
+        # its heavy imports and passes them in
+        self.stop_requests = stop_requests or StopRequests()
         self.deadline = Deadline(cfg.train.max_wall_time_s, cfg.train.exit_margin_s)
         self.skips = SkipBook(cfg.train.max_skipped_steps, cfg.train.max_consecutive_skipped)
         self.watchdog: Optional[Watchdog] = None
@@ -358,7 +361,12 @@ class Trainer:
         )
         while self.step < end_step and not stopped:
             t_step = time.perf_counter()
-            m = self.train_step()
+            try:
+                m = self.train_step()
+            except RuntimeError as exc:  # gloo/NCCL errors: a peer died, or a collective timed out
+                if self.ctx.world_size == 1 or isinstance(exc, NonFiniteError):
+                    raise
+                raise self.watchdog.failure(exc) from exc
             self.deadline.note_step(time.perf_counter() - t_step)
             stopped = m.pop("stop")
             if m.pop("skipped"):

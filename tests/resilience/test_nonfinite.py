@@ -87,7 +87,7 @@ def run_single(tmp_path, folder, name, *extra, inject=None):
 
 
 def test_too_many_skips_stop_the_run(tmp_path, shard_writer):
-    from wallwm_pretrain.resilience import NonFiniteError
+    from wallwm_pretrain.resilience.nonfinite import NonFiniteError
 
     folder = shard_writer(tmp_path / "shards", LENGTHS)
     with pytest.raises(NonFiniteError, match=r"step 1: .*2 in a row > train.max_consecutive_skipped=1"):
@@ -109,7 +109,7 @@ def test_too_many_skips_stop_the_run(tmp_path, shard_writer):
 def test_non_finite_weights_are_never_saved(tmp_path, shard_writer):
     from wallwm_pretrain.checkpoint import list_checkpoints
     from wallwm_pretrain.parallel.parallelize import unwrap_model
-    from wallwm_pretrain.resilience import NonFiniteError
+    from wallwm_pretrain.resilience.nonfinite import NonFiniteError
 
     folder = shard_writer(tmp_path / "shards", LENGTHS)
     trainer, _ = run_single(tmp_path, folder, "w", "train.steps=2")

@@ -9,23 +9,7 @@
 - :mod:`.watchdog`: per-rank heartbeats in the run folder; a rank stuck in one phase, or a
   peer that went silent, ends the run with a message naming rank, step and phase.
 
-Nothing here creates process groups; the collective runs on the default (world) group.
+Nothing here creates process groups; the collective runs on the default (world) group. The
+package imports nothing itself: ``stop`` and ``exit`` need only the standard library, so the
+entry point installs its signal handlers before torch is imported.
 """
-
-from .agree import Verdict, agree
-from .exit import EXIT_REQUEUE, write_exit_record
-from .nonfinite import NonFiniteError, SkipBook
-from .stop import Deadline, StopRequests
-from .watchdog import Watchdog
-
-__all__ = [
-    "EXIT_REQUEUE",
-    "Deadline",
-    "NonFiniteError",
-    "SkipBook",
-    "StopRequests",
-    "Verdict",
-    "Watchdog",
-    "agree",
-    "write_exit_record",
-]

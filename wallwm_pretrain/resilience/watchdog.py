@@ -37,6 +37,11 @@ EXIT_WATCHDOG = 70  # EX_SOFTWARE
 LONG_PHASES = ("setup", "load", "save")
 
 
+class PeerFailure(RuntimeError):
+    """A collective failed (a peer died or timed out); the message names this rank, its step and
+    phase, and what the peers' heartbeats last said."""
+
+
 class Watchdog:
     """Heartbeat writer and checker of one rank (see the module docstring).
 
@@ -105,6 +110,12 @@ class Watchdog:
             if rec.get("beat", 0) >= self._started - 1.0 or rec.get("phase") != "exited":
                 out[r] = rec
         return out
+
+    def failure(self, exc: BaseException) -> PeerFailure:
+        """``exc`` (a failed collective) as a :class:`PeerFailure` that says where every rank was."""
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return PeerFailure(f"rank {self.rank}: a collective failed at step {self._step} in phase {self._phase} "
+                           f"({first}); peers: {self.describe_peers()}")
 
     def describe_peers(self) -> str:
         """One line per peer: its step, phase and the age of its heartbeat."""
