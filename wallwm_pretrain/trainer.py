@@ -123,6 +123,7 @@ class Trainer:
         # 0. stop requests first: a signal during the minutes of set-up is kept and acted on at
         # the first step boundary (the handler only sets a flag); train.py installs them before
         # its heavy imports and passes them in
+        self._owns_stop_requests = stop_requests is None
         self.stop_requests = stop_requests or StopRequests()
         self.deadline = Deadline(cfg.train.max_wall_time_s, cfg.train.exit_margin_s)
         self.skips = SkipBook(cfg.train.max_skipped_steps, cfg.train.max_consecutive_skipped)
@@ -134,10 +135,13 @@ class Trainer:
             raise
 
     def close(self) -> None:
-        """Stop the watchdog and restore the signal handlers (idempotent)."""
+        """Stop the watchdog and restore the signal handlers this trainer installed (idempotent);
+        handlers passed in stay until their owner closes them, so a late signal during the
+        process's own shutdown still only sets a flag."""
         if self.watchdog is not None:
             self.watchdog.close()
-        self.stop_requests.close()
+        if self._owns_stop_requests:
+            self.stop_requests.close()
 
     def _build(self, cfg: Config) -> None:
         # 1. process groups and device (megatron-core state; CPU patches when there is no GPU)
@@ -255,7 +259,7 @@ class Trainer:
         model_state, optim_state = canonical_checkpoint(self.model, self.optim, self.ctx)
         loaders = gather_per_dp_rank(self.loader.state_dict(), self.ctx)
         if not self.ctx.is_main:
-            self.deadline.note_save(time.perf_counter() - started)
+            self._wait_for_save(started)
             return None
         trainer_state = {
             "step": self.step,
@@ -276,8 +280,16 @@ class Trainer:
             config_yaml=to_yaml(self.cfg),
             keep_last=self.cfg.train.keep_checkpoints,
         )
-        self.deadline.note_save(time.perf_counter() - started)
+        self._wait_for_save(started)
         return path
+
+    def _wait_for_save(self, started: float) -> None:
+        # every rank waits for rank 0's write in the "save" phase (the watchdog allows
+        # parallel.save_timeout_s there), and every rank's deadline learns how long a save takes;
+        # the barrier itself is bounded by parallel.timeout_s, which must exceed a save
+        if self.ctx.world_size > 1:
+            torch.distributed.barrier()
+        self.deadline.note_save(time.perf_counter() - started)
 
     # -- the loop -----------------------------------------------------------------------
     def next_batch(self):

@@ -26,7 +26,7 @@ TINY = [
 def train(tmp_path, folder, *extra, env=None):
     args = [f"data.shards={folder}", f"train.runs_root={tmp_path / 'runs'}", "train.run_name=timed", *TINY, *extra]
     return subprocess.run([sys.executable, "-m", "wallwm_pretrain.train", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1", **(env or {})))
+                          text=True, timeout=900, env=dict(os.environ, OMP_NUM_THREADS="1", **(env or {})))
 
 
 @pytest.mark.parametrize("limit", ["budget", "job end"])
