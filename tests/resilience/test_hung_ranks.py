@@ -27,7 +27,8 @@ TINY = [
     "train.steps=100000", "parallel.heartbeat_s=1", "parallel.timeout_s=15",
 ]
 # bound on the whole job after the fault: the 15 s timeout, the watchdog's period, torchrun's
-# own shutdown; a hang would run into it
+# own shutdown (it gives the surviving rank 60 s to report before it kills it); a hang would run
+# into it
 AFTER_FAULT_S = 600
 
 
@@ -42,7 +43,7 @@ def fault(tmp_path, shard_writer, sig) -> str:
     folder = shard_writer(tmp_path / "shards", LENGTHS)
     run_dir = tmp_path / "runs" / "faulty"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
-           "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--shutdown-timeout", "5",
+           "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--shutdown-timeout", "60",
            "-m", "wallwm_pretrain.train", f"data.shards={folder}", f"train.runs_root={tmp_path / 'runs'}",
            "train.run_name=faulty", *TINY]
     env = dict(os.environ, OMP_NUM_THREADS="1", MLFLOW_DISABLE_TELEMETRY="true", PYTHONUNBUFFERED="1")
