@@ -279,6 +279,9 @@ class TrainConfig:
     """The run folder is ``runs_root/run_name``."""
     keep_checkpoints: int = 2
     """Complete checkpoints kept in the run folder (older ones are deleted after a save)."""
+    keep_every: int = 0
+    """Milestones: checkpoints at multiples of this step are kept forever, beside the newest
+    ``keep_checkpoints`` (0 = none)."""
     peak_tflops: float = 0.0
     """Dense bf16 peak of one device in TFLOP/s, for the MFU in the step log; 0 = from the GPU's
     name (H100, H200, A100, L40S, A10G). No MFU on CPUs."""
@@ -305,6 +308,8 @@ class TrainConfig:
                 f"train.max_skipped_steps and train.max_consecutive_skipped must be >= 0, got "
                 f"{self.max_skipped_steps} and {self.max_consecutive_skipped}"
             )
+        if self.keep_every < 0:
+            raise ConfigError(f"train.keep_every must be >= 0 (0 = no milestones), got {self.keep_every}")
         if self.exit_margin_s < 0:
             raise ConfigError(f"train.exit_margin_s must be >= 0, got {self.exit_margin_s}")
         try:

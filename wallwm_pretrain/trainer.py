@@ -279,6 +279,7 @@ class Trainer:
             trainer=trainer_state,
             config_yaml=to_yaml(self.cfg),
             keep_last=self.cfg.train.keep_checkpoints,
+            keep_every=self.cfg.train.keep_every,
         )
         self._wait_for_save(started)
         return path
