@@ -13,6 +13,7 @@ import argparse
 import logging
 import os
 import sys
+import traceback
 import warnings
 
 from wallwm_pretrain.config import ConfigError, load_config
@@ -70,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             write_exit_record("failed", -1, type(exc).__name__)
         return 2
     except PeerFailure as exc:
+        traceback.print_exception(exc.__cause__ or exc, file=sys.stderr)  # the failure as raised
         print(f"error: {exc}", file=sys.stderr, flush=True)
         if rank == 0:
             write_exit_record("failed", -1, "peer failure")
