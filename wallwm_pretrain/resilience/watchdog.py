@@ -128,11 +128,13 @@ class Watchdog:
         return "; ".join(lines) or "no peer heartbeats"
 
     def check(self) -> Optional[str]:
-        """The reason to stop the run now, or None."""
+        """The reason to stop the run now, or None.
+
+        A silent peer is named first: when this rank is stuck because a peer stopped (the usual
+        cause of a wait in a collective), both limits run out at about the same time, and the
+        peer is the one to look at.
+        """
         now = time.time()
-        if self._phase != "exited" and now - self._since > self.limit(self._phase):
-            return (f"rank {self.rank} stuck in phase {self._phase} of step {self._step} for "
-                    f"{now - self._since:.0f} s (limit {self.limit(self._phase):.0f} s); peers: {self.describe_peers()}")
         for r, rec in self.peers().items():
             if rec.get("phase") == "exited":
                 continue
@@ -141,6 +143,9 @@ class Watchdog:
                 return (f"rank {r} ({rec.get('host', '?')} pid {rec.get('pid', '?')}) stopped answering: last "
                         f"heartbeat {age:.0f} s ago at step {rec.get('step')} in phase {rec.get('phase')} "
                         f"(this is rank {self.rank}, at step {self._step} in phase {self._phase})")
+        if self._phase != "exited" and now - self._since > self.limit(self._phase):
+            return (f"rank {self.rank} stuck in phase {self._phase} of step {self._step} for "
+                    f"{now - self._since:.0f} s (limit {self.limit(self._phase):.0f} s); peers: {self.describe_peers()}")
         return None
 
     def _run(self) -> None:
