@@ -71,8 +71,15 @@ class Watchdog:
         return self.long_timeout_s if phase in LONG_PHASES else self.timeout_s
 
     def phase(self, name: str, step: int) -> None:
-        """This rank enters phase ``name`` of step ``step`` (cheap: no I/O)."""
+        """This rank enters phase ``name`` of step ``step`` (cheap: I/O only when leaving a long
+        phase, so that peers apply the short limit from now on, not one heartbeat later)."""
+        leaving_long = self._phase in LONG_PHASES and name not in LONG_PHASES
         self._phase, self._step, self._since = name, step, time.time()
+        if leaving_long and self._thread is not None:
+            try:
+                self._beat()
+            except OSError as exc:
+                log.warning("rank %d: heartbeat not written: %s", self.rank, exc)
 
     def close(self) -> None:
         """Stop the thread; the last heartbeat says ``exited`` so peers stop watching this rank."""
@@ -93,7 +100,7 @@ class Watchdog:
     def _beat(self) -> None:
         record = {"rank": self.rank, "step": self._step, "phase": self._phase, "since": self._since,
                   "beat": time.time(), "pid": os.getpid(), "host": os.uname().nodename}
-        tmp = self.folder / f".rank-{self.rank:05d}.tmp"
+        tmp = self.folder / f".rank-{self.rank:05d}-{threading.get_ident()}.tmp"  # the thread or phase()
         tmp.write_text(json.dumps(record))
         os.replace(tmp, self._file(self.rank))
 
