@@ -36,7 +36,7 @@ FUZZ_SEED  ?= 1
 export MLFLOW_DISABLE_TELEMETRY ?= true
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install check-env test smoke-test smoke-data ablation fuzz mutation clean
+.PHONY: install check-env slurm-deps test smoke-test smoke-data ablation fuzz mutation clean
 
 install: $(READY)
 
@@ -51,7 +51,18 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 check-env:
 	$(PYTHON) -m wallwm_pretrain.envcheck --tests
 
-test: $(READY)
+# The Slurm tests (tests/slurm) start a real Slurm; install its Debian packages when missing.
+# Without root or apt-get nothing is installed and those tests skip, saying why.
+SLURM_PKGS := munge slurmctld slurmd slurm-client
+slurm-deps:
+	@if [ -x /usr/sbin/slurmctld ] && [ -x /usr/sbin/slurmd ] && [ -x /usr/sbin/munged ] && command -v sbatch >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing $(SLURM_PKGS) for the Slurm tests"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SLURM_PKGS) >/dev/null) \
+	    || echo "note: apt-get could not install $(SLURM_PKGS); the Slurm tests will skip"; \
+	else echo "note: Slurm is not installed and this is not root with apt-get; the Slurm tests will skip"; fi
+
+test: $(READY) slurm-deps
 	$(PYTHON) -c "from importlinter.cli import lint_imports_command; lint_imports_command(['--no-cache'])"  # architecture contracts: .importlinter
 	$(PYTHON) -m pytest -q tests
 

@@ -250,6 +250,31 @@ class OptimConfig:
             raise ConfigError(f"optim.adamw_betas needs two values, got {list(self.adamw_betas)}")
 
 
+def parse_duration(text: str) -> Optional[float]:
+    """Seconds in ``[D-]HH:MM:SS``, ``MM:SS`` or a plain number of seconds; None for ``""``.
+
+    Raises:
+        ValueError: anything else, or a negative duration.
+    """
+    text = str(text).strip()
+    if not text:
+        return None
+    days, _, clock = text.rpartition("-") if "-" in text and ":" in text else ("", "", text)
+    try:
+        parts = [float(p) for p in clock.split(":")]
+        if len(parts) > 3 or (days and len(parts) != 3):
+            raise ValueError
+        seconds = 0.0
+        for p in parts:
+            seconds = seconds * 60 + p
+        seconds += float(days or 0) * 86400
+    except ValueError:
+        raise ValueError(f"expected [D-]HH:MM:SS or seconds, got {text!r}") from None
+    if seconds < 0:
+        raise ValueError(f"must be >= 0, got {text!r}")
+    return seconds
+
+
 @dataclass
 class TrainConfig:
     """The training loop."""
@@ -274,6 +299,9 @@ class TrainConfig:
     """The run folder is ``runs_root/run_name``."""
     keep_checkpoints: int = 2
     """Complete checkpoints kept in the run folder (older ones are deleted after a save)."""
+    keep_every: int = 0
+    """Milestones: checkpoints at multiples of this step are kept forever, beside the newest
+    ``keep_checkpoints`` (0 = none)."""
     peak_tflops: float = 0.0
     """Dense bf16 peak of one device in TFLOP/s, for the MFU in the step log; 0 = from the GPU's
     name (H100, H200, A100, L40S, A10G). No MFU on CPUs."""
@@ -281,8 +309,33 @@ class TrainConfig:
     """Microbatches per optimizer step on each data-parallel rank: ``data.batch_size`` rows are
     cut into this many equal microbatches whose gradients accumulate before the step (pipeline
     stages work on different microbatches at once). The update equals that of one batch."""
+    max_skipped_steps: int = 20
+    """Stop the run (with an error) once this many steps had a non-finite loss or gradient
+    norm in total; such a step's update is skipped on every rank. 0 = stop at the first."""
+    max_consecutive_skipped: int = 5
+    """Stop the run (with an error) once this many steps in a row were skipped as non-finite."""
+    max_wall_time: str = ""
+    """Wall-clock budget of one invocation, ``[D-]HH:MM:SS`` or seconds (empty = none). The
+    trainer saves and exits (code 75, to be run again) before it runs out, keeping back the
+    longest save and step measured so far; under Slurm the job's end time counts too."""
+    exit_margin_s: float = 30.0
+    """Seconds kept back before ``max_wall_time`` or the job's end on top of the measured
+    save and step (start-up of the next step, the exit itself)."""
 
     def __post_init__(self) -> None:
+        if self.max_skipped_steps < 0 or self.max_consecutive_skipped < 0:
+            raise ConfigError(
+                f"train.max_skipped_steps and train.max_consecutive_skipped must be >= 0, got "
+                f"{self.max_skipped_steps} and {self.max_consecutive_skipped}"
+            )
+        if self.keep_every < 0:
+            raise ConfigError(f"train.keep_every must be >= 0 (0 = no milestones), got {self.keep_every}")
+        if self.exit_margin_s < 0:
+            raise ConfigError(f"train.exit_margin_s must be >= 0, got {self.exit_margin_s}")
+        try:
+            self.max_wall_time_s
+        except ValueError as exc:
+            raise ConfigError(f"train.max_wall_time: {exc}") from None
         if self.steps < 1:
             raise ConfigError(f"train.steps must be >= 1, got {self.steps}")
         if self.microbatches < 1:
@@ -298,6 +351,11 @@ class TrainConfig:
     def run_dir(self) -> Path:
         return Path(self.runs_root) / self.run_name
 
+    @property
+    def max_wall_time_s(self) -> Optional[float]:
+        """``max_wall_time`` in seconds (None = no budget)."""
+        return parse_duration(self.max_wall_time)
+
 
 @dataclass
 class ParallelConfig:
@@ -311,8 +369,22 @@ class ParallelConfig:
     """Virtual pipeline stages per pipeline rank (interleaved 1F1B): each rank holds ``vpp``
     non-adjacent chunks of layers, which shrinks the pipeline bubble by that factor at the cost
     of ``vpp`` times more stage-to-stage messages. 1 = plain 1F1B."""
+    timeout_s: float = 600.0
+    """Collective timeout, and how long a rank may stay in one phase of a step (data,
+    forward/backward, optimizer) before the watchdog stops the run naming the rank, step and
+    phase. Saves and loads get ``save_timeout_s`` instead."""
+    save_timeout_s: float = 3600.0
+    """How long a save or a load may take before the watchdog stops the run."""
+    heartbeat_s: float = 5.0
+    """How often each rank's watchdog publishes its heartbeat (step, phase) to the run folder
+    and reads the others'; 0 turns the watchdog off."""
 
     def __post_init__(self) -> None:
+        if self.timeout_s <= 0 or self.save_timeout_s <= 0 or self.heartbeat_s < 0:
+            raise ConfigError(
+                f"parallel.timeout_s and parallel.save_timeout_s must be > 0 and parallel.heartbeat_s >= 0, "
+                f"got {self.timeout_s}, {self.save_timeout_s}, {self.heartbeat_s}"
+            )
         if self.tp < 1 or self.pp < 1 or self.vpp < 1:
             raise ConfigError(
                 f"parallel.tp, parallel.pp and parallel.vpp must be >= 1, got tp={self.tp}, pp={self.pp}, "

@@ -13,6 +13,7 @@ import argparse
 import logging
 import os
 import sys
+import traceback
 import warnings
 
 from wallwm_pretrain.config import ConfigError, load_config
@@ -38,6 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    # SIGUSR1/SIGTERM only set a flag from here on (their default is to kill the process), so a
+    # warning that arrives during the imports and set-up still leads to a save
+    from wallwm_pretrain.resilience.stop import StopRequests
+
+    stop_requests = StopRequests()
     rank = int(os.environ.get("RANK", 0))
     logging.basicConfig(
         level=logging.INFO if rank == 0 else logging.WARNING,
@@ -52,18 +58,38 @@ def main(argv: list[str] | None = None) -> int:
     from wallwm_pretrain.checkpoint import CheckpointError
     from wallwm_pretrain.data import InputError
     from wallwm_pretrain.parallel import shutdown_parallel
+    from wallwm_pretrain.resilience.exit import EXIT_REQUEUE, write_exit_record
+    from wallwm_pretrain.resilience.nonfinite import NonFiniteError
+    from wallwm_pretrain.resilience.watchdog import PeerFailure
     from wallwm_pretrain.trainer import Trainer
 
     try:
-        summary = Trainer(cfg).train()
-    except (ConfigError, InputError, CheckpointError) as exc:
+        summary = Trainer(cfg, stop_requests).train()
+    except (ConfigError, InputError, CheckpointError, NonFiniteError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        if rank == 0:
+            write_exit_record("failed", -1, type(exc).__name__)
         return 2
+    except PeerFailure as exc:
+        traceback.print_exception(exc.__cause__ or exc, file=sys.stderr)  # the failure as raised
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        if rank == 0:
+            write_exit_record("failed", -1, "peer failure")
+        # no orderly shutdown: its barrier would wait on the peer that failed
+        sys.stderr.flush()
+        os._exit(1)
+    except BaseException:
+        if rank == 0:
+            write_exit_record("failed", -1, "exception")
+        raise
     finally:
         shutdown_parallel()
     if rank == 0:
         print(summary.render(), flush=True)
-    return 0
+        # a launcher behind torchrun sees only torchrun's code: it reads this record instead
+        write_exit_record("requeue" if summary.stopped else "finished", summary.end_step, summary.stopped)
+    # 75 (EX_TEMPFAIL): saved on request (signal, wall time), not finished: run again to continue
+    return EXIT_REQUEUE if summary.stopped else 0
 
 
 if __name__ == "__main__":

@@ -8,6 +8,14 @@ optimizer, data, resume from a checkpoint, tracking. ``Trainer.train`` then step
 Everything a resumed run needs to continue exactly where the uninterrupted run would be is in
 the checkpoint: weights, optimizer and schedule, the loader position and all RNG states.
 
+Surviving a cluster (``wallwm_pretrain.resilience``): after each forward and backward all ranks
+agree, in one small collective, whether the step's loss and gradient norm were finite (if not,
+every rank skips the update: weights, optimizer, schedule and step counter stay, the loader
+moves on) and whether anyone was asked to stop (SIGUSR1, SIGTERM, the wall-time budget); a stop
+saves at that step boundary and ends the run with ``stopped`` set, which ``train.py`` turns
+into exit code 75. A watchdog thread ends the run naming rank, step and phase when a rank or
+a peer stays in one phase too long.
+
 Every layout (TP x PP x DP, with or without virtual pipeline stages) takes one path: this
 rank's model chunks, each in megatron DDP, driven by megatron-core's schedule for the layout
 (``wallwm_pretrain.parallel.pipeline``), with ``train.microbatches`` microbatches per step.
@@ -46,6 +54,10 @@ from wallwm_pretrain.parallel.canonical import canonical_checkpoint, load_canoni
 from wallwm_pretrain.parallel.parallelize import unwrap_model
 from wallwm_pretrain.parallel.pipeline import PipelineSchedule, build_pipeline_chunks, parallelize_chunks
 from wallwm_pretrain.parallel.state import gather_per_dp_rank, optimizer_groups, sum_over_pipeline
+from wallwm_pretrain.resilience.agree import agree
+from wallwm_pretrain.resilience.nonfinite import NonFiniteError, SkipBook, is_finite
+from wallwm_pretrain.resilience.stop import Deadline, StopRequests
+from wallwm_pretrain.resilience.watchdog import Watchdog
 from wallwm_pretrain.step_metrics import memory_label, peak_memory_gib, peak_tflops
 from wallwm_pretrain.tracking import build_tracker, plot_loss_curve
 
@@ -62,6 +74,9 @@ class RunSummary:
     checkpoint: str
     mlflow_run_id: str
     resumed_from: str
+    stopped: str = ""
+    """Why the run stopped before its end step ('' = it reached it): a signal or 'wall time'."""
+    skipped_steps: int = 0
 
     def render(self) -> str:
         lines = [
@@ -74,6 +89,12 @@ class RunSummary:
             f"  samples/s        {self.samples_per_s:.1f}",
             f"  checkpoint       {self.checkpoint}",
             f"  MLflow run id    {self.mlflow_run_id}",
+        ]
+        if self.skipped_steps:
+            lines.append(f"  skipped updates  {self.skipped_steps} (non-finite loss or gradient)")
+        if self.stopped:
+            lines.append(f"  stopped          by {self.stopped} after saving; run again to continue (exit code 75)")
+        lines += [
             "=" * 64,
         ]
         return "\n".join(lines)
@@ -99,12 +120,37 @@ def set_rng_state(state: dict) -> None:
 
 
 class Trainer:
-    def __init__(self, cfg: Config) -> None:
-        # 0. the model's data dims (``auto``) from the shards' index.json, checked before any work
+    def __init__(self, cfg: Config, stop_requests: Optional[StopRequests] = None) -> None:
+        # the model's data dims (``auto``) from the shards' index.json, checked before any work
         self.cfg = cfg = resolve_data_dims(cfg)
+        # 0. stop requests first: a signal during the minutes of set-up is kept and acted on at
+        # the first step boundary (the handler only sets a flag); train.py installs them before
+        # its heavy imports and passes them in
+        self._owns_stop_requests = stop_requests is None
+        self.stop_requests = stop_requests or StopRequests()
+        self.deadline = Deadline(cfg.train.max_wall_time_s, cfg.train.exit_margin_s)
+        self.skips = SkipBook(cfg.train.max_skipped_steps, cfg.train.max_consecutive_skipped)
+        self.watchdog: Optional[Watchdog] = None
+        try:
+            self._build(cfg)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Stop the watchdog and restore the signal handlers this trainer installed (idempotent);
+        handlers passed in stay until their owner closes them, so a late signal during the
+        process's own shutdown still only sets a flag."""
+        if self.watchdog is not None:
+            self.watchdog.close()
+        if self._owns_stop_requests:
+            self.stop_requests.close()
+
+    def _build(self, cfg: Config) -> None:
         # 1. process groups and device (megatron-core state; CPU patches when there is no GPU)
         par = cfg.parallel
-        self.ctx = init_parallel(par.tp, par.pp, cfg.train.device, cfg.train.seed, vpp=par.vpp)
+        self.ctx = init_parallel(par.tp, par.pp, cfg.train.device, cfg.train.seed, vpp=par.vpp,
+                                 timeout_s=par.timeout_s)
         self.device = self.ctx.device
         self.run_dir = cfg.train.run_dir
         precision = cfg.train.precision
@@ -140,6 +186,10 @@ class Trainer:
         if self.ctx.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
+        # a hang from here on ends the run naming the rank, step and phase (collectives before
+        # it are bounded by parallel.timeout_s)
+        self.watchdog = Watchdog(self.run_dir / "heartbeat", self.ctx.rank, self.ctx.world_size, par.timeout_s,
+                                 par.save_timeout_s, par.heartbeat_s)
 
         # 5. resume: weights, optimizer, loader position, RNG, MLflow run
         self.step = 0
@@ -148,8 +198,10 @@ class Trainer:
         run_id = None
         path = ckpt.resolve_resume(self.run_dir, cfg.train.resume)
         if path is not None:
+            self.watchdog.phase("load", 0)
             run_id = self._restore(path)
             self.resumed_from = str(path)
+        self.watchdog.phase("setup", self.step)
 
         # 6. tracking (rank 0 only)
         self.tracker = build_tracker(cfg, self.ctx.rank, run_id)
@@ -186,15 +238,36 @@ class Trainer:
             self.loader.load_state_dict({"epoch": epoch + 1, "batches_in_epoch": 0, **merge_problems(loaders)})
         saved = json.loads(trainer["history"])
         self.history = {k: [tuple(p) for p in saved.get(k, [])] for k in LOSS_KEYS}
+        if "skipped" in trainer:  # checkpoints written before skipped steps were counted lack it
+            self.skips.load_state_dict(json.loads(trainer["skipped"]))
         set_rng_state(trainer["rng"])
         log.info("resumed from %s at step %d", path, self.step)
         return trainer.get("mlflow_run_id") or None
 
+    def _check_finite_weights(self) -> None:
+        """Refuse to save a non-finite state (a collective: every rank checks its own pieces)."""
+        bad = [n for m in self.model for n, p in unwrap_model(m).named_parameters() if not torch.isfinite(p).all()]
+        verdict = agree(bool(bad), "", self.device)
+        if verdict.nonfinite:
+            where = f"rank {self.ctx.rank}: {bad[:3]}" if bad else "another rank"
+            raise NonFiniteError(
+                f"not saving step {self.step} to {self.run_dir}: non-finite weights ({where}); the newest "
+                "complete checkpoint is left as it is"
+            )
+
     def save(self) -> Optional[Path]:
-        """Gather the canonical (TP=1, PP=1) state and every DP rank's loader position; rank 0 writes."""
+        """Gather the canonical (TP=1, PP=1) state and every DP rank's loader position; rank 0 writes.
+
+        Raises:
+            NonFiniteError: some rank's weights are not finite (nothing is written).
+        """
+        self.watchdog.phase("save", self.step)
+        started = time.perf_counter()
+        self._check_finite_weights()
         model_state, optim_state = canonical_checkpoint(self.model, self.optim, self.ctx)
         loaders = gather_per_dp_rank(self.loader.state_dict(), self.ctx)
         if not self.ctx.is_main:
+            self._wait_for_save(started)
             return None
         trainer_state = {
             "step": self.step,
@@ -204,8 +277,9 @@ class Trainer:
             "rng": rng_state(),
             "history": json.dumps(self.history),
             "mlflow_run_id": self.tracker.run_id or "",
+            "skipped": json.dumps(self.skips.state_dict()),
         }
-        return ckpt.save_checkpoint(
+        path = ckpt.save_checkpoint(
             self.run_dir,
             self.step,
             model=model_state,
@@ -213,11 +287,35 @@ class Trainer:
             trainer=trainer_state,
             config_yaml=to_yaml(self.cfg),
             keep_last=self.cfg.train.keep_checkpoints,
+            keep_every=self.cfg.train.keep_every,
         )
+        self._wait_for_save(started)
+        return path
+
+    def _wait_for_save(self, started: float) -> None:
+        # every rank waits for rank 0's write in the "save" phase (the watchdog allows
+        # parallel.save_timeout_s there), and every rank's deadline learns how long a save takes;
+        # the barrier itself is bounded by parallel.timeout_s, which must exceed a save
+        if self.ctx.world_size > 1:
+            torch.distributed.barrier()
+        self.deadline.note_save(time.perf_counter() - started)
 
     # -- the loop -----------------------------------------------------------------------
+    def next_batch(self):
+        """The next batch of this rank's loader, on the device."""
+        return next(self.loader).to(self.device)
+
+    def stop_reason(self) -> str:
+        """This rank's reason to stop at the coming boundary: a signal, the deadline, or ''."""
+        return self.stop_requests.reason or ("wall time" if self.deadline.reached() else "")
+
     def train_step(self) -> dict[str, float]:
-        batch = next(self.loader).to(self.device)
+        """One forward and backward, then, if every rank's loss and gradient norm are finite, one
+        update (``self.step`` advances). The returned metrics carry ``skipped`` (1.0 when the
+        update was skipped) and ``stop`` (the agreed reason to stop after this step, or '')."""
+        self.watchdog.phase("data", self.step)
+        batch = self.next_batch()
+        self.watchdog.phase("step", self.step)
         for chunk in self.model:
             chunk.train()
         # Flow-matching draws depend only on (seed, step, data-parallel rank), see noise_seed.
@@ -227,11 +325,22 @@ class Trainer:
         # forward and backward of all microbatches through the pipeline (megatron's schedule)
         out = self.schedule.run(batch, noise)
         grad_norm = self.optim.clip_grad_norm(self.cfg.optim.grad_clip)
-        self.optim.step()
-        self.optim.zero_grad(set_to_none=True)
-        self.step += 1
         metrics = {k: float(out[k].detach()) for k in LOSS_KEYS}
         metrics["grad_norm"] = float(grad_norm)
+        # one collective: skip on every rank if any rank saw a non-finite value; stop together
+        verdict = agree(not is_finite(*metrics.values()), self.stop_reason(), self.device)
+        if verdict.nonfinite:
+            self.optim.zero_grad(set_to_none=True)
+            line = self.skips.record(self.step, {k: metrics[k] for k in LOSS_KEYS}, metrics["grad_norm"])
+            log.warning("%s (batch %s...)", line, batch.keys[:4])
+            self.tracker.log_metrics({"skipped_steps": self.skips.total}, self.step)
+        else:
+            self.optim.step()
+            self.optim.zero_grad(set_to_none=True)
+            self.skips.applied()
+            self.step += 1
+        metrics["skipped"] = float(verdict.nonfinite)
+        metrics["stop"] = verdict.stop
         metrics["padding_efficiency"] = batch.padding_efficiency()
         metrics["data/bad_samples"] = self.loader.bad_samples  # skipped within data.max_bad_samples
         metrics["samples"] = batch.size * self.ctx.dp  # global batch (every DP rank reads as much)
@@ -239,11 +348,16 @@ class Trainer:
         # model FLOPs of the padded shapes this step computed, over all data-parallel ranks
         shape = SampleShape.of(self.cfg.model, batch.actions.shape[1], self.cfg.model.frame_stride, batch.caption.shape[1])
         metrics["model_flops"] = train_flops(self.cfg.model, shape) * metrics["samples"]
-        if not np.isfinite(metrics["loss"]):
-            raise FloatingPointError(f"loss is {metrics['loss']} at step {self.step} (batch {batch.keys[:4]}...)")
         return metrics
 
     def train(self) -> RunSummary:
+        """Step to ``train.stop_after`` or ``train.steps``, or until all ranks agree to stop."""
+        try:
+            return self._train()
+        finally:
+            self.close()
+
+    def _train(self) -> RunSummary:
         cfg = self.cfg.train
         start_step = self.step
         end_step = cfg.stop_after or cfg.steps
@@ -256,6 +370,8 @@ class Trainer:
         window_samples, window_tokens, window_flops, t_window = 0, 0, 0, time.perf_counter()
         peak = peak_tflops(self.device, cfg.peak_tflops)
         last_path: Optional[Path] = None
+        # a signal or the deadline during set-up stops before the first step
+        stopped = agree(False, self.stop_reason(), self.device).stop
         bar = tqdm(
             total=cfg.steps,
             initial=self.step,
@@ -264,8 +380,18 @@ class Trainer:
             dynamic_ncols=True,
             desc="train",
         )
-        while self.step < end_step:
-            m = self.train_step()
+        while self.step < end_step and not stopped:
+            t_step = time.perf_counter()
+            try:
+                m = self.train_step()
+            except RuntimeError as exc:  # gloo/NCCL errors: a peer died, or a collective timed out
+                if self.ctx.world_size == 1 or isinstance(exc, NonFiniteError):
+                    raise
+                raise self.watchdog.failure(exc) from exc
+            self.deadline.note_step(time.perf_counter() - t_step)
+            stopped = m.pop("stop")
+            if m.pop("skipped"):
+                continue
             losses.append(m["loss"])
             samples += m["samples"]
             window_samples += m["samples"]
@@ -296,13 +422,19 @@ class Trainer:
                         + (f" | MFU {m['mfu']:.3f}" if "mfu" in m else "")
                     )
                 window_samples, window_tokens, window_flops, t_window = 0, 0, 0, time.perf_counter()
-            if cfg.save_every and self.step % cfg.save_every == 0 and self.step < end_step:
+            if cfg.save_every and self.step % cfg.save_every == 0 and self.step < end_step and not stopped:
                 last_path = self.save()
         bar.close()
         elapsed = time.perf_counter() - t_start
+        if self.step >= end_step:
+            stopped = ""  # the request came with the last step: the run is complete anyway
+        if stopped and self.ctx.is_main:
+            log.warning("stop requested (%s) at step %d of %d: saving, then exiting with code 75 to be run again",
+                        stopped, self.step, cfg.steps)
         if self.step > start_step:  # periodic saves skip the last step: it is saved here, by all ranks
             last_path = self.save()
         last_path = last_path or ckpt.find_latest(self.run_dir)  # nothing new if already complete
+        self.watchdog.phase("finish", self.step)
         if self.ctx.is_main:
             curve = self.run_dir / "loss_curve.png"
             plot_loss_curve(self.history, curve)
@@ -318,6 +450,8 @@ class Trainer:
             checkpoint=str(last_path),
             mlflow_run_id=self.tracker.run_id or "",
             resumed_from=self.resumed_from,
+            stopped=stopped,
+            skipped_steps=self.skips.total,
         )
         if self.ctx.is_main:
             (self.run_dir / "summary.json").write_text(json.dumps(asdict(summary), indent=2))

@@ -224,6 +224,14 @@ def test_keep_last_retention(tmp_path):
     assert len(list((keep_all / "checkpoints").iterdir())) == 3
 
 
+def test_milestones_are_kept_beside_the_newest(tmp_path):
+    """keep_every: multiples of 200 survive pruning and do not count against keep_last."""
+    for step in (100, 200, 300, 400, 500, 600, 700):
+        save(tmp_path, step, keep_last=2, keep_every=200)
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["step_00000200", "step_00000400", "step_00000500", "step_00000600", "step_00000700"]
+
+
 def test_same_step_is_replaced(tmp_path):
     save(tmp_path, 7, trainer={"version": "old"})
     path = save(tmp_path, 7, trainer={"version": "new"})

@@ -1,5 +1,5 @@
-"""Multi-process training through the real launchers: torchrun (and ``launch/torchrun.sh``), and
-Slurm's sbatch script on two simulated nodes (loopback), plus checkpoints that change layout."""
+"""Multi-process training through torchrun (and ``launch/torchrun.sh``), plus checkpoints that
+change layout. The Slurm launcher runs on a real Slurm in ``tests/slurm``."""
 
 import os
 import socket
@@ -83,48 +83,6 @@ def test_dp2_resume_is_exact(tmp_path, shard_writer):
     train(tmp_path, folder, "split", "train.stop_after=2", nproc=2)
     train(tmp_path, folder, "split", nproc=2)
     assert losses(tmp_path, "straight") == losses(tmp_path, "split")
-
-
-SRUN = """#!/usr/bin/env bash
-# Stand-in for Slurm's srun on one machine: run the task once per node of the job, in
-# parallel, with the node's SLURM_NODEID; fail if any node fails.
-while [[ "$1" == --* ]]; do shift; done
-pids=()
-for ((node = 0; node < SLURM_JOB_NUM_NODES; node++)); do
-  SLURM_NODEID=$node SLURM_PROCID=$node "$@" &
-  pids+=($!)
-done
-rc=0
-for pid in "${pids[@]}"; do wait "$pid" || rc=$?; done
-exit $rc
-"""
-
-
-def test_sbatch_script_on_two_simulated_nodes(tmp_path, shard_writer):
-    """launch/pretrain.sh as Slurm would run it: 2 nodes x 2 processes, TP2 x DP2 on gloo."""
-    folder = shard_writer(tmp_path / "shards", LENGTHS)
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "srun").write_text(SRUN)
-    (bin_dir / "srun").chmod(0o755)
-    slurm = env(
-        PATH=f"{bin_dir}:{os.environ['PATH']}", PYTHON=sys.executable, SLURM_JOB_ID="4242",
-        SLURM_JOB_NAME="sim", SLURM_JOB_NUM_NODES="2", SLURM_JOB_NODELIST="127.0.0.1,127.0.0.1",
-        NPROC_PER_NODE="2", MASTER_PORT=str(free_port()), WALLWM_LOG_ROOT=str(tmp_path / "slurm"),
-    )
-    args = [f"data.shards={folder}", f"train.runs_root={tmp_path / 'runs'}", "train.run_name=slurm",
-            "parallel.tp=2", *TINY]
-    out = subprocess.run(["bash", "launch/pretrain.sh", "configs/smoke.yaml", *args], cwd=REPO, env=slurm,
-                         capture_output=True, text=True, timeout=600)
-    logs = {p.name: p.read_text() for p in (tmp_path / "slurm" / "sim-4242").glob("node-*.log")}
-    assert out.returncode == 0, out.stdout + out.stderr + "\n".join(logs.values())[-4000:]
-    assert sorted(logs) == ["node-0.log", "node-1.log"]
-    assert "2 nodes x 2 processes" in out.stdout
-    summary_log = "".join(logs.values())
-    assert "run summary" in summary_log and "steps            0 -> 4" in summary_log
-    state = load_checkpoint(find_latest(tmp_path / "runs" / "slurm"))
-    assert state.step == 4 and state.trainer["layout"] == {"tp": 2, "pp": 1, "dp": 2, "vpp": 1, "microbatches": 1}
-    assert len(state.trainer["loaders"]) == 2
 
 
 def test_trainer_muon_modes_agree_at_dp2(tmp_path, shard_writer):

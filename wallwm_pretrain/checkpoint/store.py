@@ -179,6 +179,7 @@ def save_checkpoint(
     trainer: Any,
     config_yaml: str,
     keep_last: int,
+    keep_every: int = 0,
 ) -> Path:
     """Write a complete checkpoint atomically, then prune old ones.
 
@@ -193,6 +194,8 @@ def save_checkpoint(
         config_yaml: the resolved config as YAML text.
         keep_last: complete checkpoints to keep after this save (the newest by step, plus
             always the one just written); <= 0 keeps all.
+        keep_every: milestones: checkpoints whose step is a multiple of this are never
+            pruned (0 = none).
 
     Returns:
         The final checkpoint folder.
@@ -226,7 +229,7 @@ def save_checkpoint(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    prune_checkpoints(run_dir, keep_last, protect=final)
+    prune_checkpoints(run_dir, keep_last, protect=final, keep_every=keep_every)
     return final
 
 
@@ -276,7 +279,9 @@ def find_latest(run_dir: str | Path) -> Path | None:
     return complete[-1][1] if complete else None
 
 
-def prune_checkpoints(run_dir: str | Path, keep_last: int, protect: Path | None = None) -> None:
+def prune_checkpoints(
+    run_dir: str | Path, keep_last: int, protect: Path | None = None, keep_every: int = 0
+) -> None:
     """Delete complete checkpoints beyond the newest ``keep_last``, and stale scratch folders.
 
     Args:
@@ -284,6 +289,8 @@ def prune_checkpoints(run_dir: str | Path, keep_last: int, protect: Path | None 
         keep_last: how many complete checkpoints to keep; <= 0 keeps all.
         protect: a folder that is never deleted (the one just written), even when newer
             checkpoints from an earlier attempt exist.
+        keep_every: checkpoints whose step is a multiple of this are milestones, kept forever
+            and not counted in ``keep_last`` (0 = no milestones).
     """
     root = Path(run_dir) / CHECKPOINTS
     if not root.is_dir():
@@ -295,7 +302,8 @@ def prune_checkpoints(run_dir: str | Path, keep_last: int, protect: Path | None 
             shutil.rmtree(entry, ignore_errors=True)
     if keep_last <= 0:
         return
-    complete = list_checkpoints(run_dir)
+    is_milestone = lambda step: keep_every > 0 and step % keep_every == 0  # noqa: E731
+    complete = [(step, folder) for step, folder in list_checkpoints(run_dir) if not is_milestone(step)]
     protect = Path(protect).resolve() if protect is not None else None
     for _, folder in complete[:-keep_last]:
         if protect is not None and folder.resolve() == protect:

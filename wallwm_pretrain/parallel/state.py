@@ -13,7 +13,9 @@ megatron layer instead of letting each layer look the groups up in megatron's gl
 
 from __future__ import annotations
 
+import math
 import os
+from datetime import timedelta
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -88,7 +90,9 @@ def build_pg_collection() -> ProcessGroupCollection:
     )
 
 
-def init_parallel(tp: int = 1, pp: int = 1, device: str = "auto", seed: int = 0, vpp: int = 1) -> ParallelContext:
+def init_parallel(
+    tp: int = 1, pp: int = 1, device: str = "auto", seed: int = 0, vpp: int = 1, timeout_s: float | None = None
+) -> ParallelContext:
     """Initialise torch.distributed and megatron-core's model-parallel groups.
 
     Args:
@@ -98,6 +102,8 @@ def init_parallel(tp: int = 1, pp: int = 1, device: str = "auto", seed: int = 0,
             interleaved schedule.
         device: ``auto``, ``cpu`` or ``cuda``.
         seed: base seed; megatron's model-parallel RNG streams are derived from it.
+        timeout_s: collective timeout of every group (None = torch's default, 10 min for gloo
+            and NCCL); a collective that waits longer raises instead of hanging.
 
     Raises:
         ValueError: the world size is not a multiple of tp * pp, or vpp > 1 without pp > 1.
@@ -118,10 +124,11 @@ def init_parallel(tp: int = 1, pp: int = 1, device: str = "auto", seed: int = 0,
         apply_cpu_patches()
 
     if not dist.is_initialized():
+        timeout = None if timeout_s is None else timedelta(seconds=timeout_s)
         if world_size == 1 and "MASTER_ADDR" not in os.environ:
-            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
         else:
-            dist.init_process_group(backend, rank=rank, world_size=world_size)
+            dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timeout)
 
     from megatron.core import parallel_state as ps
     from megatron.core import tensor_parallel
@@ -131,6 +138,8 @@ def init_parallel(tp: int = 1, pp: int = 1, device: str = "auto", seed: int = 0,
             tensor_model_parallel_size=tp,
             pipeline_model_parallel_size=pp,
             virtual_pipeline_model_parallel_size=vpp if vpp > 1 else None,
+            # megatron takes whole minutes: its groups wait up to the next minute
+            **({} if timeout_s is None else {"distributed_timeout_minutes": max(1, math.ceil(timeout_s / 60))}),
         )
     tensor_parallel.model_parallel_cuda_manual_seed(seed)
     return ParallelContext(
