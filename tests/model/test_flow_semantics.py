@@ -248,3 +248,17 @@ def test_flow_noise_rows_take_the_same_rows_of_every_draw():
     for whole, rows in zip((noise.t_video, noise.noise_video, noise.t_action, noise.noise_action),
                            (part.t_video, part.noise_video, part.t_action, part.noise_action)):
         assert torch.equal(rows, whole[1:3])
+
+
+def test_noise_seed_is_the_written_formula():
+    """The flow draws of a step are seeded by (seed * 1_000_003 + step) * 65_537 + replica:
+    written out here, because a checkpoint resumes bit for bit only if this number is what the
+    run that wrote it used (a change of formula is a change of every later draw)."""
+    from wallwm_pretrain.model.flow_matching import noise_seed
+
+    assert noise_seed(3, 5, 1) == 196_611_917_519  # = (3 * 1_000_003 + 5) * 65_537 + 1
+    assert noise_seed(7, 123, 3) == 458_768_437_331  # = (7 * 1_000_003 + 123) * 65_537 + 3
+    assert noise_seed(0, 0, 0) == 0
+    seeds = {noise_seed(s, t, r) for s in range(3) for t in range(50) for r in range(8)}
+    assert len(seeds) == 3 * 50 * 8  # every (seed, step, replica) draws its own noise
+    assert all(isinstance(x, int) and 0 <= x < 2**63 for x in seeds)  # a valid torch.manual_seed
