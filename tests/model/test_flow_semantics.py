@@ -259,6 +259,7 @@ def test_noise_seed_is_the_written_formula():
     assert noise_seed(3, 5, 1) == 196_611_917_519  # = (3 * 1_000_003 + 5) * 65_537 + 1
     assert noise_seed(7, 123, 3) == 458_768_437_331  # = (7 * 1_000_003 + 123) * 65_537 + 3
     assert noise_seed(0, 0, 0) == 0
+    assert noise_seed(0, 1, 1) == 65_538  # low bits shared by both terms: "+ replica" is not "^ replica"
     seeds = {noise_seed(s, t, r) for s in range(3) for t in range(50) for r in range(8)}
     assert len(seeds) == 3 * 50 * 8  # every (seed, step, replica) draws its own noise
     assert all(isinstance(x, int) and 0 <= x < 2**63 for x in seeds)  # a valid torch.manual_seed
