@@ -63,6 +63,7 @@ class SlurmCluster:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.procs: list[subprocess.Popen] = []
+        self.jobs: list[str] = []  # ids of the jobs this cluster's tests submitted
         host = socket.gethostname().split(".")[0]
         for d in ("munge", "state", "spool", "log"):
             (root / d).mkdir(parents=True, exist_ok=True)
@@ -146,7 +147,9 @@ PartitionName=debug Nodes=n1,n2 Default=YES MaxTime=INFINITE State=UP OverSubscr
                              capture_output=True, text=True, timeout=60)
         if out.returncode:
             raise RuntimeError(f"sbatch failed: {out.stderr.strip()}")
-        return out.stdout.strip().split(";")[0]
+        job_id = out.stdout.strip().split(";")[0]
+        self.jobs.append(job_id)
+        return job_id
 
     def job(self, job_id: str) -> dict[str, str]:
         """``scontrol show job`` as key -> value ('' when Slurm no longer knows the job)."""
@@ -155,8 +158,10 @@ PartitionName=debug Nodes=n1,n2 Default=YES MaxTime=INFINITE State=UP OverSubscr
 
     def stop(self) -> None:
         try:
-            self.run("scancel", "-u", "root", check=False)
-            wait_for(lambda: not self.run("squeue", "-h", check=False), 60, "the test jobs to end")
+            if self.jobs:  # only the jobs submitted here; then the daemons started here, by pid
+                self.run("scancel", *self.jobs, check=False)
+                wait_for(lambda: not self.run("squeue", "-h", "-j", ",".join(self.jobs), check=False), 60,
+                         "the test jobs to end")
         except Exception:
             pass
         for p in reversed(self.procs):
