@@ -53,8 +53,12 @@ class PipelineSlice:
 
 
 def draw_base_seed() -> int:
-    """One draw from torch's global RNG: the seed every part's weights derive from."""
-    return int(torch.randint(0, 2**62, (1,)).item())
+    """One draw from torch's global (CPU) RNG: the seed every part's weights derive from.
+
+    Drawn on the CPU explicitly, so a model built under ``torch.device("meta")`` (the memory
+    plan) draws the same seed and consumes the same RNG state as one built on the CPU.
+    """
+    return int(torch.randint(0, 2**62, (1,), device="cpu").item())
 
 
 @contextlib.contextmanager

@@ -1,0 +1,132 @@
+"""The memory plan (``python -m wallwm_pretrain.plan``) against what the code really does."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from wallwm_pretrain.config import ModelConfig, OptimConfig
+from wallwm_pretrain.model.flops import SampleShape, forward_flops
+from wallwm_pretrain.model.pipeline_slice import PipelineSlice
+from wallwm_pretrain.model.wallwm import WallWM
+from wallwm_pretrain.optim import build_optimizer
+from wallwm_pretrain.plan.__main__ import main
+from wallwm_pretrain.plan.measure import meta_batch, meta_model, measure_forward
+from wallwm_pretrain.plan.memory import Layout, stage_state_bytes, tp_split_names
+
+DIMS = ["model.num_views=2", "model.action_dim=4", "model.state_dim=8", "model.image_size=32"]
+
+
+def _cfg(**kw):
+    base = dict(image_size=32, num_views=2, action_dim=4, state_dim=8, hidden_size=32, num_layers=2, num_heads=2,
+                ffn_hidden_size=64, patch_size=8, caption_max_bytes=16)
+    return ModelConfig(**{**base, **kw})
+
+
+def test_meta_flops_match_the_analytic_count():
+    cfg = _cfg(hidden_size=64, ffn_hidden_size=128)
+    measured = measure_forward(meta_model(cfg), meta_batch(cfg, 2, 16))
+    analytic = forward_flops(cfg, SampleShape.of(cfg, 16, cfg.frame_stride, cfg.caption_max_bytes + 1))["total"]
+    # the analytic count leaves out the remaining-time head; everything else is the same matmuls
+    assert measured.flops / 2 == pytest.approx(analytic, rel=0.02)
+    assert measured.flops / 2 != pytest.approx(analytic, rel=1e-6)  # the head is there
+
+
+def test_the_meta_measurement_is_the_cpu_models():
+    cfg = _cfg()
+    torch.manual_seed(0)
+    cpu = WallWM(cfg)
+    batch = meta_batch(cfg, 2, 16)
+    real = dataclasses.replace(
+        batch,
+        frames=torch.randint(0, 255, batch.frames.shape, dtype=torch.uint8),
+        actions=torch.randn(batch.actions.shape),
+        state=torch.randn(batch.state.shape),
+        lengths=torch.full(batch.lengths.shape, 16),
+        caption=torch.ones(batch.caption.shape, dtype=torch.long),
+        remaining=torch.ones(batch.remaining.shape),
+    )
+    on_cpu = measure_forward(cpu, real)
+    on_meta = measure_forward(meta_model(cfg), batch)
+    assert on_meta.flops == on_cpu.flops
+    assert on_meta.saved == on_cpu.saved and on_meta.tp_split == on_cpu.tp_split
+    assert set(on_meta.saved) == {"embed", "layer 0", "layer 1", "head"}
+    assert 0 < on_meta.tp_split["layer 0"] < on_meta.saved["layer 0"]
+
+
+def test_pipeline_stages_hold_the_whole_model_between_them():
+    cfg = _cfg(num_layers=4)
+    whole = sum(p.numel() for p in meta_model(cfg).parameters())
+    stages = [PipelineSlice(0, 2, embed=True, head=False), PipelineSlice(2, 2, embed=False, head=True)]
+    layout = Layout(tp=1, pp=2, dp=1)
+    held = sum(stage_state_bytes(meta_model(cfg, s), layout, "replicated", False).params for s in stages)
+    assert held == whole
+
+
+def test_tensor_parallelism_splits_only_the_parallel_linears():
+    cfg = _cfg()
+    model = meta_model(cfg)
+    split = tp_split_names(model)
+    assert "layers.0.video.self_attn.linear_qkv.weight" in split
+    assert not any("adaln" in n or "norm" in n for n in split)
+    one, two = (stage_state_bytes(model, Layout(tp, 1, 1), "gather", True) for tp in (1, 2))
+    split_elems = sum(p.numel() for n, p in model.named_parameters() if n in split)
+    assert one.params - two.params == split_elems // 2
+
+
+def test_replicated_optimizer_bytes_are_what_the_optimizer_allocates():
+    cfg = _cfg()
+    torch.manual_seed(0)
+    model = WallWM(cfg)
+    optim_cfg = OptimConfig(muon_mode="replicated", muon_split_fused=False)
+    opt = build_optimizer(model, optim_cfg, total_steps=4, device_type="cpu")
+    loss = model(meta_batch_cpu(cfg))["loss"]
+    loss.backward()
+    opt.step()
+    allocated = {"muon": 0, "adamw": 0}
+    for name, o in opt.optimizers.items():
+        for state in o.state.values():
+            allocated[name] += sum(t.numel() * t.element_size() for t in state.values()
+                                   if torch.is_tensor(t) and t.dim() > 0)
+    planned = stage_state_bytes(meta_model(cfg), Layout(1, 1, 1), "replicated", False)
+    assert (planned.muon, planned.adamw) == (allocated["muon"], allocated["adamw"])
+
+
+def test_owner_mode_spreads_the_momentum_over_the_homes():
+    cfg = _cfg(num_layers=4)
+    model = meta_model(cfg)
+    alone = stage_state_bytes(model, Layout(1, 1, 1), "owner", True)
+    four = stage_state_bytes(model, Layout(2, 1, 2), "owner", True)
+    assert alone.muon / 4 <= four.muon < alone.muon / 2
+    assert four.adamw == pytest.approx(alone.adamw / 2, rel=0.01)  # ZeRO-1 over DP=2
+
+
+def meta_batch_cpu(cfg):
+    batch = meta_batch(cfg, 2, 16)
+    g = torch.Generator().manual_seed(1)
+    return dataclasses.replace(
+        batch,
+        frames=torch.randint(0, 255, batch.frames.shape, dtype=torch.uint8, generator=g),
+        actions=torch.randn(batch.actions.shape, generator=g),
+        state=torch.randn(batch.state.shape, generator=g),
+        lengths=torch.tensor([16, 9]),
+        caption=torch.ones(batch.caption.shape, dtype=torch.long),
+        remaining=torch.ones(batch.remaining.shape),
+    )
+
+
+def test_cli_prints_every_pipeline_rank(capsys):
+    assert main(["--config", "configs/smoke.yaml", "--gpus", "8", "parallel.tp=2", "parallel.pp=2", *DIMS]) == 0
+    out = capsys.readouterr().out
+    assert "8 ranks = TP 2 x PP 2 x DP 2" in out
+    assert "FLOPs per sample" in out
+    rows = [line for line in out.splitlines() if line.strip().startswith(("0 |", "1 |"))]
+    assert len(rows) == 2
+
+
+def test_cli_errors_are_one_line(capsys):
+    assert main(["--config", "configs/smoke.yaml"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "model.action_dim" in err
+    assert main(["--config", "configs/smoke.yaml", "--gpus", "3", "parallel.tp=2", *DIMS]) == 2
+    assert "not a multiple" in capsys.readouterr().err

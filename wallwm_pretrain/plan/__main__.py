@@ -1,0 +1,149 @@
+"""``python -m wallwm_pretrain.plan``: parameters, per-rank memory and FLOPs of a run config.
+
+    python -m wallwm_pretrain.plan --config configs/wallwm_wan22_5b.yaml --gpus 8 parallel.tp=2
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import warnings
+
+from wallwm_pretrain.config import AUTO, DATA_DIMS, Config, ConfigError, load_config
+
+GIB = 1024**3
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m wallwm_pretrain.plan",
+        description=(
+            "Build a run config's model on the meta device (no memory, no weights) and print its "
+            "parameters per tower, the per-rank memory of weights, gradients and optimizer state "
+            "under the chosen parallel layout and optim.muon_mode, the activations one microbatch "
+            "keeps for backward (measured on meta tensors, with and without model.recompute=full), "
+            "and the FLOPs per sample."
+        ),
+        epilog="Example: python -m wallwm_pretrain.plan --config configs/smoke.yaml --gpus 4 parallel.tp=2",
+    )
+    parser.add_argument("--config", help="YAML preset (default: schema defaults)")
+    parser.add_argument("--gpus", type=int, default=None,
+                        help="ranks in the job; data-parallel size = gpus / (tp * pp) (default: tp * pp)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="control steps per sample (default: data.max_frames, the longest sample)")
+    parser.add_argument("--gpu-memory-gib", type=float, default=None,
+                        help="memory of one accelerator; prints the headroom of the busiest rank")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
+    return parser.parse_args(argv)
+
+
+def _check_dims(cfg: Config) -> None:
+    missing = [name for name in DATA_DIMS if getattr(cfg.model, name) == AUTO]
+    if missing:
+        raise ConfigError(
+            "the plan needs the data dims the model is built for; set "
+            + ", ".join(f"model.{name}" for name in missing)
+            + " (they are 'auto' here, read from the shards only when training)"
+        )
+
+
+def _gib(n: float) -> str:
+    return f"{n / GIB:10.3f}"
+
+
+def _count(n: float) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.3f}{unit}"
+    return str(int(n))
+
+
+def plan(cfg: Config, gpus: int | None, steps: int | None, gpu_memory_gib: float | None) -> str:
+    """The plan's report for one config (see the package docstring)."""
+    import torch  # noqa: F401  (slow import; after argument errors)
+
+    from wallwm_pretrain.parallel.pipeline_split import pipeline_slices
+    from wallwm_pretrain.plan.measure import meta_batch, meta_model, measure_forward
+    from wallwm_pretrain.plan.memory import Layout, stage_state_bytes
+
+    _check_dims(cfg)
+    tp, pp, vpp = cfg.parallel.tp, cfg.parallel.pp, cfg.parallel.vpp
+    gpus = gpus or tp * pp
+    if gpus % (tp * pp):
+        raise ConfigError(f"--gpus {gpus} is not a multiple of parallel.tp * parallel.pp = {tp * pp}")
+    layout = Layout(tp, pp, gpus // (tp * pp))
+    micro = cfg.data.batch_size // cfg.train.microbatches
+    steps = steps or cfg.data.max_frames
+    steps = -(-steps // cfg.model.frame_stride) * cfg.model.frame_stride
+    model_cfg = dataclasses.replace(cfg.model, recompute="none")
+
+    whole = meta_model(model_cfg)
+    counts = whole.parameter_counts()
+    measured = measure_forward(whole, meta_batch(model_cfg, micro, steps))
+    split_fused = cfg.optim.muon_split_fused
+
+    lines = [
+        f"model: {cfg.model.num_layers} coupled layers, hidden {cfg.model.hidden_size}, "
+        f"{cfg.model.num_heads} heads, FFN {cfg.model.ffn_hidden_size}",
+        "parameters: " + ", ".join(f"{k} {_count(v)}" for k, v in counts.items()),
+        f"layout: {gpus} ranks = TP {tp} x PP {pp} x DP {layout.dp}"
+        + (f" (VPP {vpp})" if vpp > 1 else "")
+        + f"; optim.muon_mode={cfg.optim.muon_mode}; microbatch {micro} samples of {steps} control steps",
+        "",
+        "per rank (the busiest TP rank of each pipeline rank; GiB):",
+        "  pp rank |   params |    weights |      grads |      AdamW |       Muon | activations | recompute=full |      total",
+    ]
+    worst = 0.0
+    for pp_rank in range(pp):
+        slices = pipeline_slices(cfg.model.num_layers, pp, vpp, pp_rank)
+        states = [stage_state_bytes(meta_model(model_cfg, s), layout, cfg.optim.muon_mode, split_fused) for s in slices]
+        layers = [f"layer {i}" for s in slices for i in s.layers]
+        edges = [p for s in slices for p, on in (("embed", s.embed), ("head", s.head)) if on]
+        # 1F1B: pipeline rank r keeps the activations of up to pp - r microbatches at once
+        in_flight = min(pp - pp_rank, cfg.train.microbatches) if pp > 1 else 1
+        per_micro = sum(measured.part_bytes(p, tp) for p in layers + edges)
+        act = in_flight * per_micro
+        kept = sum(measured.layer_input.get(p, 0) for p in layers)
+        transient = max((measured.part_bytes(p, tp) for p in layers), default=0)
+        edge = sum(measured.part_bytes(p, tp) for p in edges)
+        act_full = in_flight * (kept + edge) + transient
+        params = sum(s.params for s in states)
+        static = sum(s.total for s in states)
+        total = static + act
+        worst = max(worst, total)
+        lines.append(
+            f"  {pp_rank:7d} | {_count(params):>8s} | {_gib(sum(s.weights for s in states))} | "
+            f"{_gib(sum(s.grads for s in states))} | {_gib(sum(s.adamw for s in states))} | "
+            f"{_gib(sum(s.muon for s in states))} | {_gib(act):>11s} | {_gib(act_full):>14s} | {_gib(total)}"
+        )
+    fwd = measured.flops / micro
+    lines += [
+        "",
+        f"activations: fp32, {micro} samples per microbatch, times the microbatches in flight in 1F1B; "
+        "attention counted as the fused kernel keeps it (no score matrix) where the model calls "
+        "scaled_dot_product_attention; bf16 autocast keeps most of them at half the size; "
+        "recompute=full keeps each layer's input plus one layer's activations while it is rebuilt",
+        f"FLOPs per sample: forward {fwd:.3e}, training (3x) {3 * fwd:.3e}"
+        + (", plus one forward of the towers with recompute=full" if cfg.model.recompute == "full" else ""),
+    ]
+    if gpu_memory_gib is not None:
+        lines.append(f"busiest rank: {worst / GIB:.2f} GiB of {gpu_memory_gib:.0f} GiB "
+                     f"({'fits' if worst <= gpu_memory_gib * GIB else 'does NOT fit'}, without recomputation)")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    warnings.filterwarnings("ignore", module="megatron")
+    try:
+        cfg = load_config(args.config, args.overrides)
+        print(plan(cfg, args.gpus, args.steps, args.gpu_memory_gib))
+    except (ConfigError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

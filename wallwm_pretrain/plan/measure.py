@@ -1,0 +1,151 @@
+"""One forward of the model on the meta device: its FLOPs and the activations backward keeps.
+
+Why measured rather than written as a formula: the towers' blocks differ (video: self-, text-
+and cross-view attention; action: self-, state-, coupling and text attention) and change as the
+model grows; a formula per block drifts from the code, a measurement of the code does not.
+
+- FLOPs: ``torch.utils.flop_counter.FlopCounterMode`` over the forward (matmuls, convolutions
+  and attention; elementwise work is not counted).
+- Activations: autograd's saved-tensor hooks see every tensor the forward keeps for backward.
+  Each is counted once per storage (views of one tensor share it), parameters excluded, and
+  attributed to the part of the model running when it was saved: ``embed``, ``layer <i>``
+  (coupled layer i) or ``head``. Tensors saved inside a module that owns tensor-parallel
+  linear layers (attention, FFN) and whose last dimension is not the hidden size are the ones
+  tensor parallelism splits over its ranks (heads, FFN width); the rest (residual stream,
+  norms, modulation) every TP rank keeps whole (no sequence parallelism).
+
+Attention runs on meta tensors through ATen's math decomposition, which would keep the
+[b, heads, sq, sk] score matrix; a GPU runs the fused kernel, which keeps only q, k, v, the
+output and the log-sum-exp. :class:`_FusedAttentionOnMeta` routes ``scaled_dot_product_attention``
+to the fused kernel's own meta function so the count is what the fused kernel keeps. A core that
+materialises its scores itself (megatron's unfused ``DotProductAttention``) is counted as it is.
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch.utils.flop_counter import FlopCounterMode
+
+from wallwm_pretrain.batch import Batch
+from wallwm_pretrain.config import ModelConfig
+from wallwm_pretrain.model.local_layers import LocalLinear
+from wallwm_pretrain.model.pipeline_slice import PipelineSlice
+from wallwm_pretrain.model.wallwm import WallWM
+
+
+def meta_model(cfg: ModelConfig, pipeline_slice: PipelineSlice | None = None) -> WallWM:
+    """The model (or one pipeline stage of it) with every tensor on the meta device."""
+    with torch.device("meta"):
+        return WallWM(cfg, pipeline_slice)
+
+
+def meta_batch(cfg: ModelConfig, batch_size: int, steps: int) -> Batch:
+    """A full-length batch of meta tensors: ``steps`` control steps per sample, longest caption."""
+    views, size = int(cfg.num_views), int(cfg.image_size)
+    with torch.device("meta"):
+        return Batch(
+            frames=torch.empty(batch_size, steps, views, size, size, 3, dtype=torch.uint8),
+            actions=torch.empty(batch_size, steps, int(cfg.action_dim)),
+            state=torch.empty(batch_size, int(cfg.state_dim)),
+            lengths=torch.full((batch_size,), steps, dtype=torch.long),
+            caption=torch.ones(batch_size, cfg.caption_max_bytes + 1, dtype=torch.long),
+            remaining=torch.ones(batch_size),
+        )
+
+
+class _FusedAttentionOnMeta(TorchFunctionMode):
+    """``scaled_dot_product_attention`` on meta tensors -> the fused (flash) kernel's meta function."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.scaled_dot_product_attention:
+            q, k, v = args[:3]
+            mask = kwargs.get("attn_mask", args[3] if len(args) > 3 else None)
+            if mask is not None and mask.dtype == torch.bool:
+                mask = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(~mask, float("-inf"))
+            return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+                q, k, v, 0.0, bool(kwargs.get("is_causal", False)), attn_mask=mask, scale=kwargs.get("scale")
+            )[0]
+        return func(*args, **kwargs)
+
+
+@dataclass
+class ForwardMeasure:
+    """What one forward of a microbatch costs."""
+
+    flops: int
+    """Forward FLOPs of the whole microbatch (training is about 3x)."""
+    saved: dict[str, int] = field(default_factory=dict)
+    """Bytes kept for backward, by part (``embed``, ``layer <i>``, ``head``)."""
+    tp_split: dict[str, int] = field(default_factory=dict)
+    """Of ``saved``, the bytes that tensor parallelism divides over its ranks."""
+    layer_input: dict[str, int] = field(default_factory=dict)
+    """Bytes of each coupled layer's input streams: all that ``recompute=full`` keeps of it."""
+
+    def part_bytes(self, part: str, tp: int) -> float:
+        """Bytes one tensor-parallel rank keeps for ``part``."""
+        split = self.tp_split.get(part, 0)
+        return self.saved.get(part, 0) - split + split / tp
+
+
+def _tp_region(module: nn.Module) -> bool:
+    """Whether the module owns tensor-parallel linear layers directly (attention, FFN)."""
+    return any(isinstance(child, LocalLinear) for child in module.children())
+
+
+def measure_forward(model: WallWM, batch: Batch) -> ForwardMeasure:
+    """Run ``model`` (whole, meta device) on ``batch`` and count FLOPs and saved activations."""
+    hidden = model.cfg.hidden_size
+    param_storages = {p.untyped_storage()._cdata for p in model.parameters()}
+    seen: set[int] = set()
+    state = {"part": "embed", "tp_depth": 0}
+    out = ForwardMeasure(0)
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        key = storage._cdata
+        if key in param_storages or key in seen:
+            return t
+        seen.add(key)
+        nbytes = storage.nbytes()
+        part = state["part"]
+        out.saved[part] = out.saved.get(part, 0) + nbytes
+        if state["tp_depth"] and t.dim() and t.shape[-1] != hidden:
+            out.tp_split[part] = out.tp_split.get(part, 0) + nbytes
+        return t
+
+    handles = []
+    for name, layer in model.layers.items():
+        def enter(module, args, name=name):
+            state["part"] = f"layer {name}"
+            streams = args[0]
+            out.layer_input[f"layer {name}"] = sum(
+                x.numel() * x.element_size()
+                for x in (streams.video, streams.action, streams.text, streams.state, streams.temb_video,
+                          streams.temb_action)
+            )
+
+        handles.append(layer.register_forward_pre_hook(enter))
+        handles.append(layer.register_forward_hook(lambda *a: state.update(part="head")))
+    for module in model.modules():
+        if _tp_region(module):
+            handles.append(module.register_forward_pre_hook(lambda *a: state.update(tp_depth=state["tp_depth"] + 1)))
+            handles.append(module.register_forward_hook(lambda *a: state.update(tp_depth=state["tp_depth"] - 1)))
+    counter = FlopCounterMode(display=False)
+    try:
+        with ExitStack() as stack:
+            stack.enter_context(counter)
+            stack.enter_context(_FusedAttentionOnMeta())
+            stack.enter_context(torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t))
+            model(batch)
+    finally:
+        for h in handles:
+            h.remove()
+    out.flops = int(counter.get_total_flops())
+    return out
