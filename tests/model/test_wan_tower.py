@@ -207,3 +207,27 @@ def test_parameter_count_on_meta_matches_diffusers():
     d = 24 * 128
     assert count(new) == 3 * (4 * (d * d + d) + 2 * d + 2 * d)  # q, k, v, proj + q/k norms + 2 cameras
     assert sorted(n for n, _ in new) == sorted(tower.new_parameter_names())
+
+
+def test_coupling_keys_put_all_views_of_a_sample_in_one_sequence():
+    from wallwm_pretrain.model.wan import coupling_keys
+
+    s, b, v, d = 5, 2, 3, 4
+    video = torch.arange(s * b * v * d, dtype=torch.float32).view(s, b * v, d)
+    keys = coupling_keys(video, v)
+    assert keys.shape == (v * s, b, d)
+    for sample in range(b):
+        for view in range(v):
+            assert torch.equal(keys[view * s:(view + 1) * s, sample], video[:, sample * v + view])
+
+
+def test_converted_state_has_new_parts_as_initialised_and_reports_counts(tiny):
+    from wallwm_pretrain.model.wan import convert_tower_state
+
+    folder, ref = tiny
+    cfg, state, report = convert_tower_state(folder, num_views=2, seed=5)
+    assert sorted(report.new) == sorted(n for n in state if ".cross_view." in n and not n.endswith("_extra_state"))
+    assert all(state[n].abs().max() == 0 for n in report.new if n.endswith(("linear_proj.weight", "linear_proj.bias", "camera")))
+    counts = WanTower(cfg, seed=0).parameter_counts()
+    assert counts["pretrained"] == sum(p.numel() for p in ref.parameters())
+    assert counts["cross_view"] == sum(state[n].numel() for n in report.new)

@@ -23,7 +23,7 @@ from _launch import _CTX, run_ranks  # noqa: E402  (the project's gloo launcher)
 from _wan_tiny import inputs, make_tiny  # noqa: E402
 
 import _wan_worker as worker  # noqa: E402
-from wallwm_pretrain.model.wan import WanConfig, WanTower, load_diffusers_folder, load_diffusers_weights  # noqa: E402
+from wallwm_pretrain.model.wan import WanTower, convert_tower_state  # noqa: E402
 from wallwm_pretrain.model.wan.from_diffusers import tower_name  # noqa: E402
 
 TOL = 1e-5
@@ -37,8 +37,9 @@ def tiny(tmp_path_factory):
 
 def canonical_tower(folder: Path, views: int) -> WanTower:
     """The one-process tower with the checkpoint's weights (and, with views, a live graft)."""
-    tower = WanTower(WanConfig.from_diffusers(load_diffusers_folder(folder)[0], num_views=views), seed=0)
-    load_diffusers_weights(tower, folder)
+    cfg, state, _ = convert_tower_state(folder, num_views=views)
+    tower = WanTower(cfg, seed=1)  # other initial weights: the state must replace all of them
+    tower.load_state_dict(state, strict=True)
     if views > 1:
         g = torch.Generator().manual_seed(11)
         with torch.no_grad():

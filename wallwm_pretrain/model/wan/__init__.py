@@ -11,17 +11,21 @@ cross-attention), ``block.py`` (one Wan block plus cross-view attention), ``cond
 from wallwm_pretrain.model.wan.config import WanConfig
 from wallwm_pretrain.model.wan.from_diffusers import (
     MappingReport,
+    convert_tower_state,
     load_diffusers_folder,
     load_diffusers_weights,
     map_diffusers_state,
 )
-from wallwm_pretrain.model.wan.tower import WanStreams, WanTower
+from wallwm_pretrain.model.wan.tower import WanGeometry, WanStreams, WanTower, coupling_keys
 
 __all__ = [
     "MappingReport",
     "WanConfig",
+    "WanGeometry",
     "WanStreams",
     "WanTower",
+    "convert_tower_state",
+    "coupling_keys",
     "load_diffusers_folder",
     "load_diffusers_weights",
     "map_diffusers_state",

@@ -172,3 +172,20 @@ def load_diffusers_weights(tower: WanTower, folder: str | Path, *, allow_unused:
             if name in own:
                 own[name].copy_(tensor)
     return report
+
+
+def convert_tower_state(folder: str | Path, *, num_views: int = 1, seed: int = 0, allow_unused: bool = False,
+                        init_std: float = 0.02) -> tuple[WanConfig, dict[str, torch.Tensor], MappingReport]:
+    """The whole tower's canonical state from a diffusers folder: the checkpoint's tensors
+    under the tower's names, the new parameters (cross-view attention with its zero output
+    projection, zero cameras) as initialised with ``seed``; loads strictly into a tower of the
+    returned config built with or without process groups (through the canonical layout).
+
+    Returns:
+        ``(config, state dict, report)``.
+    """
+    config, _ = load_diffusers_folder(folder)
+    cfg = WanConfig.from_diffusers(config, str(Path(folder) / "config.json"), num_views=num_views, init_std=init_std)
+    tower = WanTower(cfg, seed=seed)
+    report = load_diffusers_weights(tower, folder, allow_unused=allow_unused)
+    return cfg, tower.state_dict(), report

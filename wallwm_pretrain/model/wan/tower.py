@@ -90,6 +90,14 @@ class WanGeometry:
         return self.tokens if self.per_token_time else 1
 
 
+def coupling_keys(video: torch.Tensor, views: int) -> torch.Tensor:
+    """A block's output ``[S, B * V, d]`` as one key sequence per sample, ``[V * S, B, d]``
+    (view-major): what an action block's cross-attention to the video tower reads, so that
+    actions see every view of their sample."""
+    s, rows, d = video.shape
+    return video.view(s, rows // views, views, d).permute(2, 0, 1, 3).reshape(views * s, rows // views, d)
+
+
 def key_padding(valid: torch.Tensor) -> torch.Tensor:
     """bool ``[rows, n]`` valid -> megatron key-padding mask ``[rows, 1, 1, n]`` (True = padding)."""
     return ~valid[:, None, None, :]
@@ -253,6 +261,13 @@ class WanTower(nn.Module):
             return s.pack()
         out = self.head(s, geo)
         return out[:, 0] if single else out
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameters held here: those a diffusers checkpoint provides (``pretrained``), the
+        grafted cross-view attention and cameras (``cross_view``), and the ``total``."""
+        new = sum(p.numel() for n, p in self.named_parameters() if ".cross_view." in n)
+        total = sum(p.numel() for p in self.parameters())
+        return {"pretrained": total - new, "cross_view": new, "total": total}
 
     def new_parameter_names(self) -> list[str]:
         """Parameters a diffusers checkpoint does not have: cross-view attention and cameras."""
