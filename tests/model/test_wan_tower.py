@@ -231,3 +231,21 @@ def test_converted_state_has_new_parts_as_initialised_and_reports_counts(tiny):
     counts = WanTower(cfg, seed=0).parameter_counts()
     assert counts["pretrained"] == sum(p.numel() for p in ref.parameters())
     assert counts["cross_view"] == sum(state[n].numel() for n in report.new)
+
+
+def test_full_recompute_gives_the_same_gradients(tiny):
+    folder, _ = tiny
+    latents, timestep, text, weights = inputs(views=2)
+    grads = []
+    for mode in ("none", "full"):
+        tower, _ = loaded(folder, views=2)
+        tower.recompute = mode
+        torch.manual_seed(0)
+        for block in tower.blocks.values():  # a live graft, so its gradients are not trivially zero
+            torch.nn.init.normal_(block.cross_view.attention.linear_proj.weight, 0, 0.1)
+        (tower(latents, timestep, text) * weights).sum().backward()
+        grads.append({n: p.grad for n, p in tower.named_parameters()})
+    for name, g in grads[0].items():
+        assert torch.allclose(grads[1][name], g, atol=1e-6), name
+    with pytest.raises(ValueError, match="'none' or 'full'"):
+        WanTower(WanConfig(**TINY), seed=0, recompute="selective")

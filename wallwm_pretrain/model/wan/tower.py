@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 from megatron.core.process_groups_config import ProcessGroupCollection
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from wallwm_pretrain.model.pipeline_slice import PipelineSlice, draw_base_seed, part_rng
 from wallwm_pretrain.model.wan.block import WanBlock, layer_norm
@@ -113,11 +114,18 @@ class WanTower(nn.Module):
             megatron-core column/row-parallel layers split over its ``tp`` group (heads, FFN
             width). None: local layers, same parameter names and shapes, no process group.
         seed: base seed of the initial weights (None: one draw from torch's global RNG).
+        recompute: ``none`` or ``full`` (each block keeps only its input and runs again in
+            backward, as ``model.recompute=full``). There is no ``selective``: the attention
+            core is already fused and keeps no score matrix to drop.
     """
 
     def __init__(self, cfg: WanConfig, pipeline_slice: PipelineSlice | None = None, *,
-                 pg_collection: ProcessGroupCollection | None = None, seed: int | None = None) -> None:
+                 pg_collection: ProcessGroupCollection | None = None, seed: int | None = None,
+                 recompute: str = "none") -> None:
         super().__init__()
+        if recompute not in ("none", "full"):
+            raise ValueError(f"the Wan tower recomputes 'none' or 'full' blocks, got {recompute!r}")
+        self.recompute = recompute
         self.cfg = cfg
         self.pipeline_slice = part = pipeline_slice or PipelineSlice.whole(cfg.num_layers)
         if part.first_layer < 0 or part.num_layers < 1 or part.layers.stop > cfg.num_layers:
@@ -211,7 +219,12 @@ class WanTower(nn.Module):
 
     def run_block(self, index: int, s: WanStreams, rope, geo: WanGeometry, video_mask=None, text_mask=None) -> WanStreams:
         """Block ``index`` (global) on ``s``; the coupling reads ``result.video``."""
-        video = self.blocks[str(index)](s.video, s.text, s.modulation, rope, geo.grid[0], video_mask, text_mask)
+        block = self.blocks[str(index)]
+        args = (s.video, s.text, s.modulation, rope, geo.grid[0], video_mask, text_mask)
+        if self.recompute == "full" and self.training and torch.is_grad_enabled():
+            video = checkpoint(block, *args, use_reentrant=False)
+        else:
+            video = block(*args)
         return WanStreams(video, s.text, s.temb, s.modulation)
 
     def head(self, s: WanStreams, geo: WanGeometry) -> torch.Tensor:
