@@ -193,9 +193,9 @@ def test_sharded_checkpoint_folder_loads(tiny, tmp_path):
 def test_parameter_count_on_meta_matches_diffusers():
     from diffusers import WanTransformer3DModel
 
-    # a Wan2.2-TI2V-5B-shaped config at reduced depth: counts per block are what matter
+    # the shape of Wan2.2-TI2V-5B's transformer (24 x 128 heads, 30 blocks, 48 latent channels)
     config = dict(patch_size=(1, 2, 2), num_attention_heads=24, attention_head_dim=128, in_channels=48,
-                  out_channels=48, text_dim=4096, freq_dim=256, ffn_dim=14336, num_layers=3, cross_attn_norm=True,
+                  out_channels=48, text_dim=4096, freq_dim=256, ffn_dim=14336, num_layers=30, cross_attn_norm=True,
                   eps=1e-6, rope_max_seq_len=1024)
     with torch.device("meta"):
         ref = WanTransformer3DModel(**config)
@@ -205,7 +205,7 @@ def test_parameter_count_on_meta_matches_diffusers():
     pretrained = [(n, p) for n, p in tower.named_parameters() if ".cross_view." not in n]
     assert count(pretrained) == count(ref.named_parameters())
     d = 24 * 128
-    assert count(new) == 3 * (4 * (d * d + d) + 2 * d + 2 * d)  # q, k, v, proj + q/k norms + 2 cameras
+    assert count(new) == 30 * (4 * (d * d + d) + 2 * d + 2 * d)  # q, k, v, proj + q/k norms + 2 cameras
     assert sorted(n for n, _ in new) == sorted(tower.new_parameter_names())
 
 
