@@ -30,7 +30,7 @@ def run_rank(rank: int, world: int, mode: str, rdzv: str, out_dir: str, folder: 
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{rdzv}", rank=rank, world_size=world)
-    tp, pp = (2, 1) if mode == "tp" else (1, 2)
+    tp, pp = (1, 2) if mode == "pp" else (2, 1)
     ctx = init_parallel(tp, pp, "cpu", seed=0)
     canonical = torch.load(Path(out_dir) / "canonical.pt", weights_only=False)
     cfg = WanConfig.from_diffusers(load_diffusers_folder(folder)[0], num_views=views)
@@ -63,7 +63,19 @@ def run_rank(rank: int, world: int, mode: str, rdzv: str, out_dir: str, folder: 
             dist.send(hidden.grad.contiguous(), peer)
     matrices = TensorParallelMatrices(ctx.pg_collection.tp if tp > 1 else None, ctx.tp_rank, ctx.tp)
     grads = {n: matrices.gather(p, p.grad) for n, p in tower.named_parameters()}
-    record = {"out": None if out is None else out.detach(), "grads": grads,
+    after = None
+    if mode == "tp_step":  # one optimizer step of the run's optimizer set (owner-mode Muon, AdamW)
+        from _wan_tiny import OPTIM
+
+        from wallwm_pretrain.optim import build_optimizer
+        from wallwm_pretrain.parallel.state import optimizer_groups
+
+        optim = build_optimizer(tower, OPTIM, 10, optimizer_groups(ctx))
+        optim.finish_grad_sync()
+        optim.clip_grad_norm(OPTIM.grad_clip)
+        optim.step()
+        after = {n: matrices.gather(p, p.detach()) for n, p in tower.named_parameters()}
+    record = {"out": None if out is None else out.detach(), "grads": grads, "after": after,
               "sharded": sorted(n for n, p in tower.named_parameters() if getattr(p, "tensor_model_parallel", False)
                                 and getattr(p, "partition_dim", -1) >= 0 and tp > 1),
               "latents_grad": latents.grad}
