@@ -8,23 +8,17 @@ from pathlib import Path
 
 import torch
 
+from wallwm_pretrain.config import OptimConfig
+
 warnings.filterwarnings("ignore")
 
 # 4 heads of 12 channels (RoPE split t/h/w = 4/4/4), text_dim 16, patch (1, 2, 2), no image branch
 TINY = dict(patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=12, in_channels=4, out_channels=4,
             text_dim=16, freq_dim=32, ffn_dim=64, num_layers=2, cross_attn_norm=True, eps=1e-6, rope_max_seq_len=32)
 # owner-mode Muon (each logical matrix orthogonalised once, on its home rank) + AdamW, no warmup
-OPTIM_ARGS = dict(lr=0.02, adamw_lr=0.003, weight_decay=0.01, warmup_steps=0, grad_clip=0.5, muon_mode="owner")
+OPTIM = OptimConfig(lr=0.02, adamw_lr=0.003, weight_decay=0.01, warmup_steps=0, grad_clip=0.5, muon_mode="owner")
 LATENT = (4, 3, 8, 6)  # C, F, H, W: a 3 x 4 x 3 patch grid, 36 tokens per view
 TEXT_LEN = 5
-
-
-def __getattr__(name):
-    if name == "OPTIM":  # built on first use: the config module is not needed by every importer
-        from wallwm_pretrain.config import OptimConfig
-
-        return OptimConfig(**OPTIM_ARGS)
-    raise AttributeError(name)
 
 
 def make_tiny(folder: Path, **overrides):
