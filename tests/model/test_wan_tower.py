@@ -249,3 +249,36 @@ def test_full_recompute_gives_the_same_gradients(tiny):
         assert torch.allclose(grads[1][name], g, atol=1e-6), name
     with pytest.raises(ValueError, match="'none' or 'full'"):
         WanTower(WanConfig(**TINY), seed=0, recompute="selective")
+
+
+def test_padding_masks_hide_padded_keys():
+    from wallwm_pretrain.model.wan.attention import attend
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(3, 2, 2, 4, generator=g) for _ in range(3))  # [s, b, heads, d]
+    pad = torch.tensor([[False, False, True], [True, True, True]])[:, None, None, :]
+    out = attend(q, k, v, pad)
+    # sample 0: its third key is padding, so changing it changes nothing
+    k2, v2 = k.clone(), v.clone()
+    k2[2, 0] += 5.0
+    v2[2, 0] -= 3.0
+    assert torch.allclose(attend(q, k2, v2, pad)[:, 0], out[:, 0], atol=1e-6)
+    assert torch.allclose(attend(q, k[:2], v[:2])[:, 0], out[:, 0], atol=1e-6)
+    # sample 1: every key is padding -> attention to all of them, never NaN
+    assert torch.allclose(out[:, 1], attend(q, k, v)[:, 1], atol=1e-6)
+
+
+def test_frame_and_text_masks_reach_the_blocks(tiny):
+    folder, _ = tiny
+    tower, _ = loaded(folder)
+    latents, timestep, text, _ = inputs()
+    frame_valid = torch.tensor([[True, True, True], [True, True, False]])
+    text_valid = torch.tensor([[True] * 5, [True, True, False, False, False]])
+    with torch.no_grad():
+        base = tower(latents, timestep, text, frame_valid=frame_valid, text_valid=text_valid)
+        latents2, text2 = latents.clone(), text.clone()
+        latents2[1, :, :, 2] += 3.0  # sample 1's padded frame
+        text2[1, 2:] -= 2.0  # sample 1's padded text tokens
+        moved = tower(latents2, timestep, text2, frame_valid=frame_valid, text_valid=text_valid)
+    assert torch.allclose(moved[1, :, :, :2], base[1, :, :, :2], atol=1e-5)  # real frames do not see padding
+    assert torch.equal(moved[0], base[0])

@@ -33,13 +33,18 @@ def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     Args:
         query: ``[sq, b, heads, d]``; key, value: ``[sk, b, heads, d]``.
         key_padding_mask: optional bool ``[b, 1, 1, sk]``, ``True`` = padding (megatron's
-            convention), broadcast over heads and queries; never an ``[sq, sk]`` matrix.
+            convention), broadcast over heads and queries; never an ``[sq, sk]`` matrix. A row
+            whose keys are all padding attends to all of them unmasked rather than to nothing
+            (NaN); its output is padding anyway.
 
     Returns:
         ``[sq, b, heads * d]``.
     """
     q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [b, heads, s, d]
-    mask = None if key_padding_mask is None else ~key_padding_mask
+    mask = None
+    if key_padding_mask is not None:
+        mask = ~key_padding_mask
+        mask = mask | ~mask.any(dim=-1, keepdim=True)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=0.0, is_causal=False)
     return out.permute(2, 0, 1, 3).flatten(2).type_as(query)
 
