@@ -170,6 +170,10 @@ class ModelConfig:
     """Weight of the remaining-time head's Huber loss (latent frames from a sample's first step
     to its event's end, predicted from the clean first frame, state and caption); event mode
     uses the head at inference to decide how many denoised steps to execute. 0 = no time loss."""
+    video_time_shift: float = 1.0
+    """Shift of the video tower's flow-time schedule, ``t <- s t / (1 + (s - 1) t)`` on uniform
+    draws: 1 = uniform (the default); Wan's video models train with a shift (e.g. 5), which a
+    video tower started from Wan weights keeps. The action tower's schedule stays uniform."""
     recompute: str = "none"
     """Activation recomputation in backward: ``none``; ``full`` (each coupled layer keeps only
     its input and runs again in backward: least memory, about one extra forward of the towers);
@@ -184,6 +188,8 @@ class ModelConfig:
             value = getattr(self, name)
             if value != AUTO and (not isinstance(value, int) or value < 1):
                 raise ConfigError(f"model.{name} must be 'auto' or an int >= 1, got {value!r}")
+        if not self.video_time_shift > 0:
+            raise ConfigError(f"model.video_time_shift must be > 0, got {self.video_time_shift}")
         if self.time_loss_weight < 0:
             raise ConfigError(f"model.time_loss_weight must be >= 0, got {self.time_loss_weight}")
         if self.recompute not in ("none", "full", "selective"):

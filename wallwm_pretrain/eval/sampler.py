@@ -3,8 +3,9 @@
 Training teaches the velocity ``noise - x0`` at ``x_t = (1 - t) x0 + t noise``, so a sample is
 the solution of ``dx/dt = v(x, t)`` from pure noise at t = 1 back to t = 0. Video and actions
 are integrated together with one shared time (the action tower reads the video tower at every
-layer), with Euler steps on a uniform grid; the first latent frame is the current observation
-and stays clean throughout, exactly as during training.
+layer), with Euler steps on a uniform grid (the video tower's times mapped through its trained
+schedule, ``model.video_time_shift``; the identity by default); the first latent frame is the
+current observation and stays clean throughout, exactly as during training.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import torch
 
 from wallwm_pretrain.model import WallWM
 from wallwm_pretrain.model.embeddings import patchify
+from wallwm_pretrain.model.flow_matching import shift_time
 
 
 @torch.no_grad()
@@ -61,11 +63,13 @@ def sample_event(
     frame_valid = torch.ones((b, frames), dtype=torch.bool, device=dev)
     action_valid = torch.ones((b, steps), dtype=torch.bool, device=dev)
     grid = torch.linspace(1.0, 0.0, denoise_steps + 1, device=dev)
-    for t, t_next in zip(grid[:-1], grid[1:]):
-        tt = t.expand(b)
-        v_video, v_action = model.denoise(video, actions, tt, tt, state, caption, frame_valid, action_valid)
-        dt = t_next - t  # negative: towards the data
-        video = video + dt * v_video
+    # the video tower steps through the times its schedule trained on (model.video_time_shift)
+    grid_v = shift_time(grid, model.cfg.video_time_shift)
+    for t, t_next, tv, tv_next in zip(grid[:-1], grid[1:], grid_v[:-1], grid_v[1:]):
+        v_video, v_action = model.denoise(
+            video, actions, tv.expand(b), t.expand(b), state, caption, frame_valid, action_valid
+        )
+        video = video + (tv_next - tv) * v_video  # negative steps: towards the data
         video[:, :1] = first
-        actions = actions + dt * v_action
+        actions = actions + (t_next - t) * v_action
     return actions, video

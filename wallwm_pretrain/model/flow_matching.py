@@ -1,6 +1,9 @@
 """Rectified-flow matching: the training objective of both towers.
 
-x_t = (1 - t) * x_0 + t * noise, and the network predicts the velocity ``noise - x_0``.
+x_t = (1 - t) * x_0 + t * noise, and the network predicts the velocity ``noise - x_0`` (Wan's
+objective too: its sigma is t, its timestep input ``1000 * t``). Flow times are uniform, or
+shifted towards the noise end for the video tower (``model.video_time_shift``, Wan's schedule);
+the action tower keeps the uniform schedule.
 Losses are mean squared errors over the *real* elements only: padding beyond an event's
 length never contributes, so variable-length events weigh by their true size.
 """
@@ -45,9 +48,28 @@ def noise_seed(seed: int, step: int, replica: int) -> int:
     return (seed * 1_000_003 + step) * 65_537 + replica
 
 
-def sample_time(batch: int, device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Flow time per sample, uniform in [0, 1)."""
-    return torch.rand(batch, device=device, generator=generator)
+def shift_time(t: torch.Tensor, shift: float) -> torch.Tensor:
+    """Wan's shifted schedule: ``shift * t / (1 + (shift - 1) * t)``.
+
+    A monotone map of [0, 1] onto itself that keeps both ends; ``shift > 1`` moves flow times
+    towards the noise end (Wan trains and samples its video model with such a shift, e.g. 5),
+    ``shift = 1`` is the identity. Applied to uniform draws it is the training time schedule.
+    """
+    if shift <= 0:
+        raise ValueError(f"the flow-time shift must be > 0, got {shift}")
+    if shift == 1.0:
+        return t
+    return shift * t / (1.0 + (shift - 1.0) * t)
+
+
+def sample_time(
+    batch: int, device: torch.device, generator: torch.Generator | None = None, shift: float = 1.0
+) -> torch.Tensor:
+    """Flow time per sample: uniform in [0, 1), then :func:`shift_time` (1 = no shift).
+
+    The shift does not change what is drawn from ``generator``, only the map applied after.
+    """
+    return shift_time(torch.rand(batch, device=device, generator=generator), shift)
 
 
 @dataclass

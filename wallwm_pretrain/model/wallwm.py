@@ -276,7 +276,7 @@ class WallWM(nn.Module):
         p = self.cfg.patch_size
         n_frames = -(-t_steps // self.frame_stride)  # frames[:, ::K] keeps ceil(T / K) frames
         patches = frames.shape[2] * (frames.shape[3] // p) * (frames.shape[4] // p)
-        t_v = sample_time(b, dev, generator)
+        t_v = sample_time(b, dev, generator, shift=self.cfg.video_time_shift)
         noise_v = torch.randn((b, n_frames, patches, p * p * frames.shape[5]), device=dev, generator=generator)
         t_a = sample_time(b, dev, generator)
         noise_a = torch.randn(actions.shape, device=dev, generator=generator)

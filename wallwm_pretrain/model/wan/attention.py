@@ -1,0 +1,136 @@
+"""Wan's attention layers: q/k RMS norm across all heads, 3-D RoPE, a fused attention core.
+
+Layout is megatron's, sequence first: hidden states ``[s, b, hidden]``. The projections are
+separate column-parallel ``linear_q``, ``linear_k``, ``linear_v`` (each a plain matrix whose
+rows are split over the tensor-parallel group by heads, so Muon and the canonical checkpoint
+layout see three ordinary column-parallel matrices) and a row-parallel ``linear_proj``, all with
+biases, as in Wan.
+
+Wan normalises q and k with one RMS norm over the *whole* projection (all heads together,
+``nn.RMSNorm(heads * head_dim)``), not per head. Under tensor parallelism each rank holds only
+its heads, so the sum of squares is all-reduced over the group before normalising
+(:class:`AllHeadsRMSNorm`); its weight is split like the heads and marked as megatron marks a
+column-parallel weight, so the canonical layout gathers and cuts it like one.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from megatron.core.tensor_parallel import set_tensor_model_parallel_attributes
+from megatron.core.transformer.transformer_config import TransformerConfig
+from torch import nn
+
+from wallwm_pretrain.model.wan.layers import column_linear, row_linear, tp_size
+from wallwm_pretrain.model.wan.rope import apply_rope
+
+
+def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+           key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The attention core: softmax(q k^T / sqrt(d)) v through torch's fused kernel.
+
+    Args:
+        query: ``[sq, b, heads, d]``; key, value: ``[sk, b, heads, d]``.
+        key_padding_mask: optional bool ``[b, 1, 1, sk]``, ``True`` = padding (megatron's
+            convention), broadcast over heads and queries; never an ``[sq, sk]`` matrix. A row
+            whose keys are all padding attends to all of them unmasked rather than to nothing
+            (NaN); its output is padding anyway.
+
+    Returns:
+        ``[sq, b, heads * d]``.
+    """
+    q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [b, heads, s, d]
+    mask = None
+    if key_padding_mask is not None:
+        mask = ~key_padding_mask
+        mask = mask | ~mask.any(dim=-1, keepdim=True)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=0.0, is_causal=False)
+    return out.permute(2, 0, 1, 3).flatten(2).type_as(query)
+
+
+class _SumOverGroup(torch.autograd.Function):
+    """All-reduce (sum) forward and backward. megatron's ``reduce_from_tensor_model_parallel_region``
+    passes the gradient through unchanged, which is right only when what follows is replicated;
+    here every rank normalises its own heads with the sum, so the gradients add up too."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, group) -> torch.Tensor:
+        ctx.group = group
+        x = x.clone()
+        dist.all_reduce(x, group=group)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        grad = grad.clone()
+        dist.all_reduce(grad, group=ctx.group)
+        return grad, None
+
+
+class AllHeadsRMSNorm(nn.Module):
+    """``nn.RMSNorm(heads * head_dim)`` over the last dim, of which this rank holds a 1/tp slice.
+
+    Args:
+        width: the whole normalised width (all heads).
+        eps: added to the mean square.
+        tp_group: the tensor-parallel group (None: this rank holds the whole width).
+    """
+
+    def __init__(self, width: int, eps: float, tp_group=None) -> None:
+        super().__init__()
+        self.width, self.eps, self.tp_group = width, eps, tp_group
+        size = tp_size(tp_group)
+        if width % size:
+            raise ValueError(f"q/k norm width {width} does not split over tp={size}")
+        self.weight = nn.Parameter(torch.ones(width // size))
+        if tp_group is not None:
+            set_tensor_model_parallel_attributes(self.weight, True, 0, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        sum_sq = xf.pow(2).sum(-1, keepdim=True)
+        if self.tp_group is not None and tp_size(self.tp_group) > 1:
+            sum_sq = _SumOverGroup.apply(sum_sq, self.tp_group)
+        normed = xf * torch.rsqrt(sum_sq / self.width + self.eps)
+        return (normed * self.weight.float()).type_as(x)
+
+
+class WanAttention(nn.Module):
+    """Wan's attention (``attn1``: self-attention with RoPE; ``attn2``: to the text states).
+
+    Args:
+        config: megatron config (hidden size, heads, head dim, init).
+        eps: the q/k norm's epsilon.
+        tp_group: tensor-parallel group (None: local layers).
+    """
+
+    def __init__(self, config: TransformerConfig, eps: float, tp_group=None) -> None:
+        super().__init__()
+        hidden, heads, head_dim = config.hidden_size, config.num_attention_heads, config.kv_channels
+        width = heads * head_dim
+        if heads % tp_size(tp_group):
+            raise ValueError(f"{heads} attention heads do not split over tp={tp_size(tp_group)}")
+        self.local_heads, self.head_dim = heads // tp_size(tp_group), head_dim
+        self.linear_q = column_linear(hidden, width, config, tp_group)
+        self.linear_k = column_linear(hidden, width, config, tp_group)
+        self.linear_v = column_linear(hidden, width, config, tp_group)
+        self.q_norm = AllHeadsRMSNorm(width, eps, tp_group)
+        self.k_norm = AllHeadsRMSNorm(width, eps, tp_group)
+        self.linear_proj = row_linear(width, hidden, config, tp_group)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        return x.unflatten(-1, (self.local_heads, self.head_dim))
+
+    def forward(self, hidden_states: torch.Tensor, context: torch.Tensor | None = None,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+                key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Attention of ``hidden_states`` ``[s, b, h]`` to itself (``context`` None) or to
+        ``context`` ``[sk, b, h]``; ``rope`` (cos, sin) rotates q and k (self-attention)."""
+        kv_in = hidden_states if context is None else context
+        q = self._heads(self.q_norm(self.linear_q(hidden_states)[0]))
+        k = self._heads(self.k_norm(self.linear_k(kv_in)[0]))
+        v = self._heads(self.linear_v(kv_in)[0])
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        return self.linear_proj(attend(q, k, v, key_padding_mask))[0]
