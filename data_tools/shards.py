@@ -50,9 +50,14 @@ def view_name(video_key: str) -> str:
     return video_key.split(".")[-1]
 
 
+# Files that encode-latents / embed-captions add beside index.json.
+SIDE_FILES = ("empty_text_states.npy",)
+
+
 def looks_like_shard_folder(path: Path) -> bool:
     names = [p.name for p in path.iterdir()]
-    return INDEX_FILE in names and all(n == INDEX_FILE or n.startswith("shard-") for n in names)
+    return INDEX_FILE in names and all(n == INDEX_FILE or n in SIDE_FILES or n.startswith("shard-")
+                                       for n in names)
 
 
 def _counts(cluster_ids) -> dict[str, int]:
