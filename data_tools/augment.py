@@ -22,7 +22,6 @@ sample (a member of the same name, from an earlier ``--force`` run, is replaced)
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import tarfile
@@ -116,11 +115,13 @@ def process_shard(job: ShardJob) -> tuple[str, int, str]:
 
 def augment_shards(folder: Path, step: str, spec: dict, members: tuple[str, ...],
                    compute: Compute, workers: int = 1, progress: bool = True,
-                   force: bool = False, identity: tuple[str, ...] = ("fingerprint",)) -> dict:
+                   force: bool = False, identity: tuple[str, ...] = ("fingerprint",),
+                   side_files: dict[str, bytes] | None = None) -> dict:
     """Add ``members`` (computed by ``compute``) to every sample of the shards in ``folder``.
 
     ``spec`` becomes ``index.json[step]`` (plus ``complete``); ``identity`` names the spec keys
-    that must match an earlier run's for its shards to be kept. Returns
+    that must match an earlier run's for its shards to be kept. ``side_files`` (name -> bytes)
+    are written beside index.json once the run is known to go ahead. Returns
     ``{"shards": n, "done": computed now, "skipped": already done}``.
     """
     folder = Path(folder)
@@ -155,8 +156,14 @@ def augment_shards(folder: Path, step: str, spec: dict, members: tuple[str, ...]
         else:
             s.pop(step, None)
             todo.append(ShardJob(str(folder), s["name"], s["samples"], members, compute))
-    if not todo and not adopted and old == {**spec, "complete": True}:
+    side = {name: data for name, data in (side_files or {}).items()
+            if not (folder / name).is_file() or (folder / name).read_bytes() != data}
+    if not todo and not adopted and not side and old == {**spec, "complete": True}:
         return {"shards": len(shards), "done": 0, "skipped": skipped}  # nothing to do
+    for name, data in side.items():
+        tmp = folder / (name + ".tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, folder / name)
     index[step] = {**spec, "complete": False}
     write_index(folder, index)
     by_name = {s["name"]: s for s in shards}

@@ -6,9 +6,9 @@ writes ``_class_name``, transformers ``architectures``/``model_type``), so a mis
 missing config or a folder of the wrong model (a UMT5 folder passed as ``--vae``) fails with a
 message naming the file instead of a library traceback.
 
-Each loaded model comes with a *fingerprint* (sha256 over its config and the names and sizes of
-its weight files): index.json records it, so a re-run with another model is noticed without
-hashing gigabytes of weights.
+Each model folder has a *fingerprint* (sha256 over its config and samples of its weight files):
+index.json records it, so a re-run with another model is noticed without hashing gigabytes of
+weights.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ VAE_CLASS = "AutoencoderKLWan"
 TEXT_ENCODER_CLASS = "UMT5EncoderModel"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "spiece.model")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".json", ".model")
+SAMPLE = 1 << 20
 
 
 def read_config(folder: Path, flag: str) -> dict:
@@ -49,14 +50,20 @@ def _describe_class(config: dict) -> str:
 
 
 def fingerprint(*folders: Path) -> str:
-    """sha256 over the configs and the names and sizes of the weight files of ``folders``."""
+    """sha256 over the config/tokenizer files of ``folders`` and, for each weight file, its name,
+    size and three 1 MiB samples (start, middle, end): different weights of the same architecture
+    tell apart without reading gigabytes."""
     h = hashlib.sha256()
     for folder in folders:
         for p in sorted(Path(folder).iterdir()):
-            if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES):
-                h.update(p.name.encode() + b"\0" + str(p.stat().st_size).encode() + b"\0")
-                if p.name.endswith(".json") and p.stat().st_size < (1 << 22):
-                    h.update(p.read_bytes())
+            if not (p.is_file() and p.name.endswith(WEIGHT_SUFFIXES)):
+                continue
+            size = p.stat().st_size
+            h.update(p.name.encode() + b"\0" + str(size).encode() + b"\0")
+            with p.open("rb") as fh:
+                for at in sorted({0, max(0, size // 2 - SAMPLE // 2), max(0, size - SAMPLE)}):
+                    fh.seek(at)
+                    h.update(fh.read(SAMPLE))
     return h.hexdigest()
 
 

@@ -15,9 +15,9 @@ whitespace) is not applied: captions in the shards are already plain text.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,7 +105,6 @@ def embed_captions(shards: Path, text_encoder: Path, tokenizer: Path | None = No
                    force: bool = False) -> dict:
     """Add the text-encoder states to every sample of ``shards`` (see the module doc)."""
     from .augment import augment_shards
-    from .buildplan import sha256_file
     from .frozen import check_text_encoder, find_tokenizer, fingerprint
     from .shardread import read_index
 
@@ -118,10 +117,7 @@ def embed_captions(shards: Path, text_encoder: Path, tokenizer: Path | None = No
     compute = EmbedCaptions(str(Path(text_encoder).resolve()), str(tok_folder.resolve()), device,
                             batch_size, max_length)
     empty = compute.encode([""])[0]
-    path = Path(shards) / EMPTY_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(_to_npy(empty))
-    os.replace(tmp, path)
+    empty_bytes = _to_npy(empty)
     spec = {
         "members": dict(MEMBERS),
         "lengths": {"member": LENGTHS, "order": list(TEXTS), "dtype": "int32"},
@@ -134,7 +130,8 @@ def embed_captions(shards: Path, text_encoder: Path, tokenizer: Path | None = No
         "fingerprint": fingerprint(text_encoder, tok_folder),
         "rule": "tokenizer(text) with end-of-sequence token, truncated at max_length -> "
                 "encoder last_hidden_state, padding removed; a missing text is ''",
-        "empty": {"file": EMPTY_FILE, "length": int(empty.shape[0]), "sha256": sha256_file(path)},
+        "empty": {"file": EMPTY_FILE, "length": int(empty.shape[0]), "sha256": hashlib.sha256(empty_bytes).hexdigest()},
     }
     return augment_shards(shards, "text_states", spec, (*MEMBERS.values(), LENGTHS), compute,
-                          workers, progress, force, identity=("fingerprint", "max_length"))
+                          workers, progress, force, identity=("fingerprint", "max_length"),
+                          side_files={EMPTY_FILE: empty_bytes})
