@@ -17,6 +17,7 @@ disk (inside the staging folder) until the shards are written.
 Shard format (a contract the training loader relies on), per sample ``epXXXXXX_LN_XXX``:
 ``json`` (meta), ``actions.npy`` float32 [T, A], ``state.npy`` float32 [S],
 ``states.npy`` float32 [T, S], ``frames.npy`` uint8 [T, V, H, W, C], with T = end - start.
+``encode-latents`` and ``embed-captions`` add members later, in place (see ``augment``).
 """
 
 from __future__ import annotations
