@@ -17,6 +17,7 @@ disk (inside the staging folder) until the shards are written.
 Shard format (a contract the training loader relies on), per sample ``epXXXXXX_LN_XXX``:
 ``json`` (meta), ``actions.npy`` float32 [T, A], ``state.npy`` float32 [S],
 ``states.npy`` float32 [T, S], ``frames.npy`` uint8 [T, V, H, W, C], with T = end - start.
+``encode-latents`` and ``embed-captions`` add members later, in place (see ``augment``).
 """
 
 from __future__ import annotations
@@ -50,9 +51,14 @@ def view_name(video_key: str) -> str:
     return video_key.split(".")[-1]
 
 
+# Files that encode-latents / embed-captions add beside index.json.
+SIDE_FILES = ("empty_text_states.npy",)
+
+
 def looks_like_shard_folder(path: Path) -> bool:
     names = [p.name for p in path.iterdir()]
-    return INDEX_FILE in names and all(n == INDEX_FILE or n.startswith("shard-") for n in names)
+    return INDEX_FILE in names and all(n == INDEX_FILE or n in SIDE_FILES or n.startswith("shard-")
+                                       for n in names)
 
 
 def _counts(cluster_ids) -> dict[str, int]:

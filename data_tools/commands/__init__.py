@@ -12,7 +12,8 @@ import argparse
 import importlib
 import textwrap
 
-VERB_MODULES = ("synth", "record_metaworld", "events", "validate", "sync", "cluster", "build_shards", "inspect_shards")
+VERB_MODULES = ("synth", "record_metaworld", "events", "validate", "sync", "cluster", "build_shards",
+                "encode_latents", "embed_captions", "inspect_shards")
 
 
 def load_verbs() -> list:

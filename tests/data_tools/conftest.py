@@ -77,3 +77,33 @@ def dt_tiny_shards(dt_tiny, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("shards") / "l1"
     build_shards(dt_tiny, out, level="L1", seed=0, image_size=32, samples_per_shard=8, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def dt_tiny_wan(tmp_path_factory) -> Path:
+    """Tiny random Wan models (transformer/, vae/, text_encoder/, tokenizer/) from make-tiny."""
+    from wallwm_pretrain.convert.tiny import make_tiny
+
+    return make_tiny(tmp_path_factory.mktemp("models") / "tiny-wan", seed=0)["vae"].parent
+
+
+@pytest.fixture
+def dt_shards_copy(dt_tiny_shards, tmp_path) -> Path:
+    """A private copy of the small L1 shard folder (steps that add members change it in place)."""
+    import shutil
+
+    return Path(shutil.copytree(dt_tiny_shards, tmp_path / "shards"))
+
+
+@pytest.fixture
+def dt_one_thread(monkeypatch):
+    """torch on one thread here and in the CLI processes it starts: the tiny models' kernels are
+    far too small to gain from threads, and on a loaded machine OpenMP's waiting threads make
+    them many times slower."""
+    import torch
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

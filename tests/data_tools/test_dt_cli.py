@@ -9,7 +9,8 @@ import pytest
 
 from data_tools.__main__ import build_parser, main
 
-VERBS = ["synth", "events", "validate", "sync", "cluster", "build-shards", "inspect"]
+VERBS = ["synth", "events", "validate", "sync", "cluster", "build-shards", "encode-latents",
+         "embed-captions", "inspect"]
 
 
 def _subparsers(parser):

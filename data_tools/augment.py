@@ -1,0 +1,177 @@
+"""Add members to every sample of a shard folder in place, shard by shard, resumably.
+
+``encode-latents`` and ``embed-captions`` run a frozen model over the samples of finished shards
+and add its outputs as new members of each sample. The engine here is shared by both:
+
+* **Streaming.** One shard at a time per worker: its samples are read, the new members computed
+  and a new tar written; memory is one shard plus the model.
+* **Crash-safe.** The new tar goes to ``shard-XXXXXX.tar.partial`` and is renamed over the shard
+  only when complete; then ``index.json`` is rewritten (temporary file + rename) with the
+  shard's new ``bytes`` and ``sha256`` and a flag ``<step>: true`` in its entry, so the checks of
+  the training loader (``data.verify``: size, sample count, sha256) keep passing.
+* **Resumable.** A re-run skips every shard whose entry is flagged and whose size still
+  matches. A crash between the rename and the index update leaves a shard that already holds
+  the members for every sample: the re-run finds them, hashes that shard and flags it.
+* **One model per folder.** ``index.json[<step>]`` records what the members are, with a
+  fingerprint of the model folders; a re-run with another model fails unless ``--force``, which
+  recomputes every shard.
+
+Original members are kept byte for byte, in their order; the new members follow them in each
+sample (a member of the same name, from an earlier ``--force`` run, is replaced).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .buildplan import sha256_file
+from .errors import DataToolsError
+from .parallel import run_ordered
+from .shardread import read_index
+from .tario import DeterministicTarWriter
+
+INDEX_FILE = "index.json"
+PARTIAL = ".partial"
+
+# fn(samples, shard_path) -> one dict of new members (name -> bytes) per sample, in order;
+# samples are (key, {member name: bytes}) in tar order. Must be picklable (worker processes).
+Compute = Callable[[list[tuple[str, dict[str, bytes]]], Path], list[dict[str, bytes]]]
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    folder: str
+    name: str
+    samples: int
+    members: tuple[str, ...]
+    compute: Compute
+
+
+def write_index(folder: Path, index: dict) -> None:
+    tmp = Path(folder) / (INDEX_FILE + ".tmp")
+    tmp.write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, Path(folder) / INDEX_FILE)
+
+
+def read_samples(path: Path) -> list[tuple[str, dict[str, bytes]]]:
+    """Every sample of a tar, members in tar order; DataToolsError naming the file."""
+    samples: list[tuple[str, dict[str, bytes]]] = []
+    try:
+        with tarfile.open(path) as tar:
+            for m in tar:
+                key, _, ext = m.name.partition(".")
+                if not samples or samples[-1][0] != key:
+                    samples.append((key, {}))
+                samples[-1][1][ext] = tar.extractfile(m).read()
+    except (tarfile.TarError, OSError) as exc:
+        raise DataToolsError(f"{path}: cannot read shard ({exc})") from None
+    return samples
+
+
+def has_members(path: Path, members: tuple[str, ...], samples: int) -> bool:
+    """Whether every one of the ``samples`` samples of the tar holds all ``members``."""
+    found: dict[str, set[str]] = {}
+    try:
+        with tarfile.open(path) as tar:
+            for m in tar:
+                key, _, ext = m.name.partition(".")
+                found.setdefault(key, set()).add(ext)
+    except (tarfile.TarError, OSError):
+        return False
+    return len(found) == samples and all(set(members) <= exts for exts in found.values())
+
+
+def process_shard(job: ShardJob) -> tuple[str, int, str]:
+    """Write the shard with the new members beside it, rename it over the original.
+    Returns (name, bytes, sha256)."""
+    path = Path(job.folder) / job.name
+    samples = read_samples(path)
+    if len(samples) != job.samples:
+        raise DataToolsError(f"{path}: {len(samples)} samples, index.json says {job.samples}")
+    added = job.compute(samples, path)
+    tmp = path.with_name(path.name + PARTIAL)
+    try:
+        with open(tmp, "wb") as fh:
+            writer = DeterministicTarWriter(fh)
+            for (key, members), new in zip(samples, added, strict=True):
+                if set(new) != set(job.members):
+                    raise DataToolsError(f"{path}: sample {key}: computed members {sorted(new)} "
+                                         f"instead of {sorted(job.members)}")
+                kept = {k: v for k, v in members.items() if k not in new}
+                writer.write_sample(key, {**kept, **new})
+            writer.close()
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return job.name, path.stat().st_size, sha256_file(path)
+
+
+def augment_shards(folder: Path, step: str, spec: dict, members: tuple[str, ...],
+                   compute: Compute, workers: int = 1, progress: bool = True,
+                   force: bool = False, identity: tuple[str, ...] = ("fingerprint",),
+                   side_files: dict[str, bytes] | None = None) -> dict:
+    """Add ``members`` (computed by ``compute``) to every sample of the shards in ``folder``.
+
+    ``spec`` becomes ``index.json[step]`` (plus ``complete``); ``identity`` names the spec keys
+    that must match an earlier run's for its shards to be kept. ``side_files`` (name -> bytes)
+    are written beside index.json once the run is known to go ahead. Returns
+    ``{"shards": n, "done": computed now, "skipped": already done}``.
+    """
+    folder = Path(folder)
+    index = read_index(folder)
+    shards = index.get("shards") or []
+    if not shards:
+        raise DataToolsError(f"{folder / INDEX_FILE}: lists no shards")
+    for s in shards:
+        if not (folder / s["name"]).is_file():
+            raise DataToolsError(f"{folder / s['name']}: listed in index.json but missing")
+        (folder / (s["name"] + PARTIAL)).unlink(missing_ok=True)  # left by a crash
+    old = index.get(step) or {}
+    same = all(old.get(k) == spec.get(k) for k in identity)
+    flagged = [s["name"] for s in shards if s.get(step)]
+    if flagged and not same and not force:
+        raise DataToolsError(
+            f"{folder / INDEX_FILE}: {len(flagged)} shard(s) already carry {step} from another "
+            f"model ({old.get('source', '?')}); pass --force to recompute every shard")
+    if force or not same:
+        for s in shards:
+            s.pop(step, None)
+
+    todo, skipped, adopted = [], 0, False
+    for s in shards:
+        path = folder / s["name"]
+        if s.get(step) and path.stat().st_size == s.get("bytes"):
+            skipped += 1
+        elif not force and same and has_members(path, members, s["samples"]):
+            s.update(bytes=path.stat().st_size, sha256=sha256_file(path))
+            s[step] = True  # finished by a run that stopped before it updated index.json
+            skipped, adopted = skipped + 1, True
+        else:
+            s.pop(step, None)
+            todo.append(ShardJob(str(folder), s["name"], s["samples"], members, compute))
+    side = {name: data for name, data in (side_files or {}).items()
+            if not (folder / name).is_file() or (folder / name).read_bytes() != data}
+    if not todo and not adopted and not side and old == {**spec, "complete": True}:
+        return {"shards": len(shards), "done": 0, "skipped": skipped}  # nothing to do
+    for name, data in side.items():
+        tmp = folder / (name + ".tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, folder / name)
+    index[step] = {**spec, "complete": False}
+    write_index(folder, index)
+    by_name = {s["name"]: s for s in shards}
+    for name, size, sha in run_ordered(process_shard, todo, workers, lambda j: str(
+            folder / j.name), f"{step} ({skipped} shard(s) already done)", progress):
+        by_name[name].update(bytes=size, sha256=sha)
+        by_name[name][step] = True
+        write_index(folder, index)
+    index[step]["complete"] = True
+    write_index(folder, index)
+    return {"shards": len(shards), "done": len(todo), "skipped": skipped}

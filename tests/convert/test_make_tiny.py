@@ -1,0 +1,90 @@
+"""make-tiny writes loadable, consistent, deterministic tiny Wan/VAE/UMT5 folders."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from wallwm_pretrain.convert.errors import ConvertError
+from wallwm_pretrain.convert.tiny import FOLDERS, make_tiny
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("tiny") / "wan"
+    res = subprocess.run([sys.executable, "-m", "wallwm_pretrain.convert", "make-tiny", "--out",
+                          str(out), "--seed", "3"], cwd=REPO, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr
+    return out
+
+
+def test_folders_load_with_their_own_libraries_and_fit_together(tiny):
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+    from transformers import AutoTokenizer, UMT5EncoderModel
+
+    assert sorted(p.name for p in tiny.iterdir()) == sorted(FOLDERS)
+    vae = AutoencoderKLWan.from_pretrained(tiny / "vae")
+    enc = UMT5EncoderModel.from_pretrained(tiny / "text_encoder")
+    tok = AutoTokenizer.from_pretrained(tiny / "tokenizer")
+    # WanTransformer3DModel.from_pretrained needs `accelerate` (its fp32-kept modules force
+    # low_cpu_mem_usage); config + safetensors read the same files without it.
+    dit = WanTransformer3DModel.from_config(WanTransformer3DModel.load_config(tiny / "transformer"))
+    missing, unexpected = dit.load_state_dict(
+        load_file(tiny / "transformer" / "diffusion_pytorch_model.safetensors"), strict=True)
+    assert not missing and not unexpected
+    z = vae.config.z_dim
+    assert dit.config.in_channels == dit.config.out_channels == z
+    assert dit.config.text_dim == enc.config.d_model
+    assert dit.config.image_dim is None
+    assert len(vae.config.latents_mean) == len(vae.config.latents_std) == z
+    assert enc.config.vocab_size == len(tok)
+    # 1 + 4k frames -> 1 + k latents; spatial compression as the config says
+    with torch.no_grad():
+        lat = vae.encode(torch.zeros(1, 3, 9, 16, 16)).latent_dist.mode()
+    s = vae.config.scale_factor_spatial
+    assert tuple(lat.shape) == (1, z, 3, 16 // s, 16 // s)
+    assert vae.config.scale_factor_temporal == 4
+    ids = tok("pick up the red block")["input_ids"]
+    assert ids[-1] == tok.eos_token_id == 1 and tok.pad_token_id == 0 and tok.unk_token_id not in ids
+    with torch.no_grad():
+        states = enc(input_ids=torch.tensor([ids])).last_hidden_state
+        out = dit(torch.randn(1, z, 3, 4, 4), timestep=torch.tensor([10]),
+                  encoder_hidden_states=states).sample
+    assert out.shape == (1, z, 3, 4, 4) and torch.isfinite(out).all()
+
+
+def test_same_seed_same_bytes_other_seed_other_weights(tiny, tmp_path):
+    again = make_tiny(tmp_path / "again", seed=3)["vae"].parent
+    other = make_tiny(tmp_path / "other", seed=4)["vae"].parent
+    a, b, c = _files(tiny), _files(again), _files(other)
+    assert a == b
+    weights = [k for k in a if k.endswith(".safetensors")]
+    assert len(weights) == 3 and all(a[k] != c[k] for k in weights)
+
+
+def test_refuses_to_replace_a_foreign_folder(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(ConvertError, match="mine"):
+        make_tiny(tmp_path / "mine")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_help_names_every_folder():
+    res = subprocess.run([sys.executable, "-m", "wallwm_pretrain.convert", "make-tiny", "--help"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0
+    for name in FOLDERS:
+        assert f"{name}/" in res.stdout
