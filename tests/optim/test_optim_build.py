@@ -179,3 +179,24 @@ def test_model_without_matrices_gets_adamw_only():
     opt = build_optimizer(nn.LayerNorm(8), _cfg(), 10, device_type="cpu")
     assert list(opt.optimizers) == ["adamw"]
     assert opt.param_groups_summary()["muon"] == {"tensors": 0, "params": 0}
+
+
+def test_a_no_weight_decay_mark_keeps_a_matrix_out_of_the_decayed_group():
+    from wallwm_pretrain.optim.params import split_parameters
+
+    model = Tiny()
+    model.embed.weight.no_weight_decay = True  # e.g. a modulation table or a camera embedding
+    split = split_parameters(model)
+    assert "embed.weight" in split.adamw_no_decay and "embed.weight" not in split.adamw_decay
+    assert "head.weight" in split.adamw_decay  # unmarked 2-D AdamW tensors are still decayed
+
+
+def test_wan_modulation_tables_and_cameras_are_not_decayed():
+    from wallwm_pretrain.model.wan import WanConfig, WanTower
+    from wallwm_pretrain.optim.params import split_parameters
+
+    cfg = WanConfig(num_layers=1, num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=4,
+                    text_dim=8, freq_dim=8, ffn_dim=16, num_views=2)
+    split = split_parameters(WanTower(cfg))
+    marked = [n for n in split.adamw_no_decay if "modulation" in n or "camera" in n]
+    assert len(marked) == 3 and not [n for n in split.adamw_decay if "modulation" in n or "camera" in n]

@@ -72,12 +72,16 @@ def _keep_empty_extra_state(state_dict, prefix, *args, **kwargs) -> None:
 
 
 class LocalLinear(nn.Module):
-    """megatron's ``ColumnParallelLinear`` / ``RowParallelLinear`` at TP=1 without bias:
-    ``y = x W^T`` with ``W`` ``[out, in]``, returned as megatron's ``(output, bias=None)``."""
+    """megatron's ``ColumnParallelLinear`` / ``RowParallelLinear`` at TP=1: ``y = x W^T (+ b)``
+    with ``W`` ``[out, in]``, returned as megatron's ``(output, None)`` (the bias, when there is
+    one, added inside as megatron does with ``skip_bias_add=False``; it starts at zero)."""
 
-    def __init__(self, in_features: int, out_features: int, config: TransformerConfig, init_method) -> None:
+    def __init__(
+        self, in_features: int, out_features: int, config: TransformerConfig, init_method, bias: bool = False
+    ) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.empty(out_features, in_features, dtype=config.params_dtype))
+        self.bias = nn.Parameter(torch.zeros(out_features, dtype=config.params_dtype)) if bias else None
         if config.perform_initialization:
             # megatron's CPU initialisation: draw the float32 master weight, then copy (and cast)
             master = torch.empty(out_features, in_features, dtype=torch.float)
@@ -87,6 +91,8 @@ class LocalLinear(nn.Module):
         self._register_load_state_dict_pre_hook(_keep_empty_extra_state)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
+        if self.bias is not None:
+            return nn.functional.linear(x, self.weight, self.bias), None
         return torch.matmul(x, self.weight.t()), None
 
     def get_extra_state(self) -> None:

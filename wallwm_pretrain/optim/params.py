@@ -2,7 +2,9 @@
 
 Rule: Muon takes every trainable parameter with ``ndim == 2`` that the model did not mark
 ``param.use_adamw = True``; AdamW takes the rest (embeddings and output heads, which the model
-marks, plus norms, biases and other 1-D tensors). Embeddings and heads are 2-D but are not
+marks, plus norms, biases and other 1-D tensors). AdamW tensors the model marks
+``param.no_weight_decay = True`` (modulation tables, per-view camera vectors: offsets whose prior
+is not zero) are never decayed, whatever their shape. Embeddings and heads are 2-D but are not
 hidden linear maps: their rows are looked up (or read out) one by one, so orthogonalising the
 whole matrix would couple unrelated tokens. AdamW decays only its >= 2-D tensors; decaying
 norm gains and biases pulls them towards 0, which is never the intended prior.
@@ -87,7 +89,7 @@ def split_parameters(model: nn.Module) -> ParamSplit:
             continue
         if uses_muon(p):
             split.muon.append(name)
-        elif p.ndim >= 2:
+        elif p.ndim >= 2 and not getattr(p, "no_weight_decay", False):
             split.adamw_decay.append(name)
         else:
             split.adamw_no_decay.append(name)

@@ -85,6 +85,7 @@ class CrossViewAttention(nn.Module):
             self.attention.linear_proj.bias.zero_()
         self.camera = nn.Parameter(torch.zeros(cfg.num_views, config.hidden_size))
         self.camera.use_adamw = True  # an embedding (rows looked up per view), not a linear map
+        self.camera.no_weight_decay = True  # a learned offset per view: decay would pull it to zero
 
     def forward(self, x: torch.Tensor, frames: int, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """``x`` ``[F * P, B * V, d]`` (rows ordered sample-major) -> same shape."""
@@ -117,6 +118,7 @@ class WanBlock(nn.Module):
         self.mlp = WanMLP(config, tp_group)
         # diffusers' scale_shift_table: shift, scale, gate (attention), shift, scale, gate (FFN)
         self.modulation = nn.Parameter(torch.randn(1, 6, d) / d**0.5)
+        self.modulation.no_weight_decay = True  # pretrained shift/scale/gate offsets, not weights
 
     def forward(self, h: torch.Tensor, text: torch.Tensor, modulation: torch.Tensor,
                 rope: tuple[torch.Tensor, torch.Tensor], frames: int,

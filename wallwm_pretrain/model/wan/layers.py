@@ -1,10 +1,10 @@
 """The linear layers of a Wan block: megatron-core's column/row-parallel ones, or local ones.
 
-Wan's linear layers all carry biases, which the project's other towers do not (``spec.py`` /
-``local_layers.py`` build bias-free layers), so this package has its own small switch: given a
-tensor-parallel group, megatron-core's ``ColumnParallelLinear`` (output split over the group:
-heads, FFN width) and ``RowParallelLinear`` (input split, output all-reduced, bias added once);
-given none, :class:`LocalLinear`, the same layer at TP=1 with the same parameter names
+Wan's linear layers all carry biases, which the project's other towers do not (``spec.py``
+builds bias-free layers), so this package has its own small switch: given a tensor-parallel
+group, megatron-core's ``ColumnParallelLinear`` (output split over the group: heads, FFN width)
+and ``RowParallelLinear`` (input split, output all-reduced, bias added once); given none,
+``local_layers.LocalLinear`` with a bias, the same layer at TP=1 with the same parameter names
 (``weight`` ``[out, in]``, ``bias``), the same ``(output, None)`` return and the same initial
 weights (the float32 master weight drawn with the config's init method, bias zero).
 """
@@ -12,12 +12,12 @@ weights (the float32 master weight drawn with the config's init method, bias zer
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
 from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.utils import init_method_normal
 from torch import nn
 
+from wallwm_pretrain.model.local_layers import LocalLinear
 from wallwm_pretrain.model.wan.config import WanConfig
 
 
@@ -41,43 +41,12 @@ def wan_transformer_config(cfg: WanConfig) -> TransformerConfig:
     )
 
 
-def _keep_empty_extra_state(state_dict, prefix, *args, **kwargs) -> None:
-    # as megatron's linear layers: a state dict of tensors only still loads strictly
-    state_dict.setdefault(f"{prefix}_extra_state")
-
-
-class LocalLinear(nn.Module):
-    """megatron's ``ColumnParallelLinear`` / ``RowParallelLinear`` with bias at TP=1:
-    ``y = x W^T + b``, returned as ``(output, None)``."""
-
-    def __init__(self, in_features: int, out_features: int, config: TransformerConfig, init_method) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(out_features, in_features, dtype=config.params_dtype))
-        self.bias = nn.Parameter(torch.zeros(out_features, dtype=config.params_dtype))
-        if config.perform_initialization:
-            master = torch.empty(out_features, in_features, dtype=torch.float)
-            init_method(master)
-            with torch.no_grad():
-                self.weight.copy_(master)
-        self._register_load_state_dict_pre_hook(_keep_empty_extra_state)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return F.linear(x, self.weight, self.bias), None
-
-    def get_extra_state(self) -> None:
-        """megatron's linear layers save an empty extra state (Transformer Engine's slot)."""
-        return None
-
-    def set_extra_state(self, state) -> None:
-        """Ignored, as megatron's linear layers ignore it."""
-
-
 def column_linear(in_features: int, out_features: int, config: TransformerConfig,
                   tp_group: torch.distributed.ProcessGroup | None) -> nn.Module:
     """Output split over ``tp_group`` (no gather); local when the group is None."""
     init = init_method_normal(config.init_method_std)
     if tp_group is None:
-        return LocalLinear(in_features, out_features, config, init)
+        return LocalLinear(in_features, out_features, config, init, bias=True)
     return ColumnParallelLinear(in_features, out_features, config=config, init_method=init, bias=True,
                                 gather_output=False, skip_bias_add=False, tp_group=tp_group)
 
@@ -87,7 +56,7 @@ def row_linear(in_features: int, out_features: int, config: TransformerConfig,
     """Input split over ``tp_group``, output all-reduced (bias added once); local when None."""
     init = init_method_normal(config.init_method_std)
     if tp_group is None:
-        return LocalLinear(in_features, out_features, config, init)
+        return LocalLinear(in_features, out_features, config, init, bias=True)
     return RowParallelLinear(in_features, out_features, config=config, init_method=init, bias=True,
                              input_is_parallel=True, skip_bias_add=False, tp_group=tp_group)
 

@@ -148,6 +148,7 @@ class WanTower(nn.Module):
         if part.head:
             with part_rng(base, "wan.head"):
                 self.head_modulation = nn.Parameter(torch.randn(1, 2, d) / d**0.5)
+                self.head_modulation.no_weight_decay = True  # shift/scale offsets of the head
                 self.proj_out = nn.Linear(d, cfg.out_dim * math.prod(cfg.patch_size))
                 for p in self.proj_out.parameters():
                     p.use_adamw = True  # the output head, as the other towers' heads
