@@ -10,8 +10,9 @@ and add its outputs as new members of each sample. The engine here is shared by 
   shard's new ``bytes`` and ``sha256`` and a flag ``<step>: true`` in its entry, so the checks of
   the training loader (``data.verify``: size, sample count, sha256) keep passing.
 * **Resumable.** A re-run skips every shard whose entry is flagged and whose size still
-  matches. A crash between the rename and the index update leaves a shard that already holds
-  the members for every sample: the re-run finds them, hashes that shard and flags it.
+  matches. A crash between the rename and the index update leaves a shard whose sha256 no
+  longer matches its entry and that holds the members for every sample: the re-run (same
+  model, no ``--force``) adopts it, recording its size and sha256.
 * **One model per folder.** ``index.json[<step>]`` records what the members are, with a
   fingerprint of the model folders; a re-run with another model fails unless ``--force``, which
   recomputes every shard.
@@ -149,9 +150,12 @@ def augment_shards(folder: Path, step: str, spec: dict, members: tuple[str, ...]
         path = folder / s["name"]
         if s.get(step) and path.stat().st_size == s.get("bytes"):
             skipped += 1
-        elif not force and same and has_members(path, members, s["samples"]):
-            s.update(bytes=path.stat().st_size, sha256=sha256_file(path))
-            s[step] = True  # finished by a run that stopped before it updated index.json
+        elif not force and same and (sha := sha256_file(path)) != s.get("sha256") \
+                and has_members(path, members, s["samples"]):
+            # Replaced after index.json was last written, and holding the members: finished by
+            # a run of this model that stopped before it updated the index.
+            s.update(bytes=path.stat().st_size, sha256=sha)
+            s[step] = True
             skipped, adopted = skipped + 1, True
         else:
             s.pop(step, None)

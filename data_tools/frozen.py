@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 from .errors import DataToolsError
@@ -135,6 +136,36 @@ def load_text_encoder(folder: Path, tokenizer: Path | None, device: str):
         raise DataToolsError(f"{tok_folder}: the tokenizer has {len(tok)} tokens, more than the "
                              f"encoder's vocab_size {enc.config.vocab_size} in {folder}/config.json")
     return tok, enc.to(device).eval().requires_grad_(False)
+
+
+def check_device(device: str) -> None:
+    """DataToolsError unless ``device`` names a torch device this machine has."""
+    torch = _torch()
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise DataToolsError(f"--device {device!r}: not a torch device ({exc})") from None
+    if dev.type == "cpu":
+        return
+    module = getattr(torch, dev.type, None)
+    available = getattr(module, "is_available", None)
+    if available is None or not available():
+        raise DataToolsError(f"--device {device!r}: no {dev.type} device on this machine "
+                             "(use --device cpu)")
+
+
+def threads_per_worker(device: str, workers: int) -> int:
+    """CPU threads for each of ``workers`` processes on a CPU device (0: leave torch's default,
+    for one process or an accelerator): several processes each taking every core would
+    oversubscribe it."""
+    if workers <= 1 or not str(device).startswith("cpu"):
+        return 0
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
+def use_threads(threads: int) -> None:
+    if threads:
+        _torch().set_num_threads(threads)
 
 
 def _torch():

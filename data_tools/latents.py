@@ -79,11 +79,13 @@ class EncodeLatents:
     vae: str
     device: str = "cpu"
     batch_size: int = 1
+    threads: int = 0  # torch CPU threads per worker process (0: torch's default)
 
     def model(self):
         key = (self.vae, self.device)
         if key not in _MODELS:
-            from .frozen import load_vae
+            from .frozen import load_vae, use_threads
+            use_threads(self.threads)
             _MODELS[key] = load_vae(Path(self.vae), self.device)
         return _MODELS[key]
 
@@ -168,11 +170,15 @@ def encode_latents(shards: Path, vae: Path, device: str = "cpu", batch_size: int
                    workers: int = 1, progress: bool = True, force: bool = False) -> dict:
     """Add ``latents.npy`` to every sample of the shard folder ``shards`` (see module doc)."""
     from .augment import augment_shards
-    from .frozen import check_vae, fingerprint
+    from .frozen import check_device, check_vae, fingerprint
 
     if batch_size < 1 or workers < 1:
         raise DataToolsError(f"--batch-size ({batch_size}) and --workers ({workers}) must be positive")
     config = check_vae(vae)
+    check_device(device)
     spec = latents_spec(vae, config, fingerprint(vae))
-    compute = EncodeLatents(str(Path(vae).resolve()), device, batch_size)
+    from .frozen import threads_per_worker
+
+    compute = EncodeLatents(str(Path(vae).resolve()), device, batch_size,
+                            threads_per_worker(device, workers))
     return augment_shards(shards, "latents", spec, (MEMBER,), compute, workers, progress, force)

@@ -49,11 +49,13 @@ class EmbedCaptions:
     device: str = "cpu"
     batch_size: int = 16
     max_length: int = MAX_LENGTH
+    threads: int = 0  # torch CPU threads per worker process (0: torch's default)
 
     def models(self):
         key = (self.encoder, self.tokenizer, self.device)
         if key not in _MODELS:
-            from .frozen import load_text_encoder
+            from .frozen import load_text_encoder, use_threads
+            use_threads(self.threads)
             _MODELS[key] = load_text_encoder(Path(self.encoder), Path(self.tokenizer), self.device)
         return _MODELS[key]
 
@@ -105,7 +107,7 @@ def embed_captions(shards: Path, text_encoder: Path, tokenizer: Path | None = No
                    force: bool = False) -> dict:
     """Add the text-encoder states to every sample of ``shards`` (see the module doc)."""
     from .augment import augment_shards
-    from .frozen import check_text_encoder, find_tokenizer, fingerprint
+    from .frozen import check_device, check_text_encoder, find_tokenizer, fingerprint, threads_per_worker
     from .shardread import read_index
 
     if batch_size < 1 or workers < 1 or max_length < 1:
@@ -113,9 +115,10 @@ def embed_captions(shards: Path, text_encoder: Path, tokenizer: Path | None = No
                              f"--max-length ({max_length}) must be positive")
     read_index(shards)  # a missing index.json fails before the model loads
     config = check_text_encoder(text_encoder)
+    check_device(device)
     tok_folder = find_tokenizer(text_encoder, tokenizer)
     compute = EmbedCaptions(str(Path(text_encoder).resolve()), str(tok_folder.resolve()), device,
-                            batch_size, max_length)
+                            batch_size, max_length, threads_per_worker(device, workers))
     empty = compute.encode([""])[0]
     empty_bytes = _to_npy(empty)
     spec = {

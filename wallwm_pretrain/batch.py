@@ -37,6 +37,16 @@ class Batch:
     remaining-time head's target); None trains no time head."""
     keys: list[str] = field(default_factory=list)
     """The samples' keys (shard sample keys, ``/w<start>`` for chunk windows)."""
+    latents: Optional[torch.Tensor] = None
+    """float16 [B, T / frame_stride, V, Z, h, w]: the frozen VAE's normalised latents (latent
+    frame j goes with control steps [j*K, j*K + K)), zero beyond each sample's ceil(length / K)
+    latent frames; None when the shards carry none (``data_tools encode-latents``)."""
+    caption_states: Optional[torch.Tensor] = None
+    """float16 [B, L, D]: the frozen text encoder's states of each sample's caption (the task in
+    chunk mode; the empty string's states when the caption was dropped), zero beyond
+    ``caption_state_lengths``; None when the shards carry none (``data_tools embed-captions``)."""
+    caption_state_lengths: Optional[torch.Tensor] = None
+    """int64 [B]: real rows of ``caption_states`` per sample."""
 
     @property
     def size(self) -> int:
@@ -48,7 +58,8 @@ class Batch:
         return replace(
             self, frames=cut(self.frames), actions=cut(self.actions), state=cut(self.state),
             lengths=cut(self.lengths), caption=cut(self.caption), remaining=cut(self.remaining),
-            keys=self.keys[start:stop],
+            keys=self.keys[start:stop], latents=cut(self.latents),
+            caption_states=cut(self.caption_states), caption_state_lengths=cut(self.caption_state_lengths),
         )
 
     def to(self, device: torch.device | str) -> "Batch":
@@ -56,6 +67,8 @@ class Batch:
         return replace(
             self, frames=move(self.frames), actions=move(self.actions), state=move(self.state),
             lengths=move(self.lengths), caption=move(self.caption), remaining=move(self.remaining),
+            latents=move(self.latents), caption_states=move(self.caption_states),
+            caption_state_lengths=move(self.caption_state_lengths),
         )
 
     def padding_efficiency(self) -> float:

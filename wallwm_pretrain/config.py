@@ -131,6 +131,7 @@ class DataConfig:
 
 
 AUTO = "auto"
+VIDEO_INPUTS = ("pixels", "latents")
 # Model fields that describe the data; a run config takes them from the shards' index.json
 # (``wallwm_pretrain.data.dims``) unless set.
 DATA_DIMS = ("action_dim", "state_dim", "num_views", "image_size")
@@ -142,6 +143,11 @@ class ModelConfig:
 
     frame_stride: int = 4
     """Control steps per latent video frame (= K_p, action tokens per latent frame)."""
+    video_input: str = "pixels"
+    """What the video tower reads: ``pixels`` (frames, the fixed patchify) or ``latents`` (the
+    frozen VAE's latents that ``python -m data_tools encode-latents`` added to the shards; the
+    run stops at start, naming the shard folder, when its index.json records none, or records a
+    temporal compression other than ``frame_stride``)."""
     caption_max_bytes: int = 64
     """Captions are UTF-8 bytes, truncated to this length (the caption encoder's positions)."""
     hidden_size: int = 128
@@ -184,6 +190,8 @@ class ModelConfig:
         for name in ("frame_stride", "caption_max_bytes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+        if self.video_input not in VIDEO_INPUTS:
+            raise ConfigError(f"model.video_input must be {' or '.join(VIDEO_INPUTS)}, got {self.video_input!r}")
         for name in DATA_DIMS:
             value = getattr(self, name)
             if value != AUTO and (not isinstance(value, int) or value < 1):

@@ -179,7 +179,8 @@ class Trainer:
 
         # 4. data for this data-parallel rank
         self.loader = EventLoader(
-            cfg.data, cfg.model.frame_stride, cfg.model.caption_max_bytes, self.ctx.dp_rank, self.ctx.dp
+            cfg.data, cfg.model.frame_stride, cfg.model.caption_max_bytes, self.ctx.dp_rank, self.ctx.dp,
+            video_input=cfg.model.video_input,
         )
         # the config and the data are checked: only now does the run folder exist (the resolved
         # config in it holds the dims the model was built with)

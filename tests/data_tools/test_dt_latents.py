@@ -184,3 +184,10 @@ def test_shards_without_frames_fail_naming_the_shard(dt_shards_copy, dt_tiny_wan
 
 def test_missing_index_names_the_file(tmp_path, dt_tiny_wan, dt_cli):
     _fails(dt_cli, tmp_path, dt_tiny_wan / "vae", tmp_path / "index.json")
+
+
+def test_unknown_device_is_refused_before_any_work(dt_shards_copy, dt_tiny_wan):
+    pristine = _snapshot(dt_shards_copy)
+    with pytest.raises(DataToolsError, match="--device 'nonesuch'"):
+        encode_latents(dt_shards_copy, dt_tiny_wan / "vae", device="nonesuch", progress=False)
+    assert _snapshot(dt_shards_copy) == pristine

@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import random
 
-import numpy as np
 
 from wallwm_pretrain.config import CaptionDropConfig
 
@@ -28,8 +27,6 @@ def drop_probability(length: int, cfg: CaptionDropConfig) -> float:
     return cfg.rho_min + (cfg.rho_max - cfg.rho_min) * (1.0 - math.cos(math.pi * u)) / 2.0
 
 
-def maybe_drop(tokens: np.ndarray, length: int, cfg: CaptionDropConfig, rng: random.Random) -> np.ndarray:
-    """The caption, or only the begin token with probability rho(length)."""
-    if rng.random() < drop_probability(length, cfg):
-        return tokens[:1].copy()
-    return tokens
+def drops(length: int, cfg: CaptionDropConfig, rng: random.Random) -> bool:
+    """Whether this event's caption is dropped: probability rho(length), one draw of ``rng``."""
+    return rng.random() < drop_probability(length, cfg)

@@ -28,8 +28,9 @@ import numpy as np
 
 from wallwm_pretrain.config import DataConfig
 from wallwm_pretrain.captions import encode_caption
-from wallwm_pretrain.data.captions import maybe_drop
+from wallwm_pretrain.data.captions import drops
 from wallwm_pretrain.data.errors import InputError
+from wallwm_pretrain.data.extras import Extras
 
 REQUIRED_KEYS = {
     "json": None,
@@ -53,6 +54,8 @@ class TrainSample:
     caption: np.ndarray  # int64 tokens
     meta: dict[str, Any] = field(default_factory=dict)
     remaining: int = 0  # control steps from the first step to the end of the crude sample's event
+    latents: np.ndarray | None = None  # float16 [ceil(T / K), V, Z, h, w] (Extras.latent_stride)
+    caption_states: np.ndarray | None = None  # float16 [L, D] (Extras.empty_states)
 
     @property
     def length(self) -> int:
@@ -127,44 +130,84 @@ def check_sample(sample: dict[str, Any]) -> None:
             raise SampleError(f"{where}: key '{key}' contains NaN or inf")
 
 
+def _member(sample: dict[str, Any], key: str, ndim: int) -> np.ndarray:
+    value = sample.get(key)
+    if not isinstance(value, np.ndarray) or value.dtype != np.float16 or value.ndim != ndim:
+        where = f"{sample.get('__url__', '?')}: sample {sample.get('__key__', '?')}"
+        got = "missing" if value is None else f"{getattr(value, 'dtype', type(value).__name__)} {getattr(value, 'shape', '')}"
+        raise SampleError(f"{where}: key '{key}' must be float16 with {ndim} dims (index.json records it), got {got}")
+    return value
+
+
+def latent_window(sample: dict[str, Any], start: int, stop: int, stride: int) -> np.ndarray:
+    """Latent frames of control steps [start, stop) (``start`` a multiple of ``stride``)."""
+    latents = _member(sample, "latents.npy", 5)
+    t = sample["actions.npy"].shape[0]
+    if latents.shape[0] != -(-t // stride):
+        raise SampleError(
+            f"{sample.get('__url__', '?')}: sample {sample.get('__key__', '?')}: key 'latents.npy' has "
+            f"{latents.shape[0]} latent frames, {t} steps need ceil({t} / {stride}) = {-(-t // stride)}"
+        )
+    return latents[start // stride: start // stride + -(-(stop - start) // stride)]
+
+
+def text_states(sample: dict[str, Any], key: str, extras: Extras, dropped: bool) -> np.ndarray | None:
+    if extras.empty_states is None:
+        return None
+    states = _member(sample, key, 2)
+    if states.shape[1] != extras.empty_states.shape[1]:
+        raise SampleError(f"{sample.get('__url__', '?')}: sample {sample.get('__key__', '?')}: key "
+                          f"'{key}' has width {states.shape[1]}, the empty states {extras.empty_states.shape[1]}")
+    return extras.empty_states if dropped else states
+
+
 def sample_rng(seed: int, epoch: int, key: str) -> random.Random:
     # random.Random seeds in microseconds where a numpy Generator takes tens: this runs per sample
     return random.Random((seed * 1_000_003 + epoch) * 4_294_967_296 + zlib.crc32(key.encode()))
 
 
 def cook_event(
-    sample: dict[str, Any], cfg: DataConfig, caption_max_bytes: int, norm: Normalizer, epoch: int
+    sample: dict[str, Any], cfg: DataConfig, caption_max_bytes: int, norm: Normalizer, epoch: int,
+    extras: Extras = Extras(),
 ) -> list[TrainSample]:
-    """Event mode: one training sample per event (cropped to ``cfg.max_frames``)."""
+    """Event mode: one training sample per event (cropped to ``cfg.max_frames``; with latents
+    the crop starts on a latent frame, i.e. at a multiple of the latent stride)."""
     check_sample(sample)
     meta, key = sample["json"], sample["__key__"]
     rng = sample_rng(cfg.seed, epoch, key)
     t = sample["actions.npy"].shape[0]
-    start = rng.randrange(t - cfg.max_frames + 1) if t > cfg.max_frames else 0
+    r = extras.latent_stride
+    if r:
+        start = r * rng.randrange((t - cfg.max_frames) // r + 1) if t > cfg.max_frames else 0
+    else:
+        start = rng.randrange(t - cfg.max_frames + 1) if t > cfg.max_frames else 0
     stop = min(t, start + cfg.max_frames)
     caption = encode_caption(meta["caption"], caption_max_bytes)
+    dropped = drops(t, cfg.caption_drop, rng)
     return [
         TrainSample(
             key=key,
             frames=sample["frames.npy"][start:stop],
             actions=norm.actions(sample["actions.npy"][start:stop]),
             state=norm.state(sample["states.npy"][start]),
-            caption=maybe_drop(caption, t, cfg.caption_drop, rng),
+            caption=caption[:1].copy() if dropped else caption,
             meta=meta,
             remaining=t - start,
+            latents=latent_window(sample, start, stop, r) if r else None,
+            caption_states=text_states(sample, "caption_states.npy", extras, dropped),
         )
     ]
 
 
-def make_cooker(cfg: DataConfig, caption_max_bytes: int, norm: Normalizer):
+def make_cooker(cfg: DataConfig, caption_max_bytes: int, norm: Normalizer, extras: Extras = Extras()):
     """``cooker(sample, epoch) -> list[TrainSample]`` of ``cfg.mode``: ``event`` or ``chunk``."""
-    if cfg.mode == "event":
-        return functools.partial(cook_event, cfg=cfg, caption_max_bytes=caption_max_bytes, norm=norm)
-    return functools.partial(cook_chunks, cfg=cfg, caption_max_bytes=caption_max_bytes, norm=norm)
+    cook = cook_event if cfg.mode == "event" else cook_chunks
+    return functools.partial(cook, cfg=cfg, caption_max_bytes=caption_max_bytes, norm=norm, extras=extras)
 
 
 def cook_chunks(
-    sample: dict[str, Any], cfg: DataConfig, caption_max_bytes: int, norm: Normalizer, epoch: int
+    sample: dict[str, Any], cfg: DataConfig, caption_max_bytes: int, norm: Normalizer, epoch: int,
+    extras: Extras = Extras(),
 ) -> list[TrainSample]:
     """Chunk mode: windows of ``cfg.chunk_horizon`` steps, each conditioned on the task instruction.
 
@@ -174,6 +217,8 @@ def cook_chunks(
     meta, key = sample["json"], sample["__key__"]
     t = sample["actions.npy"].shape[0]
     task = encode_caption(meta.get("task", ""), caption_max_bytes)
+    task_states = text_states(sample, "task_states.npy", extras, False)
+    r = extras.latent_stride  # chunk_horizon is a multiple of it: windows start on latent frames
     horizon = cfg.chunk_horizon
     out = []
     for start in range(0, t, horizon):
@@ -187,6 +232,8 @@ def cook_chunks(
                 caption=task,
                 meta=meta,
                 remaining=t - start,
+                latents=latent_window(sample, start, stop, r) if r else None,
+                caption_states=task_states,
             )
         )
     return out

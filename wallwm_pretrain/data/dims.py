@@ -15,6 +15,7 @@ import dataclasses
 from pathlib import Path
 
 from wallwm_pretrain.config import AUTO, DATA_DIMS, Config, ConfigError, validate
+from wallwm_pretrain.data.extras import check_video_input
 from wallwm_pretrain.data.index import INDEX_FILE, read_index
 
 
@@ -32,11 +33,12 @@ def resolve_data_dims(cfg: Config, index: dict | None = None) -> Config:
 
     Raises:
         ConfigError: an explicit value disagrees with the index, or ``auto`` where the index
-            records nothing.
+            records nothing, or ``model.video_input=latents`` where it records no latents.
         ShardError: the index cannot be read.
     """
     folder = cfg.data.shards
     index = read_index(folder) if index is None else index
+    check_video_input(folder, index, cfg.model.video_input, cfg.model.frame_stride)
     recorded = index_dims(index)
     resolved = {}
     for name in DATA_DIMS:

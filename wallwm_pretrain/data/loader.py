@@ -44,6 +44,7 @@ from wallwm_pretrain.data.collate import collate
 from wallwm_pretrain.data.cookers import Normalizer, TrainSample, make_cooker
 from wallwm_pretrain.data.decode import decode_sample
 from wallwm_pretrain.data.errors import ShardError
+from wallwm_pretrain.data.extras import load_extras
 from wallwm_pretrain.data.index import read_index
 from wallwm_pretrain.data.tarread import read_tar
 from wallwm_pretrain.data.verify import verify_shards
@@ -52,13 +53,14 @@ __all__ = ["EventLoader", "ShardError", "read_cooked", "read_index"]
 
 
 def read_cooked(
-    folder: str | Path, cfg: DataConfig, caption_max_bytes: int, norm: Normalizer
+    folder: str | Path, cfg: DataConfig, caption_max_bytes: int, norm: Normalizer,
+    video_input: str = "pixels", frame_stride: int = 4,
 ) -> Iterator[TrainSample]:
     """One pass over a shard folder, in file order, cooked as the loader cooks (epoch 0);
     for evaluation and statistics, not training (no split, balance or shuffle)."""
     index = read_index(folder)
     urls = [str(Path(folder) / s["name"]) for s in index["shards"]]
-    cooker = make_cooker(cfg, caption_max_bytes, norm)
+    cooker = make_cooker(cfg, caption_max_bytes, norm, load_extras(folder, index, video_input, frame_stride))
     for url in urls:
         for crude in read_tar(url):
             yield from cooker(decode_sample(crude), epoch=0)
@@ -89,6 +91,9 @@ class EventLoader:
             padded to a multiple of it.
         caption_max_bytes: caption length the model reads (``model.caption_max_bytes``).
         dp_rank, dp_size: this rank's place among data-parallel ranks.
+        video_input: ``model.video_input``; ``latents`` also reads the VAE latents, and fails
+            (ConfigError naming the folder) when index.json records none (``extras.py``).
+            Caption states are read whenever index.json records them.
     """
 
     def __init__(
@@ -98,9 +103,11 @@ class EventLoader:
         caption_max_bytes: int = 64,
         dp_rank: int = 0,
         dp_size: int = 1,
+        video_input: str = "pixels",
     ) -> None:
         self.cfg = cfg
         self.index = read_index(cfg.shards)
+        self.extras = load_extras(cfg.shards, self.index, video_input, frame_stride)
         verify_shards(cfg.shards, self.index, cfg.verify)
         self.urls = [str(Path(cfg.shards) / s["name"]) for s in self.index["shards"]]
         readers = dp_size * max(cfg.num_workers, 1)
@@ -112,7 +119,7 @@ class EventLoader:
             )
         self.norm = Normalizer.from_index(self.index)
         self.frame_stride = frame_stride
-        self.cooker = make_cooker(cfg, caption_max_bytes, self.norm)
+        self.cooker = make_cooker(cfg, caption_max_bytes, self.norm, self.extras)
         self.dp_rank, self.dp_size = dp_rank, dp_size
         self.balance = ClusterBalance(self.index, cfg.balance, cfg.seed) if cfg.balance.active else None
         self.epoch = 0
