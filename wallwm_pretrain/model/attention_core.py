@@ -28,7 +28,10 @@ no backend ever sees an all-masked row, which some turn into NaN and others into
 output is then replaced by the mean of its values, which is exactly the flat softmax's result
 (gradient: ``1/s_k`` to every value, none to queries and keys, as in megatron's). Partially
 masked rows are masked exactly (the kernel gives masked keys zero weight; megatron's -10000
-gives ``exp(-10000)``, which is 0 in every float format).
+gives ``exp(-10000)``, which is 0 in every float format). With a single key (the action tower's
+state token) the softmax is 1 whatever the scores: that case runs as two ``[s_q, 1]``-sized
+matmuls and a softmax instead of the kernel, so the query and key gradients are exactly zero
+there, as megatron's.
 
 Trade-offs: what the kernels do not take is refused rather than emulated: attention dropout
 (torch's RNG stream, not megatron's CUDA tracker), attention biases, causal or sliding-window
@@ -91,8 +94,19 @@ def fused_attention(
         has_key = key_valid.any(dim=1)  # [b]
         # open every key of a sample that has none (replaced below): no all-masked row reaches the kernel
         mask = (key_valid | ~has_key[:, None])[:, None, None, :]  # [b, 1, 1, s_k], broadcast over heads and queries
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=softmax_scale)  # [b, heads, s_q, hn]
-    if has_key is not None:
+    if sk == 1:
+        # One key (the state token): its softmax weight is exactly 1 whatever the score, masked
+        # or not (an all-masked row is uniform over its one key), and the softmax backward gives
+        # queries and keys exactly zero gradient, as in megatron's core. The fused kernel's
+        # backward would leave rounding noise (~1e-11) there, which Muon's normalisation turns
+        # into real updates of weights that cannot change the output. The scores are [s_q, 1]:
+        # nothing quadratic is held.
+        scale = 1.0 / math.sqrt(hn) if softmax_scale is None else softmax_scale
+        probs = torch.softmax(torch.matmul(q, k.transpose(-1, -2)) * scale, dim=-1)  # [b, heads, s_q, 1]
+        out = torch.matmul(probs, v)
+    else:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=softmax_scale)  # [b, heads, s_q, hn]
+    if has_key is not None and sk > 1:
         # no valid key: megatron's flat softmax over all (masked) keys, i.e. the mean of the values
         out = torch.where(has_key[:, None, None, None], out, v.mean(dim=2, keepdim=True))
     return out.permute(2, 0, 1, 3).reshape(sq, b, heads * hn)
