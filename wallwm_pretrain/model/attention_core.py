@@ -39,7 +39,9 @@ masks, packed sequences, context parallelism, softmax types other than vanilla. 
 are expanded to full heads before the call (``repeat_interleave``, as megatron does; linear
 memory) because not every GPU kernel that takes a mask also takes grouped keys. Which kernel
 runs is torch's choice; on this CPU it is ``_scaled_dot_product_flash_attention_for_cpu`` in
-forward and backward (``tests/model/test_attention_core.py`` checks it).
+forward and backward (``tests/model/test_attention_core.py`` checks it). On a GPU a boolean
+mask rules out the FlashAttention-2 kernel, leaving torch the memory-efficient or cuDNN one;
+which one it picks there has not been measured on the (CPU-only) development machine.
 """
 
 from __future__ import annotations
