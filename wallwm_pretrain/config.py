@@ -183,8 +183,8 @@ class ModelConfig:
     recompute: str = "none"
     """Activation recomputation in backward: ``none``; ``full`` (each coupled layer keeps only
     its input and runs again in backward: least memory, about one extra forward of the towers);
-    ``selective`` (only the attention cores, whose score matrices grow with sequence length
-    squared, are recomputed: most of the memory saving for a small share of the compute)."""
+    ``selective`` (only the attention cores are recomputed; the cores are fused and keep no
+    score matrix, so this saves little memory now: see ``model/recompute.py``)."""
 
     def __post_init__(self) -> None:
         for name in ("frame_stride", "caption_max_bytes"):

@@ -4,7 +4,7 @@ and gradients of every parameter (padding, selective recomputation, query groups
 megatron-built model hands its tensor-parallel group to every megatron layer.
 
 Tolerance: rtol=1e-6, atol=1e-7 (fp32). Both run the same torch operations in the same order
-(scores scaled inside ``baddbmm``, -10000 in masked scores, ``[gate; up]`` SiLU), and on this
+(the same fused attention core, ``[gate; up]`` SiLU), and on this
 machine their results are bit-identical. The margin covers a BLAS that orders the sums of the
 linear layers' backward differently (megatron's own autograd function for the linear layers,
 torch's matmul backward for the local ones): a few fp32 ulp (eps = 1.2e-7).
@@ -23,7 +23,8 @@ from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinea
 from wallwm_pretrain.batch import Batch
 from wallwm_pretrain.config import ModelConfig
 from wallwm_pretrain.model import WallWM, spec
-from wallwm_pretrain.model.local_layers import LocalCoreAttention, LocalMLP
+from wallwm_pretrain.model.attention_core import FusedCoreAttention, LocalFusedCoreAttention
+from wallwm_pretrain.model.local_layers import LocalMLP
 from wallwm_pretrain.model.recompute import RecomputedCoreAttention, RecomputedLocalCoreAttention
 
 K = 4
@@ -137,10 +138,13 @@ def test_state_dicts_are_interchangeable(single_process):
 @pytest.mark.parametrize("recompute", ["none", "selective"])
 def test_same_losses_and_gradients(single_process, recompute):
     local, megatron = pair(single_process.pg_collection, recompute=recompute)
-    core = RecomputedLocalCoreAttention if recompute == "selective" else LocalCoreAttention
-    cores = [m for m in local.modules() if isinstance(m, LocalCoreAttention)]
+    core = RecomputedLocalCoreAttention if recompute == "selective" else LocalFusedCoreAttention
+    cores = [m for m in local.modules() if isinstance(m, LocalFusedCoreAttention)]
     assert cores and all(type(m) is core for m in cores)
-    assert any(isinstance(m, RecomputedCoreAttention) for m in megatron.modules()) == (recompute == "selective")
+    # megatron's layers run the fused core too (never megatron's unfused DotProductAttention)
+    mcore = RecomputedCoreAttention if recompute == "selective" else FusedCoreAttention
+    mcores = [m.core_attention for m in megatron.modules() if hasattr(m, "core_attention")]
+    assert len(mcores) == len(cores) and all(type(m) is mcore for m in mcores)
     out_l, grads_l = loss_and_grads(local)
     out_m, grads_m = loss_and_grads(megatron)
     for key in ("loss", "loss_video", "loss_action", "loss_time"):

@@ -5,12 +5,11 @@ from dataclasses import replace
 
 import pytest
 import torch
-from megatron.core.transformer.dot_product_attention import DotProductAttention
 
 from wallwm_pretrain.batch import Batch
 from wallwm_pretrain.config import ModelConfig
 from wallwm_pretrain.model import WallWM
-from wallwm_pretrain.model.local_layers import LocalCoreAttention
+from wallwm_pretrain.model.attention_core import FusedCoreAttention, LocalFusedCoreAttention
 from wallwm_pretrain.model.recompute import RecomputedCoreAttention, RecomputedLocalCoreAttention
 
 K = 4
@@ -21,8 +20,8 @@ CORES_PER_LAYER = 6
 
 
 # the attention core class of each kind of layer, and its recomputed form
-CORES = {"local": (LocalCoreAttention, RecomputedLocalCoreAttention),
-         "megatron": (DotProductAttention, RecomputedCoreAttention)}
+CORES = {"local": (LocalFusedCoreAttention, RecomputedLocalCoreAttention),
+         "megatron": (FusedCoreAttention, RecomputedCoreAttention)}
 
 
 @pytest.fixture(params=["local", "megatron"])

@@ -19,18 +19,20 @@ They are megatron's layers at TP=1, reproduced:
   ``output_layer_init_method`` for ``linear_proj`` and ``linear_fc2``), in megatron's order
   (an attention's ``linear_proj`` before its input projections), so the same seed gives the
   same weights in both;
-- arithmetic: scores scaled inside ``baddbmm`` (``1/sqrt(head dim)`` unless the config sets
-  ``softmax_scale``), masked key positions (``True`` in the ``[b, 1, 1, sk]`` padding mask)
-  filled with -10000 before the softmax, so a row whose keys are all masked attends uniformly,
-  as megatron's does.
+- attention core: the same fused core as megatron's layers in this project
+  (``attention_core.LocalFusedCoreAttention``, megatron's is ``FusedCoreAttention``).
 
 ``tests/model/test_local_spec.py`` holds them to megatron's outputs and gradients.
+
+:class:`UnfusedLocalCoreAttention` is megatron's unfused ``DotProductAttention`` arithmetic
+(a materialised ``[b * heads, sq, sk]`` score matrix). No tower builds it: it is the reference
+the fused core is tested against and the baseline of ``bench/attention.py``.
 
 Trade-off: a second implementation to keep in step with megatron-core (that test fails when
 they drift). Only what ``spec.build_transformer_config`` sets is reproduced; other megatron
 options (biases, output gates, dropout, query-key layer scaling, other softmax types, sliding
 windows) raise rather than being silently ignored. No tensor or sequence parallelism, no fused
-or Transformer Engine kernels. The fused weights (QKV, KV, gate/up) declare their row layouts
+or Transformer Engine kernels (the attention core is torch's fused SDPA, not Transformer Engine's). The fused weights (QKV, KV, gate/up) declare their row layouts
 (``fused_rows()``), so Muon splits them into logical matrices as it does megatron's.
 """
 
@@ -41,6 +43,8 @@ import math
 import torch
 from megatron.core.transformer.transformer_config import TransformerConfig
 from torch import nn
+
+from wallwm_pretrain.model.attention_core import LocalFusedCoreAttention
 
 MASKED_SCORE = -10000.0  # what megatron's attention_mask_func writes into masked scores
 
@@ -103,11 +107,15 @@ class LocalLinear(nn.Module):
         """Ignored, as megatron's linear layers ignore it."""
 
 
-class LocalCoreAttention(nn.Module):
-    """megatron's ``DotProductAttention``: softmax(scale * q k^T, padding masked) v.
+class UnfusedLocalCoreAttention(nn.Module):
+    """megatron's unfused ``DotProductAttention``: softmax(scale * q k^T, padding masked) v, the
+    reference of the fused core (tests, benchmark); no tower builds it.
 
-    Inputs ``[s, b, heads, head dim]`` (keys and values may have fewer heads: query groups);
-    output ``[sq, b, heads * head dim]``.
+    Scores scaled inside ``baddbmm`` (``1/sqrt(head dim)`` unless the config sets
+    ``softmax_scale``), masked key positions (``True`` in the ``[b, 1, 1, sk]`` padding mask)
+    filled with -10000 before the softmax, so a row whose keys are all masked attends
+    uniformly, as megatron's does. Inputs ``[s, b, heads, head dim]`` (keys and values may have
+    fewer heads: query groups); output ``[sq, b, heads * head dim]``.
     """
 
     def __init__(self, config: TransformerConfig) -> None:
@@ -138,7 +146,7 @@ class LocalCoreAttention(nn.Module):
 class LocalSelfAttention(nn.Module):
     """megatron's ``SelfAttention`` at TP=1: fused ``linear_qkv``, core, ``linear_proj``."""
 
-    def __init__(self, config: TransformerConfig, core_attention: type = LocalCoreAttention) -> None:
+    def __init__(self, config: TransformerConfig, core_attention: type = LocalFusedCoreAttention) -> None:
         super().__init__()
         check_supported(config)
         self.heads, self.groups, self.head_dim = config.num_attention_heads, config.num_query_groups, config.kv_channels
@@ -170,7 +178,7 @@ class LocalCrossAttention(nn.Module):
     """megatron's ``CrossAttention`` at TP=1: ``linear_q`` on the queries, fused ``linear_kv``
     (per head ``[k, v]``) on the context, core, ``linear_proj``."""
 
-    def __init__(self, config: TransformerConfig, core_attention: type = LocalCoreAttention) -> None:
+    def __init__(self, config: TransformerConfig, core_attention: type = LocalFusedCoreAttention) -> None:
         super().__init__()
         check_supported(config)
         if config.num_query_groups != config.num_attention_heads:

@@ -3,12 +3,14 @@
 - ``full``: a coupled layer keeps only its input :class:`Streams`; its activations are dropped
   after the forward and rebuilt by running the layer again in backward. Memory per layer falls
   to the size of its input; the cost is one more forward of the towers (~+33 % step FLOPs).
-- ``selective``: only the attention cores (scores, softmax, weighted sum) are recomputed. Their
-  score matrices grow with sequence length squared ([b * heads, s_q, s_k]) and dominate
-  activation memory for long events, yet cost few FLOPs to rebuild compared with the
-  projections and FFNs, which keep their activations. Both attention cores have a recomputed
-  form: megatron's (``RecomputedCoreAttention``) and the local one of a model built without
-  process groups (``RecomputedLocalCoreAttention``).
+- ``selective``: only the attention cores (scores, softmax, weighted sum) are recomputed; the
+  projections and FFNs keep their activations. With the fused core (``attention_core.py``)
+  no score matrix is kept anyway: what a core keeps for backward is its output and one
+  log-sum-exp per query and head (linear in sequence length), so ``selective`` saves little
+  memory for its extra core forward; it stays for unfused or custom cores and for parity with
+  megatron's option. Both kinds of layers have a recomputed core: megatron's
+  (``RecomputedCoreAttention``) and the local one of a model built without process groups
+  (``RecomputedLocalCoreAttention``), both the fused core underneath.
 
 Both use ``torch.utils.checkpoint`` (non-reentrant) rather than megatron-core's
 ``tensor_parallel.checkpoint``: it runs unchanged on CPU and GPU (megatron's saves and restores
@@ -21,11 +23,10 @@ only pays off with sequence parallelism, a GPU-only option here.
 from __future__ import annotations
 
 import torch
-from megatron.core.transformer.dot_product_attention import DotProductAttention
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from wallwm_pretrain.model.local_layers import LocalCoreAttention
+from wallwm_pretrain.model.attention_core import FusedCoreAttention, LocalFusedCoreAttention
 
 RECOMPUTE_MODES = ("none", "full", "selective")
 
@@ -37,8 +38,8 @@ def _recomputed(core: nn.Module, run, *args):
     return checkpoint(run, *args, use_reentrant=False)
 
 
-class RecomputedCoreAttention(DotProductAttention):
-    """megatron's attention core whose activations are rebuilt in backward (``selective``)."""
+class RecomputedCoreAttention(FusedCoreAttention):
+    """The fused core of megatron's layers, whose activations are rebuilt in backward (``selective``)."""
 
     def forward(self, query, key, value, attention_mask, attn_mask_type=None, attention_bias=None,
                 packed_seq_params=None):
@@ -46,8 +47,8 @@ class RecomputedCoreAttention(DotProductAttention):
                            attention_bias, packed_seq_params)
 
 
-class RecomputedLocalCoreAttention(LocalCoreAttention):
-    """The local attention core whose activations are rebuilt in backward (``selective``)."""
+class RecomputedLocalCoreAttention(LocalFusedCoreAttention):
+    """The fused core of the local layers, whose activations are rebuilt in backward (``selective``)."""
 
     def forward(self, query, key, value, attention_mask):
         return _recomputed(self, super().forward, query, key, value, attention_mask)

@@ -14,8 +14,11 @@ groups it is given.
 Trade-off: megatron's layers work sequence-first (``[s, b, h]``), so the whole model does too,
 local layers included.
 
-``recompute_core=True`` swaps the attention core for one whose activations are rebuilt in
-backward (``model.recompute=selective``, see ``recompute.py``), in both kinds of layers.
+Every attention core, in both kinds of layers, is the fused one of ``attention_core.py``
+(torch's ``scaled_dot_product_attention`` with a broadcast key-padding mask; no ``[s, s]``
+score matrix). megatron's unfused ``DotProductAttention`` is built only by the tests that
+compare against it. ``recompute_core=True`` swaps the core for one whose activations are
+rebuilt in backward (``model.recompute=selective``, see ``recompute.py``).
 """
 
 from __future__ import annotations
@@ -32,7 +35,6 @@ from megatron.core.transformer.attention import (
     SelfAttention,
     SelfAttentionSubmodules,
 )
-from megatron.core.transformer.dot_product_attention import DotProductAttention
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.identity_op import IdentityOp
 from megatron.core.transformer.mlp import MLP, MLPSubmodules
@@ -40,7 +42,8 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from torch import nn
 
 from wallwm_pretrain.config import ModelConfig
-from wallwm_pretrain.model.local_layers import LocalCoreAttention, LocalCrossAttention, LocalMLP, LocalSelfAttention
+from wallwm_pretrain.model.attention_core import FusedCoreAttention, LocalFusedCoreAttention
+from wallwm_pretrain.model.local_layers import LocalCrossAttention, LocalMLP, LocalSelfAttention
 from wallwm_pretrain.model.recompute import RecomputedCoreAttention, RecomputedLocalCoreAttention
 
 
@@ -66,11 +69,11 @@ def build_transformer_config(cfg: ModelConfig, num_layers: int | None = None) ->
 
 
 def _core(recompute_core: bool) -> type:
-    return RecomputedCoreAttention if recompute_core else DotProductAttention
+    return RecomputedCoreAttention if recompute_core else FusedCoreAttention
 
 
 def _local_core(recompute_core: bool) -> type:
-    return RecomputedLocalCoreAttention if recompute_core else LocalCoreAttention
+    return RecomputedLocalCoreAttention if recompute_core else LocalFusedCoreAttention
 
 
 def self_attention(
