@@ -4,30 +4,20 @@ from dataclasses import replace
 
 import pytest
 import torch
-from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from wallwm_pretrain.batch import Batch
 from wallwm_pretrain.config import ModelConfig
 from wallwm_pretrain.model import WallWM
-from wallwm_pretrain.model.flops import SampleShape, attention_core_flops, forward_flops, recompute_flops, train_flops
+from wallwm_pretrain.model.flops import (
+    SampleShape, attention_core_flops, flop_counter, forward_flops, recompute_flops, train_flops,
+)
 
 K = 4
 CFG = ModelConfig(hidden_size=32, num_layers=2, num_heads=4, ffn_hidden_size=64, image_size=16, patch_size=8,
                   frame_stride=K, caption_max_bytes=15)  # captions of at most 16 tokens
 
-# torch's counter knows the GPU attention kernels but not the CPU flash kernel that the fused
-# attention core runs here: count it with torch's own SDPA formulas (the two matmuls forward, the
-# score recomputation and four matmuls backward)
-aten = torch.ops.aten
-CPU_SDPA = {
-    aten._scaled_dot_product_flash_attention_for_cpu: lambda q, k, v, *_, out_shape=None, **__: sdpa_flop_count(q, k, v),
-    aten._scaled_dot_product_flash_attention_for_cpu_backward:
-        lambda dout, q, k, v, *_, out_shape=None, **__: sdpa_backward_flop_count(dout, q, k, v),
-}
-
-
-def counter() -> FlopCounterMode:
-    return FlopCounterMode(display=False, custom_mapping=CPU_SDPA)
+def counter():
+    return flop_counter()
 
 
 def inputs(b, t, caption_len):

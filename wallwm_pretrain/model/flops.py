@@ -30,7 +30,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+
 from wallwm_pretrain.config import ModelConfig
+
+_aten = torch.ops.aten
+# torch's counter knows the GPU attention kernels but not the CPU flash kernel that the fused
+# attention core runs on a CPU (and on meta tensors in the memory plan): count it with torch's
+# own SDPA formulas (two matmuls forward; the score recomputation and four matmuls backward)
+CPU_FLASH_FLOPS = {
+    _aten._scaled_dot_product_flash_attention_for_cpu:
+        lambda q, k, v, *_, out_shape=None, **__: sdpa_flop_count(q, k, v),
+    _aten._scaled_dot_product_flash_attention_for_cpu_backward:
+        lambda dout, q, k, v, *_, out_shape=None, **__: sdpa_backward_flop_count(dout, q, k, v),
+}
+
+
+def flop_counter() -> FlopCounterMode:
+    """torch's FLOP counter, taught the CPU flash-attention kernel."""
+    return FlopCounterMode(display=False, custom_mapping=CPU_FLASH_FLOPS)
 
 
 def self_attention_flops(s: int, h: int) -> int:

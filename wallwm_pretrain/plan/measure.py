@@ -4,8 +4,9 @@ Why measured rather than written as a formula: the towers' blocks differ (video:
 and cross-view attention; action: self-, state-, coupling and text attention) and change as the
 model grows; a formula per block drifts from the code, a measurement of the code does not.
 
-- FLOPs: ``torch.utils.flop_counter.FlopCounterMode`` over the forward (matmuls, convolutions
-  and attention; elementwise work is not counted).
+- FLOPs: torch's ``FlopCounterMode`` over the forward (matmuls, convolutions and attention,
+  the CPU flash kernel included via ``model.flops.flop_counter``; elementwise work is not
+  counted).
 - Activations: autograd's saved-tensor hooks see every tensor the forward keeps for backward.
   Each is counted once per storage (views of one tensor share it), parameters excluded, and
   attributed to the part of the model running when it was saved: ``embed``, ``layer <i>``
@@ -17,8 +18,8 @@ model grows; a formula per block drifts from the code, a measurement of the code
 Attention runs on meta tensors through ATen's math decomposition, which would keep the
 [b, heads, sq, sk] score matrix; a GPU runs the fused kernel, which keeps only q, k, v, the
 output and the log-sum-exp. :class:`_FusedAttentionOnMeta` routes ``scaled_dot_product_attention``
-to the fused kernel's own meta function so the count is what the fused kernel keeps. A core that
-materialises its scores itself (megatron's unfused ``DotProductAttention``) is counted as it is.
+to the fused kernel's own meta function so the count is what the fused kernel keeps (every
+attention core of both towers is the fused one, ``model/attention_core.py``).
 """
 
 from __future__ import annotations
@@ -30,10 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
-from torch.utils.flop_counter import FlopCounterMode
 
 from wallwm_pretrain.batch import Batch
 from wallwm_pretrain.config import ModelConfig
+from wallwm_pretrain.model.flops import flop_counter
 from wallwm_pretrain.model.local_layers import LocalLinear
 from wallwm_pretrain.model.pipeline_slice import PipelineSlice
 from wallwm_pretrain.model.wallwm import WallWM
@@ -137,7 +138,7 @@ def measure_forward(model: WallWM, batch: Batch) -> ForwardMeasure:
         if _tp_region(module):
             handles.append(module.register_forward_pre_hook(lambda *a: state.update(tp_depth=state["tp_depth"] + 1)))
             handles.append(module.register_forward_hook(lambda *a: state.update(tp_depth=state["tp_depth"] - 1)))
-    counter = FlopCounterMode(display=False)
+    counter = flop_counter()
     try:
         with ExitStack() as stack:
             stack.enter_context(counter)

@@ -17,36 +17,32 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from megatron.core.tensor_parallel import set_tensor_model_parallel_attributes
 from megatron.core.transformer.transformer_config import TransformerConfig
 from torch import nn
 
+from wallwm_pretrain.model.attention_core import fused_attention, key_valid_from_mask
 from wallwm_pretrain.model.wan.layers import column_linear, row_linear, tp_size
 from wallwm_pretrain.model.wan.rope import apply_rope
 
 
 def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
            key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """The attention core: softmax(q k^T / sqrt(d)) v through torch's fused kernel.
+    """The attention core of every Wan attention: the project's fused core
+    (``model/attention_core.py``), softmax(q k^T / sqrt(d)) v through torch's fused kernel.
 
     Args:
         query: ``[sq, b, heads, d]``; key, value: ``[sk, b, heads, d]``.
         key_padding_mask: optional bool ``[b, 1, 1, sk]``, ``True`` = padding (megatron's
             convention), broadcast over heads and queries; never an ``[sq, sk]`` matrix. A row
-            whose keys are all padding attends to all of them unmasked rather than to nothing
-            (NaN); its output is padding anyway.
+            whose keys are all padding attends uniformly (as megatron's core does); its output
+            is padding anyway.
 
     Returns:
         ``[sq, b, heads * d]``.
     """
-    q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [b, heads, s, d]
-    mask = None
-    if key_padding_mask is not None:
-        mask = ~key_padding_mask
-        mask = mask | ~mask.any(dim=-1, keepdim=True)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=0.0, is_causal=False)
-    return out.permute(2, 0, 1, 3).flatten(2).type_as(query)
+    key_valid = key_valid_from_mask(key_padding_mask, query.shape[1], key.shape[0])
+    return fused_attention(query, key, value, key_valid).type_as(query)
 
 
 class _SumOverGroup(torch.autograd.Function):
