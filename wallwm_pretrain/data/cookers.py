@@ -200,7 +200,8 @@ def cook_event(
 
 
 def make_cooker(cfg: DataConfig, caption_max_bytes: int, norm: Normalizer, extras: Extras = Extras()):
-    """``cooker(sample, epoch) -> list[TrainSample]`` of ``cfg.mode``: ``event`` or ``chunk``."""
+    """``cooker(sample, epoch=e) -> list[TrainSample]`` of ``cfg.mode``: ``event`` or ``chunk``
+    (``epoch`` by keyword: the partial binds ``cfg`` and the rest by keyword)."""
     cook = cook_event if cfg.mode == "event" else cook_chunks
     return functools.partial(cook, cfg=cfg, caption_max_bytes=caption_max_bytes, norm=norm, extras=extras)
 

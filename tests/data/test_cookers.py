@@ -1,0 +1,258 @@
+"""Cookers: the shard contract's checks, normalisation, event crops and chunk windows, each
+against values written out here."""
+
+import random
+import zlib
+
+import numpy as np
+import pytest
+
+from wallwm_pretrain.captions import encode_caption
+from wallwm_pretrain.config import CaptionDropConfig, DataConfig
+from wallwm_pretrain.data.cookers import (
+    Normalizer,
+    SampleError,
+    check_sample,
+    cook_chunks,
+    cook_event,
+    latent_window,
+    make_cooker,
+    sample_rng,
+)
+from wallwm_pretrain.data.extras import Extras
+
+NEVER = CaptionDropConfig(rho_min=0.0, rho_max=0.0, l_min=1, l_max=2)
+ALWAYS = CaptionDropConfig(rho_min=1.0, rho_max=1.0, l_min=1, l_max=2)
+
+
+def crude(t=10, key="ep0/e1", caption="pick the cup", task="tidy", latent_stride=0):
+    steps = np.arange(t, dtype=np.float32)
+    sample = {
+        "__key__": key,
+        "__url__": "shard-000.tar",
+        "json": {"caption": caption, "task": task},
+        "actions.npy": np.stack([steps, 10 * steps], axis=1),
+        "state.npy": np.array([7.0, 8.0, 9.0], np.float32),
+        "states.npy": np.stack([100 + steps, 200 + steps, 300 + steps], axis=1),
+        "frames.npy": (steps[:, None, None, None, None] * np.ones((1, 1, 2, 2, 3))).astype(np.uint8),
+    }
+    if latent_stride:
+        n = -(-t // latent_stride)
+        sample["latents.npy"] = np.arange(n, dtype=np.float16)[:, None, None, None, None] * np.ones(
+            (1, 1, 2, 1, 1), np.float16)
+    return sample
+
+
+def cfg(**kw):
+    base = dict(max_frames=4, caption_drop=NEVER, chunk_horizon=4, seed=5)
+    return DataConfig(**{**base, **kw})
+
+
+# ---- the shard contract -------------------------------------------------------------------
+
+@pytest.mark.parametrize("key", ["json", "actions.npy", "state.npy", "states.npy", "frames.npy"])
+def test_a_missing_key_is_named_with_the_sample_and_shard(key):
+    sample = crude()
+    del sample[key]
+    with pytest.raises(SampleError, match=rf"shard-000.tar: sample ep0/e1: missing key '{key}'"):
+        check_sample(sample)
+
+
+@pytest.mark.parametrize("key,bad", [
+    ("actions.npy", np.zeros((10, 2), np.float64)),
+    ("actions.npy", np.zeros(10, np.float32)),
+    ("state.npy", np.zeros((1, 3), np.float32)),
+    ("states.npy", np.zeros((10, 3), np.float16)),
+    ("frames.npy", np.zeros((10, 1, 2, 2), np.uint8)),
+    ("frames.npy", [0, 1]),
+])
+def test_a_wrong_dtype_or_rank_is_named(key, bad):
+    sample = crude()
+    sample[key] = bad
+    with pytest.raises(SampleError, match=rf"key '{key}' must be \w+ with \d dims, got"):
+        check_sample(sample)
+
+
+def test_json_must_be_an_object_with_a_string_caption():
+    for meta, message in [
+        (["x"], "key 'json' must hold an object, got list"),
+        ({"caption": 3}, "'caption' must be a string, got int"),
+        ({"caption": "a", "task": None}, "'task' must be a string, got NoneType"),
+        ({"task": "a"}, "key 'json' has no 'caption'"),
+    ]:
+        sample = crude()
+        sample["json"] = meta
+        with pytest.raises(SampleError, match=message):
+            check_sample(sample)
+
+
+def test_a_balance_error_recorded_on_the_sample_is_raised():
+    sample = crude()
+    sample["__balance_error__"] = "cluster 'x' is not in index.json"
+    with pytest.raises(SampleError, match="cluster 'x' is not in index.json"):
+        check_sample(sample)
+
+
+@pytest.mark.parametrize("key", ["frames.npy", "states.npy"])
+def test_lengths_must_agree(key):
+    sample = crude(10)
+    sample[key] = sample[key][:9]
+    with pytest.raises(SampleError, match="lengths differ: actions 10"):
+        check_sample(sample)
+
+
+def test_an_empty_event_is_refused():
+    with pytest.raises(SampleError, match="empty event"):
+        check_sample(crude(0))
+
+
+@pytest.mark.parametrize("key", ["actions.npy", "state.npy", "states.npy"])
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_non_finite_numbers_are_refused(key, value):
+    sample = crude()
+    sample[key] = sample[key].copy()
+    sample[key].flat[1] = value
+    with pytest.raises(SampleError, match=f"key '{key}' contains NaN or inf"):
+        check_sample(sample)
+
+
+def test_a_well_formed_sample_passes():
+    check_sample(crude())
+
+
+# ---- normalisation ------------------------------------------------------------------------
+
+def test_normalizer_standardises_with_a_floor_on_the_std_and_inverts():
+    index = {"stats": {"action": {"mean": [1.0, -2.0], "std": [2.0, 0.0]},
+                       "state": {"mean": [0.5], "std": [0.25]}}}
+    norm = Normalizer.from_index(index)
+    x = np.array([[3.0, -2.0], [1.0, -1.0]], np.float32)
+    np.testing.assert_allclose(norm.actions(x), [[1.0, 0.0], [0.0, 1e6]], rtol=1e-6)
+    np.testing.assert_allclose(norm.state(np.array([1.0], np.float32)), [2.0])
+    np.testing.assert_allclose(norm.raw_actions(norm.actions(x)), x, rtol=1e-6)
+
+
+def test_without_statistics_everything_passes_through():
+    norm = Normalizer.from_index({})
+    x = np.array([[3.0, -2.0]], np.float32)
+    assert norm.actions(x) is x and norm.state(x) is x and norm.raw_actions(x) is x
+    only_actions = Normalizer.from_index({"stats": {"action": {"mean": [0.0, 0.0], "std": [1.0, 1.0]}}})
+    assert only_actions.state(x) is x and only_actions.state_mean is None
+
+
+# ---- event mode ---------------------------------------------------------------------------
+
+def test_sample_rng_is_seeded_by_the_written_formula():
+    expected = random.Random((5 * 1_000_003 + 2) * 4_294_967_296 + zlib.crc32(b"ep0/e1")).random()
+    assert sample_rng(5, 2, "ep0/e1").random() == expected
+
+
+def test_a_short_event_is_kept_whole():
+    [s] = cook_event(crude(4), cfg(max_frames=4), 64, Normalizer(), 0)
+    assert s.length == 4 and s.remaining == 4 and s.key == "ep0/e1"
+    np.testing.assert_array_equal(s.actions[:, 0], [0, 1, 2, 3])
+    np.testing.assert_array_equal(s.state, [100, 200, 300])
+    np.testing.assert_array_equal(s.caption, encode_caption("pick the cup", 64))
+    assert s.meta["task"] == "tidy" and s.latents is None and s.caption_states is None
+
+
+def test_a_long_event_is_cropped_at_the_seeded_start():
+    c = cfg(max_frames=4)
+    for epoch in range(6):
+        [s] = cook_event(crude(10), c, 64, Normalizer(), epoch)
+        start = sample_rng(c.seed, epoch, "ep0/e1").randrange(10 - 4 + 1)
+        assert s.length == 4
+        np.testing.assert_array_equal(s.actions[:, 0], np.arange(start, start + 4))
+        np.testing.assert_array_equal(s.frames[:, 0, 0, 0, 0], np.arange(start, start + 4))
+        np.testing.assert_array_equal(s.state, [100 + start, 200 + start, 300 + start])
+        assert s.remaining == 10 - start
+
+
+def test_crops_reach_every_start_and_only_those():
+    starts = {int(cook_event(crude(7, key=f"k{i}"), cfg(max_frames=4), 64, Normalizer(), 0)[0].actions[0, 0])
+              for i in range(200)}
+    assert starts == {0, 1, 2, 3}
+
+
+def test_with_latents_a_crop_starts_on_a_latent_frame_and_carries_its_latents():
+    extras = Extras(latent_stride=2)
+    starts = set()
+    for i in range(60):
+        [s] = cook_event(crude(11, key=f"k{i}", latent_stride=2), cfg(max_frames=4), 64, Normalizer(), 0, extras)
+        start = int(s.actions[0, 0])
+        starts.add(start)
+        np.testing.assert_array_equal(s.latents[:, 0, 0, 0, 0], [start // 2, start // 2 + 1])
+    assert starts == {0, 2, 4, 6}
+
+
+def test_a_dropped_caption_is_the_begin_token_alone():
+    [s] = cook_event(crude(), cfg(caption_drop=ALWAYS), 64, Normalizer(), 0)
+    np.testing.assert_array_equal(s.caption, encode_caption("", 64))
+    [kept] = cook_event(crude(), cfg(caption_drop=NEVER), 64, Normalizer(), 0)
+    np.testing.assert_array_equal(kept.caption, encode_caption("pick the cup", 64))
+
+
+def test_caption_states_swap_to_the_empty_strings_when_dropped():
+    empty = np.full((2, 4), 3, np.float16)
+    sample = crude()
+    sample["caption_states.npy"] = np.ones((5, 4), np.float16)
+    [dropped] = cook_event(sample, cfg(caption_drop=ALWAYS), 64, Normalizer(), 0, Extras(empty_states=empty))
+    [kept] = cook_event(sample, cfg(caption_drop=NEVER), 64, Normalizer(), 0, Extras(empty_states=empty))
+    assert dropped.caption_states is empty
+    np.testing.assert_array_equal(kept.caption_states, sample["caption_states.npy"])
+
+
+def test_caption_states_of_another_width_are_named():
+    sample = crude()
+    sample["caption_states.npy"] = np.ones((5, 3), np.float16)
+    with pytest.raises(SampleError, match="'caption_states.npy' has width 3, the empty states 4"):
+        cook_event(sample, cfg(), 64, Normalizer(), 0, Extras(empty_states=np.zeros((1, 4), np.float16)))
+
+
+def test_normalisation_is_applied_to_actions_and_the_state_token():
+    norm = Normalizer(np.array([1.0, 0.0], np.float32), np.array([2.0, 10.0], np.float32),
+                      np.array([100.0, 200.0, 300.0], np.float32), np.array([1.0, 1.0, 2.0], np.float32))
+    [s] = cook_event(crude(3), cfg(), 64, norm, 0)
+    np.testing.assert_allclose(s.actions, [[-0.5, 0.0], [0.0, 1.0], [0.5, 2.0]])
+    np.testing.assert_allclose(s.state, [0.0, 0.0, 0.0])
+
+
+# ---- chunk mode ---------------------------------------------------------------------------
+
+def test_chunks_tile_the_event_and_carry_the_task():
+    windows = cook_chunks(crude(10), cfg(chunk_horizon=4), 64, Normalizer(), 0)
+    assert [w.key for w in windows] == ["ep0/e1/w0", "ep0/e1/w4", "ep0/e1/w8"]
+    assert [w.length for w in windows] == [4, 4, 2]
+    assert [w.remaining for w in windows] == [10, 6, 2]
+    for w, start in zip(windows, (0, 4, 8)):
+        np.testing.assert_array_equal(w.actions[0], [start, 10 * start])
+        np.testing.assert_array_equal(w.state, [100 + start, 200 + start, 300 + start])
+        np.testing.assert_array_equal(w.caption, encode_caption("tidy", 64))
+
+
+def test_a_chunk_without_a_task_gets_the_empty_instruction():
+    sample = crude(4)
+    del sample["json"]["task"]
+    [w] = cook_chunks(sample, cfg(chunk_horizon=4), 64, Normalizer(), 0)
+    np.testing.assert_array_equal(w.caption, encode_caption("", 64))
+
+
+def test_chunk_windows_carry_their_latents():
+    windows = cook_chunks(crude(10, latent_stride=2), cfg(chunk_horizon=4), 64, Normalizer(), 0,
+                          Extras(latent_stride=2))
+    assert [w.latents[:, 0, 0, 0, 0].tolist() for w in windows] == [[0, 1], [2, 3], [4]]
+
+
+def test_latent_frames_must_match_the_steps():
+    sample = crude(10, latent_stride=2)
+    sample["latents.npy"] = sample["latents.npy"][:4]
+    with pytest.raises(SampleError, match=r"has 4 latent frames, 10 steps need ceil\(10 / 2\) = 5"):
+        latent_window(sample, 0, 4, 2)
+    sample["latents.npy"] = np.zeros((5, 1, 2, 1, 1), np.float32)
+    with pytest.raises(SampleError, match="'latents.npy' must be float16 with 5 dims"):
+        latent_window(sample, 0, 4, 2)
+
+
+def test_make_cooker_follows_the_mode():
+    assert len(make_cooker(cfg(mode="event"), 64, Normalizer())(crude(10), epoch=0)) == 1
+    assert len(make_cooker(cfg(mode="chunk"), 64, Normalizer())(crude(10), epoch=0)) == 3
