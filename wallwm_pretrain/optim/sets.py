@@ -88,7 +88,7 @@ class OptimizerSetBase:
         groups: this rank's process groups; ``None`` = one process, no collectives.
         grad_buffers: data-parallel wrappers whose buffers (``param.main_grad``) hold the
             gradients; ``None`` reads ``param.grad``.
-        ns_variant: ``quintic`` or ``polar_express`` (Newton-Schulz coefficients).
+        ns_variant: ``quintic``, ``polar_express`` or ``gram`` (Newton-Schulz variant).
     """
 
     def __init__(

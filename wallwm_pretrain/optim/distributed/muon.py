@@ -194,6 +194,7 @@ class DistMuon(torch.optim.Optimizer):
             coefficients=group["ns_coefficients"],
             eps=group["eps"],
             norm_scale=group.get("ns_norm_scale", 1.0),
+            gram=group.get("ns_gram", False),
         )
         for shape, idx in by_shape.items():
             if len(idx) == 1 or min(shape) < BATCH_MIN_SIDE:
