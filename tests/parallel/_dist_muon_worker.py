@@ -278,25 +278,60 @@ def distributed(ctx, options: dict) -> dict:
 
 
 def _with_ddp(ctx, net: nn.Module, layouts: dict, options: dict) -> dict:
-    """The trainer's path: megatron DDP buffers (``main_grad``), built by the public builder."""
+    """The trainer's path: megatron DDP buffers (``main_grad``), built by the public builder.
+
+    ``reduce`` picks ``optim.muon_reduce``: ``home`` (Muon gradients reduced to their homes
+    inside DDP's bucket sync, updates landing before each module's next forward) or
+    ``all_reduce`` (every gradient all-reduced, updates applied within the step)."""
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
 
     ddp = DistributedDataParallel(_config(gqa=False), DistributedDataParallelConfig(use_distributed_optimizer=False), net)
-    cfg = replace(OPTIM, muon_mode=options.get("mode", "owner"), muon_bucket_elems=BUCKET_ELEMS)
+    cfg = replace(OPTIM, muon_mode=options.get("mode", "owner"), muon_bucket_elems=BUCKET_ELEMS,
+                  muon_reduce=options.get("reduce", "home"), grad_clip=options.get("grad_clip", 0.0))
     opt = build_optimizer(net, cfg, STEPS, optimizer_groups(ctx), grad_buffers=[ddp], device_type="cpu")
+    if options.get("load"):
+        opt.load_canonical_state_dict(torch.load(options["load"] + "/optim.pt", weights_only=False))
     record = {"init": _snapshot(net), "layout": layouts, "norms": []}
-    for step in range(STEPS):
-        # every data-parallel rank holds the same gradient; DDP scales by 1/dp and sums, which
-        # at dp = 2 gives back exactly that gradient
+    start, end = options.get("start", 0), options.get("end", STEPS)
+    for step in range(start, end):
+        # every data-parallel rank holds the same gradient; DDP scales by 1/dp and the reduction
+        # sums, which at dp = 2 gives back exactly that gradient
         for n, p in net.named_parameters():
             p.main_grad.copy_(cut(drawn(n, whole_shape(p, layouts[n], ctx.tp), step), layouts[n], ctx.tp_rank, ctx.tp))
-        record["norms"].append(opt.clip_grad_norm(0.0))
+        record["norms"].append(opt.clip_grad_norm(cfg.grad_clip))
         opt.step()
+        if step == start and hasattr(net, "odd"):
+            record.update(_forward_lands_the_update(opt, net))
         opt.zero_grad()
         assert all(float(p.main_grad.abs().sum()) == 0 for p in net.parameters())
+    opt.finish_param_sync()
     record["final"] = _snapshot(net)
     record["ns_calls"] = opt.ns_calls
+    record["home_reduce"] = opt.home is not None
+    if options.get("save"):
+        canonical = opt.canonical_state_dict()
+        if ctx.rank == 0:
+            torch.save(canonical, options["save"] + "/optim.pt")
     return record
+
+
+def _forward_lands_the_update(opt, net: nn.Module) -> dict:
+    """Right after a step: which updates are still in flight, and whether a module's forward
+    (its pre-hook) lands its own and only its own."""
+    module, name = net.odd.rep, "odd.rep.weight"
+    flight = opt.muon.params_in_flight if opt.muon is not None else set()
+    before = module.weight.detach().clone()
+    module(torch.zeros(1, module.in_features))
+    after_forward = module.weight.detach().clone()
+    left = opt.muon.params_in_flight if opt.muon is not None else set()
+    opt.finish_param_sync()
+    return {
+        "in_flight": sorted(flight),
+        "in_flight_after_forward": sorted(left),
+        "forward_changed_weight": not torch.equal(before, after_forward),
+        "forward_landed_all": torch.equal(after_forward, module.weight),
+        "probe": name,
+    }
 
 
 def _same(a, b) -> bool:
