@@ -299,6 +299,14 @@ def _with_ddp(ctx, net: nn.Module, layouts: dict, options: dict) -> dict:
         for n, p in net.named_parameters():
             p.main_grad.copy_(cut(drawn(n, whole_shape(p, layouts[n], ctx.tp), step), layouts[n], ctx.tp_rank, ctx.tp))
         record["norms"].append(opt.clip_grad_norm(cfg.grad_clip))
+        if step == start:  # what the buffers hold once DDP's bucket sync is done
+            muon = set(opt.split.muon)
+            record["buffers"] = {
+                n: "reduced" if torch.equal(p.main_grad, g) else "local" if torch.equal(p.main_grad, g / ctx.dp) else "other"
+                for n, p in net.named_parameters()
+                for g in [cut(drawn(n, whole_shape(p, layouts[n], ctx.tp), step), layouts[n], ctx.tp_rank, ctx.tp)]
+            }
+            record["muon_names"] = sorted(muon)
         opt.step()
         if step == start and hasattr(net, "odd"):
             record.update(_forward_lands_the_update(opt, net))
