@@ -342,6 +342,56 @@ def _forward_lands_the_update(opt, net: nn.Module) -> dict:
     }
 
 
+class TinyTP(nn.Module):
+    """A small model with a forward, for the overlapped path: a gated FFN as megatron TP layers
+    (fc1 column-parallel with stride 2, fc2 row-parallel), a replicated Muon matrix, AdamW parts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        cfg = _config(gqa=False)
+        self.emb = nn.Embedding(11, HIDDEN)
+        self.emb.weight.use_adamw = True
+        self.fc1 = ColumnParallelLinear(HIDDEN, 2 * FFN, config=cfg, init_method=cfg.init_method, bias=False,
+                                        gather_output=False, stride=2)
+        self.fc2 = RowParallelLinear(FFN, HIDDEN, config=cfg, init_method=cfg.init_method, bias=False,
+                                     input_is_parallel=True, skip_bias_add=False)
+        self.norm = nn.LayerNorm(HIDDEN)
+        self.out = nn.Linear(HIDDEN, HIDDEN, bias=False)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.emb(tokens)
+        gate, up = self.fc1(x)[0].chunk(2, -1)
+        x = x + self.fc2(F.silu(gate) * up)[0]
+        return self.out(self.norm(x)).pow(2).mean()
+
+
+def overlapped(ctx, options: dict) -> dict:
+    """Real forward and backward on this data-parallel rank's own tokens, DDP reducing buckets
+    while backward runs, for both ``optim.muon_reduce`` settings (same weights, same data)."""
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+
+    out = {}
+    for reduce in ("home", "all_reduce"):
+        torch.manual_seed(0)
+        net = TinyTP()
+        ddp = DistributedDataParallel(_config(gqa=False), DistributedDataParallelConfig(
+            overlap_grad_reduce=True, bucket_size=500, use_distributed_optimizer=False), net)
+        cfg = replace(OPTIM, muon_reduce=reduce, muon_bucket_elems=BUCKET_ELEMS)
+        opt = build_optimizer(net, cfg, STEPS, optimizer_groups(ctx), grad_buffers=[ddp], device_type="cpu")
+        record = {"init": _snapshot(net), "issued_in_backward": [], "groups": len(ddp.bucket_groups)}
+        for step in range(4):
+            tokens = torch.randint(0, 11, (2, 5), generator=torch.Generator().manual_seed(100 * step + ctx.dp_rank))
+            ddp(tokens).backward()
+            # reductions the bucket groups started during backward (reduce-to-home only)
+            record["issued_in_backward"].append(len(opt.home._pending) if opt.home is not None else -1)
+            opt.step()
+            opt.zero_grad()
+        opt.finish_param_sync()
+        record["final"] = _snapshot(net)
+        out[reduce] = record
+    return out
+
+
 def _same(a, b) -> bool:
     if isinstance(a, torch.Tensor):
         return isinstance(b, torch.Tensor) and torch.equal(a, b)
@@ -363,6 +413,8 @@ def run_rank(rank: int, world: int, tp: int, pp: int, rdzv: str, out_dir: str, o
                       "tp": ctx.tp, "dp": ctx.dp, "pp": ctx.pp}}
     if options.get("job") == "reference":
         result["run"] = reference(options)
+    elif options.get("job") == "overlapped":
+        result["run"] = overlapped(ctx, options)
     else:
         result["run"] = distributed(ctx, options)
     torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))

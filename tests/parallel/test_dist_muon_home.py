@@ -124,3 +124,20 @@ def test_resume_from_a_checkpoint_on_the_new_path(tmp_path_factory, reference, s
     records = worker.launch(tmp_path_factory.mktemp("resume"), resumed[0] * resumed[1] * resumed[2], tp=resumed[0],
                             pp=resumed[2], ddp=True, start=5, load=str(folder))
     assert_equal_params(worker.logical(records), reference["final"])
+
+
+@pytest.mark.parametrize("layout", [(1, 2, 1), (2, 2, 1)], ids=lambda t: "tp{}dp{}pp{}".format(*t))
+def test_overlapped_backward_reduces_to_home_bit_for_bit(tmp_path_factory, layout):
+    """Real forward and backward, each data-parallel rank on its own tokens, megatron DDP
+    reducing each bucket as backward finishes it: the reductions to the homes start during
+    backward (from the second step on; megatron's first step learns the buckets), and the
+    weights equal those of the all-reduce path bit for bit (at dp = 2 both sum a + b)."""
+    tp, dp, pp = layout
+    records = worker.launch(tmp_path_factory.mktemp("overlapped_{}{}{}".format(*layout)), tp * dp, tp=tp,
+                            job="overlapped")
+    for rec in records:
+        home, old = rec["run"]["home"], rec["run"]["all_reduce"]
+        assert home["groups"] > 1
+        assert home["issued_in_backward"][0] == 0 and all(n == home["groups"] for n in home["issued_in_backward"][1:])
+        assert_equal_params(home["final"], old["final"])
+        assert max((home["final"][n] - home["init"][n]).abs().max().item() for n in home["init"]) > 0.01
