@@ -18,16 +18,19 @@ Both transfers are one ``all_to_all_single`` per bucket, started asynchronously 
 transfer of bucket k+1 (to the home) and of bucket k-1 (back) run while bucket k is
 orthogonalised.
 
-With ``reduce="home"`` (``optim.muon_reduce``, gradients in megatron DDP buffers) step 1 is
+With ``home_grads`` (``optim.muon_reduce=home``, gradients in megatron DDP buffers) step 1 is
 gone: the gradients were reduced straight to their homes during backward
-(:mod:`.home_reduce`), and :attr:`DistMuon.home_grads` holds them. Step 3's transfers are then
-left in flight when :meth:`DistMuon.step` returns: a rank applies a bucket's update when
-something needs its parameters (:meth:`DistMuon.finish_param_sync`, called by the forward
-pre-hooks of the modules that hold them, by the next step, and before checkpoints), so the
-return overlaps the next forward. Every operation on matrix values is elementwise, a concatenation, or the same
-Newton-Schulz arithmetic as single-process Muon, so in fp32 on CPU the result equals
-single-process Muon on the same logical matrices bit for bit (tested; batched calls are used
-only where ATen's batched and 2-D matmuls agree, see ``BATCH_MIN_SIDE``). GPU batched kernels
+(:mod:`.home_reduce`). With ``defer_return`` step 3's transfers are left in flight when
+:meth:`DistMuon.step` returns: a rank applies a bucket's update when something needs its
+parameters (:meth:`DistMuon.finish_param_sync`, called by the forward pre-hooks of the modules
+that hold them, by the next step, and before checkpoints), so the return overlaps the next
+forward.
+
+Every operation on matrix values is elementwise, a concatenation, a sum of two data-parallel
+halves (as the all-reduce's), or the same Newton-Schulz arithmetic as single-process Muon, so in
+fp32 on CPU the result equals single-process Muon on the same logical matrices bit for bit
+(tested at DP <= 2; batched calls are used only where ATen's batched and 2-D matmuls agree, see
+``BATCH_MIN_SIDE``). GPU batched kernels
 may round differently from 2-D ones: there the equality is to rounding, not to the bit.
 
 Modes: ``owner`` (above; momentum memory per rank ~ 1/(DP*TP) of the whole model's);
@@ -328,7 +331,8 @@ class DistMuon(torch.optim.Optimizer):
             if self.home_grads is not None:  # reduced to this home during backward
                 reduced = self.home_grads
                 return _Pending(None, lambda: {
-                    m.key: reduced[m.key] if m.key in reduced else torch.zeros(m.rows, m.cols, dtype=grad_dtype, device=device)
+                    m.key: reduced[m.key] if m.key in reduced
+                    else torch.zeros(m.rows, m.cols, dtype=grad_dtype, device=device)  # no gradient: zero
                     for m in owned
                 })
             sharded_owned = [m for m in owned if m.tp_dim is not None]
