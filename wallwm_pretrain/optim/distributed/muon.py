@@ -26,11 +26,11 @@ parameters (:meth:`DistMuon.finish_param_sync`, called by the forward pre-hooks 
 that hold them, by the next step, and before checkpoints), so the return overlaps the next
 forward.
 
-Every operation on matrix values is elementwise, a concatenation, a sum of two data-parallel
-halves (as the all-reduce's), or the same Newton-Schulz arithmetic as single-process Muon, so in
-fp32 on CPU the result equals single-process Muon on the same logical matrices bit for bit
-(tested at DP <= 2; batched calls are used only where ATen's batched and 2-D matmuls agree, see
-``BATCH_MIN_SIDE``). GPU batched kernels
+Every operation on matrix values is elementwise, a concatenation, or the same Newton-Schulz
+arithmetic as single-process Muon, so in fp32 on CPU the result equals single-process Muon on
+the same logical matrices bit for bit (tested; batched calls are used only where ATen's batched
+and 2-D matmuls agree, see ``BATCH_MIN_SIDE``). The home's sum of the data-parallel copies is
+the all-reduce's sum at DP = 2 (a + b); with more data-parallel ranks its order may differ. GPU batched kernels
 may round differently from 2-D ones: there the equality is to rounding, not to the bit.
 
 Modes: ``owner`` (above; momentum memory per rank ~ 1/(DP*TP) of the whole model's);
