@@ -393,25 +393,27 @@ def run_step(world: int, tp: int, rounds: int, iters: int, with_deepspeed: bool)
            for k, t in res["times"].items()}
     dp = res["dp"]
     bound = 2 * (dp - 1) / dp * res["grad_bytes"]
-    base_step, adamw_it = med["owner_before"]["step"], med["adamw"]["iteration"]
+    base_step = med["owner_before"]["step"]
+    adamw, gather = med["adamw"], med["gather"]
     print(f"\n(a) optimizer step and iteration, TP={tp} x DP={dp} (gloo, 1 thread/rank), {rounds} rounds of "
           f"{iters} iterations; gradient bytes per rank {res['grad_bytes'] / 2**20:.2f} MiB, all-reduce bound "
           f"2(N-1)/N x that = {bound / 2**20:.2f} MiB (N = DP = {dp})\n")
-    print("| optimizer | step (ms) | step / before | iteration (ms) | iteration / AdamW ZeRO-1 | "
-          "sent / bound | received / bound | state elems/rank |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| optimizer | step (ms) | step / before | step / AdamW | step / gather | iteration (ms) | "
+          "iteration / AdamW | iteration / gather | sent / bound | received / bound | state elems/rank |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for k, m in med.items():
         state = res["state"].get(k)
         state_txt = f"{state['muon'] + state['adamw']:,}" if state else "n/a"
-        step_txt = f"{m['step'] * 1e3:.1f} | {m['step'] / base_step:.2f}" if m["step"] == m["step"] else "in backward | -"
+        step_txt = (f"{m['step'] * 1e3:.1f} | {m['step'] / base_step:.2f} | {m['step'] / adamw['step']:.2f} | "
+                    f"{m['step'] / gather['step']:.2f}") if m["step"] == m["step"] else "in backward | - | - | -"
         if k in res["traffic"][0]:
             sent = max(t[k][0] for t in res["traffic"]) / bound  # the busiest rank
             recv = max(t[k][1] for t in res["traffic"]) / bound
             bytes_txt = f"{sent:.2f} | {recv:.2f}"
         else:
             bytes_txt = "n/a | n/a"
-        print(f"| {LABELS[k]} | {step_txt} | {m['iteration'] * 1e3:.1f} | {m['iteration'] / adamw_it:.2f} | "
-              f"{bytes_txt} | {state_txt} |")
+        print(f"| {LABELS[k]} | {step_txt} | {m['iteration'] * 1e3:.1f} | {m['iteration'] / adamw['iteration']:.2f} | "
+              f"{m['iteration'] / gather['iteration']:.2f} | {bytes_txt} | {state_txt} |")
     print(f"\nowner mode before and after hold the same parameters bit for bit after the run: {res['same_params']}")
     if res["deepspeed_error"]:
         print(f"\nDeepSpeed did not run: {res['deepspeed_error']}")
