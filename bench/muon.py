@@ -1,21 +1,37 @@
-"""Distributed Muon: optimizer step time, Newton-Schulz scaling, training-step cost of Muon.
+"""Distributed Muon: optimizer step, iteration and bytes, Newton-Schulz scaling and Gram form, training-step cost.
 
-    python bench/muon.py step --world 2          # (a) owner vs gather vs ZeRO-1 AdamW vs DeepSpeed ZeRO-2 Muon
-    python bench/muon.py scaling --worlds 1 2 4  # (b) Newton-Schulz time vs processes, PNG with the 1/world line
-    python bench/muon.py train                   # (c) smoke-model training step, Muon vs AdamW, one process
+    python bench/muon.py step --world 2           # (a) DP=2: owner before/after vs gather vs ZeRO-1 AdamW
+    python bench/muon.py step --world 4 --tp 2    # (a) TP2 x DP2
+    python bench/muon.py scaling --worlds 1 2 4   # (b) Newton-Schulz time vs processes, PNG with the 1/world line
+    python bench/muon.py train                    # (c) smoke-model training step, Muon vs AdamW, one process
+    python bench/muon.py gram                     # (d) Newton-Schulz on the stack: standard vs Gram form
 
-(a) and (b) run a stack of transformer-shaped matrices (per layer: QKV 3h x h, proj h x h, gated
-fc1 2f x h, fc2 h x f; h=256, f=1024, 4 layers) plus an embedding and norms for AdamW, on gloo
-processes with file rendezvous, one thread each. Gradients are seeded and identical on every
-rank (as after the data-parallel all-reduce). All contenders of a table run in the same
-processes, interleaved round by round; every time is the maximum over ranks (the step ends when
-the slowest rank does), median over rounds. Ratios are against ``owner`` of the same run.
+(a) runs a stack of transformer-shaped matrices (per layer: QKV 3h x h, proj h x h, gated fc1
+2f x h, fc2 h x f; h=256, f=1024, 4 layers) as megatron tensor-parallel layers, plus an
+embedding and norms for AdamW, each contender in its own megatron DDP (gradients reduced while
+backward runs, buckets of 1 Mi elements), on gloo processes with file rendezvous, one thread
+each. Owner mode runs twice: ``before`` (``optim.muon_reduce=all_reduce``: every gradient
+all-reduced, the update returned within the step) and ``after`` (``home``: Muon gradients
+reduced to their homes during backward, the update landing before each layer's next forward),
+and once more ``after`` with the Gram Newton-Schulz. Per round and contender:
 
-DeepSpeed computes its Muon update while it flattens the reduced gradient partitions, partly
-inside ``engine.backward``; its row therefore also reports the whole iteration (forward,
-backward with its reduce-scatter, step) next to ours (forward, backward, a flat all-reduce
-emulating DDP, step). Its Newton-Schulz is the ``standard`` quintic under ``torch.compile``,
-forced to fp32 here (``is_bf16_supported`` patched to False) to match ours.
+- *step*: seeded gradients in the DDP buffers, then what follows a backward: the gradient
+  reduction, the optimizer step and the parameters' return, all waited for; the bytes this
+  rank sends and receives in it are counted by wrapping the ``torch.distributed`` collectives
+  (``collective_bytes.py``) and divided by the all-reduce bound 2(N-1)/N x this rank's
+  gradient bytes (N = DP);
+- *iteration*: ``--iters`` consecutive forward + backward + step, the last return waited for
+  inside the timed block, per iteration: the return of one step overlaps the next forward.
+
+All contenders run in the same processes, interleaved round by round; every time is the
+maximum over ranks (the step ends when the slowest rank does), median over rounds. After the
+run the script checks that owner mode before and after hold the same parameters bit for bit.
+
+(b) uses the same stack as plain ``nn.Linear`` layers and seeded gradients identical on every
+rank (as after the data-parallel all-reduce). DeepSpeed (``--no-deepspeed`` to skip; DP only)
+computes its Muon update while it flattens the reduced gradient partitions, partly inside
+``engine.backward``; its row reports the iteration only. Its Newton-Schulz is the ``standard``
+quintic under ``torch.compile``, forced to fp32 (``is_bf16_supported`` patched to False).
 """
 
 from __future__ import annotations
@@ -147,69 +163,181 @@ def _deepspeed_engine(model: nn.Module):
     return engine
 
 
-def _step_worker(rank: int, world: int, rdzv: str, out: str, rounds: int, with_deepspeed: bool) -> None:
+class TPBenchNet(nn.Module):
+    """:class:`BenchNet`'s matrices as megatron tensor-parallel layers (QKV and fc1 column-parallel,
+    fc1 with stride 2 as a gated FFN; proj and fc2 row-parallel), so the same stack runs at any TP."""
+
+    def __init__(self, config) -> None:
+        from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
+
+        super().__init__()
+        init = config.init_method
+        self.emb = nn.Embedding(VOCAB, HIDDEN)
+        self.emb.weight.use_adamw = True
+        self.layers = nn.ModuleList()
+        for _ in range(LAYERS):
+            layer = nn.Module()
+            layer.norm1, layer.norm2 = nn.LayerNorm(HIDDEN), nn.LayerNorm(HIDDEN)
+            layer.qkv = ColumnParallelLinear(HIDDEN, 3 * HIDDEN, config=config, init_method=init, bias=False,
+                                             gather_output=False)
+            layer.proj = RowParallelLinear(HIDDEN, HIDDEN, config=config, init_method=init, bias=False,
+                                           input_is_parallel=True, skip_bias_add=False)
+            layer.fc1 = ColumnParallelLinear(HIDDEN, 2 * FFN, config=config, init_method=init, bias=False,
+                                             gather_output=False, stride=2)
+            layer.fc2 = RowParallelLinear(FFN, HIDDEN, config=config, init_method=init, bias=False,
+                                          input_is_parallel=True, skip_bias_add=False)
+            self.layers.append(layer)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.emb(tokens)
+        for layer in self.layers:
+            q, k, v = layer.qkv(layer.norm1(x))[0].chunk(3, -1)
+            x = x + layer.proj(q * torch.sigmoid(k) + v)[0]
+            gate, up = layer.fc1(layer.norm2(x))[0].chunk(2, -1)
+            x = x + layer.fc2(nn.functional.silu(gate) * up)[0]
+        return x.pow(2).mean()
+
+
+def _bench_config():
+    from megatron.core.transformer.transformer_config import TransformerConfig
+
+    return TransformerConfig(num_layers=LAYERS, hidden_size=HIDDEN, num_attention_heads=4, ffn_hidden_size=FFN,
+                             use_cpu_initialization=True, params_dtype=torch.float32, add_bias_linear=False)
+
+
+# name: (muon_mode, optim.muon_reduce, ns_variant); adamw = every parameter to ZeRO-1 AdamW
+CONTENDERS = {
+    "owner_before": ("owner", "all_reduce", "quintic"),
+    "owner_home": ("owner", "home", "quintic"),
+    "owner_home_gram": ("owner", "home", "gram"),
+    "gather": ("gather", "all_reduce", "quintic"),
+    "adamw": ("adamw", "all_reduce", "quintic"),
+}
+LABELS = {
+    "owner_before": "Muon owner, all-reduce then return in the step (before)",
+    "owner_home": "Muon owner, reduce to home + return behind forward (after)",
+    "owner_home_gram": "Muon owner, reduce to home, Gram Newton-Schulz",
+    "gather": "Muon gather (Moonlight-style)",
+    "adamw": "AdamW ZeRO-1 (ours)",
+    "deepspeed": "DeepSpeed ZeRO-2 Muon",
+}
+
+
+def _ddp_set(config, groups, mode: str, reduce: str, variant: str):
+    """A :class:`TPBenchNet` in megatron DDP (gradients reduced while backward runs) and its set."""
+    from dataclasses import replace
+
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+
+    from wallwm_pretrain.optim import ParamSplit, split_parameters
+    from wallwm_pretrain.optim.distributed.optimizer_set import DistributedOptimizerSet
+
+    torch.manual_seed(0)
+    net = TPBenchNet(config)
+    ddp = DistributedDataParallel(config, DistributedDataParallelConfig(
+        overlap_grad_reduce=True, bucket_size=BUCKET_ELEMS, use_distributed_optimizer=False), net)
+    split = split_parameters(net)
+    if mode == "adamw":
+        split = ParamSplit([], split.muon + split.adamw_decay, split.adamw_no_decay)
+    cfg = replace(OPTIM, ns_variant=variant)
+    opt = DistributedOptimizerSet(dict(net.named_parameters()), split, cfg, 1000, "float32", groups,
+                                  mode="owner" if mode == "adamw" else mode, bucket_elems=BUCKET_ELEMS,
+                                  grad_buffers=[ddp], ns_variant=variant, reduce=reduce, modules=[net])
+    return {"net": net, "ddp": ddp, "opt": opt}
+
+
+def _seed_main_grads(net: nn.Module, step: int) -> None:
+    g = torch.Generator().manual_seed(10_000 + step)
+    for p in net.parameters():
+        p.main_grad.copy_(torch.randn(p.shape, generator=g))
+
+
+def _step_worker(rank: int, world: int, rdzv: str, out: str, tp: int, rounds: int, iters: int,
+                 with_deepspeed: bool) -> None:
+    import warnings
+
+    warnings.filterwarnings("ignore")  # megatron's notes on missing Transformer Engine / Apex
+    from collective_bytes import CollectiveBytes
+
+    from wallwm_pretrain.parallel import init_parallel
+    from wallwm_pretrain.parallel.state import optimizer_groups
+
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=os.environ.get("BENCH_PORT", "29533"))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{rdzv}", rank=rank, world_size=world)
-    contenders: dict[str, dict] = {}
-    for name, mode, overlap in (("owner", "owner", True), ("owner_sync", "owner", False), ("gather", "gather", True),
-                                ("adamw", "adamw", True)):
-        torch.manual_seed(0)
-        model = BenchNet()
-        contenders[name] = {"model": model, "opt": _our_set(model, mode, overlap)}
+    ctx = init_parallel(tp, 1, "cpu", seed=0)
+    groups = optimizer_groups(ctx)
+    config = _bench_config()
+    counter = CollectiveBytes()
+    counter.install()
+    contenders = {name: _ddp_set(config, groups, *spec) for name, spec in CONTENDERS.items()}
     deepspeed_error = None
-    if with_deepspeed:
+    if with_deepspeed and tp == 1:
         try:
             torch.manual_seed(0)
             contenders["deepspeed"] = {"engine": _deepspeed_engine(BenchNet())}
         except Exception as exc:  # reported in the table instead of a number
             deepspeed_error = f"{type(exc).__name__}: {exc}"
-    times: dict[str, dict[str, list[float]]] = {k: {"step": [], "iteration": []} for k in contenders}
-    fb: list[float] = []
-    for r in range(rounds + 2):  # two warm-up rounds (torch.compile, first-touch allocations)
+    times = {k: {"step": [], "iteration": []} for k in contenders}
+    traffic: dict[str, tuple[int, int]] = {}
+    for r in range(rounds + 2):  # two warm-up rounds (first-touch allocations, DDP's first batch)
         for name, c in contenders.items():
             if name == "deepspeed":
                 engine = c["engine"]
 
-                def iteration():
-                    loss = engine(_tokens(r))
-                    engine.backward(loss)
-                    engine.step()
+                def ds_iterations():
+                    for i in range(iters):
+                        loss = engine(_tokens(r * iters + i))
+                        engine.backward(loss)
+                        engine.step()
 
-                t_it = _timed(iteration)
-                t_step = float("nan")
+                t_it, t_step = _timed(ds_iterations) / iters, float("nan")
             else:
-                model, opt = c["model"], c["opt"]
-                _seed_grads(model, r)
-                t_step = _timed(opt.step)
+                net, ddp, opt = c["net"], c["ddp"], c["opt"]
+                _seed_main_grads(net, r)
+
+                def step():
+                    # what follows a backward: the gradient reduction (started as if backward had
+                    # just found every bucket ready), the optimizer step, the parameters' return
+                    with counter.window():
+                        ddp.start_grad_sync()
+                        opt.step()
+                        opt.finish_param_sync()
+
+                t_step = _timed(step)
+                traffic[name] = (counter.sent, counter.received)
                 opt.zero_grad()
 
-                def iteration():
-                    model(_tokens(r)).backward()
-                    _flat_all_reduce(model)
-                    opt.step()
-                    opt.zero_grad()
+                def iterations():
+                    # the return of step i lands during the forward of step i + 1; the last one is
+                    # waited for inside the timed block
+                    for i in range(iters):
+                        ddp(_tokens(r * iters + i)).backward()
+                        opt.step()
+                        opt.zero_grad()
+                    opt.finish_param_sync()
 
-                t_it = _timed(iteration)
+                t_it = _timed(iterations) / iters
             if r >= 2:
                 times[name]["step"].append(t_step)
                 times[name]["iteration"].append(t_it)
-        model = contenders["owner"]["model"]
-
-        def fwd_bwd():
-            model(_tokens(r)).backward()
-
-        t = _timed(fwd_bwd)
-        contenders["owner"]["opt"].zero_grad()
-        if r >= 2:
-            fb.append(t)
+    counter.uninstall()
+    grad_bytes = sum(p.numel() * p.element_size() for p in contenders["owner_home"]["net"].parameters())
+    traffic_all = [None] * world
+    dist.all_gather_object(traffic_all, traffic)
+    before, after = (dict(contenders[k]["net"].named_parameters()) for k in ("owner_before", "owner_home"))
+    same = all(torch.equal(before[n], after[n]) for n in before)
+    same_all = [None] * world
+    dist.all_gather_object(same_all, same)
     state = {k: c["opt"].state_numel() for k, c in contenders.items() if "opt" in c}
     if rank == 0:
-        Path(out).write_text(json.dumps({"times": times, "fwd_bwd": fb, "state": state, "deepspeed_error": deepspeed_error}))
+        Path(out).write_text(json.dumps({
+            "times": times, "traffic": traffic_all, "grad_bytes": grad_bytes, "dp": ctx.dp, "tp": tp,
+            "same_params": all(same_all), "state": state, "deepspeed_error": deepspeed_error,
+        }))
     dist.barrier()
     dist.destroy_process_group()
-
 
 def _scaling_worker(rank: int, world: int, rdzv: str, out: str, rounds: int) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
@@ -259,27 +387,36 @@ def _launch(target, world: int, *extra) -> dict:
         return json.loads(Path(out).read_text())
 
 
-def run_step(world: int, rounds: int, with_deepspeed: bool) -> None:
-    res = _launch(_step_worker, world, rounds, with_deepspeed)
+def run_step(world: int, tp: int, rounds: int, iters: int, with_deepspeed: bool) -> None:
+    res = _launch(_step_worker, world, tp, rounds, iters, with_deepspeed)
     med = {k: {kind: statistics.median(v) if v and v[0] == v[0] else float("nan") for kind, v in t.items()}
            for k, t in res["times"].items()}
-    fb = statistics.median(res["fwd_bwd"])
-    base_step, base_it = med["owner"]["step"], med["owner"]["iteration"]
-    print(f"\n(a) optimizer step, DP={world} (gloo, 1 thread/rank), {rounds} rounds; fwd+bwd alone {fb * 1e3:.1f} ms\n")
-    print("| optimizer | step (ms) | step / owner | iteration (ms) | iteration - fwd/bwd (ms) | vs owner | state elems/rank |")
-    print("|---|---|---|---|---|---|---|")
-    labels = {"owner": "Muon owner (ours)", "owner_sync": "Muon owner, no overlap", "gather": "Muon gather (Moonlight-style)",
-              "adamw": "AdamW ZeRO-1 (ours)", "deepspeed": "DeepSpeed ZeRO-2 Muon"}
+    dp = res["dp"]
+    bound = 2 * (dp - 1) / dp * res["grad_bytes"]
+    base_step = med["owner_before"]["step"]
+    adamw, gather = med["adamw"], med["gather"]
+    print(f"\n(a) optimizer step and iteration, TP={tp} x DP={dp} (gloo, 1 thread/rank), {rounds} rounds of "
+          f"{iters} iterations; gradient bytes per rank {res['grad_bytes'] / 2**20:.2f} MiB, all-reduce bound "
+          f"2(N-1)/N x that = {bound / 2**20:.2f} MiB (N = DP = {dp})\n")
+    print("| optimizer | step (ms) | step / before | step / AdamW | step / gather | iteration (ms) | "
+          "iteration / AdamW | iteration / gather | sent / bound | received / bound | state elems/rank |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for k, m in med.items():
         state = res["state"].get(k)
         state_txt = f"{state['muon'] + state['adamw']:,}" if state else "n/a"
-        step_txt = f"{m['step'] * 1e3:.1f} | {m['step'] / base_step:.2f}" if m["step"] == m["step"] else "in backward | -"
-        over = m["iteration"] - fb
-        print(f"| {labels[k]} | {step_txt} | {m['iteration'] * 1e3:.1f} | {over * 1e3:.1f} | "
-              f"{over / (base_it - fb):.2f} | {state_txt} |")
+        step_txt = (f"{m['step'] * 1e3:.1f} | {m['step'] / base_step:.2f} | {m['step'] / adamw['step']:.2f} | "
+                    f"{m['step'] / gather['step']:.2f}") if m["step"] == m["step"] else "in backward | - | - | -"
+        if k in res["traffic"][0]:
+            sent = max(t[k][0] for t in res["traffic"]) / bound  # the busiest rank
+            recv = max(t[k][1] for t in res["traffic"]) / bound
+            bytes_txt = f"{sent:.2f} | {recv:.2f}"
+        else:
+            bytes_txt = "n/a | n/a"
+        print(f"| {LABELS[k]} | {step_txt} | {m['iteration'] * 1e3:.1f} | {m['iteration'] / adamw['iteration']:.2f} | "
+              f"{m['iteration'] / gather['iteration']:.2f} | {bytes_txt} | {state_txt} |")
+    print(f"\nowner mode before and after hold the same parameters bit for bit after the run: {res['same_params']}")
     if res["deepspeed_error"]:
         print(f"\nDeepSpeed did not run: {res['deepspeed_error']}")
-
 
 def run_scaling(worlds: list[int], rounds: int, png: Path | None) -> None:
     rows = {w: _launch(_scaling_worker, w, rounds) for w in worlds}
@@ -381,12 +518,59 @@ def run_train(steps: int) -> None:
         print(f"| {labels[n]} | {m['step'] * 1e3:.1f} | {m['total'] * 1e3:.1f} | {m['total'] / med['adamw']['total']:.3f} |")
 
 
+def run_gram(rounds: int) -> None:
+    """(d) Newton-Schulz on the benchmark's matrix stack: the standard quintic vs its Gram form."""
+    from wallwm_pretrain.optim.newton_schulz import gram_is_cheaper, gram_newton_schulz_flops, newton_schulz, \
+        newton_schulz_flops
+
+    torch.set_num_threads(1)
+    steps = OPTIM.ns_steps
+    shapes = [(3 * HIDDEN, HIDDEN), (HIDDEN, HIDDEN), (2 * FFN, HIDDEN), (HIDDEN, FFN)]
+    g = torch.Generator().manual_seed(0)
+    stack = [torch.randn(shape, generator=g) for shape in shapes for _ in range(LAYERS)]
+    times: dict[tuple, dict[str, list[float]]] = {s: {"quintic": [], "gram": []} for s in shapes}
+    diffs = {s: 0.0 for s in shapes}
+    for r in range(rounds + 1):  # one warm-up round
+        for x in stack:
+            shape = tuple(x.shape)
+            for name, gram in (("quintic", False), ("gram", True)):
+                t0 = time.perf_counter()
+                out = newton_schulz(x, steps=steps, gram=gram)
+                dt = time.perf_counter() - t0
+                if r:
+                    times[shape][name].append(dt)
+                if gram:
+                    diffs[shape] = max(diffs[shape], (out - newton_schulz(x, steps=steps)).abs().max().item())
+    print(f"\n(d) Newton-Schulz ({steps} iterations, fp32, 1 thread) on the stack of (a): {LAYERS} of each shape, "
+          f"{rounds} rounds\n")
+    print("| shape | form used by gram | flops gram / standard | time standard (ms) | time gram (ms) | time ratio | max abs diff |")
+    print("|---|---|---|---|---|---|---|")
+    total = {"quintic": 0.0, "gram": 0.0}
+    flops = {"quintic": 0, "gram": 0}
+    for shape, t in times.items():
+        q, gm = statistics.median(t["quintic"]), statistics.median(t["gram"])
+        cheaper = gram_is_cheaper(*shape, steps)
+        f_std = newton_schulz_flops(*shape, steps=steps)
+        f_gram = gram_newton_schulz_flops(*shape, steps) if cheaper else f_std
+        total["quintic"] += LAYERS * q
+        total["gram"] += LAYERS * gm
+        flops["quintic"] += LAYERS * f_std
+        flops["gram"] += LAYERS * f_gram
+        print(f"| {shape[0]} x {shape[1]} | {'Gram' if cheaper else 'standard'} | {f_gram / f_std:.2f} | {q * 1e3:.2f} | "
+              f"{gm * 1e3:.2f} | {gm / q:.2f} | {diffs[shape]:.1e} |")
+    print(f"| whole stack | | {flops['gram'] / flops['quintic']:.2f} | {total['quintic'] * 1e3:.1f} | "
+          f"{total['gram'] * 1e3:.1f} | {total['gram'] / total['quintic']:.2f} | |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
-    a = sub.add_parser("step", help="(a) optimizer step: owner vs gather vs ZeRO-1 AdamW vs DeepSpeed")
-    a.add_argument("--world", type=int, default=2)
-    a.add_argument("--rounds", type=int, default=7)
+    a = sub.add_parser("step", help="(a) optimizer step and iteration: owner before/after vs gather vs ZeRO-1 AdamW, "
+                                     "bytes per rank against the all-reduce bound")
+    a.add_argument("--world", type=int, default=2, help="processes (TP x DP)")
+    a.add_argument("--tp", type=int, default=1, help="tensor-parallel size")
+    a.add_argument("--rounds", type=int, default=7, help="timed rounds (after 2 warm-up rounds)")
+    a.add_argument("--iters", type=int, default=3, help="training iterations per timed block")
     a.add_argument("--no-deepspeed", action="store_true")
     b = sub.add_parser("scaling", help="(b) Newton-Schulz time vs processes")
     b.add_argument("--worlds", type=int, nargs="+", default=[1, 2, 4])
@@ -394,9 +578,13 @@ def main() -> None:
     b.add_argument("--png", type=Path, default=Path("docs/muon_ns_scaling.png"))
     c = sub.add_parser("train", help="(c) smoke-model training step, Muon vs AdamW")
     c.add_argument("--steps", type=int, default=10)
+    d = sub.add_parser("gram", help="(d) Newton-Schulz standard vs Gram form on the matrix stack")
+    d.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
     if args.what == "step":
-        run_step(args.world, args.rounds, not args.no_deepspeed)
+        run_step(args.world, args.tp, args.rounds, args.iters, not args.no_deepspeed)
+    elif args.what == "gram":
+        run_gram(args.rounds)
     elif args.what == "scaling":
         run_scaling(args.worlds, args.rounds, args.png)
     else:

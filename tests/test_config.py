@@ -45,7 +45,9 @@ def test_wrong_type_fails():
      (["data.caption_drop.rho_min=0.95"], "rho_min <= rho_max"),
      (["data.mode=chunk", "data.chunk_horizon=10"], "multiple of model.frame_stride"),
      (["data.max_frames=30"], "multiple of model.frame_stride"),
-     (["optim.ns_dtype=fp8"], "optim.ns_dtype")],
+     (["optim.ns_dtype=fp8"], "optim.ns_dtype"),
+     (["optim.muon_reduce=reduce_scatter"], "optim.muon_reduce must be home or all_reduce"),
+     (["optim.ns_variant=syrk"], "optim.ns_variant must be quintic, polar_express or gram")],
 )
 def test_bad_combinations_fail(overrides, fragment):
     with pytest.raises(ConfigError, match=fragment):

@@ -264,6 +264,9 @@ class Trainer:
         """
         self.watchdog.phase("save", self.step)
         started = time.perf_counter()
+        # distributed Muon may still be returning the last step's updates (they land just before
+        # each layer's next forward); a checkpoint reads the parameters now
+        self.optim.finish_param_sync()
         self._check_finite_weights()
         model_state, optim_state = canonical_checkpoint(self.model, self.optim, self.ctx)
         loaders = gather_per_dp_rank(self.loader.state_dict(), self.ctx)
@@ -435,6 +438,7 @@ class Trainer:
         if self.step > start_step:  # periodic saves skip the last step: it is saved here, by all ranks
             last_path = self.save()
         last_path = last_path or ckpt.find_latest(self.run_dir)  # nothing new if already complete
+        self.optim.finish_param_sync()  # whoever reads the model after the run sees the last step
         self.watchdog.phase("finish", self.step)
         if self.ctx.is_main:
             curve = self.run_dir / "loss_curve.png"

@@ -200,3 +200,19 @@ def test_wan_modulation_tables_and_cameras_are_not_decayed():
     split = split_parameters(WanTower(cfg))
     marked = [n for n in split.adamw_no_decay if "modulation" in n or "camera" in n]
     assert len(marked) == 3 and not [n for n in split.adamw_decay if "modulation" in n or "camera" in n]
+
+
+def test_gram_variant_reaches_muon_and_changes_only_roundings():
+    """``optim.ns_variant=gram``: Muon's groups say so, and the update equals the quintic's
+    within the fp32 tolerance of the Gram form (tests/optim/test_optim_newton_schulz.py)."""
+    finals = {}
+    for variant in ("quintic", "gram"):
+        torch.manual_seed(0)
+        model = Tiny()
+        opt = build_optimizer(model, _cfg(ns_variant=variant), total_steps=10)
+        assert opt.optimizers["muon"].param_groups[0]["ns_gram"] is (variant == "gram")
+        model(_batch(0)).pow(2).mean().backward()
+        opt.step()
+        finals[variant] = model.fc1.weight.detach().clone()  # 32 x 16: the Gram form is cheaper
+    assert not torch.equal(finals["gram"], finals["quintic"])
+    torch.testing.assert_close(finals["gram"], finals["quintic"], atol=1e-6, rtol=0)

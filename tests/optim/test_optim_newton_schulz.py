@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from wallwm_pretrain.optim import NS_COEFFICIENTS, newton_schulz, newton_schulz_flops
+from wallwm_pretrain.optim import NS_COEFFICIENTS, newton_schulz, newton_schulz_flops, ns_variant
+from wallwm_pretrain.optim.newton_schulz import gram_is_cheaper, gram_newton_schulz_flops, ns_uses_gram
 
 
 def _scalar_map(s: torch.Tensor, steps: int = 5, coefficients=NS_COEFFICIENTS) -> torch.Tensor:
@@ -160,3 +161,56 @@ def test_flop_estimate_matches_counted_matmul_flops(shape):
     assert newton_schulz_flops(m, n) == newton_schulz_flops(n, m)
     with pytest.raises(ValueError):
         newton_schulz_flops(0, 4)
+
+
+# -- the Gram form ----------------------------------------------------------------------------
+# fp32 tolerance of the Gram form against the standard quintic: both follow the exact (fp64)
+# iteration to ~1e-6 per element on these shapes (measured: <= 8.4e-7 apart); 1e-5 leaves a
+# tenfold margin while a wrong polynomial or orientation misses by O(0.1).
+GRAM_ATOL = 1e-5
+
+
+@pytest.mark.parametrize("shape", RECT_SHAPES + [(256, 1024), (2, 40, 96)])
+def test_gram_form_matches_the_standard_quintic(shape):
+    torch.manual_seed(sum(shape))
+    g = torch.randn(shape)
+    standard = newton_schulz(g, steps=5)
+    gram = newton_schulz(g, steps=5, gram=True)
+    torch.testing.assert_close(gram, standard, atol=GRAM_ATOL, rtol=0)
+    exact = newton_schulz(g.double(), steps=5, dtype="float64")
+    # and it is no worse a follower of the exact iteration than the standard form
+    assert (gram.double() - exact).abs().max() <= 2 * (standard.double() - exact).abs().max() + 1e-7
+    # the Gram form really ran: it is another sequence of roundings
+    assert not torch.equal(gram, standard)
+
+
+def test_gram_form_keeps_the_standard_path_where_it_is_not_cheaper():
+    g = torch.randn(48, 64)  # aspect 1.33: the Gram form would cost more
+    assert not gram_is_cheaper(48, 64, 5)
+    assert torch.equal(newton_schulz(g, gram=True), newton_schulz(g))
+    assert gram_is_cheaper(48, 96, 5)
+
+
+def test_gram_flops_on_a_known_shape():
+    # 256 x 1024, 5 iterations: standard 5 (4 s^2 l + 2 s^3), Gram 4 s^2 l + 34 s^3
+    assert newton_schulz_flops(256, 1024, steps=5) == 1_509_949_440
+    assert gram_newton_schulz_flops(256, 1024, 5) == 838_860_800
+    assert gram_newton_schulz_flops(1024, 256, 5) == 838_860_800
+    assert gram_newton_schulz_flops(256, 1024, 0) == 0
+
+
+@pytest.mark.parametrize("shape", [(64, 160), (160, 64), (3, 40, 96)])
+def test_gram_flop_count_matches_counted_matmul_flops(shape):
+    x = torch.randn(shape)
+    with FlopCounterMode(display=False) as counter:
+        newton_schulz(x, steps=5, gram=True)
+    m, n = shape[-2:]
+    batch = shape[0] if len(shape) == 3 else 1
+    assert counter.get_total_flops() == batch * gram_newton_schulz_flops(m, n, 5)
+
+
+def test_gram_variant_is_the_quintic_in_gram_form():
+    assert ns_variant("gram") == ns_variant("quintic")
+    assert ns_uses_gram("gram") and not ns_uses_gram("quintic") and not ns_uses_gram("polar_express")
+    with pytest.raises(ValueError, match="one of"):
+        ns_uses_gram("syrk")

@@ -278,25 +278,118 @@ def distributed(ctx, options: dict) -> dict:
 
 
 def _with_ddp(ctx, net: nn.Module, layouts: dict, options: dict) -> dict:
-    """The trainer's path: megatron DDP buffers (``main_grad``), built by the public builder."""
+    """The trainer's path: megatron DDP buffers (``main_grad``), built by the public builder.
+
+    ``reduce`` picks ``optim.muon_reduce``: ``home`` (Muon gradients reduced to their homes
+    inside DDP's bucket sync, updates landing before each module's next forward) or
+    ``all_reduce`` (every gradient all-reduced, updates applied within the step)."""
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
 
     ddp = DistributedDataParallel(_config(gqa=False), DistributedDataParallelConfig(use_distributed_optimizer=False), net)
-    cfg = replace(OPTIM, muon_mode=options.get("mode", "owner"), muon_bucket_elems=BUCKET_ELEMS)
+    cfg = replace(OPTIM, muon_mode=options.get("mode", "owner"), muon_bucket_elems=BUCKET_ELEMS,
+                  muon_reduce=options.get("reduce", "home"), grad_clip=options.get("grad_clip", 0.0))
     opt = build_optimizer(net, cfg, STEPS, optimizer_groups(ctx), grad_buffers=[ddp], device_type="cpu")
+    if options.get("load"):
+        opt.load_canonical_state_dict(torch.load(options["load"] + "/optim.pt", weights_only=False))
     record = {"init": _snapshot(net), "layout": layouts, "norms": []}
-    for step in range(STEPS):
-        # every data-parallel rank holds the same gradient; DDP scales by 1/dp and sums, which
-        # at dp = 2 gives back exactly that gradient
+    start, end = options.get("start", 0), options.get("end", STEPS)
+    for step in range(start, end):
+        # every data-parallel rank holds the same gradient; DDP scales by 1/dp and the reduction
+        # sums, which at dp = 2 gives back exactly that gradient
         for n, p in net.named_parameters():
             p.main_grad.copy_(cut(drawn(n, whole_shape(p, layouts[n], ctx.tp), step), layouts[n], ctx.tp_rank, ctx.tp))
-        record["norms"].append(opt.clip_grad_norm(0.0))
+        record["norms"].append(opt.clip_grad_norm(cfg.grad_clip))
+        if step == start:  # what the buffers hold once DDP's bucket sync is done
+            muon = set(opt.split.muon)
+            record["buffers"] = {
+                n: "reduced" if torch.equal(p.main_grad, g) else "local" if torch.equal(p.main_grad, g / ctx.dp) else "other"
+                for n, p in net.named_parameters()
+                for g in [cut(drawn(n, whole_shape(p, layouts[n], ctx.tp), step), layouts[n], ctx.tp_rank, ctx.tp)]
+            }
+            record["muon_names"] = sorted(muon)
         opt.step()
+        if step == start and hasattr(net, "odd"):
+            record.update(_forward_lands_the_update(opt, net))
         opt.zero_grad()
         assert all(float(p.main_grad.abs().sum()) == 0 for p in net.parameters())
+    opt.finish_param_sync()
     record["final"] = _snapshot(net)
     record["ns_calls"] = opt.ns_calls
+    record["home_reduce"] = opt.home is not None
+    if options.get("save"):
+        canonical = opt.canonical_state_dict()
+        if ctx.rank == 0:
+            torch.save(canonical, options["save"] + "/optim.pt")
     return record
+
+
+def _forward_lands_the_update(opt, net: nn.Module) -> dict:
+    """Right after a step: which updates are still in flight, and whether a module's forward
+    (its pre-hook) lands its own and only its own."""
+    module, name = net.odd.rep, "odd.rep.weight"
+    flight = opt.muon.params_in_flight if opt.muon is not None else set()
+    before = module.weight.detach().clone()
+    module(torch.zeros(1, module.in_features))
+    after_forward = module.weight.detach().clone()
+    left = opt.muon.params_in_flight if opt.muon is not None else set()
+    opt.finish_param_sync()
+    return {
+        "in_flight": sorted(flight),
+        "in_flight_after_forward": sorted(left),
+        "forward_changed_weight": not torch.equal(before, after_forward),
+        "forward_landed_all": torch.equal(after_forward, module.weight),
+        "probe": name,
+    }
+
+
+class TinyTP(nn.Module):
+    """A small model with a forward, for the overlapped path: a gated FFN as megatron TP layers
+    (fc1 column-parallel with stride 2, fc2 row-parallel), a replicated Muon matrix, AdamW parts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        cfg = _config(gqa=False)
+        self.emb = nn.Embedding(11, HIDDEN)
+        self.emb.weight.use_adamw = True
+        self.fc1 = ColumnParallelLinear(HIDDEN, 2 * FFN, config=cfg, init_method=cfg.init_method, bias=False,
+                                        gather_output=False, stride=2)
+        self.fc2 = RowParallelLinear(FFN, HIDDEN, config=cfg, init_method=cfg.init_method, bias=False,
+                                     input_is_parallel=True, skip_bias_add=False)
+        self.norm = nn.LayerNorm(HIDDEN)
+        self.out = nn.Linear(HIDDEN, HIDDEN, bias=False)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.emb(tokens)
+        gate, up = self.fc1(x)[0].chunk(2, -1)
+        x = x + self.fc2(F.silu(gate) * up)[0]
+        return self.out(self.norm(x)).pow(2).mean()
+
+
+def overlapped(ctx, options: dict) -> dict:
+    """Real forward and backward on this data-parallel rank's own tokens, DDP reducing buckets
+    while backward runs, for both ``optim.muon_reduce`` settings (same weights, same data)."""
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+
+    out = {}
+    for reduce in ("home", "all_reduce"):
+        torch.manual_seed(0)
+        net = TinyTP()
+        ddp = DistributedDataParallel(_config(gqa=False), DistributedDataParallelConfig(
+            overlap_grad_reduce=True, bucket_size=500, use_distributed_optimizer=False), net)
+        cfg = replace(OPTIM, muon_reduce=reduce, muon_bucket_elems=BUCKET_ELEMS)
+        opt = build_optimizer(net, cfg, STEPS, optimizer_groups(ctx), grad_buffers=[ddp], device_type="cpu")
+        record = {"init": _snapshot(net), "issued_in_backward": [], "groups": len(ddp.bucket_groups)}
+        for step in range(4):
+            tokens = torch.randint(0, 11, (2, 5), generator=torch.Generator().manual_seed(100 * step + ctx.dp_rank))
+            ddp(tokens).backward()
+            # reductions the bucket groups started during backward (reduce-to-home only)
+            record["issued_in_backward"].append(len(opt.home._pending) if opt.home is not None else -1)
+            opt.step()
+            opt.zero_grad()
+        opt.finish_param_sync()
+        record["final"] = _snapshot(net)
+        out[reduce] = record
+    return out
 
 
 def _same(a, b) -> bool:
@@ -320,6 +413,8 @@ def run_rank(rank: int, world: int, tp: int, pp: int, rdzv: str, out_dir: str, o
                       "tp": ctx.tp, "dp": ctx.dp, "pp": ctx.pp}}
     if options.get("job") == "reference":
         result["run"] = reference(options)
+    elif options.get("job") == "overlapped":
+        result["run"] = overlapped(ctx, options)
     else:
         result["run"] = distributed(ctx, options)
     torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))

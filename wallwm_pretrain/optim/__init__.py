@@ -15,7 +15,9 @@ from .newton_schulz import (
     NS_VARIANTS,
     POLAR_EXPRESS_COEFFICIENTS,
     newton_schulz,
+    gram_newton_schulz_flops,
     newton_schulz_flops,
+    ns_uses_gram,
     ns_variant,
     resolve_ns_dtype,
 )
@@ -46,6 +48,8 @@ __all__ = [
     "lr_factor",
     "newton_schulz",
     "newton_schulz_flops",
+    "gram_newton_schulz_flops",
+    "ns_uses_gram",
     "resolve_auto_ns_dtype",
     "resolve_ns_dtype",
     "split_parameters",

@@ -39,8 +39,8 @@ def build_optimizer(
     Args:
         chunks: a module, or this rank's pipeline chunks in model order; marks on parameters
             (``use_adamw``) steer the Muon/AdamW split; frozen parameters are left out.
-        cfg: the ``optim`` section of the run config (``muon_mode``, ``muon_split_fused``,
-            ``ns_variant``, ``muon_bucket_elems`` and the hyper-parameters).
+        cfg: the ``optim`` section of the run config (``muon_mode``, ``muon_reduce``,
+            ``muon_split_fused``, ``ns_variant``, ``muon_bucket_elems`` and the hyper-parameters).
         total_steps: optimizer steps of the whole run (end of the cosine decay).
         groups: this rank's process groups (``parallel.state.optimizer_groups``); ``None`` = one
             process and the single-process set whatever ``muon_mode`` says.
@@ -96,4 +96,7 @@ def build_optimizer(
         named, split, cfg, total_steps, ns_dtype, groups,
         mode=cfg.muon_mode, fused=fused(groups.tp_size), split_fused=cfg.muon_split_fused,
         ns_variant=cfg.ns_variant, grad_buffers=grad_buffers, bucket_elems=cfg.muon_bucket_elems,
+        # gradients in DDP buffers can go to their homes; in param.grad they arrive reduced
+        reduce=cfg.muon_reduce if grad_buffers is not None and cfg.muon_mode == "owner" else "all_reduce",
+        modules=chunks,
     )

@@ -110,6 +110,7 @@ def muon_defaults(
     ns_coefficients: Coefficients = NS_COEFFICIENTS,
     eps: float = DEFAULT_EPS,
     ns_norm_scale: float = 1.0,
+    ns_gram: bool = False,
 ) -> dict:
     """Checked param-group defaults of Muon (shared by :class:`Muon` and the distributed one).
 
@@ -123,6 +124,7 @@ def muon_defaults(
         ns_coefficients: quintic coefficients (a, b, c), or one triple per step.
         eps: Frobenius-norm floor inside Newton-Schulz.
         ns_norm_scale: Newton-Schulz divides its input by this times its Frobenius norm.
+        ns_gram: run Newton-Schulz in the Gram form where it is cheaper (variant ``gram``).
 
     Raises:
         ValueError: naming the hyper-parameter out of range.
@@ -146,6 +148,7 @@ def muon_defaults(
         ns_coefficients=tuple(ns_coefficients),
         eps=eps,
         ns_norm_scale=ns_norm_scale,
+        ns_gram=bool(ns_gram),
     )
 
 
@@ -173,7 +176,7 @@ class Muon(torch.optim.Optimizer):
                 orthogonalised per logical matrix. Parameters not in it are one matrix each.
             hyper: the hyper-parameters of :func:`muon_defaults` (``lr``, ``weight_decay``,
                 ``momentum``, ``nesterov``, ``ns_steps``, ``ns_dtype``, ``ns_coefficients``,
-                ``eps``, ``ns_norm_scale``), by keyword, with its defaults.
+                ``eps``, ``ns_norm_scale``, ``ns_gram``), by keyword, with its defaults.
 
         Raises:
             ValueError: a bad hyper-parameter, a parameter that is not 2-D, a fused layout that
@@ -236,6 +239,7 @@ class Muon(torch.optim.Optimizer):
                     coefficients=group["ns_coefficients"],
                     eps=group["eps"],
                     norm_scale=group.get("ns_norm_scale", 1.0),
+                    gram=group.get("ns_gram", False),
                 )
                 layout = self.fused.get(p)
                 if layout is not None:

@@ -20,7 +20,9 @@ C. Musco, R. M. Gower, "The Polar Express: Optimal Matrix Sign Methods and Their
 the Muon Algorithm", arXiv:2505.16932 (Algorithm 1: degree 5, lower bound 1e-3, every step but
 the last divided by a safety factor 1.01, and the input scaled by 1.01 times its Frobenius norm
 so that bf16 rounding cannot push a singular value above the interval the polynomials were
-fitted on).
+fitted on). ``gram`` is the quintic coefficients run through the Gram form
+(:func:`gram_newton_schulz`): the same polynomial in X X^T, evaluated on the small s x s side,
+so a rectangular matrix costs fewer flops (see :func:`gram_newton_schulz_flops`).
 """
 
 from __future__ import annotations
@@ -54,15 +56,16 @@ POLAR_EXPRESS_COEFFICIENTS: tuple[tuple[float, float, float], ...] = tuple(
 
 Coefficients = tuple[float, float, float] | tuple[tuple[float, float, float], ...]
 
-NS_VARIANTS = ("quintic", "polar_express")
+NS_VARIANTS = ("quintic", "polar_express", "gram")
 
 
 def ns_variant(name: str) -> tuple[Coefficients, float]:
     """Coefficients and input norm scale of a named Newton-Schulz variant.
 
     Args:
-        name: ``quintic`` (fixed (3.4445, -4.7750, 2.0315), norm scale 1) or ``polar_express``
-            (per-step coefficients, norm scale 1.01).
+        name: ``quintic`` (fixed (3.4445, -4.7750, 2.0315), norm scale 1), ``polar_express``
+            (per-step coefficients, norm scale 1.01) or ``gram`` (the quintic's coefficients;
+            :func:`ns_uses_gram` says to evaluate them in the Gram form).
 
     Returns:
         ``(coefficients, norm_scale)`` for :func:`newton_schulz`.
@@ -70,11 +73,21 @@ def ns_variant(name: str) -> tuple[Coefficients, float]:
     Raises:
         ValueError: an unknown name.
     """
-    if name == "quintic":
+    if name in ("quintic", "gram"):
         return NS_COEFFICIENTS, 1.0
     if name == "polar_express":
         return POLAR_EXPRESS_COEFFICIENTS, POLAR_EXPRESS_SAFETY
     raise ValueError(f"Newton-Schulz variant must be one of {NS_VARIANTS}, got {name!r}")
+
+
+def ns_uses_gram(name: str) -> bool:
+    """Whether the named variant runs in the Gram form (:func:`gram_newton_schulz`).
+
+    Raises:
+        ValueError: an unknown name.
+    """
+    ns_variant(name)
+    return name == "gram"
 
 
 def step_coefficients(coefficients: Coefficients, steps: int) -> list[tuple[float, float, float]]:
@@ -136,6 +149,7 @@ def newton_schulz(
     coefficients: Coefficients = NS_COEFFICIENTS,
     eps: float = DEFAULT_EPS,
     norm_scale: float = 1.0,
+    gram: bool = False,
 ) -> Tensor:
     """Approximately orthogonalise a matrix, or each matrix of a batch.
 
@@ -148,6 +162,8 @@ def newton_schulz(
         eps: floor of the Frobenius norm used to scale the input, so a zero matrix gives zeros.
         norm_scale: the input is divided by ``norm_scale`` times its Frobenius norm (1.01 for
             Polar Express, see :func:`ns_variant`).
+        gram: evaluate the same iteration in the Gram form (:func:`gram_newton_schulz`) where
+            that costs fewer flops (:func:`gram_is_cheaper`); the standard form elsewhere.
 
     Returns:
         A tensor of ``grad``'s shape in ``dtype`` whose singular values lie near 1 (same
@@ -176,6 +192,9 @@ def newton_schulz(
     if norm_scale != 1.0:  # skipped at 1: keeps the quintic path bit-identical to torch's Muon
         norm = norm * norm_scale
     x = x / norm.clamp(min=eps)
+    if gram and gram_is_cheaper(x.size(-2), x.size(-1), len(per_step)):
+        x = _gram_iterations(x, per_step)
+        return x.mT if tall else x
 
     # addmm/baddbmm fuse the scaled sums into the matmuls: fewer passes over memory.
     batched = x.ndim == 3
@@ -214,3 +233,54 @@ def newton_schulz_flops(rows: int, cols: int, steps: int = 1) -> int:
         raise ValueError(f"steps must be >= 0, got {steps}")
     s, l = min(rows, cols), max(rows, cols)
     return steps * (4 * s * s * l + 2 * s**3)
+
+
+def _gram_iterations(x: Tensor, per_step: list[tuple[float, float, float]]) -> Tensor:
+    """The iterations of :func:`newton_schulz` on a wide, normalised ``x`` (s x l, s <= l).
+
+    Every iterate is X_k = Q_k X_0 with Q_k a polynomial in R_0 = X_0 X_0^T, so the iteration can
+    run on s x s matrices only: with R_k = X_k X_k^T and P_k = a I + b R_k + c R_k^2,
+    X_{k+1} = P_k X_k gives Q_{k+1} = P_k Q_k and R_{k+1} = P_k R_k P_k (all polynomials in R_0,
+    so they commute). X_0 is touched twice, for R_0 and for the final Q X_0.
+    """
+    batched = x.ndim == 3
+    mul_add = torch.baddbmm if batched else torch.addmm
+    r = x @ x.mT
+    q = None
+    last = len(per_step) - 1
+    for k, (a, b, c) in enumerate(per_step):
+        p = mul_add(r, r, r, beta=b, alpha=c)  # b R + c R^2
+        p.diagonal(dim1=-2, dim2=-1).add_(a)  # + a I
+        q = p if q is None else p @ q
+        if k < last:  # the last R is never read
+            r = p @ (r @ p)
+    return x if q is None else q @ x
+
+
+def gram_is_cheaper(rows: int, cols: int, steps: int) -> bool:
+    """Whether the Gram form costs fewer flops than the standard one for this shape."""
+    return gram_newton_schulz_flops(rows, cols, steps) < newton_schulz_flops(rows, cols, steps)
+
+
+def gram_newton_schulz_flops(rows: int, cols: int, steps: int) -> int:
+    """Matmul flops of :func:`_gram_iterations` on one ``rows x cols`` matrix, ``steps`` iterations.
+
+    With s = min, l = max: R_0 = X X^T and the final Q X cost 2 s^2 l each; per iteration R^2
+    costs 2 s^3, P Q 2 s^3 (not in the first iteration, where Q = P) and P R P 4 s^3 (not in
+    the last). Against the standard ``steps * (4 s^2 l + 2 s^3)`` (:func:`newton_schulz_flops`)
+    the long side is read twice instead of twice per iteration; the square work grows from
+    2 s^3 to about 8 s^3 per iteration, so the Gram form wins once l / s exceeds about 1.9
+    (5 iterations). Elementwise work is O(s^2) and ignored.
+
+    Raises:
+        ValueError: non-positive sizes or negative steps.
+    """
+    if rows < 1 or cols < 1:
+        raise ValueError(f"matrix sizes must be >= 1, got {rows} x {cols}")
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    if steps == 0:
+        return 0
+    s, l = min(rows, cols), max(rows, cols)
+    square = 2 * s**3 * steps + 2 * s**3 * (steps - 1) + 4 * s**3 * (steps - 1)
+    return 4 * s * s * l + square

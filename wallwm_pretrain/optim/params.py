@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..config import OptimConfig
-from .newton_schulz import ns_variant as resolve_ns_variant
+from .newton_schulz import ns_uses_gram, ns_variant as resolve_ns_variant
 
 
 def resolve_auto_ns_dtype(ns_dtype: str, device_type: str) -> str:
@@ -102,7 +102,7 @@ def muon_hyperparameters(cfg: OptimConfig, ns_dtype: str, ns_variant: str) -> di
     Args:
         cfg: the ``optim`` section of the run config.
         ns_dtype: ``float32`` or ``bfloat16`` (``auto`` already resolved).
-        ns_variant: ``quintic`` or ``polar_express``.
+        ns_variant: ``quintic``, ``polar_express`` or ``gram``.
     """
     coefficients, norm_scale = resolve_ns_variant(ns_variant)
     return dict(
@@ -114,4 +114,5 @@ def muon_hyperparameters(cfg: OptimConfig, ns_dtype: str, ns_variant: str) -> di
         ns_dtype=ns_dtype,
         ns_coefficients=coefficients,
         ns_norm_scale=norm_scale,
+        ns_gram=ns_uses_gram(ns_variant),
     )

@@ -54,6 +54,8 @@ class OptimizerSet(Protocol):
 
     def finish_grad_sync(self) -> None: ...
 
+    def finish_param_sync(self) -> None: ...
+
     def clip_grad_norm(self, max_norm: float) -> float: ...
 
     def step(self) -> None: ...
@@ -88,7 +90,7 @@ class OptimizerSetBase:
         groups: this rank's process groups; ``None`` = one process, no collectives.
         grad_buffers: data-parallel wrappers whose buffers (``param.main_grad``) hold the
             gradients; ``None`` reads ``param.grad``.
-        ns_variant: ``quintic`` or ``polar_express`` (Newton-Schulz coefficients).
+        ns_variant: ``quintic``, ``polar_express`` or ``gram`` (Newton-Schulz variant).
     """
 
     def __init__(
@@ -132,6 +134,10 @@ class OptimizerSetBase:
             for buffer in self.grad_buffers:
                 buffer.finish_grad_sync()
         self._synced = True
+
+    def finish_param_sync(self) -> None:
+        """Land every parameter update still in flight; call before reading parameters outside
+        the model's forward (checkpoints, evaluation, export). Here updates land in ``step``."""
 
     @torch.no_grad()
     def clip_grad_norm(self, max_norm: float) -> float:

@@ -5,6 +5,8 @@
 - :mod:`.layout`: where megatron-core fuses linear maps into one weight;
 - :mod:`.tp_matrices`: whole matrices from tensor-parallel slices and back;
 - :mod:`.muon`: the optimizer (owner and gather modes);
+- :mod:`.home_reduce`: owner mode's gradients reduced straight to their homes inside megatron
+  DDP's bucket sync (``optim.muon_reduce=home``);
 - :mod:`.adamw`: AdamW with its state sharded over data-parallel ranks;
 - :mod:`.checkpoint`: every rank's share merged into the single-process layout;
 - :mod:`.optimizer_set`: both under one :class:`~wallwm_pretrain.optim.sets.OptimizerSet`.

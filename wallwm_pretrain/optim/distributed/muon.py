@@ -16,10 +16,21 @@ has one home among the stage's ranks. Per step and bucket of matrices:
 
 Both transfers are one ``all_to_all_single`` per bucket, started asynchronously so that the
 transfer of bucket k+1 (to the home) and of bucket k-1 (back) run while bucket k is
-orthogonalised. Every operation on matrix values is elementwise, a concatenation, or the same
-Newton-Schulz arithmetic as single-process Muon, so in fp32 on CPU the result equals
-single-process Muon on the same logical matrices bit for bit (tested; batched calls are used
-only where ATen's batched and 2-D matmuls agree, see ``BATCH_MIN_SIDE``). GPU batched kernels
+orthogonalised.
+
+With ``home_grads`` (``optim.muon_reduce=home``, gradients in megatron DDP buffers) step 1 is
+gone: the gradients were reduced straight to their homes during backward
+(:mod:`.home_reduce`). With ``defer_return`` step 3's transfers are left in flight when
+:meth:`DistMuon.step` returns: a rank applies a bucket's update when something needs its
+parameters (:meth:`DistMuon.finish_param_sync`, called by the forward pre-hooks of the modules
+that hold them, by the next step, and before checkpoints), so the return overlaps the next
+forward.
+
+Every operation on matrix values is elementwise, a concatenation, or the same Newton-Schulz
+arithmetic as single-process Muon, so in fp32 on CPU the result equals single-process Muon on
+the same logical matrices bit for bit (tested; batched calls are used only where ATen's batched
+and 2-D matmuls agree, see ``BATCH_MIN_SIDE``). The home's sum of the data-parallel copies is
+the all-reduce's sum at DP = 2 (a + b); with more data-parallel ranks its order may differ. GPU batched kernels
 may round differently from 2-D ones: there the equality is to rounding, not to the bit.
 
 Modes: ``owner`` (above; momentum memory per rank ~ 1/(DP*TP) of the whole model's);
@@ -100,6 +111,8 @@ class DistMuon(torch.optim.Optimizer):
         bucket_elems: int = DEFAULT_BUCKET_ELEMS,
         overlap: bool = True,
         grad_fn: Optional[Callable[[Tensor], Optional[Tensor]]] = None,
+        home_grads: Optional[dict[str, Tensor]] = None,
+        defer_return: bool = False,
         **hyper,
     ) -> None:
         """Create the optimizer (a collective over ``groups.stage``: it checks the plan).
@@ -114,6 +127,11 @@ class DistMuon(torch.optim.Optimizer):
             overlap: start the next bucket's transfer before orthogonalising the current one.
             grad_fn: where a parameter's reduced gradient is (default ``p.grad``); a missing
                 gradient counts as zero, as DDP's zeroed buffers do.
+            home_grads: owner mode with reduce-to-home: the dict (filled by
+                :class:`~.home_reduce.HomeReduce`) of whole reduced gradients of the matrices
+                this rank is home of; ``None``: gradients are already reduced on every rank.
+            defer_return: leave the return transfers in flight after :meth:`step` (owner mode);
+                the caller must call :meth:`finish_param_sync` before parameters are read.
             hyper: Muon's hyper-parameters, the keyword arguments of
                 :class:`~wallwm_pretrain.optim.muon.Muon` (``lr``, ``weight_decay``, ``momentum``,
                 ``nesterov``, ``ns_steps``, ``ns_dtype``, ``ns_coefficients``, ``eps``,
@@ -141,6 +159,9 @@ class DistMuon(torch.optim.Optimizer):
         self.plan = assign_homes(matrices, groups.stage_size)
         self.buckets = bucketize(self.plan, bucket_elems)
         self.momentum: dict[str, Tensor] = {}
+        self.home_grads = home_grads
+        self.defer_return = defer_return and mode == "owner"
+        self._returns: list[tuple[set[str], _Pending]] = []  # in flight: (parameter names, transfer)
         self.ns_calls: Counter[str] = Counter()
         self.ns_batched = 0
         self._coords, self.stage_rank = self._exchange_coordinates()
@@ -194,6 +215,7 @@ class DistMuon(torch.optim.Optimizer):
             coefficients=group["ns_coefficients"],
             eps=group["eps"],
             norm_scale=group.get("ns_norm_scale", 1.0),
+            gram=group.get("ns_gram", False),
         )
         for shape, idx in by_shape.items():
             if len(idx) == 1 or min(shape) < BATCH_MIN_SIDE:
@@ -221,6 +243,7 @@ class DistMuon(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self.finish_param_sync()  # the previous step's updates land before this one starts
         group = self.param_groups[0]
         grads = {}
         for name, p in self.params.items():
@@ -238,9 +261,28 @@ class DistMuon(torch.optim.Optimizer):
             self._step_local(grads, group)
         return loss
 
+    @torch.no_grad()
+    def finish_param_sync(self, names: Optional[set[str]] = None) -> None:
+        """Apply the updates still in flight (all, or those touching parameters ``names``)."""
+        if not self._returns:
+            return
+        keep = []
+        for touched, pending in self._returns:
+            if names is None or touched & names:
+                pending.result()
+            else:
+                keep.append((touched, pending))
+        self._returns = keep
+
+    @property
+    def params_in_flight(self) -> set[str]:
+        """Parameters whose update has not landed yet."""
+        return {n for touched, _ in self._returns for n in touched}
+
     def _pipeline(self, start: Callable[[int], _Pending], compute: Callable[[int, dict], Optional[_Pending]]) -> None:
         """Run ``start`` (a transfer) one bucket ahead of ``compute`` when overlapping; a
-        compute may return a transfer of its own, finished one bucket later."""
+        compute may return a transfer of its own, finished one bucket later (or, deferring,
+        by :meth:`finish_param_sync`)."""
         n = len(self.buckets)
         started: list[Optional[_Pending]] = [None] * n
         later: Optional[_Pending] = None
@@ -251,6 +293,10 @@ class DistMuon(torch.optim.Optimizer):
                 started[k + 1] = start(k + 1)
             back = compute(k, started[k].result())  # type: ignore[union-attr]
             started[k] = None
+            if self.defer_return:
+                if back is not None:
+                    self._returns.append(({m.name for m in self.buckets[k]}, back))
+                continue
             if later is not None:
                 later.result()
             later = back
@@ -282,6 +328,13 @@ class DistMuon(torch.optim.Optimizer):
         def to_home(k: int) -> _Pending:
             bucket = self.buckets[k]
             owned = [m for m in bucket if m.home == me]
+            if self.home_grads is not None:  # reduced to this home during backward
+                reduced = self.home_grads
+                return _Pending(None, lambda: {
+                    m.key: reduced[m.key] if m.key in reduced
+                    else torch.zeros(m.rows, m.cols, dtype=grad_dtype, device=device)  # no gradient: zero
+                    for m in owned
+                })
             sharded_owned = [m for m in owned if m.tp_dim is not None]
             local = {m.key: self._local(m, grads[m.name]) for m in owned if m.tp_dim is None}
             if tp == 1 or g.stage_size == 1 or not any(m.tp_dim is not None for m in bucket):

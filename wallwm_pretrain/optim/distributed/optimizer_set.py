@@ -16,15 +16,24 @@ its share of such a state. A single-process run and any distributed layout there
 from one another. :func:`~.checkpoint.merge_sharded_states` does the merge offline from
 per-rank files.
 
+Reduce-to-home (``reduce="home"``, ``optim.muon_reduce``; owner mode on megatron DDP buffers):
+the Muon matrices' gradients go straight to their homes during backward
+(:class:`~.home_reduce.HomeReduce`), the global gradient norm is summed from the homes' whole
+matrices and the AdamW gradients (one all-reduce of a scalar), and with ``modules`` the
+orthogonalised updates land just before the forward of the module that holds them (forward
+pre-hooks; :meth:`~DistributedOptimizerSet.finish_param_sync` lands all of them).
+
 Trade-off: the writer holds the whole optimizer state while saving (as the canonical model
 checkpoint already requires); per-rank files avoid that at the price of an offline merge.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
+import torch
 import torch.distributed as dist
+from torch import nn
 
 from wallwm_pretrain.optim.distributed.adamw import ZeroAdamW
 from wallwm_pretrain.optim.distributed.checkpoint import (
@@ -37,10 +46,15 @@ from wallwm_pretrain.optim.distributed.checkpoint import (
     scheduler_by_kind,
     scheduler_for,
 )
+from wallwm_pretrain.optim.distributed.home_reduce import HomeReduce
 from wallwm_pretrain.optim.distributed.layout import FusedLayout
 from wallwm_pretrain.optim.distributed.muon import DistMuon
 from wallwm_pretrain.optim.distributed.plan import DEFAULT_BUCKET_ELEMS
+from wallwm_pretrain.optim.distributed.tp_matrices import is_tp_sharded
+from wallwm_pretrain.optim.grad_norm import clip_by_global_norm
 from wallwm_pretrain.optim.sets import OptimizerSetBase
+
+REDUCE_MODES = ("home", "all_reduce")
 
 
 class DistributedOptimizerSet(OptimizerSetBase):
@@ -55,6 +69,14 @@ class DistributedOptimizerSet(OptimizerSetBase):
         split_fused: orthogonalise Q/K/V, gate/up, K/V separately.
         bucket_elems: elements per Muon transfer bucket.
         overlap: overlap Muon transfers with Newton-Schulz.
+        reduce: ``all_reduce`` (gradients arrive reduced on every rank) or ``home`` (owner mode
+            with ``grad_buffers``: Muon gradients reduced to their homes, see the module
+            docstring).
+        modules: the model chunks holding the parameters; with ``reduce="home"`` each module
+            that holds Muon parameters waits for their update just before its forward.
+
+    Raises:
+        ValueError: ``reduce="home"`` outside owner mode or without megatron DDP buffers.
     """
 
     def __init__(
@@ -65,17 +87,35 @@ class DistributedOptimizerSet(OptimizerSetBase):
         split_fused: bool = True,
         bucket_elems: int = DEFAULT_BUCKET_ELEMS,
         overlap: bool = True,
+        reduce: str = "all_reduce",
+        modules: Optional[Sequence[nn.Module]] = None,
         **common_kw,
     ) -> None:
         super().__init__(*common, **common_kw)
         params, split, groups, grad_fn = self._params, self.split, self.groups, self._grad_fn()
+        if reduce not in REDUCE_MODES:
+            raise ValueError(f"optim.muon_reduce must be one of {REDUCE_MODES}, got {reduce!r}")
+        if reduce == "home" and (mode != "owner" or not self.grad_buffers):
+            raise ValueError(
+                f"optim.muon_reduce=home reduces gradients inside megatron DDP in owner mode; got "
+                f"muon_mode={mode!r} with {len(self.grad_buffers)} DDP buffers (use muon_reduce=all_reduce)"
+            )
         self.muon: Optional[DistMuon] = None
+        self.home: Optional[HomeReduce] = None
+        self._hooks: list = []
         if split.muon:
+            home = reduce == "home"
             self.muon = DistMuon(
                 {n: params[n] for n in split.muon}, groups, mode=mode, fused=fused, split_fused=split_fused,
-                bucket_elems=bucket_elems, overlap=overlap, grad_fn=grad_fn, **self.muon_hyper,
+                bucket_elems=bucket_elems, overlap=overlap, grad_fn=grad_fn,
+                home_grads={} if home else None, defer_return=home and modules is not None, **self.muon_hyper,
             )
             self.optimizers["muon"] = self.muon
+            if home:
+                self.home = HomeReduce(self.muon, self.grad_buffers)
+                self.home.reduced = self.muon.home_grads  # one dict: filled by the reduce, read by the step
+                if modules is not None:
+                    self._wait_before_forward(modules)
         self.adamw: Optional[ZeroAdamW] = None
         if split.adamw_decay or split.adamw_no_decay:
             self.adamw = ZeroAdamW(
@@ -85,6 +125,62 @@ class DistributedOptimizerSet(OptimizerSetBase):
             )
             self.optimizers["adamw"] = self.adamw.inner
         self._build_schedulers()
+
+    def _wait_before_forward(self, modules: Sequence[nn.Module]) -> None:
+        """A forward pre-hook on every module that holds Muon parameters itself: it lands their
+        updates, so the return of step k overlaps the forward of step k+1 up to that module."""
+        muon = self.muon
+        by_id = {id(p): n for n, p in muon.params.items()}
+        for chunk in modules:
+            for module in chunk.modules():
+                names = {by_id[id(p)] for p in module.parameters(recurse=False) if id(p) in by_id}
+                if names:
+                    self._hooks.append(module.register_forward_pre_hook(
+                        lambda _module, _args, names=names: muon.finish_param_sync(names)
+                    ))
+
+    def finish_param_sync(self) -> None:
+        """Land every Muon update still in flight (before parameters are read outside forward)."""
+        if self.muon is not None:
+            self.muon.finish_param_sync()
+
+    def finish_grad_sync(self) -> None:
+        """Complete the step's gradient reduction: DDP's buckets, then the reduce-to-home."""
+        super().finish_grad_sync()
+        if self.home is not None:
+            self.home.wait()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        super().zero_grad(set_to_none)
+        if self.home is not None:
+            self.home.clear()
+
+    @torch.no_grad()
+    def clip_grad_norm(self, max_norm: float) -> float:
+        """As :meth:`OptimizerSetBase.clip_grad_norm`; with reduce-to-home the squares come from
+        the homes' whole Muon matrices (each counted once in the stage) and from the AdamW
+        gradients (counted on data-parallel rank 0, tensor-parallel rank 0 unless sliced), summed
+        by one all-reduce of a scalar over all ranks."""
+        if self.home is None:
+            return super().clip_grad_norm(max_norm)
+        if max_norm < 0:
+            raise ValueError(f"max_norm must be >= 0 (0 disables clipping), got {max_norm}")
+        self.finish_grad_sync()
+        g = self.groups
+        muon_names = set(self.split.muon)
+        adamw = [(p, p.main_grad) for n, p in self._params.items() if n not in muon_names]
+        homes = list(self.home.reduced.values())
+        squares = [torch.linalg.vector_norm(t, dtype=torch.float32).square() for t in homes]
+        if g.dp_rank == 0:
+            squares += [torch.linalg.vector_norm(t, dtype=torch.float32).square()
+                        for p, t in adamw if is_tp_sharded(p) or g.tp_rank == 0]
+        device = next(iter(self._params.values())).device
+        sq = torch.stack(squares).sum() if squares else torch.zeros((), dtype=torch.float32, device=device)
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(sq)  # every rank of the run: stages, TP and DP ranks each add their part
+        total = sq.sqrt()
+        clip_by_global_norm(homes + [t for _, t in adamw], total, max_norm)
+        return float(total)
 
     def step(self) -> None:
         """One update of every parameter, then advance the schedules (a collective)."""

@@ -1,0 +1,190 @@
+"""Reduce-to-home: each Muon matrix's gradient summed over data-parallel ranks onto its home only.
+
+With ``optim.muon_reduce=home`` (owner mode, gradients in megatron DDP buffers) the Muon
+matrices' gradients are not all-reduced. When megatron's DDP finds a bucket of gradients ready
+(during backward with ``overlap_grad_reduce``, else in ``finish_grad_sync``) it calls the bucket
+group's ``start_grad_sync``; :class:`HomeReduce` replaces that call, per bucket group, by:
+
+- one ``all_to_all_single`` over the stage (DP x TP) in which every rank sends its piece of each
+  Muon matrix of the bucket to that matrix's home; the home sums the data-parallel copies (in
+  data-parallel rank order) and joins the tensor-parallel pieces into the whole matrix. A
+  matrix that tensor parallel does not split is sent only by the ranks of the home's TP column
+  (the other TP ranks hold the same gradient);
+- one ``all_reduce`` over the data-parallel group of the bucket's other (AdamW) gradients, copied
+  back into the buffer: AdamW keeps its ZeRO-1 path.
+
+Only the home ends up with a Muon matrix's reduced gradient (:attr:`HomeReduce.reduced`); the
+DDP buffer of the other ranks keeps their own unreduced contribution. A rank sends and
+receives (N-1)/N of its Muon gradient bytes (N = stage size, homes balanced), half an
+all-reduce; the return of the orthogonalised update is the other half (see :mod:`.muon`).
+
+At DP = 2 the sum a + b equals the all-reduce's bit for bit (addition commutes); with more
+data-parallel ranks the order is fixed (rank order) but may differ from the all-reduce's.
+
+Trade-off: this reaches into megatron's bucket groups (``start_grad_sync``, the buckets' params
+and ``gradient_scaling_factor``), whose shape a megatron-core upgrade may change; the tests of
+the DDP path fail if it does. Megatron's distributed optimizer and ``average_in_collective`` are
+not supported here (the project uses neither).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from functools import partial
+from typing import TYPE_CHECKING, Callable, Sequence
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from wallwm_pretrain.optim.distributed.muon import DistMuon
+
+
+class _Handle:
+    """The communication of one bucket group: wait for it all, then finish (idempotent)."""
+
+    def __init__(self, works: list, finishers: list[Callable[[], None]]) -> None:
+        self.works, self.finishers = works, finishers
+        self.done = False
+
+    def wait(self) -> None:
+        if self.done:
+            return
+        for work in self.works:
+            work.wait()
+        for finish in self.finishers:
+            finish()
+        self.done = True
+
+
+class HomeReduce:
+    """Reduce-to-home of distributed Muon's gradients inside megatron DDP (module docstring).
+
+    Args:
+        muon: the owner-mode optimizer (its plan, homes and stage coordinates).
+        buffers: the megatron ``DistributedDataParallel`` wrappers whose buffers hold the
+            gradients of ``muon``'s parameters (and of the AdamW ones).
+
+    Attributes:
+        reduced: whole reduced gradient of every logical matrix this rank is home of, by key,
+            once the step's buckets are reduced (:meth:`wait`).
+
+    Raises:
+        ValueError: a DDP configuration this path does not support.
+    """
+
+    def __init__(self, muon: "DistMuon", buffers: Sequence) -> None:
+        self.muon = muon
+        self.names = {id(p): n for n, p in muon.params.items()}
+        self.by_name: dict[str, list] = defaultdict(list)
+        for m in muon.plan:  # plan order: the same on every rank of the stage
+            self.by_name[m.name].append(m)
+        self.reduced: dict[str, Tensor] = {}
+        self._pending: list[_Handle] = []
+        for ddp in buffers:
+            cfg = ddp.ddp_config
+            if cfg.use_distributed_optimizer or cfg.average_in_collective:
+                raise ValueError(
+                    "optim.muon_reduce=home needs megatron DDP without its distributed optimizer and "
+                    f"without average_in_collective (got use_distributed_optimizer={cfg.use_distributed_optimizer}, "
+                    f"average_in_collective={cfg.average_in_collective})"
+                )
+            for group in list(ddp.bucket_groups) + list(ddp.expert_parallel_bucket_groups):
+                # megatron calls group.start_grad_sync(...) when the group's gradients are ready
+                group.start_grad_sync = partial(self._start, group)
+
+    # -- per bucket group -----------------------------------------------------------------
+    def _start(self, group, force_all_reduce: bool = False) -> None:
+        if group.is_first_batch and group.grad_reduce_handle is not None:
+            return  # megatron's rule: already dispatched in the first batch
+        if group.grad_reduce_handle is not None:
+            raise RuntimeError("a bucket group's gradient reduction started twice in one step")
+        for bucket in group.buckets:  # what megatron does first: scale (1/dp, or 1 per token)
+            if bucket.gradient_scaling_factor != 1.0:
+                bucket.grad_data *= bucket.gradient_scaling_factor
+        works: list = []
+        finishers: list[Callable[[], None]] = []
+        for bucket in group.buckets:
+            muon, other = [], []
+            for p in bucket.params_list:
+                (muon if id(p) in self.names else other).append(p)
+            self._all_reduce(other, group.data_parallel_group, works, finishers)
+            names = {self.names[id(p)] for p in muon}
+            matrices = [m for m in self.muon.plan if m.name in names]
+            if matrices:
+                self._to_home(matrices, works, finishers)
+        handle = _Handle(works, finishers)
+        self._pending.append(handle)
+        # with overlap megatron's finish_grad_sync waits on the handle; without, it expects none
+        group.grad_reduce_handle = handle if group.ddp_config.overlap_grad_reduce else None
+
+    @staticmethod
+    def _all_reduce(params: list[Tensor], dp_group, works: list, finishers: list) -> None:
+        if not params or dist.get_world_size(dp_group) == 1:
+            return
+        flat = torch.cat([p.main_grad.reshape(-1) for p in params])
+        works.append(dist.all_reduce(flat, group=dp_group, async_op=True))
+
+        def copy_back() -> None:
+            off = 0
+            for p in params:
+                n = p.main_grad.numel()
+                p.main_grad.view(-1).copy_(flat[off : off + n])
+                off += n
+
+        finishers.append(copy_back)
+
+    def _senders(self, m, src: int) -> bool:
+        """Whether stage rank ``src`` sends its piece of ``m`` to the home."""
+        coords = self.muon._coords
+        return m.tp_dim is not None or coords[src][1] == coords[m.home][1]
+
+    def _to_home(self, matrices: list, works: list, finishers: list) -> None:
+        mu = self.muon
+        g = mu.groups
+        me, tp, world = mu.stage_rank, g.tp_size, g.stage_size
+        grads = {m.name: mu.params[m.name].main_grad for m in matrices}
+        mine = [m for m in matrices if m.home == me]
+        if world == 1:
+            finishers.append(lambda: self.reduced.update({m.key: mu._local(m, grads[m.name]).clone() for m in mine}))
+            return
+        chunks = [
+            [mu._local(m, grads[m.name]) for m in matrices if m.home == dst and self._senders(m, me)]
+            for dst in range(world)
+        ]
+        from_src = [[m for m in mine if self._senders(m, src)] for src in range(world)]
+        recv = [sum(m.piece_numel(tp) for m in ms) for ms in from_src]
+        dtype = next(iter(grads.values())).dtype
+        work, out = mu._a2a(chunks, recv, dtype, next(iter(grads.values())).device)
+        works.append(work)
+
+        def finish() -> None:
+            parts: dict[str, dict[tuple[int, int], Tensor]] = defaultdict(dict)
+            for src, (segment, ms) in enumerate(zip(out.split(recv), from_src)):
+                for m, piece in zip(ms, segment.split([m.piece_numel(tp) for m in ms])):
+                    parts[m.key][mu._coords[src]] = piece.view(m.piece_shape(tp))
+            for m in mine:
+                columns = range(tp) if m.tp_dim is not None else [mu._coords[me][1]]
+                pieces = []
+                for t in columns:
+                    copies = [parts[m.key][(d, t)] for d in range(g.dp_size)]
+                    total = copies[0].clone()
+                    for c in copies[1:]:  # data-parallel rank order
+                        total += c
+                    pieces.append(total)
+                self.reduced[m.key] = mu._join(m, pieces)
+
+        finishers.append(finish)
+
+    # -- per step -------------------------------------------------------------------------
+    def wait(self) -> None:
+        """Finish every reduction started this step (after DDP's ``finish_grad_sync``)."""
+        for handle in self._pending:
+            handle.wait()
+        self._pending = []
+
+    def clear(self) -> None:
+        """Forget this step's reduced gradients (with ``zero_grad``)."""
+        self.wait()
+        self.reduced.clear()
