@@ -9,6 +9,7 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 
 from data_tools.latents import encode_latents
@@ -78,17 +79,20 @@ def test_batches_carry_padded_latents_and_states(full):
     loader = EventLoader(_cfg(full, 0.0), frame_stride=4, caption_max_bytes=64, video_input="latents")
     batch = next(loader)
     b, t = batch.actions.shape[:2]
-    assert batch.latents.shape[:2] == (b, t // 4) and batch.latents.dtype.is_floating_point
-    assert batch.caption_states.shape[0] == b and batch.caption_state_lengths.shape == (b,)
+    # [B, V, Z, N, h, w]: views and channels first, latent frames in the fourth place
+    assert batch.latents.shape[0] == b and batch.latents.shape[3] == t // 4
+    assert batch.latents.dtype.is_floating_point
+    assert batch.text_states.shape[0] == b and batch.text_valid.shape == batch.text_states.shape[:2]
+    assert batch.text_valid.dtype == torch.bool
     for i in range(b):
         n = -(-int(batch.lengths[i]) // 4)
-        assert batch.latents[i, n:].abs().sum() == 0 and batch.latents[i, :n].abs().sum() > 0
-        m = int(batch.caption_state_lengths[i])
-        assert batch.caption_states[i, m:].abs().sum() == 0
+        assert batch.latents[i, :, :, n:].abs().sum() == 0 and batch.latents[i, :, :, :n].abs().sum() > 0
+        m = int(batch.text_valid[i].sum())
+        assert batch.text_valid[i, :m].all() and batch.text_states[i, m:].abs().sum() == 0
     part = batch.rows(1, 3)
-    assert part.latents.shape[0] == part.caption_states.shape[0] == part.caption_state_lengths.shape[0] == 2
+    assert part.latents.shape[0] == part.text_states.shape[0] == part.text_valid.shape[0] == 2
     pixels = next(EventLoader(_cfg(full, 0.0), frame_stride=4, caption_max_bytes=64))
-    assert pixels.latents is None and pixels.caption_states is not None
+    assert pixels.latents is None and pixels.text_states is not None
 
 
 def test_latents_asked_of_shards_without_them_fail_naming_the_folder(dt_shards_copy, dt_tiny_wan):

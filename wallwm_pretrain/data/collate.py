@@ -3,7 +3,9 @@
 Padding goes to the batch's longest sample, rounded up to a multiple of ``frame_stride`` so
 that action groups and latent frames line up; padded steps are zero and masked out of every
 attention and loss by ``lengths``. Latents (when every sample has them) are padded to that
-length's latent frames, caption states to the batch's longest, with their own lengths.
+length's latent frames and laid out per view, ``[B, V, Z, N, h, w]`` (the shards store
+``[N, V, Z, h, w]`` per sample); caption states are padded to the batch's longest, with
+``text_valid`` marking their real rows.
 """
 
 from __future__ import annotations
@@ -28,19 +30,19 @@ def collate(samples: list[TrainSample], frame_stride: int) -> Batch:
         frames[i, : s.length] = s.frames
         actions[i, : s.length] = s.actions
         caption[i, : len(s.caption)] = s.caption
-    latents = caption_states = state_lengths = None
+    latents = text_states = text_valid = None
     if all(s.latents is not None for s in samples):
-        latents = np.zeros((b, t // frame_stride, *first.latents.shape[1:]), np.float16)
+        stacked = np.zeros((b, t // frame_stride, *first.latents.shape[1:]), np.float16)
         for i, s in enumerate(samples):
-            latents[i, : len(s.latents)] = s.latents
-        latents = torch.from_numpy(latents)
+            stacked[i, : len(s.latents)] = s.latents
+        latents = torch.from_numpy(stacked).permute(0, 2, 3, 1, 4, 5).contiguous()  # [B, V, Z, N, h, w]
     if all(s.caption_states is not None for s in samples):
         longest = max(len(s.caption_states) for s in samples)
         states = np.zeros((b, longest, first.caption_states.shape[1]), np.float16)
         for i, s in enumerate(samples):
             states[i, : len(s.caption_states)] = s.caption_states
-        caption_states = torch.from_numpy(states)
-        state_lengths = torch.tensor([len(s.caption_states) for s in samples], dtype=torch.int64)
+        text_states = torch.from_numpy(states)
+        text_valid = torch.arange(longest)[None, :] < torch.tensor([len(s.caption_states) for s in samples])[:, None]
     return Batch(
         frames=torch.from_numpy(frames),
         actions=torch.from_numpy(actions),
@@ -50,6 +52,6 @@ def collate(samples: list[TrainSample], frame_stride: int) -> Batch:
         keys=[s.key for s in samples],
         remaining=torch.tensor([s.remaining for s in samples], dtype=torch.float32),
         latents=latents,
-        caption_states=caption_states,
-        caption_state_lengths=state_lengths,
+        text_states=text_states,
+        text_valid=text_valid,
     )
