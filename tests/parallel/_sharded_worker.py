@@ -87,7 +87,9 @@ def run_rank(rank: int, world: int, tp: int, pp: int, rdzv: str, out_dir: str, o
     ctx = init_parallel(tp, pp, "cpu", seed=0)
     chunks = build_pipeline_chunks(eq.CFG, ctx, seed=0)
     models = parallelize_chunks(chunks, ctx)
-    optim = build_optimizer(chunks, OPTIM, 10, optimizer_groups(ctx), grad_buffers=models)
+    mode_ = options.get("muon_mode", OPTIM.muon_mode)
+    optim_cfg = replace(OPTIM, muon_mode=mode_, muon_split_fused=mode_ != "replicated")
+    optim = build_optimizer(chunks, optim_cfg, 10, optimizer_groups(ctx), grad_buffers=models)
     schedule = PipelineSchedule(models, ctx, 1)
     group = dist.new_group(backend="gloo", timeout=timedelta(seconds=options.get("timeout_s", 60)))
     per_rank = eq.GLOBAL_BATCH // ctx.dp
@@ -109,7 +111,8 @@ def run_rank(rank: int, world: int, tp: int, pp: int, rdzv: str, out_dir: str, o
         for i in range(2):
             step(i)
         save(out / "sync", 2, models, optim, ctx, group, background=False)
-        save(out / "async", 2, models, optim, ctx, group, background=True)
+        if options.get("async", True):
+            save(out / "async", 2, models, optim, ctx, group, background=True)
         record["canonical"] = _canonical(models, optim, ctx)
     elif mode == "load":
         reader = ckpt.sharded_reader(options["path"])

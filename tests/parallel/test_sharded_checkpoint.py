@@ -90,6 +90,16 @@ def test_tp2pp2_checkpoint_resumes_at_another_layout_with_identical_state(saved,
         assert all(r["files_read"] for r in records)
 
 
+@pytest.mark.parametrize("muon_mode", ["gather", "replicated"])
+def test_other_muon_modes_at_tp2_dp2_resume_at_tp1(tmp_path, muon_mode):
+    """Gather mode keeps tensor-parallel pieces of Q/K/V on every rank; the replicated set keeps
+    whole-rank state laid out like the parameters: both are pieces of the same canonical state."""
+    records = launch(tmp_path / "save", world=4, tp=2, pp=1, mode="save", muon_mode=muon_mode, **{"async": False})
+    path = str(find_latest(tmp_path / "save" / "sync"))
+    loaded = launch(tmp_path / "load", world=1, tp=1, pp=1, mode="load", path=path, muon_mode=muon_mode)
+    assert_equal_state(loaded[0]["canonical"], records[0]["canonical"])
+
+
 def test_async_save_writes_the_same_tensors_as_a_sync_save(saved):
     tmp, _ = saved
     a, b = find_latest(tmp / "sync"), find_latest(tmp / "async")
