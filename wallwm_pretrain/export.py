@@ -2,8 +2,9 @@
 
     python -m wallwm_pretrain.export --ckpt runs/smoke/checkpoints/step_00000240 --out wallwm_smoke.safetensors
 
-Checkpoints already hold the model in the single-process layout (tensor- and pipeline-parallel
-slices are gathered when saving), so export keeps only the weights: one safetensors file whose
+Checkpoints hold the model in the single-process layout (whole in a gathered checkpoint; as
+pieces of the whole tensors, read and joined here, in a sharded one), so export keeps only the
+weights: one safetensors file whose
 metadata carries the resolved run config (YAML) and the step, plus the config beside it as
 ``<out>.yaml``. :func:`load_exported` rebuilds the model on one process from that file alone,
 from local layers (no process group, no ``torch.distributed``; see ``model/spec.py``).

@@ -6,7 +6,9 @@ optimizer, data, resume from a checkpoint, tracking. ``Trainer.train`` then step
 ``train.save_every`` steps and at the end, and returns a :class:`RunSummary`.
 
 Everything a resumed run needs to continue exactly where the uninterrupted run would be is in
-the checkpoint: weights, optimizer and schedule, the loader position and all RNG states.
+the checkpoint: weights, optimizer and schedule, the loader position and all RNG states. By
+default every rank writes its own pieces of the canonical state (``train.save_format``), on a
+background thread with ``train.async_save``; any layout resumes from any other.
 
 Surviving a cluster (``wallwm_pretrain.resilience``): after each forward and backward all ranks
 agree, in one small collective, whether the step's loss and gradient norm were finite (if not,
