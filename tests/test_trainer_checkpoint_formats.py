@@ -48,3 +48,33 @@ def test_a_gathered_checkpoint_resumes_into_a_sharded_run(tmp_path, shard_writer
     assert summary.start_step == 2
     assert losses(resumed) == losses(straight)
     assert (tmp_path / "runs/split/checkpoints/step_00000004/index.json").is_file()
+
+
+def test_a_signal_during_background_saves_flushes_them_then_saves_the_stop_step(tmp_path, shard_writer):
+    """SIGUSR1 while background saves run every step: the stop waits for the write in flight,
+    saves its own step synchronously, and leaves no save in flight and no scratch folder."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from wallwm_pretrain.checkpoint import find_latest, list_checkpoints, load_checkpoint
+
+    folder = shard_writer(tmp_path / "shards", LENGTHS)
+    checkpoints = tmp_path / "runs" / "signalled" / "checkpoints"
+
+    def signal_after_first_save():
+        while not (checkpoints / "step_00000002").is_dir():
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    threading.Thread(target=signal_after_first_save, daemon=True).start()
+    trainer, summary = run(tmp_path, folder, "signalled", "train.steps=200", "train.save_every=1",
+                           "train.async_save=true", "train.keep_checkpoints=0")
+    assert summary.stopped == "SIGUSR1" and summary.end_step < 200
+    assert not trainer.background.in_flight
+    latest = find_latest(tmp_path / "runs" / "signalled")
+    assert load_checkpoint(latest).step == summary.end_step
+    steps = [s for s, _ in list_checkpoints(tmp_path / "runs" / "signalled")]
+    assert steps == list(range(1, summary.end_step + 1))  # every background save committed too
+    assert not list(checkpoints.glob(".tmp-*"))
