@@ -116,9 +116,17 @@ def run_rank(rank: int, world: int, tp: int, pp: int, rdzv: str, out_dir: str, o
         record["canonical"] = _canonical(models, optim, ctx)
     elif mode == "load":
         reader = ckpt.sharded_reader(options["path"])
+        read, counts = reader.read, {}
+
+        def counting_read(name, offsets, sizes):  # elements this rank reads, per tensor
+            counts[name] = counts.get(name, 0) + int(torch.Size(sizes).numel())
+            return read(name, offsets, sizes)
+
+        reader.read = counting_read
         load_rank_pieces(models, optim, reader, reader.model_extra, reader.optimizer, ctx)
         record["canonical"] = _canonical(models, optim, ctx)
-        record["files_read"] = sorted(reader._handles)
+        record["elements_read"] = counts
+        record["shapes"] = {n: reader.shape(n) for n in reader.tensors}
     elif mode == "kill":
         step(0)
         save(out / "run", 1, models, optim, ctx, group, background=False)
