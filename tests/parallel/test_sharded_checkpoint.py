@@ -163,3 +163,16 @@ def test_kill_9_during_a_sharded_save_leaves_the_previous_checkpoint_newest(tmp_
     assert list((run / "checkpoints").glob(".tmp-step_00000002-*"))
     assert not (run / "checkpoints" / "step_00000002").exists()
     assert load_checkpoint(find_latest(run)).step == 1
+
+
+def test_export_of_a_sharded_checkpoint_holds_the_whole_model(saved, tmp_path):
+    from safetensors.torch import load_file
+
+    from wallwm_pretrain.export import export
+
+    tmp, canonical = saved
+    out = export(find_latest(tmp / "sync"), tmp_path / "model.safetensors")
+    weights = load_file(str(out))
+    expected = {k: v for k, v in canonical["model"].items() if isinstance(v, torch.Tensor)}
+    assert weights.keys() == expected.keys()
+    assert all(torch.equal(weights[k], expected[k]) for k in expected)

@@ -475,6 +475,22 @@ def sharded_reader(path: str | Path, verify: bool = True, manifest: dict | None 
     return ShardedReader(folder, manifest, verify)
 
 
+def load_model_state(path: str | Path, verify: bool = True) -> tuple[int, dict[str, Any], str]:
+    """``(step, model state, config YAML)`` of a checkpoint folder of either layout, without its
+    optimizer state (a sharded checkpoint's optimizer pieces are not read at all).
+
+    Raises:
+        CheckpointError: naming the folder or file that is incomplete, corrupted or unreadable.
+    """
+    folder = Path(path)
+    manifest = _check_folder(folder)
+    if manifest.get("layout") != "sharded":
+        state = load_checkpoint(folder, verify)
+        return state.step, state.model, state.config_yaml
+    model = sharded_reader(folder, verify, manifest).model_state()
+    return manifest["step"], model, (folder / CONFIG_FILE).read_text(encoding="utf-8")
+
+
 def load_trainer_state(path: str | Path) -> tuple[Any, str]:
     """``(trainer state, config YAML)`` of a checkpoint folder of either layout."""
     folder = Path(path)
