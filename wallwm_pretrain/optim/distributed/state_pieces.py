@@ -15,7 +15,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor
 
 from wallwm_pretrain.optim.distributed.checkpoint import group_kinds, hyper_of, load_hyper, scheduler_by_kind, scheduler_for
 from wallwm_pretrain.optim.distributed.plan import LogicalMatrix
