@@ -325,6 +325,14 @@ class TrainConfig:
     keep_every: int = 0
     """Milestones: checkpoints at multiples of this step are kept forever, beside the newest
     ``keep_checkpoints`` (0 = none)."""
+    save_format: str = "sharded"
+    """``sharded``: every rank writes its own pieces of the canonical tensors (one safetensors
+    file per rank, plus an index); ``gathered``: rank 0 gathers the whole state and writes it
+    alone (the format of earlier versions). Both resume under any layout."""
+    async_save: bool = False
+    """Write checkpoints on a background thread while training continues (``sharded`` only):
+    the step boundary only copies the state off the accelerator; at most one save is in flight,
+    and the next save, a stop and the end of the run wait for it."""
     peak_tflops: float = 0.0
     """Dense bf16 peak of one device in TFLOP/s, for the MFU in the step log; 0 = from the GPU's
     name (H100, H200, A100, L40S, A10G). No MFU on CPUs."""
@@ -353,6 +361,10 @@ class TrainConfig:
             )
         if self.keep_every < 0:
             raise ConfigError(f"train.keep_every must be >= 0 (0 = no milestones), got {self.keep_every}")
+        if self.save_format not in ("sharded", "gathered"):
+            raise ConfigError(f"train.save_format must be 'sharded' or 'gathered', got {self.save_format!r}")
+        if self.async_save and self.save_format != "sharded":
+            raise ConfigError("train.async_save=true needs train.save_format=sharded")
         if self.exit_margin_s < 0:
             raise ConfigError(f"train.exit_margin_s must be >= 0, got {self.exit_margin_s}")
         try:

@@ -2,8 +2,9 @@
 
     python -m wallwm_pretrain.export --ckpt runs/smoke/checkpoints/step_00000240 --out wallwm_smoke.safetensors
 
-Checkpoints already hold the model in the single-process layout (tensor- and pipeline-parallel
-slices are gathered when saving), so export keeps only the weights: one safetensors file whose
+Checkpoints hold the model in the single-process layout (whole in a gathered checkpoint; as
+pieces of the whole tensors, read and joined here, in a sharded one), so export keeps only the
+weights: one safetensors file whose
 metadata carries the resolved run config (YAML) and the step, plus the config beside it as
 ``<out>.yaml``. :func:`load_exported` rebuilds the model on one process from that file alone,
 from local layers (no process group, no ``torch.distributed``; see ``model/spec.py``).
@@ -18,7 +19,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, safe_open
 
-from wallwm_pretrain.checkpoint import CheckpointError, load_checkpoint, resolve_resume
+from wallwm_pretrain.checkpoint import CheckpointError, load_model_state, resolve_resume
 from wallwm_pretrain.checkpoint.stable import save_file_stable
 
 
@@ -31,12 +32,12 @@ def _checkpoint_folder(ckpt: str | Path) -> Path:
 
 def export(ckpt: str | Path, out: str | Path) -> Path:
     """Write the consolidated model of checkpoint ``ckpt`` (a step folder or a run folder)."""
-    state = load_checkpoint(_checkpoint_folder(ckpt))
-    tensors = {k: v.contiguous() for k, v in state.model.items() if isinstance(v, torch.Tensor)}
+    step, model, config_yaml = load_model_state(_checkpoint_folder(ckpt))
+    tensors = {k: v.contiguous() for k, v in model.items() if isinstance(v, torch.Tensor)}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_file_stable(tensors, out, metadata={"format": "wallwm-model/1", "step": str(state.step), "config": state.config_yaml})
-    out.with_suffix(out.suffix + ".yaml").write_text(state.config_yaml)
+    save_file_stable(tensors, out, metadata={"format": "wallwm-model/1", "step": str(step), "config": config_yaml})
+    out.with_suffix(out.suffix + ".yaml").write_text(config_yaml)
     return out
 
 
@@ -73,9 +74,9 @@ def load_model(path: str | Path, device: str = "cpu"):
         return load_exported(path, device)
     if not path.is_dir():
         raise CheckpointError(f"{path}: no such checkpoint (give a run folder, a step folder or an exported .safetensors)")
-    state = load_checkpoint(_checkpoint_folder(path))
-    weights = {k: v for k, v in state.model.items() if isinstance(v, torch.Tensor)}
-    return _build(state.config_yaml, weights, device)
+    _, model, config_yaml = load_model_state(_checkpoint_folder(path))
+    weights = {k: v for k, v in model.items() if isinstance(v, torch.Tensor)}
+    return _build(config_yaml, weights, device)
 
 
 def checkpoint_step(path: str | Path) -> int | None:

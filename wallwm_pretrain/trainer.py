@@ -6,7 +6,9 @@ optimizer, data, resume from a checkpoint, tracking. ``Trainer.train`` then step
 ``train.save_every`` steps and at the end, and returns a :class:`RunSummary`.
 
 Everything a resumed run needs to continue exactly where the uninterrupted run would be is in
-the checkpoint: weights, optimizer and schedule, the loader position and all RNG states.
+the checkpoint: weights, optimizer and schedule, the loader position and all RNG states. By
+default every rank writes its own pieces of the canonical state (``train.save_format``), on a
+background thread with ``train.async_save``; any layout resumes from any other.
 
 Surviving a cluster (``wallwm_pretrain.resilience``): after each forward and backward all ranks
 agree, in one small collective, whether the step's loss and gradient norm were finite (if not,
@@ -33,6 +35,8 @@ import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
+from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Optional
 
@@ -41,6 +45,7 @@ import torch
 from tqdm import tqdm
 
 from wallwm_pretrain import checkpoint as ckpt
+from wallwm_pretrain.checkpoint.background import BackgroundSave
 from wallwm_pretrain.config import Config, flatten, to_yaml
 from wallwm_pretrain.data import EventLoader
 from wallwm_pretrain.data.badinput import merge_problems
@@ -52,6 +57,7 @@ from wallwm_pretrain.optim import build_optimizer
 from wallwm_pretrain.parallel import init_parallel
 from wallwm_pretrain.parallel.canonical import canonical_checkpoint, load_canonical
 from wallwm_pretrain.parallel.parallelize import unwrap_model
+from wallwm_pretrain.parallel.sharded import load_rank_pieces, rank_pieces
 from wallwm_pretrain.parallel.pipeline import PipelineSchedule, build_pipeline_chunks, parallelize_chunks
 from wallwm_pretrain.parallel.state import gather_per_dp_rank, optimizer_groups, sum_over_pipeline
 from wallwm_pretrain.resilience.agree import agree
@@ -153,6 +159,12 @@ class Trainer:
                                  timeout_s=par.timeout_s)
         self.device = self.ctx.device
         self.run_dir = cfg.train.run_dir
+        # sharded saves talk over a group of their own (CPU objects; a background write's
+        # messages must never interleave with the training step's collectives)
+        self.save_group = None
+        if self.ctx.world_size > 1:
+            self.save_group = torch.distributed.new_group(backend="gloo", timeout=timedelta(seconds=par.save_timeout_s))
+        self.background = BackgroundSave()
         precision = cfg.train.precision
         if precision == "auto":
             precision = "bf16" if self.device.type == "cuda" else "fp32"
@@ -220,11 +232,17 @@ class Trainer:
 
     # -- checkpoints --------------------------------------------------------------------
     def _restore(self, path: Path) -> Optional[str]:
-        state = ckpt.load_checkpoint(path)
         # each stage takes its layers, each TP rank its slices, each Muon owner its matrices'
-        # state, from the canonical state
-        load_canonical(self.model, self.optim, state.model, state.optimizer, self.ctx)
-        trainer = state.trainer
+        # state, from the canonical state: read box by box from a sharded checkpoint, cut from
+        # the whole state of a gathered one
+        if ckpt.is_sharded(path):
+            reader = ckpt.sharded_reader(path)
+            load_rank_pieces(self.model, self.optim, reader, reader.model_extra, reader.optimizer, self.ctx)
+            trainer, _ = ckpt.load_trainer_state(path)
+        else:
+            state = ckpt.load_checkpoint(path)
+            load_canonical(self.model, self.optim, state.model, state.optimizer, self.ctx)
+            trainer = state.trainer
         self.step = int(trainer["step"])
         loaders = trainer["loaders"]  # one position per data-parallel rank
         if len(loaders) == self.ctx.dp:
@@ -256,44 +274,79 @@ class Trainer:
                 "complete checkpoint is left as it is"
             )
 
-    def save(self) -> Optional[Path]:
-        """Gather the canonical (TP=1, PP=1) state and every DP rank's loader position; rank 0 writes.
+    def save(self, final: bool = False) -> Optional[Path]:
+        """Save the run at this step boundary (a collective).
+
+        ``train.save_format=sharded``: every rank writes its own pieces of the canonical
+        (TP=1, PP=1) state and rank 0 commits the index and manifest last; with
+        ``train.async_save`` the write runs in the background (``final`` saves, at a stop or the
+        end of the run, never do). ``gathered``: rank 0 gathers the canonical state and writes it.
+        Any save in flight is finished first.
+
+        Returns:
+            The checkpoint folder once committed; None for a background save (and on ranks
+            other than 0 for a gathered save).
 
         Raises:
             NonFiniteError: some rank's weights are not finite (nothing is written).
+            CheckpointError: this or the previous (background) save failed on some rank.
         """
         self.watchdog.phase("save", self.step)
         started = time.perf_counter()
+        self.flush_save()
         # distributed Muon may still be returning the last step's updates (they land just before
         # each layer's next forward); a checkpoint reads the parameters now
         self.optim.finish_param_sync()
         self._check_finite_weights()
-        model_state, optim_state = canonical_checkpoint(self.model, self.optim, self.ctx)
         loaders = gather_per_dp_rank(self.loader.state_dict(), self.ctx)
-        if not self.ctx.is_main:
+        trainer_state = None
+        if self.ctx.is_main:
+            trainer_state = {
+                "step": self.step,
+                "loaders": loaders,
+                "layout": {"tp": self.ctx.tp, "pp": self.ctx.pp, "dp": self.ctx.dp, "vpp": self.ctx.vpp,
+                           "microbatches": self.cfg.train.microbatches},
+                "rng": rng_state(),
+                "history": json.dumps(self.history),
+                "mlflow_run_id": self.tracker.run_id or "",
+                "skipped": json.dumps(self.skips.state_dict()),
+            }
+        train = self.cfg.train
+        if train.save_format == "gathered":
+            model_state, optim_state = canonical_checkpoint(self.model, self.optim, self.ctx)
+            path = None
+            if self.ctx.is_main:
+                path = ckpt.save_checkpoint(
+                    self.run_dir, self.step, model=model_state, optimizer=optim_state, trainer=trainer_state,
+                    config_yaml=to_yaml(self.cfg), keep_last=train.keep_checkpoints, keep_every=train.keep_every,
+                )
             self._wait_for_save(started)
-            return None
-        trainer_state = {
-            "step": self.step,
-            "loaders": loaders,
-            "layout": {"tp": self.ctx.tp, "pp": self.ctx.pp, "dp": self.ctx.dp, "vpp": self.ctx.vpp,
-                       "microbatches": self.cfg.train.microbatches},
-            "rng": rng_state(),
-            "history": json.dumps(self.history),
-            "mlflow_run_id": self.tracker.run_id or "",
-            "skipped": json.dumps(self.skips.state_dict()),
-        }
-        path = ckpt.save_checkpoint(
-            self.run_dir,
-            self.step,
-            model=model_state,
-            optimizer=optim_state,
-            trainer=trainer_state,
-            config_yaml=to_yaml(self.cfg),
-            keep_last=self.cfg.train.keep_checkpoints,
-            keep_every=self.cfg.train.keep_every,
+            return path
+        background = train.async_save and not final
+        pieces, stage = rank_pieces(self.model, self.optim, self.ctx)
+        pieces = ckpt.copy_off(pieces, background)
+        rank, world = self.ctx.rank, self.ctx.world_size
+        tmp, folder = ckpt.begin_sharded_save(self.run_dir, self.step, rank, world, self.save_group)
+        write = partial(
+            ckpt.finish_sharded_save, tmp, folder, rank=rank, world=world, group=self.save_group, pieces=pieces,
+            stage=stage, trainer=trainer_state, config_yaml=to_yaml(self.cfg) if self.ctx.is_main else "",
+            keep_last=train.keep_checkpoints, keep_every=train.keep_every,
         )
-        self._wait_for_save(started)
+        if background:
+            self.background.start(write)
+            self.deadline.note_save(time.perf_counter() - started)
+            return None
+        path = write()
+        self.deadline.note_save(time.perf_counter() - started)
+        return path
+
+    def flush_save(self) -> Optional[Path]:
+        """Wait for the background save in flight, if any (its error is raised here)."""
+        if not self.background.in_flight:
+            return None
+        path = self.background.wait()
+        # the stop before the wall-time limit must leave room for a whole write
+        self.deadline.note_save(self.background.seconds)
         return path
 
     def _wait_for_save(self, started: float) -> None:
@@ -436,7 +489,10 @@ class Trainer:
             log.warning("stop requested (%s) at step %d of %d: saving, then exiting with code 75 to be run again",
                         stopped, self.step, cfg.steps)
         if self.step > start_step:  # periodic saves skip the last step: it is saved here, by all ranks
-            last_path = self.save()
+            last_path = self.save(final=True)  # waits for a background save in flight first
+        else:
+            self.watchdog.phase("save", self.step)
+            self.flush_save()
         last_path = last_path or ckpt.find_latest(self.run_dir)  # nothing new if already complete
         self.optim.finish_param_sync()  # whoever reads the model after the run sees the last step
         self.watchdog.phase("finish", self.step)

@@ -8,8 +8,15 @@ verifies hashes and rebuilds the nested optimizer and trainer states exactly. Se
 
 from .manifest import CheckpointError
 from .state import StateError, flatten_state, unflatten_state
+from .sharded import copy_off
 from .store import (
     Checkpoint,
+    begin_sharded_save,
+    finish_sharded_save,
+    is_sharded,
+    load_model_state,
+    load_trainer_state,
+    sharded_reader,
     find_latest,
     is_complete,
     list_checkpoints,
@@ -22,6 +29,13 @@ from .store import (
 
 __all__ = [
     "Checkpoint",
+    "begin_sharded_save",
+    "copy_off",
+    "finish_sharded_save",
+    "is_sharded",
+    "load_model_state",
+    "load_trainer_state",
+    "sharded_reader",
     "CheckpointError",
     "StateError",
     "find_latest",

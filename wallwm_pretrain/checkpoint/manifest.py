@@ -20,7 +20,9 @@ from typing import Any
 
 MANIFEST = "manifest.json"
 FORMAT = "wallwm-pretrain-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""1: gathered (one writer); 2 adds ``layout``: ``gathered`` or ``sharded`` (per-rank files)."""
+LAYOUTS = ("gathered", "sharded")
 
 
 class CheckpointError(RuntimeError):
@@ -61,17 +63,20 @@ def file_sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def write_manifest(folder: Path, step: int, files: dict[str, dict[str, Any]]) -> None:
+def write_manifest(folder: Path, step: int, files: dict[str, dict[str, Any]], layout: str = "gathered") -> None:
     """Write and fsync ``manifest.json`` for the files already in ``folder``.
 
     Args:
         folder: the (temporary) checkpoint folder.
         step: the optimizer step the checkpoint belongs to.
         files: file name -> ``{"sha256": ..., "size": ...}`` (from :func:`sync_and_digest`).
+        layout: ``gathered`` (written as format_version 1, readable by older code) or
+            ``sharded`` (format_version 2).
     """
     manifest = {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": 1 if layout == "gathered" else FORMAT_VERSION,
+        **({} if layout == "gathered" else {"layout": layout}),
         "step": step,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "files": files,
@@ -109,6 +114,8 @@ def read_manifest(folder: Path, required: tuple[str, ...] = ()) -> dict[str, Any
         raise CheckpointError(
             f"{path}: format_version {version} is newer than this code supports ({FORMAT_VERSION})"
         )
+    if manifest.get("layout", "gathered") not in LAYOUTS:
+        raise CheckpointError(f"{path}: unknown layout {manifest.get('layout')!r}")
     for name in required:
         if name not in files:
             raise CheckpointError(f"{path}: manifest does not list required file {name!r}")

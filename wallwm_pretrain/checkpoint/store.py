@@ -19,10 +19,12 @@ never loaded and are removed by the next successful save. Saving a step that alr
 first renames the old folder to ``.old-*``: a crash between the two renames leaves that one
 step missing (older checkpoints stay loadable), never a mix of old and new files.
 
-Only rank 0 saves for now, and a run folder must have a single writer. Parallel sharded
-checkpoints will keep this layout and add a per-rank suffix to the tensor files
-(``model.safetensors`` now, ``model-rank00003.safetensors`` later), all listed in the one
-manifest that rank 0 writes last. Every tensor is stored with safetensors; no pickle is used.
+This is the *gathered* layout (format_version 1): one writer holds the whole state. The
+*sharded* layout (format_version 2, :mod:`.sharded`) keeps the folder, the scratch-and-rename
+commit and the manifest, and replaces the model and optimizer files by one file of pieces per
+rank plus ``index.json``: :func:`begin_sharded_save` / :func:`finish_sharded_save`. Both load
+with :func:`load_checkpoint`; a run folder must have a single save in flight. Every tensor is
+stored with safetensors; no pickle is used.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ from .manifest import (
     write_text_durable,
 )
 from .stable import save_file_stable
+from .sharded import REQUIRED_FILES as SHARDED_FILES
+from .sharded import ShardedReader, commit_files, write_sharded
 from .state import StateError, dedupe_storage, flatten_state, standalone_tensor, unflatten_state
 
 CHECKPOINTS = "checkpoints"
@@ -233,6 +237,70 @@ def save_checkpoint(
     return final
 
 
+def begin_sharded_save(run_dir: str | Path, step: int, rank: int, world: int, group=None) -> tuple[Path, Path]:
+    """Rank 0 creates the scratch folder of a sharded save; every rank learns its name (a
+    collective over ``group`` when ``world > 1``).
+
+    Returns:
+        ``(scratch folder, final folder)``.
+    """
+    if type(step) is not int or step < 0:
+        raise CheckpointError(f"checkpoint step must be an int >= 0, got {step!r}")
+    root = Path(run_dir) / CHECKPOINTS
+    final = root / step_dirname(step)
+    name: list = [None]
+    if rank == 0:
+        root.mkdir(parents=True, exist_ok=True)
+        name = [str(_new_scratch(root, f".tmp-{final.name}-"))]
+    if world > 1:
+        torch.distributed.broadcast_object_list(name, src=torch.distributed.get_global_rank(group, 0), group=group)
+    return Path(name[0]), final
+
+
+def finish_sharded_save(
+    tmp: Path,
+    final: Path,
+    *,
+    rank: int,
+    world: int,
+    group=None,
+    pieces: list,
+    stage: dict | None,
+    trainer: Any = None,
+    config_yaml: str = "",
+    keep_last: int = 0,
+    keep_every: int = 0,
+) -> Path:
+    """Write this rank's pieces; rank 0 commits the checkpoint once every rank's file is
+    durable, then prunes (a collective over ``group``; see :mod:`.sharded`).
+
+    Args:
+        tmp, final: from :func:`begin_sharded_save`.
+        pieces: this rank's pieces (standalone CPU tensors, see :func:`.sharded.copy_off`).
+        stage: this rank's stage description, or None (see ``parallel.sharded.rank_pieces``).
+        trainer, config_yaml: rank 0's trainer state and config (ignored elsewhere).
+        keep_last, keep_every: retention, as :func:`save_checkpoint`.
+
+    Returns:
+        The final checkpoint folder, on every rank.
+
+    Raises:
+        CheckpointError: on every rank, naming what failed; nothing is committed then.
+    """
+
+    def commit(reports: list[dict]) -> Path:
+        def rest(folder: Path) -> None:
+            _write_state(folder, "trainer", trainer)
+            write_text_durable(folder / CONFIG_FILE, config_yaml)
+
+        commit_files(tmp, int(_STEP_DIR.match(final.name).group(1)), reports, rest)
+        _commit(tmp, final)
+        prune_checkpoints(final.parent.parent, keep_last, protect=final, keep_every=keep_every)
+        return final
+
+    return write_sharded(tmp, rank, world, group, pieces, stage, commit)
+
+
 def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
     """``(step, folder)`` of every complete checkpoint, oldest first (sizes checked, not hashes)."""
     root = Path(run_dir) / CHECKPOINTS
@@ -258,7 +326,11 @@ def is_complete(path: str | Path) -> bool:
 def _check_folder(path: Path) -> dict[str, Any]:
     if not path.is_dir():
         raise CheckpointError(f"{path}: not a folder")
-    manifest = read_manifest(path, REQUIRED_FILES)
+    manifest = read_manifest(path)
+    required = SHARDED_FILES if manifest.get("layout") == "sharded" else REQUIRED_FILES
+    for name in required:
+        if name not in manifest["files"]:
+            raise CheckpointError(f"{path}/manifest.json: manifest does not list required file {name!r}")
     match = _STEP_DIR.match(path.name)
     if match and int(match.group(1)) != manifest["step"]:
         raise CheckpointError(f"{path}: folder name does not match manifest step {manifest['step']}")
@@ -359,6 +431,16 @@ def load_checkpoint(path: str | Path, verify: bool = True) -> Checkpoint:
     """
     folder = Path(path)
     manifest = _check_folder(folder)
+    if manifest.get("layout") == "sharded":
+        reader = sharded_reader(folder, verify, manifest)
+        return Checkpoint(
+            step=manifest["step"],
+            model=reader.model_state(),
+            optimizer=reader.optimizer_state(),
+            trainer=_load_state(folder, "trainer"),
+            config_yaml=(folder / CONFIG_FILE).read_text(encoding="utf-8"),
+            path=folder,
+        )
     if verify:
         verify_hashes(folder, manifest)
     return Checkpoint(
@@ -369,6 +451,50 @@ def load_checkpoint(path: str | Path, verify: bool = True) -> Checkpoint:
         config_yaml=(folder / CONFIG_FILE).read_text(encoding="utf-8"),
         path=folder,
     )
+
+
+def is_sharded(path: str | Path) -> bool:
+    """Whether a complete checkpoint folder has the sharded layout (per-rank piece files)."""
+    return _check_folder(Path(path)).get("layout") == "sharded"
+
+
+def sharded_reader(path: str | Path, verify: bool = True, manifest: dict | None = None) -> ShardedReader:
+    """A reader of a sharded checkpoint's pieces; the trainer state and config are read with
+    :func:`load_trainer_state`. With ``verify``, the trainer files' hashes are checked now and
+    each piece file's when it is first read.
+
+    Raises:
+        CheckpointError: not a complete sharded checkpoint, naming the folder or file.
+    """
+    folder = Path(path)
+    manifest = manifest or _check_folder(folder)
+    if manifest.get("layout") != "sharded":
+        raise CheckpointError(f"{folder}: not a sharded checkpoint (layout {manifest.get('layout', 'gathered')!r})")
+    if verify:
+        verify_hashes(folder, dict(manifest, files={n: manifest["files"][n] for n in SHARDED_FILES}))
+    return ShardedReader(folder, manifest, verify)
+
+
+def load_model_state(path: str | Path, verify: bool = True) -> tuple[int, dict[str, Any], str]:
+    """``(step, model state, config YAML)`` of a checkpoint folder of either layout, without its
+    optimizer state (a sharded checkpoint's optimizer pieces are not read at all).
+
+    Raises:
+        CheckpointError: naming the folder or file that is incomplete, corrupted or unreadable.
+    """
+    folder = Path(path)
+    manifest = _check_folder(folder)
+    if manifest.get("layout") != "sharded":
+        state = load_checkpoint(folder, verify)
+        return state.step, state.model, state.config_yaml
+    model = sharded_reader(folder, verify, manifest).model_state()
+    return manifest["step"], model, (folder / CONFIG_FILE).read_text(encoding="utf-8")
+
+
+def load_trainer_state(path: str | Path) -> tuple[Any, str]:
+    """``(trainer state, config YAML)`` of a checkpoint folder of either layout."""
+    folder = Path(path)
+    return _load_state(folder, "trainer"), (folder / CONFIG_FILE).read_text(encoding="utf-8")
 
 
 def resolve_resume(run_dir: str | Path, resume: str) -> Path | None:

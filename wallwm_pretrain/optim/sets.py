@@ -36,6 +36,7 @@ from .groups import OptimizerGroups
 from .muon import LocalMatrices, Muon
 from .schedule import build_scheduler
 from .state_by_name import GROUPS, by_name, from_by_name, map_2d, merge_by_name, to_cpu
+from .state_pieces import load_replicated, replicated_pieces
 
 
 class GradBuffer(Protocol):
@@ -73,6 +74,10 @@ class OptimizerSet(Protocol):
     def canonical_state_dict(self, order: Optional[list[str]] = None) -> Optional[dict[str, Any]]: ...
 
     def load_canonical_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    def state_pieces(self) -> tuple[dict, list]: ...
+
+    def load_state_pieces(self, structure: dict, source: Any) -> None: ...
 
 
 class OptimizerSetBase:
@@ -321,3 +326,12 @@ class ReplicatedOptimizerSet(OptimizerSetBase):
         """
         named = map_2d(by_name(state), "muon", self._params, self.matrices.local)
         self.load_state_dict(from_by_name(named, self._split_lists()))
+
+    def state_pieces(self) -> tuple[dict, list]:
+        """``(structure, pieces)`` this rank writes into a sharded checkpoint (no collective;
+        see :mod:`.state_pieces`)."""
+        return replicated_pieces(self)
+
+    def load_state_pieces(self, structure: dict, source: Any) -> None:
+        """Read this rank's share from a sharded checkpoint (any layout wrote it)."""
+        load_replicated(self, structure, source)

@@ -10,8 +10,8 @@ TP x PP x DP layout resumes from any other: resharding is the load itself.
 
 Trade-off: the writer holds one whole copy of the model and optimizer state while saving, and
 the save is a collective over the tensor-parallel group and then the writer's pipeline group.
-Per-rank shard files, which avoid both, are the way to go for models that do not fit one
-host's memory.
+This is ``train.save_format=gathered``; the default sharded checkpoints (:mod:`.sharded`)
+store pieces of the same canonical tensors, written by the ranks that hold them.
 """
 
 from __future__ import annotations

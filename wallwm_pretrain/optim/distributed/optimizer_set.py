@@ -50,6 +50,7 @@ from wallwm_pretrain.optim.distributed.home_reduce import HomeReduce
 from wallwm_pretrain.optim.distributed.layout import FusedLayout
 from wallwm_pretrain.optim.distributed.muon import DistMuon
 from wallwm_pretrain.optim.distributed.plan import DEFAULT_BUCKET_ELEMS
+from wallwm_pretrain.optim.distributed.state_pieces import distributed_pieces, load_distributed
 from wallwm_pretrain.optim.distributed.tp_matrices import is_tp_sharded
 from wallwm_pretrain.optim.grad_norm import clip_by_global_norm
 from wallwm_pretrain.optim.sets import OptimizerSetBase
@@ -303,3 +304,11 @@ class DistributedOptimizerSet(OptimizerSetBase):
         for key, sched in self.schedulers.items():
             common, per_kind = scheduler_by_kind(state["schedulers"][key], group_kinds(key, saved))
             sched.load_state_dict(scheduler_for(common, per_kind, group_kinds(key, mine)))
+
+    def state_pieces(self) -> tuple[dict, list]:
+        """``(structure, pieces)`` this rank writes into a sharded checkpoint (see :mod:`.state_pieces`)."""
+        return distributed_pieces(self)
+
+    def load_state_pieces(self, structure: dict, source: Any) -> None:
+        """Read this rank's share from a sharded checkpoint (any layout wrote it)."""
+        load_distributed(self, structure, source)
