@@ -35,6 +35,14 @@ class Batch:
     remaining: Optional[torch.Tensor] = None
     """float32 [B]: control steps from each sample's first step to its event's end (the
     remaining-time head's target); None trains no time head."""
+    latents: Optional[torch.Tensor] = None
+    """float [B, V, Z, N, h, w]: the video VAE's normalised latents per view (N latent frames,
+    latent frame j going with control steps [K_p j, K_p j + K_p)); what ``model.video_tower=wan``
+    denoises. None on the pixel path."""
+    text_states: Optional[torch.Tensor] = None
+    """float [B, L, D]: the text encoder's states of the caption (``model.video_tower=wan``)."""
+    text_valid: Optional[torch.Tensor] = None
+    """bool [B, L]: real positions of ``text_states`` (False = padding)."""
     keys: list[str] = field(default_factory=list)
     """The samples' keys (shard sample keys, ``/w<start>`` for chunk windows)."""
 
@@ -48,6 +56,7 @@ class Batch:
         return replace(
             self, frames=cut(self.frames), actions=cut(self.actions), state=cut(self.state),
             lengths=cut(self.lengths), caption=cut(self.caption), remaining=cut(self.remaining),
+            latents=cut(self.latents), text_states=cut(self.text_states), text_valid=cut(self.text_valid),
             keys=self.keys[start:stop],
         )
 
@@ -56,6 +65,7 @@ class Batch:
         return replace(
             self, frames=move(self.frames), actions=move(self.actions), state=move(self.state),
             lengths=move(self.lengths), caption=move(self.caption), remaining=move(self.remaining),
+            latents=move(self.latents), text_states=move(self.text_states), text_valid=move(self.text_valid),
         )
 
     def padding_efficiency(self) -> float:
