@@ -38,9 +38,11 @@ from typing import Optional
 
 import numpy as np
 import torch
+from megatron.core import parallel_state as ps
 from tqdm import tqdm
 
 from wallwm_pretrain import checkpoint as ckpt
+from wallwm_pretrain.checkpoint.weights import load_weights
 from wallwm_pretrain.config import Config, flatten, to_yaml
 from wallwm_pretrain.data import EventLoader
 from wallwm_pretrain.data.badinput import merge_problems
@@ -201,6 +203,8 @@ class Trainer:
             self.watchdog.phase("load", 0)
             run_id = self._restore(path)
             self.resumed_from = str(path)
+        elif cfg.model.init_from:
+            self._init_from(cfg.model.init_from)
         self.watchdog.phase("setup", self.step)
 
         # 6. tracking (rank 0 only)
@@ -218,6 +222,35 @@ class Trainer:
         return sum_over_pipeline(counts, self.ctx)
 
     # -- checkpoints --------------------------------------------------------------------
+    def _init_from(self, folder: str) -> None:
+        """Start from a weights folder (``model.init_from``): model weights only, step 0, fresh
+        optimizer. Every tensor of the folder must belong to the model and every tensor of
+        this rank's chunks must be in it (megatron's ``_extra_state`` entries excepted)."""
+        weights = load_weights(folder)
+        own = {n: v for c in self.chunks for n, v in c.state_dict().items()}
+        names = set(weights)
+        if self.ctx.pp > 1:  # the whole model's names: every stage's
+            gathered: list = [None] * self.ctx.pp
+            torch.distributed.all_gather_object(gathered, sorted(own), group=ps.get_pipeline_model_parallel_group())
+            model_names = {n for part in gathered for n in part}
+        else:
+            model_names = set(own)
+        extra = sorted(names - model_names)
+        if extra:
+            raise ckpt.CheckpointError(
+                f"model.init_from={folder}: {len(extra)} tensors belong to no parameter of this model, e.g. {extra[:3]} "
+                "(weights converted for another model config?)"
+            )
+        state = dict(weights)
+        for name, value in own.items():
+            if name.endswith("._extra_state") and name not in state:
+                state[name] = value
+        try:
+            load_canonical(self.model, None, state, None, self.ctx)
+        except (KeyError, RuntimeError) as exc:
+            raise ckpt.CheckpointError(f"model.init_from={folder}: {exc}") from None
+        log.info("model weights from %s (step 0, fresh optimizer)", folder)
+
     def _restore(self, path: Path) -> Optional[str]:
         state = ckpt.load_checkpoint(path)
         # each stage takes its layers, each TP rank its slices, each Muon owner its matrices'
