@@ -48,3 +48,8 @@ def test_wan_dp2_matches_single_process(tmp_path, wan_reference):
     records = launch(tmp_path, world=2, tp=1, pipeline=True, wan=True)
     assert sorted(r["ctx"]["dp_rank"] for r in records) == [0, 1]
     assert_matches_reference(records, wan_reference)
+
+
+def test_wan_pp2_with_full_recompute_matches(tmp_path, wan_reference):
+    records = launch(tmp_path, world=2, tp=1, pipeline=True, pp=2, microbatches=2, wan=True, recompute="full")
+    assert_matches_reference(records, wan_reference)
