@@ -668,7 +668,10 @@ def validate(cfg: Config) -> None:
             f"data.chunk_horizon ({cfg.data.chunk_horizon}) must be a multiple of model.frame_stride ({stride})"
         )
     tp = cfg.parallel.tp
-    for name, value in (("num_heads", cfg.model.num_heads), ("ffn_hidden_size", cfg.model.ffn_hidden_size)):
+    split = [("num_heads", cfg.model.num_heads), ("ffn_hidden_size", cfg.model.ffn_hidden_size)]
+    if cfg.model.video_tower == "wan":
+        split += [("wan.num_attention_heads", cfg.model.wan.num_attention_heads), ("wan.ffn_dim", cfg.model.wan.ffn_dim)]
+    for name, value in split:
         if value % tp:
             raise ConfigError(
                 f"model.{name}={value} is not divisible by parallel.tp={tp} "

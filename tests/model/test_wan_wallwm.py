@@ -170,3 +170,31 @@ def test_batch_without_latents_or_with_wrong_frames_fails_clearly():
         model(replace(batch, latents=None))
     with pytest.raises(ValueError, match=r"ceil\(12/4\) = 3"):
         model(replace(batch, latents=batch.latents[:, :, :, :2]))
+
+
+def test_flop_formula_equals_counted_matmuls(monkeypatch):
+    """As tests/model/test_wan_flops.py: the fused Wan attention core swapped for the textbook
+    one, whose matmuls torch's counter sees."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import wallwm_pretrain.model.wan.attention as attention
+    from _wan_wallwm_tiny import LATENT_HW, TEXT_LEN  # noqa: E402
+    from test_wan_flops import textbook_attend  # noqa: E402
+
+    from wallwm_pretrain.model.wan_wallwm import forward_flops
+
+    model = make().eval()
+    batch = wan_batch(0)
+    inp = model.flow_inputs(batch, model.sample_noise(batch, torch.Generator().manual_seed(1)))
+    monkeypatch.setattr(attention, "attend", textbook_attend)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model.denoise(inp)
+    flops = forward_flops(CFG, (3, *LATENT_HW), 12, TEXT_LEN)
+    assert counter.get_total_flops() == batch.size * flops["total"]
+
+
+def test_wan_heads_must_split_over_tensor_parallel_ranks():
+    from wallwm_pretrain.config import load_config
+
+    with pytest.raises(ConfigError, match=r"model.wan.num_attention_heads=24 is not divisible by parallel.tp=16"):
+        load_config("configs/wallwm_wan22_5b.yaml", ["parallel.tp=16", "model.num_heads=16", "model.ffn_hidden_size=4096"])

@@ -43,11 +43,13 @@ from wallwm_pretrain.batch import Batch
 from wallwm_pretrain.config import ModelConfig
 from wallwm_pretrain.model.blocks import ActionBlock, FinalLayer, Streams, key_padding_mask
 from wallwm_pretrain.model.embeddings import TimestepEmbedder, mark_adamw, sinusoidal
+from wallwm_pretrain.model.flops import cross_attention_flops, ffn_flops, self_attention_flops
 from wallwm_pretrain.model.flow_matching import FlowNoise, interpolate, masked_mse, sample_time
 from wallwm_pretrain.model.pipeline_slice import PipelineSlice, draw_base_seed, part_rng
 from wallwm_pretrain.model.remaining_time import RemainingTimeHead, huber_sum
 from wallwm_pretrain.model.spec import build_transformer_config
 from wallwm_pretrain.model.wan.config import WanConfig
+from wallwm_pretrain.model.wan.flops import wan_forward_flops
 from wallwm_pretrain.model.wan.flow import per_token_timesteps
 from wallwm_pretrain.model.wan.tower import WanGeometry, WanStreams, WanTower, coupling_keys
 
@@ -362,3 +364,34 @@ class WanWallWM(nn.Module):
         )
         return ws, s
 
+
+
+def forward_flops(cfg: ModelConfig, latent_shape: tuple[int, int, int], steps: int, text_len: int) -> dict[str, int]:
+    """Forward matmul FLOPs of one sample of the Wan-path model (conventions of ``model/flops.py``).
+
+    Args:
+        latent_shape: ``(N, h, w)`` latent frames, height and width of one view.
+        steps: control steps T (action tokens); text_len: text tokens L.
+
+    The video tower is :func:`wan_forward_flops` (per-token timesteps); an action layer is the
+    small model's action block with the coupling keys ``V * S`` wide, plus the coupling
+    projection ``2 V S d_wan h``; the input side adds the caption projection ``2 L text_dim h``.
+    """
+    wcfg = wan_config(cfg)
+    video = wan_forward_flops(wcfg, latent_shape, text_len, per_token_time=True)
+    h, f, a = cfg.hidden_size, cfg.ffn_hidden_size, int(cfg.action_dim)
+    n, hh, ww = latent_shape
+    pt, ph, pw = wcfg.patch_size
+    keys = wcfg.num_views * (n // pt) * (hh // ph) * (ww // pw)
+    layer = (12 * h * h + self_attention_flops(steps, h) + cross_attention_flops(steps, 1, h)
+             + cross_attention_flops(steps, keys, h) + cross_attention_flops(steps, text_len, h) + ffn_flops(steps, h, f)
+             + 2 * keys * wcfg.hidden_size * h)
+    parts = {
+        "video_tower": video["total"],
+        "action_tower": cfg.num_layers * layer,
+        # action, state and caption projections, the action timestep MLP (two h x h)
+        "input_side": 2 * steps * a * h + 2 * int(cfg.state_dim) * h + 4 * h * h + 2 * text_len * wcfg.text_dim * h,
+        "output_side": 2 * steps * h * a + 4 * h * h,  # the action head's modulation (h -> 2h) and linear
+    }
+    parts["total"] = sum(parts.values())
+    return parts
