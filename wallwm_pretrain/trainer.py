@@ -50,6 +50,7 @@ from wallwm_pretrain.data.dims import resolve_data_dims
 from wallwm_pretrain.model import LOSS_KEYS
 from wallwm_pretrain.model.flops import SampleShape, train_flops
 from wallwm_pretrain.model.flow_matching import noise_seed
+from wallwm_pretrain.model.wan_wallwm import forward_flops as wan_forward_flops
 from wallwm_pretrain.optim import build_optimizer
 from wallwm_pretrain.parallel import init_parallel
 from wallwm_pretrain.parallel.canonical import canonical_checkpoint, load_canonical
@@ -379,9 +380,17 @@ class Trainer:
         metrics["samples"] = batch.size * self.ctx.dp  # global batch (every DP rank reads as much)
         metrics["tokens"] = int(batch.lengths.sum()) * self.ctx.dp
         # model FLOPs of the padded shapes this step computed, over all data-parallel ranks
-        shape = SampleShape.of(self.cfg.model, batch.actions.shape[1], self.cfg.model.frame_stride, batch.caption.shape[1])
-        metrics["model_flops"] = train_flops(self.cfg.model, shape) * metrics["samples"]
+        metrics["model_flops"] = self._train_flops(batch) * metrics["samples"]
         return metrics
+
+    def _train_flops(self, batch) -> int:
+        """Model FLOPs of one sample's training step at this batch's padded shapes."""
+        model = self.cfg.model
+        if model.video_tower == "wan":
+            shape = tuple(batch.latents.shape[3:])
+            return 3 * wan_forward_flops(model, shape, batch.actions.shape[1], batch.text_states.shape[1])["total"]
+        shape = SampleShape.of(model, batch.actions.shape[1], model.frame_stride, batch.caption.shape[1])
+        return train_flops(model, shape)
 
     def train(self) -> RunSummary:
         """Step to ``train.stop_after`` or ``train.steps``, or until all ranks agree to stop."""

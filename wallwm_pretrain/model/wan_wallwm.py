@@ -109,7 +109,10 @@ class WanWallWM(nn.Module):
 
     Parameter names: ``video.*`` is the :class:`WanTower` (``video.blocks.<i>.*`` etc., the names
     ``convert_tower_state`` writes, under ``video.``), ``action_layers.<i>.*`` the action tower's
-    layers, the rest the action tower's input side and heads.
+    layers, the rest the action tower's input side and heads. The stages' names together are
+    the whole model's; their concatenated order is not the whole model's (each stage lists its
+    video part, then its action part), which nothing relies on: checkpoints and optimizer
+    state are keyed by name.
     """
 
     def __init__(self, cfg: ModelConfig, pipeline_slice: PipelineSlice | None = None, *,
