@@ -198,3 +198,30 @@ def test_wan_heads_must_split_over_tensor_parallel_ranks():
 
     with pytest.raises(ConfigError, match=r"model.wan.num_attention_heads=24 is not divisible by parallel.tp=16"):
         load_config("configs/wallwm_wan22_5b.yaml", ["parallel.tp=16", "model.num_heads=16", "model.ffn_hidden_size=4096"])
+
+
+def test_padding_does_not_leak():
+    """What sits in padded latent frames, padded control steps and padded text positions
+    changes no real output and no loss."""
+    model = perturbed(make()).eval()
+    batch = wan_batch(0)
+    noise = model.sample_noise(batch, torch.Generator().manual_seed(1))
+    inp = model.flow_inputs(batch, noise)
+    g = torch.Generator().manual_seed(9)
+    pad_frames = ~inp.frame_valid  # [B, N]
+    assert pad_frames.any() and (~inp.action_valid).any() and (~batch.text_valid).any()
+    latents = batch.latents + 5 * torch.randn(batch.latents.shape, generator=g) * pad_frames[:, None, None, :, None, None]
+    actions = batch.actions + 5 * torch.randn(batch.actions.shape, generator=g) * (~inp.action_valid)[..., None]
+    text = batch.text_states + 5 * torch.randn(batch.text_states.shape, generator=g) * (~batch.text_valid)[..., None]
+    noisy = replace(noise, noise_video=noise.noise_video + 5 * pad_frames[:, None, None, :, None, None],
+                    noise_action=noise.noise_action + 5 * (~inp.action_valid)[..., None])
+    other = replace(batch, latents=latents, actions=actions, text_states=text)
+    v1, a1 = model.denoise(inp)
+    v2, a2 = model.denoise(model.flow_inputs(other, noisy))
+    real_v = inp.frame_valid[:, None, None, :, None, None].expand_as(v1)
+    real_a = inp.action_valid[..., None].expand_as(a1)
+    torch.testing.assert_close(v1[real_v], v2[real_v], rtol=0, atol=1e-5)
+    torch.testing.assert_close(a1[real_a], a2[real_a], rtol=0, atol=1e-5)
+    out1, out2 = model(batch, noise=noise), model(other, noise=noisy)
+    for key in out1:
+        torch.testing.assert_close(out1[key], out2[key], rtol=1e-5, atol=1e-6)
