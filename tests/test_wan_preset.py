@@ -26,3 +26,11 @@ def test_preset_is_the_published_ti2v_5b_tower_with_a_same_depth_action_tower():
     counts = model.parameter_counts()
     assert counts["video_tower"] == sum(p.numel() for p in reference.parameters()) == 4_999_787_712
     assert counts["total"] == counts["video_tower"] + counts["action_tower"] + counts["conditioning"]
+
+
+def test_plan_refuses_the_wan_path_with_one_line(capsys):
+    from wallwm_pretrain.plan.__main__ import main
+
+    assert main(["--config", PRESET, *DIMS]) != 0
+    err = capsys.readouterr().err
+    assert "model.video_tower=small only" in err and len(err.strip().splitlines()) == 1
