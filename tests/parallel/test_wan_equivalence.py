@@ -53,3 +53,15 @@ def test_wan_dp2_matches_single_process(tmp_path, wan_reference):
 def test_wan_pp2_with_full_recompute_matches(tmp_path, wan_reference):
     records = launch(tmp_path, world=2, tp=1, pipeline=True, pp=2, microbatches=2, wan=True, recompute="full")
     assert_matches_reference(records, wan_reference)
+
+
+def test_wan_pp2_interleaved_matches_single_process(tmp_path):
+    """vpp = 2 over 4 coupled layers: rank 0 holds layers 0 and 2 of both towers, rank 1 layers 1 and 3."""
+    reference = launch(tmp_path / "ref", world=1, tp=1, pipeline=True, wan=True, num_layers=4)[0]["run"]
+    records = launch(tmp_path / "vpp", world=2, tp=1, pipeline=True, pp=2, vpp=2, microbatches=4, num_layers=4,
+                     wan=True)
+    for rec, expected in zip(records, (["0", "2"], ["1", "3"])):
+        held = rec["run"]["init"]
+        assert sorted({n.split(".")[2] for n in held if n.startswith("video.blocks.")}) == expected
+        assert sorted({n.split(".")[1] for n in held if n.startswith("action_layers.")}) == expected
+    assert_matches_reference(records, reference)
