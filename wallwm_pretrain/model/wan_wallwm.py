@@ -359,14 +359,12 @@ class WanWallWM(nn.Module):
         ws = WanStreams.unpack(wan, geo.tokens, geo.text_len, geo.time_len)
         flat = rest.transpose(0, 1).reshape(b, -1)[:, : na * h]
         action, text, state, temb = flat.reshape(b, na, h).transpose(0, 1).split([t_steps, text_len, 1, 1])
-        geo_mask = self.coupling_mask(inputs, geo)
         s = Streams(
             video=None, action=action, text=text, state=state, temb_video=None, temb_action=temb[0],
-            video_mask=geo_mask, action_mask=key_padding_mask(inputs.action_valid),
+            video_mask=self.coupling_mask(inputs, geo), action_mask=key_padding_mask(inputs.action_valid),
             text_mask=key_padding_mask(inputs.text_valid),
         )
         return ws, s
-
 
 
 def forward_flops(cfg: ModelConfig, latent_shape: tuple[int, int, int], steps: int, text_len: int) -> dict[str, int]:
