@@ -137,6 +137,37 @@ VIDEO_INPUTS = ("pixels", "latents")
 DATA_DIMS = ("action_dim", "state_dim", "num_views", "image_size")
 
 
+VIDEO_TOWERS = ("small", "wan")
+
+
+@dataclass
+class WanTowerConfig:
+    """The shape of a Wan-architecture video tower (``model.video_tower=wan``): the arguments of
+    diffusers' ``WanTransformer3DModel`` (its config.json), less the depth, which is
+    ``model.num_layers`` (both towers have it). Defaults: Wan2.2 TI2V-5B's published config."""
+
+    patch_size: List[int] = field(default_factory=lambda: [1, 2, 2])
+    num_attention_heads: int = 24
+    attention_head_dim: int = 128
+    in_channels: int = 48
+    out_channels: int = 48
+    text_dim: int = 4096
+    freq_dim: int = 256
+    ffn_dim: int = 14336
+    cross_attn_norm: bool = True
+    qk_norm: str = "rms_norm_across_heads"
+    eps: float = 1e-6
+    rope_max_seq_len: int = 1024
+
+    def __post_init__(self) -> None:
+        if len(self.patch_size) != 3 or any(p < 1 for p in self.patch_size):
+            raise ConfigError(f"model.wan.patch_size must be three ints >= 1 (t, h, w), got {list(self.patch_size)}")
+        for name in ("num_attention_heads", "attention_head_dim", "in_channels", "out_channels", "text_dim",
+                     "freq_dim", "ffn_dim", "rope_max_seq_len"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"model.wan.{name} must be >= 1, got {getattr(self, name)}")
+
+
 @dataclass
 class ModelConfig:
     """The dual-tower, layer-coupled denoiser (video tower + action tower)."""
@@ -180,6 +211,18 @@ class ModelConfig:
     """Shift of the video tower's flow-time schedule, ``t <- s t / (1 + (s - 1) t)`` on uniform
     draws: 1 = uniform (the default); Wan's video models train with a shift (e.g. 5), which a
     video tower started from Wan weights keeps. The action tower's schedule stays uniform."""
+    video_tower: str = "small"
+    """``small``: the laptop analogue (fixed patchify of pixel frames, byte-level captions,
+    ``hidden_size`` wide). ``wan``: the Wan-architecture video tower of ``model.wan`` on VAE
+    latents and text-encoder states (``model/wan_wallwm.py``); the action tower keeps
+    ``hidden_size`` / ``num_heads`` / ``ffn_hidden_size`` and reads the video tower through a
+    learned projection."""
+    wan: WanTowerConfig = field(default_factory=WanTowerConfig)
+    """The Wan video tower's shape (``video_tower=wan`` only)."""
+    init_from: str = ""
+    """A folder written by ``python -m wallwm_pretrain.convert wan``: the run starts from its
+    weights (model only: no optimizer state, step 0). Ignored when the run resumes from its own
+    checkpoint."""
     recompute: str = "none"
     """Activation recomputation in backward: ``none``; ``full`` (each coupled layer keeps only
     its input and runs again in backward: least memory, about one extra forward of the towers);
@@ -202,6 +245,13 @@ class ModelConfig:
             raise ConfigError(f"model.time_loss_weight must be >= 0, got {self.time_loss_weight}")
         if self.recompute not in ("none", "full", "selective"):
             raise ConfigError(f"model.recompute must be none, full or selective, got {self.recompute!r}")
+        if self.video_tower not in VIDEO_TOWERS:
+            raise ConfigError(f"model.video_tower must be one of {', '.join(VIDEO_TOWERS)}, got {self.video_tower!r}")
+        if self.video_tower == "wan" and self.recompute == "selective":
+            raise ConfigError(
+                "model.recompute=selective is not available with model.video_tower=wan (its attention cores are "
+                "fused and keep no score matrix to drop); use none or full"
+            )
         if self.hidden_size % self.num_heads:
             raise ConfigError(
                 f"model.hidden_size ({self.hidden_size}) must be divisible by model.num_heads "
@@ -647,7 +697,10 @@ def validate(cfg: Config) -> None:
             f"data.chunk_horizon ({cfg.data.chunk_horizon}) must be a multiple of model.frame_stride ({stride})"
         )
     tp = cfg.parallel.tp
-    for name, value in (("num_heads", cfg.model.num_heads), ("ffn_hidden_size", cfg.model.ffn_hidden_size)):
+    split = [("num_heads", cfg.model.num_heads), ("ffn_hidden_size", cfg.model.ffn_hidden_size)]
+    if cfg.model.video_tower == "wan":
+        split += [("wan.num_attention_heads", cfg.model.wan.num_attention_heads), ("wan.ffn_dim", cfg.model.wan.ffn_dim)]
+    for name, value in split:
         if value % tp:
             raise ConfigError(
                 f"model.{name}={value} is not divisible by parallel.tp={tp} "

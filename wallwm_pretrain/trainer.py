@@ -42,10 +42,12 @@ from typing import Optional
 
 import numpy as np
 import torch
+from megatron.core import parallel_state as ps
 from tqdm import tqdm
 
 from wallwm_pretrain import checkpoint as ckpt
 from wallwm_pretrain.checkpoint.background import BackgroundSave
+from wallwm_pretrain.checkpoint.weights import load_weights
 from wallwm_pretrain.config import Config, flatten, to_yaml
 from wallwm_pretrain.data import EventLoader
 from wallwm_pretrain.data.badinput import merge_problems
@@ -53,6 +55,7 @@ from wallwm_pretrain.data.dims import resolve_data_dims
 from wallwm_pretrain.model import LOSS_KEYS
 from wallwm_pretrain.model.flops import SampleShape, train_flops
 from wallwm_pretrain.model.flow_matching import noise_seed
+from wallwm_pretrain.model.wan_wallwm import forward_flops as wan_forward_flops
 from wallwm_pretrain.optim import build_optimizer
 from wallwm_pretrain.parallel import init_parallel
 from wallwm_pretrain.parallel.canonical import canonical_checkpoint, load_canonical
@@ -214,6 +217,8 @@ class Trainer:
             self.watchdog.phase("load", 0)
             run_id = self._restore(path)
             self.resumed_from = str(path)
+        elif cfg.model.init_from:
+            self._init_from(cfg.model.init_from)
         self.watchdog.phase("setup", self.step)
 
         # 6. tracking (rank 0 only)
@@ -231,6 +236,35 @@ class Trainer:
         return sum_over_pipeline(counts, self.ctx)
 
     # -- checkpoints --------------------------------------------------------------------
+    def _init_from(self, folder: str) -> None:
+        """Start from a weights folder (``model.init_from``): model weights only, step 0, fresh
+        optimizer. Every tensor of the folder must belong to the model and every tensor of
+        this rank's chunks must be in it (megatron's ``_extra_state`` entries excepted)."""
+        weights = load_weights(folder)
+        own = {n: v for c in self.chunks for n, v in c.state_dict().items()}
+        names = set(weights)
+        if self.ctx.pp > 1:  # the whole model's names: every stage's
+            gathered: list = [None] * self.ctx.pp
+            torch.distributed.all_gather_object(gathered, sorted(own), group=ps.get_pipeline_model_parallel_group())
+            model_names = {n for part in gathered for n in part}
+        else:
+            model_names = set(own)
+        extra = sorted(names - model_names)
+        if extra:
+            raise ckpt.CheckpointError(
+                f"model.init_from={folder}: {len(extra)} tensors belong to no parameter of this model, e.g. {extra[:3]} "
+                "(weights converted for another model config?)"
+            )
+        state = dict(weights)
+        for name, value in own.items():
+            if name.endswith("._extra_state") and name not in state:
+                state[name] = value
+        try:
+            load_canonical(self.model, None, state, None, self.ctx)
+        except (KeyError, RuntimeError) as exc:
+            raise ckpt.CheckpointError(f"model.init_from={folder}: {exc}") from None
+        log.info("model weights from %s (step 0, fresh optimizer)", folder)
+
     def _restore(self, path: Path) -> Optional[str]:
         # each stage takes its layers, each TP rank its slices, each Muon owner its matrices'
         # state, from the canonical state: read box by box from a sharded checkpoint, cut from
@@ -403,9 +437,17 @@ class Trainer:
         metrics["samples"] = batch.size * self.ctx.dp  # global batch (every DP rank reads as much)
         metrics["tokens"] = int(batch.lengths.sum()) * self.ctx.dp
         # model FLOPs of the padded shapes this step computed, over all data-parallel ranks
-        shape = SampleShape.of(self.cfg.model, batch.actions.shape[1], self.cfg.model.frame_stride, batch.caption.shape[1])
-        metrics["model_flops"] = train_flops(self.cfg.model, shape) * metrics["samples"]
+        metrics["model_flops"] = self._train_flops(batch) * metrics["samples"]
         return metrics
+
+    def _train_flops(self, batch) -> int:
+        """Model FLOPs of one sample's training step at this batch's padded shapes."""
+        model = self.cfg.model
+        if model.video_tower == "wan":
+            shape = tuple(batch.latents.shape[3:])
+            return 3 * wan_forward_flops(model, shape, batch.actions.shape[1], batch.text_states.shape[1])["total"]
+        shape = SampleShape.of(model, batch.actions.shape[1], model.frame_stride, batch.caption.shape[1])
+        return train_flops(model, shape)
 
     def train(self) -> RunSummary:
         """Step to ``train.stop_after`` or ``train.steps``, or until all ranks agree to stop."""

@@ -18,11 +18,17 @@ import torch
 
 warnings.filterwarnings("ignore")
 
+import sys  # noqa: E402
 from dataclasses import replace  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 from wallwm_pretrain.batch import Batch
 from wallwm_pretrain.config import ModelConfig, OptimConfig  # noqa: E402
-from wallwm_pretrain.model import WallWM  # noqa: E402
+from wallwm_pretrain.model import WallWM, build_model  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "model"))  # the tiny Wan config and batches
+from _wan_wallwm_tiny import CFG as WAN_CFG  # noqa: E402
+from _wan_wallwm_tiny import wan_batch  # noqa: E402
 
 # the small model of tests/model/test_wallwm.py
 K = 4
@@ -67,9 +73,16 @@ def _snapshot(model: WallWM) -> dict:
 
 
 def model_config(options: dict) -> ModelConfig:
+    """The small model, or with ``wan`` the tiny Wan-tower model of tests/model/_wan_wallwm_tiny.py."""
+    base = WAN_CFG if options.get("wan") else CFG
     return replace(
-        CFG, num_layers=options.get("num_layers", CFG.num_layers), recompute=options.get("recompute", "none")
+        base, num_layers=options.get("num_layers", base.num_layers), recompute=options.get("recompute", "none")
     )
+
+
+def step_batch(step: int, options: dict) -> Batch:
+    """The global batch of a step (latents and text states on the Wan path)."""
+    return wan_batch(1000 + step) if options.get("wan") else Batch(*global_batch(step))
 
 
 def train(ctx, gather_tp_matrices: bool = True, overlap: bool = False, bucket_size: int | None = None,
@@ -81,7 +94,7 @@ def train(ctx, gather_tp_matrices: bool = True, overlap: bool = False, bucket_si
     from wallwm_pretrain.parallel.state import optimizer_groups
 
     torch.manual_seed(0)
-    model = WallWM(cfg, pg_collection=ctx.pg_collection)
+    model = build_model(cfg, pg_collection=ctx.pg_collection)
     model = parallelize_model(model, ctx, overlap_grad_reduce=overlap, bucket_size=bucket_size)
     bare = unwrap(model)
     if gather_tp_matrices:
@@ -147,11 +160,11 @@ def train_pipeline(ctx, options: dict, out_dir: str) -> dict:
         first = state["step"]
 
     def step(index: int) -> dict:
-        data = global_batch(index)
-        noise = chunks[0].sample_noise(Batch(*data), torch.Generator().manual_seed(500 + index)).rows(lo, hi)
+        data = step_batch(index, options)
+        noise = chunks[0].sample_noise(data, torch.Generator().manual_seed(500 + index)).rows(lo, hi)
         for m in models:
             m.train()
-        out = schedule.run(Batch(*data).rows(lo, hi), noise)
+        out = schedule.run(data.rows(lo, hi), noise)
         optim.finish_grad_sync()
         if index == 0:
             record["grads0"] = {n: p.main_grad.clone() for c in chunks for n, p in c.named_parameters()}

@@ -6,6 +6,7 @@ input errors into a one-line message and exit code 1.
 
 example:
   python -m wallwm_pretrain.convert make-tiny --out /tmp/tiny-wan --seed 0
+  python -m wallwm_pretrain.convert wan --src /tmp/tiny-wan/transformer --out /tmp/wan-init model.action_dim=4 model.state_dim=8
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import sys
 from .errors import ConvertError
 
 # Sub-command modules of this package, in --help order.
-SUBCOMMANDS = ("tiny",)
+SUBCOMMANDS = ("tiny", "wan")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,5 +1,21 @@
 """The WALL-WM-style model: towers, coupling, embeddings, flow-matching losses."""
 
-from wallwm_pretrain.model.wallwm import LOSS_KEYS, WallWM
+from __future__ import annotations
 
-__all__ = ["LOSS_KEYS", "WallWM"]
+from megatron.core.process_groups_config import ProcessGroupCollection
+from torch import nn
+
+from wallwm_pretrain.config import ModelConfig
+from wallwm_pretrain.model.pipeline_slice import PipelineSlice
+from wallwm_pretrain.model.wallwm import LOSS_KEYS, WallWM
+from wallwm_pretrain.model.wan_wallwm import WanWallWM
+
+
+def build_model(cfg: ModelConfig, pipeline_slice: PipelineSlice | None = None, *,
+                pg_collection: ProcessGroupCollection | None = None) -> nn.Module:
+    """The denoiser ``model.video_tower`` names: :class:`WallWM` (``small``) or :class:`WanWallWM` (``wan``)."""
+    kind = WanWallWM if cfg.video_tower == "wan" else WallWM
+    return kind(cfg, pipeline_slice, pg_collection=pg_collection)
+
+
+__all__ = ["LOSS_KEYS", "WallWM", "WanWallWM", "build_model"]

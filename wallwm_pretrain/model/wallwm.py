@@ -268,6 +268,10 @@ class WallWM(nn.Module):
             [video_loss_mask.sum() * per_frame, action_valid.sum() * self.cfg.action_dim, lengths.new_tensor(lengths.shape[0])]
         ).to(torch.float32)
 
+    def loss_counts(self, batch: Batch) -> torch.Tensor:
+        """:meth:`loss_element_counts` of a batch (the interface both video towers share)."""
+        return self.loss_element_counts(batch.lengths, batch.actions.shape[1])
+
     def sample_noise(self, batch: Batch, generator: torch.Generator | None = None) -> FlowNoise:
         """Flow times and noise for a batch, in the order the forward has always drawn them."""
         frames, actions = batch.frames, batch.actions

@@ -8,7 +8,10 @@ path, so microbatching and loss accounting are the same code for all.
 What crosses a stage boundary. The previous stage's :class:`Streams` packed into ONE
 ``[s, b, h]`` tensor (megatron's p2p moves one tensor of a known shape): video tokens
 (F * P), action tokens (T), caption states (L), the state token and the two timestep
-embeddings (3), s = F * P + T + L + 3.
+embeddings (3), s = F * P + T + L + 3. With ``model.video_tower=wan`` the two towers have
+different widths: the message is ``[n, b, Wan width]``, the Wan streams per view followed by
+the action streams flattened per sample and cut into Wan-width positions
+(``model/wan_wallwm.py``), and the pipeline config's hidden size is the Wan width.
 
 - The conditioning (caption states, state token, timestep embeddings) is *passed*, not
   recomputed. Recomputing it on every stage would replicate the caption encoder, state and
@@ -58,7 +61,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 from wallwm_pretrain.config import ModelConfig
 from wallwm_pretrain.batch import Batch
-from wallwm_pretrain.model import LOSS_KEYS, WallWM
+from wallwm_pretrain.model import LOSS_KEYS, WallWM, build_model
 from wallwm_pretrain.model.flow_matching import FlowNoise
 from wallwm_pretrain.model.spec import build_transformer_config
 from wallwm_pretrain.parallel.cpu_patches import pipeline_config_overrides
@@ -79,7 +82,7 @@ def build_pipeline_chunks(cfg: ModelConfig, ctx: ParallelContext, seed: int) -> 
     chunks = []
     for spec in pipeline_slices(cfg.num_layers, ctx.pp, ctx.vpp, ctx.pp_rank):
         torch.manual_seed(seed)
-        chunks.append(WallWM(cfg, spec, pg_collection=ctx.pg_collection).to(ctx.device))
+        chunks.append(build_model(cfg, spec, pg_collection=ctx.pg_collection).to(ctx.device))
     # leave the global RNG alike on all ranks, whatever number of chunks each built
     torch.manual_seed(seed)
     return chunks
@@ -87,8 +90,11 @@ def build_pipeline_chunks(cfg: ModelConfig, ctx: ParallelContext, seed: int) -> 
 
 def pipeline_config(cfg: ModelConfig, ctx: ParallelContext) -> TransformerConfig:
     """The megatron config the schedule and the DDP wrappers read (not the layers' own)."""
+    base = build_transformer_config(cfg)
+    if cfg.video_tower == "wan":  # the stage boundary is [n, B, Wan width] (model/wan_wallwm.py)
+        base = dataclasses.replace(base, hidden_size=cfg.wan.num_attention_heads * cfg.wan.attention_head_dim)
     return dataclasses.replace(
-        build_transformer_config(cfg),
+        base,
         pipeline_model_parallel_size=ctx.pp,
         virtual_pipeline_model_parallel_size=ctx.vpp if ctx.vpp > 1 else None,
         # megatron's default (pp): microbatches go through a virtual stage in groups of pp
@@ -153,7 +159,10 @@ def split_microbatches(batch: Batch, noise: FlowNoise, microbatches: int) -> lis
 
 
 def boundary_seq_length(model: WallWM, batch: Batch) -> int:
-    """Positions of the packed stage-boundary tensor: F * P + T + L + 3."""
+    """Positions of the packed stage-boundary tensor: F * P + T + L + 3 (small video tower;
+    the Wan model says its own, see ``model/wan_wallwm.py``)."""
+    if hasattr(model, "boundary_seq_length"):
+        return model.boundary_seq_length(batch)
     frames, caption = batch.frames, batch.caption
     t_steps = batch.actions.shape[1]
     frames_kept = -(-t_steps // model.frame_stride)
@@ -184,11 +193,11 @@ class PipelineSchedule:
         self.holds_head = any(m.pipeline_slice.head for m in self.bare)
         self.forward_backward = get_forward_backward_func()
 
-    def _denominators(self, lengths: torch.Tensor, t_steps: int) -> torch.Tensor | None:
+    def _denominators(self, batch: Batch) -> torch.Tensor | None:
         """Element counts of the global batch (this step, all data-parallel ranks)."""
         if not self.holds_head:
             return None  # only the last stage computes losses; its DP peers are last stages too
-        counts = self.bare[-1].loss_element_counts(lengths, t_steps).to(lengths.device)
+        counts = self.bare[-1].loss_counts(batch).to(batch.lengths.device)
         if self.ctx.dp > 1:
             dist.all_reduce(counts, group=ps.get_data_parallel_group())
         return counts
@@ -217,7 +226,7 @@ class PipelineSchedule:
         """
         micro = split_microbatches(batch, noise, self.microbatches)
         lengths = batch.lengths
-        denominators = self._denominators(lengths, batch.actions.shape[1])
+        denominators = self._denominators(batch)
         iterators = [iter(micro) for _ in self.chunks]
         stored = self.forward_backward(
             forward_step_func=partial(self._forward_step, denominators),

@@ -68,6 +68,13 @@ def plan(cfg: Config, gpus: int | None, steps: int | None, gpu_memory_gib: float
     from wallwm_pretrain.plan.memory import Layout, stage_state_bytes
 
     _check_dims(cfg)
+    if cfg.model.video_tower != "small":
+        # the measured activations follow the small model's parts; a Wan-path plan would print
+        # the small towers' numbers under the Wan preset's name
+        raise ConfigError(
+            f"the plan covers model.video_tower=small only, not {cfg.model.video_tower!r} (parameter counts of the Wan "
+            "path: WanWallWM.parameter_counts() on the meta device, see configs/wallwm_wan22_5b.yaml)"
+        )
     tp, pp, vpp = cfg.parallel.tp, cfg.parallel.pp, cfg.parallel.vpp
     gpus = gpus or tp * pp
     if gpus % (tp * pp):

@@ -1,0 +1,36 @@
+"""configs/wallwm_wan22_5b.yaml: the Wan2.2 TI2V-5B video tower (its published config) with a
+same-depth action tower; its video tower has exactly diffusers' parameters (meta device)."""
+
+import torch
+
+from wallwm_pretrain.config import load_config
+from wallwm_pretrain.model import WanWallWM, build_model
+
+PRESET = "configs/wallwm_wan22_5b.yaml"
+DIMS = ["model.action_dim=7", "model.state_dim=8", "model.num_views=1", "model.image_size=32"]
+
+
+def test_preset_is_the_published_ti2v_5b_tower_with_a_same_depth_action_tower():
+    from diffusers import WanTransformer3DModel
+
+    cfg = load_config(PRESET, DIMS)
+    torch.manual_seed(0)
+    with torch.device("meta"):
+        model = build_model(cfg.model)
+        reference = WanTransformer3DModel(**model.wan.diffusers_config())
+    assert isinstance(model, WanWallWM) and cfg.model.video_time_shift == 5.0
+    w = model.wan
+    assert (w.hidden_size, w.num_attention_heads, w.ffn_dim, w.num_layers, w.in_channels, w.text_dim) == (
+        3072, 24, 14336, 30, 48, 4096)
+    assert len(model.action_layers) == 30
+    counts = model.parameter_counts()
+    assert counts["video_tower"] == sum(p.numel() for p in reference.parameters()) == 4_999_787_712
+    assert counts["total"] == counts["video_tower"] + counts["action_tower"] + counts["conditioning"]
+
+
+def test_plan_refuses_the_wan_path_with_one_line(capsys):
+    from wallwm_pretrain.plan.__main__ import main
+
+    assert main(["--config", PRESET, *DIMS]) != 0
+    err = capsys.readouterr().err
+    assert "model.video_tower=small only" in err and len(err.strip().splitlines()) == 1

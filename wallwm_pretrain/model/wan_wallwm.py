@@ -1,0 +1,398 @@
+"""The dual-tower denoiser with a Wan-architecture video tower (``model.video_tower=wan``).
+
+Same contract as :class:`~wallwm_pretrain.model.wallwm.WallWM` (forward on a :class:`Batch`
+and its :class:`FlowNoise`, pipeline slices, loss denominators), different video side:
+
+1. Video: the batch's VAE latents ``[B, V, Z, N, h, w]`` (latent frame j goes with control
+   steps ``[K_p j, K_p j + K_p)``), noised with the *shifted* video flow time
+   (``model.video_time_shift``), latent frame 0 kept clean; the :class:`WanTower` reads Wan's
+   per-token timesteps (0 on the clean frame, ``1000 t`` elsewhere), the text encoder's states
+   (``batch.text_states``) and predicts the velocity; the loss covers real frames 1.. only.
+2. Actions: the project's action tower (``model.hidden_size`` wide, its own uniform flow time),
+   embedded as on the small path: action k carries its latent frame's index k // K_p and its
+   place inside the group; the state token; the caption is the text encoder's states through a
+   learned projection ``text_dim -> hidden_size``.
+3. Coupled layer i = Wan block i, then action block i, whose coupling cross-attention reads Wan
+   block i's output as one key sequence per sample over all views (:func:`coupling_keys`),
+   projected ``wan width -> hidden_size`` by a learned linear (``action_layers.<i>.coupling``), so
+   megatron's cross-attention keeps the action width. One-way: the video tower never reads the
+   action stream.
+4. The remaining-time head reads the clean first latent frame (one token per latent pixel and
+   view, ``Z`` channels each), the state token and the projected caption states.
+
+Pipeline stages. What crosses a stage boundary is ONE ``[n, B, d_wan]`` tensor (megatron's p2p
+sends one tensor of ``[seq, micro_batch, pipeline hidden size]``, and the pipeline config's
+hidden size is the Wan width here): first the Wan streams (:meth:`WanStreams.pack`,
+``[S + L + 7t, B * V, d_wan]``) with each sample's views laid one after another along the
+sequence (``[V * (S + L + 7t), B, d_wan]``), then the action streams (action tokens, projected
+caption, state token, action timestep embedding; ``[T + L + 2, B, h]``) flattened per sample,
+zero-padded to a multiple of ``d_wan`` and cut into ``d_wan``-wide positions. Masks, RoPE and
+shapes do not travel: every stage derives them from the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+from megatron.core.process_groups_config import ProcessGroupCollection
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from wallwm_pretrain.batch import Batch
+from wallwm_pretrain.config import ModelConfig
+from wallwm_pretrain.model.blocks import ActionBlock, FinalLayer, Streams, key_padding_mask
+from wallwm_pretrain.model.embeddings import TimestepEmbedder, mark_adamw, sinusoidal
+from wallwm_pretrain.model.flops import cross_attention_flops, ffn_flops, self_attention_flops
+from wallwm_pretrain.model.flow_matching import FlowNoise, interpolate, masked_mse, sample_time
+from wallwm_pretrain.model.pipeline_slice import PipelineSlice, draw_base_seed, part_rng
+from wallwm_pretrain.model.remaining_time import RemainingTimeHead, huber_sum
+from wallwm_pretrain.model.spec import build_transformer_config
+from wallwm_pretrain.model.wan.config import WanConfig
+from wallwm_pretrain.model.wan.flops import wan_forward_flops
+from wallwm_pretrain.model.wan.flow import per_token_timesteps
+from wallwm_pretrain.model.wan.tower import WanGeometry, WanStreams, WanTower, coupling_keys
+
+
+def wan_config(cfg: ModelConfig) -> WanConfig:
+    """The video tower's shape: ``model.wan`` at ``model.num_layers`` blocks and ``model.num_views``."""
+    w = cfg.wan
+    return WanConfig(
+        patch_size=tuple(w.patch_size), num_attention_heads=w.num_attention_heads,
+        attention_head_dim=w.attention_head_dim, in_channels=w.in_channels, out_channels=w.out_channels,
+        text_dim=w.text_dim, freq_dim=w.freq_dim, ffn_dim=w.ffn_dim, num_layers=cfg.num_layers,
+        cross_attn_norm=w.cross_attn_norm, qk_norm=w.qk_norm, eps=w.eps, rope_max_seq_len=w.rope_max_seq_len,
+        num_views=int(cfg.num_views), init_std=cfg.init_std,
+    )
+
+
+@dataclass
+class WanFlowInputs:
+    """What every stage derives from a batch and its flow noise (no parameters involved)."""
+
+    xt_video: torch.Tensor  # [B, V, Z, N, h, w] noisy latents, latent frame 0 clean
+    timestep: torch.Tensor  # [B, S] Wan timesteps per token (0 on the clean frame)
+    xt_action: torch.Tensor  # [B, T, A]
+    target_video: torch.Tensor
+    target_action: torch.Tensor
+    t_action: torch.Tensor  # [B]
+    state: torch.Tensor  # [B, S_state]
+    text_states: torch.Tensor  # [B, L, text_dim]
+    text_valid: torch.Tensor  # [B, L]
+    frame_valid: torch.Tensor  # [B, N]
+    action_valid: torch.Tensor  # [B, T]
+    video_loss_mask: torch.Tensor  # [B, N]
+    first_frame: torch.Tensor  # [B, V * h * w, Z] the clean first latent frame (time head)
+    remaining: torch.Tensor | None = None
+
+
+class ActionLayer(nn.Module):
+    """Action block i and the projection of Wan block i's output to the action width."""
+
+    def __init__(self, config, wan_width: int, layer_number: int, recompute_core: bool,
+                 pg_collection: ProcessGroupCollection | None) -> None:
+        super().__init__()
+        self.coupling = nn.Linear(wan_width, config.hidden_size)
+        self.block = ActionBlock(config, layer_number, recompute_core, pg_collection)
+
+    def forward(self, s: Streams, video: torch.Tensor, views: int) -> torch.Tensor:
+        return self.block(s, self.coupling(coupling_keys(video, views)))
+
+
+class WanWallWM(nn.Module):
+    """The dual-tower denoiser on a Wan video tower, or one pipeline stage of it.
+
+    Args:
+        cfg: the ``model`` section (``video_tower=wan``; the Wan shape in ``cfg.wan``).
+        pipeline_slice: the coupled layers (and ends) to hold; None = the whole model.
+        pg_collection: megatron's process groups (TP-split layers) or None (local layers).
+
+    Parameter names: ``video.*`` is the :class:`WanTower` (``video.blocks.<i>.*`` etc., the names
+    ``convert_tower_state`` writes, under ``video.``), ``action_layers.<i>.*`` the action tower's
+    layers, the rest the action tower's input side and heads. The stages' names together are
+    the whole model's; their concatenated order is not the whole model's (each stage lists its
+    video part, then its action part), which nothing relies on: checkpoints and optimizer
+    state are keyed by name.
+    """
+
+    def __init__(self, cfg: ModelConfig, pipeline_slice: PipelineSlice | None = None, *,
+                 pg_collection: ProcessGroupCollection | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.frame_stride = cfg.frame_stride
+        self.wan = wcfg = wan_config(cfg)
+        if wcfg.patch_size[0] != 1:
+            raise ValueError(
+                f"model.wan.patch_size {list(cfg.wan.patch_size)}: the clean first latent frame is the condition, "
+                "which needs a temporal patch of 1"
+            )
+        self.pipeline_slice = part = pipeline_slice or PipelineSlice.whole(cfg.num_layers)
+        if part.first_layer < 0 or part.num_layers < 1 or part.layers.stop > cfg.num_layers:
+            raise ValueError(
+                f"pipeline slice layers {part.first_layer}..{part.layers.stop - 1} are not inside the model's "
+                f"{cfg.num_layers} coupled layers (0..{cfg.num_layers - 1})"
+            )
+        h = cfg.hidden_size
+        tcfg = build_transformer_config(cfg)
+        selective = cfg.recompute == "selective"
+        base = draw_base_seed()
+        # the video tower draws its parts from ("wan.embed", "wan.block<i>", "wan.head")
+        self.video = WanTower(wcfg, part, pg_collection=pg_collection, seed=base, recompute=cfg.recompute)
+        if part.embed:
+            with part_rng(base, "action.embed"):
+                self.action_in = mark_adamw(nn.Linear(int(cfg.action_dim), h))
+                self.action_group_pos = mark_adamw(nn.Embedding(cfg.frame_stride, h))
+                self.state_in = mark_adamw(nn.Linear(int(cfg.state_dim), h))
+                self.time_action = TimestepEmbedder(h)
+                self.text_in = mark_adamw(nn.Linear(wcfg.text_dim, h))
+        self.action_layers = nn.ModuleDict()
+        for i in part.layers:
+            with part_rng(base, f"action.layer{i}"):
+                self.action_layers[str(i)] = ActionLayer(tcfg, wcfg.hidden_size, i + 1, selective, pg_collection)
+        if part.head:
+            with part_rng(base, "action.head"):
+                self.action_out = FinalLayer(h, int(cfg.action_dim))
+            with part_rng(base, "action.time_head"):
+                self.time_head = RemainingTimeHead(h, wcfg.in_channels)
+
+    # ------------------------------------------------------------------ bookkeeping
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameters held here per tower (the coupling projections count to the action tower)."""
+        video = sum(p.numel() for p in self.video.parameters())
+        total = sum(p.numel() for p in self.parameters())
+        cond = sum(p.numel() for n in ("text_in", "time_action") if hasattr(self, n)
+                   for p in getattr(self, n).parameters())
+        return {"video_tower": video, "action_tower": total - video - cond, "conditioning": cond, "total": total}
+
+    def _masks(self, lengths: torch.Tensor, t_steps: int, frames: int):
+        k = self.frame_stride
+        dev = lengths.device
+        action_valid = torch.arange(t_steps, device=dev)[None, :] < lengths[:, None]
+        frame_valid = (torch.arange(frames, device=dev) * k)[None, :] < lengths[:, None]
+        video_loss_mask = frame_valid.clone()
+        video_loss_mask[:, 0] = False  # latent frame 0 is the clean condition, never predicted
+        return action_valid, frame_valid, video_loss_mask
+
+    def _check(self, batch: Batch) -> None:
+        missing = [n for n in ("latents", "text_states") if getattr(batch, n) is None]
+        if missing:
+            raise ValueError(
+                f"model.video_tower=wan needs batch.{' and batch.'.join(missing)} (VAE latents and text-encoder "
+                "states in the shards: data_tools encode-latents / embed-captions)"
+            )
+        lat, t_steps, k = batch.latents, batch.actions.shape[1], self.frame_stride
+        if lat.dim() != 6:
+            raise ValueError(f"batch.latents must be [B, V, Z, N, h, w], got {tuple(lat.shape)}")
+        if lat.shape[3] != -(-t_steps // k):
+            raise ValueError(
+                f"batch.latents has {lat.shape[3]} latent frames, {t_steps} control steps at K_p = model.frame_stride "
+                f"= {k} need ceil({t_steps}/{k}) = {-(-t_steps // k)}"
+            )
+
+    def loss_counts(self, batch: Batch) -> torch.Tensor:
+        """[3] float: video elements, action elements, samples over which the losses average."""
+        self._check(batch)
+        b, v, z, n, hh, ww = batch.latents.shape
+        action_valid, _, video_loss_mask = self._masks(batch.lengths, batch.actions.shape[1], n)
+        return torch.stack([
+            video_loss_mask.sum() * (v * z * hh * ww), action_valid.sum() * int(self.cfg.action_dim),
+            batch.lengths.new_tensor(b),
+        ]).to(torch.float32)
+
+    def boundary_seq_length(self, batch: Batch) -> int:
+        """Positions of the packed stage-boundary tensor (see the module docstring)."""
+        b, v, z, n, hh, ww = batch.latents.shape
+        pt, ph, pw = self.wan.patch_size
+        tokens = (n // pt) * (hh // ph) * (ww // pw)
+        text_len = batch.text_states.shape[1]
+        wan = v * (tokens + text_len + 7 * tokens)  # per-token timesteps: t = S
+        action = (batch.actions.shape[1] + text_len + 2) * self.cfg.hidden_size
+        return wan + -(-action // self.wan.hidden_size)
+
+    # ------------------------------------------------------------------ flow inputs
+    def sample_noise(self, batch: Batch, generator: torch.Generator | None = None) -> FlowNoise:
+        """Flow times (video: shifted) and noise of a batch."""
+        self._check(batch)
+        b, dev = batch.actions.shape[0], batch.actions.device
+        t_v = sample_time(b, dev, generator, shift=self.cfg.video_time_shift)
+        noise_v = torch.randn(batch.latents.shape, device=dev, generator=generator)
+        t_a = sample_time(b, dev, generator)
+        noise_a = torch.randn(batch.actions.shape, device=dev, generator=generator)
+        return FlowNoise(t_v, noise_v, t_a, noise_a)
+
+    def flow_inputs(self, batch: Batch, noise: FlowNoise) -> WanFlowInputs:
+        self._check(batch)
+        x0 = batch.latents.float()
+        b, v, z, n, hh, ww = x0.shape
+        action_valid, frame_valid, video_loss_mask = self._masks(batch.lengths, batch.actions.shape[1], n)
+        xt_v, target_v = interpolate(x0, noise.noise_video, noise.t_video)
+        xt_v = torch.cat([x0[:, :, :, :1], xt_v[:, :, :, 1:]], dim=3)
+        pt, ph, pw = self.wan.patch_size
+        timestep = per_token_timesteps(noise.t_video, (n // pt, hh // ph, ww // pw), clean_frames=1)
+        xt_a, target_a = interpolate(batch.actions, noise.noise_action, noise.t_action)
+        text_valid = batch.text_valid
+        if text_valid is None:
+            text_valid = torch.ones(batch.text_states.shape[:2], dtype=torch.bool, device=x0.device)
+        first = x0[:, :, :, 0].permute(0, 1, 3, 4, 2).reshape(b, v * hh * ww, z)
+        remaining = None if batch.remaining is None else batch.remaining.float() / self.frame_stride
+        return WanFlowInputs(
+            xt_v, timestep, xt_a, target_v, target_a, noise.t_action, batch.state, batch.text_states.float(),
+            text_valid, frame_valid, action_valid, video_loss_mask, first, remaining,
+        )
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, batch: Batch, *, generator: torch.Generator | None = None, noise: FlowNoise | None = None,
+                loss_denominators: torch.Tensor | None = None, hidden: torch.Tensor | None = None):
+        """As :meth:`WallWM.forward`: the losses on the last stage, else the packed streams."""
+        if noise is None:
+            noise = self.sample_noise(batch, generator)
+        return self.forward_slice(self.flow_inputs(batch, noise), hidden, loss_denominators)
+
+    def geometry(self, inputs: WanFlowInputs) -> WanGeometry:
+        return self.video.geometry(inputs.xt_video, inputs.timestep, inputs.text_states)
+
+    def coupling_mask(self, inputs: WanFlowInputs, geo: WanGeometry) -> torch.Tensor:
+        """Key padding of the coupling keys ``[V * S]`` per sample (view-major, as coupling_keys)."""
+        per_frame = geo.tokens // geo.grid[0]
+        tokens = inputs.frame_valid.repeat_interleave(per_frame, dim=1)  # [B, S]
+        return key_padding_mask(tokens.repeat(1, geo.views))
+
+    def embed(self, inputs: WanFlowInputs, geo: WanGeometry) -> tuple[WanStreams, Streams]:
+        """The first stage's input side of both towers."""
+        ws = self.video.embed(inputs.xt_video, inputs.timestep, inputs.text_states, geo)
+        t_steps, k, h = inputs.xt_action.shape[1], self.frame_stride, self.cfg.hidden_size
+        steps = torch.arange(t_steps, device=inputs.xt_action.device)
+        action = self.action_in(inputs.xt_action) + sinusoidal(steps // k, h)[None] + self.action_group_pos(steps % k)[None]
+        s = Streams(
+            video=None, action=action.transpose(0, 1), text=self.text_in(inputs.text_states).transpose(0, 1),
+            state=self.state_in(inputs.state)[None], temb_video=None, temb_action=self.time_action(inputs.t_action),
+            video_mask=self.coupling_mask(inputs, geo), action_mask=key_padding_mask(inputs.action_valid),
+            text_mask=key_padding_mask(inputs.text_valid),
+        )
+        return ws, s
+
+    def run_layer(self, index: int, ws: WanStreams, s: Streams, rope, geo, video_mask, text_mask):
+        """Coupled layer ``index``: Wan block, then the action block reading its output."""
+        ws = self.video.run_block(index, ws, rope, geo, video_mask, text_mask)
+        layer = self.action_layers[str(index)]
+        if self.cfg.recompute == "full" and self.training and torch.is_grad_enabled():
+            action = checkpoint(layer, s, ws.video, geo.views, use_reentrant=False)
+        else:
+            action = layer(s, ws.video, geo.views)
+        return ws, replace(s, action=action)
+
+    def forward_slice(self, inputs: WanFlowInputs, hidden: torch.Tensor | None = None,
+                      loss_denominators: torch.Tensor | None = None):
+        part = self.pipeline_slice
+        geo = self.geometry(inputs)
+        if part.embed:
+            ws, s = self.embed(inputs, geo)
+        else:
+            if hidden is None:
+                raise ValueError(f"pipeline slice from layer {part.first_layer} needs the previous stage's output")
+            ws, s = self.unpack(hidden, inputs, geo)
+        rope = self.video.rope(geo, inputs.xt_video.device)
+        video_mask, text_mask = self.video.masks(geo, inputs.frame_valid, inputs.text_valid)
+        for i in part.layers:
+            ws, s = self.run_layer(i, ws, s, rope, geo, video_mask, text_mask)
+        if not part.head:
+            return self.pack(ws, s, geo)
+        return self.losses(inputs, ws, s, geo, loss_denominators)
+
+    def losses(self, inputs: WanFlowInputs, ws: WanStreams, s: Streams, geo: WanGeometry,
+               loss_denominators: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        pred_v = self.video.head(ws, geo)  # [B, V, Z, N, h, w]
+        pred_a = self.action_out(s.action, s.temb_action).transpose(0, 1)
+        den_v, den_a, den_t = (None,) * 3 if loss_denominators is None else loss_denominators.unbind()
+        by_frame = lambda x: x.permute(0, 3, 1, 2, 4, 5)  # noqa: E731  [B, N, V, Z, h, w]: masks are [B, N]
+        loss_v = masked_mse(by_frame(pred_v), by_frame(inputs.target_video), inputs.video_loss_mask, den_v)
+        loss_a = masked_mse(pred_a, inputs.target_action, inputs.action_valid, den_a)
+        loss = self.cfg.video_loss_weight * loss_v + self.cfg.action_loss_weight * loss_a
+        loss_t = torch.zeros((), device=loss.device)
+        if inputs.remaining is not None and self.cfg.time_loss_weight > 0:
+            pred_t = self.time_head(inputs.first_frame, s.state, s.text, inputs.text_valid)
+            den = torch.tensor(float(pred_t.shape[0]), device=loss.device) if den_t is None else den_t
+            loss_t = huber_sum(pred_t, inputs.remaining) / den.clamp_min(1.0)
+            loss = loss + self.cfg.time_loss_weight * loss_t
+        return {"loss": loss, "loss_video": loss_v.detach(), "loss_action": loss_a.detach(), "loss_time": loss_t.detach()}
+
+    def denoise(self, inputs: WanFlowInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """Velocity predictions ``([B, V, Z, N, h, w], [B, T, A])`` (the whole model only)."""
+        if not (self.pipeline_slice.embed and self.pipeline_slice.head):
+            raise ValueError("denoise needs the whole model; a pipeline stage runs forward_slice")
+        geo = self.geometry(inputs)
+        ws, s = self.embed(inputs, geo)
+        rope = self.video.rope(geo, inputs.xt_video.device)
+        video_mask, text_mask = self.video.masks(geo, inputs.frame_valid, inputs.text_valid)
+        for i in self.pipeline_slice.layers:
+            ws, s = self.run_layer(i, ws, s, rope, geo, video_mask, text_mask)
+        return self.video.head(ws, geo), self.action_out(s.action, s.temb_action).transpose(0, 1)
+
+    # ------------------------------------------------------------------ stage boundary
+    def pack(self, ws: WanStreams, s: Streams, geo: WanGeometry) -> torch.Tensor:
+        """Both towers' streams as one ``[n, B, d_wan]`` tensor (see the module docstring)."""
+        d = self.wan.hidden_size
+        wan = ws.pack()  # [Sw, B * V, d]
+        sw = wan.shape[0]
+        wan = wan.view(sw, geo.batch, geo.views, d).permute(2, 0, 1, 3).reshape(geo.views * sw, geo.batch, d)
+        action = torch.cat([s.action, s.text, s.state, s.temb_action[None]]).to(wan.dtype)  # [Na, B, h]
+        flat = action.transpose(0, 1).reshape(geo.batch, -1)
+        pad = -flat.shape[1] % d
+        flat = nn.functional.pad(flat, (0, pad)).view(geo.batch, -1, d).transpose(0, 1)
+        return torch.cat([wan, flat])
+
+    def unpack(self, packed: torch.Tensor, inputs: WanFlowInputs, geo: WanGeometry) -> tuple[WanStreams, Streams]:
+        """Inverse of :meth:`pack`; lengths and masks come from the batch."""
+        d, h, v, b = self.wan.hidden_size, self.cfg.hidden_size, geo.views, geo.batch
+        sw = geo.tokens + geo.text_len + 7 * geo.time_len
+        t_steps, text_len = inputs.xt_action.shape[1], inputs.text_states.shape[1]
+        na = t_steps + text_len + 2
+        expected = v * sw + -(-na * h // d)
+        if packed.shape[0] != expected:
+            raise ValueError(
+                f"a packed stage input of {packed.shape[0]} positions does not match the batch: {v} views x "
+                f"(video {geo.tokens} + text {geo.text_len} + 7 x {geo.time_len}) + action streams {na} x {h} / {d} "
+                f"= {expected}"
+            )
+        wan, rest = packed.split([v * sw, packed.shape[0] - v * sw])
+        wan = wan.view(v, sw, b, d).permute(1, 2, 0, 3).reshape(sw, b * v, d)
+        ws = WanStreams.unpack(wan, geo.tokens, geo.text_len, geo.time_len)
+        flat = rest.transpose(0, 1).reshape(b, -1)[:, : na * h]
+        action, text, state, temb = flat.reshape(b, na, h).transpose(0, 1).split([t_steps, text_len, 1, 1])
+        s = Streams(
+            video=None, action=action, text=text, state=state, temb_video=None, temb_action=temb[0],
+            video_mask=self.coupling_mask(inputs, geo), action_mask=key_padding_mask(inputs.action_valid),
+            text_mask=key_padding_mask(inputs.text_valid),
+        )
+        return ws, s
+
+
+def forward_flops(cfg: ModelConfig, latent_shape: tuple[int, int, int], steps: int, text_len: int) -> dict[str, int]:
+    """Forward matmul FLOPs of one sample of the Wan-path model (conventions of ``model/flops.py``).
+
+    Args:
+        latent_shape: ``(N, h, w)`` latent frames, height and width of one view.
+        steps: control steps T (action tokens); text_len: text tokens L.
+
+    The video tower is :func:`wan_forward_flops` (per-token timesteps); an action layer is the
+    small model's action block with the coupling keys ``V * S`` wide, plus the coupling
+    projection ``2 V S d_wan h``; the input side adds the caption projection ``2 L text_dim h``.
+    """
+    wcfg = wan_config(cfg)
+    video = wan_forward_flops(wcfg, latent_shape, text_len, per_token_time=True)
+    h, f, a = cfg.hidden_size, cfg.ffn_hidden_size, int(cfg.action_dim)
+    n, hh, ww = latent_shape
+    pt, ph, pw = wcfg.patch_size
+    keys = wcfg.num_views * (n // pt) * (hh // ph) * (ww // pw)
+    layer = (12 * h * h + self_attention_flops(steps, h) + cross_attention_flops(steps, 1, h)
+             + cross_attention_flops(steps, keys, h) + cross_attention_flops(steps, text_len, h) + ffn_flops(steps, h, f)
+             + 2 * keys * wcfg.hidden_size * h)
+    parts = {
+        "video_tower": video["total"],
+        "action_tower": cfg.num_layers * layer,
+        # action, state and caption projections, the action timestep MLP (two h x h)
+        "input_side": 2 * steps * a * h + 2 * int(cfg.state_dim) * h + 4 * h * h + 2 * text_len * wcfg.text_dim * h,
+        "output_side": 2 * steps * h * a + 4 * h * h,  # the action head's modulation (h -> 2h) and linear
+    }
+    parts["total"] = sum(parts.values())
+    return parts
