@@ -175,19 +175,19 @@ def test_batch_without_latents_or_with_wrong_frames_fails_clearly():
 def test_flop_formula_equals_counted_matmuls(monkeypatch):
     """As tests/model/test_wan_flops.py: the fused Wan attention core swapped for the textbook
     one, whose matmuls torch's counter sees."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     import wallwm_pretrain.model.wan.attention as attention
     from _wan_wallwm_tiny import LATENT_HW, TEXT_LEN  # noqa: E402
     from test_wan_flops import textbook_attend  # noqa: E402
 
+    from wallwm_pretrain.model.flops import flop_counter
     from wallwm_pretrain.model.wan_wallwm import forward_flops
 
     model = make().eval()
     batch = wan_batch(0)
     inp = model.flow_inputs(batch, model.sample_noise(batch, torch.Generator().manual_seed(1)))
     monkeypatch.setattr(attention, "attend", textbook_attend)
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
+    # the action tower's fused core runs the CPU flash kernel: flop_counter() counts it
+    with flop_counter() as counter, torch.no_grad():
         model.denoise(inp)
     flops = forward_flops(CFG, (3, *LATENT_HW), 12, TEXT_LEN)
     assert counter.get_total_flops() == batch.size * flops["total"]
