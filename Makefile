@@ -1,6 +1,8 @@
 # wallwm-pretrain
 #   make smoke-test   install what is needed, then synth data -> shards -> train -> resume
 #   make test         install what is needed, then run the whole test suite
+#   make smoke-wan    the real-model path on CPU: synth -> shards -> tiny random Wan/VAE/UMT5 ->
+#                     encode-latents -> embed-captions -> convert wan -> train -> resume
 #   make ablation     Meta-World event mode vs chunk mode (bench/ablation.py), table in docs/
 #   make fuzz         the long mutation fuzz of the input readers (bench/fuzz_readers.py, docs/fuzzing.md)
 #   make mutation     mutation testing of core modules (cosmic-ray; long, not part of make test):
@@ -30,13 +32,17 @@ endif
 SMOKE_SYNTH  ?= data/synth/smoke
 SMOKE_SHARDS ?= data/shards/smoke
 SMOKE_EPISODES ?= 48
+WAN_SYNTH   ?= data/synth/smoke-wan
+WAN_SHARDS  ?= data/shards/smoke-wan
+WAN_MODELS  ?= data/models/tiny-wan
+WAN_INIT    ?= data/models/smoke-wan-init
 FUZZ_CASES ?= 20000
 FUZZ_SEED  ?= 1
 
 export MLFLOW_DISABLE_TELEMETRY ?= true
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install check-env slurm-deps test smoke-test smoke-data ablation fuzz mutation clean
+.PHONY: install check-env slurm-deps test smoke-test smoke-data smoke-wan ablation fuzz mutation clean
 
 install: $(READY)
 
@@ -88,4 +94,21 @@ smoke-test: smoke-data
 	$(PYTHON) -m wallwm_pretrain.train --config configs/smoke.yaml train.resume=auto
 
 clean:
-	rm -rf runs data/synth/smoke data/shards/smoke
+	rm -rf runs data/synth/smoke data/shards/smoke $(WAN_SYNTH) $(WAN_SHARDS) $(WAN_MODELS) $(WAN_INIT)
+
+# The real-model path end to end with tiny random models saved in their libraries' formats
+# (nothing is downloaded). One thread per process: the tiny VAE is far slower on two.
+smoke-wan: $(READY)
+	$(PYTHON) -m data_tools synth --out $(WAN_SYNTH) --episodes 12 --seed 0 --image-size 32 --quiet
+	$(PYTHON) -m data_tools build-shards --src $(WAN_SYNTH) --out $(WAN_SHARDS) --level L1 --seed 0
+	$(PYTHON) -m wallwm_pretrain.convert make-tiny --out $(WAN_MODELS) --seed 0
+	OMP_NUM_THREADS=1 $(PYTHON) -m data_tools encode-latents --shards $(WAN_SHARDS) --vae $(WAN_MODELS)/vae
+	OMP_NUM_THREADS=1 $(PYTHON) -m data_tools embed-captions --shards $(WAN_SHARDS) --text-encoder $(WAN_MODELS)/text_encoder
+	$(PYTHON) -m wallwm_pretrain.convert wan --src $(WAN_MODELS)/transformer --out $(WAN_INIT) \
+	  --config configs/smoke_wan.yaml --num-views 2 model.action_dim=4 model.state_dim=8 data.shards=$(WAN_SHARDS)
+	@echo "== train 20 of 40 steps from the converted weights, save, stop =="
+	OMP_NUM_THREADS=1 $(PYTHON) -m wallwm_pretrain.train --config $(WAN_INIT)/config.yaml \
+	  model.init_from=$(WAN_INIT) train.resume=none train.stop_after=20
+	@echo "== resume from the checkpoint and finish the run =="
+	OMP_NUM_THREADS=1 $(PYTHON) -m wallwm_pretrain.train --config $(WAN_INIT)/config.yaml \
+	  model.init_from=$(WAN_INIT) train.resume=auto
