@@ -130,3 +130,13 @@ def test_cli_errors_are_one_line(capsys):
     assert err.count("\n") == 0 and "model.action_dim" in err
     assert main(["--config", "configs/smoke.yaml", "--gpus", "3", "parallel.tp=2", *DIMS]) == 2
     assert "not a multiple" in capsys.readouterr().err
+
+
+def test_recompute_full_keeps_shared_layer_inputs_once():
+    cfg = _cfg(num_layers=3)
+    measured = measure_forward(meta_model(cfg), meta_batch(cfg, 2, 16))
+    one, three = measured.kept(["layer 0"]), measured.kept(["layer 0", "layer 1", "layer 2"])
+    # the caption states, state token and timestep embeddings are the same tensors in every
+    # layer; only the two towers' hidden states are new per layer
+    per_layer_new = 2 * (16 // cfg.frame_stride * 2 * (32 // 8) ** 2 + 16) * cfg.hidden_size * 4
+    assert three - one == 2 * per_layer_new

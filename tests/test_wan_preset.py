@@ -28,9 +28,12 @@ def test_preset_is_the_published_ti2v_5b_tower_with_a_same_depth_action_tower():
     assert counts["total"] == counts["video_tower"] + counts["action_tower"] + counts["conditioning"]
 
 
-def test_plan_refuses_the_wan_path_with_one_line(capsys):
+def test_the_plan_covers_the_wan_path(capsys):
     from wallwm_pretrain.plan.__main__ import main
 
-    assert main(["--config", PRESET, *DIMS]) != 0
-    err = capsys.readouterr().err
-    assert "model.video_tower=small only" in err and len(err.strip().splitlines()) == 1
+    args = ["--config", PRESET, "--gpus", "8", "parallel.tp=2", "--latent-size", "44x80", *DIMS]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "video_tower 5.000B" in out and "8 ranks = TP 2 x PP 1 x DP 4" in out
+    assert main(["--config", PRESET, *DIMS]) == 2  # no latent size: one line naming the option
+    assert "--latent-size" in capsys.readouterr().err

@@ -32,10 +32,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="ranks in the job; data-parallel size = gpus / (tp * pp) (default: tp * pp)")
     parser.add_argument("--steps", type=int, default=None,
                         help="control steps per sample (default: data.max_frames, the longest sample)")
+    parser.add_argument("--latent-size", default=None, metavar="HxW",
+                        help="model.video_tower=wan: the VAE latent frame's height x width (e.g. 44x80 for "
+                             "704x1280 video through Wan2.2's VAE, spatial compression 16)")
+    parser.add_argument("--text-tokens", type=int, default=512,
+                        help="model.video_tower=wan: text-encoder states per caption (default 512, Wan's "
+                             "caption length)")
     parser.add_argument("--gpu-memory-gib", type=float, default=None,
                         help="memory of one accelerator; prints the headroom of the busiest rank")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)  # options and key=value overrides in any order
 
 
 def _check_dims(cfg: Config) -> None:
@@ -59,7 +65,18 @@ def _count(n: float) -> str:
     return str(int(n))
 
 
-def plan(cfg: Config, gpus: int | None, steps: int | None, gpu_memory_gib: float | None) -> str:
+def _latent_size(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        h, w = (int(x) for x in text.lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"--latent-size must be HxW, e.g. 44x80, got {text!r}") from None
+    return h, w
+
+
+def plan(cfg: Config, gpus: int | None, steps: int | None, gpu_memory_gib: float | None,
+         latent_size: str | None = None, text_tokens: int = 512) -> str:
     """The plan's report for one config (see the package docstring)."""
     import torch  # noqa: F401  (slow import; after argument errors)
 
@@ -68,13 +85,6 @@ def plan(cfg: Config, gpus: int | None, steps: int | None, gpu_memory_gib: float
     from wallwm_pretrain.plan.memory import Layout, stage_state_bytes
 
     _check_dims(cfg)
-    if cfg.model.video_tower != "small":
-        # the measured activations follow the small model's parts; a Wan-path plan would print
-        # the small towers' numbers under the Wan preset's name
-        raise ConfigError(
-            f"the plan covers model.video_tower=small only, not {cfg.model.video_tower!r} (parameter counts of the Wan "
-            "path: WanWallWM.parameter_counts() on the meta device, see configs/wallwm_wan22_5b.yaml)"
-        )
     tp, pp, vpp = cfg.parallel.tp, cfg.parallel.pp, cfg.parallel.vpp
     gpus = gpus or tp * pp
     if gpus % (tp * pp):
@@ -87,12 +97,21 @@ def plan(cfg: Config, gpus: int | None, steps: int | None, gpu_memory_gib: float
 
     whole = meta_model(model_cfg)
     counts = whole.parameter_counts()
-    measured = measure_forward(whole, meta_batch(model_cfg, micro, steps))
+    latent_hw = _latent_size(latent_size)
+    if cfg.model.video_tower == "wan" and latent_hw is None:
+        raise ConfigError("model.video_tower=wan: give the latent frame size, --latent-size HxW (e.g. 44x80)")
+    measured = measure_forward(whole, meta_batch(model_cfg, micro, steps, latent_hw, text_tokens))
     split_fused = cfg.optim.muon_split_fused
 
+    m = cfg.model
+    towers = (f"action tower hidden {m.hidden_size}, {m.num_heads} heads, FFN {m.ffn_hidden_size}")
+    if m.video_tower == "wan":
+        towers = (f"Wan video tower dim {m.wan.num_attention_heads * m.wan.attention_head_dim}, "
+                  f"{m.wan.num_attention_heads} heads, FFN {m.wan.ffn_dim}; " + towers
+                  + f"; latents {m.wan.in_channels} x {-(-steps // m.frame_stride)} x {latent_size}, "
+                  f"{text_tokens} text tokens, {m.num_views} view(s)")
     lines = [
-        f"model: {cfg.model.num_layers} coupled layers, hidden {cfg.model.hidden_size}, "
-        f"{cfg.model.num_heads} heads, FFN {cfg.model.ffn_hidden_size}",
+        f"model: {m.num_layers} coupled layers; {towers}",
         "parameters: " + ", ".join(f"{k} {_count(v)}" for k, v in counts.items()),
         f"layout: {gpus} ranks = TP {tp} x PP {pp} x DP {layout.dp}"
         + (f" (VPP {vpp})" if vpp > 1 else "")
@@ -100,6 +119,7 @@ def plan(cfg: Config, gpus: int | None, steps: int | None, gpu_memory_gib: float
         "",
         "per rank (the busiest TP rank of each pipeline rank; GiB):",
         "  pp rank |   params |    weights |      grads |      AdamW |       Muon | activations | recompute=full |      total",
+        f"  (total: weights + grads + AdamW + Muon + the activations of model.recompute={cfg.model.recompute})",
     ]
     worst = 0.0
     for pp_rank in range(pp):
@@ -111,13 +131,14 @@ def plan(cfg: Config, gpus: int | None, steps: int | None, gpu_memory_gib: float
         in_flight = min(pp - pp_rank, cfg.train.microbatches) if pp > 1 else 1
         per_micro = sum(measured.part_bytes(p, tp) for p in layers + edges)
         act = in_flight * per_micro
-        kept = sum(measured.layer_input.get(p, 0) for p in layers)
+        kept = measured.kept(layers)
         transient = max((measured.part_bytes(p, tp) for p in layers), default=0)
         edge = sum(measured.part_bytes(p, tp) for p in edges)
         act_full = in_flight * (kept + edge) + transient
         params = sum(s.params for s in states)
         static = sum(s.total for s in states)
-        total = static + act
+        # the total counts activations as the config trains: recomputed or not
+        total = static + (act_full if cfg.model.recompute == "full" else act)
         worst = max(worst, total)
         lines.append(
             f"  {pp_rank:7d} | {_count(params):>8s} | {_gib(sum(s.weights for s in states))} | "
@@ -136,7 +157,8 @@ def plan(cfg: Config, gpus: int | None, steps: int | None, gpu_memory_gib: float
     ]
     if gpu_memory_gib is not None:
         lines.append(f"busiest rank: {worst / GIB:.2f} GiB of {gpu_memory_gib:.0f} GiB "
-                     f"({'fits' if worst <= gpu_memory_gib * GIB else 'does NOT fit'}, without recomputation)")
+                     f"({'fits' if worst <= gpu_memory_gib * GIB else 'does NOT fit'}, "
+                     f"with model.recompute={cfg.model.recompute})")
     return "\n".join(lines)
 
 
@@ -145,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", module="megatron")
     try:
         cfg = load_config(args.config, args.overrides)
-        print(plan(cfg, args.gpus, args.steps, args.gpu_memory_gib))
+        print(plan(cfg, args.gpus, args.steps, args.gpu_memory_gib, args.latent_size, args.text_tokens))
     except (ConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -24,6 +24,7 @@ attention core of both towers is the fused one, ``model/attention_core.py``).
 
 from __future__ import annotations
 
+import dataclasses
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 
@@ -34,29 +35,44 @@ from torch.overrides import TorchFunctionMode
 
 from wallwm_pretrain.batch import Batch
 from wallwm_pretrain.config import ModelConfig
+from wallwm_pretrain.model import build_model
 from wallwm_pretrain.model.flops import flop_counter
 from wallwm_pretrain.model.local_layers import LocalLinear
 from wallwm_pretrain.model.pipeline_slice import PipelineSlice
-from wallwm_pretrain.model.wallwm import WallWM
 
 
-def meta_model(cfg: ModelConfig, pipeline_slice: PipelineSlice | None = None) -> WallWM:
-    """The model (or one pipeline stage of it) with every tensor on the meta device."""
+def meta_model(cfg: ModelConfig, pipeline_slice: PipelineSlice | None = None) -> nn.Module:
+    """The model ``model.video_tower`` names (or one pipeline stage of it), every tensor on the
+    meta device."""
     with torch.device("meta"):
-        return WallWM(cfg, pipeline_slice)
+        return build_model(cfg, pipeline_slice)
 
 
-def meta_batch(cfg: ModelConfig, batch_size: int, steps: int) -> Batch:
-    """A full-length batch of meta tensors: ``steps`` control steps per sample, longest caption."""
-    views, size = int(cfg.num_views), int(cfg.image_size)
+def meta_batch(cfg: ModelConfig, batch_size: int, steps: int, latent_hw: tuple[int, int] | None = None,
+               text_tokens: int = 512) -> Batch:
+    """A full-length batch of meta tensors: ``steps`` control steps per sample, longest caption;
+    on the Wan path also VAE latents of ``latent_hw`` and ``text_tokens`` text-encoder states."""
+    views, b = int(cfg.num_views), batch_size
     with torch.device("meta"):
+        common = dict(
+            actions=torch.empty(b, steps, int(cfg.action_dim)),
+            state=torch.empty(b, int(cfg.state_dim)),
+            lengths=torch.full((b,), steps, dtype=torch.long),
+            caption=torch.ones(b, cfg.caption_max_bytes + 1, dtype=torch.long),
+            remaining=torch.ones(b),
+        )
+        if cfg.video_tower != "wan":
+            size = int(cfg.image_size)
+            return Batch(frames=torch.empty(b, steps, views, size, size, 3, dtype=torch.uint8), **common)
+        if latent_hw is None:
+            raise ValueError("the Wan path's plan needs the latent frame size (--latent-size HxW)")
+        frames = -(-steps // cfg.frame_stride)
         return Batch(
-            frames=torch.empty(batch_size, steps, views, size, size, 3, dtype=torch.uint8),
-            actions=torch.empty(batch_size, steps, int(cfg.action_dim)),
-            state=torch.empty(batch_size, int(cfg.state_dim)),
-            lengths=torch.full((batch_size,), steps, dtype=torch.long),
-            caption=torch.ones(batch_size, cfg.caption_max_bytes + 1, dtype=torch.long),
-            remaining=torch.ones(batch_size),
+            frames=torch.empty(b, steps, views, 1, 1, 3, dtype=torch.uint8),  # not read on the Wan path
+            latents=torch.empty(b, views, cfg.wan.in_channels, frames, *latent_hw),
+            text_states=torch.empty(b, text_tokens, cfg.wan.text_dim),
+            text_valid=torch.ones(b, text_tokens, dtype=torch.bool),
+            **common,
         )
 
 
@@ -86,8 +102,16 @@ class ForwardMeasure:
     """Bytes kept for backward, by part (``embed``, ``layer <i>``, ``head``)."""
     tp_split: dict[str, int] = field(default_factory=dict)
     """Of ``saved``, the bytes that tensor parallelism divides over its ranks."""
-    layer_input: dict[str, int] = field(default_factory=dict)
-    """Bytes of each coupled layer's input streams: all that ``recompute=full`` keeps of it."""
+    layer_input: dict[str, dict[int, int]] = field(default_factory=dict)
+    """Each coupled layer's input tensors (storage -> bytes): all that ``recompute=full`` keeps
+    of it. Layers share some (the caption states, the timestep modulation): see :meth:`kept`."""
+
+    def kept(self, parts: list[str]) -> int:
+        """Bytes ``recompute=full`` keeps for these coupled layers (shared inputs once)."""
+        union: dict[int, int] = {}
+        for part in parts:
+            union.update(self.layer_input.get(part, {}))
+        return sum(union.values())
 
     def part_bytes(self, part: str, tp: int) -> float:
         """Bytes one tensor-parallel rank keeps for ``part``."""
@@ -95,14 +119,35 @@ class ForwardMeasure:
         return self.saved.get(part, 0) - split + split / tp
 
 
+def _tensors(obj):
+    """The tensors in a hook's arguments: tensors, tuples and lists of them, dataclasses' fields."""
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, (tuple, list)):
+        for item in obj:
+            yield from _tensors(item)
+    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        for f in dataclasses.fields(obj):
+            yield from _tensors(getattr(obj, f.name))
+
+
 def _tp_region(module: nn.Module) -> bool:
     """Whether the module owns tensor-parallel linear layers directly (attention, FFN)."""
     return any(isinstance(child, LocalLinear) for child in module.children())
 
 
-def measure_forward(model: WallWM, batch: Batch) -> ForwardMeasure:
+def _coupled_layers(model: nn.Module) -> dict[str, tuple[nn.Module, nn.Module]]:
+    """Coupled layer i -> (its first module, its last module), for either model."""
+    if hasattr(model, "action_layers"):  # the Wan path: Wan block i, then action layer i
+        return {i: (model.video.blocks[i], model.action_layers[i]) for i in model.action_layers}
+    return {i: (layer, layer) for i, layer in model.layers.items()}
+
+
+def measure_forward(model: nn.Module, batch: Batch) -> ForwardMeasure:
     """Run ``model`` (whole, meta device) on ``batch`` and count FLOPs and saved activations."""
-    hidden = model.cfg.hidden_size
+    # the residual streams' widths (the Wan tower's and the action tower's): what every TP rank
+    # keeps whole
+    hidden = {model.cfg.hidden_size} | ({model.wan.hidden_size} if hasattr(model, "wan") else set())
     param_storages = {p.untyped_storage()._cdata for p in model.parameters()}
     seen: set[int] = set()
     state = {"part": "embed", "tp_depth": 0}
@@ -117,23 +162,27 @@ def measure_forward(model: WallWM, batch: Batch) -> ForwardMeasure:
         nbytes = storage.nbytes()
         part = state["part"]
         out.saved[part] = out.saved.get(part, 0) + nbytes
-        if state["tp_depth"] and t.dim() and t.shape[-1] != hidden:
+        if state["tp_depth"] and t.dim() and t.shape[-1] not in hidden:
             out.tp_split[part] = out.tp_split.get(part, 0) + nbytes
         return t
 
     handles = []
-    for name, layer in model.layers.items():
-        def enter(module, args, name=name):
-            state["part"] = f"layer {name}"
-            streams = args[0]
-            out.layer_input[f"layer {name}"] = sum(
-                x.numel() * x.element_size()
-                for x in (streams.video, streams.action, streams.text, streams.state, streams.temb_video,
-                          streams.temb_action)
-            )
+    # what recompute=full keeps of a coupled layer: the tensors it is called with (both towers'
+    # streams, conditioning, timestep modulation, rotary tables, masks), by storage, so that a
+    # tensor every layer reads (the caption, the per-token modulation) is counted once per stage
+    for name, (first, last) in _coupled_layers(model).items():
+        part = f"layer {name}"
 
-        handles.append(layer.register_forward_pre_hook(enter))
-        handles.append(layer.register_forward_hook(lambda *a: state.update(part="head")))
+        def enter(module, args, part=part):
+            state["part"] = part
+            keep = out.layer_input.setdefault(part, {})
+            for t in _tensors(args):
+                keep[t.untyped_storage()._cdata] = t.untyped_storage().nbytes()
+
+        handles.append(first.register_forward_pre_hook(enter))
+        if last is not first:
+            handles.append(last.register_forward_pre_hook(enter))
+        handles.append(last.register_forward_hook(lambda *a: state.update(part="head")))
     for module in model.modules():
         if _tp_region(module):
             handles.append(module.register_forward_pre_hook(lambda *a: state.update(tp_depth=state["tp_depth"] + 1)))
