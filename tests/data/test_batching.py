@@ -82,3 +82,42 @@ def test_collate_pads_to_the_longest_rounded_to_whole_latent_frames():
 def test_collate_length_arithmetic(longest, stride, padded):
     batch = collate([sample("x", longest), sample("y", 1)], frame_stride=stride)
     assert batch.actions.shape[1] == padded
+
+
+def test_six_leftovers_make_two_batches_of_three():
+    stream = [sample(k, n) for k, n in zip("abcdef", (1, 9, 2, 10, 3, 11))]
+    # boundaries [4, 8]: a, c, e in bucket 0 fill a batch; b, d, f wait in the last bucket
+    assert list(bucket_batches(stream, 3, [4, 8], keys)) == [["a", "c", "e"], ["b", "d", "f"]]
+    stream = [sample(k, n) for k, n in zip("abcdef", (1, 9, 5, 10, 6, 2))]
+    # one per bucket at a time, never three alike: all six are leftovers, sorted by length
+    assert list(bucket_batches(stream, 3, [4, 8], keys)) == [["a", "f", "c"], ["e", "b", "d"]]
+
+
+def test_without_boundaries_every_sample_shares_one_bucket():
+    stream = [sample(k, n) for k, n in zip("abcde", (30, 2, 17, 5, 9))]
+    assert list(bucket_batches(stream, 2, [], keys)) == [["a", "b"], ["c", "d"]]
+
+
+def test_collate_lays_latents_out_per_view_and_marks_real_caption_states():
+    a, b = sample("a", 7), sample("b", 3)
+    a.latents = np.arange(2 * 2 * 3, dtype=np.float16).reshape(2, 2, 3, 1, 1) + 1  # [N=2, V=2, Z=3, h, w]
+    b.latents = np.full((1, 2, 3, 1, 1), -1, np.float16)
+    a.caption_states = np.ones((4, 5), np.float16)
+    b.caption_states = np.full((2, 5), 2, np.float16)
+    batch = collate([a, b], frame_stride=4)
+    assert batch.latents.shape == (2, 2, 3, 2, 1, 1) and batch.latents.dtype == torch.float16  # [B, V, Z, N, h, w]
+    assert torch.equal(batch.latents[0, 1, 2, :, 0, 0], torch.tensor([6.0, 12.0], dtype=torch.float16))
+    assert torch.equal(batch.latents[1, :, :, 0], torch.full((2, 3, 1, 1), -1.0, dtype=torch.float16))
+    assert batch.latents[1, :, :, 1].abs().sum() == 0  # sample b has one latent frame
+    assert batch.text_states.shape == (2, 4, 5)
+    assert torch.equal(batch.text_valid, torch.tensor([[True] * 4, [True, True, False, False]]))
+    assert torch.equal(batch.text_states[1, :2], torch.full((2, 5), 2.0, dtype=torch.float16))
+    assert batch.text_states[1, 2:].abs().sum() == 0
+
+
+def test_collate_leaves_latents_and_states_out_unless_every_sample_has_them():
+    a, b = sample("a", 4), sample("b", 4)
+    a.latents = np.zeros((1, 1, 2, 1, 1), np.float16)
+    a.caption_states = np.zeros((1, 3), np.float16)
+    batch = collate([a, b], frame_stride=4)
+    assert batch.latents is None and batch.text_states is None and batch.text_valid is None
