@@ -51,6 +51,21 @@ class PipelineSlice:
         """The whole model in one stage (no pipeline)."""
         return cls(0, num_layers, embed=True, head=True)
 
+    @classmethod
+    def of(cls, part: "PipelineSlice | None", num_layers: int) -> "PipelineSlice":
+        """``part`` (None = the whole model), checked to lie inside ``num_layers`` coupled layers.
+
+        Raises:
+            ValueError: the slice reaches outside the model's layers, naming both.
+        """
+        part = part or cls.whole(num_layers)
+        if part.first_layer < 0 or part.num_layers < 1 or part.layers.stop > num_layers:
+            raise ValueError(
+                f"pipeline slice layers {part.first_layer}..{part.layers.stop - 1} are not inside the model's "
+                f"{num_layers} coupled layers (0..{num_layers - 1})"
+            )
+        return part
+
 
 def draw_base_seed() -> int:
     """One draw from torch's global (CPU) RNG: the seed every part's weights derive from.

@@ -100,12 +100,7 @@ class WallWM(nn.Module):
         self.cfg = cfg
         self.frame_stride = frame_stride = cfg.frame_stride
         caption_max_len = cfg.caption_max_bytes + 1
-        self.pipeline_slice = part = pipeline_slice or PipelineSlice.whole(cfg.num_layers)
-        if part.first_layer < 0 or part.num_layers < 1 or part.layers.stop > cfg.num_layers:
-            raise ValueError(
-                f"pipeline slice layers {part.first_layer}..{part.layers.stop - 1} are not inside the model's "
-                f"{cfg.num_layers} coupled layers (0..{cfg.num_layers - 1})"
-            )
+        self.pipeline_slice = part = PipelineSlice.of(pipeline_slice, cfg.num_layers)
         h = cfg.hidden_size
         self.patches = cfg.num_views * (cfg.image_size // cfg.patch_size) ** 2
         self.patch_dim = cfg.patch_size**2 * 3

@@ -126,12 +126,7 @@ class WanWallWM(nn.Module):
                 f"model.wan.patch_size {list(cfg.wan.patch_size)}: the clean first latent frame is the condition, "
                 "which needs a temporal patch of 1"
             )
-        self.pipeline_slice = part = pipeline_slice or PipelineSlice.whole(cfg.num_layers)
-        if part.first_layer < 0 or part.num_layers < 1 or part.layers.stop > cfg.num_layers:
-            raise ValueError(
-                f"pipeline slice layers {part.first_layer}..{part.layers.stop - 1} are not inside the model's "
-                f"{cfg.num_layers} coupled layers (0..{cfg.num_layers - 1})"
-            )
+        self.pipeline_slice = part = PipelineSlice.of(pipeline_slice, cfg.num_layers)
         h = cfg.hidden_size
         tcfg = build_transformer_config(cfg)
         selective = cfg.recompute == "selective"
