@@ -256,3 +256,56 @@ def test_latent_frames_must_match_the_steps():
 def test_make_cooker_follows_the_mode():
     assert len(make_cooker(cfg(mode="event"), 64, Normalizer())(crude(10), epoch=0)) == 1
     assert len(make_cooker(cfg(mode="chunk"), 64, Normalizer())(crude(10), epoch=0)) == 3
+
+
+@pytest.mark.parametrize("key", ["frames.npy", "states.npy"])
+def test_a_member_longer_than_the_actions_is_refused_too(key):
+    sample = crude(10)
+    longer = crude(11)[key]
+    sample[key] = longer
+    with pytest.raises(SampleError, match=r"lengths differ: actions 10, frames 1[01], states 1[01]"):
+        check_sample(sample)
+
+
+def test_the_length_error_names_each_members_length():
+    sample = crude(10)
+    sample["frames.npy"] = sample["frames.npy"][:7]
+    with pytest.raises(SampleError, match=r"actions 10, frames 7, states 10"):
+        check_sample(sample)
+
+
+def test_a_missing_or_mistyped_latent_member_says_which():
+    sample = crude(10, latent_stride=2)
+    del sample["latents.npy"]
+    with pytest.raises(SampleError, match="'latents.npy' must be float16 with 5 dims .*got missing"):
+        latent_window(sample, 0, 4, 2)
+    sample["latents.npy"] = np.zeros((5, 1, 2, 1, 1), np.float32)
+    with pytest.raises(SampleError, match=r"got float32 \(5, 1, 2, 1, 1\)"):
+        latent_window(sample, 0, 4, 2)
+
+
+def test_caption_states_wider_than_the_empty_states_are_named_too():
+    sample = crude()
+    sample["caption_states.npy"] = np.ones((5, 6), np.float16)
+    with pytest.raises(SampleError, match="has width 6, the empty states 4"):
+        cook_event(sample, cfg(), 64, Normalizer(), 0, Extras(empty_states=np.zeros((1, 4), np.float16)))
+
+
+def test_latent_crops_reach_every_latent_frame_start():
+    extras = Extras(latent_stride=2)
+    starts = {int(cook_event(crude(13, key=f"k{i}", latent_stride=2), cfg(max_frames=4), 64, Normalizer(), 0,
+                             extras)[0].actions[0, 0]) for i in range(200)}
+    assert starts == {0, 2, 4, 6, 8}  # (13 - 4) // 2 + 1 = 5 latent-frame starts
+
+
+@pytest.mark.parametrize("t", [3, 4])
+def test_an_event_that_fits_is_not_cropped_and_draws_nothing_for_a_crop(t):
+    # with latents too: start 0, and the caption drop is the sample's first draw
+    half = CaptionDropConfig(rho_min=0.5, rho_max=0.5, l_min=1, l_max=2)
+    for i in range(40):
+        sample = crude(t, key=f"k{i}", latent_stride=2)
+        [s] = cook_event(sample, cfg(max_frames=4, caption_drop=half), 64, Normalizer(), 0, Extras(latent_stride=2))
+        assert s.length == t and s.actions[0, 0] == 0 and s.remaining == t
+        np.testing.assert_array_equal(s.latents[:, 0, 0, 0, 0], np.arange(-(-t // 2)))
+        dropped = sample_rng(5, 0, f"k{i}").random() < 0.5
+        assert (len(s.caption) == 1) == dropped
