@@ -26,12 +26,31 @@ CODECS = {"h264": ("libx264", "h264"), "av1": ("libsvtav1", "av1")}
 GOP = 10
 
 
+class _Scheduling:
+    """The calling thread's scheduling policy, kept across calls into an encoder.
+
+    SVT-AV1 (libsvtav1, 4.1 here), when the process may do so (root), switches the thread that
+    opens an encoder to real-time SCHED_FIFO priority 99 and leaves it there. Every process that
+    thread forks afterwards inherits it: on a small machine two such busy processes (e.g. ranks
+    polling a collective) take every core and starve the threads they wait for. The policy
+    found before the encoder is put back after each call into it.
+    """
+
+    def __init__(self) -> None:
+        self.policy, self.param = os.sched_getscheduler(0), os.sched_getparam(0)
+
+    def restore(self) -> None:
+        if os.sched_getscheduler(0) != self.policy or os.sched_getparam(0) != self.param:
+            os.sched_setscheduler(0, self.policy, self.param)
+
+
 class VideoEncoder:
     """Append RGB frames to one MP4 file; frame i gets timestamp i / fps."""
 
     def __init__(self, path: Path, fps: int, width: int, height: int, vcodec: str = "h264"):
         if vcodec not in CODECS:
             raise ValueError(f"unknown video codec {vcodec!r} (choose from {', '.join(CODECS)})")
+        self._scheduling = _Scheduling()
         # SVT-AV1 prints a banner on every stream unless told otherwise.
         os.environ.setdefault("SVT_LOG", "1")
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -56,10 +75,12 @@ class VideoEncoder:
             frame.pts = self.frames
             self.frames += 1
             self._container.mux(self._stream.encode(frame))
+        self._scheduling.restore()
 
     def close(self) -> None:
         self._container.mux(self._stream.encode(None))
         self._container.close()
+        self._scheduling.restore()
 
 
 class VideoCursor:

@@ -28,6 +28,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # --import-mode=import
 from skip_policy import pytest_runtest_logreport, pytest_sessionfinish, pytest_terminal_summary  # noqa: E402,F401
 
 
+_SCHEDULING = (os.sched_getscheduler(0), os.sched_getparam(0))
+
+
+@pytest.fixture(autouse=True)
+def _ordinary_scheduling():
+    """Every test starts with the session's scheduling policy.
+
+    Some video encoders switch the calling thread to real-time SCHED_FIFO 99 when run as root
+    (SVT-AV1; ``data_tools.video`` undoes it for its own encoder, tested in test_dt_units.py),
+    and every process started afterwards inherits it; then a multi-process test whose ranks
+    busy-wait takes every core and starves the threads they wait for. Another library's
+    encoder (e.g. one a LeRobot writer runs) must not hang the rest of the suite that way.
+    """
+    yield
+    if (os.sched_getscheduler(0), os.sched_getparam(0)) != _SCHEDULING:
+        os.sched_setscheduler(0, *_SCHEDULING)
+
+
 def _npy(x: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, x)

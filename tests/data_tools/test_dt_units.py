@@ -66,3 +66,19 @@ def test_nesting_and_span_checks_name_the_event():
         check_spans([inside], {0: 4})
     with pytest.raises(EventError, match="no episode 0"):
         check_spans([inside], {1: 40})
+
+
+@pytest.mark.parametrize("vcodec", ["h264", "av1"])
+def test_encoding_leaves_the_process_scheduling_as_it_was(tmp_path, vcodec):
+    """SVT-AV1 run as root switches the thread that opens it to real-time SCHED_FIFO 99, which
+    every process forked later inherits (ranks that then busy-wait starve the machine)."""
+    import os
+
+    from data_tools.video import VideoEncoder
+
+    before = (os.sched_getscheduler(0), os.sched_getparam(0))
+    enc = VideoEncoder(tmp_path / f"v_{vcodec}.mp4", fps=10, width=32, height=32, vcodec=vcodec)
+    enc.add(np.zeros((3, 32, 32, 3), np.uint8))
+    assert (os.sched_getscheduler(0), os.sched_getparam(0)) == before
+    enc.close()
+    assert (os.sched_getscheduler(0), os.sched_getparam(0)) == before
