@@ -88,6 +88,7 @@ smoke-data: $(READY)
 	$(PYTHON) -m data_tools build-shards --src $(SMOKE_SYNTH) --out $(SMOKE_SHARDS) --level L1 --seed 0 --clusters $(SMOKE_SYNTH)/clusters.json
 
 smoke-test: smoke-data
+	rm -rf runs/smoke  # the smoke run starts over: no checkpoint of an earlier smoke run may be resumed
 	@echo "== train 200 of 240 steps, save, stop (as a job at its time limit would) =="
 	$(PYTHON) -m wallwm_pretrain.train --config configs/smoke.yaml train.resume=none train.stop_after=200
 	@echo "== resume from the checkpoint and finish the run =="
@@ -106,6 +107,7 @@ smoke-wan: $(READY)
 	OMP_NUM_THREADS=1 $(PYTHON) -m data_tools embed-captions --shards $(WAN_SHARDS) --text-encoder $(WAN_MODELS)/text_encoder
 	$(PYTHON) -m wallwm_pretrain.convert wan --src $(WAN_MODELS)/transformer --out $(WAN_INIT) \
 	  --config configs/smoke_wan.yaml --num-views 2 model.action_dim=4 model.state_dim=8 data.shards=$(WAN_SHARDS)
+	rm -rf runs/smoke-wan
 	@echo "== train 20 of 40 steps from the converted weights, save, stop =="
 	OMP_NUM_THREADS=1 $(PYTHON) -m wallwm_pretrain.train --config $(WAN_INIT)/config.yaml \
 	  model.init_from=$(WAN_INIT) train.resume=none train.stop_after=20

@@ -213,6 +213,13 @@ class Trainer:
         self.resumed_from = ""
         run_id = None
         path = ckpt.resolve_resume(self.run_dir, cfg.train.resume)
+        stale = ckpt.find_latest(self.run_dir) if cfg.train.resume == "none" else None
+        if stale is not None:
+            log.warning(
+                "train.resume=none starts over, but %s already holds checkpoints of an earlier run up to %s; a "
+                "later train.resume=auto takes the newest checkpoint there, which may be one of those: use "
+                "another train.run_name or remove them", self.run_dir, stale.name,
+            )
         if path is not None:
             self.watchdog.phase("load", 0)
             run_id = self._restore(path)
