@@ -24,13 +24,14 @@ w = W / s for the spatial compression s.
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .cut import npy_bytes
 from .errors import DataToolsError
+from .shardread import npy
 
 MEMBER = "latents.npy"
 LAYOUT = "[N, V, Z, h, w]: latent frame, view, channel, height, width"
@@ -62,15 +63,9 @@ def latent_frames(t: int, temporal: int) -> int:
 
 def _npy(data: bytes, where: str) -> np.ndarray:
     try:
-        return np.load(io.BytesIO(data), allow_pickle=False)
+        return npy(data)
     except (ValueError, OSError) as exc:
         raise DataToolsError(f"{where}: cannot read ({exc})") from None
-
-
-def _to_npy(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, array, allow_pickle=False)
-    return buf.getvalue()
 
 
 @dataclass(frozen=True)
@@ -138,7 +133,7 @@ class EncodeLatents:
         result = []
         for i, (key, members) in enumerate(samples):
             views = sorted(v for (j, v) in out if j == i)
-            result.append({MEMBER: _to_npy(np.stack([out[(i, v)] for v in views], axis=1))})
+            result.append({MEMBER: npy_bytes(np.stack([out[(i, v)] for v in views], axis=1))})
         return result
 
 

@@ -16,13 +16,13 @@ whitespace) is not applied: captions in the shards are already plain text.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .cut import npy_bytes
 from .errors import DataToolsError
 
 TEXTS = ("caption", "next_caption", "task")
@@ -33,12 +33,6 @@ EMPTY_FILE = "empty_text_states.npy"
 MAX_LENGTH = 512  # Wan's max_sequence_length
 
 _MODELS: dict = {}  # (encoder, tokenizer, device) -> (tokenizer, encoder), one per process
-
-
-def _to_npy(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, array, allow_pickle=False)
-    return buf.getvalue()
 
 
 @dataclass(frozen=True)
@@ -95,8 +89,8 @@ class EmbedCaptions:
         result = []
         for i in range(len(samples)):
             own = states[i * len(TEXTS):(i + 1) * len(TEXTS)]
-            members = {MEMBERS[name]: _to_npy(s) for name, s in zip(TEXTS, own)}
-            members[LENGTHS] = _to_npy(np.array([len(s) for s in own], dtype=np.int32))
+            members = {MEMBERS[name]: npy_bytes(s) for name, s in zip(TEXTS, own)}
+            members[LENGTHS] = npy_bytes(np.array([len(s) for s in own], dtype=np.int32))
             result.append(members)
         return result
 
@@ -120,7 +114,7 @@ def embed_captions(shards: Path, text_encoder: Path, tokenizer: Path | None = No
     compute = EmbedCaptions(str(Path(text_encoder).resolve()), str(tok_folder.resolve()), device,
                             batch_size, max_length, threads_per_worker(device, workers))
     empty = compute.encode([""])[0]
-    empty_bytes = _to_npy(empty)
+    empty_bytes = npy_bytes(empty)
     spec = {
         "members": dict(MEMBERS),
         "lengths": {"member": LENGTHS, "order": list(TEXTS), "dtype": "int32"},
