@@ -32,7 +32,7 @@ shapes do not travel: every stage derives them from the batch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 import torch
 from megatron.core.process_groups_config import ProcessGroupCollection
@@ -40,7 +40,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from wallwm_pretrain.batch import Batch
-from wallwm_pretrain.config import ModelConfig
+from wallwm_pretrain.config import ModelConfig, WanTowerConfig
 from wallwm_pretrain.model.blocks import ActionBlock, FinalLayer, Streams, key_padding_mask
 from wallwm_pretrain.model.embeddings import TimestepEmbedder, mark_adamw, sinusoidal
 from wallwm_pretrain.model.flops import cross_attention_flops, ffn_flops, self_attention_flops
@@ -56,14 +56,10 @@ from wallwm_pretrain.model.wan.tower import WanGeometry, WanStreams, WanTower, c
 
 def wan_config(cfg: ModelConfig) -> WanConfig:
     """The video tower's shape: ``model.wan`` at ``model.num_layers`` blocks and ``model.num_views``."""
-    w = cfg.wan
-    return WanConfig(
-        patch_size=tuple(w.patch_size), num_attention_heads=w.num_attention_heads,
-        attention_head_dim=w.attention_head_dim, in_channels=w.in_channels, out_channels=w.out_channels,
-        text_dim=w.text_dim, freq_dim=w.freq_dim, ffn_dim=w.ffn_dim, num_layers=cfg.num_layers,
-        cross_attn_norm=w.cross_attn_norm, qk_norm=w.qk_norm, eps=w.eps, rope_max_seq_len=w.rope_max_seq_len,
-        num_views=int(cfg.num_views), init_std=cfg.init_std,
-    )
+    # every field of the schema's section is a WanConfig field of the same name
+    shape = {f.name: getattr(cfg.wan, f.name) for f in fields(WanTowerConfig)}
+    shape["patch_size"] = tuple(shape["patch_size"])
+    return WanConfig(**shape, num_layers=cfg.num_layers, num_views=int(cfg.num_views), init_std=cfg.init_std)
 
 
 @dataclass
