@@ -35,7 +35,6 @@ import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
-from datetime import timedelta
 from functools import partial
 from pathlib import Path
 from typing import Optional
@@ -62,7 +61,7 @@ from wallwm_pretrain.parallel.canonical import canonical_checkpoint, load_canoni
 from wallwm_pretrain.parallel.parallelize import unwrap_model
 from wallwm_pretrain.parallel.sharded import load_rank_pieces, rank_pieces
 from wallwm_pretrain.parallel.pipeline import PipelineSchedule, build_pipeline_chunks, parallelize_chunks
-from wallwm_pretrain.parallel.state import gather_per_dp_rank, optimizer_groups, sum_over_pipeline
+from wallwm_pretrain.parallel.state import gather_per_dp_rank, optimizer_groups, save_group, sum_over_pipeline
 from wallwm_pretrain.resilience.agree import agree
 from wallwm_pretrain.resilience.nonfinite import NonFiniteError, SkipBook, is_finite
 from wallwm_pretrain.resilience.stop import Deadline, StopRequests
@@ -162,11 +161,7 @@ class Trainer:
                                  timeout_s=par.timeout_s)
         self.device = self.ctx.device
         self.run_dir = cfg.train.run_dir
-        # sharded saves talk over a group of their own (CPU objects; a background write's
-        # messages must never interleave with the training step's collectives)
-        self.save_group = None
-        if self.ctx.world_size > 1:
-            self.save_group = torch.distributed.new_group(backend="gloo", timeout=timedelta(seconds=par.save_timeout_s))
+        self.save_group = save_group(self.ctx, par.save_timeout_s)  # sharded saves talk over their own group
         self.background = BackgroundSave()
         precision = cfg.train.precision
         if precision == "auto":

@@ -159,6 +159,18 @@ def init_parallel(
     )
 
 
+def save_group(ctx: "ParallelContext", timeout_s: float) -> dist.ProcessGroup | None:
+    """A gloo group of all ranks for sharded checkpoint saves (None in one process).
+
+    A background write exchanges CPU objects over it while training continues: its messages
+    must never interleave with the training step's collectives, so it is a group of its own,
+    with the save timeout rather than the step timeout.
+    """
+    if ctx.world_size == 1:
+        return None
+    return dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout_s))
+
+
 def shutdown_parallel() -> None:
     """Tear down groups; the barrier first avoids gloo aborting at exit."""
     if not dist.is_initialized():
