@@ -121,8 +121,8 @@ class DataConfig:
             raise ConfigError(f"data.verify must be size, sha256 or none, got {self.verify!r}")
         if self.max_bad_samples < 0:
             raise ConfigError(f"data.max_bad_samples must be >= 0, got {self.max_bad_samples}")
-        if self.mode not in ("event", "chunk"):
-            raise ConfigError(f"data.mode must be 'event' or 'chunk', got {self.mode!r}")
+        if self.mode not in ("event", "chunk", "conditioner"):
+            raise ConfigError(f"data.mode must be 'event', 'chunk' or 'conditioner', got {self.mode!r}")
         for name in ("batch_size", "max_frames", "chunk_horizon"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"data.{name} must be >= 1, got {getattr(self, name)}")
@@ -166,6 +166,54 @@ class WanTowerConfig:
                      "freq_dim", "ffn_dim", "rope_max_seq_len"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"model.wan.{name} must be >= 1, got {getattr(self, name)}")
+
+
+MODEL_KINDS = ("towers", "conditioner")
+
+
+@dataclass
+class ConditionerConfig:
+    """The text conditioner (``model.kind=conditioner``): a frozen VLM and the heads trained on it.
+
+    The heads read the VLM's last hidden states of (camera views, prompt = task + events done);
+    ``L_text = l_align * MSE + l_next * CE + l_time * Huber`` (``model/conditioner``)."""
+
+    vlm: str = ""
+    """Folder of the frozen vision-language model (transformers ``Qwen3_5ForConditionalGeneration``
+    with its processor, e.g. ``vlm/`` of ``python -m wallwm_pretrain.convert make-tiny``)."""
+    hidden_size: int = 128
+    """Width of the trained heads."""
+    num_heads: int = 4
+    decoder_layers: int = 2
+    """Layers of the next-event head (a small causal decoder cross-attending to the VLM states)."""
+    align_layers: int = 1
+    """Layers of the alignment head (learned position queries cross-attending to the VLM states)."""
+    caption_tokens: int = 32
+    """Longest next-event caption the next-event head writes, in VLM tokens (end token included)."""
+    align_tokens: int = 64
+    """Most text-encoder positions the alignment head writes (longer targets are cut)."""
+    text_dim: Union[int, str] = AUTO
+    """Width of the text encoder's states (the alignment target); ``auto`` = index.json's."""
+    max_done: int = 8
+    """Captions of done events the prompt lists (the most recent ones)."""
+    l_align: float = 1.0
+    l_next: float = 1.0
+    l_time: float = 0.1
+
+    def __post_init__(self) -> None:
+        for name in ("hidden_size", "num_heads", "decoder_layers", "align_layers", "caption_tokens", "align_tokens"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"model.conditioner.{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_done < 0:
+            raise ConfigError(f"model.conditioner.max_done must be >= 0, got {self.max_done}")
+        if self.hidden_size % self.num_heads:
+            raise ConfigError(f"model.conditioner.hidden_size ({self.hidden_size}) must be divisible by "
+                              f"model.conditioner.num_heads ({self.num_heads})")
+        if self.text_dim != AUTO and (not isinstance(self.text_dim, int) or self.text_dim < 1):
+            raise ConfigError(f"model.conditioner.text_dim must be 'auto' or an int >= 1, got {self.text_dim!r}")
+        for name in ("l_align", "l_next", "l_time"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"model.conditioner.{name} must be >= 0, got {getattr(self, name)}")
 
 
 @dataclass
@@ -219,6 +267,11 @@ class ModelConfig:
     learned projection."""
     wan: WanTowerConfig = field(default_factory=WanTowerConfig)
     """The Wan video tower's shape (``video_tower=wan`` only)."""
+    kind: str = "towers"
+    """What the run trains: ``towers`` (the dual-tower denoiser) or ``conditioner`` (the text
+    conditioner's heads on a frozen VLM, ``model.conditioner``; needs ``data.mode=conditioner``)."""
+    conditioner: ConditionerConfig = field(default_factory=ConditionerConfig)
+    """The text conditioner (``kind=conditioner`` only)."""
     init_from: str = ""
     """A folder written by ``python -m wallwm_pretrain.convert wan``: the run starts from its
     weights (model only: no optimizer state, step 0). Ignored when the run resumes from its own
@@ -245,6 +298,8 @@ class ModelConfig:
             raise ConfigError(f"model.time_loss_weight must be >= 0, got {self.time_loss_weight}")
         if self.recompute not in ("none", "full", "selective"):
             raise ConfigError(f"model.recompute must be none, full or selective, got {self.recompute!r}")
+        if self.kind not in MODEL_KINDS:
+            raise ConfigError(f"model.kind must be one of {', '.join(MODEL_KINDS)}, got {self.kind!r}")
         if self.video_tower not in VIDEO_TOWERS:
             raise ConfigError(f"model.video_tower must be one of {', '.join(VIDEO_TOWERS)}, got {self.video_tower!r}")
         if self.video_tower == "wan" and self.recompute == "selective":
@@ -696,6 +751,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"data.chunk_horizon ({cfg.data.chunk_horizon}) must be a multiple of model.frame_stride ({stride})"
         )
+    if cfg.model.kind == "conditioner":
+        _validate_conditioner(cfg)
+    elif cfg.data.mode == "conditioner":
+        raise ConfigError("data.mode=conditioner feeds the text conditioner: set model.kind=conditioner "
+                          "(or data.mode=event for the towers)")
     tp = cfg.parallel.tp
     split = [("num_heads", cfg.model.num_heads), ("ffn_hidden_size", cfg.model.ffn_hidden_size)]
     if cfg.model.video_tower == "wan":
@@ -724,6 +784,21 @@ def validate(cfg: Config) -> None:
             f"train.microbatches={micro} must be a multiple of parallel.pp={pp} for the interleaved "
             f"schedule (parallel.vpp={vpp}): it runs microbatches in groups of pp per virtual stage"
         )
+
+
+def _validate_conditioner(cfg: Config) -> None:
+    if cfg.data.mode != "conditioner":
+        raise ConfigError(f"model.kind=conditioner reads conditioner samples: set data.mode=conditioner (and "
+                          f"data.shards to a folder from `python -m data_tools build-conditioner`), got "
+                          f"data.mode={cfg.data.mode}")
+    if not cfg.model.conditioner.vlm:
+        raise ConfigError("model.kind=conditioner needs model.conditioner.vlm: the folder of the frozen VLM")
+    par = cfg.parallel
+    if (par.tp, par.pp, par.vpp) != (1, 1, 1):
+        # the frozen VLM is replicated on every rank and the heads are a few million parameters:
+        # splitting them brings nothing, data parallel is the layout (see model/conditioner)
+        raise ConfigError(f"model.kind=conditioner trains data parallel only: set parallel.tp=1, pp=1, vpp=1 "
+                          f"(got tp={par.tp}, pp={par.pp}, vpp={par.vpp})")
 
 
 def to_yaml(cfg: Config) -> str:

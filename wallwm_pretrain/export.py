@@ -45,7 +45,8 @@ def load_exported(path: str | Path, device: str = "cpu"):
     """The model of an exported file on one process (local layers, no process group needed).
 
     Returns:
-        (model, config): a :class:`WallWM` in eval mode and its run config.
+        (model, config): the model its config names (``model.kind``, ``model.video_tower``) in
+        eval mode, and its run config.
     """
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
@@ -56,11 +57,11 @@ def load_exported(path: str | Path, device: str = "cpu"):
 
 def _build(config_yaml: str, weights: dict, device: str):
     from wallwm_pretrain.config import config_from_stored
-    from wallwm_pretrain.model import WallWM
+    from wallwm_pretrain.model import build_model
 
     cfg = config_from_stored(config_yaml)  # translates configs written before keys moved
     # no pg_collection: local layers, which load the megatron-built model's state dict as it is
-    model = WallWM(cfg.model)
+    model = build_model(cfg.model)
     model.load_state_dict(weights, strict=True)
     return model.to(device).eval(), cfg
 

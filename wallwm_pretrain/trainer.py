@@ -51,7 +51,6 @@ from wallwm_pretrain.config import Config, flatten, to_yaml
 from wallwm_pretrain.data import EventLoader
 from wallwm_pretrain.data.badinput import merge_problems
 from wallwm_pretrain.data.dims import resolve_data_dims
-from wallwm_pretrain.model import LOSS_KEYS
 from wallwm_pretrain.model.flops import SampleShape, train_flops
 from wallwm_pretrain.model.flow_matching import noise_seed
 from wallwm_pretrain.model.wan_wallwm import forward_flops as wan_forward_flops
@@ -177,6 +176,7 @@ class Trainer:
         self.param_counts = self._parameter_counts()
         self.model = parallelize_chunks(self.chunks, self.ctx)
         self.schedule = PipelineSchedule(self.model, self.ctx, cfg.train.microbatches, autocast)
+        self.loss_keys = self.schedule.loss_keys  # the towers' or the conditioner's
         self.noise_rng = torch.Generator(device=self.device)
 
         # 3. optimizer: Muon for hidden matrices (each logical matrix orthogonalised whole, by
@@ -204,7 +204,7 @@ class Trainer:
 
         # 5. resume: weights, optimizer, loader position, RNG, MLflow run
         self.step = 0
-        self.history: dict[str, list[tuple[int, float]]] = {k: [] for k in LOSS_KEYS}
+        self.history: dict[str, list[tuple[int, float]]] = {k: [] for k in self.loss_keys}
         self.resumed_from = ""
         run_id = None
         path = ckpt.resolve_resume(self.run_dir, cfg.train.resume)
@@ -292,7 +292,7 @@ class Trainer:
             # problems already counted stay counted, whichever rank found them
             self.loader.load_state_dict({"epoch": epoch + 1, "batches_in_epoch": 0, **merge_problems(loaders)})
         saved = json.loads(trainer["history"])
-        self.history = {k: [tuple(p) for p in saved.get(k, [])] for k in LOSS_KEYS}
+        self.history = {k: [tuple(p) for p in saved.get(k, [])] for k in self.loss_keys}
         if "skipped" in trainer:  # checkpoints written before skipped steps were counted lack it
             self.skips.load_state_dict(json.loads(trainer["skipped"]))
         set_rng_state(trainer["rng"])
@@ -418,13 +418,13 @@ class Trainer:
         # forward and backward of all microbatches through the pipeline (megatron's schedule)
         out = self.schedule.run(batch, noise)
         grad_norm = self.optim.clip_grad_norm(self.cfg.optim.grad_clip)
-        metrics = {k: float(out[k].detach()) for k in LOSS_KEYS}
+        metrics = {k: float(out[k].detach()) for k in self.loss_keys}
         metrics["grad_norm"] = float(grad_norm)
         # one collective: skip on every rank if any rank saw a non-finite value; stop together
         verdict = agree(not is_finite(*metrics.values()), self.stop_reason(), self.device)
         if verdict.nonfinite:
             self.optim.zero_grad(set_to_none=True)
-            line = self.skips.record(self.step, {k: metrics[k] for k in LOSS_KEYS}, metrics["grad_norm"])
+            line = self.skips.record(self.step, {k: metrics[k] for k in self.loss_keys}, metrics["grad_norm"])
             log.warning("%s (batch %s...)", line, batch.keys[:4])
             self.tracker.log_metrics({"skipped_steps": self.skips.total}, self.step)
         else:
@@ -445,6 +445,8 @@ class Trainer:
     def _train_flops(self, batch) -> int:
         """Model FLOPs of one sample's training step at this batch's padded shapes."""
         model = self.cfg.model
+        if hasattr(self.chunks[0], "train_flops"):  # the conditioner counts its own
+            return self.chunks[0].train_flops(batch)
         if model.video_tower == "wan":
             shape = tuple(batch.latents.shape[3:])
             return 3 * wan_forward_flops(model, shape, batch.actions.shape[1], batch.text_states.shape[1])["total"]
@@ -498,7 +500,7 @@ class Trainer:
             window_samples += m["samples"]
             window_tokens += m["tokens"]
             window_flops += m["model_flops"]
-            for k in LOSS_KEYS:
+            for k in self.loss_keys:
                 self.history[k].append((self.step, m[k]))
             bar.update(1)
             bar.set_postfix(loss=f"{m['loss']:.4f}")
@@ -515,8 +517,9 @@ class Trainer:
                 )
                 if self.ctx.is_main:
                     bar.write(
-                        f"step {self.step:6d} | loss {m['loss']:.4f} (video {m['loss_video']:.4f}, action "
-                        f"{m['loss_action']:.4f}, time {m['loss_time']:.3f}) | grad {m['grad_norm']:.3f} | "
+                        f"step {self.step:6d} | loss {m['loss']:.4f} ("
+                        + ", ".join(f"{k.removeprefix('loss_')} {m[k]:.4f}" for k in self.loss_keys[1:])
+                        + f") | grad {m['grad_norm']:.3f} | "
                         + " ".join(f"{k} {v:.2e}" for k, v in self.optim.lrs().items())
                         + f" | {m['samples_per_s']:.1f} samples/s | pad eff {m['padding_efficiency']:.2f}"
                         + f" | {memory_label(self.device)} {m['memory_gib']:.2f} GiB"

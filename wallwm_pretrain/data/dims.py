@@ -56,9 +56,34 @@ def resolve_data_dims(cfg: Config, index: dict | None = None) -> Config:
                 f"model.{name}={value} but the shards in {folder} have {name} {found} "
                 f"(index.json); set model.{name}={found} or auto"
             )
+    if cfg.model.kind == "conditioner":
+        conditioner = _conditioner_text_dim(cfg, index)
+        if conditioner is not cfg.model.conditioner:
+            resolved["conditioner"] = conditioner
     if not resolved:
         return cfg
     model = dataclasses.replace(cfg.model, **resolved)  # runs ModelConfig's checks again
     out = dataclasses.replace(cfg, model=model)
     validate(out)
     return out
+
+
+def _conditioner_text_dim(cfg: Config, index: dict):
+    """``model.conditioner`` with ``text_dim`` from the text states index.json records (the
+    alignment head's target), or checked against them."""
+    c = cfg.model.conditioner
+    spec = index.get("text_states")
+    found = spec.get("dim") if isinstance(spec, dict) and spec.get("complete") else None
+    where = Path(cfg.data.shards) / INDEX_FILE
+    if found is None and c.l_align > 0:
+        raise ConfigError(
+            f"model.kind=conditioner trains the alignment head on the text encoder's states of each caption, "
+            f"but {where} records none: run `python -m data_tools embed-captions --shards {cfg.data.shards} "
+            f"--text-encoder DIR`, or set model.conditioner.l_align=0"
+        )
+    if c.text_dim == AUTO:
+        return dataclasses.replace(c, text_dim=int(found) if found is not None else 1)
+    if found is not None and c.text_dim != found:
+        raise ConfigError(f"model.conditioner.text_dim={c.text_dim} but {where} records text states of width "
+                          f"{found}; set model.conditioner.text_dim={found} or auto")
+    return c

@@ -64,6 +64,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--denoise-steps", type=int, default=10, help="Euler steps of the flow per plan (default 10; with --server the server's own)")
     p.add_argument("--max-plans-per-event", type=int, default=4,
                    help="event mode: plans of one event before moving to the next regardless (default 4)")
+    p.add_argument("--events", nargs="+", default=["script"], choices=["script", "predicted"],
+                   help="event mode: where each next event comes from: 'script' (the task's fixed event script, "
+                        "the default), 'predicted' (the --conditioner chooses it and its remaining time from the "
+                        "cameras); both ('--events script predicted') run the same episodes and seeds each way and "
+                        "report them side by side")
+    p.add_argument("--conditioner", metavar="CKPT",
+                   help="with --events predicted: a model.kind=conditioner run folder, checkpoint or export")
+    p.add_argument("--conditioner-stats", metavar="SHARDS",
+                   help="the conditioner's training shard folder (default: data.shards of its run config)")
     p.add_argument("--stats", help="training shard folder (or its index.json) for normalisation; default: data.shards of the run config")
     p.add_argument("--heldout", help="held-out shard folder for the open-loop action error (L1 events for event mode, "
                                      "episodes for chunk mode)")
@@ -94,10 +103,8 @@ def evaluate(args: argparse.Namespace) -> dict:
     from sim.metaworld.tasks import get_spec
     from wallwm_pretrain.data.loader import read_index
     from wallwm_pretrain.eval.adapter import EnvAdapter
-    from wallwm_pretrain.eval.metaworld import MetaWorldRunner
     from wallwm_pretrain.eval.openloop import open_loop_error
     from wallwm_pretrain.eval.policy import CheckpointPolicy
-    from wallwm_pretrain.eval.report import markdown_table, rate_cell, save_strip, wilson_interval
 
     if args.episodes < 1:
         raise ValueError(f"--episodes must be >= 1, got {args.episodes}")
@@ -112,6 +119,10 @@ def evaluate(args: argparse.Namespace) -> dict:
                                  f"(give its statistics to the server's --stats)")
         if not args.out:
             raise ValueError("--out is required with --server (there is no run folder to write into)")
+    args.events = list(dict.fromkeys(args.events))
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda but torch.cuda.is_available() is False")
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     started = time.perf_counter()
     if args.server:
         from wallwm_pretrain.eval.remote import RemotePolicy
@@ -122,9 +133,6 @@ def evaluate(args: argparse.Namespace) -> dict:
     else:
         ckpt = Path(args.ckpt)
         out = Path(args.out) if args.out else default_out(ckpt)
-        if args.device == "cuda" and not torch.cuda.is_available():
-            raise ValueError("--device cuda but torch.cuda.is_available() is False")
-        device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
         checkpoint = str(ckpt)
     try:
         if not args.server:
@@ -139,46 +147,28 @@ def evaluate(args: argparse.Namespace) -> dict:
             "denoise_steps": policy.metadata["denoise_steps"] if args.server else args.denoise_steps,
             "tasks": {},
         }
+        planner = None
+        if "predicted" in args.events:
+            from wallwm_pretrain.eval.conditioner import ConditionerPlanner
+
+            if not args.conditioner:
+                raise ValueError("--events predicted needs --conditioner CKPT (a model.kind=conditioner checkpoint)")
+            planner = ConditionerPlanner.load(args.conditioner, args.conditioner_stats, device)
+            results["conditioner"] = str(args.conditioner)
+        elif args.conditioner:
+            raise ValueError("--conditioner is read by --events predicted only")
+        results["events"] = {}
         with reproducible_heap():
             results["gl_backend"] = check_rendering()
-            bar = tqdm(total=len(args.tasks) * args.episodes, desc=f"eval ({policy.mode} mode)", unit="ep",
-                       disable=args.quiet)
-            for task in args.tasks:
-                runner = MetaWorldRunner(policy, task, args.max_steps, args.render_size,
-                                         max_plans_per_event=args.max_plans_per_event, adapter=adapter)
-                try:
-                    episodes = []
-                    for i in range(args.episodes):
-                        ep = runner.run(i, args.seed)
-                        episodes.append(ep)
-                        if i == 0:
-                            verdict = "success" if ep.success else "failure"
-                            save_strip(ep.strip, f"{task} episode {i} ({policy.mode} mode): {verdict} in {ep.steps} steps",
-                                       out / "strips" / f"{task}_ep{i:03d}.png")
-                        bar.update(1)
-                        bar.set_postfix_str(f"{task} {sum(e.success for e in episodes)}/{len(episodes)} ok")
-                finally:
-                    runner.close()
-                wins = sum(e.success for e in episodes)
-                lo, hi = wilson_interval(wins, len(episodes))
-                results["tasks"][task] = {
-                    "successes": wins, "episodes": len(episodes), "success_rate": wins / len(episodes),
-                    "ci95": [lo, hi], "mean_steps": sum(e.steps for e in episodes) / len(episodes),
-                    "mean_plans": sum(e.plans for e in episodes) / len(episodes),
-                    "episode_seeds": [e.env_seed for e in episodes], "success_per_episode": [e.success for e in episodes],
-                }
-            bar.close()
-        wins = sum(t["successes"] for t in results["tasks"].values())
-        total = sum(t["episodes"] for t in results["tasks"].values())
-        results["overall"] = {"successes": wins, "episodes": total, "success_rate": wins / total,
-                              "ci95": list(wilson_interval(wins, total))}
+            for events in args.events:
+                run = run_tasks(policy, args, adapter, planner if events == "predicted" else None, out, events)
+                results["events"][events] = run
+        first = results["events"][args.events[0]]
+        results["tasks"], results["overall"] = first["tasks"], first["overall"]
         if args.heldout:
             results["open_loop"] = open_loop_error(policy, args.heldout, args.seed, progress=not args.quiet)
         results["seconds"] = time.perf_counter() - started
-        rows = [[task, rate_cell(t["successes"], t["episodes"]), f"{t['mean_steps']:.0f}", f"{t['mean_plans']:.1f}"]
-                for task, t in results["tasks"].items()]
-        rows.append(["all", rate_cell(wins, total), "", ""])
-        table = markdown_table(["task", "success [95% CI]", "mean steps", "plans/episode"], rows)
+        table = results_table(results, args.events)
         out.mkdir(parents=True, exist_ok=True)
         (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
         (out / "results.md").write_text(table + "\n")
@@ -192,6 +182,69 @@ def evaluate(args: argparse.Namespace) -> dict:
             policy.close()
 
 
+def run_tasks(policy, args: argparse.Namespace, adapter, planner, out: Path, events: str) -> dict:
+    """Closed-loop episodes of every task with one way of choosing events (``events``)."""
+    from wallwm_pretrain.eval.metaworld import MetaWorldRunner
+    from wallwm_pretrain.eval.report import save_strip, wilson_interval
+
+    tag = f"{policy.mode} mode" + (f", {events} events" if policy.mode == "event" else "")
+    bar = tqdm(total=len(args.tasks) * args.episodes, desc=f"eval ({tag})", unit="ep", disable=args.quiet)
+    tasks: dict = {}
+    for task in args.tasks:
+        runner = MetaWorldRunner(policy, task, args.max_steps, args.render_size,
+                                 max_plans_per_event=args.max_plans_per_event, adapter=adapter, planner=planner)
+        try:
+            episodes = []
+            for i in range(args.episodes):
+                ep = runner.run(i, args.seed)
+                episodes.append(ep)
+                if i == 0:
+                    verdict = "success" if ep.success else "failure"
+                    name = f"{task}_ep{i:03d}.png" if events == "script" else f"{task}_{events}_ep{i:03d}.png"
+                    save_strip(ep.strip, f"{task} episode {i} ({tag}): {verdict} in {ep.steps} steps",
+                               out / "strips" / name)
+                bar.update(1)
+                bar.set_postfix_str(f"{task} {sum(e.success for e in episodes)}/{len(episodes)} ok")
+        finally:
+            runner.close()
+        wins = sum(e.success for e in episodes)
+        lo, hi = wilson_interval(wins, len(episodes))
+        tasks[task] = {
+            "successes": wins, "episodes": len(episodes), "success_rate": wins / len(episodes),
+            "ci95": [lo, hi], "mean_steps": sum(e.steps for e in episodes) / len(episodes),
+            "mean_plans": sum(e.plans for e in episodes) / len(episodes),
+            "episode_seeds": [e.env_seed for e in episodes], "success_per_episode": [e.success for e in episodes],
+        }
+        if planner is not None:  # every predicted caption and remaining time, per episode and plan
+            tasks[task]["predicted"] = [e.predicted for e in episodes]
+    bar.close()
+    wins = sum(t["successes"] for t in tasks.values())
+    total = sum(t["episodes"] for t in tasks.values())
+    overall = {"successes": wins, "episodes": total, "success_rate": wins / total,
+               "ci95": list(wilson_interval(wins, total))}
+    return {"tasks": tasks, "overall": overall}
+
+
+def results_table(results: dict, events: list[str]) -> str:
+    """Markdown: success per task (one column per way of choosing events), steps and plans."""
+    from wallwm_pretrain.eval.report import markdown_table, rate_cell
+
+    runs = [results["events"][e] for e in events]
+    several = len(runs) > 1
+    head = ["task"] + [f"success [95% CI]{f' ({e} events)' if several else ''}" for e in events]
+    head += [f"mean steps{f' ({e})' if several else ''}" for e in events]
+    head += [f"plans/episode{f' ({e})' if several else ''}" for e in events]
+    rows = []
+    for task in runs[0]["tasks"]:
+        ts = [r["tasks"][task] for r in runs]
+        rows.append([task] + [rate_cell(t["successes"], t["episodes"]) for t in ts]
+                    + [f"{t['mean_steps']:.0f}" for t in ts] + [f"{t['mean_plans']:.1f}" for t in ts])
+    rows.append(["all"] + [rate_cell(r["overall"]["successes"], r["overall"]["episodes"]) for r in runs]
+                + [""] * (2 * len(runs)))
+    return markdown_table(head, rows)
+
+
+
 def log_to_mlflow(results: dict, cfg, args: argparse.Namespace, out: Path) -> str:
     from wallwm_pretrain.tracking import MLflowTracker, default_store
 
@@ -201,9 +254,13 @@ def log_to_mlflow(results: dict, cfg, args: argparse.Namespace, out: Path) -> st
     with tracker:
         tracker.log_params({"checkpoint": str(args.ckpt), "mode": cfg.data.mode, "tasks": " ".join(args.tasks),
                             "episodes": args.episodes, "seed": args.seed, "max_steps": args.max_steps,
-                            "denoise_steps": args.denoise_steps, "env": args.env})
+                            "denoise_steps": args.denoise_steps, "env": args.env, "events": " ".join(args.events),
+                            "conditioner": str(args.conditioner or "")})
         metrics = {f"success_rate/{task}": t["success_rate"] for task, t in results["tasks"].items()}
         metrics["success_rate"] = results["overall"]["success_rate"]
+        if len(results.get("events", {})) > 1:  # each way of choosing events, side by side
+            for events, run in results["events"].items():
+                metrics[f"success_rate_{events}_events"] = run["overall"]["success_rate"]
         metrics.update({f"open_loop/{k}": v for k, v in results.get("open_loop", {}).items()})
         tracker.log_metrics(metrics, 0)
         tracker.log_artifact(out / "results.json")

@@ -14,6 +14,12 @@ to the next event. After the last event it keeps re-planning the last one until 
 succeeds or the step budget is spent. Chunk mode plans ``data.chunk_horizon`` steps from the
 task instruction and executes all of them, over and over.
 
+With a conditioner (``--events predicted``) event mode plans without the script: before each
+plan the conditioner looks at the cameras, the task instruction and the events done so far and
+names the next event and the steps it has left; the plan executes that many steps (at least one,
+at most the plan), and the event counts as done when it ends within the plan. Each predicted
+caption and remaining time is kept per plan (:attr:`Episode.predicted`).
+
 Episode layouts come from ``SeedSequence([seed, crc32(task), index, 1])``: a different stream
 from the recorder's ``[seed, crc32(task), index]``, so evaluation layouts are fresh.
 """
@@ -31,6 +37,7 @@ from sim.metaworld.env import STATE_KINDS, TaskEnv
 from sim.metaworld.render import CameraRig
 from sim.metaworld.tasks import TaskSpec, get_spec
 from wallwm_pretrain.eval.adapter import EnvAdapter, StatePart
+from wallwm_pretrain.eval.conditioner import ConditionerPlanner
 from wallwm_pretrain.eval.policy import CheckpointPolicy, PolicyError
 
 if TYPE_CHECKING:
@@ -66,6 +73,7 @@ class Episode:
     steps: int
     plans: int
     events: list[str] = field(default_factory=list)  # caption of each plan, in order
+    predicted: list[dict] = field(default_factory=list)  # --events predicted: step, caption, remaining per plan
     strip: list[tuple[int, str, np.ndarray]] = field(default_factory=list)  # (step, label, frame)
 
 
@@ -88,8 +96,14 @@ class MetaWorldRunner:
     """
 
     def __init__(self, policy: CheckpointPolicy | RemotePolicy, task: str, max_steps: int = 200, render_size: int = 64,
-                 strip_every: int = 10, max_plans_per_event: int = 4, adapter: EnvAdapter | None = None) -> None:
-        self.policy, self.spec = policy, get_spec(task)
+                 strip_every: int = 10, max_plans_per_event: int = 4, adapter: EnvAdapter | None = None,
+                 planner: ConditionerPlanner | None = None) -> None:
+        self.policy, self.spec, self.planner = policy, get_spec(task), planner
+        if planner is not None:
+            if policy.mode != "event":
+                raise PolicyError("--events predicted plans events: it needs an event-mode checkpoint")
+            if planner.views and policy.views and planner.views != policy.views:
+                raise PolicyError(f"the conditioner was trained on views {planner.views}, the policy on {policy.views}")
         self.max_steps, self.strip_every, self.max_plans_per_event = max_steps, strip_every, max_plans_per_event
         state_dim = policy.state_dim
         if state_dim not in STATE_KIND_BY_DIM:
@@ -134,13 +148,24 @@ class MetaWorldRunner:
         ep = Episode(self.spec.name, index, env_seed, False, 0, 0)
         event, plans_in_event = 0, 0
         t = 0
+        done: list[str] = []  # --events predicted: captions of the events finished so far
         while t < self.max_steps and not ep.success:
             raw, frame = self.observe()
-            label, caption = script[event] if self.policy.mode == "event" else ("chunk", task_instruction(self.spec))
+            if self.planner is not None:
+                pred = self.planner.next_event(resize_area(raw, self.planner.image_size), self.to_state(obs),
+                                               task_instruction(self.spec), done)
+                label, caption = "predicted", pred.caption
+                ep.predicted.append({"step": t, "caption": pred.caption, "remaining": pred.remaining_steps})
+            else:
+                label, caption = script[event] if self.policy.mode == "event" else ("chunk", task_instruction(self.spec))
             plan = self.policy.plan(frame, self.to_state(obs), caption, gen)
             ep.plans += 1
             ep.events.append(caption)
-            if self.policy.mode == "event":
+            if self.planner is not None:
+                n = int(np.clip(round(pred.remaining_steps), 1, len(plan.actions)))
+                if pred.remaining_steps <= len(plan.actions):
+                    done.append(pred.caption)
+            elif self.policy.mode == "event":
                 n = int(np.clip(round(plan.remaining), 1, len(plan.actions)))
                 plans_in_event += 1
                 if plan.remaining <= len(plan.actions) or plans_in_event >= self.max_plans_per_event:

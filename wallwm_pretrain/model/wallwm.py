@@ -89,6 +89,8 @@ class WallWM(nn.Module):
             for export, evaluation, inference and tests. The two load each other's state dicts.
     """
 
+    loss_keys = LOSS_KEYS
+
     def __init__(
         self,
         cfg: ModelConfig,

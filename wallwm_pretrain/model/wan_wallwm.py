@@ -47,6 +47,7 @@ from wallwm_pretrain.model.flops import cross_attention_flops, ffn_flops, self_a
 from wallwm_pretrain.model.flow_matching import FlowNoise, interpolate, masked_mse, sample_time
 from wallwm_pretrain.model.pipeline_slice import PipelineSlice, draw_base_seed, part_rng
 from wallwm_pretrain.model.remaining_time import RemainingTimeHead, huber_sum
+from wallwm_pretrain.model.wallwm import LOSS_KEYS
 from wallwm_pretrain.model.spec import build_transformer_config
 from wallwm_pretrain.model.wan.config import WanConfig
 from wallwm_pretrain.model.wan.flops import wan_forward_flops
@@ -110,6 +111,8 @@ class WanWallWM(nn.Module):
     video part, then its action part), which nothing relies on: checkpoints and optimizer
     state are keyed by name.
     """
+
+    loss_keys = LOSS_KEYS
 
     def __init__(self, cfg: ModelConfig, pipeline_slice: PipelineSlice | None = None, *,
                  pg_collection: ProcessGroupCollection | None = None) -> None:

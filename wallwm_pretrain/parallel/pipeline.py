@@ -61,7 +61,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 from wallwm_pretrain.config import ModelConfig
 from wallwm_pretrain.batch import Batch
-from wallwm_pretrain.model import LOSS_KEYS, WallWM, build_model
+from wallwm_pretrain.model import WallWM, build_model
 from wallwm_pretrain.model.flow_matching import FlowNoise
 from wallwm_pretrain.model.spec import build_transformer_config
 from wallwm_pretrain.parallel.cpu_patches import pipeline_config_overrides
@@ -191,6 +191,7 @@ class PipelineSchedule:
         self.chunks, self.ctx, self.microbatches, self.autocast = chunks, ctx, microbatches, autocast
         self.bare = [c.module.model for c in chunks]
         self.holds_head = any(m.pipeline_slice.head for m in self.bare)
+        self.loss_keys = self.bare[-1].loss_keys
         self.forward_backward = get_forward_backward_func()
 
     def _denominators(self, batch: Batch) -> torch.Tensor | None:
@@ -209,10 +210,9 @@ class PipelineSchedule:
         tokens = micro.batch.lengths.sum().to(torch.int)
         return out, partial(self._loss, tokens)
 
-    @staticmethod
-    def _loss(tokens: torch.Tensor, out: dict[str, torch.Tensor]):
+    def _loss(self, tokens: torch.Tensor, out: dict[str, torch.Tensor]):
         # 3-tuple: with calculate_per_token_loss the schedule leaves the share as it is
-        return out["loss"], tokens, {k: out[k].detach() for k in LOSS_KEYS}
+        return out["loss"], tokens, {k: out[k].detach() for k in self.loss_keys}
 
     def run(self, batch: Batch, noise: FlowNoise) -> dict[str, torch.Tensor]:
         """Forward and backward of this rank's batch; gradients accumulate in DDP's buffers.
@@ -221,8 +221,8 @@ class PipelineSchedule:
         remaining-time head; None leaves it out.
 
         Returns:
-            ``loss``, ``loss_video``, ``loss_action``, ``loss_time``: global-batch values (fp32
-            scalars), the same on every rank.
+            the model's ``loss_keys`` (towers: ``loss``, ``loss_video``, ``loss_action``,
+            ``loss_time``): global-batch values (fp32 scalars), the same on every rank.
         """
         micro = split_microbatches(batch, noise, self.microbatches)
         lengths = batch.lengths
@@ -237,11 +237,11 @@ class PipelineSchedule:
             micro_batch_size=micro[0].batch.size,
             forward_only=False,
         )
-        total = torch.zeros(len(LOSS_KEYS), dtype=torch.float32, device=lengths.device)
+        total = torch.zeros(len(self.loss_keys), dtype=torch.float32, device=lengths.device)
         for values in stored:  # on the last stage only
-            total += torch.stack([values[k].float() for k in LOSS_KEYS])
+            total += torch.stack([values[k].float() for k in self.loss_keys])
         if self.ctx.pp > 1:
             dist.all_reduce(total, group=ps.get_pipeline_model_parallel_group())
         if self.ctx.dp > 1:
             dist.all_reduce(total, group=ps.get_data_parallel_group())
-        return dict(zip(LOSS_KEYS, total.unbind()))
+        return dict(zip(self.loss_keys, total.unbind()))

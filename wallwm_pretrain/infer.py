@@ -1,0 +1,163 @@
+"""``python -m wallwm_pretrain.infer``: the conditioner (and event mode) on one observation.
+
+    python -m wallwm_pretrain.infer --conditioner runs/cond_smoke --shards data/shards/smoke-cond \\
+        --key ep000003_L1_002_t00041 --policy runs/smoke
+    python -m wallwm_pretrain.infer --conditioner runs/cond_smoke --observation obs.npz --task "pick up the cube"
+
+Prints (and with ``--out`` writes as JSON) the predicted next event's caption, the control
+steps it has left and, with ``--policy`` (an event-mode checkpoint), the actions the towers
+plan for that caption, as many as the remaining time says. ``--save-states`` writes the
+caption's aligned text states (``[align_tokens, text_dim]`` float32 ``.npy``): what the
+video tower can read in place of the text encoder's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m wallwm_pretrain.infer",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=__doc__.split("\n\n", 2)[2] if __doc__ else None,
+        epilog=(
+            "observation file (--observation, .npz): 'observation' uint8 [V, H, W, 3] (views in training order, at\n"
+            "the conditioner's image size), 'state' float [S] in robot units, optionally 'task' (a string) and\n"
+            "'done' (strings: captions of the events finished so far); --task / --done override them.\n\n"
+            "example:\n"
+            "  python -m wallwm_pretrain.infer --conditioner runs/cond_smoke --shards data/shards/smoke-cond \\\n"
+            "      --key ep000003_L1_002_t00041 --policy runs/smoke --out next.json"
+        ),
+    )
+    p.add_argument("--conditioner", required=True, metavar="CKPT",
+                   help="a model.kind=conditioner run folder, checkpoint step folder or export")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--shards", metavar="FOLDER", help="take the observation from a sample of this shard folder "
+                     "(conditioner shards: their task and done captions too; event shards: the event's first frame)")
+    src.add_argument("--observation", metavar="FILE.npz", help="take the observation from this file (see below)")
+    p.add_argument("--key", help="with --shards: the sample key (default: the first sample)")
+    p.add_argument("--task", help="the task instruction (overrides the sample's / file's)")
+    p.add_argument("--done", nargs="*", metavar="CAPTION", help="captions of the events done so far (overrides)")
+    p.add_argument("--policy", metavar="CKPT", help="an event-mode checkpoint: also plan the actions of the predicted event")
+    p.add_argument("--denoise-steps", type=int, default=10, help="Euler steps of the policy's plan (default 10)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the plan's sampling noise (default 0)")
+    p.add_argument("--out", metavar="FILE.json", help="write the prediction (and actions) here")
+    p.add_argument("--save-states", metavar="FILE.npy", help="write the aligned text states here")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    return p
+
+
+def _sample_from_shards(folder: str, key: str | None) -> dict:
+    """observation, state, task, done (and the truth when the sample says it) of one sample."""
+    from wallwm_pretrain.data.decode import decode_sample
+    from wallwm_pretrain.data.index import read_index
+    from wallwm_pretrain.data.tarread import read_tar
+
+    index = read_index(folder)
+    for shard in index["shards"]:
+        for crude in read_tar(str(Path(folder) / shard["name"])):
+            if key is not None and crude["__key__"] != key:
+                continue
+            s = decode_sample(crude)
+            meta = s.get("json") or {}
+            if "observation.npy" in s:  # a conditioner sample
+                obs = s["observation.npy"]
+                state = s["state.npy"]
+            elif "frames.npy" in s:  # an event sample: its first frame
+                obs, state = s["frames.npy"][0], s["state.npy"]
+            else:
+                raise ValueError(f"{crude['__url__']}: sample {crude['__key__']} has neither observation.npy nor frames.npy")
+            truth = {k: meta[k] for k in ("caption", "remaining") if k in meta}
+            if "remaining" not in truth and "length" in meta:
+                truth["remaining"] = meta["length"]
+            return {"key": crude["__key__"], "observation": obs, "state": state, "task": meta.get("task", ""),
+                    "done": list(meta.get("done_captions", [])), "truth": truth}
+    raise ValueError(f"{folder}: no sample {key!r} in its shards" if key else f"{folder}: no samples")
+
+
+def _sample_from_file(path: str) -> dict:
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: cannot read an .npz observation ({exc})") from None
+    for name in ("observation", "state"):
+        if name not in data.files:
+            raise ValueError(f"{path}: missing '{name}' (has {', '.join(data.files) or 'nothing'})")
+    task = str(data["task"]) if "task" in data.files else ""
+    done = [str(x) for x in data["done"].tolist()] if "done" in data.files else []
+    return {"key": path, "observation": data["observation"], "state": data["state"], "task": task, "done": done,
+            "truth": {}}
+
+
+def infer(args: argparse.Namespace) -> dict:
+    import torch
+
+    from wallwm_pretrain.eval.conditioner import ConditionerPlanner
+    from wallwm_pretrain.eval.policy import CheckpointPolicy
+
+    sample = _sample_from_shards(args.shards, args.key) if args.shards else _sample_from_file(args.observation)
+    task = args.task if args.task is not None else sample["task"]
+    done = list(args.done) if args.done is not None else sample["done"]
+    planner = ConditionerPlanner.load(args.conditioner, device=args.device)
+    obs = np.asarray(sample["observation"], dtype=np.uint8)
+    pred = planner.next_event(obs, np.asarray(sample["state"], dtype=np.float32), task, done)
+    out = {"sample": sample["key"], "task": task, "done": done, "next_event": pred.caption,
+           "remaining_steps": pred.remaining_steps, "truth": sample["truth"]}
+    if args.save_states:
+        np.save(args.save_states, pred.text_states.numpy().astype(np.float32))
+        out["text_states"] = {"file": args.save_states, "shape": list(pred.text_states.shape)}
+    if args.policy:
+        policy = CheckpointPolicy.load(args.policy, device=args.device, denoise_steps=args.denoise_steps)
+        if policy.mode != "event":
+            raise ValueError(f"--policy needs an event-mode checkpoint, {args.policy} is {policy.mode} mode")
+        if obs.shape[1] != policy.image_size:
+            from sim.imageops import resize_area
+
+            obs = resize_area(obs, policy.image_size)
+        plan = policy.plan(obs, np.asarray(sample["state"], dtype=np.float32), pred.caption,
+                           torch.Generator(device=policy.device).manual_seed(args.seed))
+        n = int(np.clip(round(pred.remaining_steps), 1, len(plan.actions)))
+        out["actions"] = plan.actions[:n].tolist()
+        out["planned_steps"] = len(plan.actions)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    warnings.filterwarnings("ignore", module="megatron")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    if args.key and not args.shards:
+        print("error: --key goes with --shards", file=sys.stderr)
+        return 2
+    from wallwm_pretrain.checkpoint import CheckpointError
+    from wallwm_pretrain.data.errors import ShardError
+    from wallwm_pretrain.eval.policy import PolicyError
+
+    try:
+        out = infer(args)
+    except (CheckpointError, PolicyError, ShardError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"next event:      {out['next_event']!r}")
+    print(f"remaining steps: {out['remaining_steps']:.1f}")
+    if out["truth"]:
+        print(f"recorded:        {out['truth'].get('caption')!r}, {out['truth'].get('remaining')} steps")
+    if "actions" in out:
+        print(f"actions:         {len(out['actions'])} of {out['planned_steps']} planned steps")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
