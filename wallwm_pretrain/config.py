@@ -96,7 +96,10 @@ class DataConfig:
     """Sample-level shuffle buffer; 0 disables sample shuffling."""
     mode: str = "event"
     """What a sample is. ``event``: one whole event with its next-event caption. ``chunk``: fixed
-    ``chunk_horizon`` windows conditioned on the task instruction (the paper's baseline)."""
+    ``chunk_horizon`` windows conditioned on the task instruction (the paper's baseline).
+    ``conditioner``: one observation inside an event with the task and the captions already
+    done, for the text conditioner (shards from ``data_tools build-conditioner``; batches are
+    ``ConditionerBatch``, never length-bucketed, and caption drop does not apply)."""
     chunk_horizon: int = 16
     """H_a, control steps per window in chunk mode."""
     max_frames: int = 48
@@ -121,8 +124,8 @@ class DataConfig:
             raise ConfigError(f"data.verify must be size, sha256 or none, got {self.verify!r}")
         if self.max_bad_samples < 0:
             raise ConfigError(f"data.max_bad_samples must be >= 0, got {self.max_bad_samples}")
-        if self.mode not in ("event", "chunk"):
-            raise ConfigError(f"data.mode must be 'event' or 'chunk', got {self.mode!r}")
+        if self.mode not in ("event", "chunk", "conditioner"):
+            raise ConfigError(f"data.mode must be 'event', 'chunk' or 'conditioner', got {self.mode!r}")
         for name in ("batch_size", "max_frames", "chunk_horizon"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"data.{name} must be >= 1, got {getattr(self, name)}")
