@@ -183,3 +183,17 @@ def test_mode_and_shard_kind_must_agree(folders):
         EventLoader(_cfg(events))
     with pytest.raises(ConfigError, match="data.mode must be"):
         _cfg(cond, mode="conditioners")
+
+
+def test_worker_processes_cover_the_epoch_once(folders):
+    cond = folders["cond"]
+    total = json.loads((cond / "index.json").read_text())["total_samples"]
+    loader = EventLoader(_cfg(cond, num_workers=2, batch_size=2, shuffle_buffer=0))
+    keys = []
+    while loader.epoch == 0:
+        batch = next(loader)
+        assert isinstance(batch, ConditionerBatch)
+        if loader.epoch == 0:
+            keys += batch.keys
+    # each worker drops its last odd sample at most
+    assert len(keys) == len(set(keys)) and total - 2 <= len(keys) <= total
