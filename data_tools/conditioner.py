@@ -120,8 +120,18 @@ def _read_events(src: Path, progress: bool) -> list[EventMeta]:
     return events
 
 
-def _observation_metas(events: list[EventMeta], per_event: int) -> dict[str, list[tuple[str, int, bytes]]]:
-    """event key -> [(observation key, t, json bytes)], from all events (done captions)."""
+@dataclass(frozen=True)
+class Observation:
+    """One planned conditioner sample: its key, its row in the event, its json member."""
+    key: str
+    offset: int  # t - start: the row of the event's frames and states
+    meta: bytes  # the json member
+    clusters: tuple[int, int]  # (vl, action)
+    remaining: int
+
+
+def _plan(events: list[EventMeta], per_event: int) -> dict[str, list[Observation]]:
+    """event key -> its observations; the done captions come from all events of the episode."""
     episodes: dict[tuple, list[EventMeta]] = defaultdict(list)
     for ev in events:
         episodes[(ev.meta["episode_id"], ev.meta["level"])].append(ev)
@@ -143,8 +153,9 @@ def _observation_metas(events: list[EventMeta], per_event: int) -> dict[str, lis
                 "fps": m.get("fps"), "vl_cluster": int(m.get("vl_cluster", 0)),
                 "action_cluster": int(m.get("action_cluster", 0)), "views": m.get("views", []),
             }
-            out.append((observation_key(ev.key, t), t,
-                        json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8")))
+            out.append(Observation(observation_key(ev.key, t), t - ev.start,
+                                   json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8"),
+                                   (meta["vl_cluster"], meta["action_cluster"]), ev.end - t))
         plan[ev.key] = out
     return plan
 
@@ -154,7 +165,7 @@ class CutObservations:
     """One source shard's work: cut the planned observations, spill each sample."""
     src: str
     shard: str
-    plan: dict[str, list[tuple[str, int, bytes]]]  # event key -> observations
+    plan: dict[str, list[Observation]]  # event key -> its observations
     spill: str
 
 
@@ -184,14 +195,13 @@ def cut_observations(task: CutObservations) -> int:
         where = f"{path}: sample {key}"
         frames = _array(members, "frames.npy", where, np.uint8, 5)
         states = _array(members, "states.npy", where, np.float32, 2)
-        for obs_key, t, meta in task.plan[key]:
-            offset = json.loads(meta)["offset"]
-            if offset >= len(frames) or offset >= len(states):
+        for obs in task.plan[key]:
+            if obs.offset >= len(frames) or obs.offset >= len(states):
                 raise DataToolsError(f"{where}: {len(frames)} frames and {len(states)} states, "
-                                     f"but the event's json span needs {offset + 1}")
-            sample = {"json": meta, "observation.npy": npy_bytes(frames[offset]),
-                      "state.npy": npy_bytes(states[offset])}
-            Path(task.spill, f"{obs_key}.pkl").write_bytes(pickle.dumps(sample, protocol=4))
+                                     f"but the span in its json needs {obs.offset + 1}")
+            sample = {"json": obs.meta, "observation.npy": npy_bytes(frames[obs.offset]),
+                      "state.npy": npy_bytes(states[obs.offset])}
+            Path(task.spill, f"{obs.key}.pkl").write_bytes(pickle.dumps(sample, protocol=4))
             written += 1
     if seen != set(task.plan):
         lost = sorted(set(task.plan) - seen)
@@ -267,11 +277,11 @@ def build_conditioner(src: Path, out: Path, per_event: int = 4, samples_per_shar
     dup = [k for k, n in Counter(ev.key for ev in events).items() if n > 1]
     if dup:
         raise DataToolsError(f"{src}: sample key {dup[0]} appears more than once")
-    plan = _observation_metas(events, per_event)
-    keys = [k for ev in events for k, _, _ in plan[ev.key]]
-    clusters = {k: (json.loads(m)["vl_cluster"], json.loads(m)["action_cluster"])
-                for ev in events for k, _, m in plan[ev.key]}
-    remaining = np.array([json.loads(m)["remaining"] for ev in events for _, _, m in plan[ev.key]])
+    plan = _plan(events, per_event)
+    observations = [obs for ev in events for obs in plan[ev.key]]
+    keys = [obs.key for obs in observations]
+    clusters = {obs.key: obs.clusters for obs in observations}
+    remaining = np.array([obs.remaining for obs in observations])
     order = [keys[i] for i in np.random.default_rng(seed).permutation(len(keys))]
     parts = [order[i:i + samples_per_shard] for i in range(0, len(order), samples_per_shard)]
     names = [SHARD_NAME.format(s) for s in range(len(parts))]

@@ -124,9 +124,9 @@ def make_conditioner_cooker(cfg: DataConfig, caption_max_bytes: int, norm: Norma
     return functools.partial(cook_conditioner, cfg=cfg, caption_max_bytes=caption_max_bytes, norm=norm, extras=extras)
 
 
-def collate_conditioner(samples: list[ConditionerSample], frame_stride: int = 1) -> ConditionerBatch:
+def collate_conditioner(samples: list[ConditionerSample]) -> ConditionerBatch:
     """Stack observations and states; caption states padded to the batch's longest with
-    ``text_valid`` marking the real rows (``frame_stride`` is unused: no time axis)."""
+    ``text_valid`` marking the real rows."""
     b = len(samples)
     text, valid = None, None
     if all(s.caption_states is not None for s in samples):
