@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from .buildplan import INDEX_FILE, staging_dir, up_to_date
 from .cut import npy_bytes
@@ -88,8 +89,6 @@ class EventMeta:
 
 def _read_events(src: Path, progress: bool) -> list[EventMeta]:
     """Pass 1: every sample's json, checked for what the conditioner needs."""
-    from tqdm import tqdm
-
     events = []
     total = read_index(src).get("total_samples")
     for shard, key, members in tqdm(iter_samples(src, ("json",)), total=total, unit="event",
