@@ -35,22 +35,28 @@ def iter_samples(folder: Path, wanted: tuple[str, ...] = ("json",)
     """(shard name, sample key, {ext: bytes}) for every sample, in shard order."""
     index = read_index(folder)
     for shard in index.get("shards", []):
-        path = Path(folder) / shard["name"]
-        current, members = None, {}
-        try:
-            with tarfile.open(path) as tar:
-                for m in tar:
-                    key, _, ext = m.name.partition(".")
-                    if key != current:
-                        if current is not None:
-                            yield shard["name"], current, members
-                        current, members = key, {}
-                    if ext in wanted:
-                        members[ext] = tar.extractfile(m).read()
-        except (tarfile.TarError, OSError) as exc:
-            raise DataToolsError(f"{path}: cannot read shard ({exc})") from None
-        if current is not None:
-            yield shard["name"], current, members
+        for key, members in iter_tar(Path(folder) / shard["name"], wanted):
+            yield shard["name"], key, members
+
+
+def iter_tar(path: Path, wanted: tuple[str, ...] = ("json",)
+             ) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(sample key, {ext: bytes}) for every sample of one tar, in tar order."""
+    current, members = None, {}
+    try:
+        with tarfile.open(path) as tar:
+            for m in tar:
+                key, _, ext = m.name.partition(".")
+                if key != current:
+                    if current is not None:
+                        yield current, members
+                    current, members = key, {}
+                if ext in wanted:
+                    members[ext] = tar.extractfile(m).read()
+    except (tarfile.TarError, OSError) as exc:
+        raise DataToolsError(f"{path}: cannot read shard ({exc})") from None
+    if current is not None:
+        yield current, members
 
 
 def npy(data: bytes) -> np.ndarray:

@@ -8,6 +8,9 @@ hiding the padding). Per sample, float16:
 * ``caption_states.npy`` [L_c, D], ``next_caption_states.npy`` [L_n, D], ``task_states.npy`` [L_t, D]
 * ``text_lengths.npy`` int32 [3]: L_c, L_n, L_t (a missing text counts as the empty string)
 
+On conditioner shards (``build-conditioner``) ``caption`` is the target caption, the event in
+progress at the observation.
+
 Beside ``index.json``, once: ``empty_text_states.npy`` float16 [L_0, D], the states of the empty
 string, which caption drop swaps in for a dropped caption. Wan's own prompt cleaning (ftfy,
 whitespace) is not applied: captions in the shards are already plain text.

@@ -1,4 +1,5 @@
-"""One batch type, from the loader to the loss: :class:`Batch`.
+"""The batch types, from the loader to the loss: :class:`Batch` (events and chunks) and
+:class:`ConditionerBatch` (observations for the text conditioner).
 
 The loader collates cooked samples into a :class:`Batch`; the trainer moves it to the device;
 the pipeline schedule cuts it into microbatches with :meth:`Batch.rows`; the model's forward
@@ -71,3 +72,57 @@ class Batch:
     def padding_efficiency(self) -> float:
         """Real control steps / padded control steps."""
         return float(self.lengths.sum()) / float(self.lengths.shape[0] * self.actions.shape[1])
+
+
+@dataclass
+class ConditionerBatch:
+    """A batch of conditioner samples (``data.mode=conditioner``): one observation inside an
+    event each, with the task and the captions already done as inputs and the caption of the
+    event in progress (the next-event description), its remaining control steps and its
+    text-encoder states as targets."""
+
+    observation: torch.Tensor
+    """uint8 [B, V, H, W, C]: camera views at the observation time."""
+    state: torch.Tensor
+    """float32 [B, S]: normalised proprioception at the observation time."""
+    remaining: torch.Tensor
+    """float32 [B]: control steps from the observation to its event's end (>= 1)."""
+    lengths: torch.Tensor
+    """int64 [B]: all ones (one observation per sample; the trainer counts these)."""
+    task: list[str]
+    done: list[list[str]]
+    """Captions of the events finished before the observation, in order."""
+    caption: list[str]
+    """Target: the caption of the event in progress (never dropped: it is not a condition)."""
+    text_states: Optional[torch.Tensor] = None
+    """float [B, L, D]: frozen text-encoder states of ``caption``, zero-padded."""
+    text_valid: Optional[torch.Tensor] = None
+    """bool [B, L]: real positions of ``text_states``."""
+    keys: list[str] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return int(self.lengths.shape[0])
+
+    def rows(self, start: int, stop: int) -> "ConditionerBatch":
+        """Rows ``start:stop`` (a microbatch, or one data-parallel rank's part)."""
+        cut = lambda x: None if x is None else x[start:stop]  # noqa: E731
+        return replace(
+            self, observation=cut(self.observation), state=cut(self.state), remaining=cut(self.remaining),
+            lengths=cut(self.lengths), task=self.task[start:stop], done=self.done[start:stop],
+            caption=self.caption[start:stop], text_states=cut(self.text_states),
+            text_valid=cut(self.text_valid), keys=self.keys[start:stop],
+        )
+
+    def to(self, device: torch.device | str) -> "ConditionerBatch":
+        move = lambda x: None if x is None else x.to(device, non_blocking=True)  # noqa: E731
+        return replace(
+            self, observation=move(self.observation), state=move(self.state), remaining=move(self.remaining),
+            lengths=move(self.lengths), text_states=move(self.text_states), text_valid=move(self.text_valid),
+        )
+
+    def padding_efficiency(self) -> float:
+        """1.0 (one observation per row), or real / padded text positions with text states."""
+        if self.text_valid is None or self.text_valid.numel() == 0:
+            return 1.0
+        return float(self.text_valid.sum()) / float(self.text_valid.numel())

@@ -96,7 +96,10 @@ class DataConfig:
     """Sample-level shuffle buffer; 0 disables sample shuffling."""
     mode: str = "event"
     """What a sample is. ``event``: one whole event with its next-event caption. ``chunk``: fixed
-    ``chunk_horizon`` windows conditioned on the task instruction (the paper's baseline)."""
+    ``chunk_horizon`` windows conditioned on the task instruction (the paper's baseline).
+    ``conditioner``: one observation inside an event with the task and the captions already
+    done, for the text conditioner (shards from ``data_tools build-conditioner``; batches are
+    ``ConditionerBatch``, never length-bucketed, and caption drop does not apply)."""
     chunk_horizon: int = 16
     """H_a, control steps per window in chunk mode."""
     max_frames: int = 48

@@ -9,8 +9,8 @@ import pytest
 
 from data_tools.__main__ import build_parser, main
 
-VERBS = ["synth", "events", "validate", "sync", "cluster", "build-shards", "encode-latents",
-         "embed-captions", "inspect"]
+VERBS = ["synth", "events", "validate", "sync", "cluster", "build-shards", "build-conditioner",
+         "encode-latents", "embed-captions", "inspect"]
 
 
 def _subparsers(parser):

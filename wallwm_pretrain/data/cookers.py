@@ -201,7 +201,12 @@ def cook_event(
 
 def make_cooker(cfg: DataConfig, caption_max_bytes: int, norm: Normalizer, extras: Extras = Extras()):
     """``cooker(sample, epoch=e) -> list[TrainSample]`` of ``cfg.mode``: ``event`` or ``chunk``
-    (``epoch`` by keyword: the partial binds ``cfg`` and the rest by keyword)."""
+    (``epoch`` by keyword: the partial binds ``cfg`` and the rest by keyword); ``conditioner``
+    gives ``conditioner.cook_conditioner`` (a list of ``ConditionerSample``)."""
+    if cfg.mode == "conditioner":
+        from wallwm_pretrain.data.conditioner import make_conditioner_cooker  # it imports this module
+
+        return make_conditioner_cooker(cfg, caption_max_bytes, norm, extras)
     cook = cook_event if cfg.mode == "event" else cook_chunks
     return functools.partial(cook, cfg=cfg, caption_max_bytes=caption_max_bytes, norm=norm, extras=extras)
 

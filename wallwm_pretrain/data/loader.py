@@ -13,7 +13,8 @@ Before the first epoch every shard is checked against index.json (``data.verify`
 5. sample shuffle buffer seeded by (seed, epoch, rank, worker);
 6. decode ``.npy`` / ``.json`` (``decode.py``) and cook (event or chunk mode, see
    ``cookers.py``), then length-bucketed batching (``buckets.py``) into
-   :class:`~wallwm_pretrain.batch.Batch`.
+   :class:`~wallwm_pretrain.batch.Batch`; in conditioner mode (conditioner shards, see
+   ``conditioner.py``) plain batching into :class:`~wallwm_pretrain.batch.ConditionerBatch`.
 
 The loader position is ``(epoch, batches consumed in the epoch)`` plus the problems counted
 so far (bad sample ids, quarantined shards); :meth:`state_dict` and
@@ -41,6 +42,7 @@ from wallwm_pretrain.data.balance import ClusterBalance
 from wallwm_pretrain.data.buckets import bucket_batches
 from wallwm_pretrain.batch import Batch
 from wallwm_pretrain.data.collate import collate
+from wallwm_pretrain.data.conditioner import MODE as CONDITIONER, check_shard_kind, collate_conditioner
 from wallwm_pretrain.data.cookers import Normalizer, TrainSample, make_cooker
 from wallwm_pretrain.data.decode import decode_sample
 from wallwm_pretrain.data.errors import ShardError
@@ -57,8 +59,10 @@ def read_cooked(
     video_input: str = "pixels", frame_stride: int = 4,
 ) -> Iterator[TrainSample]:
     """One pass over a shard folder, in file order, cooked as the loader cooks (epoch 0);
-    for evaluation and statistics, not training (no split, balance or shuffle)."""
+    for evaluation and statistics, not training (no split, balance or shuffle). In conditioner
+    mode the samples are ``conditioner.ConditionerSample``."""
     index = read_index(folder)
+    check_shard_kind(folder, index, cfg.mode)
     urls = [str(Path(folder) / s["name"]) for s in index["shards"]]
     cooker = make_cooker(cfg, caption_max_bytes, norm, load_extras(folder, index, video_input, frame_stride))
     for url in urls:
@@ -83,7 +87,8 @@ def _shuffle(src: Iterable, bufsize: int, seed: tuple[int, ...]) -> Iterator:
 
 
 class EventLoader:
-    """Infinite iterator of :class:`~wallwm_pretrain.batch.Batch` for one data-parallel rank.
+    """Infinite iterator of :class:`~wallwm_pretrain.batch.Batch` for one data-parallel rank
+    (:class:`~wallwm_pretrain.batch.ConditionerBatch` when ``data.mode=conditioner``).
 
     Args:
         cfg: the ``data`` section of the run config (``mode`` says what a sample is).
@@ -107,6 +112,7 @@ class EventLoader:
     ) -> None:
         self.cfg = cfg
         self.index = read_index(cfg.shards)
+        check_shard_kind(cfg.shards, self.index, cfg.mode)
         self.extras = load_extras(cfg.shards, self.index, video_input, frame_stride)
         verify_shards(cfg.shards, self.index, cfg.verify)
         self.urls = [str(Path(cfg.shards) / s["name"]) for s in self.index["shards"]]
@@ -151,6 +157,10 @@ class EventLoader:
         stages.append(
             functools.partial(cook_or_skip, cooker=functools.partial(self.cooker, epoch=epoch), counter=counter)
         )
+        if self.cfg.mode == CONDITIONER:  # one observation per sample: nothing to bucket by length
+            stages.append(wds.batched(self.cfg.batch_size, collation_fn=collate_conditioner, partial=False))
+            stages.append(functools.partial(report_skips, counter=counter))
+            return wds.DataPipeline(*stages)
         to_batch = functools.partial(collate, frame_stride=self.frame_stride)
         if self.cfg.length_buckets:
             stages.append(

@@ -1,0 +1,336 @@
+"""Build conditioner shards from event shards: one sample per observation time inside an event.
+
+The text conditioner looks at the cameras at a time t inside an event, with the task and the
+captions of the events already done, and predicts the caption of the event in progress (the
+next-event description), the control steps left in it, and that caption's text-encoder states.
+Each event sample of an event-shard folder gives K observation times
+
+    t = start + floor(i * length / K),  i = 0..K-1   (deduplicated; always includes the start)
+
+and one conditioner sample per time, key ``<event key>_t<t:05d>``, members in this order:
+
+* ``json``: event_key, episode_id, event_index, level, task, done_captions (captions of the
+  same episode and level whose end <= t, in event order), caption (the target: the event's own
+  caption), next_caption, remaining (end - t, >= 1), time (t), offset (t - start), start, end,
+  length, fps, vl_cluster, action_cluster, views;
+* ``observation.npy`` uint8 [V, H, W, C]: the frames at t;
+* ``state.npy`` float32 [S]: the state at t.
+
+Two passes over the event shards: the json members first (every event of an episode is needed
+for its done captions; the frames are skipped, not read), then one source shard per task
+(``--workers`` processes) cutting the observations and spilling each sample to a scratch file;
+the shards are then written in a seeded order of all samples (``shardwork.write_shard``). The
+output is byte-identical for the same input whatever ``--workers`` is. ``index.json`` has the
+event shards' format (per-shard counts, bytes, sha256 and cluster counts, so the loader's
+checks and cluster balance work unchanged; dims and the normalisation statistics copied) plus
+``"kind": "conditioner"``, ``per_event`` and the source folder with its build key. Event
+shards carry no ``kind``: a missing kind means ``"event"``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import shutil
+import sys
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from .buildplan import INDEX_FILE, staging_dir, up_to_date
+from .cut import npy_bytes
+from .errors import DataToolsError, OutputExistsError
+from .parallel import run_ordered
+from .shardread import iter_samples, iter_tar, npy, read_index
+from .shards import SHARD_NAME, looks_like_shard_folder
+from .shardwork import ShardTask, write_shard
+
+KIND = "conditioner"
+FORMAT_VERSION = 1
+MEMBERS = ("json", "observation.npy", "state.npy")
+# index.json keys of the event shards that describe the data and stay true of the observations
+COPIED = ("level", "layout", "image_size", "views", "video_keys", "fps", "action_dim",
+          "state_dim", "episodes", "event_length", "stats")
+EVENT_FIELDS = ("episode_id", "event_index", "level", "caption", "start", "end")
+
+
+def shard_kind(index: dict) -> str:
+    """``event`` or ``conditioner`` (an index.json without ``kind`` is an event-shard folder)."""
+    return str(index.get("kind", "event"))
+
+
+def observation_times(start: int, length: int, per_event: int) -> list[int]:
+    """t = start + floor(i * length / K), i = 0..K-1, without repeats, in increasing order."""
+    return sorted({start + (i * length) // per_event for i in range(per_event)})
+
+
+def observation_key(event_key: str, t: int) -> str:
+    return f"{event_key}_t{t:05d}"
+
+
+@dataclass(frozen=True)
+class EventMeta:
+    key: str
+    shard: str
+    meta: dict
+
+    @property
+    def start(self) -> int:
+        return int(self.meta["start"])
+
+    @property
+    def end(self) -> int:
+        return int(self.meta["end"])
+
+
+def _read_events(src: Path, progress: bool) -> list[EventMeta]:
+    """Pass 1: every sample's json, checked for what the conditioner needs."""
+    events = []
+    total = read_index(src).get("total_samples")
+    for shard, key, members in tqdm(iter_samples(src, ("json",)), total=total, unit="event",
+                                    desc="read events", disable=not progress):
+        where = f"{src / shard}: sample {key}"
+        if "json" not in members:
+            raise DataToolsError(f"{where} has no json member (meta)")
+        try:
+            meta = json.loads(members["json"])
+        except ValueError as exc:
+            raise DataToolsError(f"{where}.json: cannot read ({exc})") from None
+        if not isinstance(meta, dict):
+            raise DataToolsError(f"{where}.json: must hold an object")
+        missing = [f for f in EVENT_FIELDS if f not in meta]
+        if missing:
+            raise DataToolsError(f"{where}.json: no {', '.join(map(repr, missing))}; is {src} "
+                                 "an event-shard folder written by build-shards?")
+        ev = EventMeta(key, shard, meta)
+        if not isinstance(meta["caption"], str):
+            raise DataToolsError(f"{where}.json: 'caption' must be text")
+        if not (isinstance(meta["start"], int) and isinstance(meta["end"], int)
+                and 0 <= ev.start < ev.end):
+            raise DataToolsError(f"{where}.json: needs integer 0 <= start < end, found "
+                                 f"start={meta['start']!r}, end={meta['end']!r}")
+        events.append(ev)
+    if not events:
+        raise DataToolsError(f"{src}: the shards hold no samples")
+    return events
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One planned conditioner sample: its key, its row in the event, its json member."""
+    key: str
+    offset: int  # t - start: the row of the event's frames and states
+    meta: bytes  # the json member
+    clusters: tuple[int, int]  # (vl, action)
+    remaining: int
+
+
+def _plan(events: list[EventMeta], per_event: int) -> dict[str, list[Observation]]:
+    """event key -> its observations; the done captions come from all events of the episode."""
+    episodes: dict[tuple, list[EventMeta]] = defaultdict(list)
+    for ev in events:
+        episodes[(ev.meta["episode_id"], ev.meta["level"])].append(ev)
+    for evs in episodes.values():
+        evs.sort(key=lambda e: (int(e.meta["event_index"]), e.start))
+    plan = {}
+    for ev in events:
+        m = ev.meta
+        siblings = episodes[(m["episode_id"], m["level"])]
+        out = []
+        for t in observation_times(ev.start, ev.end - ev.start, per_event):
+            meta = {
+                "event_key": ev.key, "episode_id": m["episode_id"], "event_index": m["event_index"],
+                "level": m["level"], "task": m.get("task", ""),
+                "done_captions": [s.meta["caption"] for s in siblings if s.end <= t],
+                "caption": m["caption"], "next_caption": m.get("next_caption", ""),
+                "remaining": ev.end - t, "time": t, "offset": t - ev.start,
+                "start": ev.start, "end": ev.end, "length": ev.end - ev.start,
+                "fps": m.get("fps"), "vl_cluster": int(m.get("vl_cluster", 0)),
+                "action_cluster": int(m.get("action_cluster", 0)), "views": m.get("views", []),
+            }
+            out.append(Observation(observation_key(ev.key, t), t - ev.start,
+                                   json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8"),
+                                   (meta["vl_cluster"], meta["action_cluster"]), ev.end - t))
+        plan[ev.key] = out
+    return plan
+
+
+@dataclass
+class CutObservations:
+    """One source shard's work: cut the planned observations, spill each sample."""
+    src: str
+    shard: str
+    plan: dict[str, list[Observation]]  # event key -> its observations
+    spill: str
+
+
+def _array(members: dict[str, bytes], name: str, where: str, dtype, ndim: int) -> np.ndarray:
+    if name not in members:
+        raise DataToolsError(f"{where} has no {name} member; conditioner samples need the "
+                             "event's frames and states")
+    try:
+        arr = npy(members[name])
+    except (ValueError, EOFError, OSError) as exc:
+        raise DataToolsError(f"{where}.{name}: cannot read ({exc})") from None
+    if arr.dtype != dtype or arr.ndim != ndim:
+        raise DataToolsError(f"{where}.{name}: expected {np.dtype(dtype).name} with {ndim} dims, "
+                             f"found {arr.dtype} {list(arr.shape)}")
+    return arr
+
+
+def cut_observations(task: CutObservations) -> int:
+    """Spill the planned samples of one source shard; returns how many were written."""
+    written = 0
+    seen = set()
+    path = Path(task.src) / task.shard
+    for key, members in iter_tar(path, ("frames.npy", "states.npy")):
+        if key not in task.plan or key in seen:
+            continue
+        seen.add(key)
+        where = f"{path}: sample {key}"
+        frames = _array(members, "frames.npy", where, np.uint8, 5)
+        states = _array(members, "states.npy", where, np.float32, 2)
+        for obs in task.plan[key]:
+            if obs.offset >= len(frames) or obs.offset >= len(states):
+                raise DataToolsError(f"{where}: {len(frames)} frames and {len(states)} states, "
+                                     f"but the span in its json needs {obs.offset + 1}")
+            sample = {"json": obs.meta, "observation.npy": npy_bytes(frames[obs.offset]),
+                      "state.npy": npy_bytes(states[obs.offset])}
+            Path(task.spill, f"{obs.key}.pkl").write_bytes(pickle.dumps(sample, protocol=4))
+            written += 1
+    if seen != set(task.plan):
+        lost = sorted(set(task.plan) - seen)
+        raise DataToolsError(f"{path}: samples {lost[:3]} vanished between "
+                             "the two passes (was the folder changed while building?)")
+    return written
+
+
+def _counts(ids) -> dict[str, int]:
+    c = Counter(int(i) for i in ids)
+    return {str(k): c[k] for k in sorted(c)}
+
+
+def _check_output(out: Path) -> None:
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise OutputExistsError(f"{out} exists and is not a folder; choose another --out")
+    if not any(out.iterdir()):
+        return
+    kind = None
+    if looks_like_shard_folder(out):
+        try:
+            kind = shard_kind(json.loads((out / INDEX_FILE).read_text(encoding="utf-8")))
+        except (OSError, ValueError):
+            kind = None
+    if kind != KIND:
+        raise OutputExistsError(f"{out} exists, is not empty and is not a conditioner-shard "
+                                "folder; refusing to replace it (choose another --out or remove "
+                                "it yourself)")
+
+
+def _build_key(params: dict, index: dict) -> str:
+    source = {"build": (index.get("build") or {}).get("key"),
+              "shards": [(s.get("name"), s.get("sha256"), s.get("samples"))
+                         for s in index.get("shards", [])]}
+    blob = json.dumps({"params": params, "source": source}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def build_conditioner(src: Path, out: Path, per_event: int = 4, samples_per_shard: int = 256,
+                      seed: int = 0, workers: int = 1, progress: bool = True,
+                      force: bool = False) -> dict:
+    """Write conditioner shards for the event shards at ``src`` into ``out``.
+
+    Returns the content of ``index.json`` (with ``"reused": True`` when ``out`` was already
+    built from the same input). Raises DataToolsError subclasses on bad input.
+    """
+    if per_event < 1 or samples_per_shard < 1 or workers < 1:
+        raise DataToolsError(f"--per-event ({per_event}), --samples-per-shard "
+                             f"({samples_per_shard}) and --workers ({workers}) must be positive")
+    src, out = Path(src), Path(out)
+    if not src.is_dir():
+        raise DataToolsError(f"{src} is not a folder: --src must be an event-shard folder "
+                             "(index.json + shard-*.tar, from build-shards)")
+    index = read_index(src)
+    if shard_kind(index) != "event":
+        raise DataToolsError(f"{src / INDEX_FILE}: kind {shard_kind(index)!r}; --src must be an "
+                             "event-shard folder written by build-shards")
+    if not index.get("shards"):
+        raise DataToolsError(f"{src / INDEX_FILE}: lists no shards")
+    for s in index["shards"]:
+        if not (src / s["name"]).is_file():
+            raise DataToolsError(f"{src / s['name']}: listed in index.json but missing")
+    _check_output(out)
+    params = {"format": FORMAT_VERSION, "per_event": per_event,
+              "samples_per_shard": samples_per_shard, "seed": seed}
+    key = _build_key(params, index)
+    if not force and (done := up_to_date(out, key)) is not None:
+        return {**done, "reused": True}
+
+    events = _read_events(src, progress)
+    dup = [k for k, n in Counter(ev.key for ev in events).items() if n > 1]
+    if dup:
+        raise DataToolsError(f"{src}: sample key {dup[0]} appears more than once")
+    plan = _plan(events, per_event)
+    observations = [obs for ev in events for obs in plan[ev.key]]
+    keys = [obs.key for obs in observations]
+    clusters = {obs.key: obs.clusters for obs in observations}
+    remaining = np.array([obs.remaining for obs in observations])
+    order = [keys[i] for i in np.random.default_rng(seed).permutation(len(keys))]
+    parts = [order[i:i + samples_per_shard] for i in range(0, len(order), samples_per_shard)]
+    names = [SHARD_NAME.format(s) for s in range(len(parts))]
+
+    staging = staging_dir(out)
+    if staging.exists():
+        shutil.rmtree(staging)
+    spill = staging / ".spill"
+    spill.mkdir(parents=True)
+    try:
+        by_shard: dict[str, dict] = defaultdict(dict)
+        for ev in events:
+            by_shard[ev.shard][ev.key] = plan[ev.key]
+        tasks = []
+        for s in index["shards"]:
+            if by_shard.get(s["name"]):
+                tasks.append(CutObservations(str(src), s["name"], by_shard[s["name"]], str(spill)))
+        cut = sum(run_ordered(cut_observations, tasks, workers, lambda t: str(src / t.shard),
+                              "cut observations", progress))
+        if cut != len(keys):
+            raise DataToolsError(f"{src}: cut {cut} observations, planned {len(keys)}")
+        shard_tasks = [ShardTask(n, p, str(spill), str(staging)) for n, p in zip(names, parts)]
+        sha = dict(run_ordered(write_shard, shard_tasks, workers, lambda t: f"shard {t.name}",
+                               "write shards", progress))
+        shutil.rmtree(spill)
+        shards = [{"name": n, "samples": len(p), "bytes": (staging / n).stat().st_size,
+                   "sha256": sha[n], "vl_cluster": _counts(clusters[k][0] for k in p),
+                   "action_cluster": _counts(clusters[k][1] for k in p)}
+                  for n, p in zip(names, parts)]
+        result = {
+            "format_version": FORMAT_VERSION, "kind": KIND, "per_event": per_event, "seed": seed,
+            **{k: index[k] for k in COPIED if k in index},
+            "source": str(src.resolve()), "events": len(events), "total_samples": len(keys),
+            "samples_per_shard": samples_per_shard,
+            "remaining": {"min": int(remaining.min()), "max": int(remaining.max()),
+                          "mean": round(float(remaining.mean()), 3)},
+            "shards": shards,
+            "vl_cluster_counts": _counts(v for v, _ in clusters.values()),
+            "action_cluster_counts": _counts(a for _, a in clusters.values()),
+            "build": {"key": key, "source": str(src.resolve()),
+                      "source_key": (index.get("build") or {}).get("key")},
+        }
+        (staging / INDEX_FILE).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        print(f"note: removed the partial output {staging}; {out} was left unchanged",
+              file=sys.stderr)
+        raise
+    return {**result, "reused": False}
+
