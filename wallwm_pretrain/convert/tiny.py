@@ -1,4 +1,4 @@
-"""``make-tiny``: tiny random Wan-architecture models (and a VLM) saved in their own libraries' formats.
+"""``make-tiny``: tiny random Wan-architecture models and a VLM, in their own libraries' formats.
 
 Writes the folder layout of a diffusers Wan pipeline (``Wan-AI/Wan2.2-TI2V-5B-Diffusers`` has
 the same sub-folders), each with its own library's ``save_pretrained``:
@@ -135,7 +135,7 @@ def tiny_transformer(z_dim: int, text_dim: int, seed: int = 0):
 
 
 def make_tiny(out: str | Path, seed: int = 0) -> dict[str, Path]:
-    """Write ``transformer/``, ``vae/``, ``text_encoder/``, ``tokenizer/`` and ``vlm/`` under ``out``.
+    """Write ``transformer/``, ``vae/``, ``text_encoder/``, ``tokenizer/``, ``vlm/`` under ``out``.
 
     The folder is written beside ``out`` and renamed over it at the end; an existing ``out`` is
     replaced only when it holds nothing but these sub-folders. Returns sub-folder name -> path.

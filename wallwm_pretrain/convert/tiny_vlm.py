@@ -1,4 +1,4 @@
-"""``make-tiny``'s ``vlm/``: a tiny random Qwen3.5 vision-language model, its tokenizer and image processor.
+"""``make-tiny``'s ``vlm/``: a tiny random Qwen3.5 VLM with its tokenizer and image processor.
 
 The folder has the files of a Qwen3.5 hub folder that the frozen conditioner reads
 (``wallwm_pretrain.model.conditioner.vlm``), each written by its own library's ``save_pretrained``:

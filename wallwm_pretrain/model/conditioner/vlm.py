@@ -157,7 +157,7 @@ class FrozenVLM:
 
     @property
     def vocab_size(self) -> int:
-        """Rows of the token embedding / LM head (may exceed the tokenizer's length: Qwen pads it)."""
+        """Rows of the token embedding and LM head (Qwen pads them beyond the tokenizer)."""
         return self._model.config.text_config.vocab_size
 
     @property
@@ -167,7 +167,7 @@ class FrozenVLM:
 
     @property
     def pad_token_id(self) -> int:
-        """The padding id of :meth:`tokenize` (the tokenizer's pad token, Qwen's ``<|endoftext|>``)."""
+        """The padding id of :meth:`tokenize`: the pad token, Qwen's ``<|endoftext|>``."""
         return self._pad_id
 
     @property
@@ -193,7 +193,7 @@ class FrozenVLM:
         return self._model.get_output_embeddings().weight.detach()
 
     def tokenize(self, texts: list[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Captions as plain text tokens (no chat template, no special tokens) + :attr:`eos_token_id`.
+        """Captions as plain text tokens (no chat template) followed by :attr:`eos_token_id`.
 
         A caption longer than ``max_length - 1`` tokens is cut there, so every row ends with the
         eos token. Rows are right-padded with :attr:`pad_token_id` to ``max_length`` (a fixed
