@@ -31,6 +31,51 @@ def vlm(tiny) -> FrozenVLM:
     return FrozenVLM.load(tiny["vlm"])
 
 
+def _write_other_vlm(arch: str, src, dst):
+    """A tiny random Qwen3-VL or Qwen2.5-VL beside make-tiny's tokenizer and image processor."""
+    import transformers
+
+    tok = transformers.AutoTokenizer.from_pretrained(src, local_files_only=True)
+    ids = {k: tok.convert_tokens_to_ids(f"<|{k}|>")
+           for k in ("image_pad", "video_pad", "vision_start", "vision_end")}
+    text = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, bos_token_id=None,
+                eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                rope_parameters=dict(rope_type="default", rope_theta=10000.0,
+                                     mrope_section=[2, 1, 1]))  # head_dim 8: 4 frequencies
+    vision = dict(hidden_size=16, intermediate_size=32, num_heads=2, patch_size=8,
+                  spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=32)
+    if arch == "Qwen3VLForConditionalGeneration":
+        config = transformers.Qwen3VLConfig(
+            text_config=dict(text, head_dim=8), vision_config=dict(
+                vision, depth=2, num_position_embeddings=16, deepstack_visual_indexes=[0]),
+            image_token_id=ids["image_pad"], video_token_id=ids["video_pad"],
+            vision_start_token_id=ids["vision_start"], vision_end_token_id=ids["vision_end"])
+    else:
+        config = transformers.Qwen2_5_VLConfig(
+            text_config=text, vision_config=dict(vision, depth=1, window_size=16,
+                                                 fullatt_block_indexes=[0]),
+            image_token_id=ids["image_pad"], video_token_id=ids["video_pad"],
+            vision_start_token_id=ids["vision_start"], vision_end_token_id=ids["vision_end"])
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("config.json", "*.safetensors"))
+    torch.manual_seed(0)
+    getattr(transformers, arch)(config).save_pretrained(dst)
+    return dst
+
+
+ARCHS = ["Qwen3_5ForConditionalGeneration", "Qwen3VLForConditionalGeneration",
+         "Qwen2_5_VLForConditionalGeneration"]
+
+
+@pytest.fixture(scope="module")
+def vlms(tiny, vlm, tmp_path_factory) -> dict[str, FrozenVLM]:
+    root = tmp_path_factory.mktemp("other-vlms")
+    out = {ARCHS[0]: vlm}
+    for arch in ARCHS[1:]:
+        out[arch] = FrozenVLM.load(_write_other_vlm(arch, tiny["vlm"], root / arch))
+    return out
+
+
 def _views(b: int, v: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (b, v, 32, 32, 3), dtype=np.uint8)
 
@@ -68,7 +113,9 @@ def test_folder_loads_with_transformers_and_the_ids_match(tiny):
     assert tok.pad_token == "<|endoftext|>" and tok.chat_template
 
 
-def test_encode_gives_states_with_valid_exactly_on_the_real_tokens(vlm):
+@pytest.mark.parametrize("arch", ARCHS)
+def test_encode_gives_states_with_valid_exactly_on_the_real_tokens(vlms, arch):
+    vlm = vlms[arch]
     prompts = [SHORT, LONG, "task: press the button"]
     states, valid = vlm.encode(torch.from_numpy(_views(3, 2)), prompts)
     lengths = [_turn_length(vlm, 2, p) for p in prompts]
@@ -79,11 +126,15 @@ def test_encode_gives_states_with_valid_exactly_on_the_real_tokens(vlm):
     assert (states[~valid] == 0).all() and (states[valid].abs().sum(-1) > 0).all()
 
 
-def test_states_are_the_text_models_last_hidden_states(vlm):
+@pytest.mark.parametrize("arch", ARCHS)
+def test_states_are_the_text_models_last_hidden_states(vlms, arch):
+    vlm = vlms[arch]
     """Independent of encode: the model's own forward on the same turn, built here by hand."""
-    from transformers import AutoImageProcessor, Qwen3_5ForConditionalGeneration
+    import transformers
+    from transformers import AutoImageProcessor
 
-    model = Qwen3_5ForConditionalGeneration.from_pretrained(vlm.folder, local_files_only=True)
+    model = getattr(transformers, arch).from_pretrained(vlm.folder, local_files_only=True)
+    assert type(model) is type(vlm._model)
     proc = AutoImageProcessor.from_pretrained(vlm.folder, local_files_only=True)
     views = _views(1, 2, seed=5)
     text = qwen_turn(2, SHORT).replace("<|image_pad|>", "<|image_pad|>" * TOKENS_PER_VIEW)
@@ -100,7 +151,9 @@ def test_states_are_the_text_models_last_hidden_states(vlm):
     torch.testing.assert_close(states @ vlm.output_embeddings().T, out.logits, rtol=0, atol=1e-5)
 
 
-def test_padding_does_not_leak_into_a_samples_states(vlm):
+@pytest.mark.parametrize("arch", ARCHS)
+def test_padding_does_not_leak_into_a_samples_states(vlms, arch):
+    vlm = vlms[arch]
     views = _views(2, 3, seed=1)
     batch, valid = vlm.encode(views, [SHORT, LONG])
     alone_short, v_short = vlm.encode(views[:1], [SHORT])
@@ -161,7 +214,9 @@ def test_tokenize_round_trips_corpus_captions(vlm):
     assert cut[0, :3].tolist() == ids[0, :3].tolist()
 
 
-def test_memory_bytes_from_config_equal_the_loaded_parameters(vlm):
+@pytest.mark.parametrize("arch", ARCHS)
+def test_memory_bytes_from_config_equal_the_loaded_parameters(vlms, arch):
+    vlm = vlms[arch]
     config = check_vlm_folder(vlm.folder)
     loaded = sum(p.numel() * p.element_size() for p in vlm._model.parameters())
     assert vlm_memory_bytes(config, 4) == loaded

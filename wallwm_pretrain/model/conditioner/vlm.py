@@ -1,10 +1,11 @@
 """The conditioner's frozen vision-language model: camera views + a prompt -> per-token states.
 
-:class:`FrozenVLM` loads a transformers Qwen3.5 VLM (``Qwen3_5ForConditionalGeneration``) from a
-local folder, frozen (``eval()``, ``requires_grad_(False)``, run under ``torch.no_grad()``), and
-turns a batch of observations (V camera views each) and prompts (the task and the captions of the
-events already done) into the language model's last hidden states over the image and text
-tokens. The trained heads of the conditioner read these states; the VLM is a plain object, not an
+:class:`FrozenVLM` loads a transformers Qwen3.5 VLM (``Qwen3_5ForConditionalGeneration``; also
+Qwen3-VL and Qwen2.5-VL, see :data:`SUPPORTED`) from a local folder, frozen (``eval()``,
+``requires_grad_(False)``, run under ``torch.no_grad()``), and turns a batch of observations (V
+camera views each) and prompts (the task and the captions of the events already done) into the
+language model's last hidden states over the image and text tokens. The trained heads of the
+conditioner read these states; the VLM is a plain object, not an
 ``nn.Module``, so its weights never enter the owner's ``state_dict`` or optimizer.
 
 Prompt layout (one user turn, no system turn, no generation prompt), rendered by the folder's chat
@@ -16,8 +17,9 @@ template when its tokenizer has one, else by :func:`qwen_turn`, which writes the
 
 where n = the view's patch grid / merge_size**2 (4 for a 32x32 view of ``make-tiny``'s ``vlm/``).
 
-The processor: a Qwen3.5 folder names ``Qwen3VLProcessor``, which cannot be built without a video
-processor, and Qwen's video processors need torchvision, which this project does not depend on.
+The processor: a Qwen3.5 folder names ``Qwen3VLProcessor`` (Qwen2.5-VL ``Qwen2_5_VLProcessor``),
+which cannot be built without a video processor, and Qwen's video processors need torchvision,
+which this project does not depend on.
 So the image processor (``AutoImageProcessor``, the PIL backend without torchvision) and the
 tokenizer (``AutoTokenizer``) are loaded separately and :meth:`FrozenVLM.encode` expands each
 ``<|image_pad|>`` into its n tokens and marks them in ``mm_token_type_ids`` itself: the two steps
@@ -34,8 +36,11 @@ import torch
 
 from .errors import ConditionerError
 
-# config.json "architectures" entry -> transformers model class. Only what the tests exercise.
-SUPPORTED = {"Qwen3_5ForConditionalGeneration": "Qwen3_5ForConditionalGeneration"}
+# config.json "architectures" entries this code serves (transformers class names); the tests run
+# each on a tiny random model. They share the Qwen image processor, the special tokens, M-RoPE from
+# mm_token_type_ids and the `.model(...)` forward; Qwen3.5 mixes in linear-attention layers.
+SUPPORTED = ("Qwen3_5ForConditionalGeneration", "Qwen3VLForConditionalGeneration",
+             "Qwen2_5_VLForConditionalGeneration")
 IMAGE_PROCESSOR_FILE = "preprocessor_config.json"
 # A fast tokenizer's file, or the vocab + merges a byte-level BPE tokenizer is built from.
 TOKENIZER_FILES = (("tokenizer.json",), ("vocab.json", "merges.txt"))
@@ -69,7 +74,7 @@ def check_vlm_folder(folder: str | Path) -> dict:
     if not any(a in SUPPORTED for a in archs):
         raise ConditionerError(f"{cfg_path}: architectures {archs} (model_type "
                                f"{config.get('model_type')!r}) is not a supported VLM; expected "
-                               f"one of {sorted(SUPPORTED)}")
+                               f"one of {list(SUPPORTED)}")
     if not any((folder / f).is_file() for f in WEIGHT_FILES):
         raise ConditionerError(f"{folder}: no weights ({' or '.join(WEIGHT_FILES)})")
     if not (folder / IMAGE_PROCESSOR_FILE).is_file():
@@ -84,7 +89,7 @@ def check_vlm_folder(folder: str | Path) -> dict:
 def _model_class(config: dict):
     import transformers
 
-    name = next(SUPPORTED[a] for a in config.get("architectures") or [] if a in SUPPORTED)
+    name = next(a for a in config.get("architectures") or [] if a in SUPPORTED)
     return getattr(transformers, name)
 
 
