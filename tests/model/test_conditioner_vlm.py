@@ -126,6 +126,31 @@ def test_encode_gives_states_with_valid_exactly_on_the_real_tokens(vlms, arch):
     assert (states[~valid] == 0).all() and (states[valid].abs().sum(-1) > 0).all()
 
 
+def test_inputs_equal_what_qwens_own_processor_makes(vlm, monkeypatch):
+    """Qwen3VLProcessor (Qwen3.5's) on the same views and turns gives the same model inputs.
+
+    The processor insists on a video processor, and every Qwen video processor needs torchvision,
+    which is not installed; the class check is skipped so it can be built without one. No videos
+    are passed, so the video processor is never used.
+    """
+    from transformers.models.qwen3_vl.processing_qwen3_vl import Qwen3VLProcessor
+
+    monkeypatch.setattr(Qwen3VLProcessor, "check_argument_for_proper_class",
+                        lambda self, name, arg: None)
+    processor = Qwen3VLProcessor(image_processor=vlm._image_processor, tokenizer=vlm.tokenizer,
+                                 video_processor=None, chat_template=vlm.tokenizer.chat_template)
+    views, prompts = _views(2, 3, seed=4), [LONG, SHORT]
+    turns = [processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}] * 3
+                                             + [{"type": "text", "text": p}]}], tokenize=False)
+             for p in prompts]
+    ref = processor(text=turns, images=[list(v) for v in views], padding=True,
+                    padding_side="right", return_tensors="pt")
+    mine = vlm.inputs(views, prompts)
+    assert set(mine) == set(ref)
+    for key, value in mine.items():
+        assert torch.equal(value, ref[key].to(value.dtype)), key
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_states_are_the_text_models_last_hidden_states(vlms, arch):
     vlm = vlms[arch]

@@ -21,7 +21,7 @@ The processor: a Qwen3.5 folder names ``Qwen3VLProcessor`` (Qwen2.5-VL ``Qwen2_5
 which cannot be built without a video processor, and Qwen's video processors need torchvision,
 which this project does not depend on.
 So the image processor (``AutoImageProcessor``, the PIL backend without torchvision) and the
-tokenizer (``AutoTokenizer``) are loaded separately and :meth:`FrozenVLM.encode` expands each
+tokenizer (``AutoTokenizer``) are loaded separately and :meth:`FrozenVLM.inputs` expands each
 ``<|image_pad|>`` into its n tokens and marks them in ``mm_token_type_ids`` itself: the two steps
 the processor's ``__call__`` adds to them.
 """
@@ -227,6 +227,40 @@ class FrozenVLM:
                                                        tokenize=False, add_generation_prompt=False)
         return qwen_turn(views, prompt)
 
+    def inputs(self, images, prompts: list[str]) -> dict[str, torch.Tensor]:
+        """The model inputs of :meth:`encode` (on the CPU): what ``Qwen3VLProcessor`` would return.
+
+        ``input_ids``/``attention_mask`` [B, L] (right-padded), ``mm_token_type_ids`` [B, L] (1 on
+        image tokens, 0 on text), ``pixel_values`` [patches, C * T * p * p] and
+        ``image_grid_thw`` [B * V, 3], views sample-major. Arguments as in :meth:`encode`.
+        """
+        images = images.cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+        if images.ndim != 5 or images.dtype != np.uint8 or images.shape[-1] != 3:
+            raise ConditionerError(f"encode: images must be uint8 [B, V, H, W, 3], got "
+                                   f"{images.dtype} {list(images.shape)}")
+        b, v = images.shape[:2]
+        if len(prompts) != b or b < 1 or v < 1:
+            raise ConditionerError(f"encode: {b} samples of {v} views but {len(prompts)} prompts")
+        pixels = self._image_processor(images=[images[i, j] for i in range(b) for j in range(v)],
+                                       return_tensors="pt", input_data_format="channels_last")
+        grid = pixels["image_grid_thw"]
+        per_view = [int(n) for n in grid.prod(-1) // self._image_processor.merge_size ** 2]
+        texts = []
+        for i, prompt in enumerate(prompts):
+            parts = self.prompt_text(v, prompt).split(IMAGE_PAD)
+            if len(parts) != v + 1:
+                raise ConditionerError(f"{self._folder}: the chat template rendered "
+                                       f"{len(parts) - 1} {IMAGE_PAD} for {v} views")
+            counts = per_view[i * v:(i + 1) * v]
+            texts.append(parts[0] + "".join(IMAGE_PAD * n + p for n, p in zip(counts, parts[1:])))
+        enc = self._tokenizer(texts, padding=True, padding_side="right", return_tensors="pt",
+                              add_special_tokens=False)
+        ids = enc["input_ids"]
+        # text 0, image 1: the processor's mm_token_type_ids, from which M-RoPE positions come
+        return {"input_ids": ids, "attention_mask": enc["attention_mask"],
+                "mm_token_type_ids": (ids == self._image_token_id).to(torch.int32),
+                "pixel_values": pixels["pixel_values"], "image_grid_thw": grid}
+
     def encode(self, images, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """The language model's last hidden states over each sample's image and text tokens.
 
@@ -248,36 +282,12 @@ class FrozenVLM:
         the sample runs alone. A sample's states therefore do not depend on what else is in the
         batch (up to float rounding).
         """
-        images = images.numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
-        if images.ndim != 5 or images.dtype != np.uint8 or images.shape[-1] != 3:
-            raise ConditionerError(f"encode: images must be uint8 [B, V, H, W, 3], got "
-                                   f"{images.dtype} {list(images.shape)}")
-        b, v = images.shape[:2]
-        if len(prompts) != b or v < 1:
-            raise ConditionerError(f"encode: {b} samples of {v} views but {len(prompts)} prompts")
-        pixels = self._image_processor(images=[images[i, j] for i in range(b) for j in range(v)],
-                                       return_tensors="pt", input_data_format="channels_last")
-        grid = pixels["image_grid_thw"]
-        per_view = [int(n) for n in grid.prod(-1) // self._image_processor.merge_size ** 2]
-        texts = []
-        for i, prompt in enumerate(prompts):
-            parts = self.prompt_text(v, prompt).split(IMAGE_PAD)
-            if len(parts) != v + 1:
-                raise ConditionerError(f"{self._folder}: the chat template rendered "
-                                       f"{len(parts) - 1} {IMAGE_PAD} for {v} views")
-            counts = per_view[i * v:(i + 1) * v]
-            texts.append(parts[0] + "".join(IMAGE_PAD * n + p for n, p in zip(counts, parts[1:])))
-        enc = self._tokenizer(texts, padding=True, padding_side="right", return_tensors="pt",
-                              add_special_tokens=False)
-        ids, mask = enc["input_ids"], enc["attention_mask"]
-        # text 0, image 1: what the processor returns as mm_token_type_ids (M-RoPE positions)
-        kinds = (ids == self._image_token_id).to(torch.int32)
+        inputs = self.inputs(images, prompts)
         dev = self.device
+        inputs = {k: t.to(dev) for k, t in inputs.items()}
+        inputs["pixel_values"] = inputs["pixel_values"].to(self._model.dtype)
         with torch.no_grad():
-            out = self._model.model(
-                input_ids=ids.to(dev), attention_mask=mask.to(dev),
-                pixel_values=pixels["pixel_values"].to(dev, self._model.dtype),
-                image_grid_thw=grid.to(dev), mm_token_type_ids=kinds.to(dev), use_cache=False)
-        valid = mask.to(dev, torch.bool)
+            out = self._model.model(**inputs, use_cache=False)
+        valid = inputs["attention_mask"].to(torch.bool)
         states = out.last_hidden_state.float() * valid[..., None]
         return states, valid
