@@ -234,6 +234,8 @@ def test_tokenize_round_trips_corpus_captions(vlm):
         assert m[:n].all() and not m[n:].any()
         assert row[n - 1] == vlm.eos_token_id and (row[n:] == vlm.pad_token_id).all()
         assert vlm.tokenizer.decode(row[:n - 1].tolist()) == caption
+    empty, empty_mask = vlm.tokenize([], max_length=4)
+    assert empty.shape == empty_mask.shape == (0, 4)
     cut, cut_mask = vlm.tokenize([captions[0]], max_length=4)
     assert cut_mask.all() and cut[0, -1] == vlm.eos_token_id
     assert cut[0, :3].tolist() == ids[0, :3].tolist()
@@ -246,6 +248,8 @@ def test_memory_bytes_from_config_equal_the_loaded_parameters(vlms, arch):
     loaded = sum(p.numel() * p.element_size() for p in vlm._model.parameters())
     assert vlm_memory_bytes(config, 4) == loaded
     assert vlm_memory_bytes(config, 2) * 2 == loaded
+    with pytest.raises(ConditionerError, match="UMT5EncoderModel"):
+        vlm_memory_bytes(dict(config, architectures=["UMT5EncoderModel"]), 4)
 
 
 def test_errors_name_the_folder_or_file(tiny, tmp_path):

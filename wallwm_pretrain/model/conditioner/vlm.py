@@ -89,8 +89,12 @@ def check_vlm_folder(folder: str | Path) -> dict:
 def _model_class(config: dict):
     import transformers
 
-    name = next(a for a in config.get("architectures") or [] if a in SUPPORTED)
-    return getattr(transformers, name)
+    archs = config.get("architectures") or []
+    names = [a for a in archs if a in SUPPORTED]
+    if not names:
+        raise ConditionerError(f"config architectures {archs} name no supported VLM; expected one "
+                               f"of {list(SUPPORTED)}")
+    return getattr(transformers, names[0])
 
 
 def vlm_memory_bytes(config: dict, dtype_bytes: int) -> int:
@@ -98,7 +102,8 @@ def vlm_memory_bytes(config: dict, dtype_bytes: int) -> int:
 
     The model is built on the meta device (no memory, no weights read), so the count is the
     architecture's own, shared (tied) parameters counted once. Buffers (rotary tables) and
-    activations are not included. ``config`` is the dict :func:`check_vlm_folder` returns.
+    activations are not included. This is the whole model, as one rank holds it when the frozen
+    backbone is replicated. ``config`` is the dict :func:`check_vlm_folder` returns.
     """
     cls = _model_class(config)
     cfg = cls.config_class.from_dict(config)
@@ -127,6 +132,8 @@ class FrozenVLM:
         self._image_processor = image_processor
         self._image_token_id = model.config.image_token_id
         self._eos_id = tokenizer.convert_tokens_to_ids(CAPTION_END)
+        if self._eos_id is None or self._eos_id == tokenizer.unk_token_id:
+            raise ConditionerError(f"{folder}: the tokenizer has no {CAPTION_END} token")
         pad = tokenizer.pad_token_id
         self._pad_id = pad if pad is not None else tokenizer.convert_tokens_to_ids(PAD)
 
@@ -187,6 +194,7 @@ class FrozenVLM:
 
     @property
     def device(self) -> torch.device:
+        """The model's device: where :meth:`encode` runs and returns its tensors."""
         return self._model.device
 
     def input_embeddings(self) -> torch.Tensor:
@@ -210,7 +218,8 @@ class FrozenVLM:
         """
         if max_length < 1:
             raise ConditionerError(f"tokenize: max_length must be >= 1, got {max_length}")
-        rows = self._tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        texts = list(texts)
+        rows = self._tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
         ids = torch.full((len(rows), max_length), self._pad_id, dtype=torch.int64)
         mask = torch.zeros((len(rows), max_length), dtype=torch.bool)
         for i, row in enumerate(rows):
