@@ -1,4 +1,4 @@
-"""make-tiny writes loadable, consistent, deterministic tiny Wan/VAE/UMT5 folders."""
+"""make-tiny writes loadable, consistent, deterministic tiny Wan/VAE/UMT5/Qwen3.5-VLM folders."""
 
 from __future__ import annotations
 
@@ -65,13 +65,42 @@ def test_folders_load_with_their_own_libraries_and_fit_together(tiny):
     assert out.shape == (1, z, 3, 4, 4) and torch.isfinite(out).all()
 
 
+def test_vlm_folder_loads_and_reads_a_camera_view(tiny):
+    import numpy as np
+    from transformers import AutoImageProcessor, AutoTokenizer, Qwen3_5ForConditionalGeneration
+
+    folder = tiny / "vlm"
+    model = Qwen3_5ForConditionalGeneration.from_pretrained(folder, local_files_only=True).eval()
+    tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    proc = AutoImageProcessor.from_pretrained(folder, local_files_only=True)
+    cfg = model.config
+    assert cfg.text_config.vocab_size == len(tok)
+    assert cfg.image_token_id == tok.convert_tokens_to_ids("<|image_pad|>")
+    assert cfg.vision_start_token_id == tok.convert_tokens_to_ids("<|vision_start|>")
+    assert cfg.vision_config.out_hidden_size == cfg.text_config.hidden_size
+    pix = proc(images=[np.zeros((32, 32, 3), np.uint8)], return_tensors="pt")
+    assert pix["image_grid_thw"].tolist() == [[1, 4, 4]]  # 32x32 kept: 4x4 patches -> 4 tokens
+    turn = tok.apply_chat_template([{"role": "user", "content": [
+        {"type": "image"}, {"type": "text", "text": "open the drawer"}]}], tokenize=False)
+    ids = torch.tensor([tok(turn.replace("<|image_pad|>", "<|image_pad|>" * 4),
+                            add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        out = model(input_ids=ids, pixel_values=pix["pixel_values"],
+                    image_grid_thw=pix["image_grid_thw"],
+                    mm_token_type_ids=(ids == cfg.image_token_id).int())
+    assert out.logits.shape == (1, ids.shape[1], len(tok)) and torch.isfinite(out.logits).all()
+
+
 def test_same_seed_same_bytes_other_seed_other_weights(tiny, tmp_path):
     again = make_tiny(tmp_path / "again", seed=3)["vae"].parent
     other = make_tiny(tmp_path / "other", seed=4)["vae"].parent
     a, b, c = _files(tiny), _files(again), _files(other)
     assert a == b
     weights = [k for k in a if k.endswith(".safetensors")]
-    assert len(weights) == 3 and all(a[k] != c[k] for k in weights)
+    assert len(weights) == 4 and "vlm/model.safetensors" in weights
+    assert all(a[k] != c[k] for k in weights)
+    # the tokenizers are trained on the built-in corpus, not drawn from the seed
+    assert a["vlm/tokenizer.json"] == c["vlm/tokenizer.json"]
 
 
 def test_refuses_to_replace_a_foreign_folder(tmp_path):

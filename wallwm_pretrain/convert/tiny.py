@@ -1,4 +1,4 @@
-"""``make-tiny``: tiny random Wan-architecture models saved in their own libraries' formats.
+"""``make-tiny``: tiny random Wan-architecture models and a VLM, in their own libraries' formats.
 
 Writes the folder layout of a diffusers Wan pipeline (``Wan-AI/Wan2.2-TI2V-5B-Diffusers`` has
 the same sub-folders), each with its own library's ``save_pretrained``:
@@ -13,7 +13,10 @@ the same sub-folders), each with its own library's ``save_pretrained``:
 * ``tokenizer/``: a T5-style Unigram tokenizer (``<pad>`` = 0, ``</s>`` = 1, ``<unk>`` = 2, an
   end-of-sequence token appended), trained here with the ``tokenizers`` library on a small
   built-in corpus and saved as a transformers fast tokenizer. It sits beside the encoder, as in
-  the diffusers Wan layout, and ``data_tools embed-captions`` finds it there.
+  the diffusers Wan layout, and ``data_tools embed-captions`` finds it there;
+* ``vlm/``: transformers ``Qwen3_5ForConditionalGeneration`` with its PIL image processor and a
+  byte-level BPE tokenizer trained here on the same corpus, for the frozen conditioner (see
+  ``tiny_vlm``).
 
 Everything is deterministic given the seed (same bytes), and takes seconds on a CPU.
 """
@@ -30,8 +33,9 @@ import numpy as np
 import torch
 
 from .errors import ConvertError
+from .tiny_vlm import build_tiny_vlm, save_tiny_vlm
 
-FOLDERS = ("transformer", "vae", "text_encoder", "tokenizer")
+FOLDERS = ("transformer", "vae", "text_encoder", "tokenizer", "vlm")
 
 # Sizes: as small as the architectures allow while keeping every part (3-D rotary split over
 # frame/height/width, several heads, two blocks, two VAE down-sampling stages) non-degenerate.
@@ -131,7 +135,7 @@ def tiny_transformer(z_dim: int, text_dim: int, seed: int = 0):
 
 
 def make_tiny(out: str | Path, seed: int = 0) -> dict[str, Path]:
-    """Write ``transformer/``, ``vae/``, ``text_encoder/`` and ``tokenizer/`` under ``out``.
+    """Write ``transformer/``, ``vae/``, ``text_encoder/``, ``tokenizer/``, ``vlm/`` under ``out``.
 
     The folder is written beside ``out`` and renamed over it at the end; an existing ``out`` is
     replaced only when it holds nothing but these sub-folders. Returns sub-folder name -> path.
@@ -148,11 +152,13 @@ def make_tiny(out: str | Path, seed: int = 0) -> dict[str, Path]:
         vae = tiny_vae(seed)
         text_encoder = tiny_text_encoder(len(tokenizer), seed)
         transformer = tiny_transformer(vae.config.z_dim, text_encoder.config.d_model, seed)
+        vlm = build_tiny_vlm(CORPUS, seed)
     try:
         tokenizer.save_pretrained(tmp / "tokenizer")
         vae.save_pretrained(tmp / "vae")
         text_encoder.save_pretrained(tmp / "text_encoder")
         transformer.save_pretrained(tmp / "transformer")
+        save_tiny_vlm(vlm, tmp / "vlm")
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
@@ -162,8 +168,9 @@ def make_tiny(out: str | Path, seed: int = 0) -> dict[str, Path]:
 
 
 HELP = """\
-Write tiny random Wan-architecture models (a diffusers Wan pipeline's folder layout) for tests
-and laptop runs; deterministic given --seed, seconds on a CPU, nothing is downloaded.
+Write tiny random Wan-architecture models (a diffusers Wan pipeline's folder layout) and a tiny
+Qwen3.5 vision-language model for tests and laptop runs; deterministic given --seed, seconds on
+a CPU, nothing is downloaded.
 
 folders written under --out:
   transformer/   diffusers WanTransformer3DModel (the video tower's DiT; text-to-video, no
@@ -176,6 +183,11 @@ folders written under --out:
                  --text-encoder` (which finds the tokenizer beside it)
   tokenizer/     T5-style Unigram tokenizer trained on a built-in caption corpus with the
                  `tokenizers` library, saved as a transformers fast tokenizer
+  vlm/           transformers Qwen3_5ForConditionalGeneration (a frozen vision-language model
+                 for the conditioner: one linear-attention and one full-attention layer, a
+                 one-block vision tower; a 32x32 camera view becomes 4 image tokens) with its
+                 PIL image processor and a byte-level BPE tokenizer with Qwen's special tokens
+                 and a chat template, all in one folder
 
 example:
   python -m wallwm_pretrain.convert make-tiny --out /tmp/tiny-wan --seed 0
@@ -183,8 +195,8 @@ example:
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("make-tiny", help="tiny random Wan transformer, VAE, UMT5 encoder "
-                              "and tokenizer for tests and laptops", description=HELP,
+    p = subparsers.add_parser("make-tiny", help="tiny random Wan transformer, VAE, UMT5 encoder, "
+                              "tokenizer and Qwen3.5 VLM for tests and laptops", description=HELP,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True, help="output folder (created or replaced)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")

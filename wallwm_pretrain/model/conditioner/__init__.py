@@ -1,0 +1,1 @@
+"""The text conditioner: a frozen vision-language model and the heads trained on its states."""
