@@ -197,6 +197,25 @@ class FrozenVLM:
         """The model's device: where :meth:`encode` runs and returns its tensors."""
         return self._model.device
 
+    def to(self, device: str | torch.device) -> FrozenVLM:
+        """Move the frozen model to ``device`` (in place; a no-op where it already is)."""
+        if torch.device(device) != self._model.device:
+            self._model.to(device)
+        return self
+
+    def num_parameters(self) -> int:
+        """Elements of the frozen weights (shared tensors counted once)."""
+        return sum(p.numel() for p in self._model.parameters())
+
+    def decode(self, ids: torch.Tensor) -> list[str]:
+        """Captions from rows of token ids: each row up to its first :attr:`eos_token_id`."""
+        out = []
+        for row in ids.tolist():
+            if self._eos_id in row:
+                row = row[:row.index(self._eos_id)]
+            out.append(self._tokenizer.decode(row, skip_special_tokens=True).strip())
+        return out
+
     def input_embeddings(self) -> torch.Tensor:
         """The frozen input token embedding weight, float [vocab_size, D], no grad."""
         return self._model.get_input_embeddings().weight.detach()
