@@ -3,6 +3,9 @@
 #   make test         install what is needed, then run the whole test suite
 #   make smoke-wan    the real-model path on CPU: synth -> shards -> tiny random Wan/VAE/UMT5 ->
 #                     encode-latents -> embed-captions -> convert wan -> train -> resume
+#   make smoke-conditioner  the text conditioner on CPU: smoke shards -> conditioner shards ->
+#                     caption states (tiny UMT5) -> train the heads on the tiny random Qwen3.5 VLM ->
+#                     next-event accuracy on held-out episodes against a baseline
 #   make ablation     Meta-World event mode vs chunk mode (bench/ablation.py), table in docs/
 #   make fuzz         the long mutation fuzz of the input readers (bench/fuzz_readers.py, docs/fuzzing.md)
 #   make mutation     mutation testing of core modules (cosmic-ray; long, not part of make test):
@@ -36,13 +39,16 @@ WAN_SYNTH   ?= data/synth/smoke-wan
 WAN_SHARDS  ?= data/shards/smoke-wan
 WAN_MODELS  ?= data/models/tiny-wan
 WAN_INIT    ?= data/models/smoke-wan-init
+COND_SHARDS   ?= data/shards/smoke-cond
+COND_HELDOUT  ?= data/synth/heldout
+COND_HELDOUT_SHARDS ?= data/shards/heldout
 FUZZ_CASES ?= 20000
 FUZZ_SEED  ?= 1
 
 export MLFLOW_DISABLE_TELEMETRY ?= true
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install check-env slurm-deps test smoke-test smoke-data smoke-wan ablation fuzz mutation clean
+.PHONY: install check-env slurm-deps test smoke-test smoke-data smoke-wan smoke-conditioner ablation fuzz mutation clean
 
 install: $(READY)
 
@@ -95,7 +101,8 @@ smoke-test: smoke-data
 	$(PYTHON) -m wallwm_pretrain.train --config configs/smoke.yaml train.resume=auto
 
 clean:
-	rm -rf runs data/synth/smoke data/shards/smoke $(WAN_SYNTH) $(WAN_SHARDS) $(WAN_MODELS) $(WAN_INIT)
+	rm -rf runs data/synth/smoke data/shards/smoke $(WAN_SYNTH) $(WAN_SHARDS) $(WAN_MODELS) $(WAN_INIT) \
+	  $(COND_SHARDS) $(COND_HELDOUT) $(COND_HELDOUT_SHARDS) $(COND_HELDOUT_SHARDS)-cond
 
 # The real-model path end to end with tiny random models saved in their libraries' formats
 # (nothing is downloaded). One thread per process: the tiny VAE is far slower on two.
@@ -114,3 +121,19 @@ smoke-wan: $(READY)
 	@echo "== resume from the checkpoint and finish the run =="
 	OMP_NUM_THREADS=1 $(PYTHON) -m wallwm_pretrain.train --config $(WAN_INIT)/config.yaml \
 	  model.init_from=$(WAN_INIT) train.resume=auto
+
+# The text conditioner on the smoke world: a frozen tiny random Qwen3.5 VLM (make-tiny's vlm/),
+# the heads trained on conditioner shards of the smoke episodes, then scored on held-out episodes
+# (another synth seed) against the most-frequent-next-event baseline (bench/conditioner_accuracy.py).
+smoke-conditioner: smoke-data
+	$(PYTHON) -m wallwm_pretrain.convert make-tiny --out $(WAN_MODELS) --seed 0
+	$(PYTHON) -m data_tools build-conditioner --src $(SMOKE_SHARDS) --out $(COND_SHARDS) --per-event 3 --quiet
+	OMP_NUM_THREADS=1 $(PYTHON) -m data_tools embed-captions --shards $(COND_SHARDS) --text-encoder $(WAN_MODELS)/text_encoder
+	rm -rf runs/smoke-conditioner
+	$(PYTHON) -m wallwm_pretrain.train --config configs/smoke_conditioner.yaml data.shards=$(COND_SHARDS) \
+	  model.conditioner.vlm=$(WAN_MODELS)/vlm train.resume=none
+	$(PYTHON) -m data_tools synth --out $(COND_HELDOUT) --episodes 12 --seed 1 --quiet
+	$(PYTHON) -m data_tools build-shards --src $(COND_HELDOUT) --out $(COND_HELDOUT_SHARDS) --level L1 --seed 0
+	$(PYTHON) -m data_tools build-conditioner --src $(COND_HELDOUT_SHARDS) --out $(COND_HELDOUT_SHARDS)-cond --per-event 3 --quiet
+	$(PYTHON) bench/conditioner_accuracy.py --ckpt runs/smoke-conditioner --train $(COND_SHARDS) \
+	  --heldout $(COND_HELDOUT_SHARDS)-cond --json runs/smoke-conditioner/accuracy.json

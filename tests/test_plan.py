@@ -140,3 +140,41 @@ def test_recompute_full_keeps_shared_layer_inputs_once():
     # layer; only the two towers' hidden states are new per layer
     per_layer_new = 2 * (16 // cfg.frame_stride * 2 * (32 // 8) ** 2 + 16) * cfg.hidden_size * 4
     assert three - one == 2 * per_layer_new
+
+
+def test_frozen_vlm_adds_its_weights_to_every_rank(capsys, tmp_path):
+    """--vlm: the VLM's parameter bytes (counted on the meta device from config.json alone)
+    are added whole to every rank's total; a folder of another model fails naming its file."""
+    import json
+
+    from transformers import Qwen3_5Config
+
+    folder = tmp_path / "vlm"
+    folder.mkdir()
+    config = Qwen3_5Config(text_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                                            num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                            vocab_size=200_000),
+                           vision_config=dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2,
+                                              out_hidden_size=64)).to_dict()
+    config["architectures"] = ["Qwen3_5ForConditionalGeneration"]
+    (folder / "config.json").write_text(json.dumps(config))
+    args = ["--config", "configs/smoke.yaml", "--gpus", "4", "parallel.pp=2", *DIMS]
+
+    def totals(extra):
+        assert main(args + extra) == 0
+        out = capsys.readouterr().out
+        return out, [float(line.rsplit("|", 1)[1]) for line in out.splitlines() if line.strip().startswith(("0 |", "1 |"))]
+
+    _, plain = totals([])
+    out, with_vlm = totals(["--vlm", str(folder), "--vlm-dtype", "fp32"])
+    with torch.device("meta"):
+        from transformers import Qwen3_5ForConditionalGeneration
+
+        n = sum(p.numel() for p in Qwen3_5ForConditionalGeneration(Qwen3_5Config.from_dict(config)).parameters())
+    gib = n * 4 / 1024**3
+    assert gib > 0.05 and "frozen VLM" in out
+    for a, b in zip(plain, with_vlm):
+        assert b - a == pytest.approx(gib, abs=2e-3)
+    (folder / "config.json").write_text(json.dumps({"architectures": ["UMT5EncoderModel"], "model_type": "umt5"}))
+    assert main(args + ["--vlm", str(folder)]) == 2
+    assert "config.json" in capsys.readouterr().err

@@ -38,6 +38,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--text-tokens", type=int, default=512,
                         help="model.video_tower=wan: text-encoder states per caption (default 512, Wan's "
                              "caption length)")
+    parser.add_argument("--vlm", metavar="FOLDER", default=None,
+                        help="also count the conditioner's frozen VLM (a Qwen3.5 folder; only its config.json is "
+                             "read): its weights sit whole on every rank, beside the towers (stages 3 to 5)")
+    parser.add_argument("--vlm-dtype", choices=["bf16", "fp32"], default="bf16",
+                        help="dtype of the frozen VLM's weights (default bf16)")
     parser.add_argument("--gpu-memory-gib", type=float, default=None,
                         help="memory of one accelerator; prints the headroom of the busiest rank")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
@@ -65,6 +70,17 @@ def _count(n: float) -> str:
     return str(int(n))
 
 
+def _frozen_vlm_bytes(folder: str, dtype: str) -> int:
+    """Bytes of a VLM folder's weights at ``dtype``, from its config.json alone (meta device)."""
+    from wallwm_pretrain.model.conditioner.errors import ConditionerError
+    from wallwm_pretrain.model.conditioner.vlm import check_config, vlm_memory_bytes
+
+    try:
+        return vlm_memory_bytes(check_config(folder), 2 if dtype == "bf16" else 4)
+    except ConditionerError as exc:
+        raise ConfigError(f"--vlm: {exc}") from None
+
+
 def _latent_size(text: str | None) -> tuple[int, int] | None:
     if text is None:
         return None
@@ -76,7 +92,8 @@ def _latent_size(text: str | None) -> tuple[int, int] | None:
 
 
 def plan(cfg: Config, gpus: int | None, steps: int | None, gpu_memory_gib: float | None,
-         latent_size: str | None = None, text_tokens: int = 512) -> str:
+         latent_size: str | None = None, text_tokens: int = 512, vlm: str | None = None,
+         vlm_dtype: str = "bf16") -> str:
     """The plan's report for one config (see the package docstring)."""
     import torch  # noqa: F401  (slow import; after argument errors)
 
@@ -85,6 +102,10 @@ def plan(cfg: Config, gpus: int | None, steps: int | None, gpu_memory_gib: float
     from wallwm_pretrain.plan.memory import Layout, stage_state_bytes
 
     _check_dims(cfg)
+    if cfg.model.kind == "conditioner":
+        raise ConfigError("the plan measures the towers (model.kind=towers); the text conditioner's memory is its "
+                          "frozen VLM, whole on every rank, plus its small heads: give the towers' config with --vlm")
+    frozen_vlm = _frozen_vlm_bytes(vlm, vlm_dtype) if vlm else 0
     tp, pp, vpp = cfg.parallel.tp, cfg.parallel.pp, cfg.parallel.vpp
     gpus = gpus or tp * pp
     if gpus % (tp * pp):
@@ -119,7 +140,8 @@ def plan(cfg: Config, gpus: int | None, steps: int | None, gpu_memory_gib: float
         "",
         "per rank (the busiest TP rank of each pipeline rank; GiB):",
         "  pp rank |   params |    weights |      grads |      AdamW |       Muon | activations | recompute=full |      total",
-        f"  (total: weights + grads + AdamW + Muon + the activations of model.recompute={cfg.model.recompute})",
+        f"  (total: weights + grads + AdamW + Muon + the activations of model.recompute={cfg.model.recompute}"
+        + (f" + the frozen VLM's {frozen_vlm / GIB:.3f} GiB)" if vlm else ")"),
     ]
     worst = 0.0
     for pp_rank in range(pp):
@@ -138,7 +160,7 @@ def plan(cfg: Config, gpus: int | None, steps: int | None, gpu_memory_gib: float
         params = sum(s.params for s in states)
         static = sum(s.total for s in states)
         # the total counts activations as the config trains: recomputed or not
-        total = static + (act_full if cfg.model.recompute == "full" else act)
+        total = static + (act_full if cfg.model.recompute == "full" else act) + frozen_vlm
         worst = max(worst, total)
         lines.append(
             f"  {pp_rank:7d} | {_count(params):>8s} | {_gib(sum(s.weights for s in states))} | "
@@ -155,6 +177,13 @@ def plan(cfg: Config, gpus: int | None, steps: int | None, gpu_memory_gib: float
         f"FLOPs per sample: forward {fwd:.3e}, training (3x) {3 * fwd:.3e}"
         + (", plus one forward of the towers with recompute=full" if cfg.model.recompute == "full" else ""),
     ]
+    if vlm:
+        lines.append(
+            f"frozen VLM ({vlm}): {frozen_vlm / GIB:.3f} GiB of {vlm_dtype} weights on every rank. It is not split by "
+            "tensor or pipeline parallel (a transformers model, not megatron's layers): each rank runs it whole on "
+            "its own microbatches under no_grad, so it keeps no activations for backward and has no gradients or "
+            "optimizer state; its transient forward activations are not counted"
+        )
     if gpu_memory_gib is not None:
         lines.append(f"busiest rank: {worst / GIB:.2f} GiB of {gpu_memory_gib:.0f} GiB "
                      f"({'fits' if worst <= gpu_memory_gib * GIB else 'does NOT fit'}, "
@@ -167,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", module="megatron")
     try:
         cfg = load_config(args.config, args.overrides)
-        print(plan(cfg, args.gpus, args.steps, args.gpu_memory_gib, args.latent_size, args.text_tokens))
+        print(plan(cfg, args.gpus, args.steps, args.gpu_memory_gib, args.latent_size, args.text_tokens,
+                   args.vlm, args.vlm_dtype))
     except (ConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -51,14 +51,11 @@ PAD = "<|endoftext|>"
 IMAGE_PAD, VISION_START, VISION_END = "<|image_pad|>", "<|vision_start|>", "<|vision_end|>"
 
 
-def check_vlm_folder(folder: str | Path) -> dict:
-    """Check that ``folder`` holds a supported VLM with its tokenizer and image processor.
-
-    Returns the parsed ``config.json``. Raises :class:`ConditionerError` naming the folder or file:
-    no such folder, no or unreadable ``config.json``, an architecture other than
-    :data:`SUPPORTED` (e.g. a UMT5 text encoder), no weights, no image processor config or no
-    tokenizer files.
-    """
+def check_config(folder: str | Path) -> dict:
+    """The parsed ``config.json`` of a supported VLM folder, read alone (no weights needed: the
+    memory planner sizes a model from it). Raises :class:`ConditionerError` naming the folder
+    or file: no such folder, no or unreadable ``config.json``, an architecture other than
+    :data:`SUPPORTED` (e.g. a UMT5 text encoder)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ConditionerError(f"{folder}: no such VLM folder")
@@ -75,6 +72,18 @@ def check_vlm_folder(folder: str | Path) -> dict:
         raise ConditionerError(f"{cfg_path}: architectures {archs} (model_type "
                                f"{config.get('model_type')!r}) is not a supported VLM; expected "
                                f"one of {list(SUPPORTED)}")
+    return config
+
+
+def check_vlm_folder(folder: str | Path) -> dict:
+    """Check that ``folder`` holds a supported VLM with its tokenizer and image processor.
+
+    Returns the parsed ``config.json``. Raises :class:`ConditionerError` naming the folder or file:
+    what :func:`check_config` checks, then no weights, no image processor config or no
+    tokenizer files.
+    """
+    folder = Path(folder)
+    config = check_config(folder)
     if not any((folder / f).is_file() for f in WEIGHT_FILES):
         raise ConditionerError(f"{folder}: no weights ({' or '.join(WEIGHT_FILES)})")
     if not (folder / IMAGE_PROCESSOR_FILE).is_file():
