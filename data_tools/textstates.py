@@ -111,7 +111,7 @@ def embed_captions(shards: Path, text_encoder: Path, tokenizer: Path | None = No
         raise DataToolsError(f"--batch-size ({batch_size}), --workers ({workers}) and "
                              f"--max-length ({max_length}) must be positive")
     read_index(shards)  # a missing index.json fails before the model loads
-    config = check_text_encoder(text_encoder)
+    check_text_encoder(text_encoder)  # a wrong folder fails naming its config.json
     check_device(device)
     tok_folder = find_tokenizer(text_encoder, tokenizer)
     compute = EmbedCaptions(str(Path(text_encoder).resolve()), str(tok_folder.resolve()), device,
