@@ -72,8 +72,40 @@ def _snapshot(model: WallWM) -> dict:
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
+def conditioner_config(vlm: str) -> ModelConfig:
+    """The text conditioner's heads on make-tiny's VLM at ``vlm`` (``options["conditioner"]``)."""
+    from wallwm_pretrain.config import ConditionerConfig
+
+    heads = ConditionerConfig(vlm=vlm, hidden_size=32, num_heads=2, caption_tokens=12, align_tokens=8, text_dim=16)
+    return replace(CFG, kind="conditioner", image_size=32, conditioner=heads)
+
+
+def conditioner_batch(step: int):
+    """A seeded conditioner batch: views, states, unequal prompts, captions and text-state lengths."""
+    from wallwm_pretrain.batch import ConditionerBatch
+
+    g = torch.Generator().manual_seed(2000 + step)
+    b = GLOBAL_BATCH
+    words = ["reach for the red cube", "grasp the green cube", "lift the blue cube", "open the drawer"]
+    valid = torch.arange(10)[None, :] < torch.tensor([10, 4, 7, 2])[:, None]
+    return ConditionerBatch(
+        observation=torch.randint(0, 256, (b, 2, 32, 32, 3), dtype=torch.uint8, generator=g),
+        state=torch.randn(b, CFG.state_dim, generator=g),
+        remaining=torch.tensor([3.0, 17.0, 8.0, 1.0]) + step,
+        lengths=torch.ones(b, dtype=torch.int64),
+        task=[f"put the cube away {i}" for i in range(b)],
+        done=[[], words[:1], words[:3], words[(step + 1) % 4:]],
+        caption=[words[(i + step) % 4] for i in range(b)],
+        text_states=torch.randn(b, 10, 16, generator=g) * valid[..., None],
+        text_valid=valid,
+    )
+
+
 def model_config(options: dict) -> ModelConfig:
-    """The small model, or with ``wan`` the tiny Wan-tower model of tests/model/_wan_wallwm_tiny.py."""
+    """The small model, or with ``wan`` the tiny Wan-tower model of tests/model/_wan_wallwm_tiny.py,
+    or with ``conditioner`` (a VLM folder) the text conditioner."""
+    if options.get("conditioner"):
+        return conditioner_config(options["conditioner"])
     base = WAN_CFG if options.get("wan") else CFG
     return replace(
         base, num_layers=options.get("num_layers", base.num_layers), recompute=options.get("recompute", "none")
@@ -82,6 +114,8 @@ def model_config(options: dict) -> ModelConfig:
 
 def step_batch(step: int, options: dict) -> Batch:
     """The global batch of a step (latents and text states on the Wan path)."""
+    if options.get("conditioner"):
+        return conditioner_batch(step)
     return wan_batch(1000 + step) if options.get("wan") else Batch(*global_batch(step))
 
 
@@ -152,7 +186,8 @@ def train_pipeline(ctx, options: dict, out_dir: str) -> dict:
     lo, hi = ctx.dp_rank * per_rank, (ctx.dp_rank + 1) * per_rank
     record = {"init": _snapshot_chunks(chunks)}
     record["layout"] = {n: _layout(p) for c in chunks for n, p in c.named_parameters()}
-    record.update(loss=[], loss_video=[], loss_action=[], loss_time=[], grad_norm=[])
+    keys = schedule.loss_keys
+    record.update({k: [] for k in keys}, grad_norm=[])
     first = 0
     if options.get("load"):
         state = torch.load(options["load"], weights_only=False)
@@ -168,7 +203,7 @@ def train_pipeline(ctx, options: dict, out_dir: str) -> dict:
         optim.finish_grad_sync()
         if index == 0:
             record["grads0"] = {n: p.main_grad.clone() for c in chunks for n, p in c.named_parameters()}
-        values = {k: float(out[k]) for k in ("loss", "loss_video", "loss_action", "loss_time")}
+        values = {k: float(out[k]) for k in keys}
         values["grad_norm"] = optim.clip_grad_norm(OPTIM.grad_clip)
         optim.step()
         optim.zero_grad()

@@ -31,9 +31,10 @@ from wallwm_pretrain.model.embeddings import mark_adamw
 
 
 def _decoder(d: int, heads: int, layers: int) -> nn.TransformerDecoder:
-    layer = nn.TransformerDecoderLayer(d, heads, 4 * d, dropout=0.0, batch_first=True, norm_first=True)
-    # enable_nested_tensor only concerns encoders; the decoder keeps padded tensors throughout
-    return nn.TransformerDecoder(layer, layers, norm=nn.LayerNorm(d))
+    # no biases: an attention key bias adds the same score to every key of a query, so softmax
+    # ignores it and its gradient is zero up to rounding, which Adam would blow up into steps
+    layer = nn.TransformerDecoderLayer(d, heads, 4 * d, dropout=0.0, batch_first=True, norm_first=True, bias=False)
+    return nn.TransformerDecoder(layer, layers, norm=nn.LayerNorm(d, bias=False))
 
 
 class Adapter(nn.Module):
