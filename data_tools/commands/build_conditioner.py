@@ -12,8 +12,8 @@ byte-identical for the same input and flags; a re-run with the same input does n
 Then add the target captions' text-encoder states with embed-captions.
 
 example:
-  python -m data_tools build-conditioner --src data/shards/smoke --out data/shards/smoke_cond --per-event 3
-  python -m data_tools embed-captions --shards data/shards/smoke_cond --text-encoder /models/tiny-wan/text_encoder
+  python -m data_tools build-conditioner --src data/shards/smoke --out data/shards/smoke-cond --per-event 3
+  python -m data_tools embed-captions --shards data/shards/smoke-cond --text-encoder data/models/tiny-wan/text_encoder
   python -m data_tools build-conditioner --src /data/shards/l1 --out /data/shards/l1_cond \\
       --per-event 8 --samples-per-shard 1024 --workers 16
 """
