@@ -184,6 +184,9 @@ class ConditionerConfig:
     vlm: str = ""
     """Folder of the frozen vision-language model (transformers ``Qwen3_5ForConditionalGeneration``
     with its processor, e.g. ``vlm/`` of ``python -m wallwm_pretrain.convert make-tiny``)."""
+    vlm_dtype: str = "auto"
+    """dtype of the frozen VLM's weights: ``float32``, ``bfloat16``, or ``auto`` (bfloat16 where
+    CUDA is available, float32 otherwise). The heads keep float32 master weights either way."""
     hidden_size: int = 128
     """Width of the trained heads."""
     num_heads: int = 4
@@ -209,6 +212,8 @@ class ConditionerConfig:
                 raise ConfigError(f"model.conditioner.{name} must be >= 1, got {getattr(self, name)}")
         if self.max_done < 0:
             raise ConfigError(f"model.conditioner.max_done must be >= 0, got {self.max_done}")
+        if self.vlm_dtype not in ("auto", "float32", "bfloat16"):
+            raise ConfigError(f"model.conditioner.vlm_dtype must be auto, float32 or bfloat16, got {self.vlm_dtype!r}")
         if self.hidden_size % self.num_heads:
             raise ConfigError(f"model.conditioner.hidden_size ({self.hidden_size}) must be divisible by "
                               f"model.conditioner.num_heads ({self.num_heads})")

@@ -51,6 +51,13 @@ from wallwm_pretrain.model.remaining_time import huber_sum
 LOSS_KEYS = ("loss", "loss_align", "loss_next", "loss_time")
 
 
+def vlm_dtype(name: str) -> torch.dtype:
+    """``model.conditioner.vlm_dtype`` as a torch dtype (``auto``: bfloat16 where CUDA is available)."""
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
+
+
 class NoDraws:
     """The conditioner draws no flow noise; the trainer's microbatch split still asks for rows."""
 
@@ -94,12 +101,20 @@ class TextConditioner(nn.Module):
         if not isinstance(c.text_dim, int):
             raise ValueError("model.conditioner.text_dim must be resolved from the shards before building")
         # plain attribute: nn.Module registers only modules, parameters and buffers
-        self.vlm = vlm if vlm is not None else FrozenVLM.load(c.vlm)
+        self.vlm = vlm if vlm is not None else FrozenVLM.load(c.vlm, dtype=vlm_dtype(c.vlm_dtype))
         d, dv = c.hidden_size, self.vlm.hidden_size
         self.adapter = Adapter(dv, d)
         self.align = AlignmentHead(d, c.num_heads, c.align_layers, c.align_tokens, c.text_dim)
         self.next_event = NextEventHead(d, c.num_heads, c.decoder_layers, c.caption_tokens, dv)
         self.time = TimeHead(d, cfg.state_dim)
+
+    def to(self, *args, **kwargs) -> "TextConditioner":
+        """Move the heads as ``nn.Module.to`` does, and the frozen VLM to the same device (its
+        dtype stays ``model.conditioner.vlm_dtype``)."""
+        device = torch._C._nn._parse_to(*args, **kwargs)[0]
+        if device is not None:
+            self.vlm.to(device)
+        return super().to(*args, **kwargs)
 
     # -- the trainer's interface ---------------------------------------------------------
     def parameter_counts(self) -> dict[str, int]:
@@ -138,7 +153,6 @@ class TextConditioner(nn.Module):
         """The heads' memory ``[B, L, d]`` and its padding mask ``[B, L]`` (True = padding)."""
         prompts = [build_prompt(t, d, self.cfg.conditioner.max_done) for t, d in zip(task, done)]
         dev = self.adapter.proj.weight.device
-        self.vlm.to(dev)
         states, valid = self.vlm.encode(observation, prompts)
         self._last_tokens = int(states.shape[1])
         states = states.to(dev, self.adapter.proj.weight.dtype)
