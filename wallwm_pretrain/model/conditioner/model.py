@@ -139,8 +139,9 @@ class TextConditioner(nn.Module):
                             torch.tensor(float(batch.size), device=dev)])
 
     def train_flops(self, batch: ConditionerBatch) -> int:
-        """Model FLOPs of one training step on this batch: the frozen VLM's forward (2 per
-        parameter and token) and the heads' forward and backward (6 per parameter and token)."""
+        """Model FLOPs of one sample's training step, approximately: the frozen VLM's forward (2 per
+        parameter and prompt token) and the heads' forward and backward (6 per parameter and
+        token), at the prompt length of the last forward (the trainer multiplies by samples)."""
         tokens = self._last_tokens or 1
         return int(2 * self.vlm.num_parameters() * tokens + 6 * sum(p.numel() for p in self.parameters()) * tokens)
 
