@@ -159,7 +159,10 @@ class StaircaseBranch(nn.Module):
 
     def forward(self, layer_states: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """z [B, K_c, D]: the relay, then one parallel forward of the upper layers."""
-        cache = self.prepare(layer_states, valid)
+        return self.run(self.prepare(layer_states, valid))
+
+    def run(self, cache: StaircaseCache) -> torch.Tensor:
+        """:meth:`forward` from a context cache (:meth:`prepare`); the latent caches are not kept."""
         x = self.upper_inputs(self.relay(cache))
         for j in self.upper:
             x, _ = self.layers[j](x, cache.context[j], cache.valid)
