@@ -305,3 +305,25 @@ def test_a_dataset_s_own_reasoning_is_used(tmp_path):
     bad.write_text(json.dumps({**rows[0], "reasoning": 3}) + "\n")
     with pytest.raises(EventError, match="bad.jsonl:1.*reasoning"):
         read_events(bad)
+
+
+def test_vlm_layer_states_are_the_inputs_of_its_decoder_layers(cond_world):
+    from wallwm_pretrain.model.conditioner.vlm import FrozenVLM
+
+    vlm = FrozenVLM.load(cond_world["models"] / "vlm")
+    images, prompts, _ = _samples(cond_world, 2)
+    prompts = [prompts[0], prompts[0] + " and more words, so that the first sample is padded"]
+    states, valid = vlm.layer_states(images, prompts)
+    inputs = vlm.inputs(images, prompts)
+    assert states.shape[:3] == (vlm.num_layers, 2, inputs["input_ids"].shape[1])
+    assert (states[:, ~valid] == 0).all() and valid[0].sum() < valid[1].sum()
+    # layer 0 reads the token embeddings (image features in place of the image tokens)
+    text = valid & (inputs["mm_token_type_ids"] == 0)
+    torch.testing.assert_close(states[0][text], vlm.input_embeddings()[inputs["input_ids"][text]])
+    # the last layer's input is not the final output; the final output is encode's
+    last, _ = vlm.encode(images, prompts)
+    assert not torch.allclose(states[-1][valid], last[valid])
+    # right padding: sample 0 alone gives its states in the batch
+    alone, _ = vlm.layer_states(images[:1], prompts[:1])
+    n = int(valid[0].sum())
+    torch.testing.assert_close(alone[:, 0, :n], states[:, 0, :n], atol=1e-5, rtol=1e-5)
