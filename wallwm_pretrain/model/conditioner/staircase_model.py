@@ -6,7 +6,11 @@ are plain attributes, not submodules, as in :class:`~.model.TextConditioner`: th
 neither the state dict nor the optimizer and never get a gradient. Only the branch
 (:class:`~.staircase.StaircaseBranch`) and the prefix projector (:class:`~.small_lm.PrefixProjector`)
 train, on ``L_CoT`` (the stage-4 row of DESIGN.md's stage table). The context is the
-conditioner's: all camera views + the prompt of :func:`~.prompt.build_prompt`.
+conditioner's: all camera views + the prompt of :func:`~.prompt.build_prompt`. Both frozen models
+load in ``model.conditioner.vlm_dtype``; the branch and the projector keep float32 weights.
+
+Not here yet: the trainer's interface (a ``model.kind`` for stage 4, batches from the conditioner
+shards' ``reasoning`` field) and the projection of the latents into the DiT's text-context space.
 """
 
 from __future__ import annotations
