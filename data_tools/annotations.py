@@ -120,7 +120,8 @@ def _with_parents(events: list[Event]) -> list[Event]:
         up = PARENT_LEVEL.get(ev.level)
         parent = next((p.index for p in by_level.get((ev.episode_index, up), [])
                        if p.start <= ev.start and ev.end <= p.end), None)
-        out.append(Event(ev.episode_index, ev.level, ev.index, ev.start, ev.end, ev.caption, parent))
+        out.append(Event(ev.episode_index, ev.level, ev.index, ev.start, ev.end, ev.caption, parent,
+                         ev.reasoning))
     return out
 
 

@@ -12,7 +12,10 @@ and one conditioner sample per time, key ``<event key>_t<t:05d>``, members in th
 * ``json``: event_key, episode_id, event_index, level, task, done_captions (captions of the
   same episode and level whose end <= t, in event order), caption (the target: the event's own
   caption), next_caption, remaining (end - t, >= 1), time (t), offset (t - start), start, end,
-  length, fps, vl_cluster, action_cluster, views;
+  length, fps, vl_cluster, action_cluster, views, reasoning (the reasoning trace at t that
+  Staircase decoding reconstructs: the event's own ``reasoning`` from ``events.jsonl`` when the
+  dataset has one, else ``reasoning.reasoning_trace`` of task, done captions, caption, next
+  caption and the enclosing event's caption);
 * ``observation.npy`` uint8 [V, H, W, C]: the frames at t;
 * ``state.npy`` float32 [S]: the state at t.
 
@@ -45,12 +48,13 @@ from .buildplan import INDEX_FILE, staging_dir, up_to_date
 from .cut import npy_bytes
 from .errors import DataToolsError, OutputExistsError
 from .parallel import run_ordered
+from .reasoning import reasoning_trace
 from .shardread import iter_samples, iter_tar, npy, read_index
 from .shards import SHARD_NAME, looks_like_shard_folder
 from .shardwork import ShardTask, write_shard
 
 KIND = "conditioner"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the json member has "reasoning"
 MEMBERS = ("json", "observation.npy", "state.npy")
 # index.json keys of the event shards that describe the data and stay true of the observations
 COPIED = ("level", "layout", "image_size", "views", "video_keys", "fps", "action_dim",
@@ -142,15 +146,20 @@ def _plan(events: list[EventMeta], per_event: int) -> dict[str, list[Observation
         siblings = episodes[(m["episode_id"], m["level"])]
         out = []
         for t in observation_times(ev.start, ev.end - ev.start, per_event):
+            done = [s.meta["caption"] for s in siblings if s.end <= t]
+            own = m.get("reasoning")
             meta = {
                 "event_key": ev.key, "episode_id": m["episode_id"], "event_index": m["event_index"],
                 "level": m["level"], "task": m.get("task", ""),
-                "done_captions": [s.meta["caption"] for s in siblings if s.end <= t],
+                "done_captions": done,
                 "caption": m["caption"], "next_caption": m.get("next_caption", ""),
                 "remaining": ev.end - t, "time": t, "offset": t - ev.start,
                 "start": ev.start, "end": ev.end, "length": ev.end - ev.start,
                 "fps": m.get("fps"), "vl_cluster": int(m.get("vl_cluster", 0)),
                 "action_cluster": int(m.get("action_cluster", 0)), "views": m.get("views", []),
+                "reasoning": own if isinstance(own, str) else reasoning_trace(
+                    m.get("task", ""), done, m["caption"], m.get("next_caption", ""),
+                    m.get("parent_caption", "")),
             }
             out.append(Observation(observation_key(ev.key, t), t - ev.start,
                                    json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8"),

@@ -111,6 +111,8 @@ def make_sample(ev: Event, arrays: EpisodeArrays, ctx: EventContext, fps: float,
         "vl_cluster": int(clusters[0]), "action_cluster": int(clusters[1]),
         "views": list(views),
     }
+    if ev.reasoning is not None:  # the dataset's own trace (events.jsonl); absent otherwise
+        meta["reasoning"] = ev.reasoning
     return {
         "json": json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8"),
         "actions.npy": npy_bytes(actions),

@@ -7,7 +7,9 @@ One JSON object per line and per event::
 
 ``start``/``end`` are frame indices within the episode (end exclusive); ``index`` orders the
 events of one episode and level; ``parent`` is the index of the enclosing event one level up
-(L1 -> L2 -> L3), or null. The file lives beside ``meta/`` so that a LeRobot dataset stays
+(L1 -> L2 -> L3), or null. An optional ``reasoning`` (text) is the dataset's own reasoning
+trace for the event; ``build-conditioner`` uses it in place of the trace it writes from the event
+hierarchy (``data_tools/reasoning.py``). The file lives beside ``meta/`` so that a LeRobot dataset stays
 readable by LeRobot itself. Checks here are strict on what shard building relies on (types,
 known levels, spans inside the episode) and leave softer checks (nesting, overlap) to
 ``check_nesting`` so that real, less tidy annotations can still be imported.
@@ -39,6 +41,7 @@ class Event:
     end: int
     caption: str
     parent: int | None = None
+    reasoning: str | None = None
 
     @property
     def length(self) -> int:
@@ -78,8 +81,11 @@ def _parse_line(line: str, lineno: int, path: Path) -> Event:
                          f"unknown level {obj['level']!r} (known levels: {', '.join(LEVELS)})")
     if not isinstance(obj["caption"], str):
         raise EventError(f"{where}: caption must be a string")
+    reasoning = obj.get("reasoning")
+    if reasoning is not None and not isinstance(reasoning, str):
+        raise EventError(f"{where}: reasoning must be a string or null")
     ev = Event(obj["episode_index"], obj["level"], obj["index"], obj["start"], obj["end"],
-               obj["caption"], parent)
+               obj["caption"], parent, reasoning)
     if ev.end <= ev.start:
         raise EventError(f"{where}: {ev.describe()} is empty or reversed (end <= start)")
     return ev
@@ -115,7 +121,10 @@ def read_events(path: Path, problems: list[str] | None = None) -> list[Event]:
 def write_events(path: Path, events: Iterable[Event]) -> None:
     with Path(path).open("w", encoding="utf-8") as fh:
         for ev in events:
-            fh.write(json.dumps(asdict(ev), ensure_ascii=False) + "\n")
+            row = asdict(ev)
+            if row["reasoning"] is None:  # optional: written only when the event has one
+                del row["reasoning"]
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def group_events(events: Iterable[Event]) -> dict[int, dict[str, list[Event]]]:

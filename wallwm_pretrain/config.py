@@ -225,6 +225,41 @@ class ConditionerConfig:
 
 
 @dataclass
+class StaircaseConfig:
+    """Staircase decoding (``model/conditioner/staircase.py``, ``small_lm.py``): K_c reasoning
+    latents from a mixture-of-transformers branch beside the frozen VLM (``model.conditioner.vlm``),
+    read back into a reasoning trace by a frozen small LM; only the branch and the prefix projector
+    train, on ``L_CoT = -sum_m log P(r_m | z, r_<m)``."""
+
+    latents: int = 4
+    """K_c: latent positions after the context."""
+    relay_depth: int = 1
+    """N_r, in branch layers: the lower layers (< N_r) run for latent 1 only; its layer-N_r state
+    (the relay) starts latents 2..K_c. 0 <= N_r < branch layers (checked against the VLM)."""
+    layer_group: int = 1
+    """VLM text layers per branch layer: branch layer j reads the context at VLM layer j * group
+    (the VLM's layer count must be a multiple)."""
+    num_heads: int = 4
+    """Attention heads of the branch (its width is the VLM's hidden size, which they must divide)."""
+    ffn_mult: int = 4
+    """Branch FFN width = ffn_mult * the VLM's hidden size."""
+    small_lm: str = ""
+    """Folder of the frozen small LM (a transformers causal LM with its tokenizer, e.g.
+    ``small_lm/`` of ``python -m wallwm_pretrain.convert make-tiny``)."""
+    prefix_per_latent: int = 1
+    """Soft prefix embeddings of the small LM per latent (the prefix has K_c * this many)."""
+    trace_tokens: int = 64
+    """Longest reasoning trace, in small-LM tokens (end token included; longer traces are cut)."""
+
+    def __post_init__(self) -> None:
+        for name in ("latents", "layer_group", "num_heads", "ffn_mult", "prefix_per_latent", "trace_tokens"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"model.staircase.{name} must be >= 1, got {getattr(self, name)}")
+        if self.relay_depth < 0:
+            raise ConfigError(f"model.staircase.relay_depth must be >= 0, got {self.relay_depth}")
+
+
+@dataclass
 class ModelConfig:
     """The dual-tower, layer-coupled denoiser (video tower + action tower)."""
 
@@ -280,6 +315,8 @@ class ModelConfig:
     conditioner's heads on a frozen VLM, ``model.conditioner``; needs ``data.mode=conditioner``)."""
     conditioner: ConditionerConfig = field(default_factory=ConditionerConfig)
     """The text conditioner (``kind=conditioner`` only)."""
+    staircase: StaircaseConfig = field(default_factory=StaircaseConfig)
+    """Staircase decoding: the reasoning-latent branch and its frozen small LM."""
     init_from: str = ""
     """A folder written by ``python -m wallwm_pretrain.convert wan``: the run starts from its
     weights (model only: no optimizer state, step 0). Ignored when the run resumes from its own

@@ -1,4 +1,4 @@
-"""make-tiny writes loadable, consistent, deterministic tiny Wan/VAE/UMT5/Qwen3.5-VLM folders."""
+"""make-tiny writes loadable, consistent, deterministic tiny Wan/VAE/UMT5/Qwen3.5-VLM/Qwen3-LM folders."""
 
 from __future__ import annotations
 
@@ -91,16 +91,37 @@ def test_vlm_folder_loads_and_reads_a_camera_view(tiny):
     assert out.logits.shape == (1, ids.shape[1], len(tok)) and torch.isfinite(out.logits).all()
 
 
+def test_small_lm_folder_loads_and_continues_a_trace(tiny):
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen3ForCausalLM
+
+    folder = tiny / "small_lm"
+    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).eval()
+    tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    assert isinstance(model, Qwen3ForCausalLM)
+    assert model.config.vocab_size == len(tok)
+    assert tok.eos_token == "<|im_end|>" and model.config.eos_token_id == tok.eos_token_id
+    trace = "Task: open the drawer. Done: nothing. Now: reach the handle. Next: pull it. Why: to open the drawer."
+    ids = tok(trace, add_special_tokens=False)["input_ids"]
+    assert tok.decode(ids) == trace
+    assert len(ids) < 40  # the trace words are whole tokens, not bytes
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor([ids])).logits
+    assert out.shape == (1, len(ids), len(tok)) and torch.isfinite(out).all()
+    # not near uniform: the random LM is confident enough for a soft prefix to steer it
+    assert out.softmax(-1).max(-1).values.mean() > 0.2
+
+
 def test_same_seed_same_bytes_other_seed_other_weights(tiny, tmp_path):
     again = make_tiny(tmp_path / "again", seed=3)["vae"].parent
     other = make_tiny(tmp_path / "other", seed=4)["vae"].parent
     a, b, c = _files(tiny), _files(again), _files(other)
     assert a == b
     weights = [k for k in a if k.endswith(".safetensors")]
-    assert len(weights) == 4 and "vlm/model.safetensors" in weights
+    assert len(weights) == 5 and {"vlm/model.safetensors", "small_lm/model.safetensors"} <= set(weights)
     assert all(a[k] != c[k] for k in weights)
     # the tokenizers are trained on the built-in corpus, not drawn from the seed
     assert a["vlm/tokenizer.json"] == c["vlm/tokenizer.json"]
+    assert a["small_lm/tokenizer.json"] == c["small_lm/tokenizer.json"]
 
 
 def test_refuses_to_replace_a_foreign_folder(tmp_path):

@@ -16,7 +16,9 @@ the same sub-folders), each with its own library's ``save_pretrained``:
   the diffusers Wan layout, and ``data_tools embed-captions`` finds it there;
 * ``vlm/``: transformers ``Qwen3_5ForConditionalGeneration`` with its PIL image processor and a
   byte-level BPE tokenizer trained here on the same corpus, for the frozen conditioner (see
-  ``tiny_vlm``).
+  ``tiny_vlm``);
+* ``small_lm/``: transformers ``Qwen3ForCausalLM`` with a byte-level BPE tokenizer, the frozen small
+  LM of Staircase decoding (see ``tiny_small_lm``).
 
 Everything is deterministic given the seed (same bytes), and takes seconds on a CPU.
 """
@@ -33,9 +35,10 @@ import numpy as np
 import torch
 
 from .errors import ConvertError
+from .tiny_small_lm import build_tiny_small_lm, save_tiny_small_lm
 from .tiny_vlm import build_tiny_vlm, save_tiny_vlm
 
-FOLDERS = ("transformer", "vae", "text_encoder", "tokenizer", "vlm")
+FOLDERS = ("transformer", "vae", "text_encoder", "tokenizer", "vlm", "small_lm")
 
 # Sizes: as small as the architectures allow while keeping every part (3-D rotary split over
 # frame/height/width, several heads, two blocks, two VAE down-sampling stages) non-degenerate.
@@ -135,7 +138,8 @@ def tiny_transformer(z_dim: int, text_dim: int, seed: int = 0):
 
 
 def make_tiny(out: str | Path, seed: int = 0) -> dict[str, Path]:
-    """Write ``transformer/``, ``vae/``, ``text_encoder/``, ``tokenizer/``, ``vlm/`` under ``out``.
+    """Write ``transformer/``, ``vae/``, ``text_encoder/``, ``tokenizer/``, ``vlm/``, ``small_lm/``
+    under ``out``.
 
     The folder is written beside ``out`` and renamed over it at the end; an existing ``out`` is
     replaced only when it holds nothing but these sub-folders. Returns sub-folder name -> path.
@@ -153,12 +157,14 @@ def make_tiny(out: str | Path, seed: int = 0) -> dict[str, Path]:
         text_encoder = tiny_text_encoder(len(tokenizer), seed)
         transformer = tiny_transformer(vae.config.z_dim, text_encoder.config.d_model, seed)
         vlm = build_tiny_vlm(CORPUS, seed)
+        small_lm = build_tiny_small_lm(CORPUS, seed)
     try:
         tokenizer.save_pretrained(tmp / "tokenizer")
         vae.save_pretrained(tmp / "vae")
         text_encoder.save_pretrained(tmp / "text_encoder")
         transformer.save_pretrained(tmp / "transformer")
         save_tiny_vlm(vlm, tmp / "vlm")
+        save_tiny_small_lm(small_lm, tmp / "small_lm")
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
@@ -168,9 +174,9 @@ def make_tiny(out: str | Path, seed: int = 0) -> dict[str, Path]:
 
 
 HELP = """\
-Write tiny random Wan-architecture models (a diffusers Wan pipeline's folder layout) and a tiny
-Qwen3.5 vision-language model for tests and laptop runs; deterministic given --seed, seconds on
-a CPU, nothing is downloaded.
+Write tiny random Wan-architecture models (a diffusers Wan pipeline's folder layout), a tiny
+Qwen3.5 vision-language model and a tiny Qwen3 causal LM for tests and laptop runs;
+deterministic given --seed, seconds on a CPU, nothing is downloaded.
 
 folders written under --out:
   transformer/   diffusers WanTransformer3DModel (the video tower's DiT; text-to-video, no
@@ -188,6 +194,9 @@ folders written under --out:
                  one-block vision tower; a 32x32 camera view becomes 4 image tokens) with its
                  PIL image processor and a byte-level BPE tokenizer with Qwen's special tokens
                  and a chat template, all in one folder
+  small_lm/      transformers Qwen3ForCausalLM with a byte-level BPE tokenizer (the frozen
+                 small LM that reads Staircase decoding's latents back into a reasoning trace;
+                 model.staircase.small_lm)
 
 example:
   python -m wallwm_pretrain.convert make-tiny --out /tmp/tiny-wan --seed 0
@@ -196,7 +205,7 @@ example:
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("make-tiny", help="tiny random Wan transformer, VAE, UMT5 encoder, "
-                              "tokenizer and Qwen3.5 VLM for tests and laptops", description=HELP,
+                              "tokenizer, Qwen3.5 VLM and Qwen3 small LM for tests and laptops", description=HELP,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True, help="output folder (created or replaced)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")

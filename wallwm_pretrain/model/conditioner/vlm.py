@@ -298,6 +298,31 @@ class FrozenVLM:
                 "mm_token_type_ids": (ids == self._image_token_id).to(torch.int32),
                 "pixel_values": pixels["pixel_values"], "image_grid_thw": grid}
 
+    @property
+    def num_layers(self) -> int:
+        """N: the language model's decoder layers (linear- and full-attention layers alike)."""
+        return self._model.config.text_config.num_hidden_layers
+
+    def layer_states(self, images, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The input of every decoder layer of the language model, for a branch that reads the
+        frozen context layer by layer (Staircase decoding, ``staircase.py``).
+
+        Arguments as in :meth:`encode`. Returns ``states`` float32 [N, B, L, D]: ``states[l]`` is
+        what decoder layer l reads (``states[0]`` the input embeddings with the image features
+        in place); zero at padding. ``valid`` bool [B, L] as in :meth:`encode`. Taken from
+        transformers' ``output_hidden_states``, whose N + 1 entries are these N inputs and then
+        the final (normed) output, which is dropped here.
+        """
+        inputs = self.inputs(images, prompts)
+        dev = self.device
+        inputs = {k: t.to(dev) for k, t in inputs.items()}
+        inputs["pixel_values"] = inputs["pixel_values"].to(self._model.dtype)
+        with torch.no_grad():
+            out = self._model.model(**inputs, use_cache=False, output_hidden_states=True)
+        valid = inputs["attention_mask"].to(torch.bool)
+        states = torch.stack(out.hidden_states[:self.num_layers]).float() * valid[None, ..., None]
+        return states, valid
+
     def encode(self, images, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """The language model's last hidden states over each sample's image and text tokens.
 
