@@ -98,6 +98,9 @@ class ConditionerBatch:
     """float [B, L, D]: frozen text-encoder states of ``caption``, zero-padded."""
     text_valid: Optional[torch.Tensor] = None
     """bool [B, L]: real positions of ``text_states``."""
+    reasoning: list[str] = field(default_factory=list)
+    """The reasoning trace of each observation (the conditioner shards' ``reasoning``; Staircase's
+    reconstruction target); empty when the shards carry none."""
     keys: list[str] = field(default_factory=list)
 
     @property
@@ -111,7 +114,7 @@ class ConditionerBatch:
             self, observation=cut(self.observation), state=cut(self.state), remaining=cut(self.remaining),
             lengths=cut(self.lengths), task=self.task[start:stop], done=self.done[start:stop],
             caption=self.caption[start:stop], text_states=cut(self.text_states),
-            text_valid=cut(self.text_valid), keys=self.keys[start:stop],
+            text_valid=cut(self.text_valid), keys=self.keys[start:stop], reasoning=self.reasoning[start:stop],
         )
 
     def to(self, device: torch.device | str) -> "ConditionerBatch":

@@ -171,7 +171,7 @@ class WanTowerConfig:
                 raise ConfigError(f"model.wan.{name} must be >= 1, got {getattr(self, name)}")
 
 
-MODEL_KINDS = ("towers", "conditioner")
+MODEL_KINDS = ("towers", "conditioner", "staircase")
 
 
 @dataclass
@@ -311,8 +311,10 @@ class ModelConfig:
     wan: WanTowerConfig = field(default_factory=WanTowerConfig)
     """The Wan video tower's shape (``video_tower=wan`` only)."""
     kind: str = "towers"
-    """What the run trains: ``towers`` (the dual-tower denoiser) or ``conditioner`` (the text
-    conditioner's heads on a frozen VLM, ``model.conditioner``; needs ``data.mode=conditioner``)."""
+    """What the run trains: ``towers`` (the dual-tower denoiser), ``conditioner`` (the text
+    conditioner's heads on a frozen VLM, ``model.conditioner``) or ``staircase`` (the Staircase
+    branch and prefix projector, ``model.staircase``, on the same frozen VLM, reconstructing the
+    reasoning traces through a frozen small LM); the last two need ``data.mode=conditioner``."""
     conditioner: ConditionerConfig = field(default_factory=ConditionerConfig)
     """The text conditioner (``kind=conditioner`` only)."""
     staircase: StaircaseConfig = field(default_factory=StaircaseConfig)
@@ -796,7 +798,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"data.chunk_horizon ({cfg.data.chunk_horizon}) must be a multiple of model.frame_stride ({stride})"
         )
-    if cfg.model.kind == "conditioner":
+    if cfg.model.kind in ("conditioner", "staircase"):
         _validate_conditioner(cfg)
     elif cfg.data.mode == "conditioner":
         raise ConfigError("data.mode=conditioner feeds the text conditioner: set model.kind=conditioner "
@@ -832,17 +834,20 @@ def validate(cfg: Config) -> None:
 
 
 def _validate_conditioner(cfg: Config) -> None:
+    kind = cfg.model.kind
+    if kind == "staircase" and not cfg.model.staircase.small_lm:
+        raise ConfigError("model.kind=staircase needs model.staircase.small_lm: the folder of the frozen small LM")
     if cfg.data.mode != "conditioner":
-        raise ConfigError(f"model.kind=conditioner reads conditioner samples: set data.mode=conditioner (and "
+        raise ConfigError(f"model.kind={kind} reads conditioner samples: set data.mode=conditioner (and "
                           f"data.shards to a folder from `python -m data_tools build-conditioner`), got "
                           f"data.mode={cfg.data.mode}")
     if not cfg.model.conditioner.vlm:
-        raise ConfigError("model.kind=conditioner needs model.conditioner.vlm: the folder of the frozen VLM")
+        raise ConfigError(f"model.kind={kind} needs model.conditioner.vlm: the folder of the frozen VLM")
     par = cfg.parallel
     if (par.tp, par.pp, par.vpp) != (1, 1, 1):
         # the frozen VLM is replicated on every rank and the heads are a few million parameters:
         # splitting them brings nothing, data parallel is the layout (see model/conditioner)
-        raise ConfigError(f"model.kind=conditioner trains data parallel only: set parallel.tp=1, pp=1, vpp=1 "
+        raise ConfigError(f"model.kind={kind} trains data parallel only: set parallel.tp=1, pp=1, vpp=1 "
                           f"(got tp={par.tp}, pp={par.pp}, vpp={par.vpp})")
 
 

@@ -194,7 +194,7 @@ def test_frozen_vlm_and_small_lm_untouched_and_outside_state_and_optimizer(cond_
     images, prompts, traces = _samples(cond_world, 2)
     start = {k: v.clone() for k, v in model.state_dict().items()}
     for _ in range(3):
-        model(images, prompts, traces)["loss"].backward()
+        model.cot(images, prompts, traces)["loss"].backward()
         optim.step()
         optim.zero_grad(set_to_none=True)
     for name, m in frozen.items():
@@ -236,7 +236,7 @@ def test_cot_loss_learns_a_tiny_batch_until_the_greedy_trace_is_the_target(cond_
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     first = None
     for step in range(800):
-        loss = model(images, prompts, traces)["loss"]
+        loss = model.cot(images, prompts, traces)["loss"]
         first = first if first is not None else loss.item()
         loss.backward()
         opt.step()
@@ -327,3 +327,42 @@ def test_vlm_layer_states_are_the_inputs_of_its_decoder_layers(cond_world):
     alone, _ = vlm.layer_states(images[:1], prompts[:1])
     n = int(valid[0].sum())
     torch.testing.assert_close(alone[:, 0, :n], states[:, 0, :n], atol=1e-5, rtol=1e-5)
+
+
+def _train_staircase(tmp_path, world, name, *extra):
+    from wallwm_pretrain.parallel import shutdown_parallel
+    from wallwm_pretrain.trainer import Trainer
+
+    models = world["models"]
+    cfg = load_config(None, [
+        "model.kind=staircase", "data.mode=conditioner", f"data.shards={world['cond']}",
+        f"model.conditioner.vlm={models / 'vlm'}", f"model.staircase.small_lm={models / 'small_lm'}",
+        "model.staircase.latents=4", "model.staircase.prefix_per_latent=2", "model.staircase.trace_tokens=96",
+        "data.batch_size=4", "data.shuffle_buffer=8", "train.device=cpu", "train.log_every=2", "optim.warmup_steps=2",
+        "tracking.enabled=false", f"train.runs_root={tmp_path / 'runs'}", f"train.run_name={name}", *extra])
+    trainer = Trainer(cfg)
+    try:
+        return trainer, trainer.train()
+    finally:
+        shutdown_parallel()
+
+
+def test_trainer_trains_stage_4_and_resumes_identically(tmp_path, cond_world):
+    """model.kind=staircase through the trainer: L_CoT on the shards' reasoning traces, the
+    checkpoint holds the branch and the projector alone, a stop and resume gives the same losses."""
+    from wallwm_pretrain.checkpoint import find_latest, load_checkpoint
+
+    straight, summary = _train_staircase(tmp_path, cond_world, "straight", "train.steps=4", "train.save_every=0")
+    assert set(straight.history) == {"loss", "loss_cot"} and summary.end_step == 4
+    losses = [v for _, v in straight.history["loss"]]
+    assert all(np.isfinite(losses)) and losses == [v for _, v in straight.history["loss_cot"]]
+    saved = load_checkpoint(find_latest(tmp_path / "runs" / "straight"))
+    assert saved.model and {k.split(".")[0] for k in saved.model} == {"branch", "projector"}
+    _train_staircase(tmp_path, cond_world, "split", "train.steps=4", "train.stop_after=2", "train.save_every=0")
+    resumed, later = _train_staircase(tmp_path, cond_world, "split", "train.steps=4", "train.resume=auto")
+    assert later.start_step == 2 and [v for _, v in resumed.history["loss"]] == losses
+
+
+def test_stage_4_needs_its_small_lm_and_traces(cond_world):
+    with pytest.raises(ConfigError, match="model.staircase.small_lm"):
+        load_config(None, ["model.kind=staircase", "data.mode=conditioner", "model.conditioner.vlm=x"])

@@ -146,5 +146,6 @@ def collate_conditioner(samples: list[ConditionerSample]) -> ConditionerBatch:
         caption=[s.caption for s in samples],
         text_states=text,
         text_valid=valid,
+        reasoning=[str(s.meta.get("reasoning", "")) for s in samples],
         keys=[s.key for s in samples],
     )

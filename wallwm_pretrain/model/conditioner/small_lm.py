@@ -76,6 +76,10 @@ class FrozenSmallLM:
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
         return cls(folder, model, tokenizer)
 
+    def num_parameters(self) -> int:
+        """Elements of the frozen weights (shared tensors counted once)."""
+        return sum(p.numel() for p in self._model.parameters())
+
     @property
     def hidden_size(self) -> int:
         """D_lm: the width of the LM's input embeddings, the prefix's last dim."""
@@ -109,8 +113,10 @@ class FrozenSmallLM:
             mask[i, :len(row)] = True
         return ids, mask
 
-    def cot_loss(self, prefix: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Mean of -log P(r_m | prefix, r_<m) over the real trace tokens (``mask``).
+    def cot_loss(self, prefix: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor,
+                 denominator: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean of -log P(r_m | prefix, r_<m) over the real trace tokens (``mask``), or their sum
+        divided by ``denominator`` (the global batch's token count, in training).
 
         ``prefix`` [B, P, D_lm]; ``ids``/``mask`` [B, M] from :meth:`tokenize`. The logits at
         position P - 1 + m predict r_m. Right padding after a trace cannot reach its real tokens
@@ -123,7 +129,8 @@ class FrozenSmallLM:
         pred = logits[:, p - 1:p - 1 + ids.shape[1]]
         nll = F.cross_entropy(pred.reshape(-1, pred.shape[-1]), ids.reshape(-1), reduction="none")
         m = mask.reshape(-1).float()
-        return (nll * m).sum() / m.sum().clamp_min(1.0)
+        den = m.sum() if denominator is None else denominator
+        return (nll * m).sum() / den.clamp_min(1.0)
 
     @torch.no_grad()
     def decode(self, prefix: torch.Tensor, max_tokens: int) -> list[str]:
