@@ -6,7 +6,8 @@
 
 Prints (and with ``--out`` writes as JSON) the predicted next event's caption, the control
 steps it has left and, with ``--policy`` (an event-mode checkpoint), the actions the towers
-plan for that caption, as many as the remaining time says. ``--save-states`` writes the
+plan for that caption, as many as the remaining time says; with ``--staircase`` (a stage-4
+checkpoint) also the reasoning trace the frozen small LM decodes from the Staircase latents. ``--save-states`` writes the
 caption's aligned text states (``[align_tokens, text_dim]`` float32 ``.npy``): what the
 video tower can read in place of the text encoder's.
 """
@@ -37,8 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
             "      --key ep000003_L1_002_t00041 --policy runs/smoke --out next.json"
         ),
     )
-    p.add_argument("--conditioner", required=True, metavar="CKPT",
+    p.add_argument("--conditioner", metavar="CKPT",
                    help="a model.kind=conditioner run folder, checkpoint step folder or export")
+    p.add_argument("--staircase", metavar="CKPT",
+                   help="a model.kind=staircase run: also print the reasoning trace its frozen small LM "
+                        "decodes from the Staircase latents of this observation")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--shards", metavar="FOLDER", help="take the observation from a sample of this shard folder "
                      "(conditioner shards: their task and done captions too; event shards: the event's first frame)")
@@ -97,6 +101,18 @@ def _sample_from_file(path: str) -> dict:
             "truth": {}}
 
 
+def _trace(ckpt: str, obs: np.ndarray, task: str, done: list[str], device: str) -> str:
+    """The reasoning trace a stage-4 checkpoint's small LM decodes from this observation's latents."""
+    from wallwm_pretrain.export import load_model
+    from wallwm_pretrain.model.conditioner.prompt import build_prompt
+
+    model, cfg = load_model(ckpt, device)
+    if cfg.model.kind != "staircase":
+        raise ValueError(f"--staircase needs a model.kind=staircase checkpoint, {ckpt} is model.kind={cfg.model.kind}")
+    prompt = build_prompt(task, done, cfg.model.conditioner.max_done)
+    return model.decode_traces(obs[None], [prompt])[0]
+
+
 def infer(args: argparse.Namespace) -> dict:
     import torch
 
@@ -106,11 +122,15 @@ def infer(args: argparse.Namespace) -> dict:
     sample = _sample_from_shards(args.shards, args.key) if args.shards else _sample_from_file(args.observation)
     task = args.task if args.task is not None else sample["task"]
     done = list(args.done) if args.done is not None else sample["done"]
-    planner = ConditionerPlanner.load(args.conditioner, device=args.device)
     obs = np.asarray(sample["observation"], dtype=np.uint8)
+    out = {"sample": sample["key"], "task": task, "done": done, "truth": sample["truth"]}
+    if args.staircase:
+        out["reasoning"] = _trace(args.staircase, obs, task, done, args.device)
+    if not args.conditioner:
+        return out
+    planner = ConditionerPlanner.load(args.conditioner, device=args.device)
     pred = planner.next_event(obs, np.asarray(sample["state"], dtype=np.float32), task, done)
-    out = {"sample": sample["key"], "task": task, "done": done, "next_event": pred.caption,
-           "remaining_steps": pred.remaining_steps, "truth": sample["truth"]}
+    out.update(next_event=pred.caption, remaining_steps=pred.remaining_steps)
     if args.save_states:
         np.save(args.save_states, pred.text_states.numpy().astype(np.float32))
         out["text_states"] = {"file": args.save_states, "shape": list(pred.text_states.shape)}
@@ -137,6 +157,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.key and not args.shards:
         print("error: --key goes with --shards", file=sys.stderr)
         return 2
+    if not (args.conditioner or args.staircase):
+        print("error: give --conditioner CKPT (next event, remaining time) and/or --staircase CKPT (trace)",
+              file=sys.stderr)
+        return 2
+    if (args.policy or args.save_states) and not args.conditioner:
+        print("error: --policy and --save-states need the --conditioner's prediction: give --conditioner",
+              file=sys.stderr)
+        return 2
     from wallwm_pretrain.checkpoint import CheckpointError
     from wallwm_pretrain.data.errors import ShardError
     from wallwm_pretrain.eval.policy import PolicyError
@@ -146,8 +174,11 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, PolicyError, ShardError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"next event:      {out['next_event']!r}")
-    print(f"remaining steps: {out['remaining_steps']:.1f}")
+    if "next_event" in out:
+        print(f"next event:      {out['next_event']!r}")
+        print(f"remaining steps: {out['remaining_steps']:.1f}")
+    if "reasoning" in out:
+        print(f"reasoning trace: {out['reasoning']!r}")
     if out["truth"]:
         print(f"recorded:        {out['truth'].get('caption')!r}, {out['truth'].get('remaining')} steps")
     if "actions" in out:

@@ -366,3 +366,20 @@ def test_trainer_trains_stage_4_and_resumes_identically(tmp_path, cond_world):
 def test_stage_4_needs_its_small_lm_and_traces(cond_world):
     with pytest.raises(ConfigError, match="model.staircase.small_lm"):
         load_config(None, ["model.kind=staircase", "data.mode=conditioner", "model.conditioner.vlm=x"])
+
+
+def test_infer_prints_the_trace_of_a_stage_4_checkpoint(tmp_path, cond_world, capsys):
+    import json as _json
+
+    from wallwm_pretrain.infer import main as infer_main
+
+    _train_staircase(tmp_path, cond_world, "s", "train.steps=1")
+    run = tmp_path / "runs" / "s"
+    out = tmp_path / "trace.json"
+    assert infer_main(["--staircase", str(run), "--shards", str(cond_world["cond"]), "--out", str(out)]) == 0
+    got = _json.loads(out.read_text())
+    assert isinstance(got["reasoning"], str) and "next_event" not in got
+    assert "reasoning trace:" in capsys.readouterr().out
+    assert infer_main(["--shards", str(cond_world["cond"])]) == 2
+    assert "--conditioner" in capsys.readouterr().err
+    assert infer_main(["--staircase", str(run), "--shards", str(cond_world["cond"]), "--policy", str(run)]) == 2
