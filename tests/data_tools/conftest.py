@@ -81,7 +81,7 @@ def dt_tiny_shards(dt_tiny, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def dt_tiny_wan(tmp_path_factory) -> Path:
-    """Tiny random Wan models (transformer/, vae/, text_encoder/, tokenizer/) from make-tiny."""
+    """Tiny random models from make-tiny (transformer/, vae/, text_encoder/, tokenizer/, vlm/, small_lm/)."""
     from wallwm_pretrain.convert.tiny import make_tiny
 
     return make_tiny(tmp_path_factory.mktemp("models") / "tiny-wan", seed=0)["vae"].parent
