@@ -50,8 +50,9 @@ def test_versions_up_to_the_current_one_are_read(tmp_path, version, ok):
 
 
 @pytest.mark.parametrize("changes", [
-    {"format": "another-format"}, {"step": "7"}, {"step": 7.0}, {"files": ["model.safetensors"]},
-], ids=["format", "step-str", "step-float", "files-list"])
+    {"format": "another-format"}, {"format": "zz-format"}, {"step": "7"}, {"step": 7.0}, {"step": True},
+    {"files": ["model.safetensors"]},
+], ids=["format-before", "format-after", "step-str", "step-float", "step-bool", "files-list"])
 def test_each_malformed_field_alone_is_refused(tmp_path, changes):
     folder = _folder(tmp_path)
     _rewrite(folder, **changes)
