@@ -27,6 +27,8 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
+from wallwm_pretrain.components import resolve_train_parts
+
 
 class ConfigError(ValueError):
     """A user mistake in a preset or override (unknown key, wrong type, bad combination)."""
@@ -281,9 +283,25 @@ class ModelConfig:
     conditioner: ConditionerConfig = field(default_factory=ConditionerConfig)
     """The text conditioner (``kind=conditioner`` only)."""
     init_from: str = ""
-    """A folder written by ``python -m wallwm_pretrain.convert wan``: the run starts from its
-    weights (model only: no optimizer state, step 0). Ignored when the run resumes from its own
-    checkpoint."""
+    """Weights to start from (model only: no optimizer, loader or schedule state; step 0): a
+    folder written by ``python -m wallwm_pretrain.convert wan``, a previous stage's checkpoint
+    step folder, its run folder (the newest complete checkpoint) or an exported ``.safetensors``
+    file. Names and shapes are checked and a report of loaded / newly initialised / unused
+    tensors per component is logged. Ignored when the run resumes from its own checkpoint."""
+    init_from_partial: bool = False
+    """Allow ``init_from`` to leave tensors of this model at their fresh initialisation (absent
+    from the source) and to skip tensors of the source this model lacks; both are listed in the
+    report. False: either fails naming the tensors (a wrong folder must not silently start a
+    stage from random weights)."""
+    train_parts: List[str] = field(default_factory=lambda: ["all"])
+    """The components this run trains (a training stage); every other parameter is frozen:
+    ``requires_grad`` False before data-parallel wrapping and optimizer construction, so it is
+    in no DDP bucket, in neither Muon nor AdamW, gets no gradient, and a frozen tower's forward
+    records no backward when nothing upstream of it trains. Names (``wallwm_pretrain/components.py``):
+    towers ``video_tower``, ``action_tower``, ``time_head`` and, with ``video_tower=small``,
+    ``caption_encoder``; the conditioner ``adapter``, ``alignment_head``, ``next_event_head``,
+    ``time_head``; or ``all``. Switch off the loss terms of frozen-only components with their
+    weights (e.g. ``video_loss_weight=0`` when the video tower is frozen)."""
     recompute: str = "none"
     """Activation recomputation in backward: ``none``; ``full`` (each coupled layer keeps only
     its input and runs again in backward: least memory, about one extra forward of the towers);
@@ -759,6 +777,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"data.chunk_horizon ({cfg.data.chunk_horizon}) must be a multiple of model.frame_stride ({stride})"
         )
+    try:
+        resolve_train_parts(cfg.model.train_parts, cfg.model.kind, cfg.model.video_tower)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     if cfg.model.kind == "conditioner":
         _validate_conditioner(cfg)
     elif cfg.data.mode == "conditioner":
