@@ -723,11 +723,13 @@ def read_yaml(path: Path) -> DictConfig:
     return OmegaConf.create(text)
 
 
-def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()) -> Config:
-    """Build the run config: schema defaults <- YAML preset <- ``key=value`` overrides.
+def load_config(path: Optional[str | Path | Sequence[str | Path]] = None, overrides: Sequence[str] = ()) -> Config:
+    """Build the run config: schema defaults <- YAML preset(s) <- ``key=value`` overrides.
 
     Args:
-        path: a YAML preset (``configs/smoke.yaml``) or None for the schema defaults.
+        path: a YAML preset (``configs/smoke.yaml``), several merged in order (a size preset,
+            then a stage preset such as ``configs/stages/1_video.yaml``), or None for the
+            schema defaults.
         overrides: dotted ``key=value`` strings, e.g. ``train.steps=50``.
 
     Returns:
@@ -738,11 +740,12 @@ def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()
     """
     schema = OmegaConf.structured(Config)
     cfg = schema
-    if path is not None:
-        path = Path(path)
-        loaded = read_yaml(path)
-        _check_moved(loaded, str(path))
-        cfg = _merge(cfg, loaded, str(path), schema)
+    paths = [] if path is None else [path] if isinstance(path, (str, Path)) else list(path)
+    for one in paths:
+        one = Path(one)
+        loaded = read_yaml(one)
+        _check_moved(loaded, str(one))
+        cfg = _merge(cfg, loaded, str(one), schema)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value")

@@ -52,13 +52,13 @@ from wallwm_pretrain.config import Config, flatten, to_yaml
 from wallwm_pretrain.data import EventLoader
 from wallwm_pretrain.data.badinput import merge_problems
 from wallwm_pretrain.data.dims import resolve_data_dims
+from wallwm_pretrain.handoff import handoff_report, shape_mismatches
 from wallwm_pretrain.model.flops import SampleShape, train_flops
 from wallwm_pretrain.model.flow_matching import noise_seed
 from wallwm_pretrain.model.freeze import apply_train_parts, describe_train_parts
 from wallwm_pretrain.model.wan_wallwm import forward_flops as wan_forward_flops
 from wallwm_pretrain.optim import build_optimizer
 from wallwm_pretrain.parallel import init_parallel
-from wallwm_pretrain.handoff import handoff_report, shape_mismatches
 from wallwm_pretrain.parallel.canonical import canonical_checkpoint, canonical_shape, load_canonical
 from wallwm_pretrain.parallel.parallelize import unwrap_model
 from wallwm_pretrain.parallel.sharded import load_rank_pieces, rank_pieces
@@ -235,9 +235,10 @@ class Trainer:
         if run_id is None:
             self.tracker.log_params(flatten(cfg))
             self.tracker.log_params({f"params.{k}": v for k, v in self.param_counts.items()})
-            self.tracker.log_params({f"params.{k}": v for k, v in self.part_counts.items()})
-            self.tracker.log_params({"params.trained": sum(v for k, v in self.part_counts.items() if k.startswith("trained.")),
-                                     "params.frozen": sum(v for k, v in self.part_counts.items() if k.startswith("frozen."))})
+            # the stage: trained and frozen parameters per component (model.train_parts) and in all
+            totals = {s: sum(v for k, v in self.part_counts.items() if k.startswith(f"{s}."))
+                      for s in ("trained", "frozen")}
+            self.tracker.log_params({f"params.{k}": v for k, v in {**self.part_counts, **totals}.items()})
 
     def _parameter_counts(self) -> dict[str, int]:
         """Parameters of the whole pipeline (this rank's tensor-parallel slices), per tower."""
@@ -261,16 +262,18 @@ class Trainer:
         own_shapes = {n: canonical_shape(params[n], self.ctx) if n in params else tuple(v.shape)
                       for n, v in own.items() if isinstance(v, torch.Tensor)}
         bad = shape_mismatches({n: tuple(v.shape) for n, v in weights.items()}, own_shapes)
+        names = set(own)
+        if self.ctx.pp > 1:  # the whole model's names and every stage's mismatches (all stages fail alike)
+            gathered: list = [None] * self.ctx.pp
+            torch.distributed.all_gather_object(gathered, (sorted(own), bad),
+                                                group=ps.get_pipeline_model_parallel_group())
+            names = {n for part, _ in gathered for n in part}
+            bad = sorted({b for _, part in gathered for b in part})
         if bad:
             raise ckpt.CheckpointError(
                 f"model.init_from={source}: {len(bad)} tensors have another shape in {where} than in this model: "
                 + "; ".join(bad[:3]) + " (weights of another model config?)"
             )
-        names = set(own)
-        if self.ctx.pp > 1:  # the whole model's names: every stage's
-            gathered: list = [None] * self.ctx.pp
-            torch.distributed.all_gather_object(gathered, sorted(own), group=ps.get_pipeline_model_parallel_group())
-            names = {n for part in gathered for n in part}
         m = self.cfg.model
         report = handoff_report(where, weights, names, component_patterns(m.kind, m.video_tower))
         if not m.init_from_partial and (report.unused or report.new):
