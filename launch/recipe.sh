@@ -18,7 +18,8 @@ PYTHON=${PYTHON:-python}
 HERE=$(cd "$(dirname "$0")" && pwd)
 PREFIX=$(basename "$RECIPE" .yaml)
 
-# one line per stage still to run: name, presets (comma-separated), sbatch options, train overrides
+# one line per stage still to run: name, presets (comma-separated), sbatch options, train overrides,
+# separated by 0x1f
 PLAN=$("$PYTHON" -m wallwm_pretrain.recipe --recipe "$RECIPE" --plan "$@")
 if [ -z "$PLAN" ]; then
   echo "every stage of $RECIPE is complete: nothing to submit"
@@ -26,7 +27,7 @@ if [ -z "$PLAN" ]; then
 fi
 read -ra EXTRA <<< "${SBATCH_ARGS:-}"
 PREV=""
-while IFS=$'\t' read -r NAME CONFIGS SLURM_OPTS TRAIN_ARGS; do
+while IFS=$'\x1f' read -r NAME CONFIGS SLURM_OPTS TRAIN_ARGS; do
   eval "OPTS=($SLURM_OPTS)"
   eval "ARGS=($TRAIN_ARGS)"
   DEP=()

@@ -17,14 +17,17 @@ import sys
 
 from wallwm_pretrain.config import ConfigError
 
+PLAN_SEP = "\x1f"  # not whitespace: `read` keeps an empty field (a stage without sbatch options)
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m wallwm_pretrain.recipe", description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", required=True, help="a recipe file (configs/recipes/*.yaml)")
     parser.add_argument("--nproc", type=int, default=1, help="processes per stage (torchrun on this machine)")
     parser.add_argument("--plan", action="store_true",
-                        help="print the stages still to run (name, presets, sbatch options, train overrides; "
-                             "tab-separated, shell-quoted) and exit")
+                        help="print the stages still to run, one per line: name, presets, sbatch options, train "
+                             "overrides (shell-quoted), separated by the ASCII unit separator (0x1f: a field may be "
+                             "empty), and exit")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="overrides for every stage")
     args = parser.parse_args(argv)
 
@@ -36,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         recipe = read_recipe(args.recipe)
         if args.plan:
             for stage, overrides in slurm_plan(recipe, args.overrides):
-                print("\t".join([stage.name, ",".join(stage.config), shlex.join(stage.slurm), shlex.join(overrides)]))
+                print(PLAN_SEP.join([stage.name, ",".join(stage.config), shlex.join(stage.slurm), shlex.join(overrides)]))
             return 0
         code, states = run_recipe(recipe, args.overrides, args.nproc, environment())
     except ConfigError as exc:
