@@ -193,3 +193,27 @@ def test_init_from_an_export_and_its_errors(tmp_path, shard_writer):
     built = weights(set_up(tmp_path, folder, "plain", "train.steps=1"))  # the same seed's fresh initialisation
     for n, v in weights(fresh).items():
         assert torch.equal(v, built[n] if n.startswith("time_head.") else tensors[n]), n
+
+
+def test_stage_presets_on_the_5b_preset_and_the_recipes_load():
+    from pathlib import Path
+
+    from wallwm_pretrain.recipe.runner import stage_state
+    from wallwm_pretrain.recipe.spec import read_recipe
+
+    root = Path(__file__).resolve().parents[1]
+    base = root / "configs" / "wallwm_wan22_5b.yaml"
+    video = load_config([base, root / "configs/stages/1_video.yaml"])
+    assert video.model.video_tower == "wan" and video.model.num_layers == 30  # the size preset stays
+    assert video.model.train_parts == ["video_tower"] and video.model.action_loss_weight == 0
+    assert video.data.max_frames == 65 * 4  # 65 latent frames at K_p = 4
+    action = load_config([base, root / "configs/stages/2_action.yaml"])
+    assert action.model.train_parts == ["action_tower", "time_head"] and action.model.video_loss_weight == 0
+    cond = load_config([base, root / "configs/stages/3_conditioner.yaml"])
+    assert cond.model.kind == "conditioner" and cond.data.mode == "conditioner"
+    for name in ("smoke", "wallwm_wan22_5b"):
+        recipe = read_recipe(root / "configs" / "recipes" / f"{name}.yaml")
+        assert [s.name for s in recipe.stages] == ["1_video", "2_action", "3_conditioner"]
+        assert recipe.stage("2_action").init_from == "1_video" and not recipe.stage("3_conditioner").init_from
+        for stage in recipe.stages:  # every stage's config is valid
+            stage_state(recipe, stage, [])

@@ -75,3 +75,20 @@ def test_conditioner_stage_trains_the_named_heads_only(tmp_path):
     for n in run["init"]:
         same = torch.equal(run["init"][n], run["final"][n])
         assert same == (n not in trained), n
+
+
+@pytest.mark.parametrize("parts", [["video_tower"], ["action_tower", "time_head"]], ids=["video", "action"])
+def test_wan_tower_stage_trains_the_named_components_only(tmp_path, parts):
+    """The Wan-tower model (its cross-view attention in the video tower, the coupling projections
+    in the action tower), one process, owner-mode Muon."""
+    weights = dict(video_loss_weight=0.0) if "video_tower" not in parts else {}
+    run = launch(tmp_path, world=1, tp=1, pipeline=True, wan=True, train_parts=parts, muon_mode="owner",
+                 **weights)[0]["run"]
+    patterns = component_patterns("towers", "wan")
+    trained = {n for n in run["init"] if component_of(n, patterns) in parts}
+    assert trained and set(run["init"]) - trained
+    assert set(run["bucketed"]) == trained and set(run["optimized"]) == trained
+    assert set(run["muon_plan"]) <= trained
+    for n in set(run["init"]) - trained:
+        assert torch.equal(run["init"][n], run["final"][n]), n
+    assert any(not torch.equal(run["init"][n], run["final"][n]) for n in trained)
