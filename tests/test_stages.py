@@ -217,3 +217,41 @@ def test_stage_presets_on_the_5b_preset_and_the_recipes_load():
         assert recipe.stage("2_action").init_from == "1_video" and not recipe.stage("3_conditioner").init_from
         for stage in recipe.stages:  # every stage's config is valid
             stage_state(recipe, stage, [])
+
+
+def test_a_switched_off_loss_of_a_frozen_tower_costs_no_backward():
+    """Video pretraining: the action tower is frozen and its loss weighted 0, so backward never
+    runs through it (a backward hook on its head and blocks never fires), and the video tower's
+    gradients are those of the video loss alone."""
+    from dataclasses import replace
+
+    from wallwm_pretrain.batch import Batch
+    from wallwm_pretrain.model import build_model
+    from wallwm_pretrain.model.freeze import apply_train_parts
+
+    cfg = ModelConfig(hidden_size=32, num_heads=2, ffn_hidden_size=64, image_size=16, patch_size=8,
+                      train_parts=["video_tower", "caption_encoder"], action_loss_weight=0.0, time_loss_weight=0.0)
+    g = torch.Generator().manual_seed(0)
+    t = 8
+    caption = torch.randint(2, 258, (2, 6), generator=g)
+    batch = Batch(torch.randint(0, 256, (2, t, 2, 16, 16, 3), dtype=torch.uint8, generator=g),
+                  torch.randn(2, t, cfg.action_dim, generator=g), torch.randn(2, cfg.state_dim, generator=g),
+                  torch.tensor([t, 5]), caption)
+
+    def grads(config):
+        torch.manual_seed(0)
+        model = build_model(config)
+        apply_train_parts(model, config)
+        fired = []
+        for module in [model.action_out, *(layer.action for layer in model.layers.values())]:
+            module.register_full_backward_hook(lambda *_: fired.append(1))
+        out = model(batch, generator=torch.Generator().manual_seed(1))
+        out["loss"].backward()
+        return {n: p.grad for n, p in model.named_parameters() if p.requires_grad}, fired, out
+
+    stage, fired, out = grads(cfg)
+    assert not fired and out["loss_action"] > 0  # measured, not trained on
+    alone, fired_in, _ = grads(replace(cfg, action_loss_weight=1e-30))  # the same graph with the action term in
+    assert fired_in  # the hooks do see a backward through the action tower when its term is in
+    for n, v in stage.items():
+        torch.testing.assert_close(v, alone[n], rtol=1e-5, atol=1e-8)
