@@ -6,6 +6,9 @@
 #   make smoke-conditioner  the text conditioner on CPU: smoke shards -> conditioner shards ->
 #                     caption states (tiny UMT5) -> train the heads on the tiny random Qwen3.5 VLM ->
 #                     next-event accuracy on held-out episodes against a baseline
+#   make recipe-smoke the training recipe on CPU (configs/recipes/smoke.yaml): video stage -> action stage
+#                     from its weights -> conditioner heads; rerun resumes an interrupted stage, skips
+#                     finished ones, and prints the summary table
 #   make ablation     Meta-World event mode vs chunk mode (bench/ablation.py), table in docs/
 #   make fuzz         the long mutation fuzz of the input readers (bench/fuzz_readers.py, docs/fuzzing.md)
 #   make mutation     mutation testing of core modules (cosmic-ray; long, not part of make test):
@@ -48,7 +51,7 @@ FUZZ_SEED  ?= 1
 export MLFLOW_DISABLE_TELEMETRY ?= true
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install check-env slurm-deps test smoke-test smoke-data smoke-wan smoke-conditioner ablation fuzz mutation clean
+.PHONY: install check-env slurm-deps test smoke-test smoke-data smoke-wan smoke-conditioner recipe-smoke ablation fuzz mutation clean
 
 install: $(READY)
 
@@ -137,3 +140,13 @@ smoke-conditioner: smoke-data
 	$(PYTHON) -m data_tools build-conditioner --src $(COND_HELDOUT_SHARDS) --out $(COND_HELDOUT_SHARDS)-cond --per-event 3 --quiet
 	$(PYTHON) bench/conditioner_accuracy.py --ckpt runs/smoke-conditioner --train $(COND_SHARDS) \
 	  --heldout $(COND_HELDOUT_SHARDS)-cond --json runs/smoke-conditioner/accuracy.json
+
+# The training recipe on the smoke world (configs/recipes/smoke.yaml): stage 1 the video tower, stage 2
+# the action tower from stage 1's final weights, stage 3 the conditioner heads (the data steps of
+# smoke-conditioner first). Not started over: run it again after an interruption to resume the
+# stage that stopped (finished stages are skipped); `rm -rf runs/recipe-smoke-*` starts afresh.
+recipe-smoke: smoke-data
+	$(PYTHON) -m wallwm_pretrain.convert make-tiny --out $(WAN_MODELS) --seed 0
+	$(PYTHON) -m data_tools build-conditioner --src $(SMOKE_SHARDS) --out $(COND_SHARDS) --per-event 3 --quiet
+	OMP_NUM_THREADS=1 $(PYTHON) -m data_tools embed-captions --shards $(COND_SHARDS) --text-encoder $(WAN_MODELS)/text_encoder
+	$(PYTHON) -m wallwm_pretrain.recipe --recipe configs/recipes/smoke.yaml

@@ -3,6 +3,7 @@
 # first node, one process per GPU (or NPROC_PER_NODE processes on CPU nodes, gloo).
 #
 #   sbatch launch/pretrain.sh configs/smoke.yaml train.steps=1000
+#   sbatch launch/pretrain.sh configs/wallwm_wan22_5b.yaml,configs/stages/1_video.yaml data.shards=...
 #   sbatch --nodes 4 --gpus-per-node 8 launch/pretrain.sh configs/NAME.yaml parallel.tp=2 parallel.pp=2
 #
 # Time limits and preemption: Slurm sends SIGUSR1 to this script WARN_S seconds before the time
@@ -34,8 +35,12 @@
 #SBATCH --output=%x-%j.out
 set -euo pipefail
 
-CONFIG=${1:?usage: sbatch launch/pretrain.sh CONFIG [key=value ...]}
+CONFIG=${1:?usage: sbatch launch/pretrain.sh CONFIG[,CONFIG...] [key=value ...]}
 shift
+# several presets, comma-separated, merge in order (a size preset, then a stage preset)
+CONFIG_ARGS=""
+IFS=',' read -ra CONFIGS <<< "$CONFIG"
+for c in "${CONFIGS[@]}"; do CONFIG_ARGS+="--config $(printf '%q' "$c") "; done
 
 : "${SLURM_JOB_ID:?not inside a Slurm job (use launch/torchrun.sh on one node)}"
 PYTHON=${PYTHON:-python}
@@ -82,7 +87,7 @@ srun --kill-on-bad-exit=1 --ntasks-per-node=1 bash -c "
     --nnodes $NNODES --nproc-per-node $NPROC_PER_NODE \
     --rdzv-backend c10d --rdzv-endpoint $MASTER_ADDR:$MASTER_PORT --rdzv-id $SLURM_JOB_ID \
     --signals-to-handle SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1 --shutdown-timeout $SHUTDOWN_TIMEOUT \
-    -m wallwm_pretrain.train --config \"$CONFIG\" $ARGS \
+    -m wallwm_pretrain.train $CONFIG_ARGS $ARGS \
     >> \"$LOG_DIR/node-\${SLURM_NODEID:-0}.log\" 2>&1
 " &
 SRUN_PID=$!

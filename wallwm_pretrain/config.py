@@ -27,6 +27,8 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
+from wallwm_pretrain.components import resolve_train_parts
+
 
 class ConfigError(ValueError):
     """A user mistake in a preset or override (unknown key, wrong type, bad combination)."""
@@ -320,9 +322,25 @@ class ModelConfig:
     staircase: StaircaseConfig = field(default_factory=StaircaseConfig)
     """Staircase decoding: the reasoning-latent branch and its frozen small LM."""
     init_from: str = ""
-    """A folder written by ``python -m wallwm_pretrain.convert wan``: the run starts from its
-    weights (model only: no optimizer state, step 0). Ignored when the run resumes from its own
-    checkpoint."""
+    """Weights to start from (model only: no optimizer, loader or schedule state; step 0): a
+    folder written by ``python -m wallwm_pretrain.convert wan``, a previous stage's checkpoint
+    step folder, its run folder (the newest complete checkpoint) or an exported ``.safetensors``
+    file. Names and shapes are checked and a report of loaded / newly initialised / unused
+    tensors per component is logged. Ignored when the run resumes from its own checkpoint."""
+    init_from_partial: bool = False
+    """Allow ``init_from`` to leave tensors of this model at their fresh initialisation (absent
+    from the source) and to skip tensors of the source this model lacks; both are listed in the
+    report. False: either fails naming the tensors (a wrong folder must not silently start a
+    stage from random weights)."""
+    train_parts: List[str] = field(default_factory=lambda: ["all"])
+    """The components this run trains (a training stage); every other parameter is frozen:
+    ``requires_grad`` False before data-parallel wrapping and optimizer construction, so it is
+    in no DDP bucket, in neither Muon nor AdamW, gets no gradient, and a frozen tower's forward
+    records no backward when nothing upstream of it trains. Names (``wallwm_pretrain/components.py``):
+    towers ``video_tower``, ``action_tower``, ``time_head`` and, with ``video_tower=small``,
+    ``caption_encoder``; the conditioner ``adapter``, ``alignment_head``, ``next_event_head``,
+    ``time_head``; or ``all``. Switch off the loss terms of frozen-only components with their
+    weights (e.g. ``video_loss_weight=0`` when the video tower is frozen)."""
     recompute: str = "none"
     """Activation recomputation in backward: ``none``; ``full`` (each coupled layer keeps only
     its input and runs again in backward: least memory, about one extra forward of the towers);
@@ -744,11 +762,13 @@ def read_yaml(path: Path) -> DictConfig:
     return OmegaConf.create(text)
 
 
-def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()) -> Config:
-    """Build the run config: schema defaults <- YAML preset <- ``key=value`` overrides.
+def load_config(path: Optional[str | Path | Sequence[str | Path]] = None, overrides: Sequence[str] = ()) -> Config:
+    """Build the run config: schema defaults <- YAML preset(s) <- ``key=value`` overrides.
 
     Args:
-        path: a YAML preset (``configs/smoke.yaml``) or None for the schema defaults.
+        path: a YAML preset (``configs/smoke.yaml``), several merged in order (a size preset,
+            then a stage preset such as ``configs/stages/1_video.yaml``), or None for the
+            schema defaults.
         overrides: dotted ``key=value`` strings, e.g. ``train.steps=50``.
 
     Returns:
@@ -759,11 +779,12 @@ def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()
     """
     schema = OmegaConf.structured(Config)
     cfg = schema
-    if path is not None:
-        path = Path(path)
-        loaded = read_yaml(path)
-        _check_moved(loaded, str(path))
-        cfg = _merge(cfg, loaded, str(path), schema)
+    paths = [] if path is None else [path] if isinstance(path, (str, Path)) else list(path)
+    for one in paths:
+        one = Path(one)
+        loaded = read_yaml(one)
+        _check_moved(loaded, str(one))
+        cfg = _merge(cfg, loaded, str(one), schema)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value")
@@ -798,6 +819,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"data.chunk_horizon ({cfg.data.chunk_horizon}) must be a multiple of model.frame_stride ({stride})"
         )
+    try:
+        resolve_train_parts(cfg.model.train_parts, cfg.model.kind, cfg.model.video_tower)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     if cfg.model.kind in ("conditioner", "staircase"):
         _validate_conditioner(cfg)
     elif cfg.data.mode == "conditioner":

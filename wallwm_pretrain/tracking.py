@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -240,6 +241,10 @@ def default_store(runs_root: str | Path) -> tuple[str, str]:
     return f"sqlite:///{root / 'mlflow.db'}", (root / "mlartifacts").as_uri()
 
 
+PARENT_RUN_ENV = "WALLWM_MLFLOW_PARENT_RUN"
+"""Set by the recipe runner: the MLflow run id of the recipe, under which a stage's new run nests."""
+
+
 def build_tracker(cfg: Config, rank: int, run_id: str | None = None) -> Tracker:
     """The tracker for this process.
 
@@ -260,13 +265,17 @@ def build_tracker(cfg: Config, rank: int, run_id: str | None = None) -> Tracker:
     else:
         uri, artifacts = default_store(cfg.train.runs_root)
     run_dir = Path(cfg.train.runs_root).expanduser().resolve() / cfg.train.run_name
+    tags = {"wallwm.run_dir": str(run_dir)}
+    parent = os.environ.get(PARENT_RUN_ENV)
+    if parent:  # a stage of a recipe: nested under the recipe's run (MLflow's own tag for that)
+        tags["mlflow.parentRunId"] = parent
     return MLflowTracker(
         uri,
         cfg.tracking.experiment,
         cfg.train.run_name,
         run_id,
         artifact_location=artifacts,
-        tags={"wallwm.run_dir": str(run_dir)},
+        tags=tags,
     )
 
 

@@ -25,7 +25,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Pretrain a dual-tower world-action model on WebDataset event shards.",
         epilog="Example: python -m wallwm_pretrain.train --config configs/smoke.yaml train.steps=50",
     )
-    parser.add_argument("--config", help="YAML preset in configs/ (default: schema defaults)")
+    parser.add_argument("--config", action="append",
+                        help="YAML preset in configs/ (default: schema defaults); given again, merged in order "
+                             "(e.g. a size preset, then a stage preset of configs/stages/)")
     parser.add_argument(
         "overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. optim.lr=0.01 data.batch_size=4"
     )

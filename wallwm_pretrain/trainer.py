@@ -46,17 +46,20 @@ from tqdm import tqdm
 
 from wallwm_pretrain import checkpoint as ckpt
 from wallwm_pretrain.checkpoint.background import BackgroundSave
-from wallwm_pretrain.checkpoint.weights import load_weights
+from wallwm_pretrain.checkpoint.weights import load_init_weights
+from wallwm_pretrain.components import component_patterns
 from wallwm_pretrain.config import Config, flatten, to_yaml
 from wallwm_pretrain.data import EventLoader
 from wallwm_pretrain.data.badinput import merge_problems
 from wallwm_pretrain.data.dims import resolve_data_dims
+from wallwm_pretrain.handoff import handoff_report, shape_mismatches
 from wallwm_pretrain.model.flops import SampleShape, train_flops
 from wallwm_pretrain.model.flow_matching import noise_seed
+from wallwm_pretrain.model.freeze import apply_train_parts, describe_train_parts
 from wallwm_pretrain.model.wan_wallwm import forward_flops as wan_forward_flops
 from wallwm_pretrain.optim import build_optimizer
 from wallwm_pretrain.parallel import init_parallel
-from wallwm_pretrain.parallel.canonical import canonical_checkpoint, load_canonical
+from wallwm_pretrain.parallel.canonical import canonical_checkpoint, canonical_shape, load_canonical
 from wallwm_pretrain.parallel.parallelize import unwrap_model
 from wallwm_pretrain.parallel.sharded import load_rank_pieces, rank_pieces
 from wallwm_pretrain.parallel.pipeline import PipelineSchedule, build_pipeline_chunks, parallelize_chunks
@@ -174,6 +177,9 @@ class Trainer:
         # for data parallel, driven by the schedule of the layout in microbatches
         self.chunks = build_pipeline_chunks(cfg.model, self.ctx, cfg.train.seed)
         self.param_counts = self._parameter_counts()
+        # the stage's frozen components (model.train_parts) get requires_grad False here, before
+        # DDP wrapping and the optimizer: in no bucket, in neither Muon nor AdamW, no gradient
+        self.part_counts = sum_over_pipeline(apply_train_parts(self.chunks, cfg.model), self.ctx)
         self.model = parallelize_chunks(self.chunks, self.ctx)
         self.schedule = PipelineSchedule(self.model, self.ctx, cfg.train.microbatches, autocast)
         self.loss_keys = self.schedule.loss_keys  # the towers' or the conditioner's
@@ -206,6 +212,7 @@ class Trainer:
         self.step = 0
         self.history: dict[str, list[tuple[int, float]]] = {k: [] for k in self.loss_keys}
         self.resumed_from = ""
+        self.handoff = None  # the model.init_from report (HandoffReport), when the run started from one
         run_id = None
         path = ckpt.resolve_resume(self.run_dir, cfg.train.resume)
         stale = ckpt.find_latest(self.run_dir) if cfg.train.resume == "none" else None
@@ -228,6 +235,10 @@ class Trainer:
         if run_id is None:
             self.tracker.log_params(flatten(cfg))
             self.tracker.log_params({f"params.{k}": v for k, v in self.param_counts.items()})
+            # the stage: trained and frozen parameters per component (model.train_parts) and in all
+            totals = {s: sum(v for k, v in self.part_counts.items() if k.startswith(f"{s}."))
+                      for s in ("trained", "frozen")}
+            self.tracker.log_params({f"params.{k}": v for k, v in {**self.part_counts, **totals}.items()})
 
     def _parameter_counts(self) -> dict[str, int]:
         """Parameters of the whole pipeline (this rank's tensor-parallel slices), per tower."""
@@ -238,34 +249,58 @@ class Trainer:
         return sum_over_pipeline(counts, self.ctx)
 
     # -- checkpoints --------------------------------------------------------------------
-    def _init_from(self, folder: str) -> None:
-        """Start from a weights folder (``model.init_from``): model weights only, step 0, fresh
-        optimizer. Every tensor of the folder must belong to the model and every tensor of
-        this rank's chunks must be in it (megatron's ``_extra_state`` entries excepted)."""
-        weights = load_weights(folder)
+    def _init_from(self, source: str) -> None:
+        """Start from another run's weights (``model.init_from``): a weights folder, a previous
+        stage's checkpoint (step or run folder) or an export; model weights only, step 0, fresh
+        optimizer, schedule and loader. Names are checked against the whole model's
+        (:mod:`wallwm_pretrain.handoff` says which differences ``model.init_from_partial``
+        allows), shapes always; the report of loaded / newly initialised / unused tensors per
+        component is logged and written to ``<run>/init_from.json``."""
+        weights, where = load_init_weights(source)
         own = {n: v for c in self.chunks for n, v in c.state_dict().items()}
-        names = set(weights)
-        if self.ctx.pp > 1:  # the whole model's names: every stage's
+        params = {n: p for c in self.chunks for n, p in c.named_parameters()}
+        own_shapes = {n: canonical_shape(params[n], self.ctx) if n in params else tuple(v.shape)
+                      for n, v in own.items() if isinstance(v, torch.Tensor)}
+        bad = shape_mismatches({n: tuple(v.shape) for n, v in weights.items()}, own_shapes)
+        names = set(own)
+        if self.ctx.pp > 1:  # the whole model's names and every stage's mismatches (all stages fail alike)
             gathered: list = [None] * self.ctx.pp
-            torch.distributed.all_gather_object(gathered, sorted(own), group=ps.get_pipeline_model_parallel_group())
-            model_names = {n for part in gathered for n in part}
-        else:
-            model_names = set(own)
-        extra = sorted(names - model_names)
-        if extra:
+            torch.distributed.all_gather_object(gathered, (sorted(own), bad),
+                                                group=ps.get_pipeline_model_parallel_group())
+            names = {n for part, _ in gathered for n in part}
+            bad = sorted({b for _, part in gathered for b in part})
+        if bad:
             raise ckpt.CheckpointError(
-                f"model.init_from={folder}: {len(extra)} tensors belong to no parameter of this model, e.g. {extra[:3]} "
-                "(weights converted for another model config?)"
+                f"model.init_from={source}: {len(bad)} tensors have another shape in {where} than in this model: "
+                + "; ".join(bad[:3]) + " (weights of another model config?)"
             )
-        state = dict(weights)
+        m = self.cfg.model
+        report = handoff_report(where, weights, names, component_patterns(m.kind, m.video_tower))
+        if not m.init_from_partial and (report.unused or report.new):
+            lines = []
+            if report.unused:
+                unused = [n for ns in report.unused.values() for n in ns]
+                lines.append(f"{len(unused)} tensors of the source belong to no tensor of this model, e.g. {unused[:3]}")
+            if report.new:
+                new = [n for ns in report.new.values() for n in ns]
+                lines.append(f"{len(new)} tensors of this model are not in the source, e.g. {new[:3]}")
+            raise ckpt.CheckpointError(
+                f"model.init_from={source} ({where}): " + "; ".join(lines)
+                + " (weights of another model config? set model.init_from_partial=true to start those from their "
+                "fresh initialisation and skip the unused ones)"
+            )
+        state = {n: v for n, v in weights.items() if n in names}
         for name, value in own.items():
             if name.endswith("._extra_state") and name not in state:
                 state[name] = value
         try:
-            load_canonical(self.model, None, state, None, self.ctx)
+            load_canonical(self.model, None, state, None, self.ctx, keep_missing=m.init_from_partial)
         except (KeyError, RuntimeError) as exc:
-            raise ckpt.CheckpointError(f"model.init_from={folder}: {exc}") from None
-        log.info("model weights from %s (step 0, fresh optimizer)", folder)
+            raise ckpt.CheckpointError(f"model.init_from={source}: {exc}") from None
+        self.handoff = report
+        if self.ctx.is_main:
+            log.info("%s", report.render())
+            (self.run_dir / "init_from.json").write_text(json.dumps(report.as_dict(), indent=1) + "\n")
 
     def _restore(self, path: Path) -> Optional[str]:
         # each stage takes its layers, each TP rank its slices, each Muon owner its matrices'
@@ -467,6 +502,8 @@ class Trainer:
         if self.ctx.is_main:
             counts = ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in self.param_counts.items())
             log.info("parameters: %s", counts)
+            log.info("components (model.train_parts=%s):\n%s", list(self.cfg.model.train_parts),
+                     describe_train_parts(self.part_counts))
             log.info("optimizer groups: %s", self.optim.param_groups_summary())
         losses: list[float] = []
         samples, t_start = 0, time.perf_counter()

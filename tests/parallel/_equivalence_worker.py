@@ -105,10 +105,12 @@ def model_config(options: dict) -> ModelConfig:
     """The small model, or with ``wan`` the tiny Wan-tower model of tests/model/_wan_wallwm_tiny.py,
     or with ``conditioner`` (a VLM folder) the text conditioner."""
     if options.get("conditioner"):
-        return conditioner_config(options["conditioner"])
+        return replace(conditioner_config(options["conditioner"]), train_parts=options.get("train_parts", ["all"]))
     base = WAN_CFG if options.get("wan") else CFG
     return replace(
-        base, num_layers=options.get("num_layers", base.num_layers), recompute=options.get("recompute", "none")
+        base, num_layers=options.get("num_layers", base.num_layers), recompute=options.get("recompute", "none"),
+        train_parts=options.get("train_parts", ["all"]),
+        video_loss_weight=options.get("video_loss_weight", base.video_loss_weight),
     )
 
 
@@ -179,8 +181,15 @@ def train_pipeline(ctx, options: dict, out_dir: str) -> dict:
 
     cfg = model_config(options)
     chunks = build_pipeline_chunks(cfg, ctx, seed=0)
+    if options.get("train_parts"):  # a training stage: the trainer freezes before wrapping, so here too
+        from wallwm_pretrain.model.freeze import apply_train_parts
+
+        apply_train_parts(chunks, cfg)
     models = parallelize_chunks(chunks, ctx, overlap_grad_reduce=options.get("overlap", False))
-    optim = build_optimizer(chunks, OPTIM, 10, optimizer_groups(ctx), grad_buffers=models)
+    optim_cfg = OPTIM
+    if options.get("muon_mode"):  # distributed Muon (owner/gather) instead of the replicated reference
+        optim_cfg = replace(OPTIM, muon_mode=options["muon_mode"], muon_split_fused=True)
+    optim = build_optimizer(chunks, optim_cfg, 10, optimizer_groups(ctx), grad_buffers=models)
     schedule = PipelineSchedule(models, ctx, options.get("microbatches", 1))
     per_rank = GLOBAL_BATCH // ctx.dp
     lo, hi = ctx.dp_rank * per_rank, (ctx.dp_rank + 1) * per_rank
@@ -202,9 +211,10 @@ def train_pipeline(ctx, options: dict, out_dir: str) -> dict:
         out = schedule.run(data.rows(lo, hi), noise)
         optim.finish_grad_sync()
         if index == 0:
-            record["grads0"] = {n: p.main_grad.clone() for c in chunks for n, p in c.named_parameters()}
+            record["grads0"] = {n: p.main_grad.clone() for c in chunks for n, p in c.named_parameters()
+                                if p.requires_grad}
         values = {k: float(out[k]) for k in keys}
-        values["grad_norm"] = optim.clip_grad_norm(OPTIM.grad_clip)
+        values["grad_norm"] = optim.clip_grad_norm(optim_cfg.grad_clip)
         optim.step()
         optim.zero_grad()
         return values
@@ -212,8 +222,14 @@ def train_pipeline(ctx, options: dict, out_dir: str) -> dict:
     for index in range(first, first + options.get("steps", STEPS)):
         for key, value in step(index).items():
             record[key].append(value)
+    optim.finish_param_sync()  # distributed Muon returns the last updates behind the next forward
     record["final"] = _snapshot_chunks(chunks)
-    record["muon_ns_calls"] = optim.optimizers["muon"].ns_calls
+    record["muon_ns_calls"] = getattr(optim.optimizers["muon"], "ns_calls", None)
+    in_buffers = {id(p) for m in models for b in m.buffers for p in b.params}
+    record["bucketed"] = sorted(n for c in chunks for n, p in c.named_parameters() if id(p) in in_buffers)
+    record["optimized"] = sorted(n for group in optim.split.__dict__.values() for n in group)
+    muon = optim.optimizers["muon"]
+    record["muon_plan"] = sorted({m.name for m in muon.plan}) if hasattr(muon, "plan") else None
     if options.get("save"):
         model_state, optim_state = canonical_checkpoint(models, optim, ctx)
         if ctx.rank == 0:

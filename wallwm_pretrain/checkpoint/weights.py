@@ -1,5 +1,10 @@
 """A model-weights folder: the start of a run, not its resumption (``model.init_from``).
 
+:func:`load_init_weights` reads what ``model.init_from`` may name: such a folder, a previous
+stage's checkpoint (a step folder, or a run folder: its newest complete checkpoint) or an
+exported ``.safetensors`` file; from a checkpoint only the model tensors are read (no optimizer,
+loader, schedule or RNG state).
+
 Layout (written by ``python -m wallwm_pretrain.convert wan``)::
 
     DIR/model.safetensors   the whole model's canonical (TP=1, PP=1) state: name -> tensor
@@ -16,12 +21,13 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
-from .manifest import CheckpointError, write_text_durable
+from .manifest import MANIFEST, CheckpointError, write_text_durable
 from .stable import save_file_stable
 from .state import dedupe_storage, standalone_tensor
+from .store import find_latest, load_model_state
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.yaml"
@@ -53,3 +59,45 @@ def load_weights(folder: str | Path) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path}: cannot read tensors ({exc})") from None
+
+
+EXPORT_FORMAT = "wallwm-model/1"
+
+
+def load_init_weights(source: str | Path) -> tuple[dict[str, torch.Tensor], str]:
+    """The model tensors ``model.init_from`` names, and a description of where they came from.
+
+    Args:
+        source: a weights folder (``convert wan``), a checkpoint step folder, a run folder (its
+            newest complete checkpoint) or an exported ``.safetensors`` file.
+
+    Returns:
+        (name -> CPU tensor, e.g. ``"checkpoint runs/s1/checkpoints/step_00000060 (step 60)"``).
+
+    Raises:
+        CheckpointError: nothing of the kind there, an incomplete checkpoint, or an unreadable
+            file, naming the path.
+    """
+    path = Path(source)
+    if path.is_file():
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+            tensors = load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise CheckpointError(f"model.init_from={path}: cannot read tensors ({exc})") from None
+        step = f" (step {meta['step']})" if meta.get("format") == EXPORT_FORMAT and "step" in meta else ""
+        return tensors, f"exported model {path}{step}"
+    if not path.is_dir():
+        raise CheckpointError(f"model.init_from={path}: no such file or folder (give a weights folder, a checkpoint "
+                              "step folder, a run folder or an exported .safetensors file)")
+    if (path / WEIGHTS_FILE).is_file():
+        return load_weights(path), f"weights folder {path}"
+    folder = path
+    if not (path / MANIFEST).is_file():  # a run folder: its newest complete checkpoint
+        folder = find_latest(path)
+        if folder is None:
+            raise CheckpointError(f"model.init_from={path}: neither a weights folder ({WEIGHTS_FILE}), a checkpoint "
+                                  f"({MANIFEST}) nor a run folder with a complete checkpoint")
+    step, model, _ = load_model_state(folder)
+    return {n: v for n, v in model.items() if isinstance(v, torch.Tensor)}, f"checkpoint {folder} (step {step})"

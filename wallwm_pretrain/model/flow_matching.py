@@ -21,6 +21,21 @@ def interpolate(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> tuple
     return (1.0 - tt) * x0 + tt * noise, noise - x0
 
 
+def weighted_flow_loss(video_weight: float, loss_video: torch.Tensor, action_weight: float,
+                       loss_action: torch.Tensor) -> torch.Tensor:
+    """``video_weight * loss_video + action_weight * loss_action``, leaving out a term weighted 0.
+
+    A term left out is not in the autograd graph of the total: backward does not run through the
+    tower that produced it (a frozen tower whose loss a training stage switches off costs no
+    backward, e.g. the action tower in video pretraining), and a non-finite value of it cannot
+    reach the total (``0 * nan`` is nan). With both weights 0 the total is ``0 * loss_video``.
+    """
+    terms = [w * l for w, l in ((video_weight, loss_video), (action_weight, loss_action)) if w != 0]
+    if not terms:
+        return loss_video * 0.0
+    return terms[0] if len(terms) == 1 else terms[0] + terms[1]
+
+
 def masked_mse(
     pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, denominator: torch.Tensor | None = None
 ) -> torch.Tensor:

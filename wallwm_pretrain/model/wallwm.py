@@ -46,7 +46,7 @@ from wallwm_pretrain.model.embeddings import (
     patchify,
     sinusoidal,
 )
-from wallwm_pretrain.model.flow_matching import FlowNoise, interpolate, masked_mse, sample_time
+from wallwm_pretrain.model.flow_matching import FlowNoise, interpolate, masked_mse, sample_time, weighted_flow_loss
 from wallwm_pretrain.model.recompute import run_layer
 from wallwm_pretrain.model.remaining_time import RemainingTimeHead, huber_sum
 from wallwm_pretrain.model.spec import build_transformer_config
@@ -208,7 +208,7 @@ class WallWM(nn.Module):
         den_v, den_a, den_t = (None,) * 3 if loss_denominators is None else loss_denominators.unbind()
         loss_v = masked_mse(pred_v, inputs.target_video, inputs.video_loss_mask, den_v)
         loss_a = masked_mse(pred_a, inputs.target_action, inputs.action_valid, den_a)
-        loss = self.cfg.video_loss_weight * loss_v + self.cfg.action_loss_weight * loss_a
+        loss = weighted_flow_loss(self.cfg.video_loss_weight, loss_v, self.cfg.action_loss_weight, loss_a)
         loss_t = torch.zeros((), device=loss.device)
         if inputs.remaining is not None and self.cfg.time_loss_weight > 0:
             pred_t = self.time_head(inputs.xt_video[:, 0], s.state, s.text, inputs.caption != CAPTION_PAD)

@@ -44,7 +44,7 @@ from wallwm_pretrain.config import ModelConfig, WanTowerConfig
 from wallwm_pretrain.model.blocks import ActionBlock, FinalLayer, Streams, key_padding_mask
 from wallwm_pretrain.model.embeddings import TimestepEmbedder, mark_adamw, sinusoidal
 from wallwm_pretrain.model.flops import cross_attention_flops, ffn_flops, self_attention_flops
-from wallwm_pretrain.model.flow_matching import FlowNoise, interpolate, masked_mse, sample_time
+from wallwm_pretrain.model.flow_matching import FlowNoise, interpolate, masked_mse, sample_time, weighted_flow_loss
 from wallwm_pretrain.model.pipeline_slice import PipelineSlice, draw_base_seed, part_rng
 from wallwm_pretrain.model.remaining_time import RemainingTimeHead, huber_sum
 from wallwm_pretrain.model.wallwm import LOSS_KEYS
@@ -301,7 +301,7 @@ class WanWallWM(nn.Module):
         by_frame = lambda x: x.permute(0, 3, 1, 2, 4, 5)  # noqa: E731  [B, N, V, Z, h, w]: masks are [B, N]
         loss_v = masked_mse(by_frame(pred_v), by_frame(inputs.target_video), inputs.video_loss_mask, den_v)
         loss_a = masked_mse(pred_a, inputs.target_action, inputs.action_valid, den_a)
-        loss = self.cfg.video_loss_weight * loss_v + self.cfg.action_loss_weight * loss_a
+        loss = weighted_flow_loss(self.cfg.video_loss_weight, loss_v, self.cfg.action_loss_weight, loss_a)
         loss_t = torch.zeros((), device=loss.device)
         if inputs.remaining is not None and self.cfg.time_loss_weight > 0:
             pred_t = self.time_head(inputs.first_frame, s.state, s.text, inputs.text_valid)

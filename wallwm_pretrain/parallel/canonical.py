@@ -21,7 +21,7 @@ from megatron.core import parallel_state as ps
 from torch import Tensor, nn
 
 from wallwm_pretrain.optim import OptimizerSet
-from wallwm_pretrain.optim.distributed.tp_matrices import TensorParallelMatrices
+from wallwm_pretrain.optim.distributed.tp_matrices import TensorParallelMatrices, is_tp_sharded
 from wallwm_pretrain.optim.state_by_name import to_cpu
 from wallwm_pretrain.parallel.parallelize import as_chunks, unwrap_model
 from wallwm_pretrain.parallel.pipeline_split import virtual_stage
@@ -84,9 +84,13 @@ def canonical_checkpoint(
 
 
 def local_model_states(
-    chunks: list[nn.Module], model_state: dict[str, Tensor], ctx: ParallelContext
+    chunks: list[nn.Module], model_state: dict[str, Tensor], ctx: ParallelContext, keep_missing: bool = False
 ) -> list[dict[str, Tensor]]:
     """Each chunk's part of a canonical model state (this rank's slices; no collective).
+
+    Args:
+        keep_missing: a tensor the state lacks keeps the chunk's own value (``model.init_from``
+            with ``model.init_from_partial``) instead of failing.
 
     Raises:
         KeyError: the checkpoint lacks a tensor this rank holds (named).
@@ -96,13 +100,23 @@ def local_model_states(
     params = _params(chunks)
     states = []
     for c in chunks:
-        missing = [n for n in c.state_dict() if n not in model_state]
-        if missing:
+        own = c.state_dict()
+        missing = [n for n in own if n not in model_state]
+        if missing and not keep_missing:
             raise KeyError(f"checkpoint has no {missing[:3]} (of {len(missing)} tensors this stage holds)")
-        states.append(
-            {n: (tp.local(params[n], model_state[n]) if n in params else model_state[n]) for n in c.state_dict()}
-        )
+        states.append({
+            n: own[n] if n not in model_state else tp.local(params[n], model_state[n]) if n in params else model_state[n]
+            for n in own
+        })
     return states
+
+
+def canonical_shape(param: nn.Parameter, ctx: ParallelContext) -> tuple[int, ...]:
+    """The whole (TP = 1) shape of this rank's slice of a parameter (megatron's partition marks)."""
+    shape = list(param.shape)
+    if ctx.tp > 1 and is_tp_sharded(param):
+        shape[int(param.partition_dim)] *= ctx.tp
+    return tuple(shape)
 
 
 def load_canonical(
@@ -111,9 +125,11 @@ def load_canonical(
     model_state: dict[str, Tensor],
     optim_state: dict | None,
     ctx: ParallelContext,
+    keep_missing: bool = False,
 ) -> None:
-    """Load a canonical checkpoint into this rank's chunks and optimizer (no collectives)."""
-    for chunk, state in zip(_chunks(chunks), local_model_states(chunks, model_state, ctx)):
+    """Load a canonical checkpoint into this rank's chunks and optimizer (no collectives);
+    ``keep_missing``: see :func:`local_model_states`."""
+    for chunk, state in zip(_chunks(chunks), local_model_states(chunks, model_state, ctx, keep_missing)):
         chunk.load_state_dict(state)
     if optimizer is not None and optim_state is not None:
         optimizer.load_canonical_state_dict(optim_state)

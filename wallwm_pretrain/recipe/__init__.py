@@ -1,0 +1,1 @@
+"""The multi-stage WALL-WM recipe: stages in order, each a resumable training run."""
