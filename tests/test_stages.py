@@ -211,9 +211,11 @@ def test_stage_presets_on_the_5b_preset_and_the_recipes_load():
     assert action.model.train_parts == ["action_tower", "time_head"] and action.model.video_loss_weight == 0
     cond = load_config([base, root / "configs/stages/3_conditioner.yaml"])
     assert cond.model.kind == "conditioner" and cond.data.mode == "conditioner"
+    stair = load_config([base, root / "configs/stages/4_staircase.yaml"])
+    assert stair.model.kind == "staircase" and stair.data.mode == "conditioner"
     for name in ("smoke", "wallwm_wan22_5b"):
         recipe = read_recipe(root / "configs" / "recipes" / f"{name}.yaml")
-        assert [s.name for s in recipe.stages] == ["1_video", "2_action", "3_conditioner"]
+        assert [s.name for s in recipe.stages] == ["1_video", "2_action", "3_conditioner", "4_staircase"]
         assert recipe.stage("2_action").init_from == "1_video" and not recipe.stage("3_conditioner").init_from
         for stage in recipe.stages:  # every stage's config is valid
             stage_state(recipe, stage, [])

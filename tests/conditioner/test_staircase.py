@@ -383,3 +383,12 @@ def test_infer_prints_the_trace_of_a_stage_4_checkpoint(tmp_path, cond_world, ca
     assert infer_main(["--shards", str(cond_world["cond"])]) == 2
     assert "--conditioner" in capsys.readouterr().err
     assert infer_main(["--staircase", str(run), "--shards", str(cond_world["cond"]), "--policy", str(run)]) == 2
+
+
+def test_every_stage_4_parameter_belongs_to_one_component(cond_world):
+    from wallwm_pretrain.components import component_of, component_patterns
+
+    model = StaircaseModel(_cfg(cond_world).model)
+    patterns = component_patterns("staircase", "small")
+    seen = {component_of(n, patterns) for n, _ in model.named_parameters()}
+    assert seen == {"staircase_branch", "prefix_projector"}
