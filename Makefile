@@ -7,7 +7,7 @@
 #                     caption states (tiny UMT5) -> train the heads on the tiny random Qwen3.5 VLM ->
 #                     next-event accuracy on held-out episodes against a baseline
 #   make recipe-smoke the training recipe on CPU (configs/recipes/smoke.yaml): video stage -> action stage
-#                     from its weights -> conditioner heads; rerun resumes an interrupted stage, skips
+#                     from its weights -> conditioner heads -> Staircase branch; rerun resumes an interrupted stage, skips
 #                     finished ones, and prints the summary table
 #   make ablation     Meta-World event mode vs chunk mode (bench/ablation.py), table in docs/
 #   make fuzz         the long mutation fuzz of the input readers (bench/fuzz_readers.py, docs/fuzzing.md)
@@ -142,8 +142,8 @@ smoke-conditioner: smoke-data
 	  --heldout $(COND_HELDOUT_SHARDS)-cond --json runs/smoke-conditioner/accuracy.json
 
 # The training recipe on the smoke world (configs/recipes/smoke.yaml): stage 1 the video tower, stage 2
-# the action tower from stage 1's final weights, stage 3 the conditioner heads (the data steps of
-# smoke-conditioner first). Not started over: run it again after an interruption to resume the
+# the action tower from stage 1's final weights, stage 3 the conditioner heads, stage 4 the Staircase
+# branch (the data steps of smoke-conditioner first). Not started over: run it again after an interruption to resume the
 # stage that stopped (finished stages are skipped); `rm -rf runs/recipe-smoke-*` starts afresh.
 recipe-smoke: smoke-data
 	$(PYTHON) -m wallwm_pretrain.convert make-tiny --out $(WAN_MODELS) --seed 0
