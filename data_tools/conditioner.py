@@ -49,7 +49,7 @@ from .cut import npy_bytes
 from .errors import DataToolsError, OutputExistsError
 from .parallel import run_ordered
 from .reasoning import reasoning_trace
-from .shardread import iter_samples, iter_tar, npy, read_index
+from .shardread import iter_samples, iter_tar, npy, read_index, sample_meta
 from .shards import SHARD_NAME, looks_like_shard_folder
 from .shardwork import ShardTask, write_shard
 
@@ -98,14 +98,7 @@ def _read_events(src: Path, progress: bool) -> list[EventMeta]:
     for shard, key, members in tqdm(iter_samples(src, ("json",)), total=total, unit="event",
                                     desc="read events", disable=not progress):
         where = f"{src / shard}: sample {key}"
-        if "json" not in members:
-            raise DataToolsError(f"{where} has no json member (meta)")
-        try:
-            meta = json.loads(members["json"])
-        except ValueError as exc:
-            raise DataToolsError(f"{where}.json: cannot read ({exc})") from None
-        if not isinstance(meta, dict):
-            raise DataToolsError(f"{where}.json: must hold an object")
+        meta = sample_meta(members, where)
         missing = [f for f in EVENT_FIELDS if f not in meta]
         if missing:
             raise DataToolsError(f"{where}.json: no {', '.join(map(repr, missing))}; is {src} "

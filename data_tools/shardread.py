@@ -8,6 +8,7 @@ missing shard, raises DataToolsError naming the file.
 from __future__ import annotations
 
 import io
+import json
 import tarfile
 from pathlib import Path
 from typing import Iterator
@@ -61,3 +62,17 @@ def iter_tar(path: Path, wanted: tuple[str, ...] = ("json",)
 
 def npy(data: bytes) -> np.ndarray:
     return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def sample_meta(members: dict[str, bytes], where: str) -> dict:
+    """A sample's ``json`` member as an object; DataToolsError naming ``where`` (shard and key)
+    when it is missing, not JSON, or not an object."""
+    if "json" not in members:
+        raise DataToolsError(f"{where} has no json member (meta)")
+    try:
+        meta = json.loads(members["json"])
+    except ValueError as exc:
+        raise DataToolsError(f"{where}.json: cannot read ({exc})") from None
+    if not isinstance(meta, dict):
+        raise DataToolsError(f"{where}.json: must hold an object")
+    return meta

@@ -19,7 +19,6 @@ whitespace) is not applied: captions in the shards are already plain text.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import numpy as np
 
 from .cut import npy_bytes
 from .errors import DataToolsError
+from .shardread import sample_meta
 
 TEXTS = ("caption", "next_caption", "task")
 MEMBERS = {"caption": "caption_states.npy", "next_caption": "next_caption_states.npy",
@@ -76,14 +76,9 @@ class EmbedCaptions:
     def __call__(self, samples, shard: Path) -> list[dict[str, bytes]]:
         texts = []
         for key, members in samples:
-            if "json" not in members:
-                raise DataToolsError(f"{shard}: sample {key} has no json member (meta)")
-            try:
-                meta = json.loads(members["json"])
-            except ValueError as exc:
-                raise DataToolsError(f"{shard}: sample {key}.json: cannot read ({exc})") from None
+            meta = sample_meta(members, f"{shard}: sample {key}")
             for name in TEXTS:
-                value = meta.get(name) if isinstance(meta, dict) else None
+                value = meta.get(name)
                 if value is not None and not isinstance(value, str):
                     raise DataToolsError(f"{shard}: sample {key}.json: {name!r} must be text, "
                                          f"found {type(value).__name__}")
