@@ -68,7 +68,7 @@ class ConditionerPlanner:
             raise PolicyError(f"observation frame has shape {frame.shape}, the conditioner expects {want}")
         if state.shape != (self.state_dim,):
             raise PolicyError(f"state has shape {state.shape}, the conditioner expects ({self.state_dim},)")
-        obs = torch.from_numpy(np.ascontiguousarray(frame))[None].to(self.device)
+        obs = torch.from_numpy(np.array(frame, dtype=np.uint8))[None].to(self.device)  # a copy: frames may be read-only
         st = torch.from_numpy(self.norm.state(state.astype(np.float32)))[None].to(self.device)
         pred = self.model.predict(obs, st, [task], [list(done)])[0]
         if self.text_tokenizer is not None:
