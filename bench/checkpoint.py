@@ -29,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _ranks import run_ranks  # bench/, the script's own folder
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -152,16 +154,7 @@ def measure(variant: str, world: int, tp: int, pp: int, args) -> list[dict]:
         os.makedirs(os.path.dirname(out))
         procs = [ctx.Process(target=run_rank, args=(r, world, tp, pp, variant, args, os.path.join(tmp, "rdzv"), out))
                  for r in range(world)]
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join(args.timeout)
-        codes = [p.exitcode for p in procs]
-        if any(c != 0 for c in codes):
-            for p in procs:
-                if p.is_alive():
-                    p.terminate()
-            raise SystemExit(f"variant {variant} failed: exit codes {codes}")
+        run_ranks(procs, args.timeout, f"variant {variant}")
         return [json.loads(Path(out).with_name(f"rank{r}.json").read_text()) for r in range(world)]
 
 

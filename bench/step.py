@@ -33,6 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _ranks import run_ranks  # bench/, the script's own folder
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from wallwm_pretrain.batch import Batch
@@ -155,16 +157,7 @@ def measure(layout: dict, args: argparse.Namespace) -> dict:
         out = os.path.join(tmp, "result.json")
         procs = [ctx.Process(target=run_rank, args=(r, layout, args, os.path.join(tmp, "rdzv"), out))
                  for r in range(layout["world"])]
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join(args.timeout)
-        codes = [p.exitcode for p in procs]
-        if any(c != 0 for c in codes):
-            for p in procs:
-                if p.is_alive():
-                    p.terminate()
-            raise SystemExit(f"layout {layout['name']} failed: exit codes {codes}")
+        run_ranks(procs, args.timeout, f"layout {layout['name']}")
         return json.loads(Path(out).read_text())
 
 
