@@ -53,10 +53,8 @@ from wallwm_pretrain.data import EventLoader
 from wallwm_pretrain.data.badinput import merge_problems
 from wallwm_pretrain.data.dims import resolve_data_dims
 from wallwm_pretrain.handoff import handoff_report, shape_mismatches
-from wallwm_pretrain.model.flops import SampleShape, train_flops
 from wallwm_pretrain.model.flow_matching import noise_seed
 from wallwm_pretrain.model.freeze import apply_train_parts, describe_train_parts
-from wallwm_pretrain.model.wan_wallwm import forward_flops as wan_forward_flops
 from wallwm_pretrain.optim import build_optimizer
 from wallwm_pretrain.parallel import init_parallel
 from wallwm_pretrain.parallel.canonical import canonical_checkpoint, canonical_shape, load_canonical
@@ -478,15 +476,9 @@ class Trainer:
         return metrics
 
     def _train_flops(self, batch) -> int:
-        """Model FLOPs of one sample's training step at this batch's padded shapes."""
-        model = self.cfg.model
-        if hasattr(self.chunks[0], "train_flops"):  # the conditioner counts its own
-            return self.chunks[0].train_flops(batch)
-        if model.video_tower == "wan":
-            shape = tuple(batch.latents.shape[3:])
-            return 3 * wan_forward_flops(model, shape, batch.actions.shape[1], batch.text_states.shape[1])["total"]
-        shape = SampleShape.of(model, batch.actions.shape[1], model.frame_stride, batch.caption.shape[1])
-        return train_flops(model, shape)
+        """Model FLOPs of one sample's training step at this batch's padded shapes (each model
+        kind counts its own, for the whole model whichever pipeline slice this rank holds)."""
+        return self.chunks[0].train_flops(batch)
 
     def train(self) -> RunSummary:
         """Step to ``train.stop_after`` or ``train.steps``, or until all ranks agree to stop."""

@@ -46,6 +46,7 @@ from wallwm_pretrain.model.embeddings import (
     patchify,
     sinusoidal,
 )
+from wallwm_pretrain.model.flops import SampleShape, train_flops
 from wallwm_pretrain.model.flow_matching import FlowNoise, interpolate, masked_mse, sample_time, weighted_flow_loss
 from wallwm_pretrain.model.recompute import run_layer
 from wallwm_pretrain.model.remaining_time import RemainingTimeHead, huber_sum
@@ -268,6 +269,12 @@ class WallWM(nn.Module):
     def loss_counts(self, batch: Batch) -> torch.Tensor:
         """:meth:`loss_element_counts` of a batch (the interface both video towers share)."""
         return self.loss_element_counts(batch.lengths, batch.actions.shape[1])
+
+    def train_flops(self, batch: Batch) -> int:
+        """Model FLOPs of one sample's training step at this batch's padded shapes (the whole
+        model's, whichever pipeline slice this is)."""
+        shape = SampleShape.of(self.cfg, batch.actions.shape[1], self.frame_stride, batch.caption.shape[1])
+        return train_flops(self.cfg, shape)
 
     def sample_noise(self, batch: Batch, generator: torch.Generator | None = None) -> FlowNoise:
         """Flow times and noise for a batch, in the order the forward has always drawn them."""

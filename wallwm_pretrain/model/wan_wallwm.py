@@ -204,6 +204,12 @@ class WanWallWM(nn.Module):
         return wan + -(-action // self.wan.hidden_size)
 
     # ------------------------------------------------------------------ flow inputs
+    def train_flops(self, batch: Batch) -> int:
+        """Model FLOPs of one sample's training step at this batch's padded shapes (the whole
+        model's, whichever pipeline slice this is): 3x :func:`forward_flops`."""
+        shape = tuple(batch.latents.shape[3:])
+        return 3 * forward_flops(self.cfg, shape, batch.actions.shape[1], batch.text_states.shape[1])["total"]
+
     def sample_noise(self, batch: Batch, generator: torch.Generator | None = None) -> FlowNoise:
         """Flow times (video: shifted) and noise of a batch."""
         self._check(batch)
