@@ -47,6 +47,13 @@ from wallwm_pretrain.model.local_layers import LocalCrossAttention, LocalMLP, Lo
 from wallwm_pretrain.model.recompute import RecomputedCoreAttention, RecomputedLocalCoreAttention
 
 
+# What every megatron config of the project shares: no dropout, and float32 master weights drawn
+# whole on CPU and then split, so a TP>1 model starts from exactly the weights of the TP=1 model
+# (what the equivalence tests rely on).
+MASTER_WEIGHTS = dict(hidden_dropout=0.0, attention_dropout=0.0, use_cpu_initialization=True,
+                      params_dtype=torch.float32, bf16=False)
+
+
 def build_transformer_config(cfg: ModelConfig, num_layers: int | None = None) -> TransformerConfig:
     """The single megatron ``TransformerConfig`` threaded through every block of both towers."""
     return TransformerConfig(
@@ -57,14 +64,8 @@ def build_transformer_config(cfg: ModelConfig, num_layers: int | None = None) ->
         gated_linear_unit=True,  # the paper's gated FFN (SwiGLU)
         activation_func=F.silu,
         add_bias_linear=False,
-        hidden_dropout=0.0,
-        attention_dropout=0.0,
         init_method_std=cfg.init_std,
-        # Master weights are drawn whole on CPU and then split, so a TP>1 model starts from
-        # exactly the weights of the TP=1 model (what the equivalence tests rely on).
-        use_cpu_initialization=True,
-        params_dtype=torch.float32,
-        bf16=False,
+        **MASTER_WEIGHTS,
     )
 
 

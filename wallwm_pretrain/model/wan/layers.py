@@ -18,6 +18,7 @@ from megatron.core.utils import init_method_normal
 from torch import nn
 
 from wallwm_pretrain.model.local_layers import LocalLinear
+from wallwm_pretrain.model.spec import MASTER_WEIGHTS
 from wallwm_pretrain.model.wan.config import WanConfig
 
 
@@ -30,14 +31,8 @@ def wan_transformer_config(cfg: WanConfig) -> TransformerConfig:
         kv_channels=cfg.attention_head_dim,
         ffn_hidden_size=cfg.ffn_dim,
         add_bias_linear=True,
-        hidden_dropout=0.0,
-        attention_dropout=0.0,
         init_method_std=cfg.init_std,
-        # whole master weights drawn on CPU and then split: a TP>1 tower starts from exactly
-        # the weights of the TP=1 tower
-        use_cpu_initialization=True,
-        params_dtype=torch.float32,
-        bf16=False,
+        **MASTER_WEIGHTS,
     )
 
 
