@@ -45,7 +45,21 @@ class Batch:
     text_valid: Optional[torch.Tensor] = None
     """bool [B, L]: real positions of ``text_states`` (False = padding)."""
     keys: list[str] = field(default_factory=list)
-    """The samples' keys (shard sample keys, ``/w<start>`` for chunk windows)."""
+    """The samples' keys (shard sample keys, ``/w<start>`` for chunk and unified windows)."""
+    history: int = 0
+    """Unified mode: M, the latent frames before the anchor. ``frames`` then holds ``M * K_p``
+    history control steps before the ``T`` steps that ``actions`` covers (``[B, M K_p + T, ...]``)
+    and ``latents`` M history latent frames before those of the T steps; the first M + 1 latent
+    frames (history and anchor) are clean conditions. 0 in event and chunk mode (the anchor is
+    the first frame)."""
+    context: list[str] = field(default_factory=list)
+    """Unified mode: each row's text-context source, ``atomic`` (``caption`` / ``text_states`` as
+    given), ``global`` (the conditioner's aligned states of ``task``) or ``staircase`` (projected
+    Staircase latents); empty = every row reads ``caption`` / ``text_states`` as given."""
+    task: list[str] = field(default_factory=list)
+    """Unified mode: each row's task instruction (the conditioner's and Staircase's prompt)."""
+    done: list[list[str]] = field(default_factory=list)
+    """Unified mode: captions of the events finished before each row's anchor, in order."""
 
     @property
     def size(self) -> int:
@@ -58,7 +72,8 @@ class Batch:
             self, frames=cut(self.frames), actions=cut(self.actions), state=cut(self.state),
             lengths=cut(self.lengths), caption=cut(self.caption), remaining=cut(self.remaining),
             latents=cut(self.latents), text_states=cut(self.text_states), text_valid=cut(self.text_valid),
-            keys=self.keys[start:stop],
+            keys=self.keys[start:stop], context=self.context[start:stop], task=self.task[start:stop],
+            done=self.done[start:stop],
         )
 
     def to(self, device: torch.device | str) -> "Batch":
@@ -70,7 +85,7 @@ class Batch:
         )
 
     def padding_efficiency(self) -> float:
-        """Real control steps / padded control steps."""
+        """Real control steps / padded control steps (of the span ``actions`` covers)."""
         return float(self.lengths.sum()) / float(self.lengths.shape[0] * self.actions.shape[1])
 
 

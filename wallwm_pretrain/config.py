@@ -21,7 +21,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -84,6 +84,10 @@ class BalanceConfig:
         return self.alpha_vl != 1.0 or self.alpha_action != 1.0
 
 
+DATA_MODES = ("event", "chunk", "conditioner", "unified")
+CONTEXT_SOURCES = ("atomic", "global", "staircase")
+
+
 @dataclass
 class DataConfig:
     """Where training samples come from and how they are batched."""
@@ -101,9 +105,21 @@ class DataConfig:
     ``chunk_horizon`` windows conditioned on the task instruction (the paper's baseline).
     ``conditioner``: one observation inside an event with the task and the captions already
     done, for the text conditioner (shards from ``data_tools build-conditioner``; batches are
-    ``ConditionerBatch``, never length-bucketed, and caption drop does not apply)."""
+    ``ConditionerBatch``, never length-bucketed, and caption drop does not apply).
+    ``unified``: fixed ``chunk_horizon`` windows on an observation-centred window of latent
+    frames (``history_latents`` before the anchor), tiled over whole episodes across event
+    boundaries (shards from ``data_tools build-episodes``), each with a text-context source
+    drawn from ``context_mix``."""
     chunk_horizon: int = 16
-    """H_a, control steps per window in chunk mode."""
+    """H_a, control steps per window in chunk and unified mode (N = H_a / K_p future latents)."""
+    history_latents: int = 2
+    """M, latent frames before the anchor in unified mode (``M * K_p`` control steps; windows
+    near an episode's start repeat its first frame)."""
+    context_mix: Dict[str, float] = field(default_factory=lambda: {"atomic": 1.0, "global": 0.0, "staircase": 0.0})
+    """Unified mode: relative weights of the text-context sources a window is trained with,
+    drawn per window: ``atomic`` (the caption of the event the window mostly covers), ``global``
+    (the conditioner's aligned states of the task) or ``staircase`` (projected Staircase latents;
+    these two need ``model.context``)."""
     max_frames: int = 48
     """Longest event kept whole, in control steps; longer events are cropped at a random start."""
     caption_drop: CaptionDropConfig = field(default_factory=CaptionDropConfig)
@@ -126,8 +142,16 @@ class DataConfig:
             raise ConfigError(f"data.verify must be size, sha256 or none, got {self.verify!r}")
         if self.max_bad_samples < 0:
             raise ConfigError(f"data.max_bad_samples must be >= 0, got {self.max_bad_samples}")
-        if self.mode not in ("event", "chunk", "conditioner"):
-            raise ConfigError(f"data.mode must be 'event', 'chunk' or 'conditioner', got {self.mode!r}")
+        if self.mode not in DATA_MODES:
+            raise ConfigError(f"data.mode must be one of {', '.join(DATA_MODES)}, got {self.mode!r}")
+        if self.history_latents < 0:
+            raise ConfigError(f"data.history_latents must be >= 0, got {self.history_latents}")
+        unknown = sorted(set(self.context_mix) - set(CONTEXT_SOURCES))
+        if unknown:
+            raise ConfigError(f"data.context_mix: unknown source {unknown[0]!r}; the sources are "
+                              f"{', '.join(CONTEXT_SOURCES)}")
+        if any(w < 0 for w in self.context_mix.values()) or not sum(self.context_mix.values()) > 0:
+            raise ConfigError(f"data.context_mix needs weights >= 0 with a positive sum, got {dict(self.context_mix)}")
         for name in ("batch_size", "max_frames", "chunk_horizon"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"data.{name} must be >= 1, got {getattr(self, name)}")
@@ -815,7 +839,7 @@ def validate(cfg: Config) -> None:
             f"data.max_frames ({cfg.data.max_frames}) must be a multiple of model.frame_stride "
             f"({stride}) so that action groups align with latent frames"
         )
-    if cfg.data.mode == "chunk" and cfg.data.chunk_horizon % stride:
+    if cfg.data.mode in ("chunk", "unified") and cfg.data.chunk_horizon % stride:
         raise ConfigError(
             f"data.chunk_horizon ({cfg.data.chunk_horizon}) must be a multiple of model.frame_stride ({stride})"
         )
