@@ -24,7 +24,12 @@ of every model belongs to exactly one component (``tests/test_stages.py`` checks
 - ``action_tower``: ``action_in``, ``action_group_pos``, ``state_in``, ``time_action``,
   ``text_in`` (the action tower's projection of the text-encoder states), ``action_layers``
   (action blocks and their coupling projections), ``action_out``;
-- ``time_head``: ``time_head``.
+- ``time_head``: ``time_head``;
+- with ``model.context.sources`` (unified mode's text-context sources, ``model/context.py``):
+  ``context_conditioner``: ``context.adapter``, ``context.align`` (the conditioner's adapter and
+  alignment head, reached by the DiT loss through the ``global`` source); ``context_staircase``:
+  ``context.branch`` (the Staircase branch; stage 5 freezes it); ``context_projection``:
+  ``context.staircase_proj`` (Staircase latents -> the text encoder's space).
 
 (The VAE and the UMT5 text encoder run offline, ``data_tools encode-latents`` /
 ``embed-captions``: they are in no training state and always frozen.)
@@ -61,6 +66,15 @@ _TOWERS_WAN = {
     "action_tower": r"(action_in|action_group_pos|state_in|time_action|text_in|action_out|action_layers)\.",
     "time_head": r"time_head\.",
 }
+# unified mode's context sources (model.context.sources, Wan towers only; model/context.py)
+_CONTEXT = {
+    "context_conditioner": r"context\.(adapter|align)\.",
+    "context_staircase": r"context\.branch\.",
+    "context_projection": r"context\.staircase_proj\.",
+}
+# what each earlier stage's weights give to those (model.context.<key>: source prefixes, taken
+# under "context."): the conditioner's adapter and alignment head, the Staircase branch
+CONTEXT_FROM = {"conditioner_from": ("adapter.", "align."), "staircase_from": ("branch.",)}
 _STAIRCASE = {
     "staircase_branch": r"branch\.",
     "prefix_projector": r"projector\.",
@@ -80,7 +94,7 @@ def component_patterns(kind: str, video_tower: str) -> dict[str, str]:
         return dict(_CONDITIONER)
     if kind == "staircase":
         return dict(_STAIRCASE)
-    return dict(_TOWERS_WAN if video_tower == "wan" else _TOWERS_SMALL)
+    return {**_TOWERS_WAN, **_CONTEXT} if video_tower == "wan" else dict(_TOWERS_SMALL)
 
 
 def component_names(kind: str, video_tower: str) -> list[str]:

@@ -286,6 +286,32 @@ class StaircaseConfig:
 
 
 @dataclass
+class ContextConfig:
+    """Unified mode's text-context sources beyond the atomic instruction (``model/context.py``):
+    ``global``, the conditioner's aligned states of the task (its adapter and alignment head, on
+    the frozen VLM of ``model.conditioner``), and ``staircase``, Staircase latents (the branch of
+    ``model.staircase``, frozen) through a learned projection into the text encoder's space. Both
+    read the frozen VLM; the towers' ``text_in`` and the Wan tower read what they produce in
+    place of the text encoder's states. ``model.video_tower=wan`` only."""
+
+    sources: List[str] = field(default_factory=list)
+    """Sources the model builds: any of ``global``, ``staircase`` (``atomic`` needs nothing).
+    Empty = none (every row reads the text-encoder states the batch carries)."""
+    conditioner_from: str = ""
+    """Weights of the trained conditioner (stage 3: a checkpoint step or run folder, or an
+    export) whose ``adapter.*`` and ``align.*`` start ``context.adapter`` / ``context.align``;
+    empty = their fresh initialisation. Read with ``model.init_from`` (not on resume)."""
+    staircase_from: str = ""
+    """Weights of the trained Staircase branch (stage 4) whose ``branch.*`` start
+    ``context.branch``; empty = fresh initialisation. Read with ``model.init_from``."""
+
+    def __post_init__(self) -> None:
+        bad = [s for s in self.sources if s not in ("global", "staircase")]
+        if bad or len(set(self.sources)) != len(self.sources):
+            raise ConfigError(f"model.context.sources: each of global, staircase at most once, got {list(self.sources)}")
+
+
+@dataclass
 class ModelConfig:
     """The dual-tower, layer-coupled denoiser (video tower + action tower)."""
 
@@ -345,6 +371,8 @@ class ModelConfig:
     """The text conditioner (``kind=conditioner`` only)."""
     staircase: StaircaseConfig = field(default_factory=StaircaseConfig)
     """Staircase decoding: the reasoning-latent branch and its frozen small LM."""
+    context: ContextConfig = field(default_factory=ContextConfig)
+    """Unified mode's text-context sources (``kind=towers``, ``video_tower=wan``)."""
     init_from: str = ""
     """Weights to start from (model only: no optimizer, loader or schedule state; step 0): a
     folder written by ``python -m wallwm_pretrain.convert wan``, a previous stage's checkpoint
@@ -852,6 +880,7 @@ def validate(cfg: Config) -> None:
     elif cfg.data.mode == "conditioner":
         raise ConfigError("data.mode=conditioner feeds the text conditioner: set model.kind=conditioner "
                           "(or data.mode=event for the towers)")
+    _validate_context(cfg)
     tp = cfg.parallel.tp
     split = [("num_heads", cfg.model.num_heads), ("ffn_hidden_size", cfg.model.ffn_hidden_size)]
     if cfg.model.video_tower == "wan":
@@ -898,6 +927,27 @@ def _validate_conditioner(cfg: Config) -> None:
         # splitting them brings nothing, data parallel is the layout (see model/conditioner)
         raise ConfigError(f"model.kind={kind} trains data parallel only: set parallel.tp=1, pp=1, vpp=1 "
                           f"(got tp={par.tp}, pp={par.pp}, vpp={par.vpp})")
+
+
+def _validate_context(cfg: Config) -> None:
+    m, mix = cfg.model, cfg.data.context_mix
+    wanted = [s for s in ("global", "staircase") if mix.get(s, 0) > 0] if cfg.data.mode == "unified" else []
+    missing = [s for s in wanted if s not in m.context.sources]
+    if missing:
+        raise ConfigError(f"data.context_mix draws {missing[0]} contexts, which model.context.sources does not "
+                          f"build (add it there, or set data.context_mix.{missing[0]}=0)")
+    if not m.context.sources:
+        return
+    if m.kind != "towers" or m.video_tower != "wan":
+        raise ConfigError("model.context.sources needs model.kind=towers and model.video_tower=wan (the sources "
+                          f"write the text encoder's space), got kind={m.kind}, video_tower={m.video_tower}")
+    if not m.conditioner.vlm:
+        raise ConfigError("model.context.sources reads the frozen VLM: set model.conditioner.vlm")
+    if cfg.parallel.pp != 1 or cfg.parallel.vpp != 1:
+        # the context is computed (with gradient) before the first Wan block and read by every
+        # block: a pipeline would have to ship it, and its gradient, across stages
+        raise ConfigError(f"model.context.sources runs with parallel.pp=1 (got pp={cfg.parallel.pp}, "
+                          f"vpp={cfg.parallel.vpp})")
 
 
 def to_yaml(cfg: Config) -> str:

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from wallwm_pretrain.components import component_of
+from wallwm_pretrain.checkpoint.manifest import CheckpointError
+from wallwm_pretrain.checkpoint.weights import load_init_weights
+from wallwm_pretrain.components import CONTEXT_FROM, component_of
+from wallwm_pretrain.config import ModelConfig
 
 
 @dataclass
@@ -65,3 +68,31 @@ def shape_mismatches(source_shapes: dict[str, tuple], model_shapes: dict[str, tu
     return [f"{n}: source {list(source_shapes[n])} vs model {list(model_shapes[n])}"
             for n in sorted(source_shapes.keys() & model_shapes.keys())
             if tuple(source_shapes[n]) != tuple(model_shapes[n])]
+
+
+def init_sources(cfg: ModelConfig) -> tuple[dict, str]:
+    """The tensors a run starts from and where they came from: ``model.init_from``'s, plus the
+    context sources' weights of their own stages (``model.context.conditioner_from`` /
+    ``staircase_from``: the tensors under the prefixes of ``components.CONTEXT_FROM``, renamed
+    under ``context.``; the source's other tensors, e.g. the conditioner's next-event head, are
+    not this model's and are left out).
+
+    Raises:
+        CheckpointError: an unreadable source, or a context source without such tensors.
+    """
+    weights, where = {}, []
+    if cfg.init_from:
+        weights, first = load_init_weights(cfg.init_from)
+        weights, where = dict(weights), [first]
+    for key, prefixes in CONTEXT_FROM.items():
+        path = getattr(cfg.context, key)
+        if not path:
+            continue
+        tensors, desc = load_init_weights(path)
+        taken = {f"context.{n}": v for n, v in tensors.items() if n.startswith(prefixes)}
+        if not taken:
+            raise CheckpointError(f"model.context.{key}={path} ({desc}) holds no {' / '.join(prefixes)} tensors "
+                                  f"(is it the right stage's checkpoint?)")
+        weights.update(taken)
+        where.append(f"{desc} as context.{'/'.join(p.rstrip('.') for p in prefixes)}")
+    return weights, " + ".join(where)

@@ -46,13 +46,12 @@ from tqdm import tqdm
 
 from wallwm_pretrain import checkpoint as ckpt
 from wallwm_pretrain.checkpoint.background import BackgroundSave
-from wallwm_pretrain.checkpoint.weights import load_init_weights
 from wallwm_pretrain.components import component_patterns
 from wallwm_pretrain.config import Config, flatten, to_yaml
 from wallwm_pretrain.data import EventLoader
 from wallwm_pretrain.data.badinput import merge_problems
 from wallwm_pretrain.data.dims import resolve_data_dims
-from wallwm_pretrain.handoff import handoff_report, shape_mismatches
+from wallwm_pretrain.handoff import handoff_report, init_sources, shape_mismatches
 from wallwm_pretrain.model.flow_matching import noise_seed
 from wallwm_pretrain.model.freeze import apply_train_parts, describe_train_parts
 from wallwm_pretrain.optim import build_optimizer
@@ -224,8 +223,8 @@ class Trainer:
             self.watchdog.phase("load", 0)
             run_id = self._restore(path)
             self.resumed_from = str(path)
-        elif cfg.model.init_from:
-            self._init_from(cfg.model.init_from)
+        elif cfg.model.init_from or cfg.model.context.conditioner_from or cfg.model.context.staircase_from:
+            self._init_from()
         self.watchdog.phase("setup", self.step)
 
         # 6. tracking (rank 0 only)
@@ -247,14 +246,17 @@ class Trainer:
         return sum_over_pipeline(counts, self.ctx)
 
     # -- checkpoints --------------------------------------------------------------------
-    def _init_from(self, source: str) -> None:
+    def _init_from(self) -> None:
         """Start from another run's weights (``model.init_from``): a weights folder, a previous
         stage's checkpoint (step or run folder) or an export; model weights only, step 0, fresh
-        optimizer, schedule and loader. Names are checked against the whole model's
+        optimizer, schedule and loader. Unified mode's context sources add the conditioner's and
+        the Staircase branch's weights of their own stages (``model.context.conditioner_from`` /
+        ``staircase_from``, under ``context.``). Names are checked against the whole model's
         (:mod:`wallwm_pretrain.handoff` says which differences ``model.init_from_partial``
         allows), shapes always; the report of loaded / newly initialised / unused tensors per
         component is logged and written to ``<run>/init_from.json``."""
-        weights, where = load_init_weights(source)
+        weights, where = init_sources(self.cfg.model)
+        source = where
         own = {n: v for c in self.chunks for n, v in c.state_dict().items()}
         params = {n: p for c in self.chunks for n, p in c.named_parameters()}
         own_shapes = {n: canonical_shape(params[n], self.ctx) if n in params else tuple(v.shape)

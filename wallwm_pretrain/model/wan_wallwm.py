@@ -139,6 +139,11 @@ class WanWallWM(nn.Module):
                 self.state_in = mark_adamw(nn.Linear(int(cfg.state_dim), h))
                 self.time_action = TimestepEmbedder(h)
                 self.text_in = mark_adamw(nn.Linear(wcfg.text_dim, h))
+            if cfg.context.sources:  # unified mode's global / Staircase text context (pp=1: config)
+                from wallwm_pretrain.model.context import ContextSources  # loads transformers
+
+                with part_rng(base, "context"):
+                    self.context = ContextSources(cfg)
         self.action_layers = nn.ModuleDict()
         for i in part.layers:
             with part_rng(base, f"action.layer{i}"):
@@ -154,7 +159,7 @@ class WanWallWM(nn.Module):
         """Parameters held here per tower (the coupling projections count to the action tower)."""
         video = sum(p.numel() for p in self.video.parameters())
         total = sum(p.numel() for p in self.parameters())
-        cond = sum(p.numel() for n in ("text_in", "time_action") if hasattr(self, n)
+        cond = sum(p.numel() for n in ("text_in", "time_action", "context") if hasattr(self, n)
                    for p in getattr(self, n).parameters())
         return {"video_tower": video, "action_tower": total - video - cond, "conditioning": cond, "total": total}
 
@@ -243,10 +248,22 @@ class WanWallWM(nn.Module):
     # ------------------------------------------------------------------ forward
     def forward(self, batch: Batch, *, generator: torch.Generator | None = None, noise: FlowNoise | None = None,
                 loss_denominators: torch.Tensor | None = None, hidden: torch.Tensor | None = None):
-        """As :meth:`WallWM.forward`: the losses on the last stage, else the packed streams."""
+        """As :meth:`WallWM.forward`: the losses on the last stage, else the packed streams. Rows
+        of a unified-mode batch whose context is ``global`` or ``staircase`` read that source's
+        text states (:mod:`.context`)."""
+        batch = self.with_context(batch)
         if noise is None:
             noise = self.sample_noise(batch, generator)
         return self.forward_slice(self.flow_inputs(batch, noise), hidden, loss_denominators)
+
+    def with_context(self, batch: Batch) -> Batch:
+        """``batch`` with each row's text context from its source (unchanged without sources)."""
+        if batch.context and any(c != "atomic" for c in batch.context):
+            if not hasattr(self, "context"):
+                raise ValueError(f"batch rows ask for {sorted(set(batch.context) - {'atomic'})} text contexts; "
+                                 "this model builds none (model.context.sources)")
+            return self.context.apply(batch)
+        return batch
 
     def geometry(self, inputs: WanFlowInputs) -> WanGeometry:
         return self.video.geometry(inputs.xt_video, inputs.timestep, inputs.text_states)
