@@ -15,7 +15,8 @@ of every model belongs to exactly one component (``tests/test_stages.py`` checks
   ``action_out`` (action and state-token embeddings, action blocks, action head);
 - ``caption_encoder``: ``caption`` (the byte-level caption encoder both towers read; the stand-in
   for the frozen text encoder, which here has to be trained once, in the video stage);
-- ``time_head``: ``time_head`` (the towers' remaining-time head).
+- ``time_head``: ``time_head`` (the towers' remaining-time head);
+- the context components below, with ``model.context.sources``.
 
 ``model.kind=towers``, ``model.video_tower=wan``:
 
@@ -29,7 +30,8 @@ of every model belongs to exactly one component (``tests/test_stages.py`` checks
   ``context_conditioner``: ``context.adapter``, ``context.align`` (the conditioner's adapter and
   alignment head, reached by the DiT loss through the ``global`` source); ``context_staircase``:
   ``context.branch`` (the Staircase branch; stage 5 freezes it); ``context_projection``:
-  ``context.staircase_proj`` (Staircase latents -> the text encoder's space).
+  ``context.staircase_proj`` (Staircase latents -> the towers' text context) and, on the small
+  towers, ``context.global_proj`` (aligned states -> their text stream).
 
 (The VAE and the UMT5 text encoder run offline, ``data_tools encode-latents`` /
 ``embed-captions``: they are in no training state and always frozen.)
@@ -66,11 +68,11 @@ _TOWERS_WAN = {
     "action_tower": r"(action_in|action_group_pos|state_in|time_action|text_in|action_out|action_layers)\.",
     "time_head": r"time_head\.",
 }
-# unified mode's context sources (model.context.sources, Wan towers only; model/context.py)
+# unified mode's context sources (model.context.sources; model/context.py)
 _CONTEXT = {
     "context_conditioner": r"context\.(adapter|align)\.",
     "context_staircase": r"context\.branch\.",
-    "context_projection": r"context\.staircase_proj\.",
+    "context_projection": r"context\.(staircase_proj|global_proj)\.",
 }
 # what each earlier stage's weights give to those (model.context.<key>: source prefixes, taken
 # under "context."): the conditioner's adapter and alignment head, the Staircase branch
@@ -94,7 +96,7 @@ def component_patterns(kind: str, video_tower: str) -> dict[str, str]:
         return dict(_CONDITIONER)
     if kind == "staircase":
         return dict(_STAIRCASE)
-    return {**_TOWERS_WAN, **_CONTEXT} if video_tower == "wan" else dict(_TOWERS_SMALL)
+    return {**(_TOWERS_WAN if video_tower == "wan" else _TOWERS_SMALL), **_CONTEXT}
 
 
 def component_names(kind: str, video_tower: str) -> list[str]:

@@ -938,9 +938,11 @@ def _validate_context(cfg: Config) -> None:
                           f"build (add it there, or set data.context_mix.{missing[0]}=0)")
     if not m.context.sources:
         return
-    if m.kind != "towers" or m.video_tower != "wan":
-        raise ConfigError("model.context.sources needs model.kind=towers and model.video_tower=wan (the sources "
-                          f"write the text encoder's space), got kind={m.kind}, video_tower={m.video_tower}")
+    if m.kind != "towers":
+        raise ConfigError(f"model.context.sources belongs to the towers (model.kind=towers), got kind={m.kind}")
+    if m.video_tower == "small" and "global" in m.context.sources and not isinstance(m.conditioner.text_dim, int):
+        raise ConfigError("model.context.sources=[global] on the small towers needs model.conditioner.text_dim: the "
+                          "width of the text states the conditioner was aligned to (its run config says it)")
     if not m.conditioner.vlm:
         raise ConfigError("model.context.sources reads the frozen VLM: set model.conditioner.vlm")
     if cfg.parallel.pp != 1 or cfg.parallel.vpp != 1:

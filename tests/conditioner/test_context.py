@@ -131,8 +131,10 @@ def test_a_source_the_model_lacks_fails_clearly(cond_world):
 def test_config_checks():
     with pytest.raises(ConfigError, match="model.context.sources"):
         load_config("configs/smoke_wan.yaml", ["data.mode=unified", "data.context_mix.global=1"])
-    with pytest.raises(ConfigError, match="video_tower=wan"):
+    with pytest.raises(ConfigError, match="conditioner.text_dim"):
         load_config("configs/smoke.yaml", ["model.context.sources=[global]", "model.conditioner.vlm=x"])
+    with pytest.raises(ConfigError, match="model.kind=towers"):
+        load_config("configs/smoke_conditioner.yaml", ["model.context.sources=[global]"])
     with pytest.raises(ConfigError, match="at most once"):
         load_config("configs/smoke_wan.yaml", ["model.context.sources=[global,global]"])
     with pytest.raises(ConfigError, match="pp=1"):

@@ -42,6 +42,27 @@ from wallwm_pretrain.model.conditioner.vlm import FrozenVLM
 SOURCES = ("atomic", "global", "staircase")
 
 
+def context_width(cfg: ModelConfig) -> int:
+    """Width of the text context the towers read: the text encoder's states on the Wan path
+    (``model.wan.text_dim``), the caption encoder's output on the small path (``hidden_size``)."""
+    return int(cfg.wan.text_dim) if cfg.video_tower == "wan" else int(cfg.hidden_size)
+
+
+def aligned_width(cfg: ModelConfig) -> int:
+    """The alignment head's output width: the text encoder's (``model.conditioner.text_dim``, the
+    stage-3 target; on the Wan path ``model.wan.text_dim``, which it must equal)."""
+    own = cfg.conditioner.text_dim
+    if cfg.video_tower == "wan":
+        if isinstance(own, int) and own != cfg.wan.text_dim:
+            raise ValueError(f"model.conditioner.text_dim={own} but the Wan tower reads text states of width "
+                             f"model.wan.text_dim={cfg.wan.text_dim}")
+        return int(cfg.wan.text_dim)
+    if not isinstance(own, int):
+        raise ValueError("the global context source on the small towers needs model.conditioner.text_dim (the "
+                         "width of the text states the conditioner was aligned to, in its run config)")
+    return own
+
+
 class ContextSources(nn.Module):
     """The global and Staircase sources of unified mode (``model.context.sources``).
 
@@ -56,15 +77,19 @@ class ContextSources(nn.Module):
 
         self.cfg = cfg
         self.sources = tuple(cfg.context.sources)
-        c, text_dim = cfg.conditioner, cfg.wan.text_dim
+        self.width = context_width(cfg)
+        c = cfg.conditioner
         self.vlm = vlm if vlm is not None else FrozenVLM.load(c.vlm, dtype=vlm_dtype(c.vlm_dtype))
         dv = self.vlm.hidden_size
         if "global" in self.sources:
+            text_dim = aligned_width(cfg)
             self.adapter = Adapter(dv, c.hidden_size)
             self.align = AlignmentHead(c.hidden_size, c.num_heads, c.align_layers, c.align_tokens, text_dim)
+            if cfg.video_tower != "wan":  # the small towers' text stream is not the text encoder's space
+                self.global_proj = nn.Linear(text_dim, self.width)
         if "staircase" in self.sources:
             self.branch = StaircaseBranch(self.vlm.num_layers, dv, cfg.staircase)
-            self.staircase_proj = nn.Sequential(nn.RMSNorm(dv), nn.Linear(dv, text_dim))
+            self.staircase_proj = nn.Sequential(nn.RMSNorm(dv), nn.Linear(dv, self.width))
 
     def _apply(self, fn, recurse: bool = True):
         # a parent's .to / .cuda reaches submodules through _apply, not .to: the frozen VLM (not a
@@ -79,12 +104,14 @@ class ContextSources(nn.Module):
         return [build_prompt(t, d, self.cfg.conditioner.max_done) for t, d in zip(task, done)]
 
     def global_states(self, observation: torch.Tensor, task: list[str], done: list[list[str]]) -> torch.Tensor:
-        """[B, align_tokens, text_dim]: the conditioner's aligned states of the global instruction
-        (gradient to the adapter and the alignment head, none to the VLM)."""
+        """[B, align_tokens, width]: the conditioner's aligned states of the global instruction
+        (gradient to the adapter and the alignment head, none to the VLM); on the small towers
+        through ``global_proj`` into their text stream."""
         states, valid = self.vlm.encode(observation, self.prompts(task, done))
         w = self.adapter.proj.weight
         memory = self.adapter(states.to(w.device, w.dtype))
-        return self.align(memory, ~valid.to(w.device))
+        aligned = self.align(memory, ~valid.to(w.device))
+        return self.global_proj(aligned) if hasattr(self, "global_proj") else aligned
 
     def staircase_latents(self, observation: torch.Tensor, task: list[str], done: list[list[str]]) -> torch.Tensor:
         """[B, K_c, D_vlm]: the branch's reasoning latents (no autograd graph while the branch is
@@ -95,7 +122,7 @@ class ContextSources(nn.Module):
             return self.branch(states, valid)
 
     def staircase_states(self, observation: torch.Tensor, task: list[str], done: list[list[str]]) -> torch.Tensor:
-        """[B, K_c, text_dim]: the Staircase latents projected into the text encoder's space."""
+        """[B, K_c, width]: the Staircase latents projected into the towers' text-context space."""
         return self.staircase_proj(self.staircase_latents(observation, task, done))
 
     def states(self, source: str, observation: torch.Tensor, task: list[str], done: list[list[str]]) -> torch.Tensor:
@@ -105,43 +132,56 @@ class ContextSources(nn.Module):
             return self.global_states(observation, task, done)
         return self.staircase_states(observation, task, done)
 
-    def apply(self, batch: Batch) -> Batch:
-        """``batch`` with the text states (and their mask) of every row whose ``context`` is
-        ``global`` or ``staircase`` replaced by that source's; ``atomic`` rows keep theirs. The
-        rows of one batch may have different sources: states are padded to the longest."""
+    def row_states(self, batch: Batch) -> list[torch.Tensor | None]:
+        """Each row's context states ``[L_i, width]`` from its source; None for ``atomic`` rows
+        (and for every row of a batch without sources). The anchor's views are the observation."""
+        per_row: list[torch.Tensor | None] = [None] * batch.size
         if not batch.context or all(c == "atomic" for c in batch.context):
-            return batch
+            return per_row
         unknown = sorted(set(batch.context) - set(SOURCES))
         if unknown:
             raise ValueError(f"batch.context: unknown source {unknown[0]!r}; the sources are {', '.join(SOURCES)}")
         observation = batch.frames[:, batch.history * self.cfg.frame_stride]  # the anchor's views
-        per_row: list[torch.Tensor | None] = [None] * batch.size
         for source in ("global", "staircase"):
             rows = [i for i, c in enumerate(batch.context) if c == source]
             if not rows:
                 continue
-            if not batch.task or len(batch.task) != batch.size:
+            if len(batch.task) != batch.size:
                 raise ValueError(f"context source {source} needs batch.task (the global instruction) for every row")
             done = batch.done if batch.done else [[] for _ in range(batch.size)]
             out = self.states(source, observation[rows], [batch.task[i] for i in rows], [done[i] for i in rows])
             for j, i in enumerate(rows):
                 per_row[i] = out[j]
-        text, valid = batch.text_states, batch.text_valid
+        return per_row
+
+    def merge(self, per_row: list[torch.Tensor | None], text: torch.Tensor | None, valid: torch.Tensor | None,
+              keys: list[str] = ()) -> tuple[torch.Tensor, torch.Tensor]:
+        """Text states ``[B, L, width]`` and their mask ``[B, L]``: row i is ``per_row[i]`` where
+        given, else ``text[i]`` with ``valid[i]``; padded to the longest row."""
         if text is not None and valid is None:
             valid = torch.ones(text.shape[:2], dtype=torch.bool, device=text.device)
         length = max([t.shape[0] for t in per_row if t is not None] + ([text.shape[1]] if text is not None else []))
         dev = next(t for t in per_row if t is not None).device
-        width = self.cfg.wan.text_dim
         rows_out, valid_out = [], []
         for i, mine in enumerate(per_row):
             if mine is None:
                 if text is None:
-                    raise ValueError(f"row {i} ({batch.keys[i] if batch.keys else i}) reads atomic text states, "
-                                     "but the batch has none (text_states)")
+                    raise ValueError(f"row {i} ({keys[i] if keys else i}) reads atomic text states, but the batch "
+                                     "has none (text_states)")
                 mine, real = text[i].to(dev, torch.float32), valid[i].to(dev)
             else:
                 real = torch.ones(mine.shape[0], dtype=torch.bool, device=dev)
             pad = length - mine.shape[0]
-            rows_out.append(torch.cat([mine.float(), mine.new_zeros(pad, width, dtype=torch.float32)]))
+            rows_out.append(torch.cat([mine.float(), mine.new_zeros(pad, self.width, dtype=torch.float32)]))
             valid_out.append(torch.cat([real, real.new_zeros(pad)]))
-        return replace(batch, text_states=torch.stack(rows_out), text_valid=torch.stack(valid_out))
+        return torch.stack(rows_out), torch.stack(valid_out)
+
+    def apply(self, batch: Batch) -> Batch:
+        """``batch`` with the text states (and their mask) of every row whose ``context`` is
+        ``global`` or ``staircase`` replaced by that source's; ``atomic`` rows keep theirs (the
+        Wan path: ``batch.text_states`` are the text encoder's). Rows may mix sources."""
+        per_row = self.row_states(batch)
+        if all(t is None for t in per_row):
+            return batch
+        text, valid = self.merge(per_row, batch.text_states, batch.text_valid, batch.keys)
+        return replace(batch, text_states=text, text_valid=valid)
