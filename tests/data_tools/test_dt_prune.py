@@ -8,6 +8,7 @@ import io
 import json
 import math
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -206,3 +207,28 @@ def test_the_training_loader_reads_pruned_shards(pruned):
         assert len(s.frames) == len(s.meta["kept_steps"]) == len(s.actions)
         seen += 1
     assert seen == len(crude)
+
+
+def test_the_conditioner_refuses_pruned_shards(pruned, tmp_path):
+    from data_tools.conditioner import build_conditioner
+
+    with pytest.raises(DataToolsError, match="--prune-static"):
+        build_conditioner(pruned[0], tmp_path / "cond", progress=False)
+    assert not (tmp_path / "cond").exists()
+
+
+def test_inspect_recounts_the_pruning_entry(pruned, tmp_path):
+    import shutil
+
+    from data_tools.inspection import inspect_shards
+
+    folder, index = pruned
+    report = inspect_shards(folder)
+    assert report["problems"] == []
+    assert report["event_length"]["L1"]["max"] == index["pruning"]["kept_length"]["max"]
+    copy = Path(shutil.copytree(folder, tmp_path / "copy"))
+    tampered = json.loads((copy / "index.json").read_text())
+    tampered["pruning"]["steps_dropped"] += 1
+    (copy / "index.json").write_text(json.dumps(tampered))
+    assert inspect_shards(copy)["problems"] == [
+        "index.json pruning counts differ from the samples' kept_steps"]
