@@ -92,6 +92,9 @@ def test_kept_steps_on_a_clip_that_stops_and_moves_again():
     assert kept_steps(frames, 10.0) == [0, 3, 5]
     assert kept_steps(frames, 0.0) == list(range(6))  # 0 keeps every step
     assert kept_steps(frames, 255.0) == [0]
+    # slow drift: +4 per step is under 10 between neighbours, but adds up from the last kept step
+    drift = np.stack([np.full((1, 4, 4, 3), 4 * t, dtype=np.uint8) for t in range(8)])
+    assert kept_steps(drift, 10.0) == [0, 3, 6]
 
 
 def test_index_and_meta_count_what_was_written(dt_tiny_shards, pruned):
