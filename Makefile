@@ -38,6 +38,8 @@ endif
 SMOKE_SYNTH  ?= data/synth/smoke
 SMOKE_SHARDS ?= data/shards/smoke
 SMOKE_EPISODES ?= 48
+SMOKE_STATIC ?= data/shards/smoke-static
+SMOKE_STATIC_THRESHOLD ?= 1.0
 WAN_SYNTH   ?= data/synth/smoke-wan
 WAN_SHARDS  ?= data/shards/smoke-wan
 WAN_MODELS  ?= data/models/tiny-wan
@@ -104,7 +106,7 @@ smoke-test: smoke-data
 	$(PYTHON) -m wallwm_pretrain.train --config configs/smoke.yaml train.resume=auto
 
 clean:
-	rm -rf runs data/synth/smoke data/shards/smoke $(WAN_SYNTH) $(WAN_SHARDS) $(WAN_MODELS) $(WAN_INIT) \
+	rm -rf runs data/synth/smoke data/shards/smoke $(SMOKE_STATIC) $(WAN_SYNTH) $(WAN_SHARDS) $(WAN_MODELS) $(WAN_INIT) \
 	  $(COND_SHARDS) $(COND_HELDOUT) $(COND_HELDOUT_SHARDS) $(COND_HELDOUT_SHARDS)-cond
 
 # The real-model path end to end with tiny random models saved in their libraries' formats
@@ -141,11 +143,14 @@ smoke-conditioner: smoke-data
 	$(PYTHON) bench/conditioner_accuracy.py --ckpt runs/smoke-conditioner --train $(COND_SHARDS) \
 	  --heldout $(COND_HELDOUT_SHARDS)-cond --json runs/smoke-conditioner/accuracy.json
 
-# The training recipe on the smoke world (configs/recipes/smoke.yaml): stage 1 the video tower, stage 2
+# The training recipe on the smoke world (configs/recipes/smoke.yaml): stage 1 the video tower on
+# shards with quasi-static steps pruned ($(SMOKE_STATIC), build-shards --prune-static), stage 2
 # the action tower from stage 1's final weights, stage 3 the conditioner heads, stage 4 the Staircase
 # branch (the data steps of smoke-conditioner first). Not started over: run it again after an interruption to resume the
 # stage that stopped (finished stages are skipped); `rm -rf runs/recipe-smoke-*` starts afresh.
 recipe-smoke: smoke-data
+	$(PYTHON) -m data_tools build-shards --src $(SMOKE_SYNTH) --out $(SMOKE_STATIC) --level L1 --seed 0 \
+	  --clusters $(SMOKE_SYNTH)/clusters.json --prune-static $(SMOKE_STATIC_THRESHOLD) --quiet
 	$(PYTHON) -m wallwm_pretrain.convert make-tiny --out $(WAN_MODELS) --seed 0
 	$(PYTHON) -m data_tools build-conditioner --src $(SMOKE_SHARDS) --out $(COND_SHARDS) --per-event 3 --quiet
 	OMP_NUM_THREADS=1 $(PYTHON) -m data_tools embed-captions --shards $(COND_SHARDS) --text-encoder $(WAN_MODELS)/text_encoder

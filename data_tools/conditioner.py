@@ -262,6 +262,10 @@ def build_conditioner(src: Path, out: Path, per_event: int = 4, samples_per_shar
     if shard_kind(index) != "event":
         raise DataToolsError(f"{src / INDEX_FILE}: kind {shard_kind(index)!r}; --src must be an "
                              "event-shard folder written by build-shards")
+    if "pruning" in index:  # observation rows are t - start: they need every step of the event
+        raise DataToolsError(f"{src / INDEX_FILE}: built with --prune-static (steps dropped, the "
+                             "time axis no longer uniform); build the conditioner from event "
+                             "shards without pruning")
     if not index.get("shards"):
         raise DataToolsError(f"{src / INDEX_FILE}: lists no shards")
     for s in index["shards"]:

@@ -19,6 +19,7 @@ from sim.imageops import resize_area
 
 from .errors import EventError
 from .events import Event
+from .prune import Pruning, plan_event
 
 # Member order inside a sample is fixed so that shards are byte-identical between runs.
 SAMPLE_MEMBERS = ("json", "actions.npy", "state.npy", "states.npy", "frames.npy")
@@ -94,15 +95,21 @@ def episode_arrays(ep: int, states: np.ndarray, actions: np.ndarray,
 
 
 def make_sample(ev: Event, arrays: EpisodeArrays, ctx: EventContext, fps: float,
-                views: list[str], clusters: tuple[int, int] = (0, 0)) -> dict[str, bytes]:
-    """Member bytes of one event's sample (see SAMPLE_MEMBERS)."""
+                views: list[str], clusters: tuple[int, int] = (0, 0),
+                pruning: Pruning | None = None) -> dict[str, bytes]:
+    """Member bytes of one event's sample (see SAMPLE_MEMBERS); with an active ``pruning``
+    the quasi-static steps are dropped from every per-step array (see ``prune``)."""
     if ev.end > len(arrays.actions):
         raise EventError(f"{ev.describe()}: span ends after the episode's last frame "
                          f"({len(arrays.actions)} frames)")
     actions = arrays.actions[ev.start:ev.end]
     states = arrays.states[ev.start:ev.end]
+    frames = arrays.frames[ev.start:ev.end]
     check_finite(ev, "action", actions)
     check_finite(ev, "state", states)
+    plan = plan_event(frames, pruning) if pruning is not None and pruning.active else None
+    if plan is not None and len(plan.keep) < len(frames):
+        actions, states, frames = actions[plan.keep], states[plan.keep], frames[plan.keep]
     meta = {
         "episode_id": ev.episode_index, "event_index": ev.index, "level": ev.level,
         "caption": ev.caption, "next_caption": ctx.next_caption,
@@ -113,12 +120,14 @@ def make_sample(ev: Event, arrays: EpisodeArrays, ctx: EventContext, fps: float,
     }
     if ev.reasoning is not None:  # the dataset's own trace (events.jsonl); absent otherwise
         meta["reasoning"] = ev.reasoning
+    if plan is not None:
+        meta.update(plan.meta(ev.end - ev.start))
     return {
         "json": json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8"),
         "actions.npy": npy_bytes(actions),
         "state.npy": npy_bytes(states[0]),
         "states.npy": npy_bytes(states),
-        "frames.npy": npy_bytes(arrays.frames[ev.start:ev.end]),
+        "frames.npy": npy_bytes(frames),
     }
 
 

@@ -4,7 +4,9 @@ Counts per level, VL cluster, action cluster and shard, event-length statistics,
 captions per cluster, and PNG histograms of event lengths (per level, and per action cluster).
 Everything is recounted from the tars' json members, so a disagreement with index.json (a
 shard replaced by hand, a truncated tar) shows up as a problem instead of passing silently.
-Reading only the json members keeps this at the speed of reading the tar headers.
+Reading only the json members keeps this at the speed of reading the tar headers. Lengths are
+the steps a sample holds (``len(kept_steps)`` in a folder built with ``--prune-static``, whose
+``pruning`` counts are recounted too).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .prune import Pruning, count_pruning
 from .shardread import iter_samples, read_index
 
 
@@ -35,6 +38,7 @@ def inspect_shards(folder: Path, examples: int = 3) -> dict:
     lengths_by_action = defaultdict(list)
     vl_caps, act_caps = defaultdict(Counter), defaultdict(Counter)
     problems = []
+    metas = []  # (where, meta) of a pruned folder, for the recount of index.json's "pruning"
     for shard, key, m in iter_samples(folder, ("json",)):
         if "json" not in m:
             problems.append(f"{folder / shard}: sample {key} has no json member")
@@ -42,6 +46,9 @@ def inspect_shards(folder: Path, examples: int = 3) -> dict:
         meta = json.loads(m["json"])
         v, a = int(meta.get("vl_cluster", 0)), int(meta.get("action_cluster", 0))
         length = int(meta["end"]) - int(meta["start"])
+        if "kept_steps" in meta:
+            length = len(meta["kept_steps"])
+            metas.append((f"{folder / shard}: sample {key}", meta))
         levels[meta["level"]] += 1
         vl[v] += 1
         act[a] += 1
@@ -67,6 +74,11 @@ def inspect_shards(folder: Path, examples: int = 3) -> dict:
     for field, counter in (("vl_cluster_counts", vl), ("action_cluster_counts", act)):
         if index.get(field) is not None and index[field] != _counts(counter):
             problems.append(f"index.json {field} differ from the tars")
+    entry = index.get("pruning")
+    if entry is not None:
+        recount = count_pruning(metas, Pruning(entry.get("threshold", 0.0), entry.get("min_steps", 1)))
+        if any(entry.get(k) != v for k, v in recount.items()):
+            problems.append("index.json pruning counts differ from the samples' kept_steps")
     return {
         "shards": str(folder), "total_samples": total, "levels": _counts(levels),
         "vl_cluster_counts": _counts(vl), "action_cluster_counts": _counts(act),

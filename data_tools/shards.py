@@ -16,7 +16,8 @@ disk (inside the staging folder) until the shards are written.
 
 Shard format (a contract the training loader relies on), per sample ``epXXXXXX_LN_XXX``:
 ``json`` (meta), ``actions.npy`` float32 [T, A], ``state.npy`` float32 [S],
-``states.npy`` float32 [T, S], ``frames.npy`` uint8 [T, V, H, W, C], with T = end - start.
+``states.npy`` float32 [T, S], ``frames.npy`` uint8 [T, V, H, W, C], with T = end - start
+(with ``prune_static`` > 0: T = len(meta["kept_steps"]), see ``prune``).
 ``encode-latents`` and ``embed-captions`` add members later, in place (see ``augment``).
 """
 
@@ -38,6 +39,7 @@ from .events import check_level, check_spans, group_events
 from .lerobot import open_dataset
 from .lerobot.layout import ACTION_KEY, STATE_KEY
 from .parallel import chunks, run_ordered
+from .prune import check_pruning, count_pruning, folder_metas
 from .shardwork import (CutTask, EpisodeJob, RunningStats, ShardTask, close_datasets,
                         cut_episodes, write_shard)
 from .sidecars import load_assignments, load_offsets
@@ -99,13 +101,19 @@ def build_shards(src: Path, out: Path, level: str = "L1", seed: int = 0, image_s
                  samples_per_shard: int = 64, progress: bool = True, workers: int = 1,
                  events_path: Path | None = None, subtask_level: str = "L2",
                  clusters: Path | None = None, sync: Path | None = None,
-                 force: bool = False) -> dict:
+                 force: bool = False, prune_static: float = 0.0,
+                 prune_min_steps: int = 5) -> dict:
     """Cut one sample per ``level`` event of the dataset at ``src`` into shards under ``out``.
+
+    ``prune_static`` > 0 drops quasi-static steps from each event (``prune``: the motion
+    threshold; ``prune_min_steps``: events that would keep fewer steps are kept whole); 0 leaves
+    the output byte-identical to a build without it.
 
     Returns the content of ``index.json`` (with ``"reused"``: shards kept from an earlier run).
     Raises DataToolsError subclasses on bad input.
     """
     check_level(level)
+    pruning = check_pruning(prune_static, prune_min_steps)
     if samples_per_shard < 1 or image_size < 1 or workers < 1:
         raise DataToolsError(f"--samples-per-shard ({samples_per_shard}), --image-size "
                              f"({image_size}) and --workers ({workers}) must be positive")
@@ -131,6 +139,8 @@ def build_shards(src: Path, out: Path, level: str = "L1", seed: int = 0, image_s
         offsets = _offsets(sync, episodes)
         params = {"format": INDEX_FORMAT_VERSION, "level": level, "seed": seed,
                   "image_size": image_size, "samples_per_shard": samples_per_shard}
+        if pruning.active:  # only then: a build without pruning keeps its earlier build key
+            params["prune"] = {"threshold": pruning.threshold, "min_steps": pruning.min_steps}
         key = build_key(params, events, dataset_fingerprint(src, ds.meta_files()),
                         {"clusters": clusters, "sync": sync})
         head = {"format_version": INDEX_FORMAT_VERSION, "level": level, "seed": seed,
@@ -156,7 +166,8 @@ def build_shards(src: Path, out: Path, level: str = "L1", seed: int = 0, image_s
                 for ep in episodes]
         spill = staging.path / ".spill"
         spill.mkdir(exist_ok=True)
-        tasks = [CutTask(str(src), c, image_size, views, str(spill)) for c in chunks(jobs, workers)]
+        tasks = [CutTask(str(src), c, image_size, views, str(spill),
+                         pruning if pruning.active else None) for c in chunks(jobs, workers)]
         stats = {"action": RunningStats(), "state": RunningStats()}
         for result in run_ordered(cut_episodes, tasks, workers, _describe, f"cut {level} events",
                                   progress):
@@ -180,12 +191,19 @@ def build_shards(src: Path, out: Path, level: str = "L1", seed: int = 0, image_s
                  "event_length": {"min": int(lengths.min()), "max": int(lengths.max()),
                                   "mean": round(float(lengths.mean()), 3)},
                  # Over every step of every sample: the loader standardises with mean/std.
+                 # With pruning, over every step before pruning: finished shards' episodes
+                 # are not decoded on a re-run, and pruned and unpruned builds of the same
+                 # events then share their statistics (stage 1 hands its weights to stage 2).
                  "stats": {k: v.as_dict() for k, v in stats.items()},
                  "shards": shards,
                  "vl_cluster_counts": _counts(v for v, _ in cluster_of.values()),
                  "action_cluster_counts": _counts(a for _, a in cluster_of.values()),
                  "build": {"key": key, "clusters": str(clusters) if clusters else None,
                            "sync": str(sync) if sync else None}}
+        if pruning.active:
+            # From the written samples' meta, reused shards included: a resumed build reports
+            # the same totals as one that ran through.
+            index["pruning"] = count_pruning(folder_metas(staging.path, names), pruning)
         (staging.path / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
         reused = staging.reused
         staging.finish()

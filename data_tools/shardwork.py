@@ -23,6 +23,7 @@ from .cut import check_finite, episode_arrays, event_contexts, make_sample, samp
 from .events import Event
 from .lerobot import open_dataset
 from .lerobot.layout import ACTION_KEY, STATE_KEY
+from .prune import Pruning
 from .tario import DeterministicTarWriter
 
 _OPEN: dict[str, object] = {}  # per process: dataset root -> reader
@@ -93,6 +94,7 @@ class CutTask:
     image_size: int
     views: list[str]
     spill: str
+    pruning: Pruning | None = None  # --prune-static; None or threshold 0: every step kept
 
 
 def cut_episodes(task: CutTask) -> list[tuple[int, RunningStats, RunningStats]]:
@@ -118,7 +120,7 @@ def cut_episodes(task: CutTask) -> list[tuple[int, RunningStats, RunningStats]]:
             for ev in job.events:
                 key = sample_key(ev)
                 members = make_sample(ev, arrays, contexts[ev.index], ds.fps, task.views,
-                                      job.clusters.get(key, (0, 0)))
+                                      job.clusters.get(key, (0, 0)), task.pruning)
                 Path(task.spill, f"{key}.pkl").write_bytes(pickle.dumps(members, protocol=4))
         out.append((ep, a_stats, s_stats))
     return out

@@ -14,6 +14,9 @@ example:
   python -m data_tools build-shards --src data/synth/smoke --out /tmp/l2 --level L2 --image-size 64
   python -m data_tools build-shards --src /data/ds --out /data/shards --workers 8 \\
       --clusters /data/clusters.json --sync /data/sync.json
+  # stage 1 (video pretraining): drop quasi-static steps, counts in index.json["pruning"]
+  python -m data_tools build-shards --src data/synth/smoke --out data/shards/smoke-static \\
+      --prune-static 1.0
 """
 
 from __future__ import annotations
@@ -49,6 +52,16 @@ def add_parser(subparsers) -> None:
     p.add_argument("--sync", type=Path, default=None,
                    help="per-episode video offsets from `sync --out`: frames are shifted to line "
                         "up with the actions")
+    p.add_argument("--prune-static", type=float, default=0.0, metavar="THRESHOLD",
+                   help="drop quasi-static control steps (for stage-1 video shards): step 0 of an "
+                        "event is kept, and each step whose motion from the last kept step is >= "
+                        "THRESHOLD (mean absolute pixel difference over all views, uint8 units "
+                        "in [0, 255]); the same steps leave actions, states and frames. "
+                        "0 = off (default)")
+    p.add_argument("--prune-min-steps", type=int, default=5, metavar="N",
+                   help="an event that pruning would leave with fewer than N steps (or fewer than "
+                        "its length, if shorter) is kept whole and counted (default 5: two latent "
+                        "frames at VAE temporal compression 4)")
     p.add_argument("--force", action="store_true",
                    help="rebuild every shard even if an earlier run's shards still match")
     add_progress_flag(p)
@@ -62,9 +75,14 @@ def run(args: argparse.Namespace) -> int:
                          image_size=args.image_size, samples_per_shard=args.samples_per_shard,
                          progress=not args.quiet, workers=args.workers, events_path=args.events,
                          subtask_level=args.subtask_level, clusters=args.clusters, sync=args.sync,
-                         force=args.force)
+                         force=args.force, prune_static=args.prune_static,
+                         prune_min_steps=args.prune_min_steps)
     n = len(index["shards"])
     print(f"wrote {index['total_samples']} {index['level']} samples from {index['episodes']} "
           f"episodes into {n} shards in {args.out} ({index['reused']} of {n} shards reused "
           "from an earlier run)")
+    if "pruning" in index:
+        from ..prune import summary_line
+
+        print(summary_line(index["pruning"]))
     return 0
