@@ -296,6 +296,15 @@ class WallWM(nn.Module):
         """:meth:`loss_element_counts` of a batch (the interface both video towers share)."""
         return self.loss_element_counts(batch.lengths, batch.actions.shape[1], self._history(batch))
 
+    def boundary_seq_length(self, batch: Batch) -> int:
+        """Positions of the packed stage-boundary tensor (:meth:`Streams.pack`):
+        F * P + T + L + 3, the F = M + ceil(T / K) latent frames counting the history."""
+        frames, p = batch.frames, self.cfg.patch_size
+        t_steps = batch.actions.shape[1]
+        frames_kept = self._history(batch) + -(-t_steps // self.frame_stride)
+        patches = frames.shape[2] * (frames.shape[3] // p) * (frames.shape[4] // p)
+        return frames_kept * patches + t_steps + batch.caption.shape[1] + 3
+
     def train_flops(self, batch: Batch) -> int:
         """Model FLOPs of one sample's training step at this batch's padded shapes (the whole
         model's, whichever pipeline slice this is)."""
