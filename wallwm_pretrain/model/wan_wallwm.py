@@ -127,8 +127,7 @@ class WanWallWM(nn.Module):
         if wcfg.patch_size[0] != 1:
             raise ValueError(
                 f"model.wan.patch_size {list(cfg.wan.patch_size)}: the clean history and anchor latent frames are the "
-                "condition, "
-                "which needs a temporal patch of 1"
+                "condition, which needs a temporal patch of 1"
             )
         self.pipeline_slice = part = PipelineSlice.of(pipeline_slice, cfg.num_layers)
         h = cfg.hidden_size
