@@ -19,8 +19,9 @@ LATENT_HW = (4, 6)  # a 2 x 3 patch grid per latent frame
 TEXT_LEN = 6
 
 
-def wan_batch(seed: int, b: int = 4, t: int = 12, views: int = 2) -> Batch:
-    """Unequal lengths and caption paddings; latents of ceil(t / K) frames."""
+def wan_batch(seed: int, b: int = 4, t: int = 12, views: int = 2, history: int = 0) -> Batch:
+    """Unequal lengths and caption paddings; latents of ``history`` + ceil(t / K) frames (the
+    history latent frames drawn last, so ``history=0`` draws what it always has)."""
     g = torch.Generator().manual_seed(seed)
     n = -(-t // K)
     lengths = torch.tensor([t, 5, t - 3, 3][:b])
@@ -29,7 +30,7 @@ def wan_batch(seed: int, b: int = 4, t: int = 12, views: int = 2) -> Batch:
     text_valid[1, 3:] = False
     if b > 3:
         text_valid[3, 5:] = False
-    return Batch(
+    batch = Batch(
         frames=torch.zeros(b, t, 0, dtype=torch.uint8),  # the wan path reads latents, not pixels
         actions=actions, state=torch.randn(b, 8, generator=g), lengths=lengths,
         caption=torch.ones(b, 1, dtype=torch.long),
@@ -38,3 +39,8 @@ def wan_batch(seed: int, b: int = 4, t: int = 12, views: int = 2) -> Batch:
         text_states=torch.randn(b, TEXT_LEN, WAN.text_dim, generator=g) * text_valid[..., None],
         text_valid=text_valid,
     )
+    if history:
+        past = torch.randn(b, views, WAN.in_channels, history, *LATENT_HW, generator=g)
+        batch.latents = torch.cat([past, batch.latents], dim=3)
+        batch.history = history
+    return batch

@@ -74,7 +74,9 @@ def hand_composition(model, inp):
     vmask, tmask = video.masks(geo, inp.frame_valid, inp.text_valid)
     t_steps, h = inp.xt_action.shape[1], CFG.hidden_size
     steps = torch.arange(t_steps)
-    a = (model.action_in(inp.xt_action) + sinusoidal(steps // K, h)[None] + model.action_group_pos(steps % K)[None]).transpose(0, 1)
+    # action k carries latent frame index M + k // K (M = 0 outside unified mode)
+    frame = inp.history + steps // K
+    a = (model.action_in(inp.xt_action) + sinusoidal(frame, h)[None] + model.action_group_pos(steps % K)[None]).transpose(0, 1)
     from wallwm_pretrain.model.blocks import Streams
 
     per_view = inp.frame_valid.repeat_interleave(geo.tokens // geo.grid[0], dim=1)
@@ -90,9 +92,10 @@ def hand_composition(model, inp):
     return pred_v_tower, video.head(ws, geo), pred_a
 
 
-def test_equals_the_hand_composition_of_wan_tower_and_action_blocks():
+@pytest.mark.parametrize("history", [0, 2])
+def test_equals_the_hand_composition_of_wan_tower_and_action_blocks(history):
     model = perturbed(make()).eval()
-    batch = wan_batch(0)
+    batch = wan_batch(0, history=history)
     noise = model.sample_noise(batch, torch.Generator().manual_seed(1))
     inp = model.flow_inputs(batch, noise)
     pred_v, pred_a = model.denoise(inp)
@@ -145,7 +148,8 @@ def test_video_never_reads_actions():
     assert not torch.allclose(pred_a, pred_a2)
 
 
-def test_two_pipeline_slices_pass_both_towers_and_equal_the_whole_model():
+@pytest.mark.parametrize("history", [0, 2])
+def test_two_pipeline_slices_pass_both_towers_and_equal_the_whole_model(history):
     whole = make()
     first = make(part=PipelineSlice(0, 1, embed=True, head=False))
     last = make(part=PipelineSlice(1, 1, embed=False, head=True))
@@ -153,7 +157,7 @@ def test_two_pipeline_slices_pass_both_towers_and_equal_the_whole_model():
     for part in (first, last):
         for name, p in part.named_parameters():
             assert torch.equal(p, params[name]), name  # the slices hold the whole model's weights
-    batch = wan_batch(0)
+    batch = wan_batch(0, history=history)
     noise = whole.sample_noise(batch, torch.Generator().manual_seed(1))
     packed = first(batch, noise=noise)
     assert packed.shape == (whole.boundary_seq_length(batch), batch.size, whole.wan.hidden_size)
@@ -170,11 +174,14 @@ def test_batch_without_latents_or_with_wrong_frames_fails_clearly():
         model(replace(batch, latents=None))
     with pytest.raises(ValueError, match=r"ceil\(12/4\) = 3"):
         model(replace(batch, latents=batch.latents[:, :, :, :2]))
+    with pytest.raises(ValueError, match=r"batch.history = 2 history latent frames .* need 2 \+ ceil\(12/4\) = 5"):
+        model(replace(batch, history=2))  # a window of M = 2 needs its history latent frames
 
 
-def test_flop_formula_equals_counted_matmuls(monkeypatch):
+@pytest.mark.parametrize("history", [0, 2])
+def test_flop_formula_equals_counted_matmuls(monkeypatch, history):
     """As tests/model/test_wan_flops.py: the fused Wan attention core swapped for the textbook
-    one, whose matmuls torch's counter sees."""
+    one, whose matmuls torch's counter sees; history latent frames are video tokens."""
     import wallwm_pretrain.model.wan.attention as attention
     from _wan_wallwm_tiny import LATENT_HW, TEXT_LEN  # noqa: E402
     from test_wan_flops import textbook_attend  # noqa: E402
@@ -183,14 +190,15 @@ def test_flop_formula_equals_counted_matmuls(monkeypatch):
     from wallwm_pretrain.model.wan_wallwm import forward_flops
 
     model = make().eval()
-    batch = wan_batch(0)
+    batch = wan_batch(0, history=history)
     inp = model.flow_inputs(batch, model.sample_noise(batch, torch.Generator().manual_seed(1)))
     monkeypatch.setattr(attention, "attend", textbook_attend)
     # the action tower's fused core runs the CPU flash kernel: flop_counter() counts it
     with flop_counter() as counter, torch.no_grad():
         model.denoise(inp)
-    flops = forward_flops(CFG, (3, *LATENT_HW), 12, TEXT_LEN)
+    flops = forward_flops(CFG, (history + 3, *LATENT_HW), 12, TEXT_LEN)
     assert counter.get_total_flops() == batch.size * flops["total"]
+    assert model.train_flops(batch) == 3 * flops["total"]
 
 
 def test_wan_heads_must_split_over_tensor_parallel_ranks():

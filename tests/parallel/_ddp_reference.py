@@ -61,7 +61,7 @@ class GlobalBatchLoss(nn.Module):
             ``loss_video``, ``loss_action``, ``loss_time``: global-batch values (detached);
             ``loss_share``: this rank's share (detached).
         """
-        counts = self._sum(self.model.loss_element_counts(batch.lengths, batch.actions.shape[1]).to(batch.actions.device))
+        counts = self._sum(self.model.loss_element_counts(batch.lengths, batch.actions.shape[1], batch.history).to(batch.actions.device))
         out = self.model(batch, generator=generator, noise=noise, loss_denominators=counts)
         share = out["loss"]
         # fp32 so that bf16 autocast losses add up over ranks without another rounding

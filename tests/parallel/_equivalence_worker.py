@@ -43,8 +43,9 @@ OPTIM = OptimConfig(lr=0.02, adamw_lr=0.003, weight_decay=0.01, warmup_steps=1, 
                     muon_mode="replicated", muon_split_fused=False)
 
 
-def global_batch(step: int, t: int = 12):
-    """Seeded batch with unequal lengths, so ranks hold different numbers of real elements."""
+def global_batch(step: int, t: int = 12, history: int = 0):
+    """Seeded batch with unequal lengths, so ranks hold different numbers of real elements;
+    ``history`` latent frames (``history * K`` control steps, drawn last) before the T steps."""
     g = torch.Generator().manual_seed(1000 + step)
     b = GLOBAL_BATCH
     frames = torch.randint(0, 256, (b, t, 2, 16, 16, 3), dtype=torch.uint8, generator=g)
@@ -57,6 +58,9 @@ def global_batch(step: int, t: int = 12):
     caption[1, 4:] = 0
     caption[3, 7:] = 0
     remaining = lengths.float() + torch.tensor([0.0, 20.0, 3.0, 11.0])  # steps to each event's end
+    if history:
+        past = torch.randint(0, 256, (b, history * K, *frames.shape[2:]), dtype=torch.uint8, generator=g)
+        frames = torch.cat([past, frames], dim=1)
     return frames, actions, state, lengths, caption, remaining
 
 
@@ -115,10 +119,14 @@ def model_config(options: dict) -> ModelConfig:
 
 
 def step_batch(step: int, options: dict) -> Batch:
-    """The global batch of a step (latents and text states on the Wan path)."""
+    """The global batch of a step (latents and text states on the Wan path); with ``history``
+    a unified-mode window of that many history latent frames."""
     if options.get("conditioner"):
         return conditioner_batch(step)
-    return wan_batch(1000 + step) if options.get("wan") else Batch(*global_batch(step))
+    m = options.get("history", 0)
+    if options.get("wan"):
+        return wan_batch(1000 + step, history=m)
+    return Batch(*global_batch(step, history=m), history=m)
 
 
 def train(ctx, gather_tp_matrices: bool = True, overlap: bool = False, bucket_size: int | None = None,

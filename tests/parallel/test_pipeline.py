@@ -3,6 +3,7 @@ path (model chunks, megatron-core's schedules, microbatches): PP2 with 1F1B, PP2
 (vpp = 2 over 4 coupled layers), TP2 x PP2, PP2 x DP2 and PP2 with full recomputation, each
 against the single-process, single-microbatch run of the same global batch: same initial
 weights, losses, step-0 gradients, grad norms and weights after three Muon + AdamW steps. Plus
+a unified-mode case (TP2 x PP2 on windows with history latent frames before the anchor) and
 a reshard round trip: the canonical checkpoint of a TP2 x PP2 run, loaded into one process,
 continues as the TP2 x PP2 run does (within the tolerances).
 
@@ -67,6 +68,14 @@ def test_pp2_dp2_matches_single_process(tmp_path, reference):
     for stage in (0, 1):  # data-parallel replicas of a stage end bit-identical
         a, b = (r["run"]["final"] for r in by_pp_rank(records, stage))
         assert all(torch.equal(a[n], b[n]) for n in a)
+
+
+def test_tp2_pp2_with_history_matches_single_process(tmp_path):
+    """Unified-mode windows (2 history latent frames before the anchor): every stage derives
+    the longer video streams from the batch; TP2 x PP2 equals one process on the same windows."""
+    reference = launch(tmp_path / "ref", world=1, tp=1, pipeline=True, history=2)[0]["run"]
+    records = launch(tmp_path / "tp2pp2", world=4, tp=2, pipeline=True, pp=2, microbatches=2, history=2)
+    assert_matches_reference(records, reference)
 
 
 def test_pp2_with_full_recompute_matches(tmp_path, reference):

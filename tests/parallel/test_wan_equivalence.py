@@ -44,6 +44,13 @@ def test_wan_tp2_pp2_matches_single_process(tmp_path, wan_reference):
     assert_matches_reference(records, wan_reference)
 
 
+def test_wan_tp2_pp2_with_history_matches_single_process(tmp_path):
+    """Unified-mode windows (2 history latent frames before the anchor) through TP2 x PP2."""
+    reference = launch(tmp_path / "ref", world=1, tp=1, pipeline=True, wan=True, history=2)[0]["run"]
+    records = launch(tmp_path / "tp2pp2", world=4, tp=2, pipeline=True, pp=2, microbatches=2, wan=True, history=2)
+    assert_matches_reference(records, reference)
+
+
 def test_wan_dp2_matches_single_process(tmp_path, wan_reference):
     records = launch(tmp_path, world=2, tp=1, pipeline=True, wan=True)
     assert sorted(r["ctx"]["dp_rank"] for r in records) == [0, 1]

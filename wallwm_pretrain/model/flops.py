@@ -1,8 +1,8 @@
 """Analytical matmul FLOPs of the dual-tower model, for model FLOPs utilisation (MFU).
 
 Counted per sample of one forward, 2 FLOPs per multiply-add, over the padded shapes the step
-computes (h hidden, f FFN width, Sv = F * P video tokens, Sa = T action tokens, L caption
-tokens, D = patch_size^2 * 3 values per patch, A action and S state dims):
+computes (h hidden, f FFN width, Sv = F * P video tokens, history frames included, Sa = T action
+tokens, L caption tokens, D = patch_size^2 * 3 values per patch, A action and S state dims):
 
     self-attention(s)       = 8 s h^2 + 4 s^2 h                (QKV, proj; scores, weighted sum)
     cross-attention(q, k)   = 4 q h^2 + 4 k h^2 + 4 q k h      (Q, proj; KV; scores, weighted sum)
@@ -73,8 +73,10 @@ class SampleShape:
     caption_tokens: int  # L
 
     @classmethod
-    def of(cls, cfg: ModelConfig, steps: int, frame_stride: int, caption_tokens: int) -> "SampleShape":
-        frames = -(-steps // frame_stride)
+    def of(cls, cfg: ModelConfig, steps: int, frame_stride: int, caption_tokens: int, history: int = 0) -> "SampleShape":
+        """``history``: M clean latent frames before the anchor (unified mode); they are video
+        tokens like the others (the towers run on them), so F = M + ceil(T / K)."""
+        frames = history + -(-steps // frame_stride)
         patches = cfg.num_views * (cfg.image_size // cfg.patch_size) ** 2
         return cls(frames * patches, steps, caption_tokens)
 

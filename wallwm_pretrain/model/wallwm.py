@@ -1,22 +1,29 @@
-"""WALL-WM-style dual-tower, layer-coupled flow-matching denoiser (event mode and chunk mode).
+"""WALL-WM-style dual-tower, layer-coupled flow-matching denoiser (event, chunk and unified mode).
 
-Data flow of one training forward (shapes for batch B, T control steps, stride K = K_p):
+Data flow of one training forward (shapes for batch B, T control steps, stride K = K_p,
+M = ``batch.history`` history latent frames, 0 in event and chunk mode):
 
-1. Video: latent frame f is the observed frame at step f*K; patchified to [B, F, P, D].
-   Frame 0 is the observation at the event start and stays clean (it is the condition);
-   frames 1.. are noised with flow time t_v and predicted.
+1. Video: the window's frames are ``[B, M K + T, ...]`` (M K history control steps, then the T
+   steps the actions cover); latent frame f is the observed frame at step f*K, so there are
+   F = M + ceil(T / K) latent frames, patchified to [B, F, P, D]. The first M + 1 frames (the
+   history and the anchor, latent frame M: the observation at the event or chunk start) stay
+   clean (they are the condition, always real, never in the video loss); frames M + 1.. are
+   noised with flow time t_v and predicted.
 2. Actions: [B, T, A], noised with their own flow time t_a. Action k belongs to latent frame
-   k // K and carries that frame index (shared sinusoid with the video tokens) plus its place
-   inside the group of K, so each group of K_p actions lines up with its frame.
-3. The state token (proprioception at the event start) and the caption states condition the
+   M + k // K and carries that frame index (shared sinusoid with the video tokens) plus its
+   place inside the group of K, so each group of K_p actions lines up with its frame, the
+   first group with the anchor.
+3. The state token (proprioception at the anchor) and the caption states condition the
    action tower; the caption conditions the video tower too; timesteps enter by AdaLN.
-4. ``num_layers`` coupled layers, then per-tower heads and masked flow-matching losses.
-5. The remaining-time head (``remaining_time.py``) predicts, from the clean first frame, the
+4. ``num_layers`` coupled layers (the video tower attends over history, anchor and future
+   frames alike; the action tower reads all of them through the coupling), then per-tower
+   heads and masked flow-matching losses.
+5. The remaining-time head (``remaining_time.py``) predicts, from the clean anchor frame, the
    state token and the caption, how many frames are left until the event ends (Huber loss);
    at inference it decides how much of a denoised event to execute.
 
-Event mode and chunk mode share this model; they differ only in what a sample is (see
-``wallwm_pretrain/data/cookers.py``).
+Event mode, chunk mode and unified mode share this model; they differ only in what a sample is
+(see ``wallwm_pretrain/data/cookers.py``) and in M.
 
 Pipeline parallel. Built with a :class:`PipelineSlice`, the model holds only the parts one
 pipeline stage runs (see ``pipeline_slice.py``): the first stage embeds and sends the packed :class:`Streams`, middle stages
@@ -62,7 +69,7 @@ LOSS_KEYS = ("loss", "loss_video", "loss_action", "loss_time")
 class FlowInputs:
     """What every stage derives from a batch and its flow noise (no parameters involved)."""
 
-    xt_video: torch.Tensor  # [B, F, P, D] noisy video latents, frame 0 clean
+    xt_video: torch.Tensor  # [B, F, P, D] noisy video latents, frames 0..M (history, anchor) clean
     xt_action: torch.Tensor  # [B, T, A] noisy actions
     target_video: torch.Tensor  # velocity targets
     target_action: torch.Tensor
@@ -74,6 +81,7 @@ class FlowInputs:
     action_valid: torch.Tensor  # [B, T] real control steps
     video_loss_mask: torch.Tensor  # [B, F] frames that carry a video loss
     remaining: torch.Tensor | None = None  # [B] latent frames to the event's end (time-head target)
+    history: int = 0  # M: latent frames before the anchor (latent frame M)
 
 
 class WallWM(nn.Module):
@@ -192,7 +200,7 @@ class WallWM(nn.Module):
         if self.pipeline_slice.embed:
             s = self.embed(
                 inputs.xt_video, inputs.xt_action, inputs.t_video, inputs.t_action, inputs.state,
-                inputs.caption, inputs.frame_valid, inputs.action_valid,
+                inputs.caption, inputs.frame_valid, inputs.action_valid, history=inputs.history,
             )
         else:
             if hidden is None:
@@ -212,7 +220,7 @@ class WallWM(nn.Module):
         loss = weighted_flow_loss(self.cfg.video_loss_weight, loss_v, self.cfg.action_loss_weight, loss_a)
         loss_t = torch.zeros((), device=loss.device)
         if inputs.remaining is not None and self.cfg.time_loss_weight > 0:
-            pred_t = self.time_head(inputs.xt_video[:, 0], s.state, s.text, inputs.caption != CAPTION_PAD)
+            pred_t = self.time_head(inputs.xt_video[:, inputs.history], s.state, s.text, inputs.caption != CAPTION_PAD)
             den = torch.tensor(float(pred_t.shape[0]), device=loss.device) if den_t is None else den_t
             loss_t = huber_sum(pred_t, inputs.remaining) / den.clamp_min(1.0)
             loss = loss + self.cfg.time_loss_weight * loss_t
@@ -221,27 +229,45 @@ class WallWM(nn.Module):
     def flow_inputs(self, batch: Batch, noise: FlowNoise) -> FlowInputs:
         """Noisy inputs, velocity targets and masks of a batch (patchify, interpolate)."""
         frames, actions, lengths, remaining = batch.frames, batch.actions, batch.lengths, batch.remaining
-        k = self.frame_stride
-        action_valid, frame_valid, video_loss_mask = self._masks(lengths, actions.shape[1])
-        # video latents; frame 0 is the clean condition
+        k, m = self.frame_stride, self._history(batch)
+        action_valid, frame_valid, video_loss_mask = self._masks(lengths, actions.shape[1], m)
+        # video latents; frames 0..M (history and anchor) are the clean condition
         x0_v = patchify(frames[:, ::k], self.cfg.patch_size)  # [B, F, P, D]
         xt_v, target_v = interpolate(x0_v, noise.noise_video, noise.t_video)
-        xt_v = torch.cat([x0_v[:, :1], xt_v[:, 1:]], dim=1)
+        xt_v = torch.cat([x0_v[:, : m + 1], xt_v[:, m + 1 :]], dim=1)
         xt_a, target_a = interpolate(actions, noise.noise_action, noise.t_action)
         return FlowInputs(
             xt_v, xt_a, target_v, target_a, noise.t_video, noise.t_action, batch.state, batch.caption,
             frame_valid, action_valid, video_loss_mask,
-            None if remaining is None else remaining.float() / k,
+            None if remaining is None else remaining.float() / k, m,
         )
 
-    def _masks(self, lengths: torch.Tensor, t_steps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Real action steps [B, T], real latent frames [B, F], frames that carry a video loss."""
+    def _history(self, batch: Batch) -> int:
+        """``batch.history`` (M), checked against the frames: ``[B, M K + T, ...]``."""
+        m, k = int(batch.history), self.frame_stride
+        t_steps = batch.actions.shape[1]
+        if m < 0:
+            raise ValueError(f"batch.history must be >= 0 latent frames, got {m}")
+        if batch.frames.shape[1] != m * k + t_steps:
+            raise ValueError(
+                f"batch.frames has {batch.frames.shape[1]} control steps; batch.history = {m} latent frames at "
+                f"K_p = model.frame_stride = {k} before the {t_steps} steps of batch.actions need {m * k + t_steps}"
+            )
+        return m
+
+    def _masks(
+        self, lengths: torch.Tensor, t_steps: int, history: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Real action steps [B, T], real latent frames [B, M + F_T], frames that carry a video loss
+        (the M history frames are always real; neither they nor the anchor carry a loss)."""
         k = self.frame_stride
         dev = lengths.device
         action_valid = torch.arange(t_steps, device=dev)[None, :] < lengths[:, None]
         frame_valid = (torch.arange(t_steps // k, device=dev) * k)[None, :] < lengths[:, None]
+        if history:
+            frame_valid = torch.cat([frame_valid.new_ones(lengths.shape[0], history), frame_valid], dim=1)
         video_loss_mask = frame_valid.clone()
-        video_loss_mask[:, 0] = False  # frame 0 is the clean condition, never predicted
+        video_loss_mask[:, : history + 1] = False  # history and anchor are the clean condition, never predicted
         return action_valid, frame_valid, video_loss_mask
 
     def _stream_masks(self, inputs: FlowInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -253,14 +279,14 @@ class WallWM(nn.Module):
             key_padding_mask(inputs.caption != CAPTION_PAD),
         )
 
-    def loss_element_counts(self, lengths: torch.Tensor, t_steps: int) -> torch.Tensor:
+    def loss_element_counts(self, lengths: torch.Tensor, t_steps: int, history: int = 0) -> torch.Tensor:
         """[3] float: video elements, action elements and samples over which this batch's
-        losses average.
+        losses average (``history``: M, whose frames and the anchor carry no loss).
 
         Summed over data-parallel ranks and passed back as ``loss_denominators``, they make
         each rank's loss its exact share of the global-batch loss.
         """
-        action_valid, _, video_loss_mask = self._masks(lengths, t_steps)
+        action_valid, _, video_loss_mask = self._masks(lengths, t_steps, history)
         per_frame = self.patches * self.patch_dim
         return torch.stack(
             [video_loss_mask.sum() * per_frame, action_valid.sum() * self.cfg.action_dim, lengths.new_tensor(lengths.shape[0])]
@@ -268,12 +294,23 @@ class WallWM(nn.Module):
 
     def loss_counts(self, batch: Batch) -> torch.Tensor:
         """:meth:`loss_element_counts` of a batch (the interface both video towers share)."""
-        return self.loss_element_counts(batch.lengths, batch.actions.shape[1])
+        return self.loss_element_counts(batch.lengths, batch.actions.shape[1], self._history(batch))
+
+    def boundary_seq_length(self, batch: Batch) -> int:
+        """Positions of the packed stage-boundary tensor (:meth:`Streams.pack`):
+        F * P + T + L + 3, the F = M + ceil(T / K) latent frames counting the history."""
+        frames, p = batch.frames, self.cfg.patch_size
+        t_steps = batch.actions.shape[1]
+        frames_kept = self._history(batch) + -(-t_steps // self.frame_stride)
+        patches = frames.shape[2] * (frames.shape[3] // p) * (frames.shape[4] // p)
+        return frames_kept * patches + t_steps + batch.caption.shape[1] + 3
 
     def train_flops(self, batch: Batch) -> int:
         """Model FLOPs of one sample's training step at this batch's padded shapes (the whole
         model's, whichever pipeline slice this is)."""
-        shape = SampleShape.of(self.cfg, batch.actions.shape[1], self.frame_stride, batch.caption.shape[1])
+        shape = SampleShape.of(
+            self.cfg, batch.actions.shape[1], self.frame_stride, batch.caption.shape[1], history=self._history(batch)
+        )
         return train_flops(self.cfg, shape)
 
     def sample_noise(self, batch: Batch, generator: torch.Generator | None = None) -> FlowNoise:
@@ -282,7 +319,8 @@ class WallWM(nn.Module):
         b, t_steps = actions.shape[:2]
         dev = actions.device
         p = self.cfg.patch_size
-        n_frames = -(-t_steps // self.frame_stride)  # frames[:, ::K] keeps ceil(T / K) frames
+        # frames[:, ::K] keeps M + ceil(T / K) frames (the history's M K steps are whole frames)
+        n_frames = self._history(batch) + -(-t_steps // self.frame_stride)
         patches = frames.shape[2] * (frames.shape[3] // p) * (frames.shape[4] // p)
         t_v = sample_time(b, dev, generator, shift=self.cfg.video_time_shift)
         noise_v = torch.randn((b, n_frames, patches, p * p * frames.shape[5]), device=dev, generator=generator)
@@ -306,12 +344,21 @@ class WallWM(nn.Module):
         caption: torch.Tensor,
         frame_valid: torch.Tensor,
         action_valid: torch.Tensor,
+        *,
+        history: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Velocity predictions for noisy video latents [B, F, P, D] and actions [B, T, A]
-        (the whole model only)."""
+        (the whole model only).
+
+        ``history``: M, the clean history latent frames at the front of ``xt_video`` before the
+        anchor (frame M); action k then carries frame index M + k // K. The caller keeps frames
+        0..M clean (event mode: M = 0, frame 0 is the current observation).
+        """
         if not (self.pipeline_slice.embed and self.pipeline_slice.head):
             raise ValueError("denoise needs the whole model; a pipeline stage runs forward_slice")
-        s = self.embed(xt_video, xt_action, t_video, t_action, state, caption, frame_valid, action_valid)
+        if not 0 <= history < xt_video.shape[1]:
+            raise ValueError(f"history={history} must leave the anchor among the {xt_video.shape[1]} latent frames")
+        s = self.embed(xt_video, xt_action, t_video, t_action, state, caption, frame_valid, action_valid, history=history)
         return self.head(self.run_layers(s), xt_video.shape)
 
     def remaining_steps(self, first_frame: torch.Tensor, state: torch.Tensor, caption: torch.Tensor) -> torch.Tensor:
@@ -329,7 +376,8 @@ class WallWM(nn.Module):
         frames_left = self.time_head(patches, self.state_in(state)[None], text, text_valid)
         return frames_left * self.frame_stride
 
-    def embed(self, xt_video, xt_action, t_video, t_action, state, caption, frame_valid, action_valid) -> Streams:
+    def embed(self, xt_video, xt_action, t_video, t_action, state, caption, frame_valid, action_valid, *,
+              history: int = 0) -> Streams:
         b, f, p, _ = xt_video.shape
         t_steps = xt_action.shape[1]
         k = self.frame_stride
@@ -339,7 +387,10 @@ class WallWM(nn.Module):
         video = self.video_in(xt_video) + self.video_patch_pos.weight[None, None]
         video = video + sinusoidal(frame_index, h)[None, :, None]
         steps = torch.arange(t_steps, device=dev)
-        action = self.action_in(xt_action) + sinusoidal(steps // k, h)[None] + self.action_group_pos(steps % k)[None]
+        # action k goes with latent frame M + k // K: the first group lines up with the anchor
+        action = (
+            self.action_in(xt_action) + sinusoidal(history + steps // k, h)[None] + self.action_group_pos(steps % k)[None]
+        )
         text_valid = caption != CAPTION_PAD
         text_mask = key_padding_mask(text_valid)
         return Streams(

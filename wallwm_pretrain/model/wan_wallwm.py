@@ -3,21 +3,24 @@
 Same contract as :class:`~wallwm_pretrain.model.wallwm.WallWM` (forward on a :class:`Batch`
 and its :class:`FlowNoise`, pipeline slices, loss denominators), different video side:
 
-1. Video: the batch's VAE latents ``[B, V, Z, N, h, w]`` (latent frame j goes with control
-   steps ``[K_p j, K_p j + K_p)``), noised with the *shifted* video flow time
-   (``model.video_time_shift``), latent frame 0 kept clean; the :class:`WanTower` reads Wan's
-   per-token timesteps (0 on the clean frame, ``1000 t`` elsewhere), the text encoder's states
-   (``batch.text_states``) and predicts the velocity; the loss covers real frames 1.. only.
+1. Video: the batch's VAE latents ``[B, V, Z, M + N, h, w]``: M = ``batch.history`` history
+   latent frames (0 in event and chunk mode), then the N latent frames of the T control steps
+   (latent frame M + j goes with control steps ``[K_p j, K_p j + K_p)``, latent frame M being the
+   anchor), noised with the *shifted* video flow time (``model.video_time_shift``), the first
+   M + 1 latent frames (history and anchor) kept clean and always real; the :class:`WanTower`
+   reads Wan's per-token timesteps (0 on the clean frames, ``1000 t`` elsewhere), the text
+   encoder's states (``batch.text_states``) and predicts the velocity; the loss covers real
+   frames M + 1.. only.
 2. Actions: the project's action tower (``model.hidden_size`` wide, its own uniform flow time),
-   embedded as on the small path: action k carries its latent frame's index k // K_p and its
-   place inside the group; the state token; the caption is the text encoder's states through a
-   learned projection ``text_dim -> hidden_size``.
+   embedded as on the small path: action k carries its latent frame's index M + k // K_p (the
+   first group lines up with the anchor) and its place inside the group; the state token; the
+   caption is the text encoder's states through a learned projection ``text_dim -> hidden_size``.
 3. Coupled layer i = Wan block i, then action block i, whose coupling cross-attention reads Wan
    block i's output as one key sequence per sample over all views (:func:`coupling_keys`),
    projected ``wan width -> hidden_size`` by a learned linear (``action_layers.<i>.coupling``), so
-   megatron's cross-attention keeps the action width. One-way: the video tower never reads the
-   action stream.
-4. The remaining-time head reads the clean first latent frame (one token per latent pixel and
+   megatron's cross-attention keeps the action width; the keys span all M + N latent frames,
+   history included. One-way: the video tower never reads the action stream.
+4. The remaining-time head reads the clean anchor latent frame (one token per latent pixel and
    view, ``Z`` channels each), the state token and the projected caption states.
 
 Pipeline stages. What crosses a stage boundary is ONE ``[n, B, d_wan]`` tensor (megatron's p2p
@@ -67,8 +70,8 @@ def wan_config(cfg: ModelConfig) -> WanConfig:
 class WanFlowInputs:
     """What every stage derives from a batch and its flow noise (no parameters involved)."""
 
-    xt_video: torch.Tensor  # [B, V, Z, N, h, w] noisy latents, latent frame 0 clean
-    timestep: torch.Tensor  # [B, S] Wan timesteps per token (0 on the clean frame)
+    xt_video: torch.Tensor  # [B, V, Z, M + N, h, w] noisy latents, latent frames 0..M (history, anchor) clean
+    timestep: torch.Tensor  # [B, S] Wan timesteps per token (0 on the clean frames)
     xt_action: torch.Tensor  # [B, T, A]
     target_video: torch.Tensor
     target_action: torch.Tensor
@@ -76,11 +79,12 @@ class WanFlowInputs:
     state: torch.Tensor  # [B, S_state]
     text_states: torch.Tensor  # [B, L, text_dim]
     text_valid: torch.Tensor  # [B, L]
-    frame_valid: torch.Tensor  # [B, N]
+    frame_valid: torch.Tensor  # [B, M + N]
     action_valid: torch.Tensor  # [B, T]
-    video_loss_mask: torch.Tensor  # [B, N]
-    first_frame: torch.Tensor  # [B, V * h * w, Z] the clean first latent frame (time head)
+    video_loss_mask: torch.Tensor  # [B, M + N]
+    anchor_frame: torch.Tensor  # [B, V * h * w, Z] the clean anchor latent frame M (time head)
     remaining: torch.Tensor | None = None
+    history: int = 0  # M: latent frames before the anchor
 
 
 class ActionLayer(nn.Module):
@@ -122,8 +126,8 @@ class WanWallWM(nn.Module):
         self.wan = wcfg = wan_config(cfg)
         if wcfg.patch_size[0] != 1:
             raise ValueError(
-                f"model.wan.patch_size {list(cfg.wan.patch_size)}: the clean first latent frame is the condition, "
-                "which needs a temporal patch of 1"
+                f"model.wan.patch_size {list(cfg.wan.patch_size)}: the clean history and anchor latent frames are the "
+                "condition, which needs a temporal patch of 1"
             )
         self.pipeline_slice = part = PipelineSlice.of(pipeline_slice, cfg.num_layers)
         h = cfg.hidden_size
@@ -163,13 +167,17 @@ class WanWallWM(nn.Module):
                    for p in getattr(self, n).parameters())
         return {"video_tower": video, "action_tower": total - video - cond, "conditioning": cond, "total": total}
 
-    def _masks(self, lengths: torch.Tensor, t_steps: int, frames: int):
+    def _masks(self, lengths: torch.Tensor, t_steps: int, frames: int, history: int = 0):
+        """Real action steps [B, T], real latent frames [B, frames] (the first ``history`` always
+        real), frames that carry a video loss (not the history, not the anchor)."""
         k = self.frame_stride
         dev = lengths.device
         action_valid = torch.arange(t_steps, device=dev)[None, :] < lengths[:, None]
-        frame_valid = (torch.arange(frames, device=dev) * k)[None, :] < lengths[:, None]
+        frame_valid = (torch.arange(frames - history, device=dev) * k)[None, :] < lengths[:, None]
+        if history:
+            frame_valid = torch.cat([frame_valid.new_ones(lengths.shape[0], history), frame_valid], dim=1)
         video_loss_mask = frame_valid.clone()
-        video_loss_mask[:, 0] = False  # latent frame 0 is the clean condition, never predicted
+        video_loss_mask[:, : history + 1] = False  # history and anchor are the clean condition, never predicted
         return action_valid, frame_valid, video_loss_mask
 
     def _check(self, batch: Batch) -> None:
@@ -179,27 +187,31 @@ class WanWallWM(nn.Module):
                 f"model.video_tower=wan needs batch.{' and batch.'.join(missing)} (VAE latents and text-encoder "
                 "states in the shards: data_tools encode-latents / embed-captions)"
             )
-        lat, t_steps, k = batch.latents, batch.actions.shape[1], self.frame_stride
+        lat, t_steps, k, m = batch.latents, batch.actions.shape[1], self.frame_stride, int(batch.history)
         if lat.dim() != 6:
-            raise ValueError(f"batch.latents must be [B, V, Z, N, h, w], got {tuple(lat.shape)}")
-        if lat.shape[3] != -(-t_steps // k):
+            raise ValueError(f"batch.latents must be [B, V, Z, M + N, h, w], got {tuple(lat.shape)}")
+        if m < 0:
+            raise ValueError(f"batch.history must be >= 0 latent frames, got {m}")
+        want = m + -(-t_steps // k)
+        if lat.shape[3] != want:
             raise ValueError(
-                f"batch.latents has {lat.shape[3]} latent frames, {t_steps} control steps at K_p = model.frame_stride "
-                f"= {k} need ceil({t_steps}/{k}) = {-(-t_steps // k)}"
+                f"batch.latents has {lat.shape[3]} latent frames; batch.history = {m} history latent frames and "
+                f"{t_steps} control steps at K_p = model.frame_stride = {k} need {m} + ceil({t_steps}/{k}) = {want}"
             )
 
     def loss_counts(self, batch: Batch) -> torch.Tensor:
         """[3] float: video elements, action elements, samples over which the losses average."""
         self._check(batch)
         b, v, z, n, hh, ww = batch.latents.shape
-        action_valid, _, video_loss_mask = self._masks(batch.lengths, batch.actions.shape[1], n)
+        action_valid, _, video_loss_mask = self._masks(batch.lengths, batch.actions.shape[1], n, batch.history)
         return torch.stack([
             video_loss_mask.sum() * (v * z * hh * ww), action_valid.sum() * int(self.cfg.action_dim),
             batch.lengths.new_tensor(b),
         ]).to(torch.float32)
 
     def boundary_seq_length(self, batch: Batch) -> int:
-        """Positions of the packed stage-boundary tensor (see the module docstring)."""
+        """Positions of the packed stage-boundary tensor (see the module docstring; the
+        history latent frames are video tokens like the others)."""
         b, v, z, n, hh, ww = batch.latents.shape
         pt, ph, pw = self.wan.patch_size
         tokens = (n // pt) * (hh // ph) * (ww // pw)
@@ -211,7 +223,8 @@ class WanWallWM(nn.Module):
     # ------------------------------------------------------------------ flow inputs
     def train_flops(self, batch: Batch) -> int:
         """Model FLOPs of one sample's training step at this batch's padded shapes (the whole
-        model's, whichever pipeline slice this is): 3x :func:`forward_flops`."""
+        model's, whichever pipeline slice this is): 3x :func:`forward_flops`, history latent
+        frames counted as video tokens."""
         shape = tuple(batch.latents.shape[3:])
         return 3 * forward_flops(self.cfg, shape, batch.actions.shape[1], batch.text_states.shape[1])["total"]
 
@@ -229,20 +242,21 @@ class WanWallWM(nn.Module):
         self._check(batch)
         x0 = batch.latents.float()
         b, v, z, n, hh, ww = x0.shape
-        action_valid, frame_valid, video_loss_mask = self._masks(batch.lengths, batch.actions.shape[1], n)
+        m = int(batch.history)
+        action_valid, frame_valid, video_loss_mask = self._masks(batch.lengths, batch.actions.shape[1], n, m)
         xt_v, target_v = interpolate(x0, noise.noise_video, noise.t_video)
-        xt_v = torch.cat([x0[:, :, :, :1], xt_v[:, :, :, 1:]], dim=3)
+        xt_v = torch.cat([x0[:, :, :, : m + 1], xt_v[:, :, :, m + 1 :]], dim=3)  # history and anchor clean
         pt, ph, pw = self.wan.patch_size
-        timestep = per_token_timesteps(noise.t_video, (n // pt, hh // ph, ww // pw), clean_frames=1)
+        timestep = per_token_timesteps(noise.t_video, (n // pt, hh // ph, ww // pw), clean_frames=m + 1)
         xt_a, target_a = interpolate(batch.actions, noise.noise_action, noise.t_action)
         text_valid = batch.text_valid
         if text_valid is None:
             text_valid = torch.ones(batch.text_states.shape[:2], dtype=torch.bool, device=x0.device)
-        first = x0[:, :, :, 0].permute(0, 1, 3, 4, 2).reshape(b, v * hh * ww, z)
+        anchor = x0[:, :, :, m].permute(0, 1, 3, 4, 2).reshape(b, v * hh * ww, z)
         remaining = None if batch.remaining is None else batch.remaining.float() / self.frame_stride
         return WanFlowInputs(
             xt_v, timestep, xt_a, target_v, target_a, noise.t_action, batch.state, batch.text_states.float(),
-            text_valid, frame_valid, action_valid, video_loss_mask, first, remaining,
+            text_valid, frame_valid, action_valid, video_loss_mask, anchor, remaining, m,
         )
 
     # ------------------------------------------------------------------ forward
@@ -279,7 +293,9 @@ class WanWallWM(nn.Module):
         ws = self.video.embed(inputs.xt_video, inputs.timestep, inputs.text_states, geo)
         t_steps, k, h = inputs.xt_action.shape[1], self.frame_stride, self.cfg.hidden_size
         steps = torch.arange(t_steps, device=inputs.xt_action.device)
-        action = self.action_in(inputs.xt_action) + sinusoidal(steps // k, h)[None] + self.action_group_pos(steps % k)[None]
+        # action k goes with latent frame M + k // K: the first group lines up with the anchor
+        frame = inputs.history + steps // k
+        action = self.action_in(inputs.xt_action) + sinusoidal(frame, h)[None] + self.action_group_pos(steps % k)[None]
         s = Streams(
             video=None, action=action.transpose(0, 1), text=self.text_in(inputs.text_states).transpose(0, 1),
             state=self.state_in(inputs.state)[None], temb_video=None, temb_action=self.time_action(inputs.t_action),
@@ -327,14 +343,18 @@ class WanWallWM(nn.Module):
         loss = weighted_flow_loss(self.cfg.video_loss_weight, loss_v, self.cfg.action_loss_weight, loss_a)
         loss_t = torch.zeros((), device=loss.device)
         if inputs.remaining is not None and self.cfg.time_loss_weight > 0:
-            pred_t = self.time_head(inputs.first_frame, s.state, s.text, inputs.text_valid)
+            pred_t = self.time_head(inputs.anchor_frame, s.state, s.text, inputs.text_valid)
             den = torch.tensor(float(pred_t.shape[0]), device=loss.device) if den_t is None else den_t
             loss_t = huber_sum(pred_t, inputs.remaining) / den.clamp_min(1.0)
             loss = loss + self.cfg.time_loss_weight * loss_t
         return {"loss": loss, "loss_video": loss_v.detach(), "loss_action": loss_a.detach(), "loss_time": loss_t.detach()}
 
     def denoise(self, inputs: WanFlowInputs) -> tuple[torch.Tensor, torch.Tensor]:
-        """Velocity predictions ``([B, V, Z, N, h, w], [B, T, A])`` (the whole model only)."""
+        """Velocity predictions ``([B, V, Z, M + N, h, w], [B, T, A])`` (the whole model only).
+
+        ``inputs`` as :meth:`flow_inputs` builds them; at inference the caller keeps latent
+        frames 0..M clean, their timesteps 0 (``per_token_timesteps(..., clean_frames=M + 1)``)
+        and sets ``history`` = M (the action tower's frame offset)."""
         if not (self.pipeline_slice.embed and self.pipeline_slice.head):
             raise ValueError("denoise needs the whole model; a pipeline stage runs forward_slice")
         geo = self.geometry(inputs)
@@ -388,7 +408,7 @@ def forward_flops(cfg: ModelConfig, latent_shape: tuple[int, int, int], steps: i
     """Forward matmul FLOPs of one sample of the Wan-path model (conventions of ``model/flops.py``).
 
     Args:
-        latent_shape: ``(N, h, w)`` latent frames, height and width of one view.
+        latent_shape: ``(N, h, w)`` latent frames (history included), height and width of one view.
         steps: control steps T (action tokens); text_len: text tokens L.
 
     The video tower is :func:`wan_forward_flops` (per-token timesteps); an action layer is the
