@@ -179,3 +179,64 @@ def test_context_weights_come_from_their_stages(cond_world, tmp_path):
         assert torch.equal(target.state_dict()[f"context.branch.{name}"], value), name
     with pytest.raises(CheckpointError, match="holds no branch"):
         init_sources(replace(cfg, context=replace(ctx, staircase_from=str(tmp_path / "cond.safetensors"))))
+
+
+def _small_cfg(models, sources=("global", "staircase")):
+    from wallwm_pretrain.config import ModelConfig
+
+    cond = ConditionerConfig(vlm=str(models / "vlm"), vlm_dtype="float32", hidden_size=32, num_heads=2,
+                             align_layers=1, align_tokens=5, text_dim=16)
+    stair = StaircaseConfig(latents=3, relay_depth=1, num_heads=2, ffn_mult=2)
+    return ModelConfig(hidden_size=32, num_layers=2, num_heads=4, ffn_hidden_size=64, frame_stride=4, num_views=VIEWS,
+                       action_dim=4, state_dim=8, image_size=HW, patch_size=16, conditioner=cond, staircase=stair,
+                       context=ContextConfig(sources=list(sources)))
+
+
+def _small_batch(context, history=1, seed=4):
+    from wallwm_pretrain.batch import Batch
+    from wallwm_pretrain.captions import encode_caption
+
+    b, t, k = len(context), 8, 4
+    g = torch.Generator().manual_seed(seed)
+    caps = [encode_caption(c, 32) for c in ("reach the cube", "grasp it", "lift", "place it")[:b]]
+    caption = torch.zeros(b, max(len(c) for c in caps), dtype=torch.long)
+    for i, c in enumerate(caps):
+        caption[i, :len(c)] = torch.from_numpy(c)
+    return Batch(
+        frames=torch.randint(0, 256, (b, history * k + t, VIEWS, HW, HW, 3), generator=g, dtype=torch.uint8),
+        actions=torch.randn(b, t, 4, generator=g), state=torch.randn(b, 8, generator=g),
+        lengths=torch.tensor([t, 5, t, 6][:b]), caption=caption, remaining=torch.tensor([9.0, 3.0, 20.0, 4.0][:b]),
+        history=history, context=list(context), task=["stack the cups"] * b, done=[[], ["reach the cube"], [], []][:b],
+    )
+
+
+def test_small_towers_read_the_sources_through_their_text_stream(cond_world):
+    from wallwm_pretrain.model.wallwm import WallWM
+
+    torch.manual_seed(0)
+    model = WallWM(_small_cfg(cond_world["models"]))
+    torch.manual_seed(0)
+    plain = WallWM(replace(_small_cfg(cond_world["models"]), context=ContextConfig()))
+    plain.load_state_dict({n: v for n, v in model.state_dict().items() if not n.startswith("context.")})
+    # an all-atomic batch is the plain towers' forward: the context module only adds rows' states
+    batch = _small_batch(["atomic", "atomic", "atomic", "atomic"])
+    a = model(batch, generator=torch.Generator().manual_seed(0))
+    b = plain(batch, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(a["loss"], b["loss"])
+    mixed = _small_batch(["global", "atomic", "staircase", "atomic"])
+    out = model(mixed, generator=torch.Generator().manual_seed(0))
+    assert not torch.equal(out["loss"], a["loss"])
+    out["loss"].backward()
+    params = dict(model.named_parameters())
+    for name in ("context.adapter.proj.weight", "context.align.out.weight", "context.global_proj.weight",
+                 "context.staircase_proj.1.weight", "caption.embed.weight"):
+        grad = params[name].grad
+        assert grad is not None and grad.abs().sum() > 0, name
+    assert all(p.grad is None for p in model.context.vlm._model.parameters())
+    # the text stream of a global row is its projected aligned states, nothing of its caption
+    with torch.no_grad():
+        rows = model.context_rows(mixed)
+        text, valid = model.text_context(mixed.caption, rows)
+        glob = model.context.global_states(mixed.frames[:, 4][:1], mixed.task[:1], mixed.done[:1])[0]
+    torch.testing.assert_close(text[:glob.shape[0], 0], glob, atol=1e-5, rtol=1e-5)
+    assert valid[0].sum() == glob.shape[0] and valid[2].sum() == 3

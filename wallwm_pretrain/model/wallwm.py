@@ -138,6 +138,11 @@ class WallWM(nn.Module):
                         TextLayer(text_cfg, i + 1, selective, pg_collection) for i in range(cfg.text_layers)
                     ),
                 )
+            if cfg.context.sources:  # unified mode's global / Staircase text context (pp=1: config)
+                from wallwm_pretrain.model.context import ContextSources  # loads transformers
+
+                with part_rng(base, "context"):
+                    self.context = ContextSources(cfg)
         # keyed by the global layer index: names match the whole model's ``layers.<i>.``
         self.layers = nn.ModuleDict()
         for i in part.layers:
@@ -191,16 +196,43 @@ class WallWM(nn.Module):
         if noise is None:
             noise = self.sample_noise(batch, generator)
         inputs = self.flow_inputs(batch, noise)
-        return self.forward_slice(inputs, hidden, loss_denominators)
+        return self.forward_slice(inputs, hidden, loss_denominators, context_rows=self.context_rows(batch))
+
+    def context_rows(self, batch: Batch) -> list[torch.Tensor | None] | None:
+        """Unified mode: the context states ``[L_i, hidden]`` of the rows whose source is
+        ``global`` or ``staircase`` (None for ``atomic`` rows), or None when every row reads its
+        caption (:mod:`.context`)."""
+        if not batch.context or all(c == "atomic" for c in batch.context):
+            return None
+        if not hasattr(self, "context"):
+            raise ValueError(f"batch rows ask for {sorted(set(batch.context) - {'atomic'})} text contexts; "
+                             "this model builds none (model.context.sources)")
+        return self.context.row_states(batch)
+
+    def text_context(self, caption: torch.Tensor, context_rows: list[torch.Tensor | None] | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The towers' text stream ``[L, B, h]`` and its real positions ``[B, L]``: the caption
+        encoder's output, with the rows that carry context states (``context_rows``) reading
+        those instead."""
+        valid = caption != CAPTION_PAD
+        text = self.caption(caption, key_padding_mask(valid))
+        if context_rows is None or all(r is None for r in context_rows):
+            return text, valid
+        merged, merged_valid = self.context.merge(context_rows, text.transpose(0, 1), valid)
+        return merged.transpose(0, 1).to(text.dtype), merged_valid
 
     def forward_slice(
-        self, inputs: FlowInputs, hidden: torch.Tensor | None = None, loss_denominators: torch.Tensor | None = None
+        self, inputs: FlowInputs, hidden: torch.Tensor | None = None, loss_denominators: torch.Tensor | None = None,
+        context_rows: list[torch.Tensor | None] | None = None,
     ) -> dict[str, torch.Tensor] | torch.Tensor:
         """This stage's layers on ``inputs`` (first stage) or on ``hidden`` (any later one)."""
+        text_valid = inputs.caption != CAPTION_PAD
         if self.pipeline_slice.embed:
+            text = self.text_context(inputs.caption, context_rows)
+            text_valid = text[1]
             s = self.embed(
                 inputs.xt_video, inputs.xt_action, inputs.t_video, inputs.t_action, inputs.state,
-                inputs.caption, inputs.frame_valid, inputs.action_valid, history=inputs.history,
+                inputs.caption, inputs.frame_valid, inputs.action_valid, history=inputs.history, text=text,
             )
         else:
             if hidden is None:
@@ -220,7 +252,7 @@ class WallWM(nn.Module):
         loss = weighted_flow_loss(self.cfg.video_loss_weight, loss_v, self.cfg.action_loss_weight, loss_a)
         loss_t = torch.zeros((), device=loss.device)
         if inputs.remaining is not None and self.cfg.time_loss_weight > 0:
-            pred_t = self.time_head(inputs.xt_video[:, inputs.history], s.state, s.text, inputs.caption != CAPTION_PAD)
+            pred_t = self.time_head(inputs.xt_video[:, inputs.history], s.state, s.text, text_valid)
             den = torch.tensor(float(pred_t.shape[0]), device=loss.device) if den_t is None else den_t
             loss_t = huber_sum(pred_t, inputs.remaining) / den.clamp_min(1.0)
             loss = loss + self.cfg.time_loss_weight * loss_t
@@ -346,38 +378,43 @@ class WallWM(nn.Module):
         action_valid: torch.Tensor,
         *,
         history: int = 0,
+        text: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Velocity predictions for noisy video latents [B, F, P, D] and actions [B, T, A]
         (the whole model only).
 
         ``history``: M, the clean history latent frames at the front of ``xt_video`` before the
         anchor (frame M); action k then carries frame index M + k // K. The caller keeps frames
-        0..M clean (event mode: M = 0, frame 0 is the current observation).
+        0..M clean (event mode: M = 0, frame 0 is the current observation). ``text``: the text
+        stream and its mask from :meth:`text_context` (computed once per plan; default: the
+        caption encoder's output of ``caption``).
         """
         if not (self.pipeline_slice.embed and self.pipeline_slice.head):
             raise ValueError("denoise needs the whole model; a pipeline stage runs forward_slice")
         if not 0 <= history < xt_video.shape[1]:
             raise ValueError(f"history={history} must leave the anchor among the {xt_video.shape[1]} latent frames")
-        s = self.embed(xt_video, xt_action, t_video, t_action, state, caption, frame_valid, action_valid, history=history)
+        s = self.embed(xt_video, xt_action, t_video, t_action, state, caption, frame_valid, action_valid,
+                       history=history, text=text)
         return self.head(self.run_layers(s), xt_video.shape)
 
-    def remaining_steps(self, first_frame: torch.Tensor, state: torch.Tensor, caption: torch.Tensor) -> torch.Tensor:
-        """Predicted control steps to the end of the event that starts now (whole model only).
+    def remaining_steps(self, first_frame: torch.Tensor, state: torch.Tensor, caption: torch.Tensor,
+                        text: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """Predicted control steps to the end of the event in progress now (whole model only).
 
         Args:
-            first_frame: uint8 [B, V, H, W, 3], the current observation.
+            first_frame: uint8 [B, V, H, W, 3], the current observation (unified mode: the anchor).
             state: float [B, S] (normalised); caption: long [B, L] byte tokens.
+            text: the text stream and mask of :meth:`text_context` in place of ``caption``'s.
         """
         if not (self.pipeline_slice.embed and self.pipeline_slice.head):
             raise ValueError("remaining_steps needs the whole model")
-        text_valid = caption != CAPTION_PAD
-        text = self.caption(caption, key_padding_mask(text_valid))
+        text, text_valid = self.text_context(caption) if text is None else text
         patches = patchify(first_frame[:, None], self.cfg.patch_size)[:, 0]
         frames_left = self.time_head(patches, self.state_in(state)[None], text, text_valid)
         return frames_left * self.frame_stride
 
     def embed(self, xt_video, xt_action, t_video, t_action, state, caption, frame_valid, action_valid, *,
-              history: int = 0) -> Streams:
+              history: int = 0, text: tuple[torch.Tensor, torch.Tensor] | None = None) -> Streams:
         b, f, p, _ = xt_video.shape
         t_steps = xt_action.shape[1]
         k = self.frame_stride
@@ -391,12 +428,12 @@ class WallWM(nn.Module):
         action = (
             self.action_in(xt_action) + sinusoidal(history + steps // k, h)[None] + self.action_group_pos(steps % k)[None]
         )
-        text_valid = caption != CAPTION_PAD
+        text, text_valid = self.text_context(caption) if text is None else text
         text_mask = key_padding_mask(text_valid)
         return Streams(
             video=video.reshape(b, f * p, h).transpose(0, 1),
             action=action.transpose(0, 1),
-            text=self.caption(caption, text_mask),
+            text=text,
             state=self.state_in(state)[None],
             temb_video=self.time_video(t_video),
             temb_action=self.time_action(t_action),
