@@ -223,9 +223,10 @@ def _text_spec(index: dict) -> dict | None:
     spec = index.get("text_states")
     if not (isinstance(spec, dict) and spec.get("complete")):
         return None
-    return {**spec, "members": {"events": EVENT_STATES, "task": "task_states.npy"},
-            "lengths": {"member": EVENT_STATES_LEN, "dtype": "int32",
-                        "rule": "real rows of each event's states in event_states.npy"},
+    return {**{k: v for k, v in spec.items() if k != "lengths"},
+            "members": {"events": EVENT_STATES, "task": "task_states.npy"},
+            "event_lengths": {"member": EVENT_STATES_LEN, "dtype": "int32",
+                              "rule": "real rows of each event's states in event_states.npy"},
             "carried_from": "the event shards' caption_states.npy / task_states.npy",
             "complete": True}
 

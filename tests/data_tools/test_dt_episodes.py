@@ -239,3 +239,30 @@ def test_latents_and_text_states_for_unified_mode(dt_shards_copy, dt_tiny_wan, t
             assert int(batch.text_valid[i].sum()) == length
             assert torch.equal(batch.text_states[i, :length],
                                torch.from_numpy(eps[name]["event_states.npy"][atom, :length]))
+
+
+def _close(got: np.ndarray, want: np.ndarray) -> bool:
+    """Equal up to one float16 step (or 1e-5 near zero): another batch padding moves the last bits."""
+    gap = np.abs(got.astype(np.float32) - want.astype(np.float32))
+    return got.shape == want.shape and bool((gap <= np.spacing(np.abs(want)).astype(np.float32) + 1e-5).all())
+
+
+def test_embed_captions_on_episode_shards_adds_the_event_states(episodes, dt_shards_copy, dt_tiny_wan, tmp_path):
+    """The other order: build-episodes first, then embed-captions writes event_states itself,
+    equal (up to batch padding) to what build-episodes carries from embedded event shards."""
+    from data_tools.textstates import embed_captions
+
+    own = Path(shutil.copytree(episodes, tmp_path / "ep"))
+    embed_captions(own, dt_tiny_wan / "text_encoder", batch_size=7, progress=False)
+    embed_captions(dt_shards_copy, dt_tiny_wan / "text_encoder", progress=False)
+    carried = tmp_path / "carried"
+    build_episodes(dt_shards_copy, carried, samples_per_shard=2, progress=False)
+    mine, theirs = _read(own), _read(carried)
+    assert json.loads((own / "index.json").read_text())["text_states"]["members"]["events"] == "event_states.npy"
+    for key, ep in mine.items():
+        lengths = ep["event_states_len.npy"]
+        assert lengths.dtype == np.int32 and lengths.tolist() == theirs[key]["event_states_len.npy"].tolist()
+        assert _close(ep["event_states.npy"], theirs[key]["event_states.npy"]), key
+    verify_shards(own, loader_index(own), "sha256")
+    batch = next(EventLoader(_unified(own), frame_stride=4, caption_max_bytes=64))
+    assert batch.text_states is not None and batch.history == 2
