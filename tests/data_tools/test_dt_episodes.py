@@ -194,6 +194,23 @@ def test_the_loader_yields_unified_batches_from_episode_shards(episodes, dt_tiny
     assert contexts == {"atomic", "global"}
     with pytest.raises(ConfigError, match="data.mode=unified but .* holds event shards.*build-episodes"):
         EventLoader(_unified(dt_tiny_shards), frame_stride=4)
+    with pytest.raises(ConfigError, match="data.mode=event but .* holds episode shards.*data.mode=unified"):
+        EventLoader(_unified(episodes, mode="event"), frame_stride=4)
+
+
+def test_a_restored_unified_loader_continues_with_the_same_windows_and_contexts(episodes):
+    cfg = _unified(episodes, shuffle_buffer=4, context_mix={"atomic": 1.0, "global": 1.0, "staircase": 1.0})
+    first = EventLoader(cfg, frame_stride=4, caption_max_bytes=64)
+    for _ in range(3):
+        next(first)
+    state = first.state_dict()
+    expected = [next(first) for _ in range(3)]
+    second = EventLoader(cfg, frame_stride=4, caption_max_bytes=64)
+    second.load_state_dict(state)
+    for want in expected:
+        got = next(second)
+        assert got.keys == want.keys and got.context == want.context and got.done == want.done
+        assert torch.equal(got.frames, want.frames) and torch.equal(got.actions, want.actions)
 
 
 def test_latents_and_text_states_for_unified_mode(dt_shards_copy, dt_tiny_wan, tmp_path):
