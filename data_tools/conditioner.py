@@ -32,26 +32,22 @@ shards carry no ``kind``: a missing kind means ``"event"``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import pickle
-import shutil
-import sys
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
-from .buildplan import INDEX_FILE, staging_dir, up_to_date
+from .buildplan import INDEX_FILE, up_to_date
 from .cut import npy_bytes
-from .errors import DataToolsError, OutputExistsError
+from .derive import (EventMeta, build_key, check_output, counts, member_array, open_source,
+                     read_events, shard_plan, staged, write_shards)
+from .errors import DataToolsError
 from .parallel import run_ordered
 from .reasoning import reasoning_trace
-from .shardread import iter_samples, iter_tar, npy, read_index, sample_meta
-from .shards import SHARD_NAME, looks_like_shard_folder
-from .shardwork import ShardTask, write_shard
+from .shardread import iter_tar
 
 KIND = "conditioner"
 FORMAT_VERSION = 2  # 2: the json member has "reasoning"
@@ -59,12 +55,6 @@ MEMBERS = ("json", "observation.npy", "state.npy")
 # index.json keys of the event shards that describe the data and stay true of the observations
 COPIED = ("level", "layout", "image_size", "views", "video_keys", "fps", "action_dim",
           "state_dim", "episodes", "event_length", "stats")
-EVENT_FIELDS = ("episode_id", "event_index", "level", "caption", "start", "end")
-
-
-def shard_kind(index: dict) -> str:
-    """``event`` or ``conditioner`` (an index.json without ``kind`` is an event-shard folder)."""
-    return str(index.get("kind", "event"))
 
 
 def observation_times(start: int, length: int, per_event: int) -> list[int]:
@@ -74,46 +64,6 @@ def observation_times(start: int, length: int, per_event: int) -> list[int]:
 
 def observation_key(event_key: str, t: int) -> str:
     return f"{event_key}_t{t:05d}"
-
-
-@dataclass(frozen=True)
-class EventMeta:
-    key: str
-    shard: str
-    meta: dict
-
-    @property
-    def start(self) -> int:
-        return int(self.meta["start"])
-
-    @property
-    def end(self) -> int:
-        return int(self.meta["end"])
-
-
-def _read_events(src: Path, progress: bool) -> list[EventMeta]:
-    """Pass 1: every sample's json, checked for what the conditioner needs."""
-    events = []
-    total = read_index(src).get("total_samples")
-    for shard, key, members in tqdm(iter_samples(src, ("json",)), total=total, unit="event",
-                                    desc="read events", disable=not progress):
-        where = f"{src / shard}: sample {key}"
-        meta = sample_meta(members, where)
-        missing = [f for f in EVENT_FIELDS if f not in meta]
-        if missing:
-            raise DataToolsError(f"{where}.json: no {', '.join(map(repr, missing))}; is {src} "
-                                 "an event-shard folder written by build-shards?")
-        ev = EventMeta(key, shard, meta)
-        if not isinstance(meta["caption"], str):
-            raise DataToolsError(f"{where}.json: 'caption' must be text")
-        if not (isinstance(meta["start"], int) and isinstance(meta["end"], int)
-                and 0 <= ev.start < ev.end):
-            raise DataToolsError(f"{where}.json: needs integer 0 <= start < end, found "
-                                 f"start={meta['start']!r}, end={meta['end']!r}")
-        events.append(ev)
-    if not events:
-        raise DataToolsError(f"{src}: the shards hold no samples")
-    return events
 
 
 @dataclass(frozen=True)
@@ -170,20 +120,6 @@ class CutObservations:
     spill: str
 
 
-def _array(members: dict[str, bytes], name: str, where: str, dtype, ndim: int) -> np.ndarray:
-    if name not in members:
-        raise DataToolsError(f"{where} has no {name} member; conditioner samples need the "
-                             "event's frames and states")
-    try:
-        arr = npy(members[name])
-    except (ValueError, EOFError, OSError) as exc:
-        raise DataToolsError(f"{where}.{name}: cannot read ({exc})") from None
-    if arr.dtype != dtype or arr.ndim != ndim:
-        raise DataToolsError(f"{where}.{name}: expected {np.dtype(dtype).name} with {ndim} dims, "
-                             f"found {arr.dtype} {list(arr.shape)}")
-    return arr
-
-
 def cut_observations(task: CutObservations) -> int:
     """Spill the planned samples of one source shard; returns how many were written."""
     written = 0
@@ -194,8 +130,9 @@ def cut_observations(task: CutObservations) -> int:
             continue
         seen.add(key)
         where = f"{path}: sample {key}"
-        frames = _array(members, "frames.npy", where, np.uint8, 5)
-        states = _array(members, "states.npy", where, np.float32, 2)
+        why = "conditioner samples need the event's frames and states"
+        frames = member_array(members, "frames.npy", where, np.uint8, 5, why)
+        states = member_array(members, "states.npy", where, np.float32, 2, why)
         for obs in task.plan[key]:
             if obs.offset >= len(frames) or obs.offset >= len(states):
                 raise DataToolsError(f"{where}: {len(frames)} frames and {len(states)} states, "
@@ -211,38 +148,6 @@ def cut_observations(task: CutObservations) -> int:
     return written
 
 
-def _counts(ids) -> dict[str, int]:
-    c = Counter(int(i) for i in ids)
-    return {str(k): c[k] for k in sorted(c)}
-
-
-def _check_output(out: Path) -> None:
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise OutputExistsError(f"{out} exists and is not a folder; choose another --out")
-    if not any(out.iterdir()):
-        return
-    kind = None
-    if looks_like_shard_folder(out):
-        try:
-            kind = shard_kind(json.loads((out / INDEX_FILE).read_text(encoding="utf-8")))
-        except (OSError, ValueError):
-            kind = None
-    if kind != KIND:
-        raise OutputExistsError(f"{out} exists, is not empty and is not a conditioner-shard "
-                                "folder; refusing to replace it (choose another --out or remove "
-                                "it yourself)")
-
-
-def _build_key(params: dict, index: dict) -> str:
-    source = {"build": (index.get("build") or {}).get("key"),
-              "shards": [(s.get("name"), s.get("sha256"), s.get("samples"))
-                         for s in index.get("shards", [])]}
-    blob = json.dumps({"params": params, "source": source}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-
 def build_conditioner(src: Path, out: Path, per_event: int = 4, samples_per_shard: int = 256,
                       seed: int = 0, workers: int = 1, progress: bool = True,
                       force: bool = False) -> dict:
@@ -255,30 +160,15 @@ def build_conditioner(src: Path, out: Path, per_event: int = 4, samples_per_shar
         raise DataToolsError(f"--per-event ({per_event}), --samples-per-shard "
                              f"({samples_per_shard}) and --workers ({workers}) must be positive")
     src, out = Path(src), Path(out)
-    if not src.is_dir():
-        raise DataToolsError(f"{src} is not a folder: --src must be an event-shard folder "
-                             "(index.json + shard-*.tar, from build-shards)")
-    index = read_index(src)
-    if shard_kind(index) != "event":
-        raise DataToolsError(f"{src / INDEX_FILE}: kind {shard_kind(index)!r}; --src must be an "
-                             "event-shard folder written by build-shards")
-    if "pruning" in index:  # observation rows are t - start: they need every step of the event
-        raise DataToolsError(f"{src / INDEX_FILE}: built with --prune-static (steps dropped, the "
-                             "time axis no longer uniform); build the conditioner from event "
-                             "shards without pruning")
-    if not index.get("shards"):
-        raise DataToolsError(f"{src / INDEX_FILE}: lists no shards")
-    for s in index["shards"]:
-        if not (src / s["name"]).is_file():
-            raise DataToolsError(f"{src / s['name']}: listed in index.json but missing")
-    _check_output(out)
+    index = open_source(src, "build-conditioner (--src)")
+    check_output(out, KIND, "build-conditioner")
     params = {"format": FORMAT_VERSION, "per_event": per_event,
               "samples_per_shard": samples_per_shard, "seed": seed}
-    key = _build_key(params, index)
+    key = build_key(params, index)
     if not force and (done := up_to_date(out, key)) is not None:
         return {**done, "reused": True}
 
-    events = _read_events(src, progress)
+    events = read_events(src, progress)
     dup = [k for k, n in Counter(ev.key for ev in events).items() if n > 1]
     if dup:
         raise DataToolsError(f"{src}: sample key {dup[0]} appears more than once")
@@ -287,35 +177,22 @@ def build_conditioner(src: Path, out: Path, per_event: int = 4, samples_per_shar
     keys = [obs.key for obs in observations]
     clusters = {obs.key: obs.clusters for obs in observations}
     remaining = np.array([obs.remaining for obs in observations])
-    order = [keys[i] for i in np.random.default_rng(seed).permutation(len(keys))]
-    parts = [order[i:i + samples_per_shard] for i in range(0, len(order), samples_per_shard)]
-    names = [SHARD_NAME.format(s) for s in range(len(parts))]
+    names, parts = shard_plan(keys, seed, samples_per_shard)
 
-    staging = staging_dir(out)
-    if staging.exists():
-        shutil.rmtree(staging)
-    spill = staging / ".spill"
-    spill.mkdir(parents=True)
-    try:
+    with staged(out) as staging:
         by_shard: dict[str, dict] = defaultdict(dict)
         for ev in events:
             by_shard[ev.shard][ev.key] = plan[ev.key]
         tasks = []
         for s in index["shards"]:
             if by_shard.get(s["name"]):
-                tasks.append(CutObservations(str(src), s["name"], by_shard[s["name"]], str(spill)))
+                tasks.append(CutObservations(str(src), s["name"], by_shard[s["name"]],
+                                             str(staging / ".spill")))
         cut = sum(run_ordered(cut_observations, tasks, workers, lambda t: str(src / t.shard),
                               "cut observations", progress))
         if cut != len(keys):
             raise DataToolsError(f"{src}: cut {cut} observations, planned {len(keys)}")
-        shard_tasks = [ShardTask(n, p, str(spill), str(staging)) for n, p in zip(names, parts)]
-        sha = dict(run_ordered(write_shard, shard_tasks, workers, lambda t: f"shard {t.name}",
-                               "write shards", progress))
-        shutil.rmtree(spill)
-        shards = [{"name": n, "samples": len(p), "bytes": (staging / n).stat().st_size,
-                   "sha256": sha[n], "vl_cluster": _counts(clusters[k][0] for k in p),
-                   "action_cluster": _counts(clusters[k][1] for k in p)}
-                  for n, p in zip(names, parts)]
+        shards = write_shards(staging, names, parts, clusters, workers, progress)
         result = {
             "format_version": FORMAT_VERSION, "kind": KIND, "per_event": per_event, "seed": seed,
             **{k: index[k] for k in COPIED if k in index},
@@ -324,19 +201,10 @@ def build_conditioner(src: Path, out: Path, per_event: int = 4, samples_per_shar
             "remaining": {"min": int(remaining.min()), "max": int(remaining.max()),
                           "mean": round(float(remaining.mean()), 3)},
             "shards": shards,
-            "vl_cluster_counts": _counts(v for v, _ in clusters.values()),
-            "action_cluster_counts": _counts(a for _, a in clusters.values()),
+            "vl_cluster_counts": counts(v for v, _ in clusters.values()),
+            "action_cluster_counts": counts(a for _, a in clusters.values()),
             "build": {"key": key, "source": str(src.resolve()),
                       "source_key": (index.get("build") or {}).get("key")},
         }
         (staging / INDEX_FILE).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        print(f"note: removed the partial output {staging}; {out} was left unchanged",
-              file=sys.stderr)
-        raise
     return {**result, "reused": False}
-

@@ -9,7 +9,11 @@ hiding the padding). Per sample, float16:
 * ``text_lengths.npy`` int32 [3]: L_c, L_n, L_t (a missing text counts as the empty string)
 
 On conditioner shards (``build-conditioner``) ``caption`` is the target caption, the event in
-progress at the observation.
+progress at the observation. On episode shards (``build-episodes``, ``"kind": "episode"``)
+``caption`` is the task, and each sample also gets the states of its events' captions (the
+json's ``events``, in order), as ``build-episodes`` carries them over from event shards:
+
+* ``event_states.npy`` [E, L, D] (zero padded to the longest), ``event_states_len.npy`` int32 [E]
 
 Beside ``index.json``, once: ``empty_text_states.npy`` float16 [L_0, D], the states of the empty
 string, which caption drop swaps in for a dropped caption. Wan's own prompt cleaning (ftfy,
@@ -25,6 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from .cut import npy_bytes
+from .derive import shard_kind
+from .episodes import EVENT_STATES, EVENT_STATES_LEN
 from .errors import DataToolsError
 from .shardread import sample_meta
 
@@ -47,6 +53,7 @@ class EmbedCaptions:
     batch_size: int = 16
     max_length: int = MAX_LENGTH
     threads: int = 0  # torch CPU threads per worker process (0: torch's default)
+    events: bool = False  # episode shards: also the states of each event's caption
 
     def models(self):
         key = (self.encoder, self.tokenizer, self.device)
@@ -74,23 +81,43 @@ class EmbedCaptions:
         return out
 
     def __call__(self, samples, shard: Path) -> list[dict[str, bytes]]:
-        texts = []
+        texts, spans = [], []  # spans: per sample, the [start, stop) of its texts
         for key, members in samples:
             meta = sample_meta(members, f"{shard}: sample {key}")
+            start = len(texts)
             for name in TEXTS:
                 value = meta.get(name)
                 if value is not None and not isinstance(value, str):
                     raise DataToolsError(f"{shard}: sample {key}.json: {name!r} must be text, "
                                          f"found {type(value).__name__}")
                 texts.append(value or "")
+            if self.events:
+                texts += _event_captions(meta, f"{shard}: sample {key}.json")
+            spans.append((start, len(texts)))
         states = self.encode(texts)
         result = []
-        for i in range(len(samples)):
-            own = states[i * len(TEXTS):(i + 1) * len(TEXTS)]
+        for start, stop in spans:
+            own = states[start:start + len(TEXTS)]
             members = {MEMBERS[name]: npy_bytes(s) for name, s in zip(TEXTS, own)}
             members[LENGTHS] = npy_bytes(np.array([len(s) for s in own], dtype=np.int32))
+            if self.events:
+                caps = states[start + len(TEXTS):stop]
+                padded = np.zeros((len(caps), max(len(c) for c in caps), caps[0].shape[1]), np.float16)
+                for i, c in enumerate(caps):
+                    padded[i, :len(c)] = c
+                members[EVENT_STATES] = npy_bytes(padded)
+                members[EVENT_STATES_LEN] = npy_bytes(np.array([len(c) for c in caps], np.int32))
             result.append(members)
         return result
+
+
+def _event_captions(meta: dict, where: str) -> list[str]:
+    events = meta.get("events")
+    if not isinstance(events, list) or not events or not all(
+            isinstance(e, dict) and isinstance(e.get("caption"), str) for e in events):
+        raise DataToolsError(f"{where}: episode samples need 'events', a non-empty list of "
+                             "objects with a text 'caption' (written by build-episodes)")
+    return [e["caption"] for e in events]
 
 
 def embed_captions(shards: Path, text_encoder: Path, tokenizer: Path | None = None,
@@ -105,16 +132,17 @@ def embed_captions(shards: Path, text_encoder: Path, tokenizer: Path | None = No
     if batch_size < 1 or workers < 1 or max_length < 1:
         raise DataToolsError(f"--batch-size ({batch_size}), --workers ({workers}) and "
                              f"--max-length ({max_length}) must be positive")
-    read_index(shards)  # a missing index.json fails before the model loads
+    episodes = shard_kind(read_index(shards)) == "episode"  # a missing index.json fails here
     check_text_encoder(text_encoder)  # a wrong folder fails naming its config.json
     check_device(device)
     tok_folder = find_tokenizer(text_encoder, tokenizer)
     compute = EmbedCaptions(str(Path(text_encoder).resolve()), str(tok_folder.resolve()), device,
-                            batch_size, max_length, threads_per_worker(device, workers))
+                            batch_size, max_length, threads_per_worker(device, workers), episodes)
     empty = compute.encode([""])[0]
     empty_bytes = npy_bytes(empty)
+    members = dict(MEMBERS, **({"events": EVENT_STATES} if episodes else {}))
     spec = {
-        "members": dict(MEMBERS),
+        "members": members,
         "lengths": {"member": LENGTHS, "order": list(TEXTS), "dtype": "int32"},
         "dtype": "float16",
         "dim": int(empty.shape[1]),
@@ -127,6 +155,10 @@ def embed_captions(shards: Path, text_encoder: Path, tokenizer: Path | None = No
                 "encoder last_hidden_state, padding removed; a missing text is ''",
         "empty": {"file": EMPTY_FILE, "length": int(empty.shape[0]), "sha256": hashlib.sha256(empty_bytes).hexdigest()},
     }
-    return augment_shards(shards, "text_states", spec, (*MEMBERS.values(), LENGTHS), compute,
+    if episodes:
+        spec["event_lengths"] = {"member": EVENT_STATES_LEN, "dtype": "int32",
+                                 "rule": "real rows of each event's states in event_states.npy"}
+    added = (*MEMBERS.values(), LENGTHS) + ((EVENT_STATES, EVENT_STATES_LEN) if episodes else ())
+    return augment_shards(shards, "text_states", spec, added, compute,
                           workers, progress, force, identity=("fingerprint", "max_length"),
                           side_files={EMPTY_FILE: empty_bytes})

@@ -212,12 +212,17 @@ def test_the_training_loader_reads_pruned_shards(pruned):
     assert seen == len(crude)
 
 
-def test_the_conditioner_refuses_pruned_shards(pruned, tmp_path):
+def test_derived_shards_refuse_pruned_shards(pruned, tmp_path):
+    """build-conditioner and build-episodes index an event's steps as t - start: both refuse."""
     from data_tools.conditioner import build_conditioner
+    from data_tools.episodes import build_episodes
 
     with pytest.raises(DataToolsError, match="--prune-static"):
         build_conditioner(pruned[0], tmp_path / "cond", progress=False)
     assert not (tmp_path / "cond").exists()
+    with pytest.raises(DataToolsError, match="--prune-static"):
+        build_episodes(pruned[0], tmp_path / "episodes", progress=False)
+    assert not (tmp_path / "episodes").exists()
 
 
 def test_inspect_recounts_the_pruning_entry(pruned, tmp_path):

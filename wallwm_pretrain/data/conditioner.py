@@ -10,7 +10,9 @@ keeps the caption whole: it is the conditioner's target, never a condition, so c
 per sample, so a resumed loader reproduces the same samples without any saved RNG state.
 
 index.json says which kind a folder holds (``"kind"``; missing = event shards);
-:func:`check_shard_kind` stops a run at start when ``data.mode`` and the kind disagree.
+:func:`check_shard_kind` stops a run at start when ``data.mode`` and the kind disagree
+(unified mode reads episode shards, ``"kind": "episode"``; chunk mode reads event or episode
+shards).
 """
 
 from __future__ import annotations
@@ -33,8 +35,13 @@ KIND = "conditioner"
 MODE = "conditioner"
 
 
+EPISODE_KIND = "episode"
+UNIFIED = "unified"
+
+
 def shard_kind(index: dict) -> str:
-    """``event`` (no ``kind`` in index.json: build-shards output) or ``conditioner``."""
+    """``event`` (no ``kind`` in index.json: build-shards output), ``conditioner`` or
+    ``episode`` (build-episodes output)."""
     return str(index.get("kind", "event"))
 
 
@@ -53,6 +60,17 @@ def check_shard_kind(folder: str | Path, index: dict, mode: str) -> None:
             f"data.mode={mode} but {folder} holds conditioner shards ({where} says \"kind\": "
             f"\"conditioner\"): set data.mode=conditioner, or point data.shards at event shards "
             f"(build-shards output)"
+        )
+    if mode == UNIFIED and kind != EPISODE_KIND:
+        raise ConfigError(
+            f"data.mode=unified but {folder} holds {kind} shards ({where} has no \"kind\": "
+            f"\"episode\"): build them with `python -m data_tools build-episodes --shards {folder} "
+            f"--out OUT` and set data.shards=OUT"
+        )
+    if mode == "event" and kind == EPISODE_KIND:
+        raise ConfigError(
+            f"data.mode=event but {folder} holds episode shards ({where} says \"kind\": \"episode\"): "
+            f"set data.mode=unified (or chunk), or point data.shards at event shards (build-shards output)"
         )
 
 

@@ -7,6 +7,8 @@ checks one crude sample, then cuts it into what the model trains on:
   description); events longer than ``data.max_frames`` are cropped at a random start.
 - :func:`cook_chunks` (chunk mode, the baseline): fixed windows of H_a control steps tiled over
   the sample, each conditioned on the task instruction (the same text for every window).
+- ``unified.cook_unified`` (unified mode): chunk-mode windows over whole episodes with history
+  before the anchor and the caption of the event each window mostly covers (``unified.py``).
 
 Each cooked sample also carries ``remaining``: control steps from its first step to the end of
 the crude sample, the target of the model's remaining-time head.
@@ -56,6 +58,12 @@ class TrainSample:
     remaining: int = 0  # control steps from the first step to the end of the crude sample's event
     latents: np.ndarray | None = None  # float16 [ceil(T / K), V, Z, h, w] (Extras.latent_stride)
     caption_states: np.ndarray | None = None  # float16 [L, D] (Extras.empty_states)
+    # unified mode (``unified.py``); None / empty otherwise
+    history_frames: np.ndarray | None = None  # uint8 [M * K, V, H, W, C]: steps before the anchor
+    history_latents: np.ndarray | None = None  # float16 [M, V, Z, h, w]: latent frames before it
+    context: str = ""  # text-context source: atomic | global | staircase
+    task: str = ""
+    done: list[str] = field(default_factory=list)  # captions of the events finished by the anchor
 
     @property
     def length(self) -> int:
@@ -199,10 +207,17 @@ def cook_event(
     ]
 
 
-def make_cooker(cfg: DataConfig, caption_max_bytes: int, norm: Normalizer, extras: Extras = Extras()):
+def make_cooker(cfg: DataConfig, caption_max_bytes: int, norm: Normalizer, extras: Extras = Extras(),
+                frame_stride: int = 4):
     """``cooker(sample, epoch=e) -> list[TrainSample]`` of ``cfg.mode``: ``event`` or ``chunk``
     (``epoch`` by keyword: the partial binds ``cfg`` and the rest by keyword); ``conditioner``
-    gives ``conditioner.cook_conditioner`` (a list of ``ConditionerSample``)."""
+    gives ``conditioner.cook_conditioner`` (a list of ``ConditionerSample``); ``unified`` gives
+    ``unified.cook_unified`` (windows with history, ``frame_stride`` control steps per latent
+    frame)."""
+    if cfg.mode == "unified":
+        from wallwm_pretrain.data.unified import make_unified_cooker  # it imports this module
+
+        return make_unified_cooker(cfg, caption_max_bytes, norm, extras, frame_stride)
     if cfg.mode == "conditioner":
         from wallwm_pretrain.data.conditioner import make_conditioner_cooker  # it imports this module
 

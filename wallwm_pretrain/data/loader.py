@@ -12,7 +12,7 @@ Before the first epoch every shard is checked against index.json (``data.verify`
    deciding on the json member before the frames are decoded;
 5. sample shuffle buffer seeded by (seed, epoch, rank, worker);
 6. decode ``.npy`` / ``.json`` (``decode.py``) and cook (event or chunk mode, see
-   ``cookers.py``), then length-bucketed batching (``buckets.py``) into
+   ``cookers.py``; unified mode over episode shards, ``unified.py``), then length-bucketed batching (``buckets.py``) into
    :class:`~wallwm_pretrain.batch.Batch`; in conditioner mode (conditioner shards, see
    ``conditioner.py``) plain batching into :class:`~wallwm_pretrain.batch.ConditionerBatch`.
 
@@ -64,7 +64,8 @@ def read_cooked(
     index = read_index(folder)
     check_shard_kind(folder, index, cfg.mode)
     urls = [str(Path(folder) / s["name"]) for s in index["shards"]]
-    cooker = make_cooker(cfg, caption_max_bytes, norm, load_extras(folder, index, video_input, frame_stride))
+    cooker = make_cooker(cfg, caption_max_bytes, norm, load_extras(folder, index, video_input, frame_stride),
+                         frame_stride)
     for url in urls:
         for crude in read_tar(url):
             yield from cooker(decode_sample(crude), epoch=0)
@@ -125,7 +126,7 @@ class EventLoader:
             )
         self.norm = Normalizer.from_index(self.index)
         self.frame_stride = frame_stride
-        self.cooker = make_cooker(cfg, caption_max_bytes, self.norm, self.extras)
+        self.cooker = make_cooker(cfg, caption_max_bytes, self.norm, self.extras, frame_stride)
         self.dp_rank, self.dp_size = dp_rank, dp_size
         self.balance = ClusterBalance(self.index, cfg.balance, cfg.seed) if cfg.balance.active else None
         self.epoch = 0
