@@ -29,7 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
             "with a 95% Wilson interval, rollout frame strips (PNG) and, with --heldout, the open-loop\n"
             "action error on held-out events. Event-mode checkpoints walk the task's event script and\n"
             "execute as many denoised steps as the remaining-time head predicts; chunk-mode\n"
-            "checkpoints execute fixed chunks of data.chunk_horizon steps. Results go to --out\n"
+            "checkpoints execute fixed chunks of data.chunk_horizon steps; unified-mode checkpoints\n"
+            "execute such chunks on windows with history frames, each chunk conditioned on the\n"
+            "--context source(s). Results go to --out\n"
             "(results.json, results.md, strips/) and to MLflow (experiment '<tracking.experiment>-eval').\n"
             "Observations are rendered at --render-size (the recorder's --image-size) and resized to\n"
             "the model's size as build-shards did. With --server the same episodes run through a policy\n"
@@ -69,6 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "the default), 'predicted' (the --conditioner chooses it and its remaining time from the "
                         "cameras); both ('--events script predicted') run the same episodes and seeds each way and "
                         "report them side by side")
+    p.add_argument("--context", nargs="+", default=["atomic"], choices=["atomic", "global", "staircase"],
+                   help="unified mode: each chunk's text context: 'atomic' (the caption of the scripted event in "
+                        "progress, the default), 'global' (the task through the conditioner's heads), 'staircase' "
+                        "(Staircase latents of the task); several run the same episodes and seeds each way and "
+                        "report them side by side")
+    p.add_argument("--mode", choices=["event", "chunk", "unified"],
+                   help="the checkpoint's mode (data.mode of its run config); given, it must match (a check, "
+                        "not a switch: a checkpoint plans in the mode it was trained in)")
     p.add_argument("--conditioner", metavar="CKPT",
                    help="with --events predicted: a model.kind=conditioner run folder, checkpoint or export")
     p.add_argument("--conditioner-stats", metavar="SHARDS",
@@ -120,6 +130,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         if not args.out:
             raise ValueError("--out is required with --server (there is no run folder to write into)")
     args.events = list(dict.fromkeys(args.events))
+    args.context = list(dict.fromkeys(args.context))
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda but torch.cuda.is_available() is False")
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
@@ -138,6 +149,15 @@ def evaluate(args: argparse.Namespace) -> dict:
         if not args.server:
             policy = CheckpointPolicy.load(ckpt, args.stats, device, args.denoise_steps)
             cfg = policy.cfg
+        if args.mode and args.mode != policy.mode:
+            raise ValueError(f"--mode {args.mode}, but the checkpoint plans in {policy.mode} mode (its data.mode)")
+        if policy.mode == "unified" and args.server:
+            raise ValueError("unified-mode checkpoints run in-process (--ckpt); the policy server speaks event and "
+                             "chunk mode")
+        if policy.mode != "unified" and args.context != ["atomic"]:
+            raise ValueError(f"--context is read by unified-mode checkpoints; this one plans in {policy.mode} mode")
+        if policy.mode == "unified" and args.events != ["script"]:
+            raise ValueError("--events is read by event-mode checkpoints; unified mode takes --context")
         if args.heldout:
             read_index(args.heldout)  # a bad --heldout fails now, not after the rollouts
         adapter = EnvAdapter.from_yaml(args.adapter) if args.adapter else None
@@ -158,17 +178,20 @@ def evaluate(args: argparse.Namespace) -> dict:
         elif args.conditioner:
             raise ValueError("--conditioner is read by --events predicted only")
         results["events"] = {}
+        ways = args.context if policy.mode == "unified" else args.events
+        if policy.mode == "unified":
+            results["contexts"] = results.pop("events")
+        runs = results["contexts"] if policy.mode == "unified" else results["events"]
         with reproducible_heap():
             results["gl_backend"] = check_rendering()
-            for events in args.events:
-                run = run_tasks(policy, args, adapter, planner if events == "predicted" else None, out, events)
-                results["events"][events] = run
-        first = results["events"][args.events[0]]
+            for way in ways:
+                runs[way] = run_tasks(policy, args, adapter, planner if way == "predicted" else None, out, way)
+        first = runs[ways[0]]
         results["tasks"], results["overall"] = first["tasks"], first["overall"]
         if args.heldout:
             results["open_loop"] = open_loop_error(policy, args.heldout, args.seed, progress=not args.quiet)
         results["seconds"] = time.perf_counter() - started
-        table = results_table(results, args.events)
+        table = results_table(runs, ways, "context" if policy.mode == "unified" else "events")
         out.mkdir(parents=True, exist_ok=True)
         (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
         (out / "results.md").write_text(table + "\n")
@@ -183,16 +206,19 @@ def evaluate(args: argparse.Namespace) -> dict:
 
 
 def run_tasks(policy, args: argparse.Namespace, adapter, planner, out: Path, events: str) -> dict:
-    """Closed-loop episodes of every task with one way of choosing events (``events``)."""
+    """Closed-loop episodes of every task with one way of choosing events (``events``; in
+    unified mode: the chunks' context source)."""
     from wallwm_pretrain.eval.metaworld import MetaWorldRunner
     from wallwm_pretrain.eval.report import save_strip, wilson_interval
 
-    tag = f"{policy.mode} mode" + (f", {events} events" if policy.mode == "event" else "")
+    tag = f"{policy.mode} mode" + (f", {events} events" if policy.mode == "event" else
+                                   f", {events} context" if policy.mode == "unified" else "")
     bar = tqdm(total=len(args.tasks) * args.episodes, desc=f"eval ({tag})", unit="ep", disable=args.quiet)
     tasks: dict = {}
     for task in args.tasks:
         runner = MetaWorldRunner(policy, task, args.max_steps, args.render_size,
-                                 max_plans_per_event=args.max_plans_per_event, adapter=adapter, planner=planner)
+                                 max_plans_per_event=args.max_plans_per_event, adapter=adapter, planner=planner,
+                                 context=events if policy.mode == "unified" else "atomic")
         try:
             episodes = []
             for i in range(args.episodes):
@@ -200,7 +226,7 @@ def run_tasks(policy, args: argparse.Namespace, adapter, planner, out: Path, eve
                 episodes.append(ep)
                 if i == 0:
                     verdict = "success" if ep.success else "failure"
-                    name = f"{task}_ep{i:03d}.png" if events == "script" else f"{task}_{events}_ep{i:03d}.png"
+                    name = f"{task}_ep{i:03d}.png" if events in ("script", "atomic") else f"{task}_{events}_ep{i:03d}.png"
                     save_strip(ep.strip, f"{task} episode {i} ({tag}): {verdict} in {ep.steps} steps",
                                out / "strips" / name)
                 bar.update(1)
@@ -225,13 +251,14 @@ def run_tasks(policy, args: argparse.Namespace, adapter, planner, out: Path, eve
     return {"tasks": tasks, "overall": overall}
 
 
-def results_table(results: dict, events: list[str]) -> str:
-    """Markdown: success per task (one column per way of choosing events), steps and plans."""
+def results_table(by_way: dict, events: list[str], what: str = "events") -> str:
+    """Markdown: success per task (one column per way of choosing events, or per context
+    source: ``what``), steps and plans."""
     from wallwm_pretrain.eval.report import markdown_table, rate_cell
 
-    runs = [results["events"][e] for e in events]
+    runs = [by_way[e] for e in events]
     several = len(runs) > 1
-    head = ["task"] + [f"success [95% CI]{f' ({e} events)' if several else ''}" for e in events]
+    head = ["task"] + [f"success [95% CI]{f' ({e} {what})' if several else ''}" for e in events]
     head += [f"mean steps{f' ({e})' if several else ''}" for e in events]
     head += [f"plans/episode{f' ({e})' if several else ''}" for e in events]
     rows = []
@@ -255,12 +282,15 @@ def log_to_mlflow(results: dict, cfg, args: argparse.Namespace, out: Path) -> st
         tracker.log_params({"checkpoint": str(args.ckpt), "mode": cfg.data.mode, "tasks": " ".join(args.tasks),
                             "episodes": args.episodes, "seed": args.seed, "max_steps": args.max_steps,
                             "denoise_steps": args.denoise_steps, "env": args.env, "events": " ".join(args.events),
+                            "context": " ".join(args.context),
                             "conditioner": str(args.conditioner or "")})
         metrics = {f"success_rate/{task}": t["success_rate"] for task, t in results["tasks"].items()}
         metrics["success_rate"] = results["overall"]["success_rate"]
         if len(results.get("events", {})) > 1:  # each way of choosing events, side by side
             for events, run in results["events"].items():
                 metrics[f"success_rate_{events}_events"] = run["overall"]["success_rate"]
+        for context, run in results.get("contexts", {}).items():
+            metrics[f"success_rate_{context}_context"] = run["overall"]["success_rate"]
         metrics.update({f"open_loop/{k}": v for k, v in results.get("open_loop", {}).items()})
         tracker.log_metrics(metrics, 0)
         tracker.log_artifact(out / "results.json")

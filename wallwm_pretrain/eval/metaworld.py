@@ -14,6 +14,15 @@ to the next event. After the last event it keeps re-planning the last one until 
 succeeds or the step budget is spent. Chunk mode plans ``data.chunk_horizon`` steps from the
 task instruction and executes all of them, over and over.
 
+Unified mode plans ``data.chunk_horizon`` steps from the observation and the frames of the
+``data.history_latents`` latent frames before it (the episode's first frame repeated before its
+start, as in training), executes the whole chunk, and conditions each chunk on the text context
+``context`` names: ``atomic`` the caption of the scripted event in progress, ``global`` the task
+instruction through the conditioner's heads, ``staircase`` the Staircase latents of the task; the
+last two see the captions of the scripted events done so far, as their training prompts did. The
+script advances as in event mode, when the remaining-time head says the event in progress ends
+within the chunk (or after ``max_plans_per_event`` chunks).
+
 With a conditioner (``--events predicted``) event mode plans without the script: before each
 plan the conditioner looks at the cameras, the task instruction and the events done so far and
 names the next event and the steps it has left; the plan executes that many steps (at least one,
@@ -38,7 +47,7 @@ from sim.metaworld.render import CameraRig
 from sim.metaworld.tasks import TaskSpec, get_spec
 from wallwm_pretrain.eval.adapter import EnvAdapter, StatePart
 from wallwm_pretrain.eval.conditioner import ConditionerPlanner
-from wallwm_pretrain.eval.policy import CheckpointPolicy, PolicyError
+from wallwm_pretrain.eval.policy import CheckpointPolicy, ChunkContext, PolicyError
 
 if TYPE_CHECKING:
     from wallwm_pretrain.eval.remote import RemotePolicy
@@ -97,8 +106,10 @@ class MetaWorldRunner:
 
     def __init__(self, policy: CheckpointPolicy | RemotePolicy, task: str, max_steps: int = 200, render_size: int = 64,
                  strip_every: int = 10, max_plans_per_event: int = 4, adapter: EnvAdapter | None = None,
-                 planner: ConditionerPlanner | None = None) -> None:
-        self.policy, self.spec, self.planner = policy, get_spec(task), planner
+                 planner: ConditionerPlanner | None = None, context: str = "atomic") -> None:
+        self.policy, self.spec, self.planner, self.context = policy, get_spec(task), planner, context
+        if policy.mode == "unified" and context not in ("atomic", "global", "staircase"):
+            raise PolicyError(f"unified mode: context must be atomic, global or staircase, got {context!r}")
         if planner is not None:
             if policy.mode != "event":
                 raise PolicyError("--events predicted plans events: it needs an event-mode checkpoint")
@@ -149,8 +160,24 @@ class MetaWorldRunner:
         event, plans_in_event = 0, 0
         t = 0
         done: list[str] = []  # --events predicted: captions of the events finished so far
+        unified = self.policy.mode == "unified"
+        seen: list[np.ndarray] = []  # unified mode: the model-size frame of every step so far
         while t < self.max_steps and not ep.success:
             raw, frame = self.observe()
+            if unified:
+                seen.append(frame)
+                history = [seen[max(0, t - d)] for d in self.policy.history_steps()]
+                label, caption = script[event]
+                context = ChunkContext(self.context, caption, task_instruction(self.spec),
+                                       [c for _, c in script[:event]])
+                plan = self.policy.plan_chunk(history, frame, self.to_state(obs), context, gen)
+                ep.plans += 1
+                ep.events.append(caption if self.context == "atomic" else f"{self.context}: {caption}")
+                plans_in_event += 1
+                if plan.remaining <= len(plan.actions) or plans_in_event >= self.max_plans_per_event:
+                    event, plans_in_event = min(event + 1, len(script) - 1), 0
+                t, obs = self._execute(ep, plan.actions, t, raw, label, obs, seen)
+                continue
             if self.planner is not None:
                 pred = self.planner.next_event(resize_area(raw, self.planner.image_size), self.to_state(obs),
                                                task_instruction(self.spec), done)
@@ -172,23 +199,34 @@ class MetaWorldRunner:
                     event, plans_in_event = min(event + 1, len(script) - 1), 0
             else:
                 n = len(plan.actions)
-            for action in plan.actions[:n]:
-                if t % self.strip_every == 0:
-                    if raw is None:
-                        raw, _ = self.observe()
-                    ep.strip.append((t, label, raw[0]))
-                raw = None
-                obs, info = self.env.step(self.adapter.action(action))
-                t += 1
-                if info.get("success", 0.0) >= 1.0:
-                    ep.success = True
-                    break
-                if t >= self.max_steps:
-                    break
+            t, obs = self._execute(ep, plan.actions[:n], t, raw, label, obs)
         ep.steps = t
         final, _ = self.observe()
         ep.strip.append((t, "success" if ep.success else "end", final[0]))
         return ep
+
+    def _execute(self, ep: Episode, actions: np.ndarray, t: int, raw, label: str, obs: np.ndarray,
+                 seen: list[np.ndarray] | None = None) -> tuple[int, np.ndarray]:
+        """Step the env through ``actions`` (until success or the budget): the step count and the
+        last observation. Frames for the strip every ``strip_every`` steps and, with ``seen``,
+        the model-size frame of every step (``raw``: the render of the current step, if made)."""
+        for i, action in enumerate(actions):
+            if i and seen is not None:
+                raw, frame = self.observe()
+                seen.append(frame)
+            if t % self.strip_every == 0:
+                if raw is None:
+                    raw, _ = self.observe()
+                ep.strip.append((t, label, raw[0]))
+            raw = None
+            obs, info = self.env.step(self.adapter.action(action))
+            t += 1
+            if info.get("success", 0.0) >= 1.0:
+                ep.success = True
+                break
+            if t >= self.max_steps:
+                break
+        return t, obs
 
     def close(self) -> None:
         self.rig.close()

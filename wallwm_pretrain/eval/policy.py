@@ -3,7 +3,12 @@
 The policy owns everything that must match training exactly: the normalisation statistics of
 the shards the model was trained on (``index.json``), the caption encoding, the model's frame
 size, and the horizon it plans over (``data.max_frames`` in event mode, ``data.chunk_horizon``
-in chunk mode, rounded up to whole latent frames).
+in chunk and unified mode, rounded up to whole latent frames).
+
+Unified mode (:meth:`CheckpointPolicy.plan_chunk`) also takes the frames of the
+``data.history_latents`` latent frames before the observation and the chunk's text context
+(:class:`ChunkContext`: an atomic instruction, the task through the conditioner, or Staircase
+latents); each call chooses its own source, nothing of one call is kept for the next.
 """
 
 from __future__ import annotations
@@ -25,6 +30,18 @@ from wallwm_pretrain.model.embeddings import patchify
 
 class PolicyError(ValueError):
     """The checkpoint cannot act here (missing statistics, mismatched observation)."""
+
+
+@dataclass
+class ChunkContext:
+    """A unified-mode chunk's text context: ``source`` ``atomic`` (``caption``, an atomic
+    instruction), ``global`` or ``staircase`` (from ``task`` and the captions of the events
+    ``done``, through the frozen VLM)."""
+
+    source: str = "atomic"
+    caption: str = ""
+    task: str = ""
+    done: list[str] | None = None
 
 
 @dataclass
@@ -65,6 +82,7 @@ class CheckpointPolicy:
         k = cfg.model.frame_stride
         raw = cfg.data.max_frames if cfg.data.mode == "event" else cfg.data.chunk_horizon
         self.horizon = -(-raw // k) * k
+        self.history = cfg.data.history_latents if cfg.data.mode == "unified" else 0
         for name, want in (("state_dim", cfg.model.state_dim), ("action_dim", cfg.model.action_dim)):
             got = index.get(name)
             if got is not None and got != want:
@@ -157,3 +175,59 @@ class CheckpointPolicy:
             remaining = self.model.remaining_steps(first, st, cap).float().cpu().numpy()
         raw = self.norm.raw_actions(actions.float().cpu().numpy()).astype(np.float32)
         return [Plan(raw[i], float(remaining[i])) for i in range(len(frames))]
+
+    def history_steps(self) -> list[int]:
+        """Unified mode: how many control steps before the observation each history frame is,
+        oldest first (``[M K_p, ..., K_p]``)."""
+        k = self.cfg.model.frame_stride
+        return [(self.history - j) * k for j in range(self.history)]
+
+    def context_text(self, frame: torch.Tensor, context: ChunkContext) -> tuple[torch.Tensor, tuple | None]:
+        """The caption tokens and (for ``global`` / ``staircase``) the text stream of one chunk."""
+        if context.source == "atomic":
+            return self.caption_tokens(context.caption), None
+        if not hasattr(self.model, "context") or context.source not in self.model.context.sources:
+            built = list(getattr(getattr(self.model, "context", None), "sources", ()))
+            raise PolicyError(f"context source {context.source!r}: this checkpoint builds {built or 'none'} "
+                              "(model.context.sources) besides atomic")
+        tokens = self.caption_tokens("")
+        with torch.no_grad():
+            states = self.model.context.states(context.source, frame[None], [context.task], [list(context.done or [])])
+            return tokens, self.model.text_context(tokens, [states[0]])
+
+    def plan_chunk(self, history: list[np.ndarray], frame: np.ndarray, state: np.ndarray, context: ChunkContext,
+                   generator: torch.Generator) -> Plan:
+        """Unified mode: denoise one chunk of ``self.horizon`` steps from this observation.
+
+        Args:
+            history: ``data.history_latents`` frames (uint8 [V, H, W, 3]) at :meth:`history_steps`
+                before the observation, oldest first (at an episode's start, repeat its first frame,
+                as training did).
+            frame: the observation (the anchor); state: float [S] in the robot's units.
+            context: the chunk's text context.
+            generator: the episode's noise stream.
+
+        Returns:
+            the chunk's actions in the robot's units and the remaining-time head's control steps
+            to the end of the event in progress.
+        """
+        if self.mode != "unified":
+            raise PolicyError(f"plan_chunk needs a unified-mode checkpoint (data.mode=unified), this one is {self.mode}")
+        if len(history) != self.history:
+            raise PolicyError(f"{len(history)} history frames given, the model reads {self.history}")
+        self.check_observation(frame, state)
+        for h in history:
+            self.check_observation(h, state)
+        anchor = torch.from_numpy(np.ascontiguousarray(frame))[None].to(self.device)
+        past = torch.from_numpy(np.stack(history))[None].to(self.device) if history else None
+        st = torch.from_numpy(self.norm.state(state.astype(np.float32)))[None].to(self.device)
+        tokens, text = self.context_text(anchor[0], context)
+        video_shape = patchify(anchor[:, None], self.cfg.model.patch_size).shape[2:]
+        frames_n = self.horizon // self.cfg.model.frame_stride
+        noise = (torch.randn((1, frames_n, *video_shape), device=self.device, generator=generator),
+                 torch.randn((1, self.horizon, self.action_dim), device=self.device, generator=generator))
+        actions, _ = sample_event(self.model, anchor, st, tokens, self.horizon, self.denoise_steps, noise=noise,
+                                  history_frames=past, text=text)
+        with torch.no_grad():
+            remaining = float(self.model.remaining_steps(anchor, st, tokens, text=text)[0])
+        return Plan(self.norm.raw_actions(actions[0].float().cpu().numpy()).astype(np.float32), remaining)
