@@ -18,6 +18,10 @@ Data flow of one training forward (shapes for batch B, T control steps, stride K
 Event mode and chunk mode share this model; they differ only in what a sample is (see
 ``wallwm_pretrain/data/cookers.py``).
 
+Action pretraining's anchor-noise mapping (``anchor_noise.py``, ``model.action_pretrain``) runs
+the same blocks as one video pass that records every layer's video output
+(:meth:`WallWM.anchor_video`) and K action passes that read them (:meth:`WallWM.anchor_action`).
+
 Pipeline parallel. Built with a :class:`PipelineSlice`, the model holds only the parts one
 pipeline stage runs (see ``pipeline_slice.py``): the first stage embeds and sends the packed :class:`Streams`, middle stages
 unpack, run their coupled layers and pack again, the last stage computes heads and losses.
@@ -171,7 +175,8 @@ class WallWM(nn.Module):
                 remaining-time head's target (None = no time loss).
             generator: optional RNG for flow times and noise (ignored when ``noise`` is given).
             noise: precomputed draws (see :meth:`sample_noise`), e.g. rows of a global batch's.
-                Every stage of a pipeline must be given the same draws.
+                Every stage of a pipeline must be given the same draws. :class:`AnchorDraws`
+                (``model.action_pretrain.mapping=anchor``) take the anchor-noise path.
             loss_denominators: [3] counts (video elements, action elements, samples) that divide
                 the loss sums instead of this batch's own counts (see :meth:`loss_element_counts`).
             hidden: the packed :class:`Streams` from the previous stage (not on the first stage).

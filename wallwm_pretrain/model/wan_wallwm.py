@@ -20,6 +20,10 @@ and its :class:`FlowNoise`, pipeline slices, loss denominators), different video
 4. The remaining-time head reads the clean first latent frame (one token per latent pixel and
    view, ``Z`` channels each), the state token and the projected caption states.
 
+Action pretraining's anchor-noise mapping (``anchor_noise.py``) runs the Wan blocks once,
+recording each block's output (:meth:`WanWallWM.anchor_video`), and K action passes reading them
+(:meth:`WanWallWM.anchor_action`).
+
 Pipeline stages. What crosses a stage boundary is ONE ``[n, B, d_wan]`` tensor (megatron's p2p
 sends one tensor of ``[seq, micro_batch, pipeline hidden size]``, and the pipeline config's
 hidden size is the Wan width here): first the Wan streams (:meth:`WanStreams.pack`,
