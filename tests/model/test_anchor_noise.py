@@ -200,3 +200,28 @@ def test_a_pipeline_stage_refuses_the_anchor_mapping():
     stage = build_model(cfg, PipelineSlice(0, 1, embed=True, head=False))  # the first of two stages
     with pytest.raises(ValueError, match="parallel.pp=1"):
         stage(batch, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("tower", ["small", "wan"])
+def test_full_recompute_gives_the_same_gradients(tower):
+    """``model.recompute=full`` rebuilds the shared video pass and each action pass in backward
+    (everything trained, so the video pass runs with autograd): the same gradients."""
+    cfg, model, batch = setup(tower, ["all"])
+    draws = model.sample_noise(batch, torch.Generator().manual_seed(2))
+    model(batch, noise=draws)["loss"].backward()
+    plain = grads(model)
+    model.zero_grad(set_to_none=True)
+    model.cfg = replace(cfg, recompute="full")
+    if tower == "wan":
+        model.video.recompute = "full"
+    recomputed = []
+    for block in action_blocks(model, tower) + video_blocks(model, tower):
+        # a pre-hook: checkpoint's recomputation stops once it has rebuilt what backward needs,
+        # which can be before a block returns (a forward hook would not fire then)
+        block.register_forward_pre_hook(lambda *_: recomputed.append(1))
+    model(batch, noise=draws)["loss"].backward()
+    assert len(recomputed) == 2 * (3 + 1) * cfg.num_layers  # every block started again in backward
+    again = grads(model)
+    assert again.keys() == plain.keys()
+    for n in plain:
+        torch.testing.assert_close(again[n], plain[n], atol=ATOL, rtol=RTOL, msg=n)
