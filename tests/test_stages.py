@@ -211,6 +211,7 @@ def test_stage_presets_on_the_5b_preset_and_the_recipes_load():
     assert video.data.max_frames == 65 * 4  # 65 latent frames at K_p = 4
     action = load_config([base, root / "configs/stages/2_action.yaml"])
     assert action.model.train_parts == ["action_tower", "time_head"] and action.model.video_loss_weight == 0
+    assert action.model.action_pretrain.mapping == "anchor" and action.model.action_pretrain.draws == 6
     cond = load_config([base, root / "configs/stages/3_conditioner.yaml"])
     assert cond.model.kind == "conditioner" and cond.data.mode == "conditioner"
     stair = load_config([base, root / "configs/stages/4_staircase.yaml"])

@@ -198,6 +198,7 @@ class WanTowerConfig:
 
 
 MODEL_KINDS = ("towers", "conditioner", "staircase")
+ACTION_PRETRAIN_MAPPINGS = ("symmetric", "anchor")
 
 
 @dataclass
@@ -290,9 +291,9 @@ class ContextConfig:
     """Unified mode's text-context sources beyond the atomic instruction (``model/context.py``):
     ``global``, the conditioner's aligned states of the task (its adapter and alignment head, on
     the frozen VLM of ``model.conditioner``), and ``staircase``, Staircase latents (the branch of
-    ``model.staircase``, frozen) through a learned projection into the text encoder's space. Both
-    read the frozen VLM; the towers' ``text_in`` and the Wan tower read what they produce in
-    place of the text encoder's states. ``model.video_tower=wan`` only."""
+    ``model.staircase``) through a learned projection. Both read the frozen VLM. On the Wan
+    towers they replace the text encoder's states; on the small towers, the caption encoder's
+    output (the aligned states pass a learned projection ``text_dim -> hidden_size`` there)."""
 
     sources: List[str] = field(default_factory=list)
     """Sources the model builds: any of ``global``, ``staircase`` (``atomic`` needs nothing).
@@ -309,6 +310,48 @@ class ContextConfig:
         bad = [s for s in self.sources if s not in ("global", "staircase")]
         if bad or len(set(self.sources)) != len(self.sources):
             raise ConfigError(f"model.context.sources: each of global, staircase at most once, got {list(self.sources)}")
+
+
+@dataclass
+class ActionPretrainConfig:
+    """How the video tower's noise level is paired with the action tower's in training
+    (``model/anchor_noise.py``; the paper's action pretraining, stage 2).
+
+    Flow time t runs from the data (t = 0) to pure noise (t = 1); the sampler integrates from
+    t = 1 to t = 0 in ``schedule_steps`` Euler steps, the video tower's times mapped through its
+    schedule (``model.video_time_shift``). The anchor is a step of that walk, not a raw time, so
+    it keeps its meaning when the shift changes: the video tower sees the flow time the sampler
+    feeds it at step ``anchor_step`` (counted from 0 at pure noise), ``t* = shift(1 - anchor_step /
+    schedule_steps)``; the paper's step 45 of a 50-step schedule is t* = shift(0.1), a nearly clean
+    video."""
+
+    mapping: str = "symmetric"
+    """``symmetric``: the video at its own noise level, one action draw per video forward (joint
+    training; the default). ``anchor``: the video tower runs once per sample at the anchor time t*
+    and ``draws`` action-noise draws reuse that one video forward in the same optimizer step, their
+    action losses averaged. The anchor trains the action tower only: it needs
+    ``model.video_loss_weight=0``, ``parallel.pp=1`` and a towers model."""
+    anchor_step: int = 45
+    """The Euler step of the sampler's walk whose video flow time is the anchor (0 = pure noise)."""
+    schedule_steps: int = 50
+    """Euler steps of the walk ``anchor_step`` counts in."""
+    draws: int = 6
+    """K: action-noise draws (each its own flow time and noise) per video forward (``anchor`` only)."""
+
+    def __post_init__(self) -> None:
+        if self.mapping not in ACTION_PRETRAIN_MAPPINGS:
+            raise ConfigError(
+                f"model.action_pretrain.mapping must be {' or '.join(ACTION_PRETRAIN_MAPPINGS)}, got {self.mapping!r}"
+            )
+        if self.schedule_steps < 1:
+            raise ConfigError(f"model.action_pretrain.schedule_steps must be >= 1, got {self.schedule_steps}")
+        if not 0 <= self.anchor_step < self.schedule_steps:
+            raise ConfigError(
+                f"model.action_pretrain.anchor_step must be in [0, schedule_steps={self.schedule_steps}) "
+                f"(a step of the sampler's walk from noise, 0 = pure noise), got {self.anchor_step}"
+            )
+        if self.draws < 1:
+            raise ConfigError(f"model.action_pretrain.draws must be >= 1, got {self.draws}")
 
 
 @dataclass
@@ -393,6 +436,9 @@ class ModelConfig:
     ``caption_encoder``; the conditioner ``adapter``, ``alignment_head``, ``next_event_head``,
     ``time_head``; or ``all``. Switch off the loss terms of frozen-only components with their
     weights (e.g. ``video_loss_weight=0`` when the video tower is frozen)."""
+    action_pretrain: ActionPretrainConfig = field(default_factory=ActionPretrainConfig)
+    """The pairing of video and action noise levels in training: symmetric or the anchor-noise
+    protocol of action pretraining (``model/anchor_noise.py``)."""
     recompute: str = "none"
     """Activation recomputation in backward: ``none``; ``full`` (each coupled layer keeps only
     its input and runs again in backward: least memory, about one extra forward of the towers);
@@ -424,6 +470,18 @@ class ModelConfig:
                 "model.recompute=selective is not available with model.video_tower=wan (its attention cores are "
                 "fused and keep no score matrix to drop); use none or full"
             )
+        if self.action_pretrain.mapping == "anchor":
+            if self.kind != "towers":
+                raise ConfigError(f"model.action_pretrain.mapping=anchor pairs the towers' noise levels: it needs "
+                                  f"model.kind=towers, got {self.kind!r}")
+            if self.video_loss_weight != 0:
+                raise ConfigError(
+                    f"model.action_pretrain.mapping=anchor trains the action tower on a video tower held at one "
+                    f"flow time: set model.video_loss_weight=0 (got {self.video_loss_weight}), or use mapping=symmetric"
+                )
+            if self.action_loss_weight <= 0:
+                raise ConfigError(f"model.action_pretrain.mapping=anchor needs model.action_loss_weight > 0, "
+                                  f"got {self.action_loss_weight}")
         if self.hidden_size % self.num_heads:
             raise ConfigError(
                 f"model.hidden_size ({self.hidden_size}) must be divisible by model.num_heads "
@@ -892,6 +950,17 @@ def validate(cfg: Config) -> None:
                 f"({value} = {value // tp} * {tp} + {value % tp}); tensor parallel splits it evenly"
             )
     pp, vpp, layers = cfg.parallel.pp, cfg.parallel.vpp, cfg.model.num_layers
+    if cfg.model.action_pretrain.mapping == "anchor" and pp > 1:
+        raise ConfigError(
+            f"model.action_pretrain.mapping=anchor runs with parallel.pp=1 only (got pp={pp}): the K action passes "
+            "reuse every layer's video output inside one forward, which a pipeline schedule does not carry "
+            "between stages; use tensor or data parallelism"
+        )
+    if cfg.model.action_pretrain.mapping == "anchor" and cfg.model.video_tower == "small" and cfg.model.context.sources:
+        # the small towers' anchor pass embeds the caption once for the video side; a context
+        # source's text stream is not carried into it
+        raise ConfigError("model.action_pretrain.mapping=anchor is not combined with model.context.sources on the "
+                          "small towers; use mapping=symmetric")
     if layers % (pp * vpp):
         raise ConfigError(
             f"model.num_layers={layers} does not split into parallel.pp * parallel.vpp = {pp} * {vpp} = "

@@ -23,7 +23,7 @@ from dataclasses import replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from wallwm_pretrain.batch import Batch
-from wallwm_pretrain.config import ModelConfig, OptimConfig  # noqa: E402
+from wallwm_pretrain.config import ActionPretrainConfig, ModelConfig, OptimConfig  # noqa: E402
 from wallwm_pretrain.model import WallWM, build_model  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "model"))  # the tiny Wan config and batches
@@ -111,6 +111,9 @@ def model_config(options: dict) -> ModelConfig:
     if options.get("conditioner"):
         return replace(conditioner_config(options["conditioner"]), train_parts=options.get("train_parts", ["all"]))
     base = WAN_CFG if options.get("wan") else CFG
+    if options.get("anchor_draws"):  # action pretraining's anchor-noise mapping, K action draws
+        base = replace(base, action_pretrain=ActionPretrainConfig(mapping="anchor", draws=options["anchor_draws"]),
+                       video_loss_weight=0.0)
     return replace(
         base, num_layers=options.get("num_layers", base.num_layers), recompute=options.get("recompute", "none"),
         train_parts=options.get("train_parts", ["all"]),

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # --import-mode=importlib: not on the path
-from _launch import launch  # noqa: E402
+from _launch import launch, logical  # noqa: E402
 
 from wallwm_pretrain.components import component_of, component_patterns  # noqa: E402
 
@@ -42,6 +42,40 @@ def test_single_process_stage_freezes_what_it_should(single):
     assert any(v > 0 for v in single["loss_video"])  # measured, though weighted 0
     assert single["loss"] == pytest.approx([a + 0.1 * t for a, t in zip(single["loss_action"], single["loss_time"])],
                                            rel=1e-6)
+
+
+ANCHOR = dict(STAGE2, anchor_draws=3)
+
+
+@pytest.fixture(scope="module")
+def anchor_one(tmp_path_factory):
+    return launch(tmp_path_factory.mktemp("anchor1p"), world=1, tp=1, **ANCHOR)[0]["run"]
+
+
+@pytest.mark.parametrize("layout", [dict(world=2, tp=1), dict(world=2, tp=2), dict(world=1, tp=1, microbatches=2)],
+                         ids=["dp2", "tp2", "microbatches2"])
+def test_anchor_noise_stage_over_two_processes_matches_one(anchor_one, tmp_path, layout):
+    """Action pretraining with anchor noise (3 action draws per video forward) through the trainer's
+    path: data parallel (the draws split by rows), tensor parallel (the same layers in another
+    order) and two microbatches give the one-process losses and trained weights; the video loss is
+    0 and the frozen video tower ends bit-identical."""
+    one = anchor_one
+    assert all(v == 0 for v in one["loss_video"]) and all(v > 0 for v in one["loss_action"])
+    records = launch(tmp_path, **ANCHOR, **layout)
+    for rec in records:
+        run = rec["run"]
+        for key in ("loss", "loss_video", "loss_action", "loss_time"):
+            assert run[key] == pytest.approx(one[key], rel=1e-5, abs=1e-6), key
+        for n in run["init"]:
+            if owner(n) in TRAINED:
+                if rec["ctx"]["tp"] == 1:
+                    torch.testing.assert_close(run["final"][n], one["final"][n], atol=2e-5, rtol=2e-5)
+            else:
+                assert torch.equal(run["final"][n], run["init"][n]), n
+    if layout["tp"] == 2:
+        for n, ref in one["final"].items():
+            if owner(n) in TRAINED:
+                torch.testing.assert_close(logical(records, "run", "final", n), ref, atol=2e-5, rtol=2e-5, msg=n)
 
 
 @pytest.mark.parametrize("layout", [dict(world=2), dict(world=2, pp=2, microbatches=2)], ids=["dp2", "pp2"])

@@ -54,8 +54,8 @@ class RecomputedLocalCoreAttention(LocalFusedCoreAttention):
         return _recomputed(self, super().forward, query, key, value, attention_mask)
 
 
-def run_layer(layer: nn.Module, streams, recompute: str):
-    """``layer(streams)``, recomputed in backward when ``recompute == "full"`` and training."""
+def run_layer(layer: nn.Module, streams, recompute: str, *more):
+    """``layer(streams, *more)``, recomputed in backward when ``recompute == "full"`` and training."""
     if recompute == "full" and layer.training and torch.is_grad_enabled():
-        return checkpoint(layer, streams, use_reentrant=False)
-    return layer(streams)
+        return checkpoint(layer, streams, *more, use_reentrant=False)
+    return layer(streams, *more)

@@ -25,6 +25,10 @@ M = ``batch.history`` history latent frames, 0 in event and chunk mode):
 Event mode, chunk mode and unified mode share this model; they differ only in what a sample is
 (see ``wallwm_pretrain/data/cookers.py``) and in M.
 
+Action pretraining's anchor-noise mapping (``anchor_noise.py``, ``model.action_pretrain``) runs
+the same blocks as one video pass that records every layer's video output
+(:meth:`WallWM.anchor_video`) and K action passes that read them (:meth:`WallWM.anchor_action`).
+
 Pipeline parallel. Built with a :class:`PipelineSlice`, the model holds only the parts one
 pipeline stage runs (see ``pipeline_slice.py``): the first stage embeds and sends the packed :class:`Streams`, middle stages
 unpack, run their coupled layers and pack again, the last stage computes heads and losses.
@@ -36,7 +40,7 @@ stages' state dicts together are the whole model's.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from megatron.core.process_groups_config import ProcessGroupCollection
@@ -46,6 +50,7 @@ from wallwm_pretrain.config import ModelConfig
 from wallwm_pretrain.model.blocks import CoupledLayer, FinalLayer, Streams, TextLayer, key_padding_mask
 from wallwm_pretrain.batch import Batch
 from wallwm_pretrain.captions import CAPTION_PAD
+from wallwm_pretrain.model.anchor_noise import AnchorDraws, anchor_losses, with_anchor_draws
 from wallwm_pretrain.model.embeddings import (
     CaptionEncoder,
     TimestepEmbedder,
@@ -183,7 +188,8 @@ class WallWM(nn.Module):
                 remaining-time head's target (None = no time loss).
             generator: optional RNG for flow times and noise (ignored when ``noise`` is given).
             noise: precomputed draws (see :meth:`sample_noise`), e.g. rows of a global batch's.
-                Every stage of a pipeline must be given the same draws.
+                Every stage of a pipeline must be given the same draws. :class:`AnchorDraws`
+                (``model.action_pretrain.mapping=anchor``) take the anchor-noise path.
             loss_denominators: [3] counts (video elements, action elements, samples) that divide
                 the loss sums instead of this batch's own counts (see :meth:`loss_element_counts`).
             hidden: the packed :class:`Streams` from the previous stage (not on the first stage).
@@ -195,6 +201,8 @@ class WallWM(nn.Module):
         """
         if noise is None:
             noise = self.sample_noise(batch, generator)
+        if isinstance(noise, AnchorDraws):  # model.action_pretrain.mapping=anchor
+            return anchor_losses(self, batch, noise, loss_denominators, hidden)
         inputs = self.flow_inputs(batch, noise)
         return self.forward_slice(inputs, hidden, loss_denominators, context_rows=self.context_rows(batch))
 
@@ -226,10 +234,8 @@ class WallWM(nn.Module):
         context_rows: list[torch.Tensor | None] | None = None,
     ) -> dict[str, torch.Tensor] | torch.Tensor:
         """This stage's layers on ``inputs`` (first stage) or on ``hidden`` (any later one)."""
-        text_valid = inputs.caption != CAPTION_PAD
         if self.pipeline_slice.embed:
             text = self.text_context(inputs.caption, context_rows)
-            text_valid = text[1]
             s = self.embed(
                 inputs.xt_video, inputs.xt_action, inputs.t_video, inputs.t_action, inputs.state,
                 inputs.caption, inputs.frame_valid, inputs.action_valid, history=inputs.history, text=text,
@@ -250,13 +256,21 @@ class WallWM(nn.Module):
         loss_v = masked_mse(pred_v, inputs.target_video, inputs.video_loss_mask, den_v)
         loss_a = masked_mse(pred_a, inputs.target_action, inputs.action_valid, den_a)
         loss = weighted_flow_loss(self.cfg.video_loss_weight, loss_v, self.cfg.action_loss_weight, loss_a)
-        loss_t = torch.zeros((), device=loss.device)
-        if inputs.remaining is not None and self.cfg.time_loss_weight > 0:
-            pred_t = self.time_head(inputs.xt_video[:, inputs.history], s.state, s.text, text_valid)
-            den = torch.tensor(float(pred_t.shape[0]), device=loss.device) if den_t is None else den_t
-            loss_t = huber_sum(pred_t, inputs.remaining) / den.clamp_min(1.0)
+        loss_t = self.time_loss(inputs, s, den_t)
+        if loss_t is None:
+            loss_t = torch.zeros((), device=loss.device)
+        else:
             loss = loss + self.cfg.time_loss_weight * loss_t
         return {"loss": loss, "loss_video": loss_v.detach(), "loss_action": loss_a.detach(), "loss_time": loss_t.detach()}
+
+    def time_loss(self, inputs: FlowInputs, s: Streams, den: torch.Tensor | None = None) -> torch.Tensor | None:
+        """The remaining-time head's Huber loss (None: no target in the batch, or weight 0)."""
+        if inputs.remaining is None or self.cfg.time_loss_weight <= 0:
+            return None
+        # the anchor (latent frame M) and the text stream's own mask (a context source's rows too)
+        pred_t = self.time_head(inputs.xt_video[:, inputs.history], s.state, s.text, ~s.text_mask[:, 0, 0])
+        den = torch.tensor(float(pred_t.shape[0]), device=pred_t.device) if den is None else den
+        return huber_sum(pred_t, inputs.remaining) / den.clamp_min(1.0)
 
     def flow_inputs(self, batch: Batch, noise: FlowNoise) -> FlowInputs:
         """Noisy inputs, velocity targets and masks of a batch (patchify, interpolate)."""
@@ -358,13 +372,40 @@ class WallWM(nn.Module):
         noise_v = torch.randn((b, n_frames, patches, p * p * frames.shape[5]), device=dev, generator=generator)
         t_a = sample_time(b, dev, generator)
         noise_a = torch.randn(actions.shape, device=dev, generator=generator)
-        return FlowNoise(t_v, noise_v, t_a, noise_a)
+        # model.action_pretrain.mapping=anchor: t_video becomes t*, more action draws follow
+        return with_anchor_draws(self.cfg, FlowNoise(t_v, noise_v, t_a, noise_a), generator)
 
     def run_layers(self, s: Streams) -> Streams:
         """This stage's coupled layers, each recomputed in backward when ``recompute=full``."""
         for layer in self.layers.values():
             s = run_layer(layer, s, self.cfg.recompute)
         return s
+
+    # -- the anchor mapping's two passes (model/anchor_noise.py); the whole model only ------------
+    def video_side_parameters(self) -> list[nn.Parameter]:
+        """What the video pass reads: the video tower and the caption encoder."""
+        mods = [self.video_in, self.video_patch_pos, self.time_video, self.caption]
+        return [p for m in mods + [layer.video for layer in self.layers.values()] for p in m.parameters()]
+
+    def anchor_video(self, inputs: FlowInputs) -> tuple[Streams, list[torch.Tensor]]:
+        """The video side once: its embedding, then every layer's video block (the same blocks
+        and order as :meth:`run_layers`); the streams without the action side, each layer's
+        video output."""
+        s = self.embed_video(inputs.xt_video, inputs.t_video, inputs.caption, inputs.frame_valid)  # atomic rows only
+        videos = []
+        for layer in self.layers.values():
+            s = replace(s, video=run_layer(layer.video, s, self.cfg.recompute))
+            videos.append(s.video)
+        return s, videos
+
+    def anchor_action(self, inputs: FlowInputs, features: tuple[Streams, list[torch.Tensor]]):
+        """One action pass reading the recorded video outputs: (prediction [B, T, A], streams)."""
+        s, videos = features
+        s = self.embed_action(s, inputs.xt_action, inputs.t_action, inputs.state, inputs.action_valid,
+                              history=inputs.history)
+        for layer, video in zip(self.layers.values(), videos):
+            s = replace(s, action=run_layer(layer.action, s, self.cfg.recompute, video))
+        return self.action_out(s.action, s.temb_action).transpose(0, 1), s
 
     def denoise(
         self,
@@ -415,31 +456,48 @@ class WallWM(nn.Module):
 
     def embed(self, xt_video, xt_action, t_video, t_action, state, caption, frame_valid, action_valid, *,
               history: int = 0, text: tuple[torch.Tensor, torch.Tensor] | None = None) -> Streams:
+        s = self.embed_video(xt_video, t_video, caption, frame_valid, text=text)
+        return self.embed_action(s, xt_action, t_action, state, action_valid, history=history)
+
+    def embed_video(self, xt_video, t_video, caption, frame_valid, *,
+                    text: tuple[torch.Tensor, torch.Tensor] | None = None) -> Streams:
+        """The video side's input streams (video tokens, the text stream: ``text`` or the caption
+        encoder's output, video timestep); the action side's fields are None until
+        :meth:`embed_action`."""
         b, f, p, _ = xt_video.shape
-        t_steps = xt_action.shape[1]
-        k = self.frame_stride
-        dev = xt_action.device
+        dev = xt_video.device
         frame_index = torch.arange(f, device=dev)
         h = self.cfg.hidden_size
         video = self.video_in(xt_video) + self.video_patch_pos.weight[None, None]
         video = video + sinusoidal(frame_index, h)[None, :, None]
+        text, text_valid = self.text_context(caption) if text is None else text
+        text_mask = key_padding_mask(text_valid)
+        return Streams(
+            video=video.reshape(b, f * p, h).transpose(0, 1),
+            action=None,
+            text=text,
+            state=None,
+            temb_video=self.time_video(t_video),
+            temb_action=None,
+            video_mask=key_padding_mask(frame_valid.repeat_interleave(p, dim=1)),
+            action_mask=None,
+            text_mask=text_mask,
+        )
+
+    def embed_action(self, s: Streams, xt_action, t_action, state, action_valid, *, history: int = 0) -> Streams:
+        """``s`` with the action side's input streams (action tokens, state token, action timestep)."""
+        t_steps = xt_action.shape[1]
+        k = self.frame_stride
+        dev = xt_action.device
+        h = self.cfg.hidden_size
         steps = torch.arange(t_steps, device=dev)
         # action k goes with latent frame M + k // K: the first group lines up with the anchor
         action = (
             self.action_in(xt_action) + sinusoidal(history + steps // k, h)[None] + self.action_group_pos(steps % k)[None]
         )
-        text, text_valid = self.text_context(caption) if text is None else text
-        text_mask = key_padding_mask(text_valid)
-        return Streams(
-            video=video.reshape(b, f * p, h).transpose(0, 1),
-            action=action.transpose(0, 1),
-            text=text,
-            state=self.state_in(state)[None],
-            temb_video=self.time_video(t_video),
-            temb_action=self.time_action(t_action),
-            video_mask=key_padding_mask(frame_valid.repeat_interleave(p, dim=1)),
-            action_mask=key_padding_mask(action_valid),
-            text_mask=text_mask,
+        return replace(
+            s, action=action.transpose(0, 1), state=self.state_in(state)[None],
+            temb_action=self.time_action(t_action), action_mask=key_padding_mask(action_valid),
         )
 
     def head(self, s: Streams, video_shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor]:

@@ -23,6 +23,10 @@ and its :class:`FlowNoise`, pipeline slices, loss denominators), different video
 4. The remaining-time head reads the clean anchor latent frame (one token per latent pixel and
    view, ``Z`` channels each), the state token and the projected caption states.
 
+Action pretraining's anchor-noise mapping (``anchor_noise.py``) runs the Wan blocks once,
+recording each block's output (:meth:`WanWallWM.anchor_video`), and K action passes reading them
+(:meth:`WanWallWM.anchor_action`).
+
 Pipeline stages. What crosses a stage boundary is ONE ``[n, B, d_wan]`` tensor (megatron's p2p
 sends one tensor of ``[seq, micro_batch, pipeline hidden size]``, and the pipeline config's
 hidden size is the Wan width here): first the Wan streams (:meth:`WanStreams.pack`,
@@ -44,6 +48,7 @@ from torch.utils.checkpoint import checkpoint
 
 from wallwm_pretrain.batch import Batch
 from wallwm_pretrain.config import ModelConfig, WanTowerConfig
+from wallwm_pretrain.model.anchor_noise import AnchorDraws, anchor_losses, with_anchor_draws
 from wallwm_pretrain.model.blocks import ActionBlock, FinalLayer, Streams, key_padding_mask
 from wallwm_pretrain.model.embeddings import TimestepEmbedder, mark_adamw, sinusoidal
 from wallwm_pretrain.model.flops import cross_attention_flops, ffn_flops, self_attention_flops
@@ -236,7 +241,8 @@ class WanWallWM(nn.Module):
         noise_v = torch.randn(batch.latents.shape, device=dev, generator=generator)
         t_a = sample_time(b, dev, generator)
         noise_a = torch.randn(batch.actions.shape, device=dev, generator=generator)
-        return FlowNoise(t_v, noise_v, t_a, noise_a)
+        # model.action_pretrain.mapping=anchor: t_video becomes t*, more action draws follow
+        return with_anchor_draws(self.cfg, FlowNoise(t_v, noise_v, t_a, noise_a), generator)
 
     def flow_inputs(self, batch: Batch, noise: FlowNoise) -> WanFlowInputs:
         self._check(batch)
@@ -268,6 +274,8 @@ class WanWallWM(nn.Module):
         batch = self.with_context(batch)
         if noise is None:
             noise = self.sample_noise(batch, generator)
+        if isinstance(noise, AnchorDraws):  # model.action_pretrain.mapping=anchor
+            return anchor_losses(self, batch, noise, loss_denominators, hidden)
         return self.forward_slice(self.flow_inputs(batch, noise), hidden, loss_denominators)
 
     def with_context(self, batch: Batch) -> Batch:
@@ -291,28 +299,69 @@ class WanWallWM(nn.Module):
     def embed(self, inputs: WanFlowInputs, geo: WanGeometry) -> tuple[WanStreams, Streams]:
         """The first stage's input side of both towers."""
         ws = self.video.embed(inputs.xt_video, inputs.timestep, inputs.text_states, geo)
+        return ws, self.embed_action(inputs, geo)
+
+    def embed_action(self, inputs: WanFlowInputs, geo: WanGeometry) -> Streams:
+        """The action tower's input streams (action tokens, projected caption, state token, timestep)."""
         t_steps, k, h = inputs.xt_action.shape[1], self.frame_stride, self.cfg.hidden_size
         steps = torch.arange(t_steps, device=inputs.xt_action.device)
         # action k goes with latent frame M + k // K: the first group lines up with the anchor
         frame = inputs.history + steps // k
         action = self.action_in(inputs.xt_action) + sinusoidal(frame, h)[None] + self.action_group_pos(steps % k)[None]
-        s = Streams(
+        return Streams(
             video=None, action=action.transpose(0, 1), text=self.text_in(inputs.text_states).transpose(0, 1),
             state=self.state_in(inputs.state)[None], temb_video=None, temb_action=self.time_action(inputs.t_action),
             video_mask=self.coupling_mask(inputs, geo), action_mask=key_padding_mask(inputs.action_valid),
             text_mask=key_padding_mask(inputs.text_valid),
         )
-        return ws, s
 
     def run_layer(self, index: int, ws: WanStreams, s: Streams, rope, geo, video_mask, text_mask):
         """Coupled layer ``index``: Wan block, then the action block reading its output."""
         ws = self.video.run_block(index, ws, rope, geo, video_mask, text_mask)
+        return ws, self.run_action_layer(index, s, ws.video, geo)
+
+    def run_action_layer(self, index: int, s: Streams, video: torch.Tensor, geo: WanGeometry) -> Streams:
+        """Action layer ``index`` reading Wan block ``index``'s output ``video``."""
         layer = self.action_layers[str(index)]
         if self.cfg.recompute == "full" and self.training and torch.is_grad_enabled():
-            action = checkpoint(layer, s, ws.video, geo.views, use_reentrant=False)
+            action = checkpoint(layer, s, video, geo.views, use_reentrant=False)
         else:
-            action = layer(s, ws.video, geo.views)
-        return ws, replace(s, action=action)
+            action = layer(s, video, geo.views)
+        return replace(s, action=action)
+
+    # -- the anchor mapping's two passes (model/anchor_noise.py); the whole model only ------------
+    def video_side_parameters(self) -> list[nn.Parameter]:
+        """What the video pass reads: the Wan tower (the text states come precomputed)."""
+        return list(self.video.parameters())
+
+    def anchor_video(self, inputs: WanFlowInputs) -> tuple[WanGeometry, list[torch.Tensor]]:
+        """The Wan tower once, every block's output recorded (the same blocks and order as
+        :meth:`forward_slice`); no output head (the anchor mapping has no video loss)."""
+        geo = self.geometry(inputs)
+        ws = self.video.embed(inputs.xt_video, inputs.timestep, inputs.text_states, geo)
+        rope = self.video.rope(geo, inputs.xt_video.device)
+        video_mask, text_mask = self.video.masks(geo, inputs.frame_valid, inputs.text_valid)
+        videos = []
+        for i in self.pipeline_slice.layers:
+            ws = self.video.run_block(i, ws, rope, geo, video_mask, text_mask)
+            videos.append(ws.video)
+        return geo, videos
+
+    def anchor_action(self, inputs: WanFlowInputs, features: tuple[WanGeometry, list[torch.Tensor]]):
+        """One action pass reading the recorded Wan block outputs: (prediction [B, T, A], streams)."""
+        geo, videos = features
+        s = self.embed_action(inputs, geo)
+        for i, video in zip(self.pipeline_slice.layers, videos):
+            s = self.run_action_layer(i, s, video, geo)
+        return self.action_out(s.action, s.temb_action).transpose(0, 1), s
+
+    def time_loss(self, inputs: WanFlowInputs, s: Streams, den: torch.Tensor | None = None) -> torch.Tensor | None:
+        """The remaining-time head's Huber loss (None: no target in the batch, or weight 0)."""
+        if inputs.remaining is None or self.cfg.time_loss_weight <= 0:
+            return None
+        pred_t = self.time_head(inputs.anchor_frame, s.state, s.text, inputs.text_valid)
+        den = torch.tensor(float(pred_t.shape[0]), device=pred_t.device) if den is None else den
+        return huber_sum(pred_t, inputs.remaining) / den.clamp_min(1.0)
 
     def forward_slice(self, inputs: WanFlowInputs, hidden: torch.Tensor | None = None,
                       loss_denominators: torch.Tensor | None = None):
@@ -341,11 +390,10 @@ class WanWallWM(nn.Module):
         loss_v = masked_mse(by_frame(pred_v), by_frame(inputs.target_video), inputs.video_loss_mask, den_v)
         loss_a = masked_mse(pred_a, inputs.target_action, inputs.action_valid, den_a)
         loss = weighted_flow_loss(self.cfg.video_loss_weight, loss_v, self.cfg.action_loss_weight, loss_a)
-        loss_t = torch.zeros((), device=loss.device)
-        if inputs.remaining is not None and self.cfg.time_loss_weight > 0:
-            pred_t = self.time_head(inputs.anchor_frame, s.state, s.text, inputs.text_valid)
-            den = torch.tensor(float(pred_t.shape[0]), device=loss.device) if den_t is None else den_t
-            loss_t = huber_sum(pred_t, inputs.remaining) / den.clamp_min(1.0)
+        loss_t = self.time_loss(inputs, s, den_t)
+        if loss_t is None:
+            loss_t = torch.zeros((), device=loss.device)
+        else:
             loss = loss + self.cfg.time_loss_weight * loss_t
         return {"loss": loss, "loss_video": loss_v.detach(), "loss_action": loss_a.detach(), "loss_time": loss_t.detach()}
 
