@@ -1,8 +1,11 @@
-"""``python -m wallwm_pretrain.infer``: the conditioner (and event mode) on one observation.
+"""``python -m wallwm_pretrain.infer``: the conditioner (and event mode) or a unified-mode chunk on
+one observation.
 
     python -m wallwm_pretrain.infer --conditioner runs/cond_smoke --shards data/shards/smoke-cond \\
         --key ep000003_L1_002_t00041 --policy runs/smoke
     python -m wallwm_pretrain.infer --conditioner runs/cond_smoke --observation obs.npz --task "pick up the cube"
+    python -m wallwm_pretrain.infer --mode unified --context staircase --policy runs/smoke-unified \\
+        --shards data/shards/smoke-episodes --anchor 32 --staircase runs/smoke-staircase
 
 Prints (and with ``--out`` writes as JSON) the predicted next event's caption, the control
 steps it has left and, with ``--policy`` (an event-mode checkpoint), the actions the towers
@@ -10,6 +13,14 @@ plan for that caption, as many as the remaining time says; with ``--staircase`` 
 checkpoint) also the reasoning trace the frozen small LM decodes from the Staircase latents. ``--save-states`` writes the
 caption's aligned text states (``[align_tokens, text_dim]`` float32 ``.npy``): what the
 video tower can read in place of the text encoder's.
+
+``--mode unified`` plans one fixed chunk with a unified-mode checkpoint (``--policy``) from the
+observation and the history frames before it, with the text context ``--context`` names:
+``atomic`` (``--caption``, default: the recorded caption of the event in progress), ``global``
+(the task through the checkpoint's conditioner heads) or ``staircase`` (its Staircase latents;
+``--staircase`` with the stage-4 checkpoint also prints the trace the small LM decodes from them).
+From an episode sample (``build-episodes``) ``--anchor`` picks the observation step; history
+frames before the episode's start repeat its first frame, as in training.
 """
 
 from __future__ import annotations
@@ -32,10 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=(
             "observation file (--observation, .npz): 'observation' uint8 [V, H, W, 3] (views in training order, at\n"
             "the conditioner's image size), 'state' float [S] in robot units, optionally 'task' (a string) and\n"
-            "'done' (strings: captions of the events finished so far); --task / --done override them.\n\n"
+            "'done' (strings: captions of the events finished so far); --task / --done override them. With --mode\n"
+            "unified also 'history' uint8 [M, V, H, W, 3] (the frames M K_p ... K_p steps before, oldest first;\n"
+            "default: the observation repeated) and 'caption' (the atomic instruction).\n\n"
             "example:\n"
             "  python -m wallwm_pretrain.infer --conditioner runs/cond_smoke --shards data/shards/smoke-cond \\\n"
-            "      --key ep000003_L1_002_t00041 --policy runs/smoke --out next.json"
+            "      --key ep000003_L1_002_t00041 --policy runs/smoke --out next.json\n"
+            "  python -m wallwm_pretrain.infer --mode unified --context global --policy runs/smoke-unified \\\n"
+            "      --shards data/shards/smoke-episodes --anchor 32"
         ),
     )
     p.add_argument("--conditioner", metavar="CKPT",
@@ -50,7 +65,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key", help="with --shards: the sample key (default: the first sample)")
     p.add_argument("--task", help="the task instruction (overrides the sample's / file's)")
     p.add_argument("--done", nargs="*", metavar="CAPTION", help="captions of the events done so far (overrides)")
-    p.add_argument("--policy", metavar="CKPT", help="an event-mode checkpoint: also plan the actions of the predicted event")
+    p.add_argument("--policy", metavar="CKPT", help="an event-mode checkpoint: also plan the actions of the predicted "
+                   "event (with --mode unified: the unified-mode checkpoint that plans the chunk)")
+    p.add_argument("--mode", choices=["event", "unified"], default="event",
+                   help="event (default): the conditioner's next event, planned by an event-mode --policy; unified: "
+                        "one fixed chunk of a unified-mode --policy")
+    p.add_argument("--context", choices=["atomic", "global", "staircase"], default="atomic",
+                   help="--mode unified: the chunk's text context source (default atomic)")
+    p.add_argument("--caption", help="--mode unified --context atomic: the atomic instruction (default: the recorded "
+                   "caption of the event in progress at the observation)")
+    p.add_argument("--anchor", type=int, default=0, help="--mode unified with --shards: the observation's step in the "
+                   "sample (default 0)")
     p.add_argument("--denoise-steps", type=int, default=10, help="Euler steps of the policy's plan (default 10)")
     p.add_argument("--seed", type=int, default=0, help="seed of the plan's sampling noise (default 0)")
     p.add_argument("--out", metavar="FILE.json", help="write the prediction (and actions) here")
@@ -99,6 +124,80 @@ def _sample_from_file(path: str) -> dict:
     done = [str(x) for x in data["done"].tolist()] if "done" in data.files else []
     return {"key": path, "observation": data["observation"], "state": data["state"], "task": task, "done": done,
             "truth": {}}
+
+
+def _window_from_shards(folder: str, key: str | None, anchor: int, steps_back: list[int]) -> dict:
+    """Unified mode: the observation at step ``anchor`` of a sample (an episode or an event), its
+    history frames (clamped at the sample's start), state, task, events done and the caption of
+    the event in progress."""
+    from wallwm_pretrain.data.decode import decode_sample
+    from wallwm_pretrain.data.index import read_index
+    from wallwm_pretrain.data.tarread import read_tar
+
+    for shard in read_index(folder)["shards"]:
+        for crude in read_tar(str(Path(folder) / shard["name"])):
+            if key is not None and crude["__key__"] != key:
+                continue
+            s = decode_sample(crude)
+            if "frames.npy" not in s:
+                raise ValueError(f"{crude['__url__']}: sample {crude['__key__']} has no frames.npy (episode or event shards)")
+            frames, meta = s["frames.npy"], s.get("json") or {}
+            if not 0 <= anchor < len(frames):
+                raise ValueError(f"--anchor {anchor}: sample {crude['__key__']} has steps 0..{len(frames) - 1}")
+            events = meta.get("events") or [{"caption": meta.get("caption", ""), "start": 0, "end": len(frames)}]
+            current = next((e for e in events if e["start"] <= anchor < e["end"]), events[-1])
+            return {"key": f"{crude['__key__']}/t{anchor}", "observation": frames[anchor],
+                    "history": [frames[max(0, anchor - d)] for d in steps_back], "state": s["states.npy"][anchor],
+                    "task": meta.get("task", ""), "done": [e["caption"] for e in events if e["end"] <= anchor],
+                    "caption": current["caption"], "truth": {"caption": current["caption"],
+                                                             "remaining": int(current["end"]) - anchor}}
+    raise ValueError(f"{folder}: no sample {key!r} in its shards" if key else f"{folder}: no samples")
+
+
+def infer_unified(args: argparse.Namespace) -> dict:
+    """``--mode unified``: one chunk of a unified-mode checkpoint."""
+    from wallwm_pretrain.eval.policy import CheckpointPolicy, ChunkContext, PolicyError
+
+    policy = CheckpointPolicy.load(args.policy, device=args.device, denoise_steps=args.denoise_steps)
+    if policy.mode != "unified":
+        raise PolicyError(f"--mode unified needs a unified-mode checkpoint (data.mode=unified), {args.policy} is "
+                          f"{policy.mode} mode")
+    steps_back = policy.history_steps()
+    if args.shards:
+        sample = _window_from_shards(args.shards, args.key, args.anchor, steps_back)
+    else:
+        sample = _sample_from_file(args.observation)
+        with np.load(args.observation, allow_pickle=False) as data:
+            history = data["history"] if "history" in data.files else [sample["observation"]] * len(steps_back)
+            sample["caption"] = str(data["caption"]) if "caption" in data.files else ""
+        sample["history"] = list(history)
+    task = args.task if args.task is not None else sample["task"]
+    done = list(args.done) if args.done is not None else sample["done"]
+    caption = args.caption if args.caption is not None else sample["caption"]
+    if args.context == "atomic" and not caption:
+        raise ValueError("--context atomic needs an atomic instruction: --caption TEXT (the sample records none)")
+    if args.context != "atomic" and not task:
+        raise ValueError(f"--context {args.context} reads the task: --task TEXT (the sample records none)")
+    obs = np.asarray(sample["observation"], dtype=np.uint8)
+    history = [np.asarray(h, dtype=np.uint8) for h in sample["history"]]
+    if obs.shape[1] != policy.image_size:
+        from sim.imageops import resize_area
+
+        obs, history = resize_area(obs, policy.image_size), [resize_area(h, policy.image_size) for h in history]
+    import torch
+
+    plan = policy.plan_chunk(history, obs, np.asarray(sample["state"], dtype=np.float32),
+                             ChunkContext(args.context, caption, task, done),
+                             torch.Generator(device=policy.device).manual_seed(args.seed))
+    out = {"sample": sample["key"], "mode": "unified", "context": args.context, "task": task, "done": done,
+           "truth": sample["truth"], "actions": plan.actions.tolist(), "planned_steps": len(plan.actions),
+           "remaining_steps": plan.remaining}
+    if args.context == "atomic":
+        out["caption"] = caption
+    if args.staircase:
+        out["reasoning"] = _trace(args.staircase, np.asarray(sample["observation"], dtype=np.uint8), task, done,
+                                  args.device)
+    return out
 
 
 def _trace(ckpt: str, obs: np.ndarray, task: str, done: list[str], device: str) -> str:
@@ -157,11 +256,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.key and not args.shards:
         print("error: --key goes with --shards", file=sys.stderr)
         return 2
-    if not (args.conditioner or args.staircase):
+    if args.mode == "unified" and not args.policy:
+        print("error: --mode unified needs --policy CKPT (a unified-mode checkpoint)", file=sys.stderr)
+        return 2
+    if args.mode == "unified" and args.conditioner:
+        print("error: --mode unified reads its context from --context, not from --conditioner", file=sys.stderr)
+        return 2
+    if args.mode == "event" and (args.caption is not None or args.anchor or args.context != "atomic"):
+        print("error: --caption, --anchor and --context go with --mode unified", file=sys.stderr)
+        return 2
+    if args.mode == "event" and not (args.conditioner or args.staircase):
         print("error: give --conditioner CKPT (next event, remaining time) and/or --staircase CKPT (trace)",
               file=sys.stderr)
         return 2
-    if (args.policy or args.save_states) and not args.conditioner:
+    if args.mode == "event" and (args.policy or args.save_states) and not args.conditioner:
         print("error: --policy and --save-states need the --conditioner's prediction: give --conditioner",
               file=sys.stderr)
         return 2
@@ -170,10 +278,13 @@ def main(argv: list[str] | None = None) -> int:
     from wallwm_pretrain.eval.policy import PolicyError
 
     try:
-        out = infer(args)
+        out = infer_unified(args) if args.mode == "unified" else infer(args)
     except (CheckpointError, PolicyError, ShardError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if out.get("mode") == "unified":
+        print(f"context:         {out['context']}" + (f" {out['caption']!r}" if "caption" in out else f" (task {out['task']!r})"))
+        print(f"remaining steps: {out['remaining_steps']:.1f} (event in progress)")
     if "next_event" in out:
         print(f"next event:      {out['next_event']!r}")
         print(f"remaining steps: {out['remaining_steps']:.1f}")

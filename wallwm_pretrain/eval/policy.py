@@ -218,7 +218,7 @@ class CheckpointPolicy:
         self.check_observation(frame, state)
         for h in history:
             self.check_observation(h, state)
-        anchor = torch.from_numpy(np.ascontiguousarray(frame))[None].to(self.device)
+        anchor = torch.from_numpy(np.array(frame, dtype=np.uint8))[None].to(self.device)  # a copy: frames may be read-only
         past = torch.from_numpy(np.stack(history))[None].to(self.device) if history else None
         st = torch.from_numpy(self.norm.state(state.astype(np.float32)))[None].to(self.device)
         tokens, text = self.context_text(anchor[0], context)

@@ -1,0 +1,103 @@
+"""Unified mode end to end on recorded Meta-World demonstrations: episode shards (build-episodes),
+a tiny unified-mode checkpoint with the global and Staircase context sources on make-tiny's
+random VLM, closed-loop evaluation with each context source on the same episodes and seeds,
+``infer --mode unified``, and a chunk's context switched between calls leaving the policy as
+it was. The checkpoint trains for 4 steps: what is checked is the plumbing, not success."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import TASK, train_tiny
+from wallwm_pretrain.eval.metaworld import eval_env_seed
+from wallwm_pretrain.eval.policy import CheckpointPolicy, ChunkContext, PolicyError
+
+
+@pytest.fixture(scope="module")
+def unified_run(mw_shards, tmp_path_factory):
+    from data_tools.episodes import build_episodes
+    from wallwm_pretrain.convert.tiny import make_tiny
+
+    base = tmp_path_factory.mktemp("unified")
+    models = make_tiny(base / "models", seed=0)["vae"].parent
+    build_episodes(mw_shards["L1"], base / "episodes", progress=False)
+    run = train_tiny(base / "episodes", base / "runs", "mw_unified", "data.mode=unified", "data.chunk_horizon=8",
+                     "data.history_latents=2", "data.balance.alpha_vl=1", "data.balance.alpha_action=1",
+                     "data.context_mix={atomic: 1, global: 1, staircase: 1}",
+                     "model.context.sources=[global,staircase]", f"model.conditioner.vlm={models / 'vlm'}",
+                     "model.conditioner.vlm_dtype=float32", "model.conditioner.hidden_size=32",
+                     "model.conditioner.num_heads=2", "model.conditioner.align_tokens=4", "model.conditioner.text_dim=16",
+                     "model.staircase.latents=3", "model.staircase.num_heads=2")
+    return {"run": run, "episodes": base / "episodes"}
+
+
+def test_each_context_source_closed_loop_on_the_same_episodes(unified_run, eval_cli, tmp_path):
+    out = tmp_path / "eval"
+    code, stdout, err = eval_cli("--ckpt", unified_run["run"], "--mode", "unified", "--env", "metaworld", "--tasks",
+                                 TASK, "--episodes", "1", "--max-steps", "20", "--quiet", "--no-tracking",
+                                 "--context", "atomic", "global", "staircase", "--out", out)
+    assert code == 0, err
+    results = json.loads((out / "results.json").read_text())
+    assert results["mode"] == "unified" and results["horizon"] == 8 and "events" not in results
+    assert list(results["contexts"]) == ["atomic", "global", "staircase"]
+    for run in results["contexts"].values():
+        task = run["tasks"][TASK]
+        assert task["episode_seeds"] == [eval_env_seed(0, TASK, 0)] and task["episodes"] == 1
+        assert 1 <= task["mean_steps"] <= 20 and task["mean_plans"] >= 1
+    header = (out / "results.md").read_text().splitlines()[0]
+    assert all(f"({c} context)" in header for c in ("atomic", "global", "staircase"))
+    assert (out / "strips" / f"{TASK}_ep000.png").is_file() and (out / "strips" / f"{TASK}_global_ep000.png").is_file()
+
+
+def test_switching_the_context_between_chunks_leaves_the_policy_unchanged(unified_run):
+    policy = CheckpointPolicy.load(unified_run["run"])
+    frame = np.random.default_rng(0).integers(0, 256, (policy.num_views, 32, 32, 3), dtype=np.uint8)
+    history = [np.roll(frame, k, axis=1) for k in range(policy.history)]
+    state = np.zeros(policy.state_dim, np.float32)
+    ctx = {s: ChunkContext(s, "reach for the puck", "pick up the puck and place it at the goal", ["reach for the puck"])
+           for s in ("atomic", "global", "staircase")}
+    plan = lambda source: policy.plan_chunk(history, frame, state, ctx[source], policy.new_episode(3))  # noqa: E731
+    before = {n: v.clone() for n, v in policy.model.state_dict().items() if isinstance(v, torch.Tensor)}
+    first = plan("global")
+    for source in ("staircase", "atomic", "staircase"):
+        plan(source)
+    again = plan("global")
+    assert np.array_equal(first.actions, again.actions) and first.remaining == again.remaining
+    assert all(torch.equal(v, before[n]) for n, v in policy.model.state_dict().items() if isinstance(v, torch.Tensor))
+    assert first.actions.shape == (8, policy.action_dim)
+    assert not np.array_equal(plan("atomic").actions, first.actions)  # the source does reach the chunk
+    with pytest.raises(PolicyError, match="history frames"):
+        policy.plan_chunk(history[:1], frame, state, ctx["atomic"], policy.new_episode(3))
+
+
+def test_infer_unified_mode(unified_run, event_run, capsys):
+    from wallwm_pretrain.infer import main
+
+    out = {}
+    for source in ("atomic", "global", "staircase"):
+        path = unified_run["episodes"].parent / f"{source}.json"
+        code = main(["--mode", "unified", "--context", source, "--policy", str(unified_run["run"]), "--shards",
+                     str(unified_run["episodes"]), "--anchor", "12", "--out", str(path)])
+        assert code == 0, capsys.readouterr().err
+        out[source] = json.loads(path.read_text())
+    for source, res in out.items():
+        assert res["context"] == source and res["planned_steps"] == 8 and len(res["actions"]) == 8
+        assert res["sample"].endswith("/t12") and res["truth"]["remaining"] >= 1
+    assert out["atomic"]["caption"] == out["atomic"]["truth"]["caption"]
+    capsys.readouterr()
+    assert main(["--mode", "unified", "--policy", str(event_run), "--shards", str(unified_run["episodes"])]) == 2
+    assert "unified-mode checkpoint" in capsys.readouterr().err
+    assert main(["--mode", "unified", "--shards", str(unified_run["episodes"])]) == 2
+
+
+def test_context_flag_on_an_event_checkpoint_fails(event_run, eval_cli, tmp_path):
+    code, _, err = eval_cli("--ckpt", event_run, "--tasks", TASK, "--episodes", "1", "--quiet", "--no-tracking",
+                            "--context", "global", "--out", tmp_path)
+    assert code == 2 and "--context is read by unified-mode checkpoints" in err
+    code, _, err = eval_cli("--ckpt", event_run, "--mode", "unified", "--tasks", TASK, "--episodes", "1", "--quiet",
+                            "--no-tracking", "--out", tmp_path)
+    assert code == 2 and "plans in event mode" in err
