@@ -7,7 +7,8 @@
 #                     caption states (tiny UMT5) -> train the heads on the tiny random Qwen3.5 VLM ->
 #                     next-event accuracy on held-out episodes against a baseline
 #   make recipe-smoke the training recipe on CPU (configs/recipes/smoke.yaml): video stage -> action stage
-#                     from its weights -> conditioner heads -> Staircase branch; rerun resumes an interrupted stage, skips
+#                     from its weights -> conditioner heads -> Staircase branch -> unified-mode next-chunk
+#                     stage from stages 2-4; rerun resumes an interrupted stage, skips
 #                     finished ones, and prints the summary table
 #   make ablation     Meta-World event mode vs chunk mode (bench/ablation.py), table in docs/
 #   make fuzz         the long mutation fuzz of the input readers (bench/fuzz_readers.py, docs/fuzzing.md)
@@ -39,6 +40,7 @@ SMOKE_SYNTH  ?= data/synth/smoke
 SMOKE_SHARDS ?= data/shards/smoke
 SMOKE_EPISODES ?= 48
 SMOKE_STATIC ?= data/shards/smoke-static
+SMOKE_EPISODE_SHARDS ?= data/shards/smoke-episodes
 SMOKE_STATIC_THRESHOLD ?= 1.0
 WAN_SYNTH   ?= data/synth/smoke-wan
 WAN_SHARDS  ?= data/shards/smoke-wan
@@ -107,7 +109,7 @@ smoke-test: smoke-data
 
 clean:
 	rm -rf runs data/synth/smoke data/shards/smoke $(SMOKE_STATIC) $(WAN_SYNTH) $(WAN_SHARDS) $(WAN_MODELS) $(WAN_INIT) \
-	  $(COND_SHARDS) $(COND_HELDOUT) $(COND_HELDOUT_SHARDS) $(COND_HELDOUT_SHARDS)-cond
+	  $(COND_SHARDS) $(COND_HELDOUT) $(COND_HELDOUT_SHARDS) $(COND_HELDOUT_SHARDS)-cond $(SMOKE_EPISODE_SHARDS)
 
 # The real-model path end to end with tiny random models saved in their libraries' formats
 # (nothing is downloaded). One thread per process: the tiny VAE is far slower on two.
@@ -146,7 +148,8 @@ smoke-conditioner: smoke-data
 # The training recipe on the smoke world (configs/recipes/smoke.yaml): stage 1 the video tower on
 # shards with quasi-static steps pruned ($(SMOKE_STATIC), build-shards --prune-static), stage 2
 # the action tower from stage 1's final weights, stage 3 the conditioner heads, stage 4 the Staircase
-# branch (the data steps of smoke-conditioner first). Not started over: run it again after an interruption to resume the
+# branch (the data steps of smoke-conditioner first), stage 5 unified mode on episode shards with
+# the three text contexts, from stages 2, 3 and 4. Not started over: run it again after an interruption to resume the
 # stage that stopped (finished stages are skipped); `rm -rf runs/recipe-smoke-*` starts afresh.
 recipe-smoke: smoke-data
 	$(PYTHON) -m data_tools build-shards --src $(SMOKE_SYNTH) --out $(SMOKE_STATIC) --level L1 --seed 0 \
@@ -154,4 +157,5 @@ recipe-smoke: smoke-data
 	$(PYTHON) -m wallwm_pretrain.convert make-tiny --out $(WAN_MODELS) --seed 0
 	$(PYTHON) -m data_tools build-conditioner --src $(SMOKE_SHARDS) --out $(COND_SHARDS) --per-event 3 --quiet
 	OMP_NUM_THREADS=1 $(PYTHON) -m data_tools embed-captions --shards $(COND_SHARDS) --text-encoder $(WAN_MODELS)/text_encoder
+	$(PYTHON) -m data_tools build-episodes --shards $(SMOKE_SHARDS) --out $(SMOKE_EPISODE_SHARDS) --quiet
 	$(PYTHON) -m wallwm_pretrain.recipe --recipe configs/recipes/smoke.yaml

@@ -101,12 +101,28 @@ def test_slurm_plan_of_a_fresh_recipe(tmp_path, shard_writer):
     assert "train.resume=auto" in plan[0][1] and not any(o.startswith("model.init_from") for o in plan[0][1])
 
 
+def test_context_weights_come_from_earlier_stages(tmp_path):
+    """context_from: each unified-mode context source reads an earlier stage's weights (its run
+    folder in a Slurm chain) or a path, as model.context.<key>_from."""
+    from wallwm_pretrain.recipe.runner import slurm_plan
+
+    recipe = read_recipe(write_recipe(tmp_path, tmp_path / "shards",
+                                      context_from={"conditioner": "1_video", "staircase": "/models/stage4"}))
+    assert recipe.stage("2_action").context_from == {"conditioner": "1_video", "staircase": "/models/stage4"}
+    overrides = slurm_plan(recipe)[1][1]
+    assert f"model.context.conditioner_from={tmp_path / 'runs' / 'tiny-1_video'}" in overrides
+    assert "model.context.staircase_from=/models/stage4" in overrides
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda r: r.update(extra=1), "unknown recipe key 'extra'"),
     (lambda r: r["stages"][0].update(init_from="2_action"), "init_from='2_action' names this or a later stage"),
     (lambda r: r["stages"][1].update(name="1_video"), "stage name '1_video' is used twice"),
     (lambda r: r["stages"][0].update(overides=[]), "unknown stage key 'overides'"),
     (lambda r: r["stages"][0]["overrides"].append("train.run_name=x"), "train.run_name is set by the recipe runner"),
+    (lambda r: r["stages"][0].update(context_from={"conditioner": "2_action"}),
+     "context_from.conditioner='2_action' names this or a later stage"),
+    (lambda r: r["stages"][1].update(context_from={"vlm": "1_video"}), "context_from: unknown key 'vlm'"),
 ])
 def test_recipe_file_errors_name_the_key(tmp_path, change, message):
     path = write_recipe(tmp_path, tmp_path / "shards")

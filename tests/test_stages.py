@@ -216,10 +216,20 @@ def test_stage_presets_on_the_5b_preset_and_the_recipes_load():
     assert cond.model.kind == "conditioner" and cond.data.mode == "conditioner"
     stair = load_config([base, root / "configs/stages/4_staircase.yaml"])
     assert stair.model.kind == "staircase" and stair.data.mode == "conditioner"
+    chunk = load_config([base, root / "configs/stages/5_next_chunk.yaml"])
+    assert chunk.data.mode == "unified" and chunk.model.context.sources == ["global", "staircase"]
+    assert set(chunk.model.train_parts) == {"video_tower", "action_tower", "time_head", "context_projection"}
+    # the heads and branch of stages 3 and 4 have the shapes their presets give them
+    for field in ("hidden_size", "num_heads", "align_layers", "align_tokens"):
+        assert getattr(chunk.model.conditioner, field) == getattr(cond.model.conditioner, field), field
+    for field in ("latents", "relay_depth", "layer_group", "num_heads", "ffn_mult"):
+        assert getattr(chunk.model.staircase, field) == getattr(stair.model.staircase, field), field
     for name in ("smoke", "wallwm_wan22_5b"):
         recipe = read_recipe(root / "configs" / "recipes" / f"{name}.yaml")
-        assert [s.name for s in recipe.stages] == ["1_video", "2_action", "3_conditioner", "4_staircase"]
+        assert [s.name for s in recipe.stages] == ["1_video", "2_action", "3_conditioner", "4_staircase", "5_next_chunk"]
         assert recipe.stage("2_action").init_from == "1_video" and not recipe.stage("3_conditioner").init_from
+        assert recipe.stage("5_next_chunk").init_from == "2_action"
+        assert recipe.stage("5_next_chunk").context_from == {"conditioner": "3_conditioner", "staircase": "4_staircase"}
         for stage in recipe.stages:  # every stage's config is valid
             stage_state(recipe, stage, [])
 

@@ -70,11 +70,28 @@ def stage_state(recipe: Recipe, stage: Stage, extra: Sequence[str]) -> StageStat
 def init_source(recipe: Recipe, stage: Stage, states: dict[str, StageState], for_slurm: bool = False) -> str:
     """``model.init_from`` of a stage: an earlier stage's final checkpoint folder (its run folder
     when planning a Slurm chain, where it is not written yet), a path as given, or ''."""
-    if not stage.init_from:
+    return stage_source(stage.init_from, stage, states, for_slurm)
+
+
+def source_overrides(recipe: Recipe, stage: Stage, states: dict[str, StageState], for_slurm: bool = False) -> list[str]:
+    """``model.init_from`` and the ``model.context.<key>_from`` of a stage, as overrides."""
+    out = []
+    source = init_source(recipe, stage, states, for_slurm)
+    if source:
+        out.append(f"model.init_from={source}")
+    for key, name in stage.context_from.items():
+        out.append(f"model.context.{key}_from={stage_source(name, stage, states, for_slurm)}")
+    return out
+
+
+def stage_source(name: str, stage: Stage, states: dict[str, StageState], for_slurm: bool = False) -> str:
+    """The weights ``name`` stands for: an earlier stage's final checkpoint (run folder for a
+    Slurm chain), else ``name`` itself as a path ('' stays '')."""
+    if not name:
         return ""
-    if stage.init_from not in states:
-        return stage.init_from
-    prev = states[stage.init_from]
+    if name not in states:
+        return name
+    prev = states[name]
     if for_slurm:
         return str(prev.run_dir)  # afterok: the previous job finished, its newest checkpoint is the final one
     if not prev.done:
@@ -121,9 +138,9 @@ def run_recipe(recipe: Recipe, extra: Sequence[str] = (), nproc: int = 1, env: O
                   flush=True)
             continue
         overrides = stage_overrides(recipe, stage, extra)
-        source = init_source(recipe, stage, states)
-        if source:
-            overrides.append(f"model.init_from={source}")
+        sources = source_overrides(recipe, stage, states)
+        overrides += sources
+        source = ", ".join(o.split("=", 1)[1] for o in sources)
         state.action = f"resumed from {state.step}" if state.checkpoint else "ran"
         print(f"== stage {stage.name}: {'resuming at step ' + str(state.step) if state.checkpoint else 'starting'}"
               f" -> {state.steps} steps in {state.run_dir}" + (f", weights from {source}" if source else ""),
@@ -172,9 +189,7 @@ def slurm_plan(recipe: Recipe, extra: Sequence[str] = ()) -> list[tuple[Stage, l
         if states[stage.name].done:
             continue
         overrides = stage_overrides(recipe, stage, extra) + ["train.resume=auto"]
-        source = init_source(recipe, stage, states, for_slurm=True)
-        if source:
-            overrides.append(f"model.init_from={source}")
+        overrides += source_overrides(recipe, stage, states, for_slurm=True)
         plan.append((stage, overrides))
     return plan
 

@@ -9,6 +9,8 @@
       - name: 2_action
         config: configs/smoke.yaml
         init_from: 1_video          # an earlier stage (its final checkpoint), a path, or empty
+        context_from: {conditioner: 3_conditioner, staircase: 4_staircase}   # optional, unified mode:
+                                    # model.context.<source>_from, each an earlier stage or a path
         overrides: [...]
         slurm: [--nodes=2]          # optional: extra sbatch options of this stage (launch/recipe.sh)
         note: ...                   # optional: printed before the stage runs
@@ -24,7 +26,8 @@ from pathlib import Path
 
 from wallwm_pretrain.config import ConfigError, read_yaml
 
-STAGE_KEYS = {"name", "config", "overrides", "init_from", "slurm", "note"}
+STAGE_KEYS = {"name", "config", "overrides", "init_from", "context_from", "slurm", "note"}
+CONTEXT_FROM_KEYS = ("conditioner", "staircase")
 RECIPE_KEYS = {"name", "runs_root", "stages"}
 
 
@@ -37,6 +40,9 @@ class Stage:
     """An earlier stage's name (its final checkpoint), a path, or '' (the presets' own)."""
     slurm: list[str] = field(default_factory=list)
     note: str = ""
+    context_from: dict[str, str] = field(default_factory=dict)
+    """Unified mode's context weights: ``conditioner`` / ``staircase`` -> an earlier stage's name
+    or a path, passed as ``model.context.<key>_from``."""
 
 
 @dataclass
@@ -59,6 +65,17 @@ def _strings(value, where: str) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, (str, int, float, bool)) for v in value):
         raise ConfigError(f"{where} must be a string or a list of strings, got {value!r}")
     return [str(v) for v in value]
+
+
+def _context_from(value, where: str) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(v, str) and v for v in value.values()):
+        raise ConfigError(f"{where}.context_from must map conditioner / staircase to a stage name or a path, got {value!r}")
+    bad = sorted(set(value) - set(CONTEXT_FROM_KEYS))
+    if bad:
+        raise ConfigError(f"{where}.context_from: unknown key {bad[0]!r} (valid: {', '.join(CONTEXT_FROM_KEYS)})")
+    return {str(k): str(v) for k, v in value.items()}
 
 
 def read_recipe(path: str | Path) -> Recipe:
@@ -94,7 +111,7 @@ def read_recipe(path: str | Path) -> Recipe:
             name=str(item["name"]), config=_strings(item["config"], f"{where}.config"),
             overrides=_strings(item.get("overrides") or [], f"{where}.overrides"),
             init_from=str(item.get("init_from") or ""), slurm=_strings(item.get("slurm") or [], f"{where}.slurm"),
-            note=str(item.get("note") or ""),
+            note=str(item.get("note") or ""), context_from=_context_from(item.get("context_from"), where),
         )
         if any(s.name == stage.name for s in stages):
             raise ConfigError(f"{where}: stage name {stage.name!r} is used twice")
@@ -102,6 +119,10 @@ def read_recipe(path: str | Path) -> Recipe:
         if stage.init_from in later:
             raise ConfigError(f"{where}: init_from={stage.init_from!r} names this or a later stage; a stage starts "
                               "from an earlier one")
+        for key, source in stage.context_from.items():
+            if source in later:
+                raise ConfigError(f"{where}: context_from.{key}={source!r} names this or a later stage; a stage reads "
+                                  "an earlier one's weights")
         for o in stage.overrides:
             if o.split("=", 1)[0] in ("train.run_name", "train.runs_root", "train.resume"):
                 raise ConfigError(f"{where}: {o.split('=', 1)[0]} is set by the recipe runner (runs_root, name)")
