@@ -156,12 +156,10 @@ def _window_from_shards(folder: str, key: str | None, anchor: int, steps_back: l
 
 def infer_unified(args: argparse.Namespace) -> dict:
     """``--mode unified``: one chunk of a unified-mode checkpoint."""
-    from wallwm_pretrain.eval.policy import CheckpointPolicy, ChunkContext, PolicyError
+    from wallwm_pretrain.eval.policy import CheckpointPolicy, ChunkContext
 
-    policy = CheckpointPolicy.load(args.policy, device=args.device, denoise_steps=args.denoise_steps)
-    if policy.mode != "unified":
-        raise PolicyError(f"--mode unified needs a unified-mode checkpoint (data.mode=unified), {args.policy} is "
-                          f"{policy.mode} mode")
+    # event- and unified-mode checkpoints share the towers: either plans a chunk
+    policy = CheckpointPolicy.load(args.policy, device=args.device, denoise_steps=args.denoise_steps, mode="unified")
     steps_back = policy.history_steps()
     if args.shards:
         sample = _window_from_shards(args.shards, args.key, args.anchor, steps_back)
@@ -234,7 +232,8 @@ def infer(args: argparse.Namespace) -> dict:
         np.save(args.save_states, pred.text_states.numpy().astype(np.float32))
         out["text_states"] = {"file": args.save_states, "shape": list(pred.text_states.shape)}
     if args.policy:
-        policy = CheckpointPolicy.load(args.policy, device=args.device, denoise_steps=args.denoise_steps)
+        policy = CheckpointPolicy.load(args.policy, device=args.device, denoise_steps=args.denoise_steps,
+                                       mode="event")
         if policy.mode != "event":
             raise ValueError(f"--policy needs an event-mode checkpoint, {args.policy} is {policy.mode} mode")
         if obs.shape[1] != policy.image_size:

@@ -74,7 +74,7 @@ def test_switching_the_context_between_chunks_leaves_the_policy_unchanged(unifie
         policy.plan_chunk(history[:1], frame, state, ctx["atomic"], policy.new_episode(3))
 
 
-def test_infer_unified_mode(unified_run, event_run, capsys):
+def test_infer_unified_mode(unified_run, event_run, chunk_run, capsys):
     from wallwm_pretrain.infer import main
 
     out = {}
@@ -89,15 +89,29 @@ def test_infer_unified_mode(unified_run, event_run, capsys):
         assert res["sample"].endswith("/t12") and res["truth"]["remaining"] >= 1
     assert out["atomic"]["caption"] == out["atomic"]["truth"]["caption"]
     capsys.readouterr()
-    assert main(["--mode", "unified", "--policy", str(event_run), "--shards", str(unified_run["episodes"])]) == 2
-    assert "unified-mode checkpoint" in capsys.readouterr().err
+    # one backbone: an event-mode checkpoint plans a unified chunk too (atomic: it builds no other source)
+    path = unified_run["episodes"].parent / "event_as_unified.json"
+    assert main(["--mode", "unified", "--policy", str(event_run), "--shards", str(unified_run["episodes"]),
+                 "--anchor", "12", "--out", str(path)]) == 0
+    assert len(json.loads(path.read_text())["actions"]) == 16  # configs/metaworld.yaml's data.chunk_horizon
+    assert main(["--mode", "unified", "--context", "global", "--policy", str(event_run), "--shards",
+                 str(unified_run["episodes"])]) == 2
+    assert "builds none" in capsys.readouterr().err
+    assert main(["--mode", "unified", "--policy", str(chunk_run), "--shards", str(unified_run["episodes"])]) == 2
+    assert "chunk-mode checkpoint cannot plan in unified mode" in capsys.readouterr().err
     assert main(["--mode", "unified", "--shards", str(unified_run["episodes"])]) == 2
 
 
-def test_context_flag_on_an_event_checkpoint_fails(event_run, eval_cli, tmp_path):
+def test_one_backbone_two_modes_and_flag_errors(unified_run, event_run, eval_cli, tmp_path):
     code, _, err = eval_cli("--ckpt", event_run, "--tasks", TASK, "--episodes", "1", "--quiet", "--no-tracking",
                             "--context", "global", "--out", tmp_path)
-    assert code == 2 and "--context is read by unified-mode checkpoints" in err
-    code, _, err = eval_cli("--ckpt", event_run, "--mode", "unified", "--tasks", TASK, "--episodes", "1", "--quiet",
-                            "--no-tracking", "--out", tmp_path)
-    assert code == 2 and "plans in event mode" in err
+    assert code == 2 and "--context is read in unified mode" in err
+    code, _, err = eval_cli("--ckpt", unified_run["run"], "--tasks", TASK, "--episodes", "1", "--quiet",
+                            "--no-tracking", "--events", "predicted", "--out", tmp_path)
+    assert code == 2 and "--events is read in event mode" in err
+    # the unified-mode checkpoint plans whole events with the script (its towers, data.max_frames)
+    code, _, err = eval_cli("--ckpt", unified_run["run"], "--mode", "event", "--tasks", TASK, "--episodes", "1",
+                            "--max-steps", "20", "--quiet", "--no-tracking", "--out", tmp_path / "event")
+    assert code == 0, err
+    results = json.loads((tmp_path / "event" / "results.json").read_text())
+    assert results["mode"] == "event" and results["horizon"] == 48 and list(results["events"]) == ["script"]

@@ -77,8 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(Staircase latents of the task); several run the same episodes and seeds each way and "
                         "report them side by side")
     p.add_argument("--mode", choices=["event", "chunk", "unified"],
-                   help="the checkpoint's mode (data.mode of its run config); given, it must match (a check, "
-                        "not a switch: a checkpoint plans in the mode it was trained in)")
+                   help="the mode to plan in (default: the checkpoint's data.mode). Event and unified mode share "
+                        "the towers, so either checkpoint plans in either (unified: the history and chunk length "
+                        "of its config); chunk-mode checkpoints plan as trained")
     p.add_argument("--conditioner", metavar="CKPT",
                    help="with --events predicted: a model.kind=conditioner run folder, checkpoint or export")
     p.add_argument("--conditioner-stats", metavar="SHARDS",
@@ -147,17 +148,17 @@ def evaluate(args: argparse.Namespace) -> dict:
         checkpoint = str(ckpt)
     try:
         if not args.server:
-            policy = CheckpointPolicy.load(ckpt, args.stats, device, args.denoise_steps)
+            policy = CheckpointPolicy.load(ckpt, args.stats, device, args.denoise_steps, args.mode)
             cfg = policy.cfg
-        if args.mode and args.mode != policy.mode:
-            raise ValueError(f"--mode {args.mode}, but the checkpoint plans in {policy.mode} mode (its data.mode)")
+        if args.mode and args.mode != policy.mode:  # a server plans in its own mode
+            raise ValueError(f"--mode {args.mode}, but the server plans in {policy.mode} mode")
         if policy.mode == "unified" and args.server:
             raise ValueError("unified-mode checkpoints run in-process (--ckpt); the policy server speaks event and "
                              "chunk mode")
         if policy.mode != "unified" and args.context != ["atomic"]:
-            raise ValueError(f"--context is read by unified-mode checkpoints; this one plans in {policy.mode} mode")
+            raise ValueError(f"--context is read in unified mode; this policy plans in {policy.mode} mode (--mode)")
         if policy.mode == "unified" and args.events != ["script"]:
-            raise ValueError("--events is read by event-mode checkpoints; unified mode takes --context")
+            raise ValueError("--events is read in event mode; unified mode takes --context")
         if args.heldout:
             read_index(args.heldout)  # a bad --heldout fails now, not after the rollouts
         adapter = EnvAdapter.from_yaml(args.adapter) if args.adapter else None

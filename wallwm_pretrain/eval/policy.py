@@ -72,17 +72,26 @@ class CheckpointPolicy:
         model: the whole model, eval mode; cfg: its run config.
         index: the training shards' ``index.json`` (statistics, views).
         denoise_steps: Euler steps per plan.
+        mode: the mode to plan in (default the checkpoint's ``data.mode``). The towers are one
+            backbone for both inference modes: an event-mode checkpoint may plan unified chunks
+            and a unified-mode one whole events (with the horizons and history of its config);
+            chunk mode (the baseline) stays as trained.
     """
 
-    def __init__(self, model, cfg: Config, index: dict, denoise_steps: int = 10) -> None:
+    def __init__(self, model, cfg: Config, index: dict, denoise_steps: int = 10, mode: str | None = None) -> None:
         self.model, self.cfg, self.index = model, cfg, index
         self.norm = Normalizer.from_index(index)
         self.denoise_steps = denoise_steps
         self.device = next(model.parameters()).device
+        trained = cfg.data.mode
+        self._mode = mode or trained
+        if self._mode != trained and {self._mode, trained} != {"event", "unified"}:
+            raise PolicyError(f"a {trained}-mode checkpoint cannot plan in {self._mode} mode (event and unified mode "
+                              "share the towers; chunk mode is the baseline as trained)")
         k = cfg.model.frame_stride
-        raw = cfg.data.max_frames if cfg.data.mode == "event" else cfg.data.chunk_horizon
+        raw = cfg.data.max_frames if self._mode == "event" else cfg.data.chunk_horizon
         self.horizon = -(-raw // k) * k
-        self.history = cfg.data.history_latents if cfg.data.mode == "unified" else 0
+        self.history = cfg.data.history_latents if self._mode == "unified" else 0
         for name, want in (("state_dim", cfg.model.state_dim), ("action_dim", cfg.model.action_dim)):
             got = index.get(name)
             if got is not None and got != want:
@@ -90,13 +99,14 @@ class CheckpointPolicy:
 
     @classmethod
     def load(cls, ckpt: str | Path, stats: str | Path | None = None, device: str = "cpu",
-             denoise_steps: int = 10) -> "CheckpointPolicy":
+             denoise_steps: int = 10, mode: str | None = None) -> "CheckpointPolicy":
         model, cfg = load_model(ckpt, device)
-        return cls(model, cfg, read_stats(stats or cfg.data.shards), denoise_steps)
+        return cls(model, cfg, read_stats(stats or cfg.data.shards), denoise_steps, mode)
 
     @property
     def mode(self) -> str:
-        return self.cfg.data.mode
+        """The mode this policy plans in."""
+        return self._mode
 
     @property
     def views(self) -> list[str]:
