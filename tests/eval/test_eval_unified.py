@@ -17,6 +17,15 @@ from wallwm_pretrain.eval.metaworld import eval_env_seed
 from wallwm_pretrain.eval.policy import CheckpointPolicy, ChunkContext, PolicyError
 
 
+def unified_args(models) -> list[str]:
+    return ["data.mode=unified", "data.chunk_horizon=8", "data.history_latents=2", "data.balance.alpha_vl=1",
+            "data.balance.alpha_action=1", "data.context_mix={atomic: 1, global: 1, staircase: 1}",
+            "model.context.sources=[global,staircase]", f"model.conditioner.vlm={models / 'vlm'}",
+            "model.conditioner.vlm_dtype=float32", "model.conditioner.hidden_size=32", "model.conditioner.num_heads=2",
+            "model.conditioner.align_tokens=4", "model.conditioner.text_dim=16", "model.staircase.latents=3",
+            "model.staircase.num_heads=2"]
+
+
 @pytest.fixture(scope="module")
 def unified_run(mw_shards, tmp_path_factory):
     from data_tools.episodes import build_episodes
@@ -25,14 +34,8 @@ def unified_run(mw_shards, tmp_path_factory):
     base = tmp_path_factory.mktemp("unified")
     models = make_tiny(base / "models", seed=0)["vae"].parent
     build_episodes(mw_shards["L1"], base / "episodes", progress=False)
-    run = train_tiny(base / "episodes", base / "runs", "mw_unified", "data.mode=unified", "data.chunk_horizon=8",
-                     "data.history_latents=2", "data.balance.alpha_vl=1", "data.balance.alpha_action=1",
-                     "data.context_mix={atomic: 1, global: 1, staircase: 1}",
-                     "model.context.sources=[global,staircase]", f"model.conditioner.vlm={models / 'vlm'}",
-                     "model.conditioner.vlm_dtype=float32", "model.conditioner.hidden_size=32",
-                     "model.conditioner.num_heads=2", "model.conditioner.align_tokens=4", "model.conditioner.text_dim=16",
-                     "model.staircase.latents=3", "model.staircase.num_heads=2")
-    return {"run": run, "episodes": base / "episodes"}
+    run = train_tiny(base / "episodes", base / "runs", "mw_unified", *unified_args(models))
+    return {"run": run, "episodes": base / "episodes", "models": models}
 
 
 def test_each_context_source_closed_loop_on_the_same_episodes(unified_run, eval_cli, tmp_path):
@@ -115,3 +118,44 @@ def test_one_backbone_two_modes_and_flag_errors(unified_run, event_run, eval_cli
     assert code == 0, err
     results = json.loads((tmp_path / "event" / "results.json").read_text())
     assert results["mode"] == "event" and results["horizon"] == 48 and list(results["events"]) == ["script"]
+
+
+def test_stage5_starts_from_stages_2_to_4_and_freezes_the_heads_and_branch(unified_run, event_run, tmp_path):
+    """Stage 5: the towers from an event-mode (stage-2) checkpoint, the conditioner's heads and the
+    Staircase branch from their stages' weights (exports here), all exactly; after steps the heads,
+    the branch and the caption encoder are bit-identical and outside the optimizer, the towers
+    and the new Staircase projection changed."""
+    from safetensors.torch import save_file
+
+    from test_stages import build, check_stage, train, weights
+    from wallwm_pretrain.checkpoint import find_latest, load_model_state
+    from wallwm_pretrain.export import load_model
+
+    model, _ = load_model(unified_run["run"])
+    state = {n: v.detach().clone() + 0.25 for n, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
+    heads = {n[len("context."):]: v for n, v in state.items() if n.startswith(("context.adapter.", "context.align."))}
+    branch = {n[len("context."):]: v for n, v in state.items() if n.startswith("context.branch.")}
+    save_file(heads, str(tmp_path / "stage3.safetensors"))
+    save_file(branch, str(tmp_path / "stage4.safetensors"))
+    trainer = build(tmp_path, unified_run["episodes"], "stage5", *[a for a in unified_args(unified_run["models"])],
+                    f"model.init_from={event_run}", "model.init_from_partial=true",
+                    f"model.context.conditioner_from={tmp_path / 'stage3.safetensors'}",
+                    f"model.context.staircase_from={tmp_path / 'stage4.safetensors'}",
+                    "model.train_parts=[video_tower,action_tower,time_head,context_projection]",
+                    "train.steps=3", "train.save_format=gathered", "model.hidden_size=32", "model.num_heads=4",
+                    "model.ffn_hidden_size=64", "model.num_layers=1", "model.text_layers=1", "data.batch_size=2",
+                    "data.length_buckets=[]", "model.state_dim=39", "model.action_dim=4", "model.image_size=32",
+                    "model.num_views=2", "model.patch_size=8")
+    start = weights(trainer)
+    _, towers, _ = load_model_state(find_latest(event_run))
+    for name, value in start.items():
+        if name.startswith(("context.staircase_proj.", "context.global_proj.")):
+            continue  # new in stage 5 (the context projections)
+        want = heads.get(name[len("context."):]) if name.startswith(("context.adapter.", "context.align.")) else (
+            branch.get(name[len("context."):]) if name.startswith("context.branch.") else towers[name])
+        assert torch.equal(value, want), name
+    report = trainer.handoff.as_dict()
+    assert set(report["new"]) == {"context_projection"} and not report["unused"]
+    train(trainer)
+    check_stage(trainer, start, {"video_tower", "action_tower", "time_head", "context_projection"},
+                find_latest(tmp_path / "runs" / "stage5"), all_change=False)
