@@ -34,16 +34,15 @@ from __future__ import annotations
 
 import json
 import pickle
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .buildplan import INDEX_FILE, up_to_date
+from .buildplan import INDEX_FILE
 from .cut import npy_bytes
-from .derive import (EventMeta, build_key, check_output, counts, member_array, open_source,
-                     read_events, shard_plan, staged, write_shards)
+from .derive import EventMeta, counts, member_array, shard_plan, staged, start_build, write_shards
 from .errors import DataToolsError
 from .parallel import run_ordered
 from .reasoning import reasoning_trace
@@ -160,18 +159,12 @@ def build_conditioner(src: Path, out: Path, per_event: int = 4, samples_per_shar
         raise DataToolsError(f"--per-event ({per_event}), --samples-per-shard "
                              f"({samples_per_shard}) and --workers ({workers}) must be positive")
     src, out = Path(src), Path(out)
-    index = open_source(src, "build-conditioner (--src)")
-    check_output(out, KIND, "build-conditioner")
     params = {"format": FORMAT_VERSION, "per_event": per_event,
               "samples_per_shard": samples_per_shard, "seed": seed}
-    key = build_key(params, index)
-    if not force and (done := up_to_date(out, key)) is not None:
-        return {**done, "reused": True}
-
-    events = read_events(src, progress)
-    dup = [k for k, n in Counter(ev.key for ev in events).items() if n > 1]
-    if dup:
-        raise DataToolsError(f"{src}: sample key {dup[0]} appears more than once")
+    build = start_build(src, out, KIND, "build-conditioner", params, force, progress)
+    if build.done is not None:
+        return build.done
+    index, key, events = build.index, build.key, build.events
     plan = _plan(events, per_event)
     observations = [obs for ev in events for obs in plan[ev.key]]
     keys = [obs.key for obs in observations]

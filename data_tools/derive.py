@@ -23,7 +23,7 @@ from typing import Iterator
 import numpy as np
 from tqdm import tqdm
 
-from .buildplan import INDEX_FILE, staging_dir
+from .buildplan import INDEX_FILE, staging_dir, up_to_date
 from .errors import DataToolsError, OutputExistsError
 from .parallel import run_ordered
 from .shardread import iter_samples, npy, read_index, sample_meta
@@ -150,6 +150,33 @@ def build_key(params: dict, index: dict) -> str:
                          for s in index.get("shards", [])]}
     blob = json.dumps({"params": params, "source": source}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+@dataclass
+class DerivedBuild:
+    """The start of a derived build: the source's index, the build key, and either the events
+    to derive from or (``done``) the result of an identical earlier build."""
+
+    index: dict
+    key: str
+    events: list[EventMeta] | None = None
+    done: dict | None = None
+
+
+def start_build(src: Path, out: Path, kind: str, verb: str, params: dict, force: bool, progress: bool
+                ) -> DerivedBuild:
+    """Check the source and the output folder, compute the build key, reuse an up-to-date
+    output (unless ``force``), else read the source's events (keys must be unique)."""
+    index = open_source(src, f"{verb} ({'--src' if kind == 'conditioner' else '--shards'})")
+    check_output(out, kind, verb)
+    key = build_key(params, index)
+    if not force and (done := up_to_date(out, key)) is not None:
+        return DerivedBuild(index, key, done={**done, "reused": True})
+    events = read_events(src, progress)
+    dup = [k for k, n in Counter(ev.key for ev in events).items() if n > 1]
+    if dup:
+        raise DataToolsError(f"{src}: sample key {dup[0]} appears more than once")
+    return DerivedBuild(index, key, events)
 
 
 def shard_plan(keys: list[str], seed: int, samples_per_shard: int

@@ -46,10 +46,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .buildplan import INDEX_FILE, up_to_date
+from .buildplan import INDEX_FILE
 from .cut import npy_bytes
-from .derive import (EventMeta, build_key, check_output, counts, member_array, open_source,
-                     read_events, shard_plan, staged, write_shards)
+from .derive import EventMeta, counts, member_array, shard_plan, staged, start_build, write_shards
 from .errors import DataToolsError
 from .parallel import chunks, run_ordered
 from .shardread import iter_tar
@@ -245,18 +244,12 @@ def build_episodes(src: Path, out: Path, samples_per_shard: int = 64, seed: int 
     if gaps not in GAP_POLICIES:
         raise DataToolsError(f"--gaps must be one of {', '.join(GAP_POLICIES)}, got {gaps!r}")
     src, out = Path(src), Path(out)
-    index = open_source(src, "build-episodes (--shards)")
-    check_output(out, KIND, "build-episodes")
     params = {"format": FORMAT_VERSION, "samples_per_shard": samples_per_shard, "seed": seed,
               "gaps": gaps}
-    key = build_key(params, index)
-    if not force and (done := up_to_date(out, key)) is not None:
-        return {**done, "reused": True}
-
-    events = read_events(src, progress)
-    dup = [k for k, n in Counter(ev.key for ev in events).items() if n > 1]
-    if dup:
-        raise DataToolsError(f"{src}: sample key {dup[0]} appears more than once")
+    build = start_build(src, out, KIND, "build-episodes", params, force, progress)
+    if build.done is not None:
+        return build.done
+    index, key, events = build.index, build.key, build.events
     plans, skipped = _plan(events, gaps)
     if not plans:
         raise DataToolsError(f"{src}: every episode has a gap or overlap between its events; "
