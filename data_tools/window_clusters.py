@@ -139,6 +139,22 @@ def _check_flags(folder: Path, index: dict, params: dict, force: bool) -> None:
             f"re-cluster them for {rule.describe(params)}")
 
 
+def _up_to_date(folder: Path, index: dict, params: dict) -> dict | None:
+    """The result of a finished run with the same flags whose shards are untouched since (their
+    sizes as index.json records them), or None. Saves loading the caption encoder on a re-run."""
+    spec = index.get(STEP) or {}
+    if not spec.get("complete") or any(spec.get(k) != params[k] for k in PARAMS):
+        return None
+    shards = index.get("shards") or []
+    if not all(s.get(STEP) and (folder / s["name"]).is_file()
+               and (folder / s["name"]).stat().st_size == s.get("bytes") for s in shards):
+        return None
+    summary = lambda axis: {c: {"count": n, "examples": []}  # noqa: E731
+                            for c, n in (index.get(f"window_{axis}_cluster_counts") or {}).items()}
+    return {"spec": spec, "shards": len(shards), "done": 0, "skipped": len(shards),
+            "vl": summary("vl"), "action": summary("action")}
+
+
 def cluster_windows(folder: Path, horizon: int, history: int, frame_stride: int = 4, vl_k: int = 8,
                     action_k: int = 8, resample: int = 16, centre: str = "episode", seed: int = 0,
                     workers: int = 1, progress: bool = True, force: bool = False, examples: int = 3,
@@ -167,6 +183,8 @@ def cluster_windows(folder: Path, horizon: int, history: int, frame_stride: int 
     params = {**rule.spec_of(horizon, history, frame_stride), "vl_k": vl_k, "action_k": action_k,
               "resample": resample, "centre": centre, "seed": seed}
     _check_flags(folder, index, params, force)
+    if not force and (done := _up_to_date(folder, index, params)) is not None:
+        return done
 
     episodes, items, history_captions = read_windows(folder, horizon, history, frame_stride, progress)
     vl, act = cluster_items(items, history_captions, vl_k, action_k, resample, centre, seed,

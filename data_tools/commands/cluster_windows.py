@@ -69,7 +69,10 @@ def run(args: argparse.Namespace) -> int:
           f"{spec['history']}, frame stride {spec['frame_stride']}) -> {len(result['vl'])} VL clusters, "
           f"{len(result['action'])} action clusters")
     for c, s in result["vl"].items():
-        print(f"  vl {c:>2} ({s['count']:>4}): " + " | ".join(s["examples"]))
+        if s["examples"]:
+            print(f"  vl {c:>2} ({s['count']:>4}): " + " | ".join(s["examples"]))
+        else:
+            print(f"  vl {c:>2} ({s['count']:>4})")
     print("  action counts: " + json.dumps({c: s["count"] for c, s in result["action"].items()}))
     state = "already up to date" if not result["done"] else f"{result['done']} rewritten"
     print(f"{args.shards}: {result['shards']} shard(s), {state}")

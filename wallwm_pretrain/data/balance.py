@@ -28,6 +28,7 @@ keep the per-episode balance.
 
 from __future__ import annotations
 
+import logging
 import zlib
 from typing import Iterable, Iterator
 
@@ -37,6 +38,7 @@ from wallwm_pretrain.data.decode import decode_meta
 from wallwm_pretrain.data.errors import InputError, ShardError
 from wallwm_pretrain.windows import FIELD, SPEC_KEYS, describe, spec_of
 
+log = logging.getLogger(__name__)
 UNITS = {"sample": "", "window": "window_"}  # what is balanced -> prefix of its index.json counts
 
 
@@ -149,6 +151,11 @@ def balance_for(index: dict, cfg: DataConfig, frame_stride: int) -> tuple[Cluste
         return None, None
     spec = window_spec(index, cfg.shards) if cfg.mode == "unified" else None
     if spec is None:
+        if cfg.mode == "unified":
+            log.warning("%s: the episode windows carry no cluster ids: data.balance keeps or drops whole "
+                        "episodes by their events' most common clusters (coarse); python -m data_tools "
+                        "cluster-windows --shards %s --horizon %d --history %d --frame-stride %d balances per "
+                        "window", cfg.shards, cfg.shards, cfg.chunk_horizon, cfg.history_latents, frame_stride)
         return ClusterBalance(index, cfg.balance, cfg.seed), None
     want = spec_of(cfg.chunk_horizon, cfg.history_latents, frame_stride)
     got = {k: spec[k] for k in SPEC_KEYS}
