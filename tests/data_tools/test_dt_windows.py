@@ -131,7 +131,7 @@ def test_ids_are_written_in_window_order_and_counted(clustered, episodes):
     assert result["done"] == len(index["shards"])
 
 
-def test_reruns_do_nothing_other_flags_need_force(clustered, episodes, tmp_path):
+def test_reruns_do_nothing_other_flags_need_force(clustered, episodes, dt_tiny_shards, tmp_path):
     folder, _ = clustered
     again = Path(shutil.copytree(episodes, tmp_path / "again"))
     cluster_windows(again, **FLAGS, workers=2)
@@ -139,6 +139,8 @@ def test_reruns_do_nothing_other_flags_need_force(clustered, episodes, tmp_path)
     assert all((again / n).read_bytes() == (folder / n).read_bytes() for n in names)
     snapshot = {n: (again / n).read_bytes() for n in names}
     assert cluster_windows(again, **FLAGS)["done"] == 0
+    # build-episodes on the same input still finds its output (now clustered) up to date
+    assert build_episodes(dt_tiny_shards, again, samples_per_shard=2, progress=False)["reused"] is True
     assert {n: (again / n).read_bytes() for n in names} == snapshot
     with pytest.raises(DataToolsError, match=r"already carry window clusters for chunk_horizon 8, history_latents 2.*"
                                              r"--force to re-cluster them for chunk_horizon 16, history_latents 2"):
