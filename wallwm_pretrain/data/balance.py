@@ -169,4 +169,7 @@ def balance_for(index: dict, cfg: DataConfig, frame_stride: int) -> tuple[Cluste
     if not spec.get("complete"):
         raise ConfigError(f"{cfg.shards}/index.json: the window clustering did not finish "
                           f"(windows.complete is not true); run python -m data_tools cluster-windows again")
-    return ClusterBalance(index, cfg.balance, cfg.seed, unit="window"), want
+    try:
+        return ClusterBalance(index, cfg.balance, cfg.seed, unit="window"), want
+    except ValueError as exc:
+        raise ShardError(f"{cfg.shards}/index.json records window clusters but {exc}") from None
