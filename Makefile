@@ -149,8 +149,10 @@ smoke-conditioner: smoke-data
 # shards with quasi-static steps pruned ($(SMOKE_STATIC), build-shards --prune-static), stage 2
 # the action tower from stage 1's final weights, stage 3 the conditioner heads, stage 4 the Staircase
 # branch (the data steps of smoke-conditioner first), stage 5 unified mode on episode shards with
-# the three text contexts, from stages 2, 3 and 4. Not started over: run it again after an interruption to resume the
-# stage that stopped (finished stages are skipped); `rm -rf runs/recipe-smoke-*` starts afresh.
+# the three text contexts, from stages 2, 3 and 4, balanced per window (cluster-windows re-clusters
+# the episodes' windows for configs/smoke_unified.yaml's chunk_horizon 16 and history_latents 2).
+# Not started over: run it again after an interruption to resume the stage that stopped (finished
+# stages are skipped); `rm -rf runs/recipe-smoke-*` starts afresh.
 recipe-smoke: smoke-data
 	$(PYTHON) -m data_tools build-shards --src $(SMOKE_SYNTH) --out $(SMOKE_STATIC) --level L1 --seed 0 \
 	  --clusters $(SMOKE_SYNTH)/clusters.json --prune-static $(SMOKE_STATIC_THRESHOLD) --quiet
@@ -158,4 +160,5 @@ recipe-smoke: smoke-data
 	$(PYTHON) -m data_tools build-conditioner --src $(SMOKE_SHARDS) --out $(COND_SHARDS) --per-event 3 --quiet
 	OMP_NUM_THREADS=1 $(PYTHON) -m data_tools embed-captions --shards $(COND_SHARDS) --text-encoder $(WAN_MODELS)/text_encoder
 	$(PYTHON) -m data_tools build-episodes --shards $(SMOKE_SHARDS) --out $(SMOKE_EPISODE_SHARDS) --quiet
+	$(PYTHON) -m data_tools cluster-windows --shards $(SMOKE_EPISODE_SHARDS) --horizon 16 --history 2 --frame-stride 4 --quiet
 	$(PYTHON) -m wallwm_pretrain.recipe --recipe configs/recipes/smoke.yaml

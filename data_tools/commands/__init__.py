@@ -13,7 +13,8 @@ import importlib
 import textwrap
 
 VERB_MODULES = ("synth", "record_metaworld", "events", "validate", "sync", "cluster", "build_shards",
-                "build_conditioner", "build_episodes", "encode_latents", "embed_captions", "inspect_shards")
+                "build_conditioner", "build_episodes", "cluster_windows", "encode_latents", "embed_captions",
+                "inspect_shards")
 
 
 def load_verbs() -> list:

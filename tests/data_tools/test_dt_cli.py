@@ -10,7 +10,7 @@ import pytest
 from data_tools.__main__ import build_parser, main
 
 VERBS = ["synth", "events", "validate", "sync", "cluster", "build-shards", "build-conditioner",
-         "build-episodes",
+         "build-episodes", "cluster-windows",
          "encode-latents", "embed-captions", "inspect"]
 
 

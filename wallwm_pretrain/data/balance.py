@@ -14,16 +14,32 @@ epoch, and needs no saved state (a resumed loader replays the same decisions).
 Trade-off: balance comes from *dropping* samples of large clusters in each pass rather than
 repeating samples of small ones, so an epoch is shorter than the dataset
 (:meth:`ClusterBalance.expected_fraction`); over epochs every sample is seen.
+
+**Per window (unified mode).** An episode sample holds many windows; its episode-level clusters
+(the most common of its events') are coarse, and keeping or dropping whole episodes thins the
+stream badly. When ``python -m data_tools cluster-windows`` clustered the episode shards' windows
+(``index.json["windows"]``, counts ``window_vl_cluster_counts`` / ``window_action_cluster_counts``)
+for the run's ``data.chunk_horizon``, ``data.history_latents`` and ``model.frame_stride``, the
+same rule runs on the *cooked* windows instead (:meth:`ClusterBalance.window_stage`), with the
+window counts and the window key (``<episode key>/w<anchor>``) in the hash. Shards clustered for
+other windows fail at start naming both (:func:`balance_for`); shards without window clusters
+keep the per-episode balance.
 """
 
 from __future__ import annotations
 
+import logging
 import zlib
 from typing import Iterable, Iterator
 
-from wallwm_pretrain.config import BalanceConfig
+from wallwm_pretrain.config import BalanceConfig, ConfigError, DataConfig
+from wallwm_pretrain.data.cookers import TrainSample
 from wallwm_pretrain.data.decode import decode_meta
-from wallwm_pretrain.data.errors import InputError
+from wallwm_pretrain.data.errors import InputError, ShardError
+from wallwm_pretrain.windows import FIELD, SPEC_KEYS, describe, spec_of
+
+log = logging.getLogger(__name__)
+UNITS = {"sample": "", "window": "window_"}  # what is balanced -> prefix of its index.json counts
 
 
 def _counts(index: dict, axis: str) -> dict[int, int]:
@@ -44,14 +60,18 @@ def _unit(seed: int, epoch: int, key: str) -> float:
 
 
 class ClusterBalance:
-    """Keeps samples with probability set by their clusters (see the module docstring)."""
+    """Keeps samples (``unit="sample"``, raw samples before cooking) or unified-mode windows
+    (``unit="window"``, after cooking) with probability set by their clusters (see the module
+    docstring)."""
 
-    def __init__(self, index: dict, cfg: BalanceConfig, seed: int) -> None:
-        self.cfg, self.seed = cfg, seed
-        self.vl = _counts(index, "vl")
-        self.action = _counts(index, "action")
+    def __init__(self, index: dict, cfg: BalanceConfig, seed: int, unit: str = "sample") -> None:
+        self.cfg, self.seed, self.unit = cfg, seed, unit
+        prefix = UNITS[unit]
+        self.vl = _counts(index, f"{prefix}vl")
+        self.action = _counts(index, f"{prefix}action")
         if not self.vl or not self.action:
-            raise ValueError("index.json has no cluster counts (vl_cluster_counts / action_cluster_counts)")
+            raise ValueError(f"index.json has no cluster counts ({prefix}vl_cluster_counts / "
+                             f"{prefix}action_cluster_counts)")
         self._w_vl = {c: n ** (cfg.alpha_vl - 1.0) for c, n in self.vl.items()}
         self._w_action = {c: n ** (cfg.alpha_action - 1.0) for c, n in self.action.items()}
         self._norm = max(self._w_vl.values()) * max(self._w_action.values())
@@ -74,7 +94,11 @@ class ClusterBalance:
         return sum(n * self.keep_probability(*va) for va, n in joint.items()) / total
 
     def keep(self, meta: dict, key: str, epoch: int) -> bool:
-        p = self.keep_probability(int(meta["vl_cluster"]), int(meta["action_cluster"]))
+        return self.keep_ids(int(meta["vl_cluster"]), int(meta["action_cluster"]), key, epoch)
+
+    def keep_ids(self, vl: int, action: int, key: str, epoch: int) -> bool:
+        """The keep rule for clusters (vl, action) and a sample or window key."""
+        p = self.keep_probability(vl, action)
         return p >= 1.0 or _unit(self.seed, epoch, key) < p
 
     def stage(self, src: Iterable[dict], epoch: int) -> Iterator[dict]:
@@ -92,3 +116,60 @@ class ClusterBalance:
                 continue
             if keep:
                 yield sample
+
+    def window_stage(self, src: Iterable, epoch: int) -> Iterator:
+        """Pipeline stage on cooked windows (``unit="window"``): a window is kept by its own
+        clusters (``TrainSample.clusters``) and key; anything else passes through."""
+        for item in src:
+            if isinstance(item, TrainSample) and item.clusters is not None:
+                if not self.keep_ids(item.clusters[0], item.clusters[1], item.key, epoch):
+                    continue
+            yield item
+
+
+def window_spec(index: dict, folder) -> dict | None:
+    """``index.json["windows"]`` (what ``cluster-windows`` recorded), checked; None when absent."""
+    spec = index.get(FIELD)
+    if spec is None:
+        return None
+    where = f"{folder}/index.json: '{FIELD}'"
+    if not isinstance(spec, dict) or not all(
+        isinstance(spec.get(k), int) and not isinstance(spec.get(k), bool) for k in SPEC_KEYS
+    ):
+        raise ShardError(f"{where} must be an object with integer {', '.join(SPEC_KEYS)}, got {spec!r:.120}")
+    return spec
+
+
+def balance_for(index: dict, cfg: DataConfig, frame_stride: int) -> tuple[ClusterBalance | None, dict | None]:
+    """(the balance the loader applies, the window spec when it balances per window).
+
+    None when ``data.balance`` is the natural mix. In unified mode over shards whose windows
+    were clustered: per window, after ConfigError checks that they were clustered for this run's
+    windows and that the clustering finished. Otherwise per raw sample, as before.
+    """
+    if not cfg.balance.active:
+        return None, None
+    spec = window_spec(index, cfg.shards) if cfg.mode == "unified" else None
+    if spec is None:
+        if cfg.mode == "unified":
+            log.warning("%s: the episode windows carry no cluster ids: data.balance keeps or drops whole "
+                        "episodes by their events' most common clusters (coarse); python -m data_tools "
+                        "cluster-windows --shards %s --horizon %d --history %d --frame-stride %d balances per "
+                        "window", cfg.shards, cfg.shards, cfg.chunk_horizon, cfg.history_latents, frame_stride)
+        return ClusterBalance(index, cfg.balance, cfg.seed), None
+    want = spec_of(cfg.chunk_horizon, cfg.history_latents, frame_stride)
+    got = {k: spec[k] for k in SPEC_KEYS}
+    if got != want:
+        raise ConfigError(
+            f"{cfg.shards}: the episode windows were clustered for {describe(got)}; this run cuts windows "
+            f"of {describe(want)} (data.chunk_horizon, data.history_latents, model.frame_stride). Run "
+            f"python -m data_tools cluster-windows --shards {cfg.shards} --horizon {want['horizon']} "
+            f"--history {want['history']} --frame-stride {want['frame_stride']} --force, or set "
+            "data.balance.alpha_vl=1 data.balance.alpha_action=1 (natural mix)")
+    if not spec.get("complete"):
+        raise ConfigError(f"{cfg.shards}/index.json: the window clustering did not finish "
+                          f"(windows.complete is not true); run python -m data_tools cluster-windows again")
+    try:
+        return ClusterBalance(index, cfg.balance, cfg.seed, unit="window"), want
+    except ValueError as exc:
+        raise ShardError(f"{cfg.shards}/index.json records window clusters but {exc}") from None

@@ -64,6 +64,7 @@ class TrainSample:
     context: str = ""  # text-context source: atomic | global | staircase
     task: str = ""
     done: list[str] = field(default_factory=list)  # captions of the events finished by the anchor
+    clusters: tuple[int, int] | None = None  # (vl, action) of the window, when balanced per window
 
     @property
     def length(self) -> int:
@@ -208,16 +209,16 @@ def cook_event(
 
 
 def make_cooker(cfg: DataConfig, caption_max_bytes: int, norm: Normalizer, extras: Extras = Extras(),
-                frame_stride: int = 4):
+                frame_stride: int = 4, window_clusters: dict | None = None):
     """``cooker(sample, epoch=e) -> list[TrainSample]`` of ``cfg.mode``: ``event`` or ``chunk``
     (``epoch`` by keyword: the partial binds ``cfg`` and the rest by keyword); ``conditioner``
     gives ``conditioner.cook_conditioner`` (a list of ``ConditionerSample``); ``unified`` gives
     ``unified.cook_unified`` (windows with history, ``frame_stride`` control steps per latent
-    frame)."""
+    frame; with ``window_clusters``, a window spec, each window carries its cluster ids)."""
     if cfg.mode == "unified":
         from wallwm_pretrain.data.unified import make_unified_cooker  # it imports this module
 
-        return make_unified_cooker(cfg, caption_max_bytes, norm, extras, frame_stride)
+        return make_unified_cooker(cfg, caption_max_bytes, norm, extras, frame_stride, window_clusters)
     if cfg.mode == "conditioner":
         from wallwm_pretrain.data.conditioner import make_conditioner_cooker  # it imports this module
 

@@ -73,7 +73,8 @@ def _check_stats(stats: Any, where: str) -> None:
 
 
 def _check_counts(index: dict, where: str) -> None:
-    for key in ("vl_cluster_counts", "action_cluster_counts"):
+    for key in ("vl_cluster_counts", "action_cluster_counts", "window_vl_cluster_counts",
+                "window_action_cluster_counts"):
         counts = index.get(key)
         if counts is None:
             continue

@@ -9,11 +9,12 @@ Before the first epoch every shard is checked against index.json (``data.verify`
 3. tar -> crude samples (``tarread.py``; a damaged shard is quarantined within the skip
    budget, ``badinput.py``);
 4. cluster balance (``balance.py``; only when ``data.balance`` departs from the natural mix),
-   deciding on the json member before the frames are decoded;
+   deciding on the json member before the frames are decoded (in unified mode over shards
+   whose windows were clustered, per window after cooking instead: stage 6);
 5. sample shuffle buffer seeded by (seed, epoch, rank, worker);
 6. decode ``.npy`` / ``.json`` (``decode.py``) and cook (event or chunk mode, see
    ``cookers.py``; unified mode over episode shards, ``unified.py``), then length-bucketed batching (``buckets.py``) into
-   :class:`~wallwm_pretrain.batch.Batch`; in conditioner mode (conditioner shards, see
+   :class:`~wallwm_pretrain.batch.Batch` (the per-window balance between the two); in conditioner mode (conditioner shards, see
    ``conditioner.py``) plain batching into :class:`~wallwm_pretrain.batch.ConditionerBatch`.
 
 The loader position is ``(epoch, batches consumed in the epoch)`` plus the problems counted
@@ -38,7 +39,7 @@ from wallwm_pretrain.config import DataConfig
 from wallwm_pretrain.data.badinput import (
     BadInputError, Known, SkipCounter, SkipReport, cook_or_skip, read_shards, report_skips,
 )
-from wallwm_pretrain.data.balance import ClusterBalance
+from wallwm_pretrain.data.balance import balance_for
 from wallwm_pretrain.data.buckets import bucket_batches
 from wallwm_pretrain.batch import Batch
 from wallwm_pretrain.data.collate import collate
@@ -126,9 +127,10 @@ class EventLoader:
             )
         self.norm = Normalizer.from_index(self.index)
         self.frame_stride = frame_stride
-        self.cooker = make_cooker(cfg, caption_max_bytes, self.norm, self.extras, frame_stride)
+        # per raw sample, or (unified mode, windows clustered for this run's windows) per window
+        self.balance, self.window_spec = balance_for(self.index, cfg, frame_stride)
+        self.cooker = make_cooker(cfg, caption_max_bytes, self.norm, self.extras, frame_stride, self.window_spec)
         self.dp_rank, self.dp_size = dp_rank, dp_size
-        self.balance = ClusterBalance(self.index, cfg.balance, cfg.seed) if cfg.balance.active else None
         self.epoch = 0
         self.batches_in_epoch = 0
         self.bad_samples = 0  # problems skipped within data.max_bad_samples, over the whole run
@@ -151,13 +153,15 @@ class EventLoader:
             wds.split_by_worker,
             functools.partial(_read_listed, counter=counter, epoch=epoch),
         ]
-        if self.balance is not None:
+        if self.balance is not None and self.window_spec is None:
             stages.append(functools.partial(self.balance.stage, epoch=epoch))
         if self.cfg.shuffle_buffer > 0:
             stages.append(functools.partial(_shuffle, bufsize=self.cfg.shuffle_buffer, seed=(self.cfg.seed, epoch, self.dp_rank)))
         stages.append(
             functools.partial(cook_or_skip, cooker=functools.partial(self.cooker, epoch=epoch), counter=counter)
         )
+        if self.balance is not None and self.window_spec is not None:
+            stages.append(functools.partial(self.balance.window_stage, epoch=epoch))
         if self.cfg.mode == CONDITIONER:  # one observation per sample: nothing to bucket by length
             stages.append(wds.batched(self.cfg.batch_size, collation_fn=collate_conditioner, partial=False))
             stages.append(functools.partial(report_skips, counter=counter))

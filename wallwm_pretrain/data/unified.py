@@ -19,7 +19,10 @@ at anchor a holds:
 * ``context``: the text-context source drawn from ``data.context_mix`` with the window's own
   generator (``sample_rng(seed, epoch, "<key>/w<a>")``): the same whoever reads it.
 
-Caption drop does not apply, as in chunk mode. Key ``<episode key>/w<a>``.
+Caption drop does not apply, as in chunk mode. Key ``<episode key>/w<a>``. The windows, their
+history steps and atomic events come from ``wallwm_pretrain.windows``, the rule the offline
+window clustering (``python -m data_tools cluster-windows``) enumerates with; when the loader
+balances per window, each window carries the cluster ids written there (``window_clusters``).
 """
 
 from __future__ import annotations
@@ -35,6 +38,11 @@ from wallwm_pretrain.data.cookers import (
     Normalizer, SampleError, TrainSample, check_sample, latent_window, sample_rng,
 )
 from wallwm_pretrain.data.extras import Extras
+from wallwm_pretrain.windows import (
+    FIELD, atomic_event, describe, episode_windows, events_problem, history_steps,
+)
+
+__all__ = ["atomic_event", "cook_unified", "draw_context", "episode_events", "history_steps", "make_unified_cooker"]
 
 MODE = "unified"
 EVENT_STATES = "event_states.npy"
@@ -49,29 +57,14 @@ def episode_events(sample: dict[str, Any]) -> list[dict]:
     """The json's ``events``, checked: captions, integer spans that tile [0, T) in order."""
     meta, t = sample["json"], sample["actions.npy"].shape[0]
     events = meta.get("events")
+    problem = events_problem(events, t)
+    if problem is None:
+        return events
     where = f"{_where(sample)}: key 'json'"
     if not isinstance(events, list) or not events:
-        raise SampleError(f"{where} has no 'events' list; data.mode=unified reads episode shards "
+        raise SampleError(f"{where} {problem}; data.mode=unified reads episode shards "
                           "(python -m data_tools build-episodes)")
-    edge = 0
-    for i, ev in enumerate(events):
-        ok = (isinstance(ev, dict) and isinstance(ev.get("caption"), str)
-              and all(isinstance(ev.get(k), int) and not isinstance(ev.get(k), bool) for k in ("start", "end")))
-        if not ok:
-            raise SampleError(f"{where}: events[{i}] needs a text 'caption' and integer 'start', 'end'")
-        if ev["start"] != edge or ev["end"] <= ev["start"]:
-            raise SampleError(f"{where}: events[{i}] spans [{ev['start']}, {ev['end']}); the events must "
-                              f"tile the episode in order (expected a start of {edge})")
-        edge = ev["end"]
-    if edge != t:
-        raise SampleError(f"{where}: the events end at step {edge}, the sample has {t} steps")
-    return events
-
-
-def atomic_event(events: list[dict], start: int, stop: int) -> int:
-    """Index of the event covering the most of [start, stop) (ties: the earlier)."""
-    cover = [min(stop, ev["end"]) - max(start, ev["start"]) for ev in events]
-    return max(range(len(events)), key=lambda i: (cover[i], -i))
+    raise SampleError(f"{where}: {problem}")
 
 
 def draw_context(mix: dict[str, float], rng) -> str:
@@ -83,11 +76,6 @@ def draw_context(mix: dict[str, float], rng) -> str:
         if u < 0:
             return source
     return sources[-1][0]
-
-
-def history_steps(anchor: int, steps: int) -> np.ndarray:
-    """The ``steps`` indices before ``anchor``, clamped at 0 (the first repeated)."""
-    return np.maximum(np.arange(anchor - steps, anchor), 0)
 
 
 def _event_states(sample: dict[str, Any], extras: Extras, n_events: int) -> tuple[np.ndarray, np.ndarray] | None:
@@ -110,58 +98,80 @@ def _event_states(sample: dict[str, Any], extras: Extras, n_events: int) -> tupl
     return states, lengths
 
 
+def window_clusters(sample: dict[str, Any], windows: list, spec: dict) -> list[tuple[int, int]]:
+    """(vl, action) cluster ids of each window, from the json's ``windows`` (written by
+    ``data_tools cluster-windows``); SampleError unless they were clustered for ``spec``."""
+    rec = sample["json"].get(FIELD)
+    where = f"{_where(sample)}: key 'json'"
+    if not isinstance(rec, dict):
+        raise SampleError(f"{where} has no '{FIELD}' (index.json records window clusters for every "
+                          "episode; run python -m data_tools cluster-windows again)")
+    if any(rec.get(k) != v for k, v in spec.items()):
+        raise SampleError(f"{where}: '{FIELD}' were clustered for {describe(rec)}, index.json for "
+                          f"{describe(spec)}; run python -m data_tools cluster-windows again")
+    vl, action = rec.get("vl"), rec.get("action")
+    ok = all(isinstance(ids, list) and len(ids) == len(windows)
+             and all(isinstance(i, int) and not isinstance(i, bool) for i in ids) for ids in (vl, action))
+    if not ok:
+        raise SampleError(f"{where}: '{FIELD}.vl' and '{FIELD}.action' must list one integer cluster id per "
+                          f"window ({len(windows)} windows)")
+    return list(zip(vl, action))
+
+
 def cook_unified(
     sample: dict[str, Any], cfg: DataConfig, caption_max_bytes: int, norm: Normalizer, epoch: int,
-    extras: Extras = Extras(), frame_stride: int = 4,
+    extras: Extras = Extras(), frame_stride: int = 4, clusters_of: dict | None = None,
 ) -> list[TrainSample]:
-    """Unified mode: the windows of one episode sample (see the module docstring)."""
+    """Unified mode: the windows of one episode sample (see the module docstring). With
+    ``clusters_of`` (a window spec, see ``wallwm_pretrain.windows``) each window carries its
+    cluster ids from the json's ``windows`` (the loader's per-window balance)."""
     check_sample(sample)
     meta, key = sample["json"], sample["__key__"]
     events = episode_events(sample)
     text = _event_states(sample, extras, len(events))
     t = sample["actions.npy"].shape[0]
-    k, m, horizon = frame_stride, cfg.history_latents, cfg.chunk_horizon
+    m = cfg.history_latents
     r = extras.latent_stride
     latents = latent_window(sample, 0, t, r) if r else None  # checks the latent count once
     frames = sample["frames.npy"]
     task = meta.get("task", "")
     captions = [encode_caption(ev["caption"], caption_max_bytes) for ev in events]
+    windows = episode_windows(key, events, t, cfg.chunk_horizon, m, frame_stride)
+    ids = window_clusters(sample, windows, clusters_of) if clusters_of is not None else None
     out = []
-    for start in range(0, t, horizon):
-        stop = min(t, start + horizon)
-        wkey = f"{key}/w{start}"
-        atom = atomic_event(events, start, stop)
-        now = next(i for i, ev in enumerate(events) if ev["start"] <= start < ev["end"])
+    for w in windows:
+        start, stop, atom = w.anchor, w.stop, w.atomic
         out.append(
             TrainSample(
-                key=wkey,
+                key=w.key,
                 frames=frames[start:stop],
                 actions=norm.actions(sample["actions.npy"][start:stop]),
                 state=norm.state(sample["states.npy"][start]),
                 caption=captions[atom],
                 meta=meta,
-                remaining=events[now]["end"] - start,
+                remaining=events[w.current]["end"] - start,
                 latents=latents[start // r: start // r + -(-(stop - start) // r)] if r else None,
                 caption_states=None if text is None else text[0][atom, : text[1][atom]],
-                history_frames=frames[history_steps(start, m * k)],
+                history_frames=frames[w.history],
                 history_latents=latents[history_steps(start // r, m)] if r else None,
-                context=draw_context(cfg.context_mix, sample_rng(cfg.seed, epoch, wkey)),
+                context=draw_context(cfg.context_mix, sample_rng(cfg.seed, epoch, w.key)),
                 task=task,
                 done=[ev["caption"] for ev in events if ev["end"] <= start],
+                clusters=None if ids is None else ids[w.index],
             )
         )
     return out
 
 
 def make_unified_cooker(cfg: DataConfig, caption_max_bytes: int, norm: Normalizer, extras: Extras = Extras(),
-                        frame_stride: int = 4):
+                        frame_stride: int = 4, clusters_of: dict | None = None):
     """``cooker(sample, epoch=e) -> [TrainSample]``, as ``cookers.make_cooker``; ConfigError
     unless ``data.chunk_horizon`` is a multiple of the frame stride (windows start on latent
-    frames)."""
+    frames). ``clusters_of``: see :func:`cook_unified`."""
     if frame_stride < 1 or cfg.chunk_horizon % frame_stride:
         raise ConfigError(f"data.mode=unified needs data.chunk_horizon ({cfg.chunk_horizon}) to be a "
                           f"multiple of model.frame_stride ({frame_stride}): windows start on latent frames")
     if extras.latent_stride and extras.latent_stride != frame_stride:
         raise ConfigError(f"latent stride {extras.latent_stride} differs from model.frame_stride {frame_stride}")
     return functools.partial(cook_unified, cfg=cfg, caption_max_bytes=caption_max_bytes, norm=norm,
-                             extras=extras, frame_stride=frame_stride)
+                             extras=extras, frame_stride=frame_stride, clusters_of=clusters_of)
