@@ -33,6 +33,11 @@ and 2-D matmuls agree, see ``BATCH_MIN_SIDE``). The home's sum of the data-paral
 the all-reduce's sum at DP = 2 (a + b); with more data-parallel ranks its order may differ. GPU batched kernels
 may round differently from 2-D ones: there the equality is to rounding, not to the bit.
 
+With ``tp_ns="sharded"`` (``optim.muon_tp_ns``) a tensor-parallel matrix split along its long
+side by more than tp x its short side is not joined: the TP ranks at its home's data-parallel
+index each keep their piece's momentum and orthogonalise together (:mod:`.sharded_ns`), so
+steps 1 and 3 move only pieces within a TP column; equal to single-process Muon to rounding.
+
 Modes: ``owner`` (above; momentum memory per rank ~ 1/(DP*TP) of the whole model's);
 ``gather`` (every rank all-gathers the TP pieces of the momentum update and orthogonalises every
 matrix: the Moonlight-style baseline and today's TP-gathered behaviour, momentum kept per local
