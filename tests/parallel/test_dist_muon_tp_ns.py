@@ -82,6 +82,16 @@ def test_sharded_on_the_all_reduce_path(tmp_path_factory, reference):
     assert_close_params(worker.logical(records), reference["final"])
 
 
+def test_clipping_with_gradients_in_pieces(tmp_path_factory):
+    """An active clip: the global norm counts each piece kept on its TP rank once, so the result
+    matches the gather path's clipped run to rounding."""
+    runs = {ns: run(tmp_path_factory, f"clip_{ns}", 2, 2, tp_ns=ns, grad_clip=1.0) for ns in ("gather", "sharded_all")}
+    assert min(runs["sharded_all"][0]["run"]["norms"]) > 10  # the clip was active at every step
+    for rec, old in zip(runs["sharded_all"], runs["gather"]):
+        assert rec["run"]["norms"] == pytest.approx(old["run"]["norms"], rel=1e-6)
+    assert_close_params(worker.logical(runs["sharded_all"]), worker.logical(runs["gather"]))
+
+
 def test_resume_with_momentum_in_pieces(tmp_path_factory, reference):
     """Save at step 5 from TP2 x DP2 with every split matrix in pieces: the canonical momentum
     is the single-process one; resume at TP2 (pieces again) and at DP2 (no TP, gather)."""

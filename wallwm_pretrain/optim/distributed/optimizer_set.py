@@ -162,7 +162,8 @@ class DistributedOptimizerSet(OptimizerSetBase):
     @torch.no_grad()
     def clip_grad_norm(self, max_norm: float) -> float:
         """As :meth:`OptimizerSetBase.clip_grad_norm`; with reduce-to-home the squares come from
-        the homes' whole Muon matrices (each counted once in the stage) and from the AdamW
+        the homes' whole Muon matrices (or, with ``tp_ns`` sharded, the pieces their TP ranks
+        keep; each counted once in the stage) and from the AdamW
         gradients (counted on data-parallel rank 0, tensor-parallel rank 0 unless sliced), summed
         by one all-reduce of a scalar over all ranks."""
         if self.home is None:
