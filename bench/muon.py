@@ -5,6 +5,7 @@
     python bench/muon.py scaling --worlds 1 2 4   # (b) Newton-Schulz time vs processes, PNG with the 1/world line
     python bench/muon.py train                    # (c) smoke-model training step, Muon vs AdamW, one process
     python bench/muon.py gram                     # (d) Newton-Schulz on the stack: standard vs Gram form
+    python bench/muon.py tp-bytes                 # (e) bytes of Newton-Schulz on TP pieces vs the gather (arithmetic)
 
 (a) runs a stack of transformer-shaped matrices (per layer: QKV 3h x h, proj h x h, gated fc1
 2f x h, fc2 h x f; h=256, f=1024, 4 layers) as megatron tensor-parallel layers, plus an
@@ -13,7 +14,9 @@ backward runs, buckets of 1 Mi elements), on gloo processes with file rendezvous
 each. Owner mode runs twice: ``before`` (``optim.muon_reduce=all_reduce``: every gradient
 all-reduced, the update returned within the step) and ``after`` (``home``: Muon gradients
 reduced to their homes during backward, the update landing before each layer's next forward),
-and once more ``after`` with the Gram Newton-Schulz. Per round and contender:
+and once more ``after`` with the Gram Newton-Schulz; at TP > 1 also ``after`` with
+``optim.muon_tp_ns=sharded`` (Newton-Schulz on the TP pieces of the matrices where that saves
+bytes) and ``sharded_all`` (on the pieces of every split matrix). Per round and contender:
 
 - *step*: seeded gradients in the DDP buffers, then what follows a backward: the gradient
   reduction, the optimizer step and the parameters' return, all waited for; the bytes this
@@ -205,25 +208,30 @@ def _bench_config():
                              use_cpu_initialization=True, params_dtype=torch.float32, add_bias_linear=False)
 
 
-# name: (muon_mode, optim.muon_reduce, ns_variant); adamw = every parameter to ZeRO-1 AdamW
+# name: (muon_mode, optim.muon_reduce, ns_variant, optim.muon_tp_ns); adamw = every parameter to ZeRO-1 AdamW
 CONTENDERS = {
-    "owner_before": ("owner", "all_reduce", "quintic"),
-    "owner_home": ("owner", "home", "quintic"),
-    "owner_home_gram": ("owner", "home", "gram"),
-    "gather": ("gather", "all_reduce", "quintic"),
-    "adamw": ("adamw", "all_reduce", "quintic"),
+    "owner_before": ("owner", "all_reduce", "quintic", "gather"),
+    "owner_home": ("owner", "home", "quintic", "gather"),
+    "owner_home_gram": ("owner", "home", "gram", "gather"),
+    "owner_home_sharded": ("owner", "home", "quintic", "sharded"),
+    "owner_home_sharded_all": ("owner", "home", "quintic", "sharded_all"),
+    "gather": ("gather", "all_reduce", "quintic", "gather"),
+    "adamw": ("adamw", "all_reduce", "quintic", "gather"),
 }
+TP_ONLY = ("owner_home_sharded", "owner_home_sharded_all")  # the same as owner_home without TP
 LABELS = {
     "owner_before": "Muon owner, all-reduce then return in the step (before)",
     "owner_home": "Muon owner, reduce to home + return behind forward (after)",
     "owner_home_gram": "Muon owner, reduce to home, Gram Newton-Schulz",
+    "owner_home_sharded": "Muon owner, reduce to home, Newton-Schulz on TP pieces where it saves bytes (tp_ns=sharded)",
+    "owner_home_sharded_all": "Muon owner, reduce to home, Newton-Schulz on all TP pieces (tp_ns=sharded_all)",
     "gather": "Muon gather (Moonlight-style)",
     "adamw": "AdamW ZeRO-1 (ours)",
     "deepspeed": "DeepSpeed ZeRO-2 Muon",
 }
 
 
-def _ddp_set(config, groups, mode: str, reduce: str, variant: str):
+def _ddp_set(config, groups, mode: str, reduce: str, variant: str, tp_ns: str):
     """A :class:`TPBenchNet` in megatron DDP (gradients reduced while backward runs) and its set."""
     from dataclasses import replace
 
@@ -242,7 +250,8 @@ def _ddp_set(config, groups, mode: str, reduce: str, variant: str):
     cfg = replace(OPTIM, ns_variant=variant)
     opt = DistributedOptimizerSet(dict(net.named_parameters()), split, cfg, 1000, "float32", groups,
                                   mode="owner" if mode == "adamw" else mode, bucket_elems=BUCKET_ELEMS,
-                                  grad_buffers=[ddp], ns_variant=variant, reduce=reduce, modules=[net])
+                                  grad_buffers=[ddp], ns_variant=variant, reduce=reduce, tp_ns=tp_ns,
+                                  modules=[net])
     return {"net": net, "ddp": ddp, "opt": opt}
 
 
@@ -271,7 +280,8 @@ def _step_worker(rank: int, world: int, rdzv: str, out: str, tp: int, rounds: in
     config = _bench_config()
     counter = CollectiveBytes()
     counter.install()
-    contenders = {name: _ddp_set(config, groups, *spec) for name, spec in CONTENDERS.items()}
+    contenders = {name: _ddp_set(config, groups, *spec) for name, spec in CONTENDERS.items()
+                  if tp > 1 or name not in TP_ONLY}
     deepspeed_error = None
     if with_deepspeed and tp == 1:
         try:
@@ -562,6 +572,82 @@ def run_gram(rounds: int) -> None:
           f"{total['gram'] * 1e3:.1f} | {total['gram'] / total['quintic']:.2f} | |")
 
 
+def _tp_bytes_rows(shapes: list[tuple[int, int, int, int]], tp: int, dp: int) -> list[tuple]:
+    """Per shape (rows, cols, split dim, count): elements all ranks of the stage send for one
+    matrix's reduction and return, over the data-parallel bound 2 (DP-1) x rows x cols, for
+    the whole-matrix gather, the sharded Gram form (one all-reduce of the u x u Gram over TP)
+    and a sharded standard quintic (one such all-reduce per iteration)."""
+    steps = OPTIM.ns_steps
+    s = tp * dp
+    out = []
+    for rows, cols, dim, count in shapes:
+        mn = rows * cols
+        u = cols if dim == 0 else rows  # the side that is not split: the Gram matrix is u x u
+        bound = 2 * (dp - 1) * mn
+        gather = 2 * (s - 1) * mn / tp
+        gram = bound + 2 * (tp - 1) * u * u
+        quintic = bound + steps * 2 * (tp - 1) * u * u
+        out.append((rows, cols, dim, count, gather / bound, gram / bound, quintic / bound))
+    return out
+
+
+def _wan22_5b_tp_matrices() -> list[tuple[int, int, int, int]]:
+    """The 5B preset's tensor-parallel Muon matrices (rows, cols, split dim, count), from the
+    model built on the meta device (configs/wallwm_wan22_5b.yaml, one view): built at TP=1 the
+    layers are local, so the split dim is read from the layer's name (the column- and
+    row-parallel layers of model/wan and the action tower)."""
+    from collections import Counter
+
+    from wallwm_pretrain.config import load_config
+    from wallwm_pretrain.optim import split_parameters
+    from wallwm_pretrain.optim.distributed.layout import fused_layouts
+    from wallwm_pretrain.optim.distributed.plan import logical_matrices
+    from wallwm_pretrain.plan.measure import meta_model
+
+    cfg = load_config("configs/wallwm_wan22_5b.yaml", ["model.num_views=1", "model.action_dim=7", "model.state_dim=8"])
+    model = meta_model(cfg.model)
+    named = dict(model.named_parameters())
+    muon = {n: named[n] for n in split_parameters(model).muon}
+    column = ("linear_q", "linear_k", "linear_v", "linear_qkv", "linear_kv", "linear_fc1")
+    row = ("linear_proj", "linear_fc2")
+    count: Counter = Counter()
+    for m in logical_matrices(muon, fused_layouts(model, 1), 1, True):
+        leaf = m.name.rsplit(".", 2)[-2]
+        dim = 0 if leaf in column else 1 if leaf in row else None
+        if dim is not None:
+            count[(m.rows, m.cols, dim)] += 1
+    return [(r, c, d, n) for (r, c, d), n in sorted(count.items(), key=lambda kv: -kv[0][0] * kv[0][1] * kv[1])]
+
+
+def run_tp_bytes(tp: int, dps: list[int]) -> None:
+    """(e) Byte arithmetic of Newton-Schulz on TP pieces against the whole-matrix gather."""
+    stacks = {
+        "bench stack of (a)": [(3 * HIDDEN, HIDDEN, 0, LAYERS), (HIDDEN, HIDDEN, 1, LAYERS),
+                               (2 * FFN, HIDDEN, 0, LAYERS), (HIDDEN, FFN, 1, LAYERS)],
+        "Wan2.2-5B preset": _wan22_5b_tp_matrices(),
+    }
+    for title, shapes in stacks.items():
+        for dp in dps:
+            rows = _tp_bytes_rows(shapes, tp, dp)
+            print(f"\n(e) {title}, TP={tp} x DP={dp}: elements sent per matrix (all ranks) / DP all-reduce bound\n")
+            print("| shape (split dim) | count | gather | sharded, Gram form (1 all-reduce) | sharded, quintic (5) "
+                  "| tp_ns=sharded picks |")
+            print("|---|---|---|---|---|---|")
+            tot = {"bound": 0.0, "gather": 0.0, "gram": 0.0, "quintic": 0.0, "best": 0.0}
+            for r, c, d, n, ga, gr, qu in rows:
+                pick = "pieces" if gr < ga else "gather"
+                print(f"| {r} x {c} ({d}) | {n} | {ga:.3f} | {gr:.3f} | {qu:.3f} | {pick} |")
+                w = n * r * c
+                tot["bound"] += w
+                tot["gather"] += w * ga
+                tot["gram"] += w * gr
+                tot["quintic"] += w * qu
+                tot["best"] += w * min(ga, gr)
+            b = tot["bound"]
+            print(f"| all TP matrices | | {tot['gather'] / b:.3f} | {tot['gram'] / b:.3f} | {tot['quintic'] / b:.3f} "
+                  f"| {tot['best'] / b:.3f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -580,9 +666,14 @@ def main() -> None:
     c.add_argument("--steps", type=int, default=10)
     d = sub.add_parser("gram", help="(d) Newton-Schulz standard vs Gram form on the matrix stack")
     d.add_argument("--rounds", type=int, default=7)
+    e = sub.add_parser("tp-bytes", help="(e) bytes of Newton-Schulz on TP pieces vs the whole-matrix gather")
+    e.add_argument("--tp", type=int, default=2)
+    e.add_argument("--dps", type=int, nargs="+", default=[2, 4, 32])
     args = parser.parse_args()
     if args.what == "step":
         run_step(args.world, args.tp, args.rounds, args.iters, not args.no_deepspeed)
+    elif args.what == "tp-bytes":
+        run_tp_bytes(args.tp, args.dps)
     elif args.what == "gram":
         run_gram(args.rounds)
     elif args.what == "scaling":

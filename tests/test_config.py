@@ -47,6 +47,7 @@ def test_wrong_type_fails():
      (["data.max_frames=30"], "multiple of model.frame_stride"),
      (["optim.ns_dtype=fp8"], "optim.ns_dtype"),
      (["optim.muon_reduce=reduce_scatter"], "optim.muon_reduce must be home or all_reduce"),
+     (["optim.muon_tp_ns=pieces"], "optim.muon_tp_ns must be gather, sharded or sharded_all"),
      (["optim.ns_variant=syrk"], "optim.ns_variant must be quintic, polar_express or gram")],
 )
 def test_bad_combinations_fail(overrides, fragment):

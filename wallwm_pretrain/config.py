@@ -523,6 +523,12 @@ class OptimConfig:
     """Owner mode: ``home`` reduces each Muon matrix's gradient straight to its home during
     backward and returns the update behind the next forward (the all-reduce bound in bytes);
     ``all_reduce`` all-reduces every gradient first and returns the update within the step."""
+    muon_tp_ns: str = "gather"
+    """Owner mode under tensor parallelism: ``gather`` joins each matrix's TP pieces on its home
+    (bit-identical to single-process Muon); ``sharded`` keeps long, thin matrices split along
+    their long side (long side > tp x short side) in pieces and runs Newton-Schulz through one
+    all-reduce of their Gram matrix over TP (fewer bytes; equal to single-process Muon to
+    rounding, not to the bit); ``sharded_all`` keeps every split matrix in pieces (for comparison)."""
     muon_split_fused: bool = True
     """Orthogonalise fused weights as their logical matrices (Q, K, V; gate, up; K, V)."""
     ns_variant: str = "quintic"
@@ -538,6 +544,8 @@ class OptimConfig:
             raise ConfigError(f"optim.muon_mode must be owner, gather or replicated, got {self.muon_mode!r}")
         if self.muon_reduce not in ("home", "all_reduce"):
             raise ConfigError(f"optim.muon_reduce must be home or all_reduce, got {self.muon_reduce!r}")
+        if self.muon_tp_ns not in ("gather", "sharded", "sharded_all"):
+            raise ConfigError(f"optim.muon_tp_ns must be gather, sharded or sharded_all, got {self.muon_tp_ns!r}")
         if self.ns_variant not in ("quintic", "polar_express", "gram"):
             raise ConfigError(f"optim.ns_variant must be quintic, polar_express or gram, got {self.ns_variant!r}")
         if self.muon_mode == "replicated" and (self.muon_split_fused or self.ns_variant != "quintic"):

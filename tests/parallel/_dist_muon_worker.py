@@ -243,6 +243,7 @@ def distributed(ctx, options: dict) -> dict:
         split_fused=options.get("split_fused", True),
         bucket_elems=options.get("bucket_elems", BUCKET_ELEMS),
         overlap=options.get("overlap", True),
+        tp_ns=options.get("tp_ns", "gather"),
     )
     if options.get("load"):
         opt.load_canonical_state_dict(torch.load(options["load"] + "/optim.pt", weights_only=False))
@@ -287,7 +288,8 @@ def _with_ddp(ctx, net: nn.Module, layouts: dict, options: dict) -> dict:
 
     ddp = DistributedDataParallel(_config(gqa=False), DistributedDataParallelConfig(use_distributed_optimizer=False), net)
     cfg = replace(OPTIM, muon_mode=options.get("mode", "owner"), muon_bucket_elems=BUCKET_ELEMS,
-                  muon_reduce=options.get("reduce", "home"), grad_clip=options.get("grad_clip", 0.0))
+                  muon_reduce=options.get("reduce", "home"), grad_clip=options.get("grad_clip", 0.0),
+                  muon_tp_ns=options.get("tp_ns", "gather"))
     opt = build_optimizer(net, cfg, STEPS, optimizer_groups(ctx), grad_buffers=[ddp], device_type="cpu")
     if options.get("load"):
         opt.load_canonical_state_dict(torch.load(options["load"] + "/optim.pt", weights_only=False))
@@ -316,6 +318,7 @@ def _with_ddp(ctx, net: nn.Module, layouts: dict, options: dict) -> dict:
     record["final"] = _snapshot(net)
     record["ns_calls"] = opt.ns_calls
     record["home_reduce"] = opt.home is not None
+    record["sharded_keys"] = sorted(opt.muon.sharded_keys) if opt.muon else []
     if options.get("save"):
         canonical = opt.canonical_state_dict()
         if ctx.rank == 0:

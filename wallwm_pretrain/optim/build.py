@@ -40,7 +40,7 @@ def build_optimizer(
         chunks: a module, or this rank's pipeline chunks in model order; marks on parameters
             (``use_adamw``) steer the Muon/AdamW split; frozen parameters are left out.
         cfg: the ``optim`` section of the run config (``muon_mode``, ``muon_reduce``,
-            ``muon_split_fused``, ``ns_variant``, ``muon_bucket_elems`` and the hyper-parameters).
+            ``muon_split_fused``, ``muon_tp_ns``, ``ns_variant``, ``muon_bucket_elems`` and the hyper-parameters).
         total_steps: optimizer steps of the whole run (end of the cosine decay).
         groups: this rank's process groups (``parallel.state.optimizer_groups``); ``None`` = one
             process and the single-process set whatever ``muon_mode`` says.
@@ -98,5 +98,6 @@ def build_optimizer(
         ns_variant=cfg.ns_variant, grad_buffers=grad_buffers, bucket_elems=cfg.muon_bucket_elems,
         # gradients in DDP buffers can go to their homes; in param.grad they arrive reduced
         reduce=cfg.muon_reduce if grad_buffers is not None and cfg.muon_mode == "owner" else "all_reduce",
+        tp_ns=cfg.muon_tp_ns,
         modules=chunks,
     )

@@ -243,9 +243,19 @@ def _gram_iterations(x: Tensor, per_step: list[tuple[float, float, float]]) -> T
     X_{k+1} = P_k X_k gives Q_{k+1} = P_k Q_k and R_{k+1} = P_k R_k P_k (all polynomials in R_0,
     so they commute). X_0 is touched twice, for R_0 and for the final Q X_0.
     """
-    batched = x.ndim == 3
+    q = gram_polynomial(x @ x.mT, per_step)
+    return x if q is None else q @ x
+
+
+def gram_polynomial(r: Tensor, per_step: list[tuple[float, float, float]]) -> Tensor | None:
+    """Q with X_steps = Q X_0, from R_0 = X_0 X_0^T of a normalised X_0 (see :func:`_gram_iterations`).
+
+    Only the s x s Gram matrix is needed, so ranks that each hold some columns of X_0 can sum
+    their partial Gram matrices and apply Q to their own columns (tensor-parallel Newton-Schulz,
+    :mod:`~wallwm_pretrain.optim.distributed.sharded_ns`). ``None`` for zero steps.
+    """
+    batched = r.ndim == 3
     mul_add = torch.baddbmm if batched else torch.addmm
-    r = x @ x.mT
     q = None
     last = len(per_step) - 1
     for k, (a, b, c) in enumerate(per_step):
@@ -254,7 +264,7 @@ def _gram_iterations(x: Tensor, per_step: list[tuple[float, float, float]]) -> T
         q = p if q is None else p @ q
         if k < last:  # the last R is never read
             r = p @ (r @ p)
-    return x if q is None else q @ x
+    return q
 
 
 def gram_is_cheaper(rows: int, cols: int, steps: int) -> bool:

@@ -87,7 +87,15 @@ def merge_momentum(states: list[dict]) -> tuple[list[str], dict[str, Tensor]]:
         parts: dict[str, dict[int, Tensor]] = defaultdict(dict)
         for entry in first["plan"]:
             m = LogicalMatrix(**entry)
-            if first["mode"] == "owner":
+            if m.key in first.get("tp_ns_keys", ()):  # owner mode, kept in TP pieces at the home's DP index
+                home_dp = next(s["dp_rank"] for s in stage if s["stage_rank"] == m.home)
+                replica = sorted((s for s in stage if s["dp_rank"] == home_dp), key=lambda s: s["tp_rank"])
+                if not all(m.key in s["momentum"] for s in replica):
+                    continue  # no momentum yet: the step count is 0
+                if len(replica) != first["tp_size"]:
+                    raise ValueError(f"momentum of {m.key}: {len(replica)} of {first['tp_size']} TP pieces present")
+                buf = unstride([s["momentum"][m.key] for s in replica], m.tp_dim, m.stride)
+            elif first["mode"] == "owner":
                 holders = [s for s in stage if s["stage_rank"] == m.home and m.key in s["momentum"]]
                 if not holders:
                     continue  # no momentum yet: the step count is 0

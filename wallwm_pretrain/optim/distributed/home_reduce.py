@@ -7,7 +7,9 @@ group's ``start_grad_sync``; :class:`HomeReduce` replaces that call, per bucket 
 
 - one ``all_to_all_single`` over the stage (DP x TP) in which every rank sends its piece of each
   Muon matrix of the bucket to that matrix's home; the home sums the data-parallel copies (in
-  data-parallel rank order) and joins the tensor-parallel pieces into the whole matrix. A
+  data-parallel rank order) and joins the tensor-parallel pieces into the whole matrix (with
+  ``optim.muon_tp_ns=sharded``, a matrix kept in pieces goes piece by piece to the TP rank of
+  the same column at the home's data-parallel index instead, see :mod:`.sharded_ns`). A
   matrix that tensor parallel does not split is sent only by the ranks of the home's TP column
   (the other TP ranks hold the same gradient);
 - one ``all_reduce`` over the data-parallel group of the bucket's other (AdamW) gradients, copied
@@ -145,15 +147,15 @@ class HomeReduce:
         g = mu.groups
         me, tp, world = mu.stage_rank, g.tp_size, g.stage_size
         grads = {m.name: mu.params[m.name].main_grad for m in matrices}
-        mine = [m for m in matrices if m.home == me]
+        mine = [m for m in matrices if mu.holds(m, me)]
         if world == 1:
             finishers.append(lambda: self.reduced.update({m.key: mu._local(m, grads[m.name]).clone() for m in mine}))
             return
         chunks = [
-            [mu._local(m, grads[m.name]) for m in matrices if m.home == dst and self._senders(m, me)]
+            [mu._local(m, grads[m.name]) for m in matrices if mu.destination(m, me) == dst and self._senders(m, me)]
             for dst in range(world)
         ]
-        from_src = [[m for m in mine if self._senders(m, src)] for src in range(world)]
+        from_src = [[m for m in mine if self._senders(m, src) and mu.destination(m, src) == me] for src in range(world)]
         recv = [sum(m.piece_numel(tp) for m in ms) for ms in from_src]
         dtype = next(iter(grads.values())).dtype
         work, out = mu._a2a(chunks, recv, dtype, next(iter(grads.values())).device)
@@ -165,6 +167,13 @@ class HomeReduce:
                 for m, piece in zip(ms, segment.split([m.piece_numel(tp) for m in ms])):
                     parts[m.key][mu._coords[src]] = piece.view(m.piece_shape(tp))
             for m in mine:
+                if m.key in mu.sharded_keys:  # kept in pieces: this rank's piece, summed over DP
+                    copies = [parts[m.key][(d, mu._coords[me][1])] for d in range(g.dp_size)]
+                    total = copies[0].clone()
+                    for c in copies[1:]:  # data-parallel rank order
+                        total += c
+                    self.reduced[m.key] = total
+                    continue
                 columns = range(tp) if m.tp_dim is not None else [mu._coords[me][1]]
                 pieces = []
                 for t in columns:

@@ -33,6 +33,11 @@ and 2-D matmuls agree, see ``BATCH_MIN_SIDE``). The home's sum of the data-paral
 the all-reduce's sum at DP = 2 (a + b); with more data-parallel ranks its order may differ. GPU batched kernels
 may round differently from 2-D ones: there the equality is to rounding, not to the bit.
 
+With ``tp_ns="sharded"`` (``optim.muon_tp_ns``) a tensor-parallel matrix split along its long
+side by more than tp x its short side is not joined: the TP ranks at its home's data-parallel
+index each keep their piece's momentum and orthogonalise together (:mod:`.sharded_ns`), so
+steps 1 and 3 move only pieces within a TP column; equal to single-process Muon to rounding.
+
 Modes: ``owner`` (above; momentum memory per rank ~ 1/(DP*TP) of the whole model's);
 ``gather`` (every rank all-gathers the TP pieces of the momentum update and orthogonalises every
 matrix: the Moonlight-style baseline and today's TP-gathered behaviour, momentum kept per local
@@ -65,6 +70,7 @@ from wallwm_pretrain.optim.distributed.plan import (
     fingerprint,
     logical_matrices,
 )
+from wallwm_pretrain.optim.distributed.sharded_ns import TP_NS_MODES, keeps_pieces, sharded_newton_schulz
 from wallwm_pretrain.optim.distributed.tp_matrices import restride, unstride
 
 MODES = ("owner", "gather", "local")
@@ -113,6 +119,7 @@ class DistMuon(torch.optim.Optimizer):
         grad_fn: Optional[Callable[[Tensor], Optional[Tensor]]] = None,
         home_grads: Optional[dict[str, Tensor]] = None,
         defer_return: bool = False,
+        tp_ns: str = "gather",
         **hyper,
     ) -> None:
         """Create the optimizer (a collective over ``groups.stage``: it checks the plan).
@@ -132,6 +139,11 @@ class DistMuon(torch.optim.Optimizer):
                 this rank is home of; ``None``: gradients are already reduced on every rank.
             defer_return: leave the return transfers in flight after :meth:`step` (owner mode);
                 the caller must call :meth:`finish_param_sync` before parameters are read.
+            tp_ns: owner mode with tensor parallelism: ``gather`` (the home joins the TP pieces
+                and orthogonalises the whole matrix) or ``sharded`` (matrices for which
+                :func:`~.sharded_ns.sharded_ns_saves_bytes` holds stay in pieces on the TP ranks
+                at the home's data-parallel index, see :mod:`.sharded_ns`; to rounding, not to
+                the bit, against single-process Muon) or ``sharded_all`` (every split matrix).
             hyper: Muon's hyper-parameters, the keyword arguments of
                 :class:`~wallwm_pretrain.optim.muon.Muon` (``lr``, ``weight_decay``, ``momentum``,
                 ``nesterov``, ``ns_steps``, ``ns_dtype``, ``ns_coefficients``, ``eps``,
@@ -143,6 +155,8 @@ class DistMuon(torch.optim.Optimizer):
         """
         if mode not in MODES:
             raise ValueError(f"distributed Muon mode must be one of {MODES}, got {mode!r}")
+        if tp_ns not in TP_NS_MODES:
+            raise ValueError(f"optim.muon_tp_ns must be one of {TP_NS_MODES}, got {tp_ns!r}")
         defaults = muon_defaults(**hyper)
         for name, p in named_params.items():
             if p.ndim != 2:
@@ -166,6 +180,12 @@ class DistMuon(torch.optim.Optimizer):
         self.ns_batched = 0
         self._coords, self.stage_rank = self._exchange_coordinates()
         self._rank_of = {c: r for r, c in enumerate(self._coords)}
+        # matrices orthogonalised in their TP pieces (owner mode, optim.muon_tp_ns=sharded)
+        self.tp_ns = tp_ns
+        self.sharded_keys: frozenset[str] = frozenset(
+            m.key for m in self.plan
+            if mode == "owner" and keeps_pieces(tp_ns, m.rows, m.cols, m.tp_dim, groups.tp_size)
+        )
 
     # -- layout -------------------------------------------------------------------------
     def _exchange_coordinates(self) -> tuple[list[tuple[int, int]], int]:
@@ -185,6 +205,19 @@ class DistMuon(torch.optim.Optimizer):
         if sorted(coords) != sorted((d, t) for d in range(g.dp_size) for t in range(g.tp_size)):
             raise ValueError(f"stage ranks do not cover dp {g.dp_size} x tp {g.tp_size} exactly once: {coords}")
         return coords, dist.get_rank(group=g.stage)
+
+    def holds(self, m: LogicalMatrix, rank: int) -> bool:
+        """Whether stage rank ``rank`` keeps ``m``'s momentum and orthogonalises it (its home,
+        or for a sharded matrix every TP rank at the home's data-parallel index)."""
+        if m.key in self.sharded_keys:
+            return self._coords[rank][0] == self._coords[m.home][0]
+        return rank == m.home
+
+    def destination(self, m: LogicalMatrix, src: int) -> int:
+        """The stage rank that receives rank ``src``'s gradient piece of ``m``."""
+        if m.key in self.sharded_keys:
+            return self._rank_of[(self._coords[m.home][0], self._coords[src][1])]
+        return m.home
 
     def _local(self, m: LogicalMatrix, t: Tensor) -> Tensor:
         """This rank's piece of ``m`` inside a tensor laid out like its parameter."""
@@ -325,24 +358,29 @@ class DistMuon(torch.optim.Optimizer):
         ns_dtype = resolve_ns_dtype(group["ns_dtype"])
         lr, mu, nesterov = group["lr"], group["momentum"], group["nesterov"]
 
+        pieces_kept = self.sharded_keys
+
         def to_home(k: int) -> _Pending:
             bucket = self.buckets[k]
-            owned = [m for m in bucket if m.home == me]
+            owned = [m for m in bucket if self.holds(m, me)]
             if self.home_grads is not None:  # reduced to this home during backward
                 reduced = self.home_grads
                 return _Pending(None, lambda: {
                     m.key: reduced[m.key] if m.key in reduced
-                    else torch.zeros(m.rows, m.cols, dtype=grad_dtype, device=device)  # no gradient: zero
+                    else torch.zeros(m.piece_shape(tp) if m.key in pieces_kept else (m.rows, m.cols),
+                                     dtype=grad_dtype, device=device)  # no gradient: zero
                     for m in owned
                 })
-            sharded_owned = [m for m in owned if m.tp_dim is not None]
-            local = {m.key: self._local(m, grads[m.name]) for m in owned if m.tp_dim is None}
-            if tp == 1 or g.stage_size == 1 or not any(m.tp_dim is not None for m in bucket):
+            sharded_owned = [m for m in owned if m.tp_dim is not None and m.key not in pieces_kept]
+            local = {m.key: self._local(m, grads[m.name]) for m in owned
+                     if m.tp_dim is None or m.key in pieces_kept}
+            if tp == 1 or g.stage_size == 1 or not any(m.tp_dim is not None and m.key not in pieces_kept for m in bucket):
                 return _Pending(None, lambda: local)
             # Pieces travel from the home's own data-parallel replica (its TP peers).
             chunks = [
                 [self._local(m, grads[m.name]) for m in bucket
-                 if m.tp_dim is not None and m.home == dst and self._coords[dst][0] == my_dp]
+                 if m.tp_dim is not None and m.key not in pieces_kept and m.home == dst
+                 and self._coords[dst][0] == my_dp]
                 for dst in range(g.stage_size)
             ]
             per_src = sum(m.piece_numel(tp) for m in sharded_owned)
@@ -363,14 +401,22 @@ class DistMuon(torch.optim.Optimizer):
 
         def orthogonalise_and_send(k: int, full: dict) -> _Pending:
             bucket = self.buckets[k]
-            owned = [m for m in bucket if m.home == me]
-            updates = []
+            owned = [m for m in bucket if self.holds(m, me)]
+            updates = {}
             for m in owned:
                 grad = full[m.key]
                 if m.key not in self.momentum:
                     self.momentum[m.key] = torch.zeros_like(grad, memory_format=torch.contiguous_format)
-                updates.append(momentum_update(self.momentum[m.key], grad, mu, nesterov))
-            orthos = dict(zip((m.key for m in owned), self._ns(updates, group)))
+                updates[m.key] = momentum_update(self.momentum[m.key], grad, mu, nesterov)
+            whole = [m for m in owned if m.key not in pieces_kept]
+            split = [m for m in owned if m.key in pieces_kept]
+            orthos = dict(zip((m.key for m in whole), self._ns([updates[m.key] for m in whole], group)))
+            if split:  # a collective over this TP group: its ranks hold the same split matrices
+                orthos.update(zip((m.key for m in split), sharded_newton_schulz(
+                    [updates[m.key] for m in split], [m.tp_dim for m in split], g.tp,
+                    steps=group["ns_steps"], dtype=group["ns_dtype"], coefficients=group["ns_coefficients"],
+                    eps=group["eps"], norm_scale=group.get("ns_norm_scale", 1.0),
+                )))
             self.ns_calls.update(m.key for m in owned)
 
             def apply(pieces: dict[str, Tensor]) -> dict:
@@ -380,17 +426,26 @@ class DistMuon(torch.optim.Optimizer):
 
             if g.stage_size == 1:
                 return _Pending(None, lambda: apply(orthos))
+            my_tp = self._coords[me][1]
             chunks = [
-                [self._cut(m, orthos[m.key], self._coords[dst][1]) for m in owned] for dst in range(g.stage_size)
+                [orthos[m.key] if m.key in pieces_kept else self._cut(m, orthos[m.key], self._coords[dst][1])
+                 for m in owned if m.key not in pieces_kept or self._coords[dst][1] == my_tp]
+                for dst in range(g.stage_size)
             ]
-            recv = [sum(m.piece_numel(tp) for m in bucket if m.home == src) for src in range(g.stage_size)]
+            # what stage rank src sends this rank: its home matrices, and its pieces of split ones
+            from_src = [
+                [m for m in bucket
+                 if self.holds(m, src) and (m.key not in pieces_kept or self._coords[src][1] == my_tp)]
+                for src in range(g.stage_size)
+            ]
+            recv = [sum(m.piece_numel(tp) for m in ms) for ms in from_src]
             work, out = self._a2a(chunks, recv, ns_dtype, device)
 
             def finish() -> dict:
                 segments = out.split(recv)
                 pieces = {}
                 for src in range(g.stage_size):
-                    mine = [m for m in bucket if m.home == src]
+                    mine = from_src[src]
                     for m, piece in zip(mine, segments[src].split([m.piece_numel(tp) for m in mine])):
                         pieces[m.key] = piece
                 return apply(pieces)
@@ -466,6 +521,7 @@ class DistMuon(torch.optim.Optimizer):
             "stage_rank": self.stage_rank,
             "names": list(self.params),
             "plan": [dict(m.__dict__) for m in self.plan],
+            "tp_ns_keys": sorted(self.sharded_keys),  # momentum held in TP pieces (muon_tp_ns=sharded)
             "whole_layouts": whole,
             "momentum": {k: v.detach().to("cpu", copy=True) for k, v in self.momentum.items()},
         }
@@ -476,9 +532,13 @@ class DistMuon(torch.optim.Optimizer):
         Raises:
             ValueError: the state was saved under another plan or mode.
         """
-        if state["mode"] != self.mode or state["plan"] != [dict(m.__dict__) for m in self.plan]:
+        if (
+            state["mode"] != self.mode
+            or state["plan"] != [dict(m.__dict__) for m in self.plan]
+            or state.get("tp_ns_keys", []) != sorted(self.sharded_keys)
+        ):
             raise ValueError(
-                f"momentum shard was saved under another plan or mode ({state['mode']!r} vs {self.mode!r}); "
+                f"momentum shard was saved under another plan, mode or optim.muon_tp_ns ({state['mode']!r} vs {self.mode!r}); "
                 "load the canonical state instead"
             )
         device = next(iter(self.params.values())).device
@@ -504,7 +564,11 @@ class DistMuon(torch.optim.Optimizer):
             if tuple(buf.shape) != (m.rows, m.cols):
                 raise ValueError(f"momentum of {m.key}: expected {m.rows} x {m.cols}, got {tuple(buf.shape)}")
             p = self.params[m.name]
-            if self.mode == "owner":
+            if m.key in self.sharded_keys:
+                if self.holds(m, self.stage_rank):
+                    piece = self._cut(m, buf, self.groups.tp_rank)
+                    self.momentum[m.key] = piece.to(p.device, p.dtype).clone(memory_format=torch.contiguous_format)
+            elif self.mode == "owner":
                 if m.home == self.stage_rank:
                     self.momentum[m.key] = buf.to(p.device, p.dtype).clone(memory_format=torch.contiguous_format)
             else:

@@ -70,6 +70,7 @@ class DistributedOptimizerSet(OptimizerSetBase):
         split_fused: orthogonalise Q/K/V, gate/up, K/V separately.
         bucket_elems: elements per Muon transfer bucket.
         overlap: overlap Muon transfers with Newton-Schulz.
+        tp_ns: ``optim.muon_tp_ns`` (owner mode): ``gather`` or ``sharded`` (see :mod:`.sharded_ns`).
         reduce: ``all_reduce`` (gradients arrive reduced on every rank) or ``home`` (owner mode
             with ``grad_buffers``: Muon gradients reduced to their homes, see the module
             docstring).
@@ -89,6 +90,7 @@ class DistributedOptimizerSet(OptimizerSetBase):
         bucket_elems: int = DEFAULT_BUCKET_ELEMS,
         overlap: bool = True,
         reduce: str = "all_reduce",
+        tp_ns: str = "gather",
         modules: Optional[Sequence[nn.Module]] = None,
         **common_kw,
     ) -> None:
@@ -109,7 +111,8 @@ class DistributedOptimizerSet(OptimizerSetBase):
             self.muon = DistMuon(
                 {n: params[n] for n in split.muon}, groups, mode=mode, fused=fused, split_fused=split_fused,
                 bucket_elems=bucket_elems, overlap=overlap, grad_fn=grad_fn,
-                home_grads={} if home else None, defer_return=home and modules is not None, **self.muon_hyper,
+                home_grads={} if home else None, defer_return=home and modules is not None, tp_ns=tp_ns,
+                **self.muon_hyper,
             )
             self.optimizers["muon"] = self.muon
             if home:
@@ -159,7 +162,8 @@ class DistributedOptimizerSet(OptimizerSetBase):
     @torch.no_grad()
     def clip_grad_norm(self, max_norm: float) -> float:
         """As :meth:`OptimizerSetBase.clip_grad_norm`; with reduce-to-home the squares come from
-        the homes' whole Muon matrices (each counted once in the stage) and from the AdamW
+        the homes' whole Muon matrices (or, with ``tp_ns`` sharded, the pieces their TP ranks
+        keep; each counted once in the stage) and from the AdamW
         gradients (counted on data-parallel rank 0, tensor-parallel rank 0 unless sliced), summed
         by one all-reduce of a scalar over all ranks."""
         if self.home is None:
