@@ -78,10 +78,11 @@ def sample_event(
     grid = torch.linspace(1.0, 0.0, denoise_steps + 1, device=dev)
     # the video tower steps through the times its schedule trained on (model.video_time_shift)
     grid_v = shift_time(grid, model.cfg.video_time_shift)
+    # unified mode's window and context only when used: event mode calls denoise as it always has
+    extra = {**({"history": m} if m else {}), **({"text": text} if text is not None else {})}
     for t, t_next, tv, tv_next in zip(grid[:-1], grid[1:], grid_v[:-1], grid_v[1:]):
         v_video, v_action = model.denoise(
-            video, actions, tv.expand(b), t.expand(b), state, caption, frame_valid, action_valid,
-            history=m, text=text,
+            video, actions, tv.expand(b), t.expand(b), state, caption, frame_valid, action_valid, **extra,
         )
         video = video + (tv_next - tv) * v_video  # negative steps: towards the data
         video[:, :m + 1] = first
