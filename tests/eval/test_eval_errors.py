@@ -89,3 +89,19 @@ def test_help_documents_every_flag(capsys):
     assert exc.value.code == 0
     text = capsys.readouterr().out
     assert "example:" in text and "--heldout" in text and "Wilson" in text
+
+
+def test_the_policy_names_checkpoints_it_cannot_run():
+    """The closed loop runs the small towers; a Wan-tower or conditioner checkpoint fails naming what it is."""
+    from torch import nn
+
+    from wallwm_pretrain.config import load_config
+    from wallwm_pretrain.eval.policy import CheckpointPolicy, PolicyError
+
+    dims = ["model.action_dim=4", "model.state_dim=8", "model.num_views=2", "model.image_size=32"]
+    model = nn.Linear(1, 1)
+    for config, what in (("configs/smoke_wan.yaml", "towers with video_tower=wan"),
+                         ("configs/smoke_conditioner.yaml", "conditioner")):
+        cfg = load_config(config, dims)
+        with pytest.raises(PolicyError, match=f"this checkpoint is {what}"):
+            CheckpointPolicy(model, cfg, {"stats": {}})

@@ -79,6 +79,12 @@ class CheckpointPolicy:
     """
 
     def __init__(self, model, cfg: Config, index: dict, denoise_steps: int = 10, mode: str | None = None) -> None:
+        if cfg.model.kind != "towers" or cfg.model.video_tower != "small":
+            # a Wan-tower policy would encode each observation with the VAE (and each atomic caption
+            # with UMT5) at every plan: that closed loop is not built; the towers train and denoise
+            what = cfg.model.kind if cfg.model.kind != "towers" else f"towers with video_tower={cfg.model.video_tower}"
+            raise PolicyError(f"the checkpoint policy runs the small towers (pixels in, byte captions); this "
+                              f"checkpoint is {what}")
         self.model, self.cfg, self.index = model, cfg, index
         self.norm = Normalizer.from_index(index)
         self.denoise_steps = denoise_steps
