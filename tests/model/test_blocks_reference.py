@@ -44,6 +44,29 @@ TOL = dict(rtol=1e-10, atol=1e-10)
 CONFIG = spec.build_transformer_config(ModelConfig(hidden_size=H, num_layers=1, num_heads=HEADS, ffn_hidden_size=FFN))
 
 
+def test_the_block_signatures_resolve_for_typing_tools():
+    """The module postpones its annotations (``from __future__ import annotations``), so a broken
+    one (``ProcessGroupCollection - None``) would pass every run and break only what reads the
+    hints: ``typing.get_type_hints`` (documentation, type checkers). Resolve them all here."""
+    import typing
+
+    from megatron.core.process_groups_config import ProcessGroupCollection
+
+    from wallwm_pretrain.model import blocks
+
+    functions = [blocks.key_padding_mask, blocks._modulate, blocks._attend, blocks._ffn, Streams,
+                 Streams.with_towers, Streams.pack, Streams.unpack]
+    for cls in (AdaLN, TextLayer, VideoBlock, ActionBlock, CoupledLayer, FinalLayer):
+        functions += [cls.__init__, cls.forward]
+    hints = {f.__qualname__: typing.get_type_hints(f) for f in functions}
+    assert hints["_attend"]["kv"] == torch.Tensor | None
+    for cls in (TextLayer, VideoBlock, ActionBlock, CoupledLayer):
+        assert hints[f"{cls.__name__}.__init__"]["pg_collection"] == ProcessGroupCollection | None
+        assert hints[f"{cls.__name__}.__init__"]["recompute_core"] is bool
+    assert hints["Streams.unpack"]["return"] is Streams and hints["CoupledLayer.forward"]["return"] is Streams
+    assert hints["AdaLN.forward"]["return"] == tuple[torch.Tensor, ...]
+
+
 # ---- the reference: plain torch arithmetic on a {name: tensor} dict ---------------------------
 
 
