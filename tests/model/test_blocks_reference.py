@@ -282,6 +282,18 @@ def test_masked_keys_change_nothing():
     close(out2.action[real_a], out.action[real_a])
 
 
+def test_blocks_hold_the_plain_core_unless_recomputation_is_asked_for():
+    """Recomputation gives the same values (above), so only the core's type tells the default:
+    no recomputation (its extra backward cost) unless ``recompute_core`` is passed."""
+    from wallwm_pretrain.model.attention_core import LocalFusedCoreAttention
+    from wallwm_pretrain.model.recompute import RecomputedLocalCoreAttention
+
+    for cls in (TextLayer, VideoBlock, ActionBlock, CoupledLayer):
+        for kwargs, core in (({}, LocalFusedCoreAttention), (dict(recompute_core=True), RecomputedLocalCoreAttention)):
+            cores = {type(m) for n, m in cls(CONFIG, 1, **kwargs).named_modules() if n.endswith("core_attention")}
+            assert cores == {core}, (cls.__name__, kwargs)
+
+
 # ---- init, marks, and the state token ----------------------------------------------------------
 
 
