@@ -104,3 +104,14 @@ def test_with_towers_replaces_only_the_towers():
     assert s.video is not video  # the original is left as it was
     for name in ("text", "state", "temb_video", "temb_action", "video_mask", "action_mask", "text_mask"):
         assert getattr(t, name) is getattr(s, name), name
+
+
+def test_unpack_takes_real_lengths_above_small_ints():
+    """A run's video stream is hundreds of tokens: the length check compares values, not objects
+    (CPython shares one object per int only up to 256)."""
+    s = streams()
+    video = torch.randn(300, B, H)
+    packed = s.with_towers(video, s.action).pack()
+    assert packed.shape[0] == 313
+    back = Streams.unpack(packed, 300, SA, s.video_mask, s.action_mask, s.text_mask)
+    assert torch.equal(back.video, video) and torch.equal(back.temb_action, s.temb_action)
