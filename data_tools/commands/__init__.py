@@ -30,6 +30,21 @@ def add_verb_parser(subparsers, name: str, module_doc: str,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
+def add_clustering_flags(parser: argparse.ArgumentParser, per: str, trajectory: str) -> None:
+    """The k-means flags ``cluster`` and ``cluster-windows`` share (``per``: what the counts are
+    per, e.g. " per level"; ``trajectory``: what --resample resamples)."""
+    parser.add_argument("--vl-k", type=int, default=8, help=f"number of VL clusters{per} (default 8)")
+    parser.add_argument("--action-k", type=int, default=8, help=f"number of action clusters{per} (default 8)")
+    parser.add_argument("--resample", type=int, default=16,
+                        help=f"steps {trajectory} is resampled to (default 16)")
+    parser.add_argument("--centre", choices=("episode", "none"), default="episode",
+                        help="subtract each episode's mean caption embedding before clustering "
+                             "(episode, the default) or not (none)")
+    parser.add_argument("--seed", type=int, default=0, help="k-means seed (default 0)")
+    parser.add_argument("--examples", type=int, default=3,
+                        help="example captions printed per VL cluster (default 3)")
+
+
 def add_progress_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true",
                         help="no progress bars (errors and the final summary still print)")

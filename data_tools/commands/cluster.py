@@ -22,7 +22,7 @@ import argparse
 import json
 from pathlib import Path
 
-from . import add_verb_parser
+from . import add_clustering_flags, add_verb_parser
 from ..annotations import add_event_source_flags
 
 
@@ -35,17 +35,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--level", action="append", default=None,
                    help="caption level to cluster; repeat for several (default: every level "
                         "present; a shard folder has one)")
-    p.add_argument("--vl-k", type=int, default=8, help="number of VL clusters per level (default 8)")
-    p.add_argument("--action-k", type=int, default=8,
-                   help="number of action clusters per level (default 8)")
-    p.add_argument("--resample", type=int, default=16,
-                   help="steps each action trajectory is resampled to (default 16)")
-    p.add_argument("--centre", choices=("episode", "none"), default="episode",
-                   help="subtract each episode's mean caption embedding before clustering "
-                        "(episode, the default) or not (none)")
-    p.add_argument("--seed", type=int, default=0, help="k-means seed (default 0)")
-    p.add_argument("--examples", type=int, default=3,
-                   help="example captions printed per VL cluster (default 3)")
+    add_clustering_flags(p, " per level", "each action trajectory")
     p.set_defaults(run=run)
 
 

@@ -27,7 +27,7 @@ import argparse
 import json
 from pathlib import Path
 
-from . import add_progress_flag, add_verb_parser
+from . import add_clustering_flags, add_progress_flag, add_verb_parser
 
 
 def add_parser(subparsers) -> None:
@@ -40,16 +40,7 @@ def add_parser(subparsers) -> None:
                    help="M: latent frames before each anchor, the training run's data.history_latents")
     p.add_argument("--frame-stride", type=int, default=4,
                    help="K: control steps per latent frame, the training run's model.frame_stride (default 4)")
-    p.add_argument("--vl-k", type=int, default=8, help="number of VL clusters (default 8)")
-    p.add_argument("--action-k", type=int, default=8, help="number of action clusters (default 8)")
-    p.add_argument("--resample", type=int, default=16,
-                   help="steps each window's history + chunk trajectory is resampled to (default 16)")
-    p.add_argument("--centre", choices=("episode", "none"), default="episode",
-                   help="subtract each episode's mean caption embedding before clustering "
-                        "(episode, the default) or not (none)")
-    p.add_argument("--seed", type=int, default=0, help="k-means seed (default 0)")
-    p.add_argument("--examples", type=int, default=3,
-                   help="example captions printed per VL cluster (default 3)")
+    add_clustering_flags(p, "", "each window's history + chunk trajectory")
     p.add_argument("--workers", type=int, default=1, help="processes rewriting shards (default 1)")
     p.add_argument("--force", action="store_true",
                    help="re-cluster shards that already carry window clusters from other flags")

@@ -107,3 +107,30 @@ def dt_one_thread(monkeypatch):
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+class _ShardWriteCrash:
+    """``arm()``: build-shards dies (KeyboardInterrupt) when it starts its third shard; returns the
+    names of the shards written before. ``disarm()``: the real writer again."""
+
+    def __init__(self, monkeypatch) -> None:
+        from data_tools import shardwork
+
+        self.monkeypatch, self.real, self.written = monkeypatch, shardwork.write_shard, []
+
+    def arm(self) -> list[str]:
+        def crash_after_two(task):
+            if len(self.written) == 2:
+                raise KeyboardInterrupt
+            self.written.append(task.name)
+            return self.real(task)
+        self.monkeypatch.setattr("data_tools.shards.write_shard", crash_after_two)
+        return self.written
+
+    def disarm(self) -> None:
+        self.monkeypatch.setattr("data_tools.shards.write_shard", self.real)
+
+
+@pytest.fixture
+def dt_shard_crash(monkeypatch) -> _ShardWriteCrash:
+    return _ShardWriteCrash(monkeypatch)

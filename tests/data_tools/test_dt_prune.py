@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_tools import shardwork
 from data_tools.errors import DataToolsError
 from data_tools.prune import kept_steps
 from data_tools.shards import build_shards
@@ -170,21 +169,14 @@ def test_the_cli_names_the_flag_and_prints_the_counts(dt_tiny, tmp_path, dt_cli)
             and f"{entry['events_pruned']} of {entry['events']} events changed" in res.stdout)
 
 
-def test_a_resumed_pruned_build_reports_the_same_counts(dt_tiny, tmp_path, monkeypatch):
+def test_a_resumed_pruned_build_reports_the_same_counts(dt_tiny, tmp_path, dt_shard_crash):
     args = dict(ARGS, samples_per_shard=6, prune_static=THRESHOLD, prune_min_steps=3)
     reference = build_shards(dt_tiny, tmp_path / "ref", **args)
     out = tmp_path / "out"
-    real, written = shardwork.write_shard, []
-
-    def crash_after_two(task):
-        if len(written) == 2:
-            raise KeyboardInterrupt
-        written.append(task.name)
-        return real(task)
-    monkeypatch.setattr("data_tools.shards.write_shard", crash_after_two)
+    dt_shard_crash.arm()
     with pytest.raises(KeyboardInterrupt):
         build_shards(dt_tiny, out, **args)
-    monkeypatch.setattr("data_tools.shards.write_shard", real)
+    dt_shard_crash.disarm()
     resumed = build_shards(dt_tiny, out, **args)
     assert resumed["reused"] == 2
     assert resumed["pruning"] == reference["pruning"] and resumed["pruning"]["steps_dropped"] > 0

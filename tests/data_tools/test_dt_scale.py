@@ -10,7 +10,6 @@ import tarfile
 
 import pytest
 
-from data_tools import shardwork
 from data_tools.errors import DataToolsError
 from data_tools.lerobot.base import LeRobotDatasetBase
 from data_tools.parallel import chunks, run_ordered
@@ -84,25 +83,18 @@ def test_changed_inputs_or_force_rebuild_everything(dt_tiny, tmp_path, decoded):
     assert len(decoded) == 10
 
 
-def test_interrupted_run_resumes_from_finished_shards(dt_tiny, tmp_path, monkeypatch):
+def test_interrupted_run_resumes_from_finished_shards(dt_tiny, tmp_path, dt_shard_crash):
     reference = tmp_path / "ref"
     build_shards(dt_tiny, reference, **ARGS)
     out = tmp_path / "out"
-    real, written = shardwork.write_shard, []
-
-    def crash_after_two(task):
-        if len(written) == 2:
-            raise KeyboardInterrupt
-        written.append(task.name)
-        return real(task)
-    monkeypatch.setattr("data_tools.shards.write_shard", crash_after_two)
+    written = dt_shard_crash.arm()
     with pytest.raises(KeyboardInterrupt):
         build_shards(dt_tiny, out, **ARGS)
     partial = tmp_path / ".out.partial"
     assert not out.exists() and partial.is_dir()
     manifest = json.loads((partial / "build.json").read_text())
     assert sorted(manifest["done"]) == sorted(written)
-    monkeypatch.setattr("data_tools.shards.write_shard", real)
+    dt_shard_crash.disarm()
     resumed = build_shards(dt_tiny, out, **ARGS)
     assert resumed["reused"] == 2 and not partial.exists()
     assert _files(out) == _files(reference)
