@@ -6,6 +6,8 @@
 #   make smoke-conditioner  the text conditioner on CPU: smoke shards -> conditioner shards ->
 #                     caption states (tiny UMT5) -> train the heads on the tiny random Qwen3.5 VLM ->
 #                     next-event accuracy on held-out episodes against a baseline
+#   make smoke-unified unified mode on CPU: episode shards -> window clusters -> fixed chunks with the
+#                     three text contexts from the smoke, conditioner and Staircase runs -> one chunk each
 #   make recipe-smoke the training recipe on CPU (configs/recipes/smoke.yaml): video stage -> action stage
 #                     from its weights -> conditioner heads -> Staircase branch -> unified-mode next-chunk
 #                     stage from stages 2-4; rerun resumes an interrupted stage, skips
@@ -55,7 +57,7 @@ FUZZ_SEED  ?= 1
 export MLFLOW_DISABLE_TELEMETRY ?= true
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install check-env slurm-deps test smoke-test smoke-data smoke-wan smoke-conditioner recipe-smoke ablation fuzz mutation clean
+.PHONY: install check-env slurm-deps test smoke-test smoke-data smoke-wan smoke-conditioner smoke-unified recipe-smoke ablation fuzz mutation clean
 
 install: $(READY)
 
@@ -144,6 +146,24 @@ smoke-conditioner: smoke-data
 	$(PYTHON) -m data_tools build-conditioner --src $(COND_HELDOUT_SHARDS) --out $(COND_HELDOUT_SHARDS)-cond --per-event 3 --quiet
 	$(PYTHON) bench/conditioner_accuracy.py --ckpt runs/smoke-conditioner --train $(COND_SHARDS) \
 	  --heldout $(COND_HELDOUT_SHARDS)-cond --json runs/smoke-conditioner/accuracy.json
+
+# Unified mode on the smoke world (configs/smoke_unified.yaml): episode shards and their window
+# clusters, then 100 steps from the event-mode towers (make smoke-test), the conditioner heads
+# (make smoke-conditioner) and the Staircase branch (trained here when missing), each made first
+# if its run is missing; then one chunk with each text-context source (infer --mode unified).
+smoke-unified: smoke-data
+	test -d runs/smoke/checkpoints || $(MAKE) smoke-test
+	test -d runs/smoke-conditioner/checkpoints || $(MAKE) smoke-conditioner
+	test -d runs/smoke-staircase/checkpoints || $(PYTHON) -m wallwm_pretrain.train --config configs/smoke_staircase.yaml \
+	  data.shards=$(COND_SHARDS) model.conditioner.vlm=$(WAN_MODELS)/vlm model.staircase.small_lm=$(WAN_MODELS)/small_lm
+	$(PYTHON) -m data_tools build-episodes --shards $(SMOKE_SHARDS) --out $(SMOKE_EPISODE_SHARDS) --quiet
+	$(PYTHON) -m data_tools cluster-windows --shards $(SMOKE_EPISODE_SHARDS) --horizon 16 --history 2 --frame-stride 4 --quiet
+	rm -rf runs/smoke-unified
+	$(PYTHON) -m wallwm_pretrain.train --config configs/smoke.yaml --config configs/smoke_unified.yaml \
+	  model.conditioner.vlm=$(WAN_MODELS)/vlm train.resume=none
+	for c in atomic global staircase; do \
+	  $(PYTHON) -m wallwm_pretrain.infer --mode unified --context $$c --policy runs/smoke-unified \
+	    --shards $(SMOKE_EPISODE_SHARDS) --anchor 32 || exit 1; done
 
 # The training recipe on the smoke world (configs/recipes/smoke.yaml): stage 1 the video tower on
 # shards with quasi-static steps pruned ($(SMOKE_STATIC), build-shards --prune-static), stage 2
