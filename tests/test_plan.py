@@ -124,6 +124,15 @@ def test_cli_prints_every_pipeline_rank(capsys):
     assert len(rows) == 2
 
 
+def test_cli_merges_several_configs_in_order(capsys, tmp_path):
+    """--config given twice: a size preset, then a stage-like overlay (as train and the recipes do)."""
+    size, stage = tmp_path / "size.yaml", tmp_path / "stage.yaml"
+    size.write_text("model:\n  num_layers: 4\n  hidden_size: 64\n")
+    stage.write_text("model:\n  num_heads: 2\n")
+    assert main(["--config", str(size), "--config", str(stage), "--gpus", "2", *DIMS]) == 0
+    assert "model: 4 coupled layers; action tower hidden 64, 2 heads" in capsys.readouterr().out
+
+
 def test_cli_errors_are_one_line(capsys):
     assert main(["--config", "configs/smoke.yaml"]) == 2
     err = capsys.readouterr().err.strip()

@@ -27,7 +27,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         ),
         epilog="Example: python -m wallwm_pretrain.plan --config configs/smoke.yaml --gpus 4 parallel.tp=2",
     )
-    parser.add_argument("--config", help="YAML preset (default: schema defaults)")
+    parser.add_argument("--config", action="append",
+                        help="YAML preset (default: schema defaults); given again, merged in order (e.g. a size "
+                             "preset, then a stage preset of configs/stages/)")
     parser.add_argument("--gpus", type=int, default=None,
                         help="ranks in the job; data-parallel size = gpus / (tp * pp) (default: tp * pp)")
     parser.add_argument("--steps", type=int, default=None,
