@@ -54,17 +54,20 @@ class EventMeta:
         return int(self.meta["end"])
 
 
-def open_source(src: Path, verb: str) -> dict:
-    """The index.json of the event-shard folder ``src``; DataToolsError unless it is one whose
-    shards are all present."""
+SOURCE_FOLDERS = {"event": "an event-shard folder (index.json + shard-*.tar, from build-shards)",
+                  "episode": "an episode-shard folder (python -m data_tools build-episodes)"}
+
+
+def open_source(src: Path, verb: str, kind: str = "event") -> dict:
+    """The index.json of the ``kind``-shard folder ``src`` (``event`` or ``episode``);
+    DataToolsError unless it is one whose shards are all present."""
     src = Path(src)
     if not src.is_dir():
-        raise DataToolsError(f"{src} is not a folder: the input of {verb} must be an event-shard "
-                             "folder (index.json + shard-*.tar, from build-shards)")
+        raise DataToolsError(f"{src} is not a folder: the input of {verb} must be {SOURCE_FOLDERS[kind]}")
     index = read_index(src)
-    if shard_kind(index) != "event":
-        raise DataToolsError(f"{src / INDEX_FILE}: kind {shard_kind(index)!r}; the input of "
-                             f"{verb} must be an event-shard folder written by build-shards")
+    if shard_kind(index) != kind:
+        raise DataToolsError(f"{src / INDEX_FILE}: kind {shard_kind(index)!r}; {verb} reads {kind} shards, "
+                             f"{SOURCE_FOLDERS[kind]}")
     if "pruning" in index:  # derived samples index steps as t - start: every step of an event is needed
         raise DataToolsError(f"{src / INDEX_FILE}: built with --prune-static (steps dropped, the time axis "
                              f"no longer uniform); {verb} needs event shards built without pruning")

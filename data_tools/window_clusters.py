@@ -41,7 +41,7 @@ from wallwm_pretrain import windows as rule
 
 from .augment import augment_shards, write_index
 from .clustering import EventItem, action_features, centred_embeddings, kmeans_labels, summarise
-from .derive import counts, member_array, shard_kind
+from .derive import counts, member_array, open_source
 from .errors import DataToolsError
 from .shardread import INDEX_FILE, iter_samples, read_index, sample_meta
 from . import textenc
@@ -173,13 +173,7 @@ def cluster_windows(folder: Path, horizon: int, history: int, frame_stride: int 
                              "unified windows start on latent frames (data.chunk_horizon, model.frame_stride)")
     if vl_k < 1 or action_k < 1 or workers < 1:
         raise DataToolsError(f"--vl-k ({vl_k}), --action-k ({action_k}) and --workers ({workers}) must be positive")
-    if not folder.is_dir():
-        raise DataToolsError(f"{folder} is not a folder: --shards must be an episode-shard folder "
-                             "(python -m data_tools build-episodes)")
-    index = read_index(folder)
-    if shard_kind(index) != "episode":
-        raise DataToolsError(f"{folder / INDEX_FILE}: kind {shard_kind(index)!r}; cluster-windows reads "
-                             "episode shards (python -m data_tools build-episodes)")
+    index = open_source(folder, "cluster-windows", kind="episode")
     params = {**rule.spec_of(horizon, history, frame_stride), "vl_k": vl_k, "action_k": action_k,
               "resample": resample, "centre": centre, "seed": seed}
     _check_flags(folder, index, params, force)
