@@ -65,6 +65,11 @@ class Batch:
     def size(self) -> int:
         return int(self.lengths.shape[0])
 
+    @property
+    def context_sources(self) -> list[str]:
+        """The sources other than ``atomic`` some row reads (what the model must build)."""
+        return sorted(set(self.context) - {"atomic"})
+
     def rows(self, start: int, stop: int) -> "Batch":
         """Rows ``start:stop`` (a microbatch, or one data-parallel rank's part)."""
         cut = lambda x: None if x is None else x[start:stop]  # noqa: E731

@@ -84,32 +84,35 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _sample_from_shards(folder: str, key: str | None) -> dict:
-    """observation, state, task, done (and the truth when the sample says it) of one sample."""
+def _find_sample(folder: str, key: str | None) -> tuple[dict, dict]:
+    """(crude, decoded) of the sample ``key`` of a shard folder (the first one without a key)."""
     from wallwm_pretrain.data.decode import decode_sample
     from wallwm_pretrain.data.index import read_index
     from wallwm_pretrain.data.tarread import read_tar
 
-    index = read_index(folder)
-    for shard in index["shards"]:
+    for shard in read_index(folder)["shards"]:
         for crude in read_tar(str(Path(folder) / shard["name"])):
-            if key is not None and crude["__key__"] != key:
-                continue
-            s = decode_sample(crude)
-            meta = s.get("json") or {}
-            if "observation.npy" in s:  # a conditioner sample
-                obs = s["observation.npy"]
-                state = s["state.npy"]
-            elif "frames.npy" in s:  # an event sample: its first frame
-                obs, state = s["frames.npy"][0], s["state.npy"]
-            else:
-                raise ValueError(f"{crude['__url__']}: sample {crude['__key__']} has neither observation.npy nor frames.npy")
-            truth = {k: meta[k] for k in ("caption", "remaining") if k in meta}
-            if "remaining" not in truth and "length" in meta:
-                truth["remaining"] = meta["length"]
-            return {"key": crude["__key__"], "observation": obs, "state": state, "task": meta.get("task", ""),
-                    "done": list(meta.get("done_captions", [])), "truth": truth}
+            if key is None or crude["__key__"] == key:
+                return crude, decode_sample(crude)
     raise ValueError(f"{folder}: no sample {key!r} in its shards" if key else f"{folder}: no samples")
+
+
+def _sample_from_shards(folder: str, key: str | None) -> dict:
+    """observation, state, task, done (and the truth when the sample says it) of one sample."""
+    crude, s = _find_sample(folder, key)
+    meta = s.get("json") or {}
+    if "observation.npy" in s:  # a conditioner sample
+        obs = s["observation.npy"]
+        state = s["state.npy"]
+    elif "frames.npy" in s:  # an event sample: its first frame
+        obs, state = s["frames.npy"][0], s["state.npy"]
+    else:
+        raise ValueError(f"{crude['__url__']}: sample {crude['__key__']} has neither observation.npy nor frames.npy")
+    truth = {k: meta[k] for k in ("caption", "remaining") if k in meta}
+    if "remaining" not in truth and "length" in meta:
+        truth["remaining"] = meta["length"]
+    return {"key": crude["__key__"], "observation": obs, "state": state, "task": meta.get("task", ""),
+            "done": list(meta.get("done_captions", [])), "truth": truth}
 
 
 def _sample_from_file(path: str) -> dict:
@@ -130,28 +133,19 @@ def _window_from_shards(folder: str, key: str | None, anchor: int, steps_back: l
     """Unified mode: the observation at step ``anchor`` of a sample (an episode or an event), its
     history frames (clamped at the sample's start), state, task, events done and the caption of
     the event in progress."""
-    from wallwm_pretrain.data.decode import decode_sample
-    from wallwm_pretrain.data.index import read_index
-    from wallwm_pretrain.data.tarread import read_tar
-
-    for shard in read_index(folder)["shards"]:
-        for crude in read_tar(str(Path(folder) / shard["name"])):
-            if key is not None and crude["__key__"] != key:
-                continue
-            s = decode_sample(crude)
-            if "frames.npy" not in s:
-                raise ValueError(f"{crude['__url__']}: sample {crude['__key__']} has no frames.npy (episode or event shards)")
-            frames, meta = s["frames.npy"], s.get("json") or {}
-            if not 0 <= anchor < len(frames):
-                raise ValueError(f"--anchor {anchor}: sample {crude['__key__']} has steps 0..{len(frames) - 1}")
-            events = meta.get("events") or [{"caption": meta.get("caption", ""), "start": 0, "end": len(frames)}]
-            current = next((e for e in events if e["start"] <= anchor < e["end"]), events[-1])
-            return {"key": f"{crude['__key__']}/t{anchor}", "observation": frames[anchor],
-                    "history": [frames[max(0, anchor - d)] for d in steps_back], "state": s["states.npy"][anchor],
-                    "task": meta.get("task", ""), "done": [e["caption"] for e in events if e["end"] <= anchor],
-                    "caption": current["caption"], "truth": {"caption": current["caption"],
-                                                             "remaining": int(current["end"]) - anchor}}
-    raise ValueError(f"{folder}: no sample {key!r} in its shards" if key else f"{folder}: no samples")
+    crude, s = _find_sample(folder, key)
+    if "frames.npy" not in s:
+        raise ValueError(f"{crude['__url__']}: sample {crude['__key__']} has no frames.npy (episode or event shards)")
+    frames, meta = s["frames.npy"], s.get("json") or {}
+    if not 0 <= anchor < len(frames):
+        raise ValueError(f"--anchor {anchor}: sample {crude['__key__']} has steps 0..{len(frames) - 1}")
+    events = meta.get("events") or [{"caption": meta.get("caption", ""), "start": 0, "end": len(frames)}]
+    current = next((e for e in events if e["start"] <= anchor < e["end"]), events[-1])
+    return {"key": f"{crude['__key__']}/t{anchor}", "observation": frames[anchor],
+            "history": [frames[max(0, anchor - d)] for d in steps_back], "state": s["states.npy"][anchor],
+            "task": meta.get("task", ""), "done": [e["caption"] for e in events if e["end"] <= anchor],
+            "caption": current["caption"], "truth": {"caption": current["caption"],
+                                                     "remaining": int(current["end"]) - anchor}}
 
 
 def infer_unified(args: argparse.Namespace) -> dict:

@@ -136,7 +136,7 @@ class ContextSources(nn.Module):
         """Each row's context states ``[L_i, width]`` from its source; None for ``atomic`` rows
         (and for every row of a batch without sources). The anchor's views are the observation."""
         per_row: list[torch.Tensor | None] = [None] * batch.size
-        if not batch.context or all(c == "atomic" for c in batch.context):
+        if not batch.context_sources:
             return per_row
         unknown = sorted(set(batch.context) - set(SOURCES))
         if unknown:
@@ -185,3 +185,4 @@ class ContextSources(nn.Module):
             return batch
         text, valid = self.merge(per_row, batch.text_states, batch.text_valid, batch.keys)
         return replace(batch, text_states=text, text_valid=valid)
+

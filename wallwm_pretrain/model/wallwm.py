@@ -210,10 +210,10 @@ class WallWM(nn.Module):
         """Unified mode: the context states ``[L_i, hidden]`` of the rows whose source is
         ``global`` or ``staircase`` (None for ``atomic`` rows), or None when every row reads its
         caption (:mod:`.context`)."""
-        if not batch.context or all(c == "atomic" for c in batch.context):
+        if not batch.context_sources:
             return None
         if not hasattr(self, "context"):
-            raise ValueError(f"batch rows ask for {sorted(set(batch.context) - {'atomic'})} text contexts; "
+            raise ValueError(f"batch rows ask for {batch.context_sources} text contexts; "
                              "this model builds none (model.context.sources)")
         return self.context.row_states(batch)
 

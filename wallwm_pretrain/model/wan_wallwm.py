@@ -280,12 +280,12 @@ class WanWallWM(nn.Module):
 
     def with_context(self, batch: Batch) -> Batch:
         """``batch`` with each row's text context from its source (unchanged without sources)."""
-        if batch.context and any(c != "atomic" for c in batch.context):
-            if not hasattr(self, "context"):
-                raise ValueError(f"batch rows ask for {sorted(set(batch.context) - {'atomic'})} text contexts; "
-                                 "this model builds none (model.context.sources)")
-            return self.context.apply(batch)
-        return batch
+        if not batch.context_sources:
+            return batch
+        if not hasattr(self, "context"):
+            raise ValueError(f"batch rows ask for {batch.context_sources} text contexts; "
+                             "this model builds none (model.context.sources)")
+        return self.context.apply(batch)
 
     def geometry(self, inputs: WanFlowInputs) -> WanGeometry:
         return self.video.geometry(inputs.xt_video, inputs.timestep, inputs.text_states)
