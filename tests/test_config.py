@@ -48,7 +48,9 @@ def test_wrong_type_fails():
      (["optim.ns_dtype=fp8"], "optim.ns_dtype"),
      (["optim.muon_reduce=reduce_scatter"], "optim.muon_reduce must be home or all_reduce"),
      (["optim.muon_tp_ns=pieces"], "optim.muon_tp_ns must be gather, sharded or sharded_all"),
-     (["optim.ns_variant=syrk"], "optim.ns_variant must be quintic, polar_express or gram")],
+     (["optim.ns_variant=syrk"], "optim.ns_variant must be quintic, polar_express or gram"),
+     (["model.video_loss_weight=-1"], r"model\.video_loss_weight must be >= 0, got -1"),
+     (["model.action_loss_weight=-0.5"], r"model\.action_loss_weight must be >= 0, got -0\.5")],
 )
 def test_bad_combinations_fail(overrides, fragment):
     with pytest.raises(ConfigError, match=fragment):

@@ -457,8 +457,9 @@ class ModelConfig:
                 raise ConfigError(f"model.{name} must be 'auto' or an int >= 1, got {value!r}")
         if not self.video_time_shift > 0:
             raise ConfigError(f"model.video_time_shift must be > 0, got {self.video_time_shift}")
-        if self.time_loss_weight < 0:
-            raise ConfigError(f"model.time_loss_weight must be >= 0, got {self.time_loss_weight}")
+        for name in ("video_loss_weight", "action_loss_weight", "time_loss_weight"):
+            if getattr(self, name) < 0:  # a negative weight would push that loss up
+                raise ConfigError(f"model.{name} must be >= 0, got {getattr(self, name)}")
         if self.recompute not in ("none", "full", "selective"):
             raise ConfigError(f"model.recompute must be none, full or selective, got {self.recompute!r}")
         if self.kind not in MODEL_KINDS:

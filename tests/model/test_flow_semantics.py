@@ -229,6 +229,28 @@ def test_masked_mse_hand_worked():
     assert masked_mse(pred, target, mask, torch.tensor(0.0)).item() == pytest.approx(19.0, abs=1e-5)
 
 
+def test_weighted_flow_loss_hand_worked():
+    """w_v L_v + w_a L_a, where a term weighted 0 is left out of the sum and of its graph."""
+    from wallwm_pretrain.model.flow_matching import weighted_flow_loss
+
+    lv, la = torch.tensor(3.0, requires_grad=True), torch.tensor(5.0, requires_grad=True)
+    assert weighted_flow_loss(2.0, lv, 0.5, la).item() == 8.5  # 2 * 3 + 0.5 * 5
+    assert weighted_flow_loss(1.0, lv, -1.0, la).item() == -2.0  # the formula, for any weight but 0
+    assert weighted_flow_loss(0.0, lv, 0.5, la).item() == 2.5
+    assert weighted_flow_loss(2.0, lv, 0.0, la).item() == 6.0
+    # a term weighted 0 is not in the sum: its NaN cannot reach the total (0 * nan is nan)
+    nan = torch.tensor(float("nan"), requires_grad=True)
+    assert weighted_flow_loss(1.0, lv, 0.0, nan).item() == 3.0
+    assert weighted_flow_loss(0.0, nan, 1.0, la).item() == 5.0
+    # nor in the graph: backward never reaches the tower that produced it
+    total = weighted_flow_loss(2.0, lv, 0.0, la * 1.0)
+    total.backward()
+    assert lv.grad.item() == 2.0 and la.grad is None
+    # both weights 0: an exact zero that still depends on the video loss (backward runs)
+    zero = weighted_flow_loss(0.0, lv, 0.0, la)
+    assert zero.item() == 0.0 and zero.requires_grad and not torch.signbit(zero)
+
+
 def test_flow_time_is_uniform_draws_of_the_generator():
     from wallwm_pretrain.model.flow_matching import sample_time
 
