@@ -285,3 +285,19 @@ def test_noise_seed_is_the_written_formula():
     seeds = {noise_seed(s, t, r) for s in range(3) for t in range(50) for r in range(8)}
     assert len(seeds) == 3 * 50 * 8  # every (seed, step, replica) draws its own noise
     assert all(isinstance(x, int) and 0 <= x < 2**63 for x in seeds)  # a valid torch.manual_seed
+
+
+def test_the_flow_signatures_resolve_for_typing_tools():
+    """The module postpones its annotations, so a broken one (``torch.Tensor - None``) would pass
+    every run and break only what reads the hints (documentation, type checkers)."""
+    import typing
+
+    from wallwm_pretrain.model import flow_matching as fm
+
+    hints = {f.__name__: typing.get_type_hints(f) for f in (
+        fm.interpolate, fm.weighted_flow_loss, fm.masked_mse, fm.noise_seed, fm.shift_time, fm.sample_time,
+        fm.FlowNoise, fm.FlowNoise.rows)}
+    assert hints["masked_mse"]["denominator"] == torch.Tensor | None
+    assert hints["sample_time"]["generator"] == torch.Generator | None
+    assert hints["interpolate"]["return"] == tuple[torch.Tensor, torch.Tensor]
+    assert hints["rows"]["return"] is fm.FlowNoise and hints["FlowNoise"]["t_video"] is torch.Tensor
