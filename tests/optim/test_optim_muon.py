@@ -126,3 +126,85 @@ def test_rejects_bad_hyperparameters(kwargs):
 def test_rejects_non_matrix_parameters():
     with pytest.raises(ValueError, match="2-D"):
         Muon([torch.nn.Parameter(torch.randn(4))])
+
+
+def test_defaults_are_the_documented_ones():
+    """Keller Jordan's quintic and torch.optim.Muon's momentum, Nesterov and eps (written out:
+    a changed default changes every run that leaves it unset)."""
+    from wallwm_pretrain.optim.muon import muon_defaults
+
+    assert muon_defaults() == dict(
+        lr=0.02, weight_decay=0.0, momentum=0.95, nesterov=True, ns_steps=5, ns_dtype="float32",
+        ns_coefficients=(3.4445, -4.7750, 2.0315), eps=1e-7, ns_norm_scale=1.0, ns_gram=False)
+
+
+@pytest.mark.parametrize("kwargs", [dict(lr=0.0), dict(momentum=0.0), dict(momentum=0.5), dict(ns_steps=1),
+                                    dict(weight_decay=0.0)])
+def test_accepts_the_edges_of_each_range(kwargs):
+    """lr = 0 is where a warm-up starts; momentum 0 is plain orthogonalised gradients."""
+    p = torch.nn.Parameter(torch.randn(4, 4))
+    assert Muon([p], **kwargs).param_groups[0][next(iter(kwargs))] == next(iter(kwargs.values()))
+
+
+@pytest.mark.parametrize("kwargs, message", [(dict(momentum=-0.1), r"momentum must be in \[0, 1\), got -0.1"),
+                                             (dict(momentum=1.5), r"momentum must be in \[0, 1\), got 1.5"),
+                                             (dict(lr=-1e-9), "lr must be >= 0"),
+                                             (dict(ns_steps=0), "ns_steps must be >= 1, got 0")])
+def test_rejects_values_just_outside_each_range(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Muon([torch.nn.Parameter(torch.randn(4, 4))], **kwargs)
+
+
+def test_rejects_parameters_of_three_dimensions():
+    with pytest.raises(ValueError, match=r"2-D parameters, got one of shape \(2, 4, 4\)"):
+        Muon([torch.nn.Parameter(torch.randn(2, 4, 4))])
+
+
+def test_a_parameter_without_gradient_does_not_stop_the_others():
+    """Parameters after one without a gradient (or after a fused one) in a group still step."""
+    from wallwm_pretrain.optim import FusedRows
+
+    ps = [torch.nn.Parameter(torch.randn(6, 4)) for _ in range(3)]
+    start = [p.detach().clone() for p in ps]
+    ps[1].grad = torch.randn(6, 4)
+    ps[2].grad = torch.randn(6, 4)
+    opt = Muon(ps, lr=0.1, momentum=0.0, fused={ps[1]: FusedRows(("a", "b"), (1, 2), 2)})
+    opt.step()
+    assert torch.equal(ps[0].detach(), start[0])  # no gradient: untouched
+    expected = start[2] - 0.1 * adamw_rms_scale(6, 4) * newton_schulz(ps[2].grad)
+    torch.testing.assert_close(ps[2].detach(), expected, rtol=0, atol=1e-6)
+    assert opt.ns_calls == 2 + 1  # the fused weight's two parts, then the plain one
+
+
+def test_groups_saved_without_the_newer_keys_step_with_their_defaults():
+    """A state dict from before ``ns_norm_scale`` and ``ns_gram`` existed loads and steps as the
+    defaults (norm scale 1, the plain iteration)."""
+    g = torch.randn(12, 8)
+    runs = []
+    for drop in (False, True):
+        p = torch.nn.Parameter(torch.ones(12, 8))
+        opt = Muon([p], lr=0.1, momentum=0.0)
+        state = opt.state_dict()
+        if drop:
+            for group in state["param_groups"]:
+                del group["ns_norm_scale"], group["ns_gram"]
+            opt.load_state_dict(state)
+            assert "ns_norm_scale" not in opt.param_groups[0]
+        p.grad = g.clone()
+        opt.step()
+        runs.append(p.detach().clone())
+    assert torch.equal(runs[0], runs[1])
+    assert not torch.equal(runs[0], torch.ones(12, 8))
+
+
+def test_the_muon_signatures_resolve_for_typing_tools():
+    """The module postpones its annotations; a broken one would only fail what reads the hints."""
+    import typing
+    from typing import Iterable
+
+    from wallwm_pretrain.optim import muon
+
+    hints = {f.__qualname__: typing.get_type_hints(f) for f in (
+        muon.adamw_rms_scale, muon.momentum_update, muon.apply_update, muon.muon_defaults, muon.Muon.__init__,
+        muon.Muon.step, muon.LocalMatrices.gather, muon.LocalMatrices.local, muon.LocalMatrices.logical_shape)}
+    assert hints["Muon.__init__"]["params"] == Iterable[torch.Tensor] | Iterable[dict]
