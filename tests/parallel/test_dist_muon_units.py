@@ -172,6 +172,39 @@ def test_buckets_keep_the_plan_order_and_size():
         bucketize(plan, 0)
 
 
+def test_buckets_carry_nothing_over_a_closed_bucket():
+    """A bucket closes once it holds bucket_elems elements, and the next starts from zero."""
+    sizes = [(20, 10), (10, 10), (9, 11), (1, 1)]  # 200, 100, 99, 1 elements, in this order
+    buckets = bucketize([_m(f"w{i}", r, c) for i, (r, c) in enumerate(sizes)], 200)
+    assert [[m.numel for m in b] for b in buckets] == [[200], [100, 99, 1]]
+    assert [len(b) for b in bucketize([_m(f"w{i}", 2, 2) for i in range(3)], 1)] == [1, 1, 1]  # 1 is allowed
+
+
+def test_default_bucket_is_four_mebi_elements():
+    from wallwm_pretrain.optim.distributed.plan import DEFAULT_BUCKET_ELEMS
+
+    assert DEFAULT_BUCKET_ELEMS == 4 * 1024 * 1024  # 16 MiB of fp32 per transfer
+
+
+def test_plan_errors_name_what_is_wrong():
+    with pytest.raises(ValueError, match=r"duplicate logical matrix keys: \['a', 'b'\]"):
+        assign_homes([_m("a", 2, 2), _m("b", 2, 2), _m("a", 3, 3), _m("c", 2, 2), _m("b", 2, 2)], 2)
+    with pytest.raises(ValueError, match="world must be >= 1, got 0"):
+        assign_homes([_m("a", 2, 2)], 0)
+    assert [m.home for m in assign_homes([_m("a", 2, 2)], 1)] == [0]
+
+
+def test_a_logical_matrix_pieces_follow_its_split_dimension():
+    """Home unset until assign_homes; one rank's piece of a 12 x 8 matrix at TP4."""
+    rows0 = LogicalMatrix("r", "r", -1, 12, 8, 0, 1)
+    cols1 = LogicalMatrix("c", "c", -1, 12, 8, 1, 1)
+    whole = LogicalMatrix("w", "w", -1, 12, 8, None, 1)
+    assert rows0.home == -1
+    assert (rows0.piece_shape(4), cols1.piece_shape(4), whole.piece_shape(4)) == ((3, 8), (12, 2), (12, 8))
+    assert (rows0.piece_numel(4), cols1.piece_numel(4), whole.piece_numel(4)) == (24, 24, 96)
+    assert all(type(n) is int for n in (*rows0.piece_shape(4), rows0.piece_numel(4), cols1.piece_shape(4)[1]))
+
+
 def _marked(shape, dim, stride=1):
     p = torch.nn.Parameter(torch.zeros(shape))
     p.tensor_model_parallel, p.partition_dim, p.partition_stride = True, dim, stride
