@@ -178,11 +178,11 @@ def test_a_parameter_without_gradient_does_not_stop_the_others():
 
 def test_groups_saved_without_the_newer_keys_step_with_their_defaults():
     """A state dict from before ``ns_norm_scale`` and ``ns_gram`` existed loads and steps as the
-    defaults (norm scale 1, the plain iteration)."""
-    g = torch.randn(12, 8)
+    defaults (norm scale 1, the plain iteration: 32 x 8 is a shape the Gram form would take)."""
+    g = torch.randn(32, 8)
     runs = []
     for drop in (False, True):
-        p = torch.nn.Parameter(torch.ones(12, 8))
+        p = torch.nn.Parameter(torch.ones(32, 8))
         opt = Muon([p], lr=0.1, momentum=0.0)
         state = opt.state_dict()
         if drop:
@@ -194,7 +194,7 @@ def test_groups_saved_without_the_newer_keys_step_with_their_defaults():
         opt.step()
         runs.append(p.detach().clone())
     assert torch.equal(runs[0], runs[1])
-    assert not torch.equal(runs[0], torch.ones(12, 8))
+    assert not torch.equal(runs[0], torch.ones(32, 8))
 
 
 def test_the_muon_signatures_resolve_for_typing_tools():
