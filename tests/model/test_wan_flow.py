@@ -20,8 +20,9 @@ def test_shift_hand_worked_values():
     # 0.5 t / (1 - 0.5 t): 0.125 / 0.875 = 1/7 at t = 0.25
     assert shift_time(t, 0.5)[1].item() == pytest.approx(1 / 7)
     assert shift_time(t, 1.0) is t
-    with pytest.raises(ValueError, match="shift must be > 0"):
-        shift_time(t, 0.0)
+    for bad in (0.0, -0.5):  # a negative shift maps [0, 1] outside itself
+        with pytest.raises(ValueError, match=f"shift must be > 0, got {bad}"):
+            shift_time(t, bad)
 
 
 def test_shifted_draws_are_the_uniform_draws_mapped():
