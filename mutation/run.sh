@@ -51,4 +51,7 @@ for name in "${names[@]}"; do
   fi
   git diff --quiet -- "$module" || { echo "cosmic-ray left $module modified" >&2; exit 1; }
   "$PYTHON" mutation/report.py "$session" "$name" | tee "$OUT/$name.txt"
+  if [ -n "${server:-}" ]; then  # kills by a crashed fork, if any, are listed in warm.log
+    echo "warm test runs that crashed so far: $(grep -c '^crash:' "$OUT/warm.log" || true)" | tee -a "$OUT/$name.txt"
+  fi
 done

@@ -105,7 +105,9 @@ def serve(path: str) -> None:
                 code = 124  # a hang is a detected mutant, as cosmic-ray counts its own timeouts
             else:
                 code = CRASH
-            if code not in (0, 1):
+            if code == CRASH:
+                print(f"crash: {request['args']}", flush=True)
+            elif code not in (0, 1):  # 2: the mutated module failed to import, 124: a hang
                 print(f"exit {code}: {request['args']}", flush=True)
             try:
                 _send(conn, code)
