@@ -174,10 +174,35 @@ def test_buckets_keep_the_plan_order_and_size():
 
 def test_buckets_carry_nothing_over_a_closed_bucket():
     """A bucket closes once it holds bucket_elems elements, and the next starts from zero."""
-    sizes = [(20, 10), (10, 10), (9, 11), (1, 1)]  # 200, 100, 99, 1 elements, in this order
+    sizes = [(10, 10), (9, 11), (1, 1), (199, 1), (1, 1), (5, 10)]  # 100, 99, 1, 199, 1, 50 elements
     buckets = bucketize([_m(f"w{i}", r, c) for i, (r, c) in enumerate(sizes)], 200)
-    assert [[m.numel for m in b] for b in buckets] == [[200], [100, 99, 1]]
+    assert [[m.numel for m in b] for b in buckets] == [[100, 99, 1], [199, 1], [50]]
     assert [len(b) for b in bucketize([_m(f"w{i}", 2, 2) for i in range(3)], 1)] == [1, 1, 1]  # 1 is allowed
+
+
+def test_home_loads_sum_each_ranks_costs():
+    plan = assign_homes([_m("a", 8, 8), _m("b", 4, 4), _m("c", 2, 2), _m("d", 2, 2)], 3)
+    assert [(m.key, m.home) for m in plan] == [("a", 0), ("b", 1), ("c", 2), ("d", 2)]
+    cost = lambda s: 6 * s**3  # noqa: E731  4 s^2 l + 2 s^3 for a square s x s
+    assert home_loads(plan, 3) == [cost(8), cost(4), 2 * cost(2)]
+    assert home_loads(plan, 4) == [cost(8), cost(4), 2 * cost(2), 0]
+
+
+def test_the_fingerprint_is_sixteen_hex_digits_of_the_plan():
+    import hashlib
+
+    plan = assign_homes([_m("a", 3, 5), LogicalMatrix("q[k]", "q", 1, 4, 2, 0, 1)], 2)
+    text = "a:3x5:None:1:0;q[k]:4x2:0:1:1"  # key:rows x cols:tp_dim:stride:home, in plan order
+    assert fingerprint(plan) == hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def test_logical_matrices_are_frozen_values():
+    import dataclasses
+
+    m = _m("a", 2, 3)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        m.home = 1
+    assert {m, _m("a", 2, 3)} == {m}  # hashable: a plan can key a dict
 
 
 def test_default_bucket_is_four_mebi_elements():
@@ -189,6 +214,9 @@ def test_default_bucket_is_four_mebi_elements():
 def test_plan_errors_name_what_is_wrong():
     with pytest.raises(ValueError, match=r"duplicate logical matrix keys: \['a', 'b'\]"):
         assign_homes([_m("a", 2, 2), _m("b", 2, 2), _m("a", 3, 3), _m("c", 2, 2), _m("b", 2, 2)], 2)
+    many = [_m(k, 2, 2) for k in "gfedcba"] * 2  # seven keys twice: the first five are named
+    with pytest.raises(ValueError, match=r"duplicate logical matrix keys: \['a', 'b', 'c', 'd', 'e'\]$"):
+        assign_homes(many, 2)
     with pytest.raises(ValueError, match="world must be >= 1, got 0"):
         assign_homes([_m("a", 2, 2)], 0)
     assert [m.home for m in assign_homes([_m("a", 2, 2)], 1)] == [0]
@@ -209,6 +237,18 @@ def _marked(shape, dim, stride=1):
     p = torch.nn.Parameter(torch.zeros(shape))
     p.tensor_model_parallel, p.partition_dim, p.partition_stride = True, dim, stride
     return p
+
+
+def test_logical_matrices_at_tp1_are_whole_and_unmarked_strides_are_one():
+    named = {"col": _marked((8, 5), 0, 2), "row": _marked((5, 3), 1)}
+    got = {m.key: (m.rows, m.cols, m.tp_dim, m.stride) for m in logical_matrices(named, {}, 1, True)}
+    assert got == {"col": (8, 5, None, 1), "row": (5, 3, None, 1)}  # TP1: every rank holds the whole
+    plain = torch.nn.Parameter(torch.zeros(4, 6))
+    plain.tensor_model_parallel, plain.partition_dim = True, 1  # no partition_stride attribute
+    assert logical_matrices({"p": plain}, {}, 2, True)[0].stride == 1
+    fused = {"kv": FusedLayout(FusedRows(("k", "v"), (1, 1), 2), FusedRows(("k", "v"), (1, 1), 4))}
+    with pytest.raises(ValueError, match=r"kv: a fused weight must be split along rows \(partition_dim 0\), got 1"):
+        logical_matrices({"kv": _marked((8, 2), 1)}, fused, 2, True)
 
 
 def test_logical_matrices_use_global_shapes_and_split_fused_pieces():
