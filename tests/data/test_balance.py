@@ -109,3 +109,17 @@ def test_buckets_cut_padding_and_lose_only_the_remainder():
     assert eff(bucketed) > eff(plain) + 0.15, (eff(bucketed), eff(plain))
     full_buckets = [b for b in bucketed[:-4] if max(b) <= 8]
     assert all(max(b) <= 8 for b in full_buckets)
+
+
+def test_the_balance_signatures_resolve_for_typing_tools():
+    """The module postpones its annotations; a broken one would only fail what reads the hints."""
+    import typing
+
+    from wallwm_pretrain.data import balance
+
+    functions = [balance._counts, balance._unit, balance.window_spec, balance.balance_for]
+    functions += [getattr(ClusterBalance, name) for name in (
+        "__init__", "keep_probability", "target", "expected_fraction", "keep", "keep_ids", "stage", "window_stage")]
+    hints = {f.__name__: typing.get_type_hints(f) for f in functions}
+    assert hints["window_spec"]["return"] == dict | None
+    assert hints["balance_for"]["return"] == tuple[ClusterBalance | None, dict | None]
