@@ -214,3 +214,63 @@ def test_gram_variant_is_the_quintic_in_gram_form():
     assert ns_uses_gram("gram") and not ns_uses_gram("quintic") and not ns_uses_gram("polar_express")
     with pytest.raises(ValueError, match="one of"):
         ns_uses_gram("syrk")
+
+
+def test_step_coefficients_take_one_triple_or_one_per_step():
+    from wallwm_pretrain.optim.newton_schulz import step_coefficients
+
+    assert step_coefficients((1, 2, 3), 2) == [(1.0, 2.0, 3.0)] * 2
+    assert step_coefficients(((1, 2, 3), (4, 5, 6)), 3) == [(1.0, 2.0, 3.0), (4.0, 5.0, 6.0), (4.0, 5.0, 6.0)]
+    for bad in [((1.0, 2.0, 3.0), (1.0, 2.0)), ((1.0, 2.0, 3.0, 4.0),), ()]:
+        with pytest.raises(ValueError, match=r"three coefficients \(a, b, c\) or a sequence of such triples"):
+            step_coefficients(bad, 2)
+    for flat in [(1.0, 2.0, 3.0, 4.0), (1.0, 2.0)]:  # numbers, but not three: no triple to iterate
+        with pytest.raises(TypeError):
+            step_coefficients(flat, 2)
+
+
+def test_a_variant_name_read_from_a_file_is_recognised():
+    """Names from a YAML file are equal strings, not the same object as the literal."""
+    assert ns_uses_gram("".join(["gr", "am"]))
+
+
+def test_norm_scale_divides_the_input_by_that_multiple_of_its_norm():
+    """x0 = G / (scale ||G||_F), then the quintic, written out in float64."""
+    g = torch.randn(6, 10, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    a, b, c = NS_COEFFICIENTS
+    for scale in (1.5, 0.8):
+        x = g / (scale * g.norm())
+        for _ in range(3):
+            gram = x @ x.T
+            x = a * x + (b * gram + c * gram @ gram) @ x
+        got = newton_schulz(g, steps=3, dtype="float64", norm_scale=scale)
+        torch.testing.assert_close(got, x, rtol=0, atol=1e-12)
+
+
+def test_flop_counts_take_the_smallest_shapes_and_refuse_empty_ones():
+    assert newton_schulz_flops(1, 1) == 6 and newton_schulz_flops(1, 1, steps=0) == 0
+    assert gram_newton_schulz_flops(1, 1, 1) == 6  # 4 s^2 l + 2 s^3 steps, no P Q or P R P
+    # two iterations: 4 s^2 l + R^2 twice (2 s^3 each) + P Q once (2 s^3) + P R P once (4 s^3)
+    assert gram_newton_schulz_flops(2, 6, 2) == 4 * 4 * 6 + (2 * 2 + 2 + 4) * 8
+    for count in (newton_schulz_flops, lambda r, c: gram_newton_schulz_flops(r, c, 1)):
+        for rows, cols in ((0, 4), (4, 0), (0, 0)):
+            with pytest.raises(ValueError, match=f"matrix sizes must be >= 1, got {rows} x {cols}"):
+                count(rows, cols)
+    for count in (newton_schulz_flops, gram_newton_schulz_flops):
+        with pytest.raises(ValueError, match="steps must be >= 0, got -1"):
+            count(3, 3, -1)
+
+
+def test_the_newton_schulz_signatures_resolve_for_typing_tools():
+    """The module postpones its annotations; a broken one would only fail what reads the hints."""
+    import importlib
+    import typing
+
+    ns = importlib.import_module("wallwm_pretrain.optim.newton_schulz")  # the package exports the function by this name
+
+    hints = {f.__name__: typing.get_type_hints(f) for f in (
+        ns.ns_variant, ns.ns_uses_gram, ns.step_coefficients, ns.resolve_ns_dtype, ns.newton_schulz,
+        ns.newton_schulz_flops, ns._gram_iterations, ns.gram_polynomial, ns.gram_is_cheaper, ns.gram_newton_schulz_flops)}
+    assert hints["newton_schulz"]["dtype"] == str | torch.dtype
+    assert hints["resolve_ns_dtype"]["dtype"] == str | torch.dtype
+    assert hints["gram_polynomial"]["return"] == torch.Tensor | None
