@@ -308,3 +308,24 @@ def test_the_same_state_saved_twice_gives_identical_bytes(tmp_path):
     for name in manifests[0]:
         assert len({(f / name).read_bytes() for f in folders}) == 1, name
     assert_same(load_checkpoint(folders[0]).model, load_checkpoint(folders[3]).model)
+
+
+def test_a_model_state_with_nested_tensors_names_the_first_three(tmp_path):
+    model = {"w": torch.ones(2), **{f"n{i}": {"t": torch.zeros(1)} for i in range(4, 0, -1)}}
+    with pytest.raises(CheckpointError, match=r"model state entries \['n1/t', 'n2/t', 'n3/t'\] hold tensors inside containers"):
+        save(tmp_path, 1, model=model)
+    assert not list((tmp_path / "checkpoints").glob("step_*"))
+
+
+def test_the_store_signatures_resolve_for_typing_tools():
+    """The module postpones its annotations; a broken one would only fail what reads the hints."""
+    import inspect
+    import typing
+    from pathlib import Path
+
+    functions = [f for _, f in inspect.getmembers(store, inspect.isfunction) if f.__module__ == store.__name__]
+    hints = {f.__name__: typing.get_type_hints(f) for f in functions}
+    assert len(hints) >= 20 and hints["is_sharded"]["path"] == str | Path
+    assert hints["resolve_resume"]["return"] == Path | None
+    assert hints["prune_checkpoints"]["protect"] == Path | None
+    assert hints["_write_tensors"]["order"] == list[str] | None
