@@ -3,6 +3,7 @@
 #   mutation/run.sh [MODULE ...]      default: every mutation/*.toml
 #   RECHECK=1 mutation/run.sh MODULE  re-test only the survivors of the last session (after
 #                                     adding tests), then report again
+#   RESUME=1 mutation/run.sh MODULE   go on with the mutants a stopped session has not run
 # Each mutation/NAME.toml names one module and the fast tests that guard it. cosmic-ray
 # mutates the module IN PLACE, one mutant at a time, and runs the tests; the working tree is
 # checked to be clean of that module afterwards. Sessions and reports go to runs/mutation/.
@@ -43,6 +44,8 @@ for name in "${names[@]}"; do
   fi
   if [ -n "${RECHECK:-}" ]; then
     "$PYTHON" mutation/recheck.py "$cfg" "$session"
+  elif [ -n "${RESUME:-}" ]; then
+    $CR exec "$cfg" "$session"  # runs only the work items that have no result yet
   else
     rm -f "$session"
     $CR init "$cfg" "$session"
