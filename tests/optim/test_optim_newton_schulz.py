@@ -221,6 +221,8 @@ def test_step_coefficients_take_one_triple_or_one_per_step():
 
     assert step_coefficients((1, 2, 3), 2) == [(1.0, 2.0, 3.0)] * 2
     assert step_coefficients(((1, 2, 3), (4, 5, 6)), 3) == [(1.0, 2.0, 3.0), (4.0, 5.0, 6.0), (4.0, 5.0, 6.0)]
+    three = ((1, 2, 3), (4, 5, 6), (7, 8, 9))  # three triples: not one triple of three numbers
+    assert step_coefficients(three, 4) == [(1.0, 2.0, 3.0), (4.0, 5.0, 6.0), (7.0, 8.0, 9.0), (7.0, 8.0, 9.0)]
     for bad in [((1.0, 2.0, 3.0), (1.0, 2.0)), ((1.0, 2.0, 3.0, 4.0),), ()]:
         with pytest.raises(ValueError, match=r"three coefficients \(a, b, c\) or a sequence of such triples"):
             step_coefficients(bad, 2)
