@@ -123,3 +123,34 @@ def test_the_balance_signatures_resolve_for_typing_tools():
     hints = {f.__name__: typing.get_type_hints(f) for f in functions}
     assert hints["window_spec"]["return"] == dict | None
     assert hints["balance_for"]["return"] == tuple[ClusterBalance | None, dict | None]
+
+
+def test_the_stage_passes_unreadable_samples_on_and_marks_bad_cluster_ids():
+    """A sample whose json cannot be read goes on unchanged (the cooker names it); one whose
+    cluster ids are missing, of the wrong type or unknown is kept and marked; neither stops the
+    stream. alpha = 0 on both axes over equal counts keeps everything else."""
+    import json
+
+    index = {"vl_cluster_counts": {"0": 5, "1": 5}, "action_cluster_counts": {"0": 5}}
+    bal = ClusterBalance(index, BalanceConfig(alpha_vl=0.0, alpha_action=0.0), seed=0)
+
+    def sample(key, meta):
+        return {"__key__": key, "__url__": "s.tar", "json": meta if isinstance(meta, bytes) else json.dumps(meta).encode()}
+
+    stream = [sample("unreadable", b"{not json"), sample("ok1", {"vl_cluster": 1, "action_cluster": 0}),
+              sample("no_ids", {"caption": "x"}), sample("none_id", {"vl_cluster": None, "action_cluster": 0}),
+              sample("unknown", {"vl_cluster": 7, "action_cluster": 0}), sample("ok2", {"vl_cluster": 0, "action_cluster": 0})]
+    out = list(bal.stage(iter(stream), epoch=0))
+    assert [s["__key__"] for s in out] == ["unreadable", "ok1", "no_ids", "none_id", "unknown", "ok2"]
+    assert out[0] == stream[0] and "__balance_error__" not in out[1] and "__balance_error__" not in out[5]
+    assert out[2]["__balance_error__"].startswith("no usable cluster ids (KeyError: ")
+    assert out[3]["__balance_error__"].startswith("no usable cluster ids (TypeError: ")
+    assert out[4]["__balance_error__"] == ("no usable cluster ids (ValueError: cluster 7 is not in index.json's "
+                                           "cluster counts)")
+
+
+@pytest.mark.parametrize("index", [{"vl_cluster_counts": {"0": 3}}, {"action_cluster_counts": {"0": 3}},
+                                   {"vl_cluster_counts": {"0": 3}, "action_cluster_counts": {"0": 0}}])
+def test_counts_missing_on_either_axis_are_refused(index):
+    with pytest.raises(ValueError, match=r"index.json has no cluster counts \(vl_cluster_counts / action_cluster_counts\)"):
+        ClusterBalance(index, BalanceConfig(alpha_vl=0.5, alpha_action=0.5), seed=0)
