@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import math
 from collections import Counter
 from pathlib import Path
@@ -78,7 +79,8 @@ def write_episodes(folder: Path, windows: bool = True, complete: bool = True, dr
 
 
 def cfg(folder: Path, **kw) -> DataConfig:
-    base = dict(shards=str(folder), mode="unified", chunk_horizon=H, history_latents=M, batch_size=1,
+    # the mode as a config file gives it: equal to the literal "unified", but another object
+    base = dict(shards=str(folder), mode="".join(["uni", "fied"]), chunk_horizon=H, history_latents=M, batch_size=1,
                 shuffle_buffer=4, length_buckets=[], seed=3, balance=BalanceConfig(0.0, 0.5))
     return DataConfig(**{**base, **kw})
 
@@ -186,11 +188,15 @@ def test_an_episode_without_window_ids_is_a_bad_sample_naming_it(tmp_path):
         epoch_keys(loader)
 
 
-def test_shards_without_window_clusters_keep_the_per_episode_balance(tmp_path):
+def test_shards_without_window_clusters_keep_the_per_episode_balance(tmp_path, caplog):
     folder = tmp_path / "ep"
     write_episodes(folder, windows=False)
-    loader = EventLoader(cfg(folder, balance=BalanceConfig(0.0, 1.0)), frame_stride=K, caption_max_bytes=16)
+    with caplog.at_level(logging.WARNING, logger="wallwm_pretrain.data.balance"):
+        loader = EventLoader(cfg(folder, balance=BalanceConfig(0.0, 1.0)), frame_stride=K, caption_max_bytes=16)
     assert loader.balance.unit == "sample" and loader.window_spec is None
+    warned = [r.getMessage() for r in caplog.records if r.name == "wallwm_pretrain.data.balance"]
+    assert len(warned) == 1 and "carry no cluster ids" in warned[0]
+    assert f"python -m data_tools cluster-windows --shards {folder} --horizon {H} --history {M}" in warned[0]
     got = Counter(k.partition("/")[0] for k in epoch_keys(loader))
     rule = ClusterBalance(json.loads((folder / "index.json").read_text()), BalanceConfig(0.0, 1.0), seed=3)
     want = {f"ep{e:06d}_L1" for e in range(EPISODES)
