@@ -213,3 +213,13 @@ def test_a_one_sample_cluster_is_balanced_too():
     index = {"vl_cluster_counts": {"0": 100, "1": 1}, "action_cluster_counts": {"0": 101}}
     balance = ClusterBalance(index, BalanceConfig(0.0, 1.0), seed=0)
     assert balance.keep_probability(1, 0) == 1.0 and balance.keep_probability(0, 0) == pytest.approx(0.01)
+
+
+def test_the_caption_vocabulary_is_258_ids_with_pad_zero():
+    """The ids are a checkpoint contract (the model's caption embedding has one row per id and
+    masks id 0 as padding): pad 0, begin 1, byte b at 2 + b, the last byte at 257."""
+    from wallwm_pretrain.captions import CAPTION_BEGIN, CAPTION_PAD, CAPTION_VOCAB, encode_caption
+
+    assert (CAPTION_PAD, CAPTION_BEGIN, CAPTION_VOCAB) == (0, 1, 258)
+    assert encode_caption("\xff", 10).tolist() == [1, 2 + 0xC3, 2 + 0xBF]  # U+00FF is c3 bf in UTF-8
+    assert max(encode_caption(chr(0x10FFFF), 10)) < CAPTION_VOCAB  # f4 8f bf bf: every id fits
