@@ -309,3 +309,28 @@ def test_an_event_that_fits_is_not_cropped_and_draws_nothing_for_a_crop(t):
         np.testing.assert_array_equal(s.latents[:, 0, 0, 0, 0], np.arange(-(-t // 2)))
         dropped = sample_rng(5, 0, f"k{i}").random() < 0.5
         assert (len(s.caption) == 1) == dropped
+
+
+def test_caption_states_as_wide_as_a_real_text_encoder_pass():
+    """UMT5-XXL's states are 4096 wide: beyond the ints CPython keeps one object of, so the
+    width check must compare values."""
+    width = 4096
+    sample = crude()
+    sample["caption_states.npy"] = np.frombuffer(np.ones((2, width), np.float16).tobytes(), np.float16).reshape(2, -1)
+    empty = np.zeros((1, int(str(width))), np.float16)
+    [s] = cook_event(sample, cfg(caption_drop=NEVER), 64, Normalizer(), 0, Extras(empty_states=empty))
+    assert s.caption_states.shape == (2, width)
+
+
+def test_the_cooker_signatures_resolve_for_typing_tools():
+    """The module postpones its annotations; a broken one would only fail what reads the hints."""
+    import inspect
+    import typing
+
+    from wallwm_pretrain.data import cookers
+
+    functions = [f for _, f in inspect.getmembers(cookers, inspect.isfunction) if f.__module__ == cookers.__name__]
+    functions += [cookers.TrainSample, cookers.Normalizer.from_index, cookers.Normalizer.actions]
+    hints = {f.__name__: typing.get_type_hints(f) for f in functions}
+    assert hints["text_states"]["return"] == np.ndarray | None
+    assert hints["make_cooker"]["window_clusters"] == dict | None
