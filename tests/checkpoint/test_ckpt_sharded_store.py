@@ -2,6 +2,7 @@
 and every loader of the layout. The multi-rank cases are in tests/parallel/test_sharded_checkpoint.py."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -22,7 +23,7 @@ def sharded_save(run_dir, step, keep_last=0, keep_every=0, trainer=None):
     stage = {"stages": [(0, ["w", "b", "norm._extra_state"])], "extra": {"norm._extra_state": None}, "optimizer": None}
     tmp, final = store.begin_sharded_save(run_dir, step, rank=0, world=1)
     assert tmp.is_dir() and tmp.parent == final.parent == run_dir / "checkpoints"
-    assert tmp.name.startswith(f".tmp-step_{step:08d}-") and final.name == f"step_{step:08d}"
+    assert re.fullmatch(rf"\.tmp-step_{step:08d}-[0-9a-f]{{8}}", tmp.name) and final.name == f"step_{step:08d}"
     out = store.finish_sharded_save(tmp, final, rank=0, world=1, pieces=pieces, stage=stage,
                                     trainer=trainer if trainer is not None else {"step": step, "ema": 0.5},
                                     config_yaml=CONFIG_YAML, keep_last=keep_last, keep_every=keep_every)
@@ -76,6 +77,15 @@ def test_a_flipped_piece_byte_fails_naming_the_file(tmp_path):
         store.load_checkpoint(folder)
     assert torch.equal(store.load_checkpoint(folder, verify=False).model["w"].flatten()[:5],
                        model_tensors(2)["w"].flatten()[:5])
+
+
+def test_the_sharded_reader_checks_the_trainer_files_by_default(tmp_path):
+    folder = sharded_save(tmp_path, 0)  # step 0: a save before the first step is a checkpoint too
+    path = folder / "trainer.safetensors"
+    path.write_bytes(path.read_bytes()[:-1] + b"\x00")
+    with pytest.raises(CheckpointError, match="trainer.safetensors"):
+        store.sharded_reader(folder)
+    assert store.sharded_reader(folder, verify=False).read_whole("b").shape == (2,)
 
 
 def test_sharded_saves_keep_the_newest_and_the_milestones(tmp_path):

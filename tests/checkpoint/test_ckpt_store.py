@@ -329,3 +329,40 @@ def test_the_store_signatures_resolve_for_typing_tools():
     assert hints["resolve_resume"]["return"] == Path | None
     assert hints["prune_checkpoints"]["protect"] == Path | None
     assert hints["_write_tensors"]["order"] == list[str] | None
+
+
+def test_save_checkpoint_takes_its_states_by_keyword_only(tmp_path):
+    """model, optimizer, trainer ... by name: a positional mix-up cannot swap two states."""
+    with pytest.raises(TypeError):
+        save_checkpoint(tmp_path, 1, {}, {}, {}, CONFIG_YAML, 0)
+
+
+def test_a_header_that_does_not_match_its_tensors_is_refused(tmp_path):
+    path = tmp_path / "m.safetensors"
+    store._write_tensors(path, {"a": torch.ones(1), "b": torch.zeros(1)}, order=["a"])
+    with pytest.raises(CheckpointError, match="m.safetensors: header order list does not match the stored entries"):
+        store._load_tensors(path)
+    store._write_tensors(path, {"a": torch.ones(1)}, order=["a", "x"], extra_json='{"x": {"__tensor__": "gone"}}')
+    with pytest.raises(CheckpointError, match=r"m.safetensors: cannot read tensors \(missing tensor 'gone'\)"):
+        store._load_tensors(path)
+
+
+def test_a_trainer_json_that_is_not_utf8_is_named(tmp_path):
+    path = save(tmp_path, 1)
+    data = (path / "trainer.json").read_bytes()
+    (path / "trainer.json").write_bytes(b"\xff" + data[1:])  # the listed size, not UTF-8
+    with pytest.raises(CheckpointError, match=r"trainer.json: malformed JSON"):
+        load_checkpoint(path, verify=False)
+
+
+def test_a_model_entry_that_cannot_be_saved_is_named(tmp_path):
+    with pytest.raises(CheckpointError, match=r"cannot save model state: .*x\._extra_state"):
+        save(tmp_path, 1, model={"w": torch.ones(1), "x._extra_state": object()})
+    assert not list((tmp_path / "checkpoints").glob("step_*"))
+
+
+def test_a_negative_keep_last_keeps_everything(tmp_path):
+    for step in (1, 2, 3):
+        save(tmp_path, step)
+    store.prune_checkpoints(tmp_path, -1)
+    assert [s for s, _ in store.list_checkpoints(tmp_path)] == [1, 2, 3]
