@@ -276,3 +276,22 @@ def test_the_newton_schulz_signatures_resolve_for_typing_tools():
     assert hints["newton_schulz"]["dtype"] == str | torch.dtype
     assert hints["resolve_ns_dtype"]["dtype"] == str | torch.dtype
     assert hints["gram_polynomial"]["return"] == torch.Tensor | None
+
+
+def test_the_quintic_and_gram_variants_keep_the_norm_scale_one():
+    assert ns_variant("quintic") == (NS_COEFFICIENTS, 1.0) and ns_variant("gram") == (NS_COEFFICIENTS, 1.0)
+
+
+def test_a_tie_in_flops_keeps_the_standard_form():
+    """At l = 1.5 s both forms cost the same (4 s^2 l (k - 1) = 6 s^3 (k - 1)); the Gram form is
+    taken only when strictly cheaper."""
+    assert gram_newton_schulz_flops(2, 3, 5) == newton_schulz_flops(2, 3, steps=5)
+    assert not gram_is_cheaper(2, 3, 5) and gram_is_cheaper(2, 4, 5)
+
+
+@pytest.mark.parametrize("steps", [2, 4])
+def test_gram_flop_count_matches_counted_matmul_flops_for_even_steps(steps):
+    x = torch.randn(16, 64)
+    with FlopCounterMode(display=False) as counter:
+        newton_schulz(x, steps=steps, gram=True)
+    assert counter.get_total_flops() == gram_newton_schulz_flops(16, 64, steps)
