@@ -202,3 +202,46 @@ def test_shards_without_window_clusters_keep_the_per_episode_balance(tmp_path, c
     want = {f"ep{e:06d}_L1" for e in range(EPISODES)
             if rule.keep({"vl_cluster": e % 3, "action_cluster": 0}, f"ep{e:06d}_L1", 0)}
     assert set(got) == want and set(got.values()) == {STEPS // H}  # whole episodes, every window
+
+
+@pytest.mark.parametrize("windows", [[4, 1, 2], {"horizon": True, "history": 1, "frame_stride": 2},
+                                     {"horizon": "4", "history": 1, "frame_stride": 2}, {"horizon": 4, "history": 1}])
+def test_a_malformed_windows_record_is_named(tmp_path, windows):
+    """index.json's 'windows' must be an object of integers (not booleans, not strings)."""
+    from wallwm_pretrain.data.balance import balance_for
+    from wallwm_pretrain.data.errors import ShardError
+
+    index = {"windows": windows, "vl_cluster_counts": {"0": 1}, "action_cluster_counts": {"0": 1}}
+    with pytest.raises(ShardError, match=r"index.json: 'windows' must be an object with integer horizon, history, "
+                                         r"frame_stride"):
+        balance_for(index, cfg(tmp_path), K)
+
+
+def test_window_clusters_recorded_without_their_counts_are_named(tmp_path):
+    from wallwm_pretrain.data.balance import balance_for
+    from wallwm_pretrain.data.errors import ShardError
+    from wallwm_pretrain.windows import spec_of
+
+    index = {"windows": {**spec_of(H, M, K), "complete": True},
+             "vl_cluster_counts": {"0": 1}, "action_cluster_counts": {"0": 1}}  # per-event counts only
+    with pytest.raises(ShardError, match=r"index.json records window clusters but index.json has no cluster counts "
+                                         r"\(window_vl_cluster_counts"):
+        balance_for(index, cfg(tmp_path), K)
+
+
+def test_the_window_stage_passes_other_items_and_windows_without_ids():
+    """Only a window with cluster ids is kept or dropped; a window without ids and anything that
+    is not a window (an error marker) pass as they are."""
+    from wallwm_pretrain.data.balance import ClusterBalance
+    from wallwm_pretrain.data.cookers import TrainSample
+
+    counts = {"window_vl_cluster_counts": {"0": 1, "1": 10**6}, "window_action_cluster_counts": {"0": 1}}
+    bal = ClusterBalance(counts, BalanceConfig(0.0, 1.0), seed=0, unit="window")  # cluster 1: p = 1e-6
+
+    def window(key, clusters):
+        z = np.zeros(0)
+        return TrainSample(key, z, z, z, z, clusters=clusters)
+
+    marker = {"__key__": "x", "__balance_error__": "bad"}
+    items = [marker, window("free", None), window("rare", (0, 0)), window("common", (1, 0))]
+    assert [getattr(i, "key", "marker") for i in bal.window_stage(iter(items), epoch=0)] == ["marker", "free", "rare"]
