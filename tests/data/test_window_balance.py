@@ -245,3 +245,14 @@ def test_the_window_stage_passes_other_items_and_windows_without_ids():
     marker = {"__key__": "x", "__balance_error__": "bad"}
     items = [marker, window("free", None), window("rare", (0, 0)), window("common", (1, 0))]
     assert [getattr(i, "key", "marker") for i in bal.window_stage(iter(items), epoch=0)] == ["marker", "free", "rare"]
+
+
+def test_event_mode_balances_per_sample_without_a_word(tmp_path, caplog):
+    """The hint about cluster-windows is for unified mode only."""
+    from wallwm_pretrain.data.balance import balance_for
+
+    index = {"vl_cluster_counts": {"0": 1}, "action_cluster_counts": {"0": 1}}
+    with caplog.at_level(logging.DEBUG, logger="wallwm_pretrain.data.balance"):
+        balance, spec = balance_for(index, cfg(tmp_path, mode="".join(["ev", "ent"])), K)
+    assert balance.unit == "sample" and spec is None
+    assert not [r for r in caplog.records if r.name == "wallwm_pretrain.data.balance"]
