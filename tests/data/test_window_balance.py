@@ -256,3 +256,17 @@ def test_event_mode_balances_per_sample_without_a_word(tmp_path, caplog):
         balance, spec = balance_for(index, cfg(tmp_path, mode="".join(["ev", "ent"])), K)
     assert balance.unit == "sample" and spec is None
     assert not [r for r in caplog.records if r.name == "wallwm_pretrain.data.balance"]
+
+
+def test_chunk_mode_over_clustered_episodes_balances_per_sample(tmp_path):
+    """Chunk mode may read episode shards; their window clusters are unified mode's, not its own."""
+    from wallwm_pretrain.data.balance import balance_for
+    from wallwm_pretrain.windows import spec_of
+
+    index = {"windows": {**spec_of(H, M, K), "complete": True}, "vl_cluster_counts": {"0": 1},
+             "action_cluster_counts": {"0": 1}, "window_vl_cluster_counts": {"0": 1},
+             "window_action_cluster_counts": {"0": 1}}
+    balance, spec = balance_for(index, cfg(tmp_path, mode="chunk"), K)
+    assert balance.unit == "sample" and spec is None
+    balance, spec = balance_for(index, cfg(tmp_path), K)
+    assert balance.unit == "window" and spec == spec_of(H, M, K)
