@@ -88,6 +88,15 @@ def test_the_sharded_reader_checks_the_trainer_files_by_default(tmp_path):
     assert store.sharded_reader(folder, verify=False).read_whole("b").shape == (2,)
 
 
+def test_sharded_retention_has_no_milestones_by_default(tmp_path):
+    for step in (1, 2):
+        tensors = model_tensors(step)
+        tmp, final = store.begin_sharded_save(tmp_path, step, rank=0, world=1)
+        store.finish_sharded_save(tmp, final, rank=0, world=1, stage=None, trainer={"step": step}, keep_last=1,
+                                  pieces=[Piece(n, tuple(t.shape), [0] * t.dim(), t) for n, t in tensors.items()])
+    assert [s for s, _ in store.list_checkpoints(tmp_path)] == [2]
+
+
 def test_sharded_saves_keep_the_newest_and_the_milestones(tmp_path):
     for step in range(1, 8):
         sharded_save(tmp_path, step, keep_last=2, keep_every=3)

@@ -366,3 +366,50 @@ def test_a_negative_keep_last_keeps_everything(tmp_path):
         save(tmp_path, step)
     store.prune_checkpoints(tmp_path, -1)
     assert [s for s, _ in store.list_checkpoints(tmp_path)] == [1, 2, 3]
+
+
+def test_a_scratch_name_already_taken_draws_another(tmp_path, monkeypatch):
+    draws = iter(["aaaaaaaa", "aaaaaaaa", "bbbbbbbb"])
+    monkeypatch.setattr(store.secrets, "token_hex", lambda n: next(draws))
+    (tmp_path / ".tmp-x-aaaaaaaa").mkdir()
+    assert store._new_scratch(tmp_path, ".tmp-x-").name == ".tmp-x-bbbbbbbb"
+
+
+def test_retention_defaults_have_no_milestones(tmp_path):
+    """keep_every defaults to 0 everywhere: keep_last alone decides."""
+    for step in (1, 2, 3):
+        save(tmp_path, step)
+    store.prune_checkpoints(tmp_path, 1)
+    assert [s for s, _ in store.list_checkpoints(tmp_path)] == [3]
+    save_checkpoint(tmp_path, 4, model={"w": torch.ones(1)}, optimizer={}, trainer={}, config_yaml="", keep_last=1)
+    assert [s for s, _ in store.list_checkpoints(tmp_path)] == [4]
+
+
+def test_step_zero_is_a_checkpoint(tmp_path):
+    assert save(tmp_path, 0).name == "step_00000000" and store.find_latest(tmp_path).name == "step_00000000"
+
+
+def test_a_manifest_without_a_required_file_is_not_a_checkpoint(tmp_path):
+    path = save(tmp_path, 2)
+    manifest = json.loads((path / "manifest.json").read_text())
+    del manifest["files"]["config.yaml"]
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    assert not store.is_complete(path)
+    with pytest.raises(CheckpointError, match="manifest does not list required file 'config.yaml'"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("folder_step", [1, 3])
+def test_a_folder_named_for_another_step_is_refused(tmp_path, folder_step):
+    path = save(tmp_path, 2)
+    moved = path.rename(path.with_name(f"step_{folder_step:08d}"))
+    with pytest.raises(CheckpointError, match="folder name does not match manifest step 2"):
+        load_checkpoint(moved)
+    assert store.list_checkpoints(tmp_path) == []
+
+
+def test_resume_auto_as_a_config_file_gives_it(tmp_path):
+    """An equal string, not the literal object."""
+    path = save(tmp_path, 5)
+    assert resolve_resume(tmp_path, "".join(["au", "to"])) == path
+    assert resolve_resume(tmp_path, "".join(["no", "ne"])) is None
