@@ -334,3 +334,26 @@ def test_the_cooker_signatures_resolve_for_typing_tools():
     hints = {f.__name__: typing.get_type_hints(f) for f in functions}
     assert hints["text_states"]["return"] == np.ndarray | None
     assert hints["make_cooker"]["window_clusters"] == dict | None
+
+
+def test_a_constant_dimension_is_divided_by_the_floor_not_by_zero():
+    """A state or action dimension that never moves has std 0: it is divided by 1e-6."""
+    norm = Normalizer(np.array([0.0, 0.0], np.float32), np.array([0.0, 1.0], np.float32),
+                      np.array([100.0, 0.0, 0.0], np.float32), np.array([0.0, 1.0, 1.0], np.float32))
+    [s] = cook_event(crude(3), cfg(), 64, norm, 0)
+    np.testing.assert_array_equal(s.state, [0.0, 200.0, 300.0])  # the first step's state; (100 - 100) / 1e-6 = 0
+    np.testing.assert_allclose(s.actions[:, 0], [0.0, 1e6, 2e6], rtol=1e-6)
+    np.testing.assert_allclose(norm.raw_actions(s.actions)[:, 0], [0.0, 1.0, 2.0], rtol=1e-6)
+
+
+def test_latents_longer_than_the_steps_are_refused():
+    sample = crude(10, latent_stride=2)
+    sample["latents.npy"] = np.concatenate([sample["latents.npy"], sample["latents.npy"][:1]])
+    with pytest.raises(SampleError, match=r"has 6 latent frames, 10 steps need ceil\(10 / 2\) = 5"):
+        latent_window(sample, 0, 4, 2)
+
+
+def test_make_cooker_reads_the_mode_as_a_config_file_gives_it():
+    """Equal strings, not the literal objects."""
+    assert len(make_cooker(cfg(mode="".join(["ev", "ent"])), 64, Normalizer())(crude(10), epoch=0)) == 1
+    assert len(make_cooker(cfg(mode="".join(["ch", "unk"])), 64, Normalizer())(crude(10), epoch=0)) == 3
