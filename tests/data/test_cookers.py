@@ -4,6 +4,8 @@ against values written out here."""
 import random
 import zlib
 
+import re
+
 import numpy as np
 import pytest
 
@@ -54,7 +56,8 @@ def cfg(**kw):
 def test_a_missing_key_is_named_with_the_sample_and_shard(key):
     sample = crude()
     del sample[key]
-    with pytest.raises(SampleError, match=rf"shard-000.tar: sample ep0/e1: missing key '{key}'"):
+    others = sorted(k for k in ("json", "actions.npy", "state.npy", "states.npy", "frames.npy") if k != key)
+    with pytest.raises(SampleError, match=rf"shard-000.tar: sample ep0/e1: missing key '{key}' \(has {re.escape(str(others))}\)"):
         check_sample(sample)
 
 
@@ -246,8 +249,13 @@ def test_chunk_windows_carry_their_latents():
 def test_latent_frames_must_match_the_steps():
     sample = crude(10, latent_stride=2)
     sample["latents.npy"] = sample["latents.npy"][:4]
-    with pytest.raises(SampleError, match=r"has 4 latent frames, 10 steps need ceil\(10 / 2\) = 5"):
+    with pytest.raises(SampleError, match=r"has 4 latent frames, 10 steps need ceil\(10 / 2\) = 5$"):
         latent_window(sample, 0, 4, 2)
+    for bad in (np.zeros((5, 1, 2, 1, 1), np.int8), np.zeros((5, 1, 2, 1), np.float16),
+                np.zeros((5, 1, 2, 1, 1, 1), np.float16)):  # another dtype, one dim short, one too many
+        sample["latents.npy"] = bad
+        with pytest.raises(SampleError, match="'latents.npy' must be float16 with 5 dims"):
+            latent_window(sample, 0, 4, 2)
     sample["latents.npy"] = np.zeros((5, 1, 2, 1, 1), np.float32)
     with pytest.raises(SampleError, match="'latents.npy' must be float16 with 5 dims"):
         latent_window(sample, 0, 4, 2)
@@ -339,9 +347,9 @@ def test_the_cooker_signatures_resolve_for_typing_tools():
 def test_a_constant_dimension_is_divided_by_the_floor_not_by_zero():
     """A state or action dimension that never moves has std 0: it is divided by 1e-6."""
     norm = Normalizer(np.array([0.0, 0.0], np.float32), np.array([0.0, 1.0], np.float32),
-                      np.array([100.0, 0.0, 0.0], np.float32), np.array([0.0, 1.0, 1.0], np.float32))
+                      np.array([100.0, 0.5, 0.0], np.float32), np.array([0.0, 1.0, 8.0], np.float32))
     [s] = cook_event(crude(3), cfg(), 64, norm, 0)
-    np.testing.assert_array_equal(s.state, [0.0, 200.0, 300.0])  # the first step's state; (100 - 100) / 1e-6 = 0
+    np.testing.assert_array_equal(s.state, [0.0, 199.5, 37.5])  # the first step's state; (100 - 100) / 1e-6 = 0
     np.testing.assert_allclose(s.actions[:, 0], [0.0, 1e6, 2e6], rtol=1e-6)
     np.testing.assert_allclose(norm.raw_actions(s.actions)[:, 0], [0.0, 1.0, 2.0], rtol=1e-6)
 
@@ -357,3 +365,26 @@ def test_make_cooker_reads_the_mode_as_a_config_file_gives_it():
     """Equal strings, not the literal objects."""
     assert len(make_cooker(cfg(mode="".join(["ev", "ent"])), 64, Normalizer())(crude(10), epoch=0)) == 1
     assert len(make_cooker(cfg(mode="".join(["ch", "unk"])), 64, Normalizer())(crude(10), epoch=0)) == 3
+
+
+def test_an_event_longer_than_256_steps_cooks():
+    """Lengths past the small ints CPython keeps one object of: the length checks compare values."""
+    [s] = cook_event(crude(300), cfg(max_frames=400), 64, Normalizer(), 0)
+    assert s.length == 300 and s.frames.shape[0] == 300
+
+
+def test_chunk_windows_keep_the_task_states_whatever_the_caption_drop():
+    """Chunk mode conditions on the task, which is never dropped."""
+    empty = np.zeros((1, 4), np.float16)
+    sample = crude(8)
+    sample["task_states.npy"] = np.ones((3, 4), np.float16)
+    windows = cook_chunks(sample, cfg(caption_drop=ALWAYS), 64, Normalizer(), 0, Extras(empty_states=empty))
+    assert all(w.caption_states is sample["task_states.npy"] for w in windows)
+
+
+def test_make_cooker_reads_the_conditioner_mode_as_a_config_file_gives_it():
+    from wallwm_pretrain.data.conditioner import make_conditioner_cooker
+
+    got = make_cooker(cfg(mode="".join(["cond", "itioner"])), 64, Normalizer())
+    want = make_conditioner_cooker(cfg(mode="conditioner"), 64, Normalizer(), Extras())
+    assert getattr(got, "func", got) is getattr(want, "func", want)
