@@ -296,3 +296,8 @@ def test_gram_flop_count_matches_counted_matmul_flops_for_even_steps(steps):
     with FlopCounterMode(display=False) as counter:
         newton_schulz(x, steps=steps, gram=True)
     assert counter.get_total_flops() == gram_newton_schulz_flops(16, 64, steps)
+
+
+def test_zero_steps_return_the_scaled_input():
+    g = torch.randn(4, 6, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(newton_schulz(g, steps=0), g / g.norm(), rtol=0, atol=1e-7)
