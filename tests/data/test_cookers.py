@@ -388,3 +388,8 @@ def test_make_cooker_reads_the_conditioner_mode_as_a_config_file_gives_it():
     got = make_cooker(cfg(mode="".join(["cond", "itioner"])), 64, Normalizer())
     want = make_conditioner_cooker(cfg(mode="conditioner"), 64, Normalizer(), Extras())
     assert getattr(got, "func", got) is getattr(want, "func", want)
+
+
+def test_latents_of_an_event_longer_than_256_latent_frames_pass():
+    sample = crude(600, latent_stride=2)  # 300 latent frames: past the small ints
+    assert latent_window(sample, 0, 600, 2).shape[0] == 300

@@ -169,6 +169,8 @@ def test_chunk_and_event_batches_keep_their_layout():
 def test_make_cooker_dispatches_and_checks_the_horizon():
     cooker = make_cooker(cfg(), 64, Normalizer(), Extras(), frame_stride=K)
     assert len(cooker(episode(), epoch=0)) == 4
+    read = make_cooker(cfg(mode="".join(["uni", "fied"])), 64, Normalizer(), Extras(), frame_stride=K)
+    assert read.func is cooker.func  # the mode as a config file gives it: an equal string, not the literal
     with pytest.raises(ConfigError, match="chunk_horizon \\(5\\) to be a multiple of model.frame_stride \\(2\\)"):
         make_cooker(cfg(chunk_horizon=5), 64, Normalizer(), Extras(), frame_stride=K)
 
