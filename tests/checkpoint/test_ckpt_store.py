@@ -413,3 +413,47 @@ def test_resume_auto_as_a_config_file_gives_it(tmp_path):
     path = save(tmp_path, 5)
     assert resolve_resume(tmp_path, "".join(["au", "to"])) == path
     assert resolve_resume(tmp_path, "".join(["no", "ne"])) is None
+
+
+def test_a_negative_step_is_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(CheckpointError, match="checkpoint step must be an int >= 0, got -1"):
+        save(tmp_path, -1)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_keep_every_one_keeps_every_step(tmp_path):
+    for step in (1, 2, 3):
+        save(tmp_path, step, keep_last=1, keep_every=1)
+    assert [s for s, _ in store.list_checkpoints(tmp_path)] == [1, 2, 3]
+
+
+def test_a_header_order_listing_more_than_the_file_holds_is_refused(tmp_path):
+    path = tmp_path / "m.safetensors"
+    store._write_tensors(path, {"a": torch.ones(1), "b": torch.zeros(1)}, order=["a", "b", "c"])
+    with pytest.raises(CheckpointError, match="header order list does not match the stored entries"):
+        store._load_tensors(path)
+
+
+def test_a_trainer_structure_that_cannot_be_rebuilt_is_named(tmp_path):
+    path = save(tmp_path, 1, trainer={"pad": "x" * 60})
+    size = (path / "trainer.json").stat().st_size
+    bad = json.dumps({"s": {"__tensor__": "gone"}})
+    (path / "trainer.json").write_text(bad + " " * (size - len(bad)))  # the listed size, valid JSON
+    with pytest.raises(CheckpointError, match=r"trainer.json: cannot rebuild the trainer state \(missing tensor 'gone'\)"):
+        load_checkpoint(path, verify=False)
+
+
+def test_load_model_state_verifies_by_default(tmp_path):
+    path = save(tmp_path, 1)
+    model = path / "model.safetensors"
+    model.write_bytes(model.read_bytes()[:-1] + bytes([model.read_bytes()[-1] ^ 0xFF]))
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        store.load_model_state(path)
+
+
+def test_resume_takes_a_relative_path(tmp_path, monkeypatch):
+    """A relative folder whose name sorts after 'auto' and 'none' is still a path."""
+    path = save(tmp_path / "runs", 3)
+    monkeypatch.chdir(tmp_path)
+    assert resolve_resume(tmp_path, "runs/checkpoints/step_00000003") == store.Path("runs/checkpoints/step_00000003")
+    assert path.is_dir()
