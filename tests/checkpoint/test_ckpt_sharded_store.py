@@ -17,7 +17,8 @@ def model_tensors(step):
     return {"w": torch.arange(6.0).view(2, 3) + step, "b": torch.tensor([1.0, -2.0]) * step}
 
 
-def sharded_save(run_dir, step, keep_last=0, keep_every=0, trainer=None):
+def sharded_save(run_dir, step, trainer=None, **retention):
+    """A one-rank sharded save of step ``step``; ``retention``: keep_last / keep_every, if given."""
     tensors = model_tensors(step)
     pieces = [Piece(name, tuple(t.shape), [0] * t.dim(), t) for name, t in tensors.items()]
     stage = {"stages": [(0, ["w", "b", "norm._extra_state"])], "extra": {"norm._extra_state": None}, "optimizer": None}
@@ -26,7 +27,7 @@ def sharded_save(run_dir, step, keep_last=0, keep_every=0, trainer=None):
     assert re.fullmatch(rf"\.tmp-step_{step:08d}-[0-9a-f]{{8}}", tmp.name) and final.name == f"step_{step:08d}"
     out = store.finish_sharded_save(tmp, final, rank=0, world=1, pieces=pieces, stage=stage,
                                     trainer=trainer if trainer is not None else {"step": step, "ema": 0.5},
-                                    config_yaml=CONFIG_YAML, keep_last=keep_last, keep_every=keep_every)
+                                    config_yaml=CONFIG_YAML, **retention)
     assert out == final and not tmp.exists()
     return final
 
@@ -90,10 +91,7 @@ def test_the_sharded_reader_checks_the_trainer_files_by_default(tmp_path):
 
 def test_sharded_retention_has_no_milestones_by_default(tmp_path):
     for step in (1, 2):
-        tensors = model_tensors(step)
-        tmp, final = store.begin_sharded_save(tmp_path, step, rank=0, world=1)
-        store.finish_sharded_save(tmp, final, rank=0, world=1, stage=None, trainer={"step": step}, keep_last=1,
-                                  pieces=[Piece(n, tuple(t.shape), [0] * t.dim(), t) for n, t in tensors.items()])
+        sharded_save(tmp_path, step, keep_last=1)
     assert [s for s, _ in store.list_checkpoints(tmp_path)] == [2]
 
 
