@@ -3,8 +3,8 @@
     python mutation/warm.py serve SOCKET        import torch, numpy, pytest ... then serve
     python mutation/warm.py run SOCKET ARGS...  run ``pytest ARGS`` in a fresh fork, exit with its code
 
-Each mutant's test run spends most of its time starting Python and importing torch, megatron
-and the data libraries, not in the tests (about 2 of 5 seconds for the Muon tests on a 2-core
+Each mutant's test run spends much of its time starting Python and importing torch, megatron
+and the data libraries, not in the tests (about 3.7 of 7.9 seconds for the Muon tests on a 2-core
 machine). The server imports those once; for every request it forks, and the child runs
 ``pytest.main`` in the client's working folder with the client's environment. The server never
 imports ``wallwm_pretrain``: each child imports the project afresh from disk, so it sees the
