@@ -53,11 +53,22 @@ def compression(config: dict) -> tuple[int, int]:
 
 
 def kept_frames(t: int, temporal: int) -> int:
-    """Frames of an event of ``t`` frames that the VAE sees: the largest 1 + r*k <= t."""
+    """Frames of an event of ``t`` frames that the VAE sees: the largest 1 + r*k <= t.
+
+    The causal VAE maps 1 + r*k frames to 1 + k latents; the trailing ``(t - 1) % r`` frames
+    are cut, never padded, so every latent stands for recorded frames only.
+
+    Raises:
+        ValueError: ``t < 1`` or ``temporal < 1``.
+    """
+    if t < 1 or temporal < 1:
+        raise ValueError(f"kept_frames needs t >= 1 frames and a temporal compression >= 1, got t={t}, "
+                         f"temporal={temporal}")
     return 1 + temporal * ((t - 1) // temporal)
 
 
 def latent_frames(t: int, temporal: int) -> int:
+    """Latent frames of an event of ``t`` frames: 1 + k for the kept 1 + r*k frames."""
     return 1 + (t - 1) // temporal
 
 

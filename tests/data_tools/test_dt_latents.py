@@ -43,8 +43,8 @@ def _snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
 
 def _direct(vae, frames: np.ndarray) -> np.ndarray:
     """The diffusers VAE called by hand: [N, V, Z, h, w] float32, normalised."""
-    t = len(frames)
-    keep = 1 + 4 * ((t - 1) // 4)
+    # by the rule's definition (the largest 1 + 4k <= T, found by search), not by its formula
+    keep = max(n for n in range(1, len(frames) + 1) if n % 4 == 1)
     x = torch.from_numpy(frames[:keep]).permute(1, 4, 0, 2, 3).float() / 127.5 - 1  # [V, 3, T', H, W]
     with torch.no_grad():
         mu = vae.encode(x).latent_dist.mode()
@@ -191,3 +191,44 @@ def test_unknown_device_is_refused_before_any_work(dt_shards_copy, dt_tiny_wan):
     with pytest.raises(DataToolsError, match="--device 'nonesuch'"):
         encode_latents(dt_shards_copy, dt_tiny_wan / "vae", device="nonesuch", progress=False)
     assert _snapshot(dt_shards_copy) == pristine
+
+
+# The cut rule written out by hand, not rebuilt from a formula: for temporal compression r the
+# VAE sees the largest 1 + r*k <= T frames and gives 1 + k latent frames.
+KEPT_BY_HAND = {
+    1: {1: 1, 2: 2, 3: 3, 4: 4, 5: 5, 6: 6, 7: 7, 8: 8, 9: 9, 10: 10, 11: 11, 12: 12, 13: 13},
+    2: {1: 1, 2: 1, 3: 3, 4: 3, 5: 5, 6: 5, 7: 7, 8: 7, 9: 9, 10: 9, 11: 11, 12: 11, 13: 13},
+    4: {1: 1, 2: 1, 3: 1, 4: 1, 5: 5, 6: 5, 7: 5, 8: 5, 9: 9, 10: 9, 11: 9, 12: 9, 13: 13},
+}
+LATENTS_BY_HAND = {
+    1: {1: 1, 2: 2, 3: 3, 4: 4, 5: 5, 6: 6, 7: 7, 8: 8, 9: 9, 10: 10, 11: 11, 12: 12, 13: 13},
+    2: {1: 1, 2: 1, 3: 2, 4: 2, 5: 3, 6: 3, 7: 4, 8: 4, 9: 5, 10: 5, 11: 6, 12: 6, 13: 7},
+    4: {1: 1, 2: 1, 3: 1, 4: 1, 5: 2, 6: 2, 7: 2, 8: 2, 9: 3, 10: 3, 11: 3, 12: 3, 13: 4},
+}
+
+
+@pytest.mark.parametrize("temporal", sorted(KEPT_BY_HAND))
+def test_cut_rule_against_values_written_by_hand(temporal):
+    from data_tools.latents import kept_frames, latent_frames
+
+    for t in range(1, 14):
+        assert kept_frames(t, temporal) == KEPT_BY_HAND[temporal][t], (t, temporal)
+        assert latent_frames(t, temporal) == LATENTS_BY_HAND[temporal][t], (t, temporal)
+
+
+def test_cut_rule_never_keeps_more_frames_than_the_event_has():
+    from data_tools.latents import kept_frames, latent_frames
+
+    for temporal in range(1, 9):
+        for t in range(1, 300):
+            keep = kept_frames(t, temporal)
+            assert 1 <= keep <= t and (keep - 1) % temporal == 0 and t - keep < temporal, (t, temporal)
+            assert latent_frames(keep, temporal) == latent_frames(t, temporal) == 1 + (keep - 1) // temporal
+
+
+@pytest.mark.parametrize("t, temporal", [(0, 4), (-3, 4), (5, 0)])
+def test_cut_rule_refuses_empty_events_and_no_compression(t, temporal):
+    from data_tools.latents import kept_frames
+
+    with pytest.raises(ValueError, match=f"t={t}, temporal={temporal}"):
+        kept_frames(t, temporal)
