@@ -64,17 +64,52 @@ def test_frames_that_are_not_requests(start_server):
         assert "malformed numpy array" in ws.recv()
 
 
-def test_oversized_requests(start_server, obs_factory):
-    server = start_server(max_request_bytes=64 << 10)
+def _sized(obs: dict, nbytes: int) -> dict:
+    """``obs`` with one unknown key padded so that the whole frame is ``nbytes`` bytes or a few more."""
+    pad = nbytes - len(packb(obs))
+    return {**obs, "padding": np.zeros(pad, np.uint8)}
+
+
+@pytest.mark.parametrize("factor", [1.5, 3.0])
+def test_oversized_requests_get_the_error_reply_and_the_connection_stays_open(start_server, obs_factory, factor):
+    limit = 64 << 10
+    server = start_server(max_request_bytes=limit)
+    assert server.metadata["server"]["max_request_bytes"] == limit
+    assert server.metadata["server"]["max_frame_bytes"] == 8 * limit  # the stated ceiling
     good = obs_factory(0)
-    # ~70 KB: over the 64 KiB limit, under twice it: answered with an error, connection kept.
-    big = {**good, "images": {**good["images"], "corner": np.zeros((150, 150, 3), np.uint8)}}
-    # ~240 KB: over twice the limit: not even read; that one connection is closed (1009).
-    huge = {**good, "images": {v: np.zeros((200, 200, 3), np.uint8) for v in good["images"]}}
-    with PolicyClient(server.url) as client, PolicyClient(server.url) as other:
-        with pytest.raises(ServerError, match=r"over the server's limit of 65536 bytes.*uint8 \[32, 32, 3\]"):
+    big = _sized(good, int(factor * limit))
+    size = len(packb(big))
+    assert factor * limit <= size < factor * limit + 64
+    with connect(server.url) as ws:  # the raw frames: the documented text frame, then service goes on
+        unpackb(ws.recv())
+        ws.send(packb(big))
+        reply = ws.recv()
+        assert isinstance(reply, str) and reply.startswith(
+            f"error: request of {size} bytes is over the server's limit of {limit} bytes (--max-request-mb)"), reply
+        assert "uint8 [32, 32, 3]" in reply
+        ws.send(packb(good))
+        assert unpackb(ws.recv())["actions"].shape == (48, 4)
+    with PolicyClient(server.url) as client:  # the client raises on the text frame and keeps its connection
+        with pytest.raises(ServerError, match=f"request of {size} bytes is over the server's limit"):
             client.infer(big)
         assert client.infer(good)["actions"].shape == (48, 4)
+
+
+def test_frames_over_the_stated_ceiling_close_only_that_connection(start_server, obs_factory):
+    server = start_server(max_request_bytes=64 << 10, max_frame_bytes=128 << 10)
+    assert server.metadata["server"]["max_frame_bytes"] == 128 << 10
+    good = obs_factory(0)
+    with PolicyClient(server.url) as client, PolicyClient(server.url) as other:
+        with pytest.raises(ServerError, match=r"over the server's limit of 65536 bytes.*uint8 \[32, 32, 3\]"):
+            client.infer(_sized(good, 100 << 10))  # under the ceiling: a reply
+        assert client.infer(good)["actions"].shape == (48, 4)
         with pytest.raises(ServerError, match="code 1009"):
-            client.infer(huge)
+            client.infer(_sized(good, 129 << 10))  # over the ceiling: not read, connection closed
         assert other.infer(good)["actions"].shape == (48, 4)  # other clients are unaffected
+
+
+def test_a_ceiling_below_the_request_limit_is_refused(engine):
+    from wallwm_pretrain.serve.server import PolicyServer
+
+    with pytest.raises(ValueError, match=r"max_frame_bytes \(2048\) must be at least max_request_bytes \(4096\)"):
+        PolicyServer(engine, max_request_bytes=4096, max_frame_bytes=2048)

@@ -49,7 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-queue", type=int, default=64,
                    help="most requests waiting or running; beyond it a request is answered 'server busy' at once (default 64)")
     p.add_argument("--max-request-mb", type=float, default=8.0,
-                   help="largest request accepted, in MiB (default 8); larger ones get an error reply")
+                   help="largest request accepted, in MiB (default 8); larger ones, up to --max-frame-mb, get an "
+                        "error reply and the connection stays open")
+    p.add_argument("--max-frame-mb", type=float, default=None,
+                   help="hard ceiling on one websocket frame, in MiB (default 8x --max-request-mb; in the metadata as "
+                        "server.max_frame_bytes): a larger frame is not read and that connection is closed with "
+                        "code 1009 (message too big); it bounds the memory one client can make the server hold")
     p.add_argument("--denoise-steps", type=int, default=10, help="Euler steps of the flow per request (default 10)")
     p.add_argument("--seed", type=int, default=0,
                    help="base seed of the per-connection sampling noise; a request's 'seed' key overrides it (default 0)")
@@ -84,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         engine = PolicyEngine.load(args.ckpt, args.stats, device, args.denoise_steps)
         server = PolicyServer(engine, args.host, args.port, args.api_key, args.max_batch, args.max_wait_ms,
-                              args.max_queue, int(args.max_request_mb * (1 << 20)), args.seed)
+                              args.max_queue, int(args.max_request_mb * (1 << 20)), args.seed,
+                              None if args.max_frame_mb is None else int(args.max_frame_mb * (1 << 20)))
     except (CheckpointError, PolicyError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

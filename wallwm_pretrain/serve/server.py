@@ -2,9 +2,14 @@
 
 Per connection: the server sends its metadata (one msgpack frame), then answers each binary
 msgpack observation with a binary msgpack action dict, in order. Problems the client can fix
-(a bad key, shape, dtype, NaN, unknown view, an oversized frame, a full queue) are answered
+(a bad key, shape, dtype, NaN, unknown view, an oversized request, a full queue) are answered
 with a text frame ``error: <key>: <what was expected>`` and the connection stays open, so a
 robot can correct itself; openpi clients raise on any text frame, which is the same signal.
+Oversized requests get that reply up to a hard ceiling on one frame (``max_frame_bytes``, by
+default 8x the request limit, stated in the metadata): the websocket library buffers a whole
+frame before the server sees it, so a frame beyond the ceiling is not read and only that
+connection is closed (code 1009, message too big). The ceiling bounds the memory one client can
+make the server hold.
 An unexpected failure inside the model is answered with its traceback as a text frame and that
 one connection is closed (code 1011); other clients keep being served. ``GET /healthz`` is
 plain HTTP and needs no key; everything else needs ``Authorization: Api-Key <key>`` when the
@@ -47,21 +52,31 @@ class PolicyServer:
         host, port: where to listen (port 0: any free port; see :attr:`port` once started).
         api_key: when set, connections must send ``Authorization: Api-Key <api_key>``.
         max_batch, max_wait_ms, max_queue: dynamic batching (see :mod:`.batcher`).
-        max_request_bytes: larger requests are answered with an error; frames over twice this
-            are not even read (the connection is closed with code 1009, message too big).
+        max_request_bytes: larger requests are answered with an error and the connection stays open.
         seed: base of the per-connection noise generators.
+        max_frame_bytes: the hard ceiling on one frame (default ``FRAME_CEILING`` x
+            ``max_request_bytes``); a larger frame is not read and its connection is closed with
+            code 1009 (message too big).
     """
+
+    FRAME_CEILING = 8
 
     def __init__(self, engine: PolicyEngine, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
                  max_batch: int = 1, max_wait_ms: float = 0.0, max_queue: int = 64,
-                 max_request_bytes: int = 8 << 20, seed: int = 0) -> None:
+                 max_request_bytes: int = 8 << 20, seed: int = 0, max_frame_bytes: int | None = None) -> None:
         if max_request_bytes < 1024:
             raise ValueError(f"max_request_bytes must be at least 1024, got {max_request_bytes}")
+        if max_frame_bytes is None:
+            max_frame_bytes = self.FRAME_CEILING * max_request_bytes
+        if max_frame_bytes < max_request_bytes:
+            raise ValueError(f"max_frame_bytes ({max_frame_bytes}) must be at least max_request_bytes "
+                             f"({max_request_bytes}): requests between the two get an error reply")
         self.engine, self.host, self.port, self.api_key = engine, host, port, api_key
-        self.max_request_bytes, self.seed = max_request_bytes, seed
+        self.max_request_bytes, self.max_frame_bytes, self.seed = max_request_bytes, max_frame_bytes, seed
         self.batcher = Batcher(engine.run_batch, max_batch, max_wait_ms, max_queue)
         self.metadata = engine.metadata(max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
-                                        max_request_bytes=max_request_bytes, api_key_required=api_key is not None)
+                                        max_request_bytes=max_request_bytes, max_frame_bytes=max_frame_bytes,
+                                        api_key_required=api_key is not None)
         self._connections = itertools.count()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -130,7 +145,7 @@ class PolicyServer:
         self.batcher.start()
         try:
             async with serve(self._handle, self.host, self.port, process_request=self._process_request,
-                             max_size=2 * self.max_request_bytes, compression=None) as server:
+                             max_size=self.max_frame_bytes, compression=None) as server:
                 self.port = server.sockets[0].getsockname()[1]
                 if on_ready:
                     on_ready(self.port)
