@@ -47,12 +47,7 @@ def model_config_for(src: Path, num_views: int, preset: str | None, overrides: l
             f"the action tower needs {', '.join('model.' + n for n in missing)}: pass them as key=value "
             "(the values the shards' index.json records)"
         )
-    wan = replace(cfg.model.wan, patch_size=list(wcfg.patch_size), num_attention_heads=wcfg.num_attention_heads,
-                  attention_head_dim=wcfg.attention_head_dim, in_channels=wcfg.in_channels,
-                  out_channels=wcfg.out_channels, text_dim=wcfg.text_dim, freq_dim=wcfg.freq_dim,
-                  ffn_dim=wcfg.ffn_dim, cross_attn_norm=wcfg.cross_attn_norm, qk_norm=wcfg.qk_norm, eps=wcfg.eps,
-                  rope_max_seq_len=wcfg.rope_max_seq_len)
-    model = replace(cfg.model, video_tower="wan", wan=wan, num_layers=wcfg.num_layers, num_views=num_views,
+    model = replace(cfg.model, video_tower="wan", wan=wcfg.shape(), num_layers=wcfg.num_layers, num_views=num_views,
                     init_from="")
     return replace(cfg, model=model)
 
