@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from wallwm_pretrain.optim.distributed.tp_matrices import restride
+from wallwm_pretrain.optim.tp_matrices import restride
 from wallwm_pretrain.optim.fused import FusedRows
 from wallwm_pretrain.pieces import (
     TensorView,

@@ -200,7 +200,7 @@ def test_init_from_an_export_and_its_errors(tmp_path, shard_writer):
 def test_stage_presets_on_the_5b_preset_and_the_recipes_load():
     from pathlib import Path
 
-    from wallwm_pretrain.recipe.runner import stage_state
+    from wallwm_pretrain.recipe.state import stage_state
     from wallwm_pretrain.recipe.spec import read_recipe
 
     root = Path(__file__).resolve().parents[1]

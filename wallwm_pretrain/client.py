@@ -26,7 +26,7 @@ import numpy as np
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
-from wallwm_pretrain.serve.wire import packb, unpackb
+from wallwm_pretrain.wire import packb, unpackb
 
 
 class ServerError(RuntimeError):

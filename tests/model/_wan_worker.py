@@ -24,7 +24,7 @@ def run_rank(rank: int, world: int, mode: str, rdzv: str, out_dir: str, folder: 
 
     from wallwm_pretrain.model.pipeline_slice import PipelineSlice
     from wallwm_pretrain.model.wan import WanConfig, WanTower, load_diffusers_folder
-    from wallwm_pretrain.optim.distributed.tp_matrices import TensorParallelMatrices
+    from wallwm_pretrain.optim.tp_matrices import TensorParallelMatrices
     from wallwm_pretrain.parallel import init_parallel, shutdown_parallel
     from wallwm_pretrain.parallel.canonical import local_model_states
 

@@ -133,7 +133,7 @@ class Net(nn.Module):
             self.odd = Odd()
 
 
-# -- slicing, written independently of wallwm_pretrain.optim.distributed.tp_matrices ------------------
+# -- slicing, written independently of wallwm_pretrain.optim.tp_matrices ------------------
 def layout_of(p: torch.Tensor, tp: int) -> dict:
     sharded = tp > 1 and bool(getattr(p, "tensor_model_parallel", False))
     return {

@@ -66,7 +66,7 @@ def logical(records: list[dict], run: str, part: str, name: str) -> torch.Tensor
     """Whole tensor ``name`` from the TP slices held by the ranks of data-parallel rank 0 (the
     pipeline stage that holds ``name``).
 
-    Written independently of ``wallwm_pretrain.optim.distributed.tp_matrices`` (which it checks): with
+    Written independently of ``wallwm_pretrain.optim.tp_matrices`` (which it checks): with
     stride s, rank r holds pieces r, r + tp, r + 2 tp, ... of the s * tp pieces of the tensor.
     """
     group = sorted(

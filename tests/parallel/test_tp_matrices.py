@@ -7,7 +7,7 @@ import torch
 from wallwm_pretrain.config import load_config
 from wallwm_pretrain.optim import LocalMatrices, Muon, adamw_rms_scale, newton_schulz
 from wallwm_pretrain.optim.grad_norm import clip_by_global_norm, global_grad_norm
-from wallwm_pretrain.optim.distributed.tp_matrices import TensorParallelMatrices, restride, unstride
+from wallwm_pretrain.optim.tp_matrices import TensorParallelMatrices, restride, unstride
 
 
 @pytest.mark.parametrize("dim", [0, 1])

@@ -8,7 +8,7 @@ import pytest
 from websockets.sync.client import connect
 
 from wallwm_pretrain.client import PolicyClient, ServerError
-from wallwm_pretrain.serve.wire import packb, unpackb
+from wallwm_pretrain.wire import packb, unpackb
 
 
 def _drop(key):

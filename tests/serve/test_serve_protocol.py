@@ -17,7 +17,7 @@ import pytest
 
 from sim.imageops import resize_area
 from wallwm_pretrain.client import PolicyClient, ServerBusy, ServerError
-from wallwm_pretrain.serve.wire import WireError, packb, unpackb
+from wallwm_pretrain.wire import WireError, packb, unpackb
 
 VIEWS = ["corner", "gripperPOV"]
 

@@ -19,7 +19,7 @@ from torch import nn
 from ..config import OptimConfig
 from .distributed.layout import fused_layouts
 from .distributed.optimizer_set import DistributedOptimizerSet
-from .distributed.tp_matrices import TensorParallelMatrices
+from .tp_matrices import TensorParallelMatrices
 from .groups import OptimizerGroups
 from .params import ParamSplit, resolve_auto_ns_dtype, split_parameters
 from .sets import GradBuffer, OptimizerSet, ReplicatedOptimizerSet

@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from wallwm_pretrain.optim.distributed.tp_matrices import is_tp_sharded
+from wallwm_pretrain.optim.tp_matrices import is_tp_sharded
 
 
 def global_grad_norm(

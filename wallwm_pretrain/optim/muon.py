@@ -83,7 +83,7 @@ class LocalMatrices:
 
     A tensor-parallel run holds only a slice of some matrices; it passes Muon an object with
     these three methods that gathers the slices into the logical matrix and cuts this rank's
-    slice back out (``wallwm_pretrain.optim.distributed.tp_matrices``), so orthogonalisation and the
+    slice back out (``wallwm_pretrain.optim.tp_matrices``), so orthogonalisation and the
     update scale always see the matrix of the single-process model.
     """
 

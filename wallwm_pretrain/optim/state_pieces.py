@@ -20,7 +20,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from wallwm_pretrain.pieces import Piece, PieceSource, TensorView, is_whole, pieces_of, read_view, tp_view, whole
-from wallwm_pretrain.optim.distributed.tp_matrices import is_tp_sharded
+from wallwm_pretrain.optim.tp_matrices import is_tp_sharded
 from wallwm_pretrain.optim.state_by_name import GROUPS, by_name, from_by_name
 
 PREFIX = "optim/"

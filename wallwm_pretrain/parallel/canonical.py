@@ -21,7 +21,7 @@ from megatron.core import parallel_state as ps
 from torch import Tensor, nn
 
 from wallwm_pretrain.optim import OptimizerSet
-from wallwm_pretrain.optim.distributed.tp_matrices import TensorParallelMatrices, is_tp_sharded
+from wallwm_pretrain.optim.tp_matrices import TensorParallelMatrices, is_tp_sharded
 from wallwm_pretrain.optim.state_by_name import to_cpu
 from wallwm_pretrain.parallel.parallelize import as_chunks, unwrap_model
 from wallwm_pretrain.parallel.pipeline_split import virtual_stage

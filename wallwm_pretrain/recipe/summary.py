@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import math
 
-from wallwm_pretrain.recipe.runner import StageState
+from wallwm_pretrain.recipe.state import StageState
 
 WINDOW = 10
 

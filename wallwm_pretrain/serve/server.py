@@ -39,7 +39,7 @@ from websockets.exceptions import ConnectionClosed
 from wallwm_pretrain.serve.batcher import Batcher, ServerBusy
 from wallwm_pretrain.serve.engine import PolicyEngine
 from wallwm_pretrain.serve.spec import RequestError
-from wallwm_pretrain.serve.wire import WireError, packb, unpackb
+from wallwm_pretrain.wire import WireError, packb, unpackb
 
 log = logging.getLogger("wallwm_pretrain.serve")
 

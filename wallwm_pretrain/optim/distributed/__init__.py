@@ -3,7 +3,8 @@
 - :mod:`.plan`: logical matrices (fused weights split into Q, K, V / gate, up / K, V), their
   home ranks (LPT balancing on Newton-Schulz cost) and transfer buckets;
 - :mod:`.layout`: where megatron-core fuses linear maps into one weight;
-- :mod:`.tp_matrices`: whole matrices from tensor-parallel slices and back;
+- :mod:`wallwm_pretrain.optim.tp_matrices` (beside this package, shared with the grad norm and
+  the state pieces): whole matrices from tensor-parallel slices and back;
 - :mod:`.muon`: the optimizer (owner and gather modes);
 - :mod:`.home_reduce`: owner mode's gradients reduced straight to their homes inside megatron
   DDP's bucket sync (``optim.muon_reduce=home``);

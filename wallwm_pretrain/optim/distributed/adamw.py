@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from wallwm_pretrain.optim.distributed.tp_matrices import is_tp_sharded, restride, unstride
+from wallwm_pretrain.optim.tp_matrices import is_tp_sharded, restride, unstride
 
 
 def _layout(p: Tensor, tp: int) -> dict:

@@ -24,7 +24,7 @@ from wallwm_pretrain.optim.params import ParamSplit
 from wallwm_pretrain.optim.fused import FusedRows
 from wallwm_pretrain.optim.distributed.adamw import merge_adamw_state
 from wallwm_pretrain.optim.distributed.plan import LogicalMatrix
-from wallwm_pretrain.optim.distributed.tp_matrices import unstride
+from wallwm_pretrain.optim.tp_matrices import unstride
 
 FORMAT = "wallwm-dist-muon/1"
 KINDS = {"muon": ("muon",), "adamw": ("adamw_decay", "adamw_no_decay")}

@@ -71,7 +71,7 @@ from wallwm_pretrain.optim.distributed.plan import (
     logical_matrices,
 )
 from wallwm_pretrain.optim.distributed.sharded_ns import TP_NS_MODES, keeps_pieces, sharded_newton_schulz
-from wallwm_pretrain.optim.distributed.tp_matrices import restride, unstride
+from wallwm_pretrain.optim.tp_matrices import restride, unstride
 
 MODES = ("owner", "gather", "local")
 # Same-shape matrices whose smaller side is below this are orthogonalised one at a time: ATen's

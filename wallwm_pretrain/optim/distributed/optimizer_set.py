@@ -51,7 +51,7 @@ from wallwm_pretrain.optim.distributed.layout import FusedLayout
 from wallwm_pretrain.optim.distributed.muon import DistMuon
 from wallwm_pretrain.optim.distributed.plan import DEFAULT_BUCKET_ELEMS
 from wallwm_pretrain.optim.distributed.state_pieces import distributed_pieces, load_distributed
-from wallwm_pretrain.optim.distributed.tp_matrices import is_tp_sharded
+from wallwm_pretrain.optim.tp_matrices import is_tp_sharded
 from wallwm_pretrain.optim.grad_norm import clip_by_global_norm
 from wallwm_pretrain.optim.sets import OptimizerSetBase
 

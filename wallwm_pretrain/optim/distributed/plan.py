@@ -25,7 +25,7 @@ from torch import Tensor
 
 from wallwm_pretrain.optim.newton_schulz import newton_schulz_flops
 from wallwm_pretrain.optim.distributed.layout import FusedLayout
-from wallwm_pretrain.optim.distributed.tp_matrices import is_tp_sharded
+from wallwm_pretrain.optim.tp_matrices import is_tp_sharded
 
 DEFAULT_BUCKET_ELEMS = 1 << 22  # 4 Mi elements: 16 MiB of fp32 per transfer
 

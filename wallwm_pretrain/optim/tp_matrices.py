@@ -11,7 +11,7 @@ projection; the fused QKV and KV projections use s = 1, their rows already group
 striding, so the gathered matrix equals the single-process (TP=1) matrix row for row; Newton-
 Schulz then runs on it and each rank keeps its own slice. This is ``optim.muon_mode=replicated``.
 Trade-off: every rank of the group orthogonalises every sharded matrix (tp-fold redundant flops
-plus one all-gather per matrix per step); the owner mode of :mod:`.muon` removes the redundancy,
+plus one all-gather per matrix per step); the owner mode of :mod:`.distributed.muon` removes the redundancy,
 and uses :func:`unstride` / :func:`restride` from here to move slices.
 """
 
