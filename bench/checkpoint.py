@@ -68,9 +68,9 @@ def run_rank(rank: int, world: int, tp: int, pp: int, variant: str, args, rdzv: 
     from wallwm_pretrain.checkpoint.background import BackgroundSave
     from wallwm_pretrain.optim import build_optimizer
     from wallwm_pretrain.parallel import init_parallel, shutdown_parallel
-    from wallwm_pretrain.parallel.canonical import canonical_checkpoint
+    from wallwm_pretrain.checkpoint.canonical import canonical_checkpoint
     from wallwm_pretrain.parallel.pipeline import PipelineSchedule, build_pipeline_chunks, parallelize_chunks
-    from wallwm_pretrain.parallel.sharded import rank_pieces
+    from wallwm_pretrain.checkpoint.rank_pieces import rank_pieces
     from wallwm_pretrain.parallel.state import optimizer_groups
 
     torch.set_num_threads(1)

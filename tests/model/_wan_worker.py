@@ -26,7 +26,7 @@ def run_rank(rank: int, world: int, mode: str, rdzv: str, out_dir: str, folder: 
     from wallwm_pretrain.model.wan import WanConfig, WanTower, load_diffusers_folder
     from wallwm_pretrain.optim.tp_matrices import TensorParallelMatrices
     from wallwm_pretrain.parallel import init_parallel, shutdown_parallel
-    from wallwm_pretrain.parallel.canonical import local_model_states
+    from wallwm_pretrain.checkpoint.canonical import local_model_states
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{rdzv}", rank=rank, world_size=world)

@@ -186,7 +186,7 @@ def train_pipeline(ctx, options: dict, out_dir: str) -> dict:
     step and record it as ``after``).
     """
     from wallwm_pretrain.optim import build_optimizer
-    from wallwm_pretrain.parallel.canonical import canonical_checkpoint, load_canonical
+    from wallwm_pretrain.checkpoint.canonical import canonical_checkpoint, load_canonical
     from wallwm_pretrain.parallel.pipeline import PipelineSchedule, build_pipeline_chunks, parallelize_chunks
     from wallwm_pretrain.parallel.state import optimizer_groups
 

@@ -4,7 +4,7 @@
 rendezvous). The saving run writes the sharded checkpoint exactly as the trainer does
 (``rank_pieces`` -> ``copy_off`` -> ``begin_sharded_save`` -> ``finish_sharded_save``), once
 synchronously and once on the background thread, and records the canonical state gathered by
-the older, independent path (``parallel.canonical``). A loading run of another layout reads its
+the older, independent path (``checkpoint.canonical``). A loading run of another layout reads its
 share from the sharded files and records the canonical state gathered the same way, so the
 two records must be equal tensor for tensor.
 """
@@ -33,7 +33,7 @@ OPTIM = replace(eq.OPTIM, muon_mode="owner", muon_split_fused=True)
 
 def _canonical(models, optim, ctx) -> dict | None:
     from wallwm_pretrain.optim.state_by_name import by_name
-    from wallwm_pretrain.parallel.canonical import canonical_checkpoint
+    from wallwm_pretrain.checkpoint.canonical import canonical_checkpoint
 
     model_state, optim_state = canonical_checkpoint(models, optim, ctx)
     if ctx.rank != 0:
@@ -45,7 +45,7 @@ def save(run_dir: Path, step: int, models, optim, ctx, group, background: bool, 
     """The trainer's sharded save (``Trainer.save``), with a trainer state of the test's own."""
     from wallwm_pretrain import checkpoint as ckpt
     from wallwm_pretrain.checkpoint.background import BackgroundSave
-    from wallwm_pretrain.parallel.sharded import rank_pieces
+    from wallwm_pretrain.checkpoint.rank_pieces import rank_pieces
 
     pieces, stage = rank_pieces(models, optim, ctx)
     pieces = ckpt.copy_off(pieces, background)
@@ -79,7 +79,7 @@ def run_rank(rank: int, world: int, tp: int, pp: int, rdzv: str, out_dir: str, o
     from wallwm_pretrain.optim import build_optimizer
     from wallwm_pretrain.parallel import init_parallel, shutdown_parallel
     from wallwm_pretrain.parallel.pipeline import PipelineSchedule, build_pipeline_chunks, parallelize_chunks
-    from wallwm_pretrain.parallel.sharded import load_rank_pieces
+    from wallwm_pretrain.checkpoint.rank_pieces import load_rank_pieces
     from wallwm_pretrain.parallel.state import optimizer_groups
 
     torch.set_num_threads(1)

@@ -2,7 +2,7 @@
 
 Each rank of the saving run writes its own pieces; each rank of a loading run reads only its
 share, box by box. The expected values come from the older, independent gathered path
-(``parallel.canonical``): the canonical state gathered right after the save must equal, tensor
+(``checkpoint.canonical``): the canonical state gathered right after the save must equal, tensor
 for tensor, the canonical state gathered after loading under another layout. Distributed Muon
 runs in owner mode (momentum on home ranks, fused weights split into Q/K/V and gate/up) with
 ZeRO-1 AdamW, the trainer's default.

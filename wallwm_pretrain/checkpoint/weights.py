@@ -12,7 +12,7 @@ Layout (written by ``python -m wallwm_pretrain.convert wan``)::
     DIR/report.json         what was mapped from the source, what is new, what was unused
 
 No optimizer state and no step: a run that starts from it starts at step 0. The tensors load
-at any TP x PP layout through the canonical checkpoint path (``parallel/canonical.py``).
+at any TP x PP layout through the canonical checkpoint path (``checkpoint/canonical.py``).
 """
 
 from __future__ import annotations

@@ -28,9 +28,9 @@ from wallwm_pretrain.components import component_patterns
 from wallwm_pretrain.config import to_yaml
 from wallwm_pretrain.data.badinput import merge_problems
 from wallwm_pretrain.handoff import handoff_report, init_sources, shape_mismatches
-from wallwm_pretrain.parallel.canonical import canonical_checkpoint, canonical_shape, load_canonical
+from wallwm_pretrain.checkpoint.canonical import canonical_checkpoint, canonical_shape, load_canonical
 from wallwm_pretrain.parallel.parallelize import unwrap_model
-from wallwm_pretrain.parallel.sharded import load_rank_pieces, rank_pieces
+from wallwm_pretrain.checkpoint.rank_pieces import load_rank_pieces, rank_pieces
 from wallwm_pretrain.parallel.state import gather_per_dp_rank, save_group
 from wallwm_pretrain.resilience.agree import agree
 from wallwm_pretrain.resilience.nonfinite import NonFiniteError

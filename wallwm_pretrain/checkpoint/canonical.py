@@ -17,7 +17,6 @@ store pieces of the same canonical tensors, written by the ranks that hold them.
 from __future__ import annotations
 
 import torch.distributed as dist
-from megatron.core import parallel_state as ps
 from torch import Tensor, nn
 
 from wallwm_pretrain.optim import OptimizerSet
@@ -29,7 +28,7 @@ from wallwm_pretrain.parallel.state import ParallelContext
 
 
 def _matrices(ctx: ParallelContext) -> TensorParallelMatrices:
-    group = ps.get_tensor_model_parallel_group() if ctx.tp > 1 else None
+    group = ctx.pg_collection.tp if ctx.tp > 1 else None
     return TensorParallelMatrices(group, ctx.tp_rank, ctx.tp)
 
 
@@ -64,7 +63,7 @@ def canonical_model_state(model: nn.Module | list[nn.Module], ctx: ParallelConte
         return model_state
     # virtual stage of each chunk, so the writer can order the stages' names as one model
     stages = [(virtual_stage(ctx.pp, ctx.pp_rank, k), list(c.state_dict().keys())) for k, c in enumerate(chunks)]
-    group = ps.get_pipeline_model_parallel_group()
+    group = ctx.pg_collection.pp
     gathered = [None] * ctx.pp if ctx.pp_rank == 0 else None
     dist.gather_object((to_cpu(model_state), stages), gathered, dst=dist.get_global_rank(group, 0), group=group)
     if ctx.pp_rank != 0:
