@@ -147,3 +147,19 @@ def test_the_registry_chooses_per_mode_and_refuses_options_the_mode_does_not_rea
     assert isinstance(planner_for(FakePolicy("unified", [])), UnifiedChunks)
     assert isinstance(planner_for(FakePolicy("event", []), "predicted", conditioner=FakeConditioner([])),
                       PredictedEvents)
+
+
+def test_the_server_takes_its_prompt_from_the_mode_planner_and_refuses_history_planners():
+    from types import SimpleNamespace
+
+    from wallwm_pretrain.serve.engine import PolicyEngine
+
+    def stub(mode):
+        return SimpleNamespace(views=["a"], num_views=1, mode=mode, image_size=4, state_dim=2)
+
+    assert PolicyEngine(stub("event")).spec.text_meaning.startswith("the next event's description")
+    assert PolicyEngine(stub("event")).planner.reports_remaining
+    chunk = PolicyEngine(stub("chunk"))
+    assert chunk.spec.text_meaning.startswith("the task instruction") and not chunk.planner.reports_remaining
+    with pytest.raises(PolicyError, match=r"unified-mode plans read .*\(history frames\).* serves event and chunk mode"):
+        PolicyEngine(stub("unified"))

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from wallwm_pretrain.eval.planners import planner_for
-from wallwm_pretrain.eval.policy import CheckpointPolicy
+from wallwm_pretrain.eval.planners import planners_of, served_modes
+from wallwm_pretrain.eval.policy import CheckpointPolicy, PolicyError
 from wallwm_pretrain.serve.spec import Observation, ObservationSpec
 
 PROTOCOL = "wallwm-policy/1"
@@ -34,10 +34,10 @@ class PolicyEngine:
             raise ValueError(f"the statistics name views {views} but the model has {policy.num_views}")
         # the planner of the policy's mode says what a request's prompt is and whether the plan's
         # remaining time decides anything (the client runs the planner's loop, the server one plan)
-        self.planner = type(planner_for(policy))
+        self.planner = planners_of(policy.mode)[0]  # the mode's default way (a class: it plans nothing here)
         if not self.planner.served:
-            raise ValueError(f"{policy.mode}-mode plans read history frames the requests do not carry; the policy "
-                             "server serves event and chunk mode")
+            raise PolicyError(f"{policy.mode}-mode plans read what the requests do not carry (history frames); the "
+                              f"policy server serves {' and '.join(served_modes())} mode")
         self.spec = ObservationSpec(tuple(views), (policy.image_size, policy.image_size), policy.state_dim,
                                     self.planner.prompt)
         self.lock = threading.Lock()
