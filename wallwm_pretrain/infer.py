@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--done", nargs="*", metavar="CAPTION", help="captions of the events done so far (overrides)")
     p.add_argument("--policy", metavar="CKPT", help="an event-mode checkpoint: also plan the actions of the predicted "
                    "event (with --mode unified: the unified-mode checkpoint that plans the chunk)")
-    p.add_argument("--mode", choices=["event", "unified"], default="event",
+    p.add_argument("--mode", choices=["event", "unified"], default="event",  # the keys of RUNS
                    help="event (default): the conditioner's next event, planned by an event-mode --policy; unified: "
                         "one fixed chunk of a unified-mode --policy")
     p.add_argument("--context", choices=["atomic", "global", "staircase"], default="atomic",
@@ -149,8 +149,8 @@ def _window_from_shards(folder: str, key: str | None, anchor: int, steps_back: l
 
 
 def infer_unified(args: argparse.Namespace) -> dict:
-    """``--mode unified``: one chunk of a unified-mode checkpoint."""
-    from wallwm_pretrain.eval.policy import CheckpointPolicy, ChunkContext
+    """``--mode unified``: one chunk of a unified-mode checkpoint (the unified-chunks planner)."""
+    from wallwm_pretrain.eval.policy import CheckpointPolicy
 
     # event- and unified-mode checkpoints share the towers: either plans a chunk
     policy = CheckpointPolicy.load(args.policy, device=args.device, denoise_steps=args.denoise_steps, mode="unified")
@@ -178,11 +178,13 @@ def infer_unified(args: argparse.Namespace) -> dict:
         obs, history = resize_area(obs, policy.image_size), [resize_area(h, policy.image_size) for h in history]
     import torch
 
-    plan = policy.plan_chunk(history, obs, np.asarray(sample["state"], dtype=np.float32),
-                             ChunkContext(args.context, caption, task, done),
-                             torch.Generator(device=policy.device).manual_seed(args.seed))
+    from wallwm_pretrain.eval.planners import Scene, Task, UnifiedChunks
+
+    planner = UnifiedChunks(policy, args.context)
+    planner.start(Task(task, [("chunk", caption)], done), torch.Generator(device=policy.device).manual_seed(args.seed))
+    plan = planner.next(Scene(obs, obs, np.asarray(sample["state"], dtype=np.float32), 0, history))
     out = {"sample": sample["key"], "mode": "unified", "context": args.context, "task": task, "done": done,
-           "truth": sample["truth"], "actions": plan.actions.tolist(), "planned_steps": len(plan.actions),
+           "truth": sample["truth"], "actions": plan.actions.tolist(), "planned_steps": plan.planned,
            "remaining_steps": plan.remaining}
     if args.context == "atomic":
         out["caption"] = caption
@@ -198,16 +200,19 @@ def _trace(ckpt: str, obs: np.ndarray, task: str, done: list[str], device: str) 
     from wallwm_pretrain.model.conditioner.prompt import build_prompt
 
     model, cfg = load_model(ckpt, device)
-    if cfg.model.kind != "staircase":
+    if cfg.model.kind != "staircase":  # the flag takes one model kind: a check of the input, not a dispatch
         raise ValueError(f"--staircase needs a model.kind=staircase checkpoint, {ckpt} is model.kind={cfg.model.kind}")
     prompt = build_prompt(task, done, cfg.model.conditioner.max_done)
     return model.decode_traces(obs[None], [prompt])[0]
 
 
 def infer(args: argparse.Namespace) -> dict:
+    """``--mode event``: the conditioner's next event and, with ``--policy``, the towers' plan of it."""
     import torch
 
+    from sim.imageops import resize_area
     from wallwm_pretrain.eval.conditioner import ConditionerPlanner
+    from wallwm_pretrain.eval.planners import PredictedEvents, Scene, Task
     from wallwm_pretrain.eval.policy import CheckpointPolicy
 
     sample = _sample_from_shards(args.shards, args.key) if args.shards else _sample_from_file(args.observation)
@@ -219,27 +224,49 @@ def infer(args: argparse.Namespace) -> dict:
         out["reasoning"] = _trace(args.staircase, obs, task, done, args.device)
     if not args.conditioner:
         return out
-    planner = ConditionerPlanner.load(args.conditioner, device=args.device)
-    pred = planner.next_event(obs, np.asarray(sample["state"], dtype=np.float32), task, done)
+    conditioner = ConditionerPlanner.load(args.conditioner, device=args.device)
+    state = np.asarray(sample["state"], dtype=np.float32)
+    if args.policy:
+        # the predicted-events planner: the conditioner names the event, the towers plan it
+        policy = CheckpointPolicy.load(args.policy, device=args.device, denoise_steps=args.denoise_steps,
+                                       mode="event")
+        planner = PredictedEvents(policy, conditioner=conditioner)
+        planner.start(Task(task, done=done), torch.Generator(device=policy.device).manual_seed(args.seed))
+        frame = obs if obs.shape[1] == policy.image_size else resize_area(obs, policy.image_size)
+        plan = planner.next(Scene(frame, obs, state, 0))
+        pred = planner.last
+    else:
+        pred = conditioner.next_event(obs, state, task, done)
     out.update(next_event=pred.caption, remaining_steps=pred.remaining_steps)
     if args.save_states:
         np.save(args.save_states, pred.text_states.numpy().astype(np.float32))
         out["text_states"] = {"file": args.save_states, "shape": list(pred.text_states.shape)}
     if args.policy:
-        policy = CheckpointPolicy.load(args.policy, device=args.device, denoise_steps=args.denoise_steps,
-                                       mode="event")
-        if policy.mode != "event":
-            raise ValueError(f"--policy needs an event-mode checkpoint, {args.policy} is {policy.mode} mode")
-        if obs.shape[1] != policy.image_size:
-            from sim.imageops import resize_area
-
-            obs = resize_area(obs, policy.image_size)
-        plan = policy.plan(obs, np.asarray(sample["state"], dtype=np.float32), pred.caption,
-                           torch.Generator(device=policy.device).manual_seed(args.seed))
-        n = int(np.clip(round(pred.remaining_steps), 1, len(plan.actions)))
-        out["actions"] = plan.actions[:n].tolist()
-        out["planned_steps"] = len(plan.actions)
+        out["actions"] = plan.actions.tolist()
+        out["planned_steps"] = plan.planned
     return out
+
+
+def _event_flags(args: argparse.Namespace) -> str | None:
+    if args.caption is not None or args.anchor or args.context != "atomic":
+        return "--caption, --anchor and --context go with --mode unified"
+    if not (args.conditioner or args.staircase):
+        return "give --conditioner CKPT (next event, remaining time) and/or --staircase CKPT (trace)"
+    if (args.policy or args.save_states) and not args.conditioner:
+        return "--policy and --save-states need the --conditioner's prediction: give --conditioner"
+    return None
+
+
+def _unified_flags(args: argparse.Namespace) -> str | None:
+    if not args.policy:
+        return "--mode unified needs --policy CKPT (a unified-mode checkpoint)"
+    if args.conditioner:
+        return "--mode unified reads its context from --context, not from --conditioner"
+    return None
+
+
+# --mode: (its flag check, what it runs): the predicted-events planner or the unified-chunks one
+RUNS = {"event": (_event_flags, infer), "unified": (_unified_flags, infer_unified)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -249,33 +276,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.key and not args.shards:
         print("error: --key goes with --shards", file=sys.stderr)
         return 2
-    if args.mode == "unified" and not args.policy:
-        print("error: --mode unified needs --policy CKPT (a unified-mode checkpoint)", file=sys.stderr)
-        return 2
-    if args.mode == "unified" and args.conditioner:
-        print("error: --mode unified reads its context from --context, not from --conditioner", file=sys.stderr)
-        return 2
-    if args.mode == "event" and (args.caption is not None or args.anchor or args.context != "atomic"):
-        print("error: --caption, --anchor and --context go with --mode unified", file=sys.stderr)
-        return 2
-    if args.mode == "event" and not (args.conditioner or args.staircase):
-        print("error: give --conditioner CKPT (next event, remaining time) and/or --staircase CKPT (trace)",
-              file=sys.stderr)
-        return 2
-    if args.mode == "event" and (args.policy or args.save_states) and not args.conditioner:
-        print("error: --policy and --save-states need the --conditioner's prediction: give --conditioner",
-              file=sys.stderr)
+    check, run = RUNS[args.mode]
+    problem = check(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     from wallwm_pretrain.checkpoint import CheckpointError
     from wallwm_pretrain.data.errors import ShardError
     from wallwm_pretrain.eval.policy import PolicyError
 
     try:
-        out = infer_unified(args) if args.mode == "unified" else infer(args)
+        out = run(args)
     except (CheckpointError, PolicyError, ShardError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if out.get("mode") == "unified":
+    if "context" in out:
         print(f"context:         {out['context']}" + (f" {out['caption']!r}" if "caption" in out else f" (task {out['task']!r})"))
         print(f"remaining steps: {out['remaining_steps']:.1f} (event in progress)")
     if "next_event" in out:

@@ -11,7 +11,8 @@ import pytest
 from wallwm_pretrain.captions import decode_caption
 from wallwm_pretrain.config import ConfigError, DataConfig
 from wallwm_pretrain.data.collate import collate
-from wallwm_pretrain.data.cookers import Normalizer, SampleError, cook_chunks, make_cooker
+from wallwm_pretrain.data.cookers import Normalizer, SampleError, cook_chunks
+from wallwm_pretrain.data.modes import make_cooker
 from wallwm_pretrain.data.extras import Extras
 from wallwm_pretrain.data.unified import atomic_event, cook_unified, draw_context
 

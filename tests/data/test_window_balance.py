@@ -85,6 +85,14 @@ def cfg(folder: Path, **kw) -> DataConfig:
     return DataConfig(**{**base, **kw})
 
 
+def balance_of(index: dict, data: DataConfig):
+    """The balance the loader applies: the data mode's (``data/modes``), which for unified mode
+    balances per window."""
+    from wallwm_pretrain.data.modes import mode_of
+
+    return mode_of(data.mode).balance(index, data, K)
+
+
 def epoch_keys(loader: EventLoader, epochs: int = 1) -> list[list[str]] | list[str]:
     """Every window key the loader yields in each of its first ``epochs`` epochs (batch size 1:
     none lost to batching); after ``next`` returns, ``loader.epoch`` is the batch's epoch."""
@@ -208,17 +216,15 @@ def test_shards_without_window_clusters_keep_the_per_episode_balance(tmp_path, c
                                      {"horizon": "4", "history": 1, "frame_stride": 2}, {"horizon": 4, "history": 1}])
 def test_a_malformed_windows_record_is_named(tmp_path, windows):
     """index.json's 'windows' must be an object of integers (not booleans, not strings)."""
-    from wallwm_pretrain.data.balance import balance_for
     from wallwm_pretrain.data.errors import ShardError
 
     index = {"windows": windows, "vl_cluster_counts": {"0": 1}, "action_cluster_counts": {"0": 1}}
     with pytest.raises(ShardError, match=r"index.json: 'windows' must be an object with integer horizon, history, "
                                          r"frame_stride"):
-        balance_for(index, cfg(tmp_path), K)
+        balance_of(index, cfg(tmp_path))
 
 
 def test_window_clusters_recorded_without_their_counts_are_named(tmp_path):
-    from wallwm_pretrain.data.balance import balance_for
     from wallwm_pretrain.data.errors import ShardError
     from wallwm_pretrain.windows import spec_of
 
@@ -226,7 +232,7 @@ def test_window_clusters_recorded_without_their_counts_are_named(tmp_path):
              "vl_cluster_counts": {"0": 1}, "action_cluster_counts": {"0": 1}}  # per-event counts only
     with pytest.raises(ShardError, match=r"index.json records window clusters but index.json has no cluster counts "
                                          r"\(window_vl_cluster_counts"):
-        balance_for(index, cfg(tmp_path), K)
+        balance_of(index, cfg(tmp_path))
 
 
 def test_the_window_stage_passes_other_items_and_windows_without_ids():
@@ -249,24 +255,22 @@ def test_the_window_stage_passes_other_items_and_windows_without_ids():
 
 def test_event_mode_balances_per_sample_without_a_word(tmp_path, caplog):
     """The hint about cluster-windows is for unified mode only."""
-    from wallwm_pretrain.data.balance import balance_for
 
     index = {"vl_cluster_counts": {"0": 1}, "action_cluster_counts": {"0": 1}}
     with caplog.at_level(logging.DEBUG, logger="wallwm_pretrain.data.balance"):
-        balance, spec = balance_for(index, cfg(tmp_path, mode="".join(["ev", "ent"])), K)
+        balance, spec = balance_of(index, cfg(tmp_path, mode="".join(["ev", "ent"])))
     assert balance.unit == "sample" and spec is None
     assert not [r for r in caplog.records if r.name == "wallwm_pretrain.data.balance"]
 
 
 def test_chunk_mode_over_clustered_episodes_balances_per_sample(tmp_path):
     """Chunk mode may read episode shards; their window clusters are unified mode's, not its own."""
-    from wallwm_pretrain.data.balance import balance_for
     from wallwm_pretrain.windows import spec_of
 
     index = {"windows": {**spec_of(H, M, K), "complete": True}, "vl_cluster_counts": {"0": 1},
              "action_cluster_counts": {"0": 1}, "window_vl_cluster_counts": {"0": 1},
              "window_action_cluster_counts": {"0": 1}}
-    balance, spec = balance_for(index, cfg(tmp_path, mode="chunk"), K)
+    balance, spec = balance_of(index, cfg(tmp_path, mode="chunk"))
     assert balance.unit == "sample" and spec is None
-    balance, spec = balance_for(index, cfg(tmp_path), K)
+    balance, spec = balance_of(index, cfg(tmp_path))
     assert balance.unit == "window" and spec == spec_of(H, M, K)

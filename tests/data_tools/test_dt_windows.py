@@ -21,7 +21,8 @@ from data_tools.window_clusters import cluster_items, cluster_windows, read_wind
 from data_tools import textenc
 from wallwm_pretrain.captions import decode_caption
 from wallwm_pretrain.config import BalanceConfig, DataConfig
-from wallwm_pretrain.data.cookers import Normalizer, make_cooker
+from wallwm_pretrain.data.cookers import Normalizer
+from wallwm_pretrain.data.modes import make_cooker
 from wallwm_pretrain.data.index import read_index as loader_index
 from wallwm_pretrain.data.loader import EventLoader
 from wallwm_pretrain.data.verify import verify_shards

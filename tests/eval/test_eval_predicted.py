@@ -62,11 +62,12 @@ def test_script_and_predicted_side_by_side(event_run, conditioner_run, tmp_path,
 def test_predicted_plans_follow_the_conditioner(event_run, conditioner_run, single_process):
     """Each plan's caption is the conditioner's, and a plan runs as many steps as it says."""
     from wallwm_pretrain.eval.conditioner import ConditionerPlanner
+    from wallwm_pretrain.eval.planners import PredictedEvents
     from wallwm_pretrain.eval.policy import CheckpointPolicy
 
     policy = CheckpointPolicy.load(event_run, denoise_steps=2)
-    planner = ConditionerPlanner.load(conditioner_run)
-    runner = MetaWorldRunner(policy, TASK, max_steps=30, planner=planner)
+    conditioner = ConditionerPlanner.load(conditioner_run)
+    runner = MetaWorldRunner(policy, TASK, max_steps=30, planner=PredictedEvents(policy, conditioner=conditioner))
     try:
         ep = runner.run(0, seed=0)
     finally:
@@ -86,3 +87,18 @@ def test_errors_name_the_fix(event_run, conditioner_run, eval_cli):
     code, _, err = eval_cli("--ckpt", event_run, "--tasks", TASK, "--episodes", "1", "--quiet", "--no-tracking",
                             "--events", "predicted", "--conditioner", event_run)
     assert code == 2 and "model.kind=conditioner" in err
+
+
+def test_infer_plans_the_predicted_event_with_an_event_checkpoint(event_run, conditioner_run, tmp_path, capsys):
+    """``infer --conditioner C --policy P``: the predicted-events planner on one observation; as many
+    actions as the predicted remaining time says (at least one, at most the plan)."""
+    from wallwm_pretrain.infer import main
+
+    out = tmp_path / "next.json"
+    rc = main(["--conditioner", str(conditioner_run), "--shards", str(conditioner_run.parent.parent / "cond"),
+               "--policy", str(event_run), "--denoise-steps", "2", "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    got = json.loads(out.read_text())
+    assert isinstance(got["next_event"], str) and got["planned_steps"] == 48  # the event checkpoint's data.max_frames
+    assert len(got["actions"]) == min(max(round(got["remaining_steps"]), 1), got["planned_steps"])
+    assert "actions:" in capsys.readouterr().out

@@ -1,4 +1,5 @@
-"""Shards -> training batches: cookers, caption drop, collate, the loader."""
+"""Shards -> training batches: cookers, caption drop, collate, the loader; the data modes
+(``modes/``) say which of them a run uses."""
 
 from wallwm_pretrain.data.badinput import BadInputError
 from wallwm_pretrain.data.collate import collate

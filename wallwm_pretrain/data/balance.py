@@ -140,18 +140,20 @@ def window_spec(index: dict, folder) -> dict | None:
     return spec
 
 
-def balance_for(index: dict, cfg: DataConfig, frame_stride: int) -> tuple[ClusterBalance | None, dict | None]:
+def balance_for(index: dict, cfg: DataConfig, frame_stride: int,
+                per_window: bool = False) -> tuple[ClusterBalance | None, dict | None]:
     """(the balance the loader applies, the window spec when it balances per window).
 
-    None when ``data.balance`` is the natural mix. In unified mode over shards whose windows
-    were clustered: per window, after ConfigError checks that they were clustered for this run's
-    windows and that the clustering finished. Otherwise per raw sample, as before.
+    None when ``data.balance`` is the natural mix. With ``per_window`` (the data mode balances
+    windows: unified mode, ``modes/unified.py``) over shards whose windows were clustered: per
+    window, after ConfigError checks that they were clustered for this run's windows and that
+    the clustering finished. Otherwise per raw sample, as before.
     """
     if not cfg.balance.active:
         return None, None
-    spec = window_spec(index, cfg.shards) if cfg.mode == "unified" else None
+    spec = window_spec(index, cfg.shards) if per_window else None
     if spec is None:
-        if cfg.mode == "unified":
+        if per_window:
             log.warning("%s: the episode windows carry no cluster ids: data.balance keeps or drops whole "
                         "episodes by their events' most common clusters (coarse); python -m data_tools "
                         "cluster-windows --shards %s --horizon %d --history %d --frame-stride %d balances per "

@@ -1,4 +1,4 @@
-"""Conditioner samples (``data.mode=conditioner``): cook, collate, and the shard-kind check.
+"""Conditioner samples (``data.mode=conditioner``): cook and collate.
 
 Conditioner shards (``python -m data_tools build-conditioner``) hold one observation inside an
 event per sample: ``json`` (task, done_captions, caption, remaining, clusters, ...),
@@ -9,69 +9,23 @@ keeps the caption whole: it is the conditioner's target, never a condition, so c
 (``caption_states.npy``, whenever index.json records text states). There is no random choice
 per sample, so a resumed loader reproduces the same samples without any saved RNG state.
 
-index.json says which kind a folder holds (``"kind"``; missing = event shards);
-:func:`check_shard_kind` stops a run at start when ``data.mode`` and the kind disagree
-(unified mode reads episode shards, ``"kind": "episode"``; chunk mode reads event or episode
-shards).
+index.json says which kind a folder holds (``"kind": "conditioner"``); the mode registry
+(``modes/``) stops a run at start when ``data.mode`` cannot read it.
 """
 
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from wallwm_pretrain.batch import ConditionerBatch
-from wallwm_pretrain.config import ConfigError, DataConfig
+from wallwm_pretrain.config import DataConfig
 from wallwm_pretrain.data.cookers import Normalizer, SampleError, text_states
 from wallwm_pretrain.data.extras import Extras
-from wallwm_pretrain.data.index import INDEX_FILE
-
-KIND = "conditioner"
-MODE = "conditioner"
-
-
-EPISODE_KIND = "episode"
-UNIFIED = "unified"
-
-
-def shard_kind(index: dict) -> str:
-    """``event`` (no ``kind`` in index.json: build-shards output), ``conditioner`` or
-    ``episode`` (build-episodes output)."""
-    return str(index.get("kind", "event"))
-
-
-def check_shard_kind(folder: str | Path, index: dict, mode: str) -> None:
-    """ConfigError naming the folder and the fix unless ``data.mode`` can read its shards."""
-    kind = shard_kind(index)
-    where = Path(folder) / INDEX_FILE
-    if mode == MODE and kind != KIND:
-        raise ConfigError(
-            f"data.mode=conditioner but {folder} holds {kind} shards ({where} has no "
-            f"\"kind\": \"conditioner\"): build them with `python -m data_tools build-conditioner "
-            f"--src {folder} --out OUT` and set data.shards=OUT, or set data.mode=event"
-        )
-    if mode != MODE and kind == KIND:
-        raise ConfigError(
-            f"data.mode={mode} but {folder} holds conditioner shards ({where} says \"kind\": "
-            f"\"conditioner\"): set data.mode=conditioner, or point data.shards at event shards "
-            f"(build-shards output)"
-        )
-    if mode == UNIFIED and kind != EPISODE_KIND:
-        raise ConfigError(
-            f"data.mode=unified but {folder} holds {kind} shards ({where} has no \"kind\": "
-            f"\"episode\"): build them with `python -m data_tools build-episodes --shards {folder} "
-            f"--out OUT` and set data.shards=OUT"
-        )
-    if mode == "event" and kind == EPISODE_KIND:
-        raise ConfigError(
-            f"data.mode=event but {folder} holds episode shards ({where} says \"kind\": \"episode\"): "
-            f"set data.mode=unified (or chunk), or point data.shards at event shards (build-shards output)"
-        )
 
 
 @dataclass
@@ -138,7 +92,7 @@ def cook_conditioner(
 
 
 def make_conditioner_cooker(cfg: DataConfig, caption_max_bytes: int, norm: Normalizer, extras: Extras = Extras()):
-    """``cooker(sample, epoch=e) -> [ConditionerSample]``, as ``cookers.make_cooker``."""
+    """``cooker(sample, epoch=e) -> [ConditionerSample]``, as ``modes.make_cooker``."""
     return functools.partial(cook_conditioner, cfg=cfg, caption_max_bytes=caption_max_bytes, norm=norm, extras=extras)
 
 

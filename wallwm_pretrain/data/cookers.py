@@ -10,6 +10,8 @@ checks one crude sample, then cuts it into what the model trains on:
 - ``unified.cook_unified`` (unified mode): chunk-mode windows over whole episodes with history
   before the anchor and the caption of the event each window mostly covers (``unified.py``).
 
+Which cooker a run uses is the data mode's decision (``modes/``, ``modes.make_cooker``).
+
 Each cooked sample also carries ``remaining``: control steps from its first step to the end of
 the crude sample, the target of the model's remaining-time head.
 
@@ -20,7 +22,6 @@ and a resumed run reproduces it without saving any RNG state.
 
 from __future__ import annotations
 
-import functools
 import random
 import zlib
 from dataclasses import dataclass, field
@@ -206,25 +207,6 @@ def cook_event(
             caption_states=text_states(sample, "caption_states.npy", extras, dropped),
         )
     ]
-
-
-def make_cooker(cfg: DataConfig, caption_max_bytes: int, norm: Normalizer, extras: Extras = Extras(),
-                frame_stride: int = 4, window_clusters: dict | None = None):
-    """``cooker(sample, epoch=e) -> list[TrainSample]`` of ``cfg.mode``: ``event`` or ``chunk``
-    (``epoch`` by keyword: the partial binds ``cfg`` and the rest by keyword); ``conditioner``
-    gives ``conditioner.cook_conditioner`` (a list of ``ConditionerSample``); ``unified`` gives
-    ``unified.cook_unified`` (windows with history, ``frame_stride`` control steps per latent
-    frame; with ``window_clusters``, a window spec, each window carries its cluster ids)."""
-    if cfg.mode == "unified":
-        from wallwm_pretrain.data.unified import make_unified_cooker  # it imports this module
-
-        return make_unified_cooker(cfg, caption_max_bytes, norm, extras, frame_stride, window_clusters)
-    if cfg.mode == "conditioner":
-        from wallwm_pretrain.data.conditioner import make_conditioner_cooker  # it imports this module
-
-        return make_conditioner_cooker(cfg, caption_max_bytes, norm, extras)
-    cook = cook_event if cfg.mode == "event" else cook_chunks
-    return functools.partial(cook, cfg=cfg, caption_max_bytes=caption_max_bytes, norm=norm, extras=extras)
 
 
 def cook_chunks(

@@ -56,6 +56,8 @@ def resolve_data_dims(cfg: Config, index: dict | None = None) -> Config:
                 f"model.{name}={value} but the shards in {folder} have {name} {found} "
                 f"(index.json); set model.{name}={found} or auto"
             )
+    # only the conditioner's heads take a dim from the text states index.json records; a model
+    # kind's dims belong with its schema (config), which this reads rather than dispatches on
     if cfg.model.kind == "conditioner":
         conditioner = _conditioner_text_dim(cfg, index)
         if conditioner is not cfg.model.conditioner:

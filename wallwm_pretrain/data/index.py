@@ -21,6 +21,13 @@ INDEX_FILE = "index.json"
 DIM_KEYS = ("action_dim", "state_dim", "image_size", "fps")
 
 
+def shard_kind(index: dict) -> str:
+    """What a folder holds: ``event`` (no ``kind`` in index.json: build-shards output),
+    ``conditioner`` (build-conditioner) or ``episode`` (build-episodes); the data modes say
+    which kinds they read (``modes/``)."""
+    return str(index.get("kind", "event"))
+
+
 def _is_count(value: Any, minimum: int = 0) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
 

@@ -12,10 +12,11 @@ Before the first epoch every shard is checked against index.json (``data.verify`
    deciding on the json member before the frames are decoded (in unified mode over shards
    whose windows were clustered, per window after cooking instead: stage 6);
 5. sample shuffle buffer seeded by (seed, epoch, rank, worker);
-6. decode ``.npy`` / ``.json`` (``decode.py``) and cook (event or chunk mode, see
-   ``cookers.py``; unified mode over episode shards, ``unified.py``), then length-bucketed batching (``buckets.py``) into
-   :class:`~wallwm_pretrain.batch.Batch` (the per-window balance between the two); in conditioner mode (conditioner shards, see
-   ``conditioner.py``) plain batching into :class:`~wallwm_pretrain.batch.ConditionerBatch`.
+6. decode ``.npy`` / ``.json`` (``decode.py``), cook and batch as the data mode says
+   (``modes/``: the mode's cooker, then its batching stage; the per-window balance between
+   the two): length-bucketed (``buckets.py``) :class:`~wallwm_pretrain.batch.Batch` in event,
+   chunk and unified mode, plain :class:`~wallwm_pretrain.batch.ConditionerBatch` in
+   conditioner mode.
 
 The loader position is ``(epoch, batches consumed in the epoch)`` plus the problems counted
 so far (bad sample ids, quarantined shards); :meth:`state_dict` and
@@ -39,16 +40,13 @@ from wallwm_pretrain.config import DataConfig
 from wallwm_pretrain.data.badinput import (
     BadInputError, Known, SkipCounter, SkipReport, cook_or_skip, read_shards, report_skips,
 )
-from wallwm_pretrain.data.balance import balance_for
-from wallwm_pretrain.data.buckets import bucket_batches
 from wallwm_pretrain.batch import Batch
-from wallwm_pretrain.data.collate import collate
-from wallwm_pretrain.data.conditioner import MODE as CONDITIONER, check_shard_kind, collate_conditioner
-from wallwm_pretrain.data.cookers import Normalizer, TrainSample, make_cooker
+from wallwm_pretrain.data.cookers import Normalizer, TrainSample
 from wallwm_pretrain.data.decode import decode_sample
 from wallwm_pretrain.data.errors import ShardError
 from wallwm_pretrain.data.extras import load_extras
 from wallwm_pretrain.data.index import read_index
+from wallwm_pretrain.data.modes import check_shard_kind, mode_of
 from wallwm_pretrain.data.tarread import read_tar
 from wallwm_pretrain.data.verify import verify_shards
 
@@ -65,8 +63,8 @@ def read_cooked(
     index = read_index(folder)
     check_shard_kind(folder, index, cfg.mode)
     urls = [str(Path(folder) / s["name"]) for s in index["shards"]]
-    cooker = make_cooker(cfg, caption_max_bytes, norm, load_extras(folder, index, video_input, frame_stride),
-                         frame_stride)
+    cooker = mode_of(cfg.mode).cooker(cfg, caption_max_bytes, norm,
+                                      load_extras(folder, index, video_input, frame_stride), frame_stride)
     for url in urls:
         for crude in read_tar(url):
             yield from cooker(decode_sample(crude), epoch=0)
@@ -113,6 +111,7 @@ class EventLoader:
         video_input: str = "pixels",
     ) -> None:
         self.cfg = cfg
+        self.mode = mode_of(cfg.mode)
         self.index = read_index(cfg.shards)
         check_shard_kind(cfg.shards, self.index, cfg.mode)
         self.extras = load_extras(cfg.shards, self.index, video_input, frame_stride)
@@ -128,8 +127,8 @@ class EventLoader:
         self.norm = Normalizer.from_index(self.index)
         self.frame_stride = frame_stride
         # per raw sample, or (unified mode, windows clustered for this run's windows) per window
-        self.balance, self.window_spec = balance_for(self.index, cfg, frame_stride)
-        self.cooker = make_cooker(cfg, caption_max_bytes, self.norm, self.extras, frame_stride, self.window_spec)
+        self.balance, self.window_spec = self.mode.balance(self.index, cfg, frame_stride)
+        self.cooker = self.mode.cooker(cfg, caption_max_bytes, self.norm, self.extras, frame_stride, self.window_spec)
         self.dp_rank, self.dp_size = dp_rank, dp_size
         self.epoch = 0
         self.batches_in_epoch = 0
@@ -162,19 +161,7 @@ class EventLoader:
         )
         if self.balance is not None and self.window_spec is not None:
             stages.append(functools.partial(self.balance.window_stage, epoch=epoch))
-        if self.cfg.mode == CONDITIONER:  # one observation per sample: nothing to bucket by length
-            stages.append(wds.batched(self.cfg.batch_size, collation_fn=collate_conditioner, partial=False))
-            stages.append(functools.partial(report_skips, counter=counter))
-            return wds.DataPipeline(*stages)
-        to_batch = functools.partial(collate, frame_stride=self.frame_stride)
-        if self.cfg.length_buckets:
-            stages.append(
-                functools.partial(
-                    bucket_batches, batch_size=self.cfg.batch_size, boundaries=list(self.cfg.length_buckets), collate=to_batch
-                )
-            )
-        else:
-            stages.append(wds.batched(self.cfg.batch_size, collation_fn=to_batch, partial=False))
+        stages.append(self.mode.batcher(self.cfg, self.frame_stride))  # length buckets, or plain batches
         stages.append(functools.partial(report_skips, counter=counter))
         return wds.DataPipeline(*stages)
 

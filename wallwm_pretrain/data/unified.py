@@ -44,7 +44,6 @@ from wallwm_pretrain.windows import (
 
 __all__ = ["atomic_event", "cook_unified", "draw_context", "episode_events", "history_steps", "make_unified_cooker"]
 
-MODE = "unified"
 EVENT_STATES = "event_states.npy"
 EVENT_STATES_LEN = "event_states_len.npy"
 
@@ -165,7 +164,7 @@ def cook_unified(
 
 def make_unified_cooker(cfg: DataConfig, caption_max_bytes: int, norm: Normalizer, extras: Extras = Extras(),
                         frame_stride: int = 4, clusters_of: dict | None = None):
-    """``cooker(sample, epoch=e) -> [TrainSample]``, as ``cookers.make_cooker``; ConfigError
+    """``cooker(sample, epoch=e) -> [TrainSample]``, as ``modes.make_cooker``; ConfigError
     unless ``data.chunk_horizon`` is a multiple of the frame stride (windows start on latent
     frames). ``clusters_of``: see :func:`cook_unified`."""
     if frame_stride < 1 or cfg.chunk_horizon % frame_stride:

@@ -18,6 +18,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 DEFAULT_TASKS = ["pick-place-v3", "drawer-open-v3", "button-press-topdown-v3"]
+DEFAULT_WAYS = {"events": ["script"], "context": ["atomic"]}  # the planners' options (eval/planners)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,12 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--denoise-steps", type=int, default=10, help="Euler steps of the flow per plan (default 10; with --server the server's own)")
     p.add_argument("--max-plans-per-event", type=int, default=4,
                    help="event mode: plans of one event before moving to the next regardless (default 4)")
-    p.add_argument("--events", nargs="+", default=["script"], choices=["script", "predicted"],
+    p.add_argument("--events", nargs="+", default=DEFAULT_WAYS["events"], choices=["script", "predicted"],
                    help="event mode: where each next event comes from: 'script' (the task's fixed event script, "
                         "the default), 'predicted' (the --conditioner chooses it and its remaining time from the "
                         "cameras); both ('--events script predicted') run the same episodes and seeds each way and "
                         "report them side by side")
-    p.add_argument("--context", nargs="+", default=["atomic"], choices=["atomic", "global", "staircase"],
+    p.add_argument("--context", nargs="+", default=DEFAULT_WAYS["context"], choices=["atomic", "global", "staircase"],
                    help="unified mode: each chunk's text context: 'atomic' (the caption of the scripted event in "
                         "progress, the default), 'global' (the task through the conditioner's heads), 'staircase' "
                         "(Staircase latents of the task); several run the same episodes and seeds each way and "
@@ -115,6 +116,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     from wallwm_pretrain.data.loader import read_index
     from wallwm_pretrain.eval.adapter import EnvAdapter
     from wallwm_pretrain.eval.openloop import open_loop_error
+    from wallwm_pretrain.eval.planners import choose, served_modes
     from wallwm_pretrain.eval.policy import CheckpointPolicy
 
     if args.episodes < 1:
@@ -150,15 +152,12 @@ def evaluate(args: argparse.Namespace) -> dict:
         if not args.server:
             policy = CheckpointPolicy.load(ckpt, args.stats, device, args.denoise_steps, args.mode)
             cfg = policy.cfg
-        if args.mode and args.mode != policy.mode:  # a server plans in its own mode
+        if args.mode and args.mode != policy.mode:  # a server plans in its own mode (not a dispatch: two names compared)
             raise ValueError(f"--mode {args.mode}, but the server plans in {policy.mode} mode")
-        if policy.mode == "unified" and args.server:
-            raise ValueError("unified-mode checkpoints run in-process (--ckpt); the policy server speaks event and "
-                             "chunk mode")
-        if policy.mode != "unified" and args.context != ["atomic"]:
-            raise ValueError(f"--context is read in unified mode; this policy plans in {policy.mode} mode (--mode)")
-        if policy.mode == "unified" and args.events != ["script"]:
-            raise ValueError("--events is read in event mode; unified mode takes --context")
+        chosen = choose(policy.mode, {"events": args.events, "context": args.context}, DEFAULT_WAYS)
+        if args.server and not all(cls.served for _, cls in chosen):
+            raise ValueError(f"{policy.mode}-mode checkpoints run in-process (--ckpt); the policy server speaks "
+                             f"{' and '.join(served_modes())} mode")
         if args.heldout:
             read_index(args.heldout)  # a bad --heldout fails now, not after the rollouts
         adapter = EnvAdapter.from_yaml(args.adapter) if args.adapter else None
@@ -168,31 +167,30 @@ def evaluate(args: argparse.Namespace) -> dict:
             "denoise_steps": policy.metadata["denoise_steps"] if args.server else args.denoise_steps,
             "tasks": {},
         }
-        planner = None
-        if "predicted" in args.events:
+        conditioner = None
+        if any(cls.needs_conditioner for _, cls in chosen):
             from wallwm_pretrain.eval.conditioner import ConditionerPlanner
 
             if not args.conditioner:
                 raise ValueError("--events predicted needs --conditioner CKPT (a model.kind=conditioner checkpoint)")
-            planner = ConditionerPlanner.load(args.conditioner, args.conditioner_stats, device)
+            conditioner = ConditionerPlanner.load(args.conditioner, args.conditioner_stats, device)
             results["conditioner"] = str(args.conditioner)
         elif args.conditioner:
             raise ValueError("--conditioner is read by --events predicted only")
-        results["events"] = {}
-        ways = args.context if policy.mode == "unified" else args.events
-        if policy.mode == "unified":
-            results["contexts"] = results.pop("events")
-        runs = results["contexts"] if policy.mode == "unified" else results["events"]
+        planners = [cls(policy, way, conditioner=conditioner if cls.needs_conditioner else None,
+                        max_plans_per_event=args.max_plans_per_event) for way, cls in chosen]
+        ways = [p.way for p in planners]
+        runs = results[planners[0].results_key] = {}
         with reproducible_heap():
             results["gl_backend"] = check_rendering()
-            for way in ways:
-                runs[way] = run_tasks(policy, args, adapter, planner if way == "predicted" else None, out, way)
+            for planner in planners:
+                runs[planner.way] = run_tasks(policy, args, adapter, planner, out)
         first = runs[ways[0]]
         results["tasks"], results["overall"] = first["tasks"], first["overall"]
         if args.heldout:
             results["open_loop"] = open_loop_error(policy, args.heldout, args.seed, progress=not args.quiet)
         results["seconds"] = time.perf_counter() - started
-        table = results_table(runs, ways, "context" if policy.mode == "unified" else "events")
+        table = results_table(runs, ways, planners[0].option or "events")
         out.mkdir(parents=True, exist_ok=True)
         (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
         (out / "results.md").write_text(table + "\n")
@@ -206,20 +204,17 @@ def evaluate(args: argparse.Namespace) -> dict:
             policy.close()
 
 
-def run_tasks(policy, args: argparse.Namespace, adapter, planner, out: Path, events: str) -> dict:
-    """Closed-loop episodes of every task with one way of choosing events (``events``; in
-    unified mode: the chunks' context source)."""
+def run_tasks(policy, args: argparse.Namespace, adapter, planner, out: Path) -> dict:
+    """Closed-loop episodes of every task with one way of planning (``planner``, ``eval/planners``)."""
     from wallwm_pretrain.eval.metaworld import MetaWorldRunner
     from wallwm_pretrain.eval.report import save_strip, wilson_interval
 
-    tag = f"{policy.mode} mode" + (f", {events} events" if policy.mode == "event" else
-                                   f", {events} context" if policy.mode == "unified" else "")
+    tag = f"{policy.mode} mode" + (f", {planner.tag}" if planner.tag else "")
+    default = planner.way in DEFAULT_WAYS.get(planner.option, [planner.way])  # strips keep their plain names
     bar = tqdm(total=len(args.tasks) * args.episodes, desc=f"eval ({tag})", unit="ep", disable=args.quiet)
     tasks: dict = {}
     for task in args.tasks:
-        runner = MetaWorldRunner(policy, task, args.max_steps, args.render_size,
-                                 max_plans_per_event=args.max_plans_per_event, adapter=adapter, planner=planner,
-                                 context=events if policy.mode == "unified" else "atomic")
+        runner = MetaWorldRunner(policy, task, args.max_steps, args.render_size, adapter=adapter, planner=planner)
         try:
             episodes = []
             for i in range(args.episodes):
@@ -227,7 +222,7 @@ def run_tasks(policy, args: argparse.Namespace, adapter, planner, out: Path, eve
                 episodes.append(ep)
                 if i == 0:
                     verdict = "success" if ep.success else "failure"
-                    name = f"{task}_ep{i:03d}.png" if events in ("script", "atomic") else f"{task}_{events}_ep{i:03d}.png"
+                    name = f"{task}_ep{i:03d}.png" if default else f"{task}_{planner.way}_ep{i:03d}.png"
                     save_strip(ep.strip, f"{task} episode {i} ({tag}): {verdict} in {ep.steps} steps",
                                out / "strips" / name)
                 bar.update(1)
@@ -242,7 +237,7 @@ def run_tasks(policy, args: argparse.Namespace, adapter, planner, out: Path, eve
             "mean_plans": sum(e.plans for e in episodes) / len(episodes),
             "episode_seeds": [e.env_seed for e in episodes], "success_per_episode": [e.success for e in episodes],
         }
-        if planner is not None:  # every predicted caption and remaining time, per episode and plan
+        if planner.needs_conditioner:  # every predicted caption and remaining time, per episode and plan
             tasks[task]["predicted"] = [e.predicted for e in episodes]
     bar.close()
     wins = sum(t["successes"] for t in tasks.values())

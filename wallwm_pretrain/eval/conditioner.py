@@ -30,7 +30,7 @@ class ConditionerPlanner:
     """
 
     def __init__(self, model, cfg, index: dict) -> None:
-        if cfg.model.kind != "conditioner":
+        if cfg.model.kind != "conditioner":  # the flag takes one model kind: a check of the input, not a dispatch
             raise PolicyError(f"--conditioner needs a checkpoint of model.kind=conditioner, this one is "
                               f"model.kind={cfg.model.kind}")
         self.model, self.cfg, self.index = model, cfg, index

@@ -42,7 +42,7 @@ def run_episode(env, adapter: EnvAdapter, client, prompts: list[str], seed: int,
     if not prompts:
         raise ValueError("prompts: give at least one (the instruction, or the events in order)")
     meta = client.metadata
-    event_mode = meta["mode"] == "event"
+    event_mode = "remaining_steps" in meta["reply"]  # a server that returns the event's remaining time plans events
     obs, _ = env.reset(seed=seed)
     ep, event = GymEpisode(seed), 0
     while ep.steps < max_steps and not (ep.success or ep.ended):

@@ -5,29 +5,15 @@ same cameras, upright, same render size, then the same area resize as ``build-sh
 policy sees what it was trained on, up to the video codec's artefacts, which recorded frames
 went through and live renders do not.
 
-Event mode walks the task's event script, the expert's phases in order with their first
-caption template (``reach for the puck``, ``lower the gripper to the puck``, ...). For each
-event it plans ``data.max_frames`` steps and executes as many as the remaining-time head
-predicts (at least one, at most the plan); when the head says the event continues past the
-plan it plans the same event again (at most ``max_plans_per_event`` times), otherwise it moves
-to the next event. After the last event it keeps re-planning the last one until the task
-succeeds or the step budget is spent. Chunk mode plans ``data.chunk_horizon`` steps from the
-task instruction and executes all of them, over and over.
-
-Unified mode plans ``data.chunk_horizon`` steps from the observation and the frames of the
-``data.history_latents`` latent frames before it (the episode's first frame repeated before its
-start, as in training), executes the whole chunk, and conditions each chunk on the text context
-``context`` names: ``atomic`` the caption of the scripted event in progress, ``global`` the task
-instruction through the conditioner's heads, ``staircase`` the Staircase latents of the task; the
-last two see the captions of the scripted events done so far, as their training prompts did. The
-script advances as in event mode, when the remaining-time head says the event in progress ends
-within the chunk (or after ``max_plans_per_event`` chunks).
-
-With a conditioner (``--events predicted``) event mode plans without the script: before each
-plan the conditioner looks at the cameras, the task instruction and the events done so far and
-names the next event and the steps it has left; the plan executes that many steps (at least one,
-at most the plan), and the event counts as done when it ends within the plan. Each predicted
-caption and remaining time is kept per plan (:attr:`Episode.predicted`).
+One loop runs every way of planning: at each plan it hands the planner (``eval/planners``) the
+scene (the frame at the model's size, the render, the state and, when the planner reads history,
+the frames it asks for) and executes the steps the planner decides. The planner owns which text
+conditions the plan and how far it runs: the task's event script (``script.py``: the expert's
+phases in order with their first caption template, ``reach for the puck``, ...), a conditioner's
+predicted events (``predicted.py``), the task instruction in fixed chunks (``chunks.py``), or
+unified chunks after history frames with a text-context source (``unified.py``). When the planner
+reads history the runner keeps the model-size frame of every step (the episode's first frame
+stands for the steps before its start, as in training).
 
 Episode layouts come from ``SeedSequence([seed, crc32(task), index, 1])``: a different stream
 from the recorder's ``[seed, crc32(task), index]``, so evaluation layouts are fresh.
@@ -46,8 +32,8 @@ from sim.metaworld.env import STATE_KINDS, TaskEnv
 from sim.metaworld.render import CameraRig
 from sim.metaworld.tasks import TaskSpec, get_spec
 from wallwm_pretrain.eval.adapter import EnvAdapter, StatePart
-from wallwm_pretrain.eval.conditioner import ConditionerPlanner
-from wallwm_pretrain.eval.policy import CheckpointPolicy, ChunkContext, PolicyError
+from wallwm_pretrain.eval.planners import Planner, Scene, Task, planner_for
+from wallwm_pretrain.eval.policy import CheckpointPolicy, PolicyError
 
 if TYPE_CHECKING:
     from wallwm_pretrain.eval.remote import RemotePolicy
@@ -82,7 +68,7 @@ class Episode:
     steps: int
     plans: int
     events: list[str] = field(default_factory=list)  # caption of each plan, in order
-    predicted: list[dict] = field(default_factory=list)  # --events predicted: step, caption, remaining per plan
+    predicted: list[dict] = field(default_factory=list)  # predicted events: step, caption, remaining per plan
     strip: list[tuple[int, str, np.ndarray]] = field(default_factory=list)  # (step, label, frame)
 
 
@@ -96,26 +82,24 @@ class MetaWorldRunner:
         render_size: camera resolution before the resize to the model's size (the recorder's
             ``--image-size``).
         strip_every: keep the first view every this many steps for the frame strip.
-        max_plans_per_event: event mode: plans of one event before moving on regardless.
+        max_plans_per_event: plans of one scripted event before moving on regardless (the
+            default planner's; a given ``planner`` has its own).
         adapter: maps this runner's observation dict (``camera/<name>``: uint8 [R, R, 3] for each
             camera the adapter names, ``state/full``: the 39-D observation, ``state/proprio``:
             hand, gripper, hand velocity) to the model's views and state, and model actions to
             Meta-World's; default: the views' cameras, the state layout of the model's width,
             actions clipped to [-1, 1] (``configs/adapters/metaworld.yaml`` spelled out).
+        planner: how each plan is conditioned and how far it runs (``eval/planners``); default:
+            the first way of the mode the policy plans in (scripted events, chunks, atomic
+            unified chunks).
     """
 
     def __init__(self, policy: CheckpointPolicy | RemotePolicy, task: str, max_steps: int = 200, render_size: int = 64,
                  strip_every: int = 10, max_plans_per_event: int = 4, adapter: EnvAdapter | None = None,
-                 planner: ConditionerPlanner | None = None, context: str = "atomic") -> None:
-        self.policy, self.spec, self.planner, self.context = policy, get_spec(task), planner, context
-        if policy.mode == "unified" and context not in ("atomic", "global", "staircase"):
-            raise PolicyError(f"unified mode: context must be atomic, global or staircase, got {context!r}")
-        if planner is not None:
-            if policy.mode != "event":
-                raise PolicyError("--events predicted plans events: it needs an event-mode checkpoint")
-            if planner.views and policy.views and planner.views != policy.views:
-                raise PolicyError(f"the conditioner was trained on views {planner.views}, the policy on {policy.views}")
-        self.max_steps, self.strip_every, self.max_plans_per_event = max_steps, strip_every, max_plans_per_event
+                 planner: Planner | None = None) -> None:
+        self.policy, self.spec = policy, get_spec(task)
+        self.planner = planner or planner_for(policy, max_plans_per_event=max_plans_per_event)
+        self.max_steps, self.strip_every = max_steps, strip_every
         state_dim = policy.state_dim
         if state_dim not in STATE_KIND_BY_DIM:
             raise PolicyError(
@@ -154,52 +138,23 @@ class MetaWorldRunner:
     def run(self, index: int, seed: int) -> Episode:
         env_seed = eval_env_seed(seed, self.spec.name, index)
         obs = self.env.reset(env_seed)
-        gen = self.policy.new_episode(env_seed)  # the episode's sampling-noise stream
-        script = event_script(self.spec)
+        # the episode's sampling-noise stream, and the planner's fresh start on this task
+        self.planner.start(Task(task_instruction(self.spec), event_script(self.spec)), self.policy.new_episode(env_seed))
+        back = self.planner.history_steps()
+        seen: list[np.ndarray] | None = None if back is None else []  # the model-size frame of every step so far
         ep = Episode(self.spec.name, index, env_seed, False, 0, 0)
-        event, plans_in_event = 0, 0
         t = 0
-        done: list[str] = []  # --events predicted: captions of the events finished so far
-        unified = self.policy.mode == "unified"
-        seen: list[np.ndarray] = []  # unified mode: the model-size frame of every step so far
         while t < self.max_steps and not ep.success:
             raw, frame = self.observe()
-            if unified:
+            if seen is not None:
                 seen.append(frame)
-                history = [seen[max(0, t - d)] for d in self.policy.history_steps()]
-                label, caption = script[event]
-                context = ChunkContext(self.context, caption, task_instruction(self.spec),
-                                       [c for _, c in script[:event]])
-                plan = self.policy.plan_chunk(history, frame, self.to_state(obs), context, gen)
-                ep.plans += 1
-                ep.events.append(caption if self.context == "atomic" else f"{self.context}: {caption}")
-                plans_in_event += 1
-                if plan.remaining <= len(plan.actions) or plans_in_event >= self.max_plans_per_event:
-                    event, plans_in_event = min(event + 1, len(script) - 1), 0
-                t, obs = self._execute(ep, plan.actions, t, raw, label, obs, seen)
-                continue
-            if self.planner is not None:
-                pred = self.planner.next_event(resize_area(raw, self.planner.image_size), self.to_state(obs),
-                                               task_instruction(self.spec), done)
-                label, caption = "predicted", pred.caption
-                ep.predicted.append({"step": t, "caption": pred.caption, "remaining": pred.remaining_steps})
-            else:
-                label, caption = script[event] if self.policy.mode == "event" else ("chunk", task_instruction(self.spec))
-            plan = self.policy.plan(frame, self.to_state(obs), caption, gen)
+            history = [seen[max(0, t - d)] for d in back] if seen is not None else []
+            decision = self.planner.next(Scene(frame, raw, self.to_state(obs), t, history))
             ep.plans += 1
-            ep.events.append(caption)
-            if self.planner is not None:
-                n = int(np.clip(round(pred.remaining_steps), 1, len(plan.actions)))
-                if pred.remaining_steps <= len(plan.actions):
-                    done.append(pred.caption)
-            elif self.policy.mode == "event":
-                n = int(np.clip(round(plan.remaining), 1, len(plan.actions)))
-                plans_in_event += 1
-                if plan.remaining <= len(plan.actions) or plans_in_event >= self.max_plans_per_event:
-                    event, plans_in_event = min(event + 1, len(script) - 1), 0
-            else:
-                n = len(plan.actions)
-            t, obs = self._execute(ep, plan.actions[:n], t, raw, label, obs)
+            ep.events.append(decision.caption)
+            if decision.predicted is not None:
+                ep.predicted.append(decision.predicted)
+            t, obs = self._execute(ep, decision.actions, t, raw, decision.label, obs, seen)
         ep.steps = t
         final, _ = self.observe()
         ep.strip.append((t, "success" if ep.success else "end", final[0]))

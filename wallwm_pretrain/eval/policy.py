@@ -2,8 +2,10 @@
 
 The policy owns everything that must match training exactly: the normalisation statistics of
 the shards the model was trained on (``index.json``), the caption encoding, the model's frame
-size, and the horizon it plans over (``data.max_frames`` in event mode, ``data.chunk_horizon``
-in chunk and unified mode, rounded up to whole latent frames).
+size, and the horizon it plans over (the data mode's, ``data/modes``: ``data.max_frames`` in
+event mode, ``data.chunk_horizon`` in chunk and unified mode, rounded up to whole latent
+frames). Which caption each plan gets and how much of it runs is a planner's decision
+(``eval/planners``).
 
 Unified mode (:meth:`CheckpointPolicy.plan_chunk`) also takes the frames of the
 ``data.history_latents`` latent frames before the observation and the chunk's text context
@@ -23,6 +25,7 @@ import torch
 from wallwm_pretrain.config import Config
 from wallwm_pretrain.captions import CAPTION_PAD, encode_caption
 from wallwm_pretrain.data.cookers import Normalizer
+from wallwm_pretrain.data.modes import MODES, mode_of
 from wallwm_pretrain.eval.sampler import sample_event
 from wallwm_pretrain.export import load_model
 from wallwm_pretrain.model.embeddings import patchify
@@ -78,26 +81,30 @@ class CheckpointPolicy:
             chunk mode (the baseline) stays as trained.
     """
 
+    # the model this policy drives: the small towers (pixels in, byte captions). A policy for
+    # another model kind (the Wan towers: the VAE encodes each observation, UMT5 each caption) is
+    # a file of its own with the same planning methods; this is that policy saying which it is.
+    MODEL = ("towers", "small")
+
     def __init__(self, model, cfg: Config, index: dict, denoise_steps: int = 10, mode: str | None = None) -> None:
-        if cfg.model.kind != "towers" or cfg.model.video_tower != "small":
-            # a Wan-tower policy would encode each observation with the VAE (and each atomic caption
-            # with UMT5) at every plan: that closed loop is not built; the towers train and denoise
-            what = cfg.model.kind if cfg.model.kind != "towers" else f"towers with video_tower={cfg.model.video_tower}"
+        kind, tower = cfg.model.kind, cfg.model.video_tower
+        if (kind, tower) != self.MODEL:
+            what = f"{kind} with video_tower={tower}" if kind == self.MODEL[0] else kind
             raise PolicyError(f"the checkpoint policy runs the small towers (pixels in, byte captions); this "
                               f"checkpoint is {what}")
         self.model, self.cfg, self.index = model, cfg, index
         self.norm = Normalizer.from_index(index)
         self.denoise_steps = denoise_steps
         self.device = next(model.parameters()).device
-        trained = cfg.data.mode
-        self._mode = mode or trained
-        if self._mode != trained and {self._mode, trained} != {"event", "unified"}:
-            raise PolicyError(f"a {trained}-mode checkpoint cannot plan in {self._mode} mode (event and unified mode "
-                              "share the towers; chunk mode is the baseline as trained)")
+        trained = mode_of(cfg.data.mode)
+        self.plan_mode = mode_of(mode) if mode else trained
+        if self.plan_mode is not trained and not (self.plan_mode.shares_towers and trained.shares_towers):
+            shared = " and ".join(m.name for m in MODES.values() if m.shares_towers)
+            raise PolicyError(f"a {trained.name}-mode checkpoint cannot plan in {self.plan_mode.name} mode ({shared} "
+                              "mode share the towers; the other modes plan as trained)")
         k = cfg.model.frame_stride
-        raw = cfg.data.max_frames if self._mode == "event" else cfg.data.chunk_horizon
-        self.horizon = -(-raw // k) * k
-        self.history = cfg.data.history_latents if self._mode == "unified" else 0
+        self.horizon = -(-self.plan_mode.horizon(cfg.data) // k) * k
+        self.history = self.plan_mode.history(cfg.data)
         for name, want in (("state_dim", cfg.model.state_dim), ("action_dim", cfg.model.action_dim)):
             got = index.get(name)
             if got is not None and got != want:
@@ -111,8 +118,8 @@ class CheckpointPolicy:
 
     @property
     def mode(self) -> str:
-        """The mode this policy plans in."""
-        return self._mode
+        """The mode this policy plans in (its name, ``data.mode``; :attr:`plan_mode` is the mode)."""
+        return self.plan_mode.name
 
     @property
     def views(self) -> list[str]:
@@ -227,8 +234,9 @@ class CheckpointPolicy:
             the chunk's actions in the robot's units and the remaining-time head's control steps
             to the end of the event in progress.
         """
-        if self.mode != "unified":
-            raise PolicyError(f"plan_chunk needs a unified-mode checkpoint (data.mode=unified), this one is {self.mode}")
+        if not self.plan_mode.reads_context:
+            raise PolicyError(f"plan_chunk plans a chunk with history and a context source (unified mode), this "
+                              f"policy plans in {self.mode} mode")
         if len(history) != self.history:
             raise PolicyError(f"{len(history)} history frames given, the model reads {self.history}")
         self.check_observation(frame, state)

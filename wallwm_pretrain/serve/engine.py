@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from wallwm_pretrain.eval.policy import CheckpointPolicy
+from wallwm_pretrain.eval.planners import planners_of, served_modes
+from wallwm_pretrain.eval.policy import CheckpointPolicy, PolicyError
 from wallwm_pretrain.serve.spec import Observation, ObservationSpec
 
 PROTOCOL = "wallwm-policy/1"
@@ -31,7 +32,14 @@ class PolicyEngine:
         views = policy.views or [f"view{i}" for i in range(policy.num_views)]
         if len(views) != policy.num_views:
             raise ValueError(f"the statistics name views {views} but the model has {policy.num_views}")
-        self.spec = ObservationSpec(tuple(views), (policy.image_size, policy.image_size), policy.state_dim, policy.mode)
+        # the planner of the policy's mode says what a request's prompt is and whether the plan's
+        # remaining time decides anything (the client runs the planner's loop, the server one plan)
+        self.planner = planners_of(policy.mode)[0]  # the mode's default way (a class: it plans nothing here)
+        if not self.planner.served:
+            raise PolicyError(f"{policy.mode}-mode plans read what the requests do not carry (history frames); the "
+                              f"policy server serves {' and '.join(served_modes())} mode")
+        self.spec = ObservationSpec(tuple(views), (policy.image_size, policy.image_size), policy.state_dim,
+                                    self.planner.prompt)
         self.lock = threading.Lock()
 
     @classmethod
@@ -52,7 +60,7 @@ class PolicyEngine:
         as_list = lambda x: None if x is None else np.asarray(x, np.float32).tolist()  # noqa: E731
         reply = {"actions": {"dtype": "float32", "shape": [p.horizon, p.action_dim], "units": "robot (de-normalised)"},
                  "server_timing": {"queue_ms": "float", "infer_ms": "float", "batch_size": "int"}}
-        if p.mode == "event":
+        if self.planner.reports_remaining:
             reply["remaining_steps"] = {"type": "float", "meaning": "predicted control steps to the end of the event"}
         return {
             "protocol": PROTOCOL,
@@ -83,7 +91,7 @@ class PolicyEngine:
         replies = []
         for plan in plans:
             reply: dict[str, Any] = {"actions": plan.actions}
-            if self.policy.mode == "event":
+            if self.planner.reports_remaining:
                 reply["remaining_steps"] = plan.remaining
             replies.append(reply)
         return replies

@@ -45,12 +45,7 @@ class ObservationSpec:
     views: tuple[str, ...]
     image_size: tuple[int, int]
     state_dim: int
-    mode: str
-
-    @property
-    def text_meaning(self) -> str:
-        return ("the next event's description, e.g. 'reach for the puck'" if self.mode == "event"
-                else "the task instruction, e.g. 'pick up the puck and place it at the goal'")
+    text_meaning: str  # what the prompt is: the planner's (eval/planners), e.g. the next event's description
 
     def describe(self) -> dict[str, Any]:
         """The ``observation`` part of the server's metadata."""
