@@ -119,7 +119,7 @@ def test_the_balance_signatures_resolve_for_typing_tools():
 
     functions = [balance._counts, balance._unit, balance.window_spec, balance.balance_for]
     functions += [getattr(ClusterBalance, name) for name in (
-        "__init__", "keep_probability", "target", "expected_fraction", "keep", "keep_ids", "stage", "window_stage")]
+        "__init__", "keep_probability", "target", "expected_fraction", "keep", "keep_ids", "sample_filter", "window_filter")]
     hints = {f.__name__: typing.get_type_hints(f) for f in functions}
     assert hints["window_spec"]["return"] == dict | None
     assert hints["balance_for"]["return"] == tuple[ClusterBalance | None, dict | None]
@@ -140,7 +140,7 @@ def test_the_stage_passes_unreadable_samples_on_and_marks_bad_cluster_ids():
     stream = [sample("unreadable", b"{not json"), sample("ok1", {"vl_cluster": 1, "action_cluster": 0}),
               sample("no_ids", {"caption": "x"}), sample("none_id", {"vl_cluster": None, "action_cluster": 0}),
               sample("unknown", {"vl_cluster": 7, "action_cluster": 0}), sample("ok2", {"vl_cluster": 0, "action_cluster": 0})]
-    out = list(bal.stage(iter(stream), epoch=0))
+    out = list(bal.sample_filter(iter(stream), epoch=0))
     assert [s["__key__"] for s in out] == ["unreadable", "ok1", "no_ids", "none_id", "unknown", "ok2"]
     assert out[0] == stream[0] and "__balance_error__" not in out[1] and "__balance_error__" not in out[5]
     assert out[2]["__balance_error__"].startswith("no usable cluster ids (KeyError: ")

@@ -235,7 +235,7 @@ def test_window_clusters_recorded_without_their_counts_are_named(tmp_path):
         balance_of(index, cfg(tmp_path))
 
 
-def test_the_window_stage_passes_other_items_and_windows_without_ids():
+def test_the_window_filter_passes_other_items_and_windows_without_ids():
     """Only a window with cluster ids is kept or dropped; a window without ids and anything that
     is not a window (an error marker) pass as they are."""
     from wallwm_pretrain.data.balance import ClusterBalance
@@ -250,7 +250,7 @@ def test_the_window_stage_passes_other_items_and_windows_without_ids():
 
     marker = {"__key__": "x", "__balance_error__": "bad"}
     items = [marker, window("free", None), window("rare", (0, 0)), window("common", (1, 0))]
-    assert [getattr(i, "key", "marker") for i in bal.window_stage(iter(items), epoch=0)] == ["marker", "free", "rare"]
+    assert [getattr(i, "key", "marker") for i in bal.window_filter(iter(items), epoch=0)] == ["marker", "free", "rare"]
 
 
 def test_event_mode_balances_per_sample_without_a_word(tmp_path, caplog):

@@ -20,7 +20,7 @@ repeating samples of small ones, so an epoch is shorter than the dataset
 stream badly. When ``python -m data_tools cluster-windows`` clustered the episode shards' windows
 (``index.json["windows"]``, counts ``window_vl_cluster_counts`` / ``window_action_cluster_counts``)
 for the run's ``data.chunk_horizon``, ``data.history_latents`` and ``model.frame_stride``, the
-same rule runs on the *cooked* windows instead (:meth:`ClusterBalance.window_stage`), with the
+same rule runs on the *cooked* windows instead (:meth:`ClusterBalance.window_filter`), with the
 window counts and the window key (``<episode key>/w<anchor>``) in the hash. Shards clustered for
 other windows fail at start naming both (:func:`balance_for`); shards without window clusters
 keep the per-episode balance.
@@ -101,8 +101,8 @@ class ClusterBalance:
         p = self.keep_probability(vl, action)
         return p >= 1.0 or _unit(self.seed, epoch, key) < p
 
-    def stage(self, src: Iterable[dict], epoch: int) -> Iterator[dict]:
-        """Pipeline stage on raw samples (before decoding: only the json member is parsed)."""
+    def sample_filter(self, src: Iterable[dict], epoch: int) -> Iterator[dict]:
+        """The loader's filter on raw samples (before decoding: only the json member is parsed)."""
         for sample in src:
             try:
                 meta = decode_meta(sample)
@@ -117,8 +117,8 @@ class ClusterBalance:
             if keep:
                 yield sample
 
-    def window_stage(self, src: Iterable, epoch: int) -> Iterator:
-        """Pipeline stage on cooked windows (``unit="window"``): a window is kept by its own
+    def window_filter(self, src: Iterable, epoch: int) -> Iterator:
+        """The loader's filter on cooked windows (``unit="window"``): a window is kept by its own
         clusters (``TrainSample.clusters``) and key; anything else passes through."""
         for item in src:
             if isinstance(item, TrainSample) and item.clusters is not None:

@@ -1,7 +1,8 @@
 """The training loader: WebDataset shards -> cooked, shuffled, padded batches, forever.
 
 Before the first epoch every shard is checked against index.json (``data.verify``, see
-``verify.py``). Stages, in order (one WebDataset ``DataPipeline`` per epoch):
+``verify.py``). Filters, in order (WebDataset's word for the steps of one ``DataPipeline``;
+one pipeline per epoch):
 
 1. shard list, permuted by (seed, epoch) — the explicit shard shuffle;
 2. split by data-parallel rank (explicit node splitter: TP/PP peers of one DP rank read the
@@ -10,10 +11,10 @@ Before the first epoch every shard is checked against index.json (``data.verify`
    budget, ``badinput.py``);
 4. cluster balance (``balance.py``; only when ``data.balance`` departs from the natural mix),
    deciding on the json member before the frames are decoded (in unified mode over shards
-   whose windows were clustered, per window after cooking instead: stage 6);
+   whose windows were clustered, per window after cooking instead: filter 6);
 5. sample shuffle buffer seeded by (seed, epoch, rank, worker);
 6. decode ``.npy`` / ``.json`` (``decode.py``), cook and batch as the data mode says
-   (``modes/``: the mode's cooker, then its batching stage; the per-window balance between
+   (``modes/``: the mode's cooker, then its batching filter; the per-window balance between
    the two): length-bucketed (``buckets.py``) :class:`~wallwm_pretrain.batch.Batch` in event,
    chunk and unified mode, plain :class:`~wallwm_pretrain.batch.ConditionerBatch` in
    conditioner mode.
@@ -146,24 +147,24 @@ class EventLoader:
             {str(folder / name): found for name, found in self.quarantined.items()},
         )
         counter = SkipCounter(self.cfg.max_bad_samples, known)
-        stages: list = [
+        filters: list = [
             wds.SimpleShardList(urls),
             functools.partial(_split_by_rank, rank=self.dp_rank, world=self.dp_size),
             wds.split_by_worker,
             functools.partial(_read_listed, counter=counter, epoch=epoch),
         ]
         if self.balance is not None and self.window_spec is None:
-            stages.append(functools.partial(self.balance.stage, epoch=epoch))
+            filters.append(functools.partial(self.balance.sample_filter, epoch=epoch))
         if self.cfg.shuffle_buffer > 0:
-            stages.append(functools.partial(_shuffle, bufsize=self.cfg.shuffle_buffer, seed=(self.cfg.seed, epoch, self.dp_rank)))
-        stages.append(
+            filters.append(functools.partial(_shuffle, bufsize=self.cfg.shuffle_buffer, seed=(self.cfg.seed, epoch, self.dp_rank)))
+        filters.append(
             functools.partial(cook_or_skip, cooker=functools.partial(self.cooker, epoch=epoch), counter=counter)
         )
         if self.balance is not None and self.window_spec is not None:
-            stages.append(functools.partial(self.balance.window_stage, epoch=epoch))
-        stages.append(self.mode.batcher(self.cfg, self.frame_stride))  # length buckets, or plain batches
-        stages.append(functools.partial(report_skips, counter=counter))
-        return wds.DataPipeline(*stages)
+            filters.append(functools.partial(self.balance.window_filter, epoch=epoch))
+        filters.append(self.mode.batcher(self.cfg, self.frame_stride))  # length buckets, or plain batches
+        filters.append(functools.partial(report_skips, counter=counter))
+        return wds.DataPipeline(*filters)
 
     def _start_epoch(self) -> None:
         loader = DataLoader(

@@ -71,7 +71,7 @@ class DataMode:
         return balance_for(index, cfg, frame_stride, per_window=self.balances_windows)
 
     def batcher(self, cfg: DataConfig, frame_stride: int) -> Any:
-        """The loader's batching stage: length buckets (``data.length_buckets``) or plain batches,
+        """The loader's batching filter: length buckets (``data.length_buckets``) or plain batches,
         padded by :func:`~wallwm_pretrain.data.collate.collate` to whole latent frames."""
         to_batch = functools.partial(collate, frame_stride=frame_stride)
         if cfg.length_buckets:
