@@ -92,3 +92,29 @@ def test_resume_across_data_parallel_sizes(tmp_path_factory, saved, resumed):
     # and the resumed run needed the saved state: starting fresh at step 5 gives other weights
     fresh = worker.reference(worker.logical(first), rec["groups"], dps, start=5)
     assert any(not torch.equal(fresh[n], want[n]) for n in want)
+
+
+def test_one_process_lands_its_gradients_in_the_shard(single_process):
+    """DP = 1: no communication, the bucket's gradients are copied into the one shard."""
+    ctx = single_process
+    rec = worker.run(ctx, {})
+    records = [{"ctx": {"rank": 0, "tp_rank": 0, "dp_rank": 0, "tp": 1, "dp": 1}, "run": rec}]
+    assert rec["scattered"] and rec["sent"] == 0
+    init = worker.logical(records, "init")
+    assert_equal_params(worker.logical(records), worker.reference(init, rec["groups"], [1] * worker.STEPS))
+
+
+def test_adamw_parameters_outside_the_ddp_buffers_are_refused(single_process):
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+
+    from wallwm_pretrain.optim.distributed.adamw import ZeroAdamW
+    from wallwm_pretrain.optim.distributed.shard_reduce import ShardReduce
+
+    wrapped, outside = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
+    ddp = DistributedDataParallel(worker._config(gqa=False), DistributedDataParallelConfig(
+        use_distributed_optimizer=False), wrapped)
+    zero = ZeroAdamW({"in.weight": wrapped.weight, "out.weight": outside.weight}, [(["in.weight", "out.weight"], 0.1)],
+                     lr=0.01, betas=(0.9, 0.999), eps=1e-8, dp_group=None, dp_rank=0, dp_size=1)
+    with pytest.raises(ValueError, match=r"1 AdamW parameters are in none \(first 3: \['out.weight'\]\)"):
+        ShardReduce(zero, [ddp])
+    assert not zero.scattered
