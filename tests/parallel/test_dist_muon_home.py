@@ -93,6 +93,23 @@ def test_clipping_by_the_homes_norm_matches_todays(tmp_path_factory, reference):
     assert max((old[n] - reference["final"][n]).abs().max().item() for n in old) > 100 * CLIP_ATOL
 
 
+@pytest.mark.parametrize("reduce, want", [("home", 1.0), ("all_reduce", 1.5)])
+def test_a_whole_muon_and_adamw_step_moves_the_all_reduce_bound_at_dp2(tmp_path_factory, reduce, want):
+    """Bytes of one step (Muon to the homes and back, AdamW reduce-scattered and all-gathered,
+    the norm's scalar), counted by wrapping the collectives, over 2 (N-1)/N x the rank's
+    gradient bytes: the bound with reduce-to-home, 1.5x it on the all-reduce path (on average
+    over the ranks: there the return of the updates follows the homes' balance). At DP2 with
+    reduce-to-home every rank sends what it does not own and returns what it owns, whatever
+    the homes' balance, so each rank is at the bound."""
+    records = run(tmp_path_factory, f"bytes_{reduce}", 1, 2, 1, reduce=reduce, count_bytes=True)
+    ratios = [(r["run"]["bytes"]["sent"] / r["run"]["bytes"]["grad"],
+               r["run"]["bytes"]["received"] / r["run"]["bytes"]["grad"]) for r in records]
+    for sent, received in ratios if reduce == "home" else []:
+        assert sent == pytest.approx(want, abs=0.002) and received == pytest.approx(want, abs=0.002), ratios
+    mean = [sum(r[i] for r in ratios) / len(ratios) for i in (0, 1)]
+    assert mean == pytest.approx([want, want], abs=0.002), ratios  # measured 1.00007 (the norm's scalar), 1.5
+
+
 def test_updates_land_before_the_forward_of_their_module(home):
     """After a step the updates are still in flight; a module's forward lands its own (the
     pre-hook), leaves the others in flight, and equals what landing everything gives."""

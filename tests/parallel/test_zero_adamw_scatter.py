@@ -64,7 +64,8 @@ def test_ten_steps_equal_torch_adamw_bit_for_bit(runs, layout):
 def test_one_step_moves_the_all_reduce_bound(runs, layout):
     records = runs[layout]
     sent, received = bytes_over_bound(records)
-    assert sent == pytest.approx(1.0, abs=0.02) and received == pytest.approx(1.0, abs=0.02), (sent, received)
+    # measured 1.002-1.005: the all-gather carries the padding of the last, shorter shard
+    assert sent == pytest.approx(1.0, abs=0.01) and received == pytest.approx(1.0, abs=0.01), (sent, received)
     assert records[0]["run"]["calls"].get("all_reduce", 0) == 0
     assert records[0]["run"]["calls"]["all_to_all_single"] == records[0]["run"]["buckets"]
 
