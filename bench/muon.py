@@ -16,7 +16,10 @@ all-reduced, the update returned within the step) and ``after`` (``home``: Muon 
 reduced to their homes during backward, the update landing before each layer's next forward),
 and once more ``after`` with the Gram Newton-Schulz; at TP > 1 also ``after`` with
 ``optim.muon_tp_ns=sharded`` (Newton-Schulz on the TP pieces of the matrices where that saves
-bytes) and ``sharded_all`` (on the pieces of every split matrix). Per round and contender:
+bytes) and ``sharded_all`` (on the pieces of every split matrix). ZeRO-1 AdamW (every parameter)
+runs twice: with ``home`` (gradients reduce-scattered into the shards during backward, then the
+all-gather: the baseline of every ratio) and with ``all_reduce`` (the path before: all-reduce,
+then all-gather). Per round and contender:
 
 - *step*: seeded gradients in the DDP buffers, then what follows a backward: the gradient
   reduction, the optimizer step and the parameters' return, all waited for; the bytes this
@@ -28,7 +31,12 @@ bytes) and ``sharded_all`` (on the pieces of every split matrix). Per round and 
 
 All contenders run in the same processes, interleaved round by round; every time is the
 maximum over ranks (the step ends when the slowest rank does), median over rounds. After the
-run the script checks that owner mode before and after hold the same parameters bit for bit.
+run the script checks that owner mode before and after, and AdamW with and without the
+reduce-scatter, hold the same parameters bit for bit (at DP > 2 the sums' order may differ).
+
+DeepSpeed's ZeRO-1 and ZeRO-2 AdamW (same stack as plain layers, DP only) reduce their
+gradients inside ``engine.backward`` / ``engine.step``; their bytes are counted over one whole
+forward + backward + step per round (the collectives called are printed under the table).
 
 (b) uses the same stack as plain ``nn.Linear`` layers and seeded gradients identical on every
 rank (as after the data-parallel all-reduce). DeepSpeed (``--no-deepspeed`` to skip; DP only)
@@ -148,18 +156,25 @@ def _flat_all_reduce(model: nn.Module) -> None:
         off += g.numel()
 
 
-def _deepspeed_engine(model: nn.Module):
+def _deepspeed_engine(model: nn.Module, optimizer: str = "Muon", stage: int = 2):
+    """DeepSpeed's ZeRO-2 Muon (``optimizer="Muon"``) or ZeRO-``stage`` AdamW (``"AdamW"``, every
+    parameter; stage 1 is the peer of our ZeRO-1 AdamW) over ``model``."""
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import deepspeed
     from deepspeed.accelerator import get_accelerator
 
     type(get_accelerator()).is_bf16_supported = lambda self: False  # fp32 Newton-Schulz, as ours
+    if optimizer == "Muon":
+        opt = {"type": "Muon", "params": {"lr": OPTIM.lr, "momentum": OPTIM.momentum,
+                                          "weight_decay": OPTIM.weight_decay, "ns_method": "standard"}}
+    else:
+        opt = {"type": "AdamW", "params": {"lr": OPTIM.adamw_lr, "betas": list(OPTIM.adamw_betas),
+                                           "eps": OPTIM.adamw_eps, "weight_decay": OPTIM.weight_decay}}
     cfg = {
         "train_micro_batch_size_per_gpu": BATCH,
         "gradient_accumulation_steps": 1,
-        "optimizer": {"type": "Muon", "params": {"lr": OPTIM.lr, "momentum": OPTIM.momentum,
-                                                 "weight_decay": OPTIM.weight_decay, "ns_method": "standard"}},
-        "zero_optimization": {"stage": 2},
+        "optimizer": opt,
+        "zero_optimization": {"stage": stage},
         "gradient_clipping": 0.0,
     }
     engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=cfg)
@@ -209,6 +224,7 @@ def _bench_config():
 
 
 # name: (muon_mode, optim.muon_reduce, ns_variant, optim.muon_tp_ns); adamw = every parameter to ZeRO-1 AdamW
+# (muon_reduce=home: gradients reduce-scattered into the shards; all_reduce: the path before)
 CONTENDERS = {
     "owner_before": ("owner", "all_reduce", "quintic", "gather"),
     "owner_home": ("owner", "home", "quintic", "gather"),
@@ -216,7 +232,8 @@ CONTENDERS = {
     "owner_home_sharded": ("owner", "home", "quintic", "sharded"),
     "owner_home_sharded_all": ("owner", "home", "quintic", "sharded_all"),
     "gather": ("gather", "all_reduce", "quintic", "gather"),
-    "adamw": ("adamw", "all_reduce", "quintic", "gather"),
+    "adamw": ("adamw", "home", "quintic", "gather"),
+    "adamw_all_reduce": ("adamw", "all_reduce", "quintic", "gather"),
 }
 TP_ONLY = ("owner_home_sharded", "owner_home_sharded_all")  # the same as owner_home without TP
 LABELS = {
@@ -226,8 +243,11 @@ LABELS = {
     "owner_home_sharded": "Muon owner, reduce to home, Newton-Schulz on TP pieces where it saves bytes (tp_ns=sharded)",
     "owner_home_sharded_all": "Muon owner, reduce to home, Newton-Schulz on all TP pieces (tp_ns=sharded_all)",
     "gather": "Muon gather (Moonlight-style)",
-    "adamw": "AdamW ZeRO-1 (ours)",
+    "adamw": "AdamW ZeRO-1 (ours), reduce-scatter + all-gather",
+    "adamw_all_reduce": "AdamW ZeRO-1 (ours before), all-reduce + all-gather",
     "deepspeed": "DeepSpeed ZeRO-2 Muon",
+    "deepspeed_adamw": "DeepSpeed ZeRO-1 AdamW",
+    "deepspeed_adamw_z2": "DeepSpeed ZeRO-2 AdamW",
 }
 
 
@@ -287,14 +307,23 @@ def _step_worker(rank: int, world: int, rdzv: str, out: str, tp: int, rounds: in
         try:
             torch.manual_seed(0)
             contenders["deepspeed"] = {"engine": _deepspeed_engine(BenchNet())}
+            torch.manual_seed(0)
+            contenders["deepspeed_adamw"] = {"engine": _deepspeed_engine(BenchNet(), "AdamW", stage=1)}
+            torch.manual_seed(0)
+            contenders["deepspeed_adamw_z2"] = {"engine": _deepspeed_engine(BenchNet(), "AdamW", stage=2)}
         except Exception as exc:  # reported in the table instead of a number
             deepspeed_error = f"{type(exc).__name__}: {exc}"
     times = {k: {"step": [], "iteration": []} for k in contenders}
     traffic: dict[str, tuple[int, int]] = {}
     for r in range(rounds + 2):  # two warm-up rounds (first-touch allocations, DDP's first batch)
         for name, c in contenders.items():
-            if name == "deepspeed":
+            if name.startswith("deepspeed"):
                 engine = c["engine"]
+                if name != "deepspeed":  # AdamW reduces inside backward / step: count a whole iteration
+                    with counter.window():
+                        engine.backward(engine(_tokens(10_000 + r)))
+                        engine.step()
+                    traffic[name] = (counter.sent, counter.received, dict(counter.calls))
 
                 def ds_iterations():
                     for i in range(iters):
@@ -336,15 +365,17 @@ def _step_worker(rank: int, world: int, rdzv: str, out: str, tp: int, rounds: in
     grad_bytes = sum(p.numel() * p.element_size() for p in contenders["owner_home"]["net"].parameters())
     traffic_all = [None] * world
     dist.all_gather_object(traffic_all, traffic)
-    before, after = (dict(contenders[k]["net"].named_parameters()) for k in ("owner_before", "owner_home"))
-    same = all(torch.equal(before[n], after[n]) for n in before)
+    same = {}
+    for a, b in (("owner_before", "owner_home"), ("adamw_all_reduce", "adamw")):
+        before, after = (dict(contenders[k]["net"].named_parameters()) for k in (a, b))
+        same[b] = all(torch.equal(before[n], after[n]) for n in before)
     same_all = [None] * world
     dist.all_gather_object(same_all, same)
     state = {k: c["opt"].state_numel() for k, c in contenders.items() if "opt" in c}
     if rank == 0:
         Path(out).write_text(json.dumps({
             "times": times, "traffic": traffic_all, "grad_bytes": grad_bytes, "dp": ctx.dp, "tp": tp,
-            "same_params": all(same_all), "state": state, "deepspeed_error": deepspeed_error,
+            "same_params": {k: all(s[k] for s in same_all) for k in same}, "state": state, "deepspeed_error": deepspeed_error,
         }))
     dist.barrier()
     dist.destroy_process_group()
@@ -424,7 +455,12 @@ def run_step(world: int, tp: int, rounds: int, iters: int, with_deepspeed: bool)
             bytes_txt = "n/a | n/a"
         print(f"| {LABELS[k]} | {step_txt} | {m['iteration'] * 1e3:.1f} | {m['iteration'] / adamw['iteration']:.2f} | "
               f"{m['iteration'] / gather['iteration']:.2f} | {bytes_txt} | {state_txt} |")
-    print(f"\nowner mode before and after hold the same parameters bit for bit after the run: {res['same_params']}")
+    print(f"\nowner mode before and after hold the same parameters bit for bit after the run: "
+          f"{res['same_params']['owner_home']}; AdamW ZeRO-1 with and without the reduce-scatter: "
+          f"{res['same_params']['adamw']}")
+    for k in ("deepspeed_adamw", "deepspeed_adamw_z2"):
+        if k in res["traffic"][0]:
+            print(f"\n{LABELS[k]}: collectives of one iteration on rank 0: {res['traffic'][0][k][2]}")
     if res["deepspeed_error"]:
         print(f"\nDeepSpeed did not run: {res['deepspeed_error']}")
 

@@ -300,6 +300,12 @@ def _with_ddp(ctx, net: nn.Module, layouts: dict, options: dict) -> dict:
         # sums, which at dp = 2 gives back exactly that gradient
         for n, p in net.named_parameters():
             p.main_grad.copy_(cut(drawn(n, whole_shape(p, layouts[n], ctx.tp), step), layouts[n], ctx.tp_rank, ctx.tp))
+        counting = options.get("count_bytes") and step == start + 1
+        if counting:  # this whole step: reductions, norm, update and its return
+            counter = _collective_bytes()
+            counter.install()
+            window = counter.window()
+            window.__enter__()
         record["norms"].append(opt.clip_grad_norm(cfg.grad_clip))
         if step == start:  # what the buffers hold once DDP's bucket sync is done
             muon = set(opt.split.muon)
@@ -310,6 +316,12 @@ def _with_ddp(ctx, net: nn.Module, layouts: dict, options: dict) -> dict:
             }
             record["muon_names"] = sorted(muon)
         opt.step()
+        if counting:
+            opt.finish_param_sync()
+            window.__exit__(None, None, None)
+            counter.uninstall()
+            record["bytes"] = {"sent": counter.sent, "received": counter.received,
+                               "grad": sum(p.numel() * p.element_size() for p in net.parameters())}
         if step == start and hasattr(net, "odd"):
             record.update(_forward_lands_the_update(opt, net))
         opt.zero_grad()
@@ -324,6 +336,16 @@ def _with_ddp(ctx, net: nn.Module, layouts: dict, options: dict) -> dict:
         if ctx.rank == 0:
             torch.save(canonical, options["save"] + "/optim.pt")
     return record
+
+
+def _collective_bytes():
+    """The byte counter of ``bench/collective_bytes.py`` (wraps the ``torch.distributed`` calls)."""
+    bench = str(HERE.parents[1] / "bench")
+    if bench not in sys.path:
+        sys.path.insert(0, bench)
+    from collective_bytes import CollectiveBytes
+
+    return CollectiveBytes()
 
 
 def _forward_lands_the_update(opt, net: nn.Module) -> dict:

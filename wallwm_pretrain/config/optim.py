@@ -35,8 +35,10 @@ class OptimConfig:
     ``replicated``: every rank keeps the whole optimizer state (TP slices gathered per matrix)."""
     muon_reduce: str = "home"
     """Owner mode: ``home`` reduces each Muon matrix's gradient straight to its home during
-    backward and returns the update behind the next forward (the all-reduce bound in bytes);
-    ``all_reduce`` all-reduces every gradient first and returns the update within the step."""
+    backward and returns the update behind the next forward, and reduce-scatters each AdamW
+    gradient into the ZeRO-1 shard that updates it (the all-reduce bound in bytes);
+    ``all_reduce`` all-reduces every gradient first and returns the update within the step
+    (1.5x the bound)."""
     muon_tp_ns: str = "gather"
     """Owner mode under tensor parallelism: ``gather`` joins each matrix's TP pieces on its home
     (bit-identical to single-process Muon); ``sharded`` keeps long, thin matrices split along

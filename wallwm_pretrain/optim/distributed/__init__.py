@@ -11,6 +11,8 @@
 - :mod:`.sharded_ns`: Newton-Schulz on tensor-parallel pieces through one all-reduce of the Gram
   matrix (``optim.muon_tp_ns=sharded``);
 - :mod:`.adamw`: AdamW with its state sharded over data-parallel ranks;
+- :mod:`.shard_reduce`: its gradients reduce-scattered into the shards inside megatron DDP's
+  bucket sync (``optim.muon_reduce=home``);
 - :mod:`.checkpoint`: every rank's share merged into the single-process layout;
 - :mod:`.optimizer_set`: both under one :class:`~wallwm_pretrain.optim.sets.OptimizerSet`.
 

@@ -9,9 +9,16 @@ group gives every rank all updated parameters. Tensor-parallel pieces of such pa
 vocab-parallel embedding, column-parallel biases) are sharded over the ranks that hold the same
 piece, so nothing crosses tensor-parallel ranks.
 
-Trade-off: every step copies the parameters and gradients of the shard into flat buffers and
-all-gathers the parameters (one extra copy of these small tensors), in exchange for 1/dp of the
-AdamW state per rank.
+Gradients reach the shard in one of two ways. By default the optimizer reads each parameter's
+reduced gradient (all-reduced by the data-parallel wrapper) and copies the shard's part: the
+all-reduce plus the all-gather move 1.5x the all-reduce bound. With :attr:`ZeroAdamW.scattered`
+set (``optim.muon_reduce=home`` on megatron DDP buffers, see :mod:`.shard_reduce`) the
+gradients were reduce-scattered straight into :attr:`_FlatGroup.value`'s ``grad`` while
+backward ran, and the step reads nothing else: reduce-scatter plus all-gather, the bound.
+
+Trade-off: every step copies the parameters (and, without the reduce-scatter, the gradients)
+of the shard into flat buffers and all-gathers the parameters (one extra copy of these small
+tensors), in exchange for 1/dp of the AdamW state per rank.
 """
 
 from __future__ import annotations
@@ -54,6 +61,11 @@ class _FlatGroup:
         self.value = torch.zeros(self.shard, dtype=ref.dtype, device=ref.device)
         self.value.grad = torch.zeros_like(self.value)
 
+    def bounds(self, dp_rank: int) -> tuple[int, int]:
+        """The flat range ``[lo, hi)`` whose state data-parallel rank ``dp_rank`` keeps."""
+        lo = min(self.total, dp_rank * self.shard)
+        return lo, min(self.total, lo + self.shard)
+
     def overlaps(self):
         """(param index, start in the param, start in the shard, length) within [lo, hi)."""
         for i, (off, n) in enumerate(zip(self.offsets, self.sizes)):
@@ -70,6 +82,11 @@ class _FlatGroup:
             if g is not None:
                 self.value.grad[dst : dst + n].copy_(g.reshape(-1)[src : src + n])
 
+    def load_values(self) -> None:
+        """Copy the shard's parameter values into the flat buffer (its gradient is left as is)."""
+        for i, src, dst, n in self.overlaps():
+            self.value[dst : dst + n].copy_(self.params[i].detach().reshape(-1)[src : src + n])
+
     def flat_of(self, tensors: list[Tensor]) -> Tensor:
         """This rank's shard (padded) of per-parameter tensors laid out like the params."""
         out = torch.zeros_like(self.value)
@@ -84,6 +101,9 @@ class ZeroAdamW:
     Attributes:
         inner: the ``torch.optim.AdamW`` over this rank's flat shards (one param group per
             AdamW group; schedulers attach to it).
+        scattered: the shards' gradients arrive reduced in the flat buffers (set by
+            :class:`~.shard_reduce.ShardReduce`); otherwise the step copies them from the
+            parameters' reduced gradients.
     """
 
     def __init__(
@@ -126,12 +146,16 @@ class ZeroAdamW:
             eps=eps,
         )
         self.layouts = {n: _layout(p, tp_size) for f in self.flat for n, p in zip(f.names, f.params)}
+        self.scattered = False
 
     @torch.no_grad()
     def step(self) -> None:
         """Update this rank's shards, then all-gather the parameters over data parallel."""
         for f in self.flat:
-            f.load_shard([self._grad_fn(p) for p in f.params])
+            if self.scattered:
+                f.load_values()
+            else:
+                f.load_shard([self._grad_fn(p) for p in f.params])
         self.inner.step()
         for f in self.flat:
             if self.dp_size > 1:

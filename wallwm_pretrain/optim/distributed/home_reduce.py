@@ -1,7 +1,7 @@
-"""Reduce-to-home: each Muon matrix's gradient summed over data-parallel ranks onto its home only.
+"""Reduce-to-home: each gradient summed over data-parallel ranks onto the rank that updates it only.
 
-With ``optim.muon_reduce=home`` (owner mode, gradients in megatron DDP buffers) the Muon
-matrices' gradients are not all-reduced. When megatron's DDP finds a bucket of gradients ready
+With ``optim.muon_reduce=home`` (owner mode, gradients in megatron DDP buffers) no gradient is
+all-reduced. When megatron's DDP finds a bucket of gradients ready
 (during backward with ``overlap_grad_reduce``, else in ``finish_grad_sync``) it calls the bucket
 group's ``start_grad_sync``; :class:`HomeReduce` replaces that call, per bucket group, by:
 
@@ -12,13 +12,15 @@ group's ``start_grad_sync``; :class:`HomeReduce` replaces that call, per bucket 
   the same column at the home's data-parallel index instead, see :mod:`.sharded_ns`). A
   matrix that tensor parallel does not split is sent only by the ranks of the home's TP column
   (the other TP ranks hold the same gradient);
-- one ``all_reduce`` over the data-parallel group of the bucket's other (AdamW) gradients, copied
-  back into the buffer: AdamW keeps its ZeRO-1 path.
+- one reduce-scatter over the data-parallel group of the bucket's AdamW gradients into the
+  ZeRO-1 shards that update them (:mod:`.shard_reduce`); without a :class:`~.shard_reduce.ShardReduce`
+  (or for a parameter it does not hold) an ``all_reduce``, copied back into the buffer.
 
-Only the home ends up with a Muon matrix's reduced gradient (:attr:`HomeReduce.reduced`); the
-DDP buffer of the other ranks keeps their own unreduced contribution. A rank sends and
-receives (N-1)/N of its Muon gradient bytes (N = stage size, homes balanced), half an
-all-reduce; the return of the orthogonalised update is the other half (see :mod:`.muon`).
+Only the home ends up with a Muon matrix's reduced gradient (:attr:`HomeReduce.reduced`), only
+the shard's rank with an AdamW element's; the DDP buffers keep each rank's own unreduced
+contribution. A rank sends and receives (N-1)/N of its gradient bytes (N = stage size for Muon,
+homes balanced; DP for AdamW), half an all-reduce; the return of the orthogonalised update
+(see :mod:`.muon`) and the all-gather of the AdamW shards are the other half.
 
 At DP = 2 the sum a + b equals the all-reduce's bit for bit (addition commutes); with more
 data-parallel ranks the order is fixed (rank order) but may differ from the all-reduce's.
@@ -33,7 +35,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from functools import partial
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -41,6 +43,7 @@ from torch import Tensor
 
 if TYPE_CHECKING:
     from wallwm_pretrain.optim.distributed.muon import DistMuon
+    from wallwm_pretrain.optim.distributed.shard_reduce import ShardReduce
 
 
 class _Handle:
@@ -64,9 +67,12 @@ class HomeReduce:
     """Reduce-to-home of distributed Muon's gradients inside megatron DDP (module docstring).
 
     Args:
-        muon: the owner-mode optimizer (its plan, homes and stage coordinates).
+        muon: the owner-mode optimizer (its plan, homes and stage coordinates); ``None`` when
+            every parameter goes to AdamW.
         buffers: the megatron ``DistributedDataParallel`` wrappers whose buffers hold the
             gradients of ``muon``'s parameters (and of the AdamW ones).
+        shards: the reduce-scatter of the AdamW gradients into their ZeRO-1 shards; ``None``
+            all-reduces them.
 
     Attributes:
         reduced: whole reduced gradient of every logical matrix this rank is home of, by key,
@@ -76,12 +82,9 @@ class HomeReduce:
         ValueError: a DDP configuration this path does not support.
     """
 
-    def __init__(self, muon: "DistMuon", buffers: Sequence) -> None:
-        self.muon = muon
-        self.names = {id(p): n for n, p in muon.params.items()}
-        self.by_name: dict[str, list] = defaultdict(list)
-        for m in muon.plan:  # plan order: the same on every rank of the stage
-            self.by_name[m.name].append(m)
+    def __init__(self, muon: Optional["DistMuon"], buffers: Sequence, shards: Optional["ShardReduce"] = None) -> None:
+        self.muon, self.shards = muon, shards
+        self.names = {id(p): n for n, p in muon.params.items()} if muon is not None else {}
         self.reduced: dict[str, Tensor] = {}
         self._pending: list[_Handle] = []
         for ddp in buffers:
@@ -108,14 +111,20 @@ class HomeReduce:
         works: list = []
         finishers: list[Callable[[], None]] = []
         for bucket in group.buckets:
-            muon, other = [], []
+            muon, scattered, other = [], [], []
             for p in bucket.params_list:
-                (muon if id(p) in self.names else other).append(p)
+                if id(p) in self.names:
+                    muon.append(p)
+                elif self.shards is not None and self.shards.owns(p):
+                    scattered.append(p)
+                else:
+                    other.append(p)
             self._all_reduce(other, group.data_parallel_group, works, finishers)
-            names = {self.names[id(p)] for p in muon}
-            matrices = [m for m in self.muon.plan if m.name in names]
-            if matrices:
-                self._to_home(matrices, works, finishers)
+            if scattered:
+                self.shards.start(scattered, works, finishers)
+            if muon:
+                names = {self.names[id(p)] for p in muon}
+                self._to_home([m for m in self.muon.plan if m.name in names], works, finishers)
         handle = _Handle(works, finishers)
         self._pending.append(handle)
         # with overlap megatron's finish_grad_sync waits on the handle; without, it expects none
@@ -197,3 +206,5 @@ class HomeReduce:
         """Forget this step's reduced gradients (with ``zero_grad``)."""
         self.wait()
         self.reduced.clear()
+        if self.shards is not None:
+            self.shards.clear()

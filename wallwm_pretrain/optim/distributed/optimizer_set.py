@@ -18,10 +18,12 @@ per-rank files.
 
 Reduce-to-home (``reduce="home"``, ``optim.muon_reduce``; owner mode on megatron DDP buffers):
 the Muon matrices' gradients go straight to their homes during backward
-(:class:`~.home_reduce.HomeReduce`), the global gradient norm is summed from the homes' whole
-matrices and the AdamW gradients (one all-reduce of a scalar), and with ``modules`` the
-orthogonalised updates land just before the forward of the module that holds them (forward
-pre-hooks; :meth:`~DistributedOptimizerSet.finish_param_sync` lands all of them).
+(:class:`~.home_reduce.HomeReduce`) and the AdamW gradients are reduce-scattered into their
+ZeRO-1 shards (:class:`~.shard_reduce.ShardReduce`), so the whole step moves the all-reduce
+bound (plus what Newton-Schulz on TP pieces needs); the global gradient norm is summed from
+the homes' whole matrices and the AdamW shards (one all-reduce of a scalar), and with
+``modules`` the orthogonalised updates land just before the forward of the module that holds
+them (forward pre-hooks; :meth:`~DistributedOptimizerSet.finish_param_sync` lands all of them).
 
 Trade-off: the writer holds the whole optimizer state while saving (as the canonical model
 checkpoint already requires); per-rank files avoid that at the price of an offline merge.
@@ -50,8 +52,8 @@ from wallwm_pretrain.optim.distributed.home_reduce import HomeReduce
 from wallwm_pretrain.optim.distributed.layout import FusedLayout
 from wallwm_pretrain.optim.distributed.muon import DistMuon
 from wallwm_pretrain.optim.distributed.plan import DEFAULT_BUCKET_ELEMS
+from wallwm_pretrain.optim.distributed.shard_reduce import ShardReduce
 from wallwm_pretrain.optim.distributed.state_pieces import distributed_pieces, load_distributed
-from wallwm_pretrain.optim.tp_matrices import is_tp_sharded
 from wallwm_pretrain.optim.grad_norm import clip_by_global_norm
 from wallwm_pretrain.optim.sets import OptimizerSetBase
 
@@ -72,8 +74,8 @@ class DistributedOptimizerSet(OptimizerSetBase):
         overlap: overlap Muon transfers with Newton-Schulz.
         tp_ns: ``optim.muon_tp_ns`` (owner mode): ``gather`` or ``sharded`` (see :mod:`.sharded_ns`).
         reduce: ``all_reduce`` (gradients arrive reduced on every rank) or ``home`` (owner mode
-            with ``grad_buffers``: Muon gradients reduced to their homes, see the module
-            docstring).
+            with ``grad_buffers``: Muon gradients reduced to their homes, AdamW gradients
+            reduce-scattered into their shards, see the module docstring).
         modules: the model chunks holding the parameters; with ``reduce="home"`` each module
             that holds Muon parameters waits for their update just before its forward.
 
@@ -105,9 +107,10 @@ class DistributedOptimizerSet(OptimizerSetBase):
             )
         self.muon: Optional[DistMuon] = None
         self.home: Optional[HomeReduce] = None
+        self.shards: Optional[ShardReduce] = None
         self._hooks: list = []
+        home = reduce == "home"
         if split.muon:
-            home = reduce == "home"
             self.muon = DistMuon(
                 {n: params[n] for n in split.muon}, groups, mode=mode, fused=fused, split_fused=split_fused,
                 bucket_elems=bucket_elems, overlap=overlap, grad_fn=grad_fn,
@@ -115,11 +118,6 @@ class DistributedOptimizerSet(OptimizerSetBase):
                 **self.muon_hyper,
             )
             self.optimizers["muon"] = self.muon
-            if home:
-                self.home = HomeReduce(self.muon, self.grad_buffers)
-                self.home.reduced = self.muon.home_grads  # one dict: filled by the reduce, read by the step
-                if modules is not None:
-                    self._wait_before_forward(modules)
         self.adamw: Optional[ZeroAdamW] = None
         if split.adamw_decay or split.adamw_no_decay:
             self.adamw = ZeroAdamW(
@@ -128,6 +126,14 @@ class DistributedOptimizerSet(OptimizerSetBase):
                 tp_size=groups.tp_size, tp_rank=groups.tp_rank, pp_rank=groups.pp_rank, grad_fn=grad_fn,
             )
             self.optimizers["adamw"] = self.adamw.inner
+        if home:
+            if self.adamw is not None:
+                self.shards = ShardReduce(self.adamw, self.grad_buffers)
+            self.home = HomeReduce(self.muon, self.grad_buffers, self.shards)
+            if self.muon is not None:
+                self.home.reduced = self.muon.home_grads  # one dict: filled by the reduce, read by the step
+                if modules is not None:
+                    self._wait_before_forward(modules)
         self._build_schedulers()
 
     def _wait_before_forward(self, modules: Sequence[nn.Module]) -> None:
@@ -163,28 +169,24 @@ class DistributedOptimizerSet(OptimizerSetBase):
     def clip_grad_norm(self, max_norm: float) -> float:
         """As :meth:`OptimizerSetBase.clip_grad_norm`; with reduce-to-home the squares come from
         the homes' whole Muon matrices (or, with ``tp_ns`` sharded, the pieces their TP ranks
-        keep; each counted once in the stage) and from the AdamW
-        gradients (counted on data-parallel rank 0, tensor-parallel rank 0 unless sliced), summed
-        by one all-reduce of a scalar over all ranks."""
+        keep; each counted once in the stage) and from the AdamW shards' reduced gradients
+        (each data-parallel rank its shard, tensor-parallel rank 0 unless sliced), summed by
+        one all-reduce of a scalar over all ranks."""
         if self.home is None:
             return super().clip_grad_norm(max_norm)
         if max_norm < 0:
             raise ValueError(f"max_norm must be >= 0 (0 disables clipping), got {max_norm}")
         self.finish_grad_sync()
         g = self.groups
-        muon_names = set(self.split.muon)
-        adamw = [(p, p.main_grad) for n, p in self._params.items() if n not in muon_names]
         homes = list(self.home.reduced.values())
-        squares = [torch.linalg.vector_norm(t, dtype=torch.float32).square() for t in homes]
-        if g.dp_rank == 0:
-            squares += [torch.linalg.vector_norm(t, dtype=torch.float32).square()
-                        for p, t in adamw if is_tp_sharded(p) or g.tp_rank == 0]
+        counted = homes + (self.shards.grad_pieces(g.tp_rank) if self.shards is not None else [])
+        squares = [torch.linalg.vector_norm(t, dtype=torch.float32).square() for t in counted]
         device = next(iter(self._params.values())).device
         sq = torch.stack(squares).sum() if squares else torch.zeros((), dtype=torch.float32, device=device)
         if dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(sq)  # every rank of the run: stages, TP and DP ranks each add their part
         total = sq.sqrt()
-        clip_by_global_norm(homes + [t for _, t in adamw], total, max_norm)
+        clip_by_global_norm(homes + (self.shards.shard_grads() if self.shards is not None else []), total, max_norm)
         return float(total)
 
     def step(self) -> None:
