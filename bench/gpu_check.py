@@ -5,6 +5,7 @@
     python bench/gpu_check.py inference --json R.json --size gpu --mode eager
     python bench/gpu_check.py smoke --json R.json --part smoke-test --runs RUNS --run smoke --stop 200
     python bench/gpu_check.py record --json R.json --part NAME --status ok --seconds 12.3
+    python bench/gpu_check.py summary --json R.json      # Muon's step over AdamW's, MFUs, latencies
     python bench/gpu_check.py table --json R.json
 
 Every part appends one record or more (``{"part": ..., "status": ..., ...}``) to the JSON file's
@@ -21,7 +22,10 @@ run) and ``--size gpu`` (one H100 or H200) pick the shapes:
   optimizer set: ``--optimizer muon`` = Muon + AdamW in owner mode, ``adamw`` = every parameter
   in AdamW through the same set). Records the median step time, tokens/s, MFU from the planner's
   FLOPs (``python -m wallwm_pretrain.plan``: FlopCounterMode on the meta forward, x3) over
-  ``train.peak_tflops`` (or the GPU's dense bf16 peak by name), the optimizer's share of the step,
+  ``train.peak_tflops`` (or the GPU's dense bf16 peak by name), the optimizer's share of the step
+  (the clip, step and zero_grad calls only: owner-mode Muon reduces gradients to their homes during
+  backward and returns updates before the next forward, so Muon's whole cost is the step over
+  AdamW's, ``summary``'s ``muon_step_over_adamw``),
   the attention kernels of one profiled step, and the peak GPU memory against the planner's
   prediction for the same config and optimizer.
 - **attention**: the attention core (``model/attention_core.fused_attention``, what every tower
@@ -49,7 +53,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
 import statistics
 import sys
 import time
@@ -215,7 +218,7 @@ def sdpa_kernels(counts: dict):
 def planner(cfg, shape: Shape, adamw_only: bool) -> dict:
     """The planner's FLOPs per sample and its memory prediction for this config (pp rank 0)."""
     from wallwm_pretrain.plan.__main__ import rank_memory
-    from wallwm_pretrain.plan.measure import meta_batch, meta_model, measure_forward
+    from wallwm_pretrain.plan.measure import measure_forward, meta_batch, meta_model
     from wallwm_pretrain.plan.memory import Layout
 
     model_cfg = dataclasses.replace(cfg.model, recompute="none")
@@ -232,7 +235,11 @@ def run_mfu(args) -> int:
 
     from wallwm_pretrain.optim import build_optimizer
     from wallwm_pretrain.parallel import init_parallel, shutdown_parallel
-    from wallwm_pretrain.parallel.pipeline import PipelineSchedule, build_pipeline_chunks, parallelize_chunks
+    from wallwm_pretrain.parallel.pipeline import (
+        PipelineSchedule,
+        build_pipeline_chunks,
+        parallelize_chunks,
+    )
     from wallwm_pretrain.parallel.state import optimizer_groups
     from wallwm_pretrain.step_metrics import peak_tflops
 
@@ -245,8 +252,6 @@ def run_mfu(args) -> int:
     ctx = init_parallel(1, 1, args.device, seed=0)
     dev = ctx.device
     cuda = dev.type == "cuda"
-    if cuda:
-        torch.backends.cuda.matmul.allow_tf32 = True
     t0 = time.perf_counter()
     chunks = build_pipeline_chunks(cfg.model, ctx, seed=0)
     if args.optimizer == "adamw":  # the baseline: every parameter to AdamW, through the same optimizer set
@@ -415,7 +420,7 @@ def run_inference(args) -> int:
                       torch.ones(1, device=dev), torch.randn(batch.actions.shape, device=dev, generator=g))
     with torch.no_grad():
         base = model.flow_inputs(batch, noise)  # latents 0..M clean, the rest pure noise (t = 1)
-    b, v, z, n, hh, ww = base.xt_video.shape
+    b, _, _, n, hh, ww = base.xt_video.shape
     pt, ph, pw = model.wan.patch_size
     clean = shape.history + 1
     denoise = model.denoise
@@ -528,7 +533,7 @@ def smoke_planner(run: Path, steps: int) -> float | None:
     """The planner's total for a run's saved config (``steps`` control steps per sample)."""
     from wallwm_pretrain.config import load_config
     from wallwm_pretrain.plan.__main__ import rank_memory
-    from wallwm_pretrain.plan.measure import meta_batch, meta_model, measure_forward
+    from wallwm_pretrain.plan.measure import measure_forward, meta_batch, meta_model
     from wallwm_pretrain.plan.memory import Layout
 
     cfg = load_config([str(run / "config.yaml")], [])
@@ -543,6 +548,28 @@ def smoke_planner(run: Path, steps: int) -> float | None:
     return rank_memory(cfg, measured, Layout(1, 1, 1), 0)["total"] / GIB
 
 
+# --------------------------------------------------------------------------- summary
+def summary(args) -> int:
+    """One record of the headline figures, from the parts' records: Muon's step over AdamW's
+    (same shapes, separate processes), both MFUs, the eager latency per chunk."""
+    recs = load(args.json)["records"]
+    detail = {r["part"]: r for r in recs if r.get("stage") != "run" and "part" in r}
+    rec = {"part": "summary", "status": "ok"}
+    adamw, muon = detail.get("mfu-adamw"), detail.get("mfu-muon")
+    if adamw and muon:
+        rec["muon_step_over_adamw"] = muon["step_s_median"] / adamw["step_s_median"]
+        rec["mfu_adamw"], rec["mfu_muon"] = adamw["mfu"], muon["mfu"]
+        rec["tokens_per_s_adamw"], rec["tokens_per_s_muon"] = adamw["tokens_per_s"], muon["tokens_per_s"]
+    else:
+        rec["status"] = "incomplete"
+    for mode in ("eager", "cudagraph", "compile"):
+        inf = detail.get(f"inference-{mode}")
+        if inf:
+            rec[f"latency_ms_{mode}"] = inf["latency_ms"]
+    append(args.json, rec)
+    return 0
+
+
 # --------------------------------------------------------------------------- table
 def table(args) -> int:
     data = load(args.json)
@@ -550,7 +577,8 @@ def table(args) -> int:
     for r in data["records"]:
         keys = [k for k in ("site", "masked", "kernels_chosen", "fwd_bwd_ms_default", "losses_fall", "loss_first", "loss_last", "resume_bit_exact", "resume_exact",
                             "samples_per_s_logged_median", "step_s_median", "tokens_per_s", "mfu", "optimizer_share",
-                            "sdpa_kernels_in_step", "latency_ms", "peak_memory_gib", "peak_memory_gib_logged",
+                            "sdpa_kernels_in_step", "latency_ms", "muon_step_over_adamw", "mfu_adamw", "mfu_muon",
+                            "latency_ms_eager", "latency_ms_cudagraph", "peak_memory_gib", "peak_memory_gib_logged",
                             "planner_memory_gib", "gpu", "note") if k in r]
         fig = "; ".join(f"{k} {_short(r[k])}" for k in keys)
         lines.append(f"| {r['part']} | {r['status']} | {_short(r.get('seconds', ''))} | {fig} |")
@@ -617,6 +645,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=None)
     p.add_argument("--note", default="")
     p.add_argument("--field", action="append", default=[], metavar="KEY=JSON")
+    p = sub.add_parser("summary")
+    p.add_argument("--json", type=Path, required=True)
     p = sub.add_parser("table")
     p.add_argument("--json", type=Path, required=True)
     p.add_argument("--md", default="")
@@ -640,7 +670,7 @@ def main(argv: list[str] | None = None) -> int:
         append(args.json, rec)
         return 0
     return {"mfu": run_mfu, "attention": run_attention, "inference": run_inference, "smoke": run_smoke,
-            "table": table}[args.cmd](args)
+            "summary": summary, "table": table}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -244,6 +244,7 @@ for m in $INF_MODES; do
   part inference-$m $b "$PY" bench/gpu_check.py inference --json "$JSON" --size $SIZE --device $DEV --mode $m $INF_ARGS
 done
 
+"$PY" bench/gpu_check.py summary --json "$JSON" >/dev/null
 "$PY" bench/gpu_check.py record --json "$JSON" --part total --status ok --seconds $(( $(date +%s) - START )) >/dev/null
 "$PY" bench/gpu_check.py table --json "$JSON" --md "$OUT_DIR/gpu_check.md"
 if [ "$MODE" = gpu ]; then  # three files to bring back: the JSON, the table and the logs packed

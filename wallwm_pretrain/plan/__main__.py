@@ -139,7 +139,7 @@ def plan(cfg: Config, gpus: int | None, steps: int | None, gpu_memory_gib: float
     """The plan's report for one config (see the package docstring)."""
     import torch  # noqa: F401  (slow import; after argument errors)
 
-    from wallwm_pretrain.plan.measure import meta_batch, meta_model, measure_forward
+    from wallwm_pretrain.plan.measure import measure_forward, meta_batch, meta_model
     from wallwm_pretrain.plan.memory import Layout
 
     _check_dims(cfg)
