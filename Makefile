@@ -227,8 +227,10 @@ recipe-smoke: smoke-data
 gpu-wheels:
 	$(SYS_PYTHON) bench/gpu_wheels.py --out $(GPU_WHEELS)
 
-# The GPU check (bench/gpu_check.sh): on a GPU machine after `bench/gpu_check.sh --prepare` here;
-# GPU_CHECK_ARGS=--dry-run runs the same parts at tiny sizes on the CPU.
+# The GPU check (bench/gpu_check.sh): on a GPU machine after `bench/gpu_check.sh --prepare` here,
+# with the image's python3 (GPU_PYTHON) under the venv it makes over it. The CPU dry run in this
+# environment: make gpu-check GPU_CHECK_ARGS=--dry-run GPU_PYTHON=.venv/bin/python
 GPU_CHECK_ARGS ?=
+GPU_PYTHON ?= $(SYS_PYTHON)
 gpu-check:
-	PYTHON=$(PYTHON) bench/gpu_check.sh $(GPU_CHECK_ARGS)
+	PYTHON=$(GPU_PYTHON) bench/gpu_check.sh $(GPU_CHECK_ARGS)
