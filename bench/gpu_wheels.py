@@ -35,7 +35,6 @@ import email.parser
 import re
 import subprocess
 import sys
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -242,12 +241,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {LOCK.relative_to(REPO)}")
     else:
         setup_pins = setup_cfg_pins()
-        with tempfile.TemporaryDirectory():
-            for name, version in lock_pins().items():
-                if name in setup_pins and setup_pins[name] != version:
-                    raise SystemExit(f"{LOCK.name} pins {name}=={version} but setup.cfg pins {setup_pins[name]}: "
-                                     "run with --resolve")
-                download(f"{name}=={version}", args.out)
+        for name, version in lock_pins().items():
+            if name in setup_pins and setup_pins[name] != version:
+                raise SystemExit(f"{LOCK.name} pins {name}=={version} but setup.cfg pins {setup_pins[name]}: "
+                                 "run with --resolve")
+            download(f"{name}=={version}", args.out)
     problems = check(args.out, args.max_mib)
     for p in problems:
         print(f"problem: {p}", file=sys.stderr)
