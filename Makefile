@@ -13,6 +13,11 @@
 #                     stage from stages 2-4; rerun resumes an interrupted stage, skips
 #                     finished ones, and prints the summary table
 #   make ablation     Meta-World event mode vs chunk mode (bench/ablation.py), table in docs/
+#   make gpu-wheels   the offline wheelhouse for a GPU machine with no package registry (.gpu/wheels,
+#                     bench/gpu_wheels.py; pins: setup.cfg and bench/gpu_wheels.txt)
+#   make gpu-check    the first GPU figures in one prepared run (bench/gpu_check.sh; see docs/benchmarks.md):
+#                     smoke runs on cuda:0 in bf16, the attention kernel, MFU with AdamW and Muon,
+#                     Wan-tower denoising latency, peak memory against the planner
 #   make fuzz         the long mutation fuzz of the input readers (bench/fuzz_readers.py, docs/fuzzing.md)
 #   make mutation     mutation testing of core modules (cosmic-ray; long, not part of make test):
 #                     make mutation MUTATE="captions balance"   (names of mutation/*.toml)
@@ -23,6 +28,8 @@
 # An environment that already holds the dependencies is used as it is, with no install:
 #   make test PYTHON=python3          (any interpreter; fails naming what is missing)
 # and when plain python3 already has everything, it is picked automatically.
+# ENVCHECK=--train checks only what training needs (no test tools, no data_tools extras), for the
+# smoke-train and smoke-wan-train targets on a machine that received its packages as wheels.
 
 SYS_PYTHON ?= python3
 VENV       ?= .venv
@@ -54,10 +61,21 @@ COND_HELDOUT_SHARDS ?= data/shards/heldout
 FUZZ_CASES ?= 20000
 FUZZ_SEED  ?= 1
 
+ENVCHECK   ?= --tests
+RUNS       ?= runs
+# extra key=value overrides of the smoke runs (e.g. train.device=cuda train.precision=bf16) and
+# the step at which their first invocation stops before the resume
+SMOKE_ARGS ?=
+SMOKE_STOP ?= 200
+WAN_ARGS   ?=
+WAN_STOP   ?= 20
+WAN_EPISODES ?= 12
+GPU_WHEELS ?= .gpu/wheels
+
 export MLFLOW_DISABLE_TELEMETRY ?= true
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install check-env slurm-deps test smoke-test smoke-data smoke-wan smoke-conditioner smoke-unified recipe-smoke ablation fuzz mutation clean
+.PHONY: install check-env slurm-deps test smoke-test smoke-train smoke-data smoke-wan wan-data smoke-wan-train gpu-wheels gpu-check smoke-conditioner smoke-unified recipe-smoke ablation fuzz mutation clean
 
 install: $(READY)
 
@@ -70,7 +88,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	touch $@
 
 check-env:
-	$(PYTHON) -m wallwm_pretrain.envcheck --tests
+	$(PYTHON) -m wallwm_pretrain.envcheck $(ENVCHECK)
 
 # The Slurm tests (tests/slurm) start a real Slurm; install its Debian packages when missing.
 # Without root or apt-get nothing is installed and those tests skip, saying why.
@@ -102,34 +120,55 @@ smoke-data: $(READY)
 	$(PYTHON) -m data_tools cluster --src $(SMOKE_SYNTH) --out $(SMOKE_SYNTH)/clusters.json --level L1 --vl-k 6 --action-k 4 --seed 0
 	$(PYTHON) -m data_tools build-shards --src $(SMOKE_SYNTH) --out $(SMOKE_SHARDS) --level L1 --seed 0 --clusters $(SMOKE_SYNTH)/clusters.json
 
-smoke-test: smoke-data
-	rm -rf runs/smoke  # the smoke run starts over: no checkpoint of an earlier smoke run may be resumed
-	@echo "== train 200 of 240 steps, save, stop (as a job at its time limit would) =="
-	$(PYTHON) -m wallwm_pretrain.train --config configs/smoke.yaml train.resume=none train.stop_after=200
+# The smoke run's training half (smoke-train: on shards made earlier, e.g. carried to a GPU machine)
+define smoke_train
+	rm -rf $(RUNS)/smoke  # the smoke run starts over: no checkpoint of an earlier smoke run may be resumed
+	@echo "== train $(SMOKE_STOP) steps, save, stop (as a job at its time limit would) =="
+	$(PYTHON) -m wallwm_pretrain.train --config configs/smoke.yaml train.resume=none train.stop_after=$(SMOKE_STOP) \
+	  data.shards=$(SMOKE_SHARDS) train.runs_root=$(RUNS) $(SMOKE_ARGS)
 	@echo "== resume from the checkpoint and finish the run =="
-	$(PYTHON) -m wallwm_pretrain.train --config configs/smoke.yaml train.resume=auto
+	$(PYTHON) -m wallwm_pretrain.train --config configs/smoke.yaml train.resume=auto \
+	  data.shards=$(SMOKE_SHARDS) train.runs_root=$(RUNS) $(SMOKE_ARGS)
+endef
+
+smoke-test: smoke-data
+	$(smoke_train)
+
+smoke-train: $(READY)
+	$(smoke_train)
 
 clean:
-	rm -rf runs data/synth/smoke data/shards/smoke $(SMOKE_STATIC) $(WAN_SYNTH) $(WAN_SHARDS) $(WAN_MODELS) $(WAN_INIT) \
+	rm -rf runs .gpu data/synth/smoke data/shards/smoke $(SMOKE_STATIC) $(WAN_SYNTH) $(WAN_SHARDS) $(WAN_MODELS) $(WAN_INIT) \
 	  $(COND_SHARDS) $(COND_HELDOUT) $(COND_HELDOUT_SHARDS) $(COND_HELDOUT_SHARDS)-cond $(SMOKE_EPISODE_SHARDS)
 
 # The real-model path end to end with tiny random models saved in their libraries' formats
 # (nothing is downloaded). One thread per process: the tiny VAE is far slower on two.
-smoke-wan: $(READY)
-	$(PYTHON) -m data_tools synth --out $(WAN_SYNTH) --episodes 12 --seed 0 --image-size 32 --quiet
+# wan-data: the data and weights of smoke-wan; smoke-wan-train: its training half on them
+wan-data: $(READY)
+	$(PYTHON) -m data_tools synth --out $(WAN_SYNTH) --episodes $(WAN_EPISODES) --seed 0 --image-size 32 --quiet
 	$(PYTHON) -m data_tools build-shards --src $(WAN_SYNTH) --out $(WAN_SHARDS) --level L1 --seed 0
 	$(PYTHON) -m wallwm_pretrain.convert make-tiny --out $(WAN_MODELS) --seed 0
 	OMP_NUM_THREADS=1 $(PYTHON) -m data_tools encode-latents --shards $(WAN_SHARDS) --vae $(WAN_MODELS)/vae
 	OMP_NUM_THREADS=1 $(PYTHON) -m data_tools embed-captions --shards $(WAN_SHARDS) --text-encoder $(WAN_MODELS)/text_encoder
 	$(PYTHON) -m wallwm_pretrain.convert wan --src $(WAN_MODELS)/transformer --out $(WAN_INIT) \
 	  --config configs/smoke_wan.yaml --num-views 2 model.action_dim=4 model.state_dim=8 data.shards=$(WAN_SHARDS)
-	rm -rf runs/smoke-wan
-	@echo "== train 20 of 40 steps from the converted weights, save, stop =="
+
+define wan_train
+	rm -rf $(RUNS)/smoke-wan
+	@echo "== train $(WAN_STOP) steps from the converted weights, save, stop =="
 	OMP_NUM_THREADS=1 $(PYTHON) -m wallwm_pretrain.train --config $(WAN_INIT)/config.yaml \
-	  model.init_from=$(WAN_INIT) train.resume=none train.stop_after=20
+	  model.init_from=$(WAN_INIT) train.resume=none train.stop_after=$(WAN_STOP) data.shards=$(WAN_SHARDS) \
+	  train.runs_root=$(RUNS) $(WAN_ARGS)
 	@echo "== resume from the checkpoint and finish the run =="
 	OMP_NUM_THREADS=1 $(PYTHON) -m wallwm_pretrain.train --config $(WAN_INIT)/config.yaml \
-	  model.init_from=$(WAN_INIT) train.resume=auto
+	  model.init_from=$(WAN_INIT) train.resume=auto data.shards=$(WAN_SHARDS) train.runs_root=$(RUNS) $(WAN_ARGS)
+endef
+
+smoke-wan: wan-data
+	$(wan_train)
+
+smoke-wan-train: $(READY)
+	$(wan_train)
 
 # The text conditioner on the smoke world: a frozen tiny random Qwen3.5 VLM (make-tiny's vlm/),
 # the heads trained on conditioner shards of the smoke episodes, then scored on held-out episodes
@@ -182,3 +221,16 @@ recipe-smoke: smoke-data
 	$(PYTHON) -m data_tools build-episodes --shards $(SMOKE_SHARDS) --out $(SMOKE_EPISODE_SHARDS) --quiet
 	$(PYTHON) -m data_tools cluster-windows --shards $(SMOKE_EPISODE_SHARDS) --horizon 16 --history 2 --frame-stride 4 --quiet
 	$(PYTHON) -m wallwm_pretrain.recipe --recipe configs/recipes/smoke.yaml
+
+# The offline wheelhouse of the GPU machine (Python 3.12, manylinux x86_64, its own CUDA torch):
+# the wheels of bench/gpu_wheels.txt (pinned; setup.cfg's pins win), never torch, under 60 MiB.
+gpu-wheels:
+	$(SYS_PYTHON) bench/gpu_wheels.py --out $(GPU_WHEELS)
+
+# The GPU check (bench/gpu_check.sh): on a GPU machine after `bench/gpu_check.sh --prepare` here,
+# with the image's python3 (GPU_PYTHON) under the venv it makes over it. The CPU dry run in this
+# environment: make gpu-check GPU_CHECK_ARGS=--dry-run GPU_PYTHON=.venv/bin/python
+GPU_CHECK_ARGS ?=
+GPU_PYTHON ?= $(SYS_PYTHON)
+gpu-check:
+	PYTHON=$(GPU_PYTHON) bench/gpu_check.sh $(GPU_CHECK_ARGS)

