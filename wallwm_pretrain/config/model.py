@@ -161,6 +161,14 @@ class ModelConfig:
     ``selective`` (only the attention cores are recomputed; the cores are fused and keep no
     score matrix, so this saves little memory now: see ``model/recompute.py``)."""
 
+    def loss_weights(self) -> dict[str, float]:
+        """The weight of each weighted loss term of this model kind in its training loss, by loss key."""
+        if self.kind == "conditioner":
+            c = self.conditioner
+            return {"loss_align": c.l_align, "loss_next": c.l_next, "loss_time": c.l_time}
+        return {"loss_video": self.video_loss_weight, "loss_action": self.action_loss_weight,
+                "loss_time": self.time_loss_weight}
+
     def __post_init__(self) -> None:
         for name in ("frame_stride", "caption_max_bytes"):
             if getattr(self, name) < 1:

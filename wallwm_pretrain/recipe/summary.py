@@ -30,12 +30,7 @@ def stage_losses(state: StageState) -> dict[str, tuple[float, float]]:
 
 def loss_weight(state: StageState, key: str) -> float | None:
     """The weight of a loss term in the stage's total (None: not a weighted term)."""
-    m = state.cfg.model
-    weights = {"loss_video": m.video_loss_weight, "loss_action": m.action_loss_weight, "loss_time": m.time_loss_weight}
-    if m.kind == "conditioner":
-        c = m.conditioner
-        weights = {"loss_align": c.l_align, "loss_next": c.l_next, "loss_time": c.l_time}
-    return weights.get(key)
+    return state.cfg.model.loss_weights().get(key)
 
 
 def _fmt(x: float) -> str:
