@@ -85,8 +85,8 @@ class ContextSources(nn.Module):
             text_dim = aligned_width(cfg)
             self.adapter = Adapter(dv, c.hidden_size)
             self.align = AlignmentHead(c.hidden_size, c.num_heads, c.align_layers, c.align_tokens, text_dim)
-            if cfg.video_tower != "wan":  # the small towers' text stream is not the text encoder's space
-                self.global_proj = nn.Linear(text_dim, self.width)
+            # the small towers' text stream is not the text encoder's space: projected into it
+            self.global_proj = nn.Linear(text_dim, self.width) if cfg.video_tower != "wan" else None
         if "staircase" in self.sources:
             self.branch = StaircaseBranch(self.vlm.num_layers, dv, cfg.staircase)
             self.staircase_proj = nn.Sequential(nn.RMSNorm(dv), nn.Linear(dv, self.width))
@@ -111,7 +111,7 @@ class ContextSources(nn.Module):
         w = self.adapter.proj.weight
         memory = self.adapter(states.to(w.device, w.dtype))
         aligned = self.align(memory, ~valid.to(w.device))
-        return self.global_proj(aligned) if hasattr(self, "global_proj") else aligned
+        return aligned if self.global_proj is None else self.global_proj(aligned)
 
     def staircase_latents(self, observation: torch.Tensor, task: list[str], done: list[list[str]]) -> torch.Tensor:
         """[B, K_c, D_vlm]: the branch's reasoning latents (no autograd graph while the branch is
