@@ -95,8 +95,9 @@ class DualTowerDenoiser(nn.Module, VideoTower):
             return
         from wallwm_pretrain.model.context import ContextSources  # loads transformers
 
+        width, text_encoder_space = self.text_context_space()
         with part_rng(base_seed, "context"):
-            self.context = ContextSources(self.cfg)
+            self.context = ContextSources(self.cfg, width, text_encoder_space)
         self.context_sources = tuple(self.context.sources)
 
     def whole_model_only(self, what: str) -> None:

@@ -96,6 +96,11 @@ class VideoTower(ABC):
     def boundary_width(cfg) -> int:
         """Width of the packed stage-boundary tensor (the pipeline config's hidden size)."""
 
+    @abstractmethod
+    def text_context_space(self) -> tuple[int, bool]:
+        """Where a unified-mode row's text context enters (``context.py``): (its width, whether it
+        is the text encoder's space, read from the batch, rather than the tower's own text stream)."""
+
     # ---------------------------------------------------------------- anchor mapping
     @abstractmethod
     def video_side_parameters(self) -> list[nn.Parameter]:

@@ -268,6 +268,10 @@ class WallWM(DualTowerDenoiser):
         self.require_context(batch)
         return self.context.row_states(batch)
 
+    def text_context_space(self) -> tuple[int, bool]:
+        """The caption encoder's output stream (``hidden_size`` wide): a context row replaces it there."""
+        return int(self.cfg.hidden_size), False
+
     def text_context(self, caption: torch.Tensor, context_rows: list[torch.Tensor | None] | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor]:
         """The towers' text stream ``[L, B, h]`` and its real positions ``[B, L]``: the caption

@@ -274,6 +274,10 @@ class WanWallWM(DualTowerDenoiser):
         self.require_context(batch)
         return self.context.apply(batch)
 
+    def text_context_space(self) -> tuple[int, bool]:
+        """The text encoder's states (``model.wan.text_dim`` wide), read from the batch."""
+        return int(self.wan.text_dim), True
+
     def geometry(self, inputs: WanFlowInputs) -> WanGeometry:
         return self.video.geometry(inputs.xt_video, inputs.timestep, inputs.text_states)
 
