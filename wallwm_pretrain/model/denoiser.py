@@ -212,7 +212,8 @@ class DualTowerDenoiser(nn.Module, VideoTower):
             loss_t = torch.zeros((), device=loss.device)
         else:
             loss = loss + self.cfg.time_loss_weight * loss_t
-        return {"loss": loss, "loss_video": loss_v.detach(), "loss_action": loss_a.detach(), "loss_time": loss_t.detach()}
+        return {"loss": loss, "loss_video": loss_v.detach(), "loss_action": loss_a.detach(),
+                "loss_time": loss_t.detach()}
 
     def time_loss(self, inputs: Any, s: Streams, den: torch.Tensor | None = None) -> torch.Tensor | None:
         """The remaining-time head's Huber loss (None: no target in the batch, or weight 0)."""
@@ -229,7 +230,8 @@ class DualTowerDenoiser(nn.Module, VideoTower):
         group lines up with the anchor) plus its place inside the group."""
         t_steps, k, h = xt_action.shape[1], self.frame_stride, self.cfg.hidden_size
         steps = torch.arange(t_steps, device=xt_action.device)
-        return self.action_in(xt_action) + sinusoidal(history + steps // k, h)[None] + self.action_group_pos(steps % k)[None]
+        frame = history + steps // k
+        return self.action_in(xt_action) + sinusoidal(frame, h)[None] + self.action_group_pos(steps % k)[None]
 
     def action_prediction(self, s: Streams) -> torch.Tensor:
         """The action head: velocity ``[B, T, A]`` of the action streams."""

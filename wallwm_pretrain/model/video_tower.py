@@ -65,7 +65,8 @@ class VideoTower(ABC):
         its output (one-way coupling)."""
 
     @abstractmethod
-    def tower_predictions(self, state: Any, inputs: Any, layer_inputs: Any) -> tuple[torch.Tensor, torch.Tensor, Streams]:
+    def tower_predictions(self, state: Any, inputs: Any,
+                          layer_inputs: Any) -> tuple[torch.Tensor, torch.Tensor, Streams]:
         """The last stage's heads: (video velocity, action velocity ``[B, T, A]``, the action
         streams the remaining-time head reads)."""
 
