@@ -3,19 +3,30 @@
 from __future__ import annotations
 
 from megatron.core.process_groups_config import ProcessGroupCollection
-from torch import nn
 
 from wallwm_pretrain.config import ModelConfig
+from wallwm_pretrain.model.denoiser import LOSS_KEYS, DualTowerDenoiser
+from wallwm_pretrain.model.interface import Denoiser, TrainableModel
 from wallwm_pretrain.model.pipeline_slice import PipelineSlice
-from wallwm_pretrain.model.wallwm import LOSS_KEYS, WallWM
+from wallwm_pretrain.model.wallwm import WallWM
 from wallwm_pretrain.model.wan_wallwm import WanWallWM
 
 
+def denoiser_class(cfg: ModelConfig) -> type[DualTowerDenoiser]:
+    """The denoiser of the video tower ``model.video_tower`` names: :class:`WallWM` (``small``)
+    or :class:`WanWallWM` (``wan``). The one place that maps the name to a class."""
+    return WanWallWM if cfg.video_tower == "wan" else WallWM
+
+
+def boundary_width(cfg: ModelConfig) -> int:
+    """Width of the tensor pipeline stages exchange (the pipeline config's hidden size)."""
+    return denoiser_class(cfg).boundary_width(cfg)
+
+
 def build_model(cfg: ModelConfig, pipeline_slice: PipelineSlice | None = None, *,
-                pg_collection: ProcessGroupCollection | None = None) -> nn.Module:
+                pg_collection: ProcessGroupCollection | None = None) -> TrainableModel:
     """What ``model.kind`` names: the text conditioner (``conditioner``), its Staircase branch
-    (``staircase``), or the denoiser
-    ``model.video_tower`` names: :class:`WallWM` (``small``) or :class:`WanWallWM` (``wan``)."""
+    (``staircase``), or the denoiser of :func:`denoiser_class`."""
     if cfg.kind == "conditioner":
         # imported here: it loads transformers, which tower runs need not import
         from wallwm_pretrain.model.conditioner.model import TextConditioner
@@ -23,8 +34,10 @@ def build_model(cfg: ModelConfig, pipeline_slice: PipelineSlice | None = None, *
     if cfg.kind == "staircase":
         from wallwm_pretrain.model.conditioner.staircase_model import StaircaseModel
         return StaircaseModel(cfg, pipeline_slice, pg_collection=pg_collection)
-    kind = WanWallWM if cfg.video_tower == "wan" else WallWM
-    return kind(cfg, pipeline_slice, pg_collection=pg_collection)
+    return denoiser_class(cfg)(cfg, pipeline_slice, pg_collection=pg_collection)
 
 
-__all__ = ["LOSS_KEYS", "WallWM", "WanWallWM", "build_model"]
+__all__ = [
+    "LOSS_KEYS", "Denoiser", "DualTowerDenoiser", "TrainableModel", "WallWM", "WanWallWM",
+    "boundary_width", "build_model", "denoiser_class",
+]

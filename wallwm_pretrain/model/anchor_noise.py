@@ -19,7 +19,8 @@ path, the caption encoder) its forward runs under ``torch.no_grad``: no activati
 backward, no backward through it. A trained video side gets the coupling gradients of all K
 draws through the one shared graph.
 
-The model provides the hooks (``WallWM`` and ``WanWallWM``):
+The model provides the hooks (members of the :class:`~.interface.Denoiser` interface, written once
+for both video towers in ``denoiser.py`` or by each tower in its implementation):
 
 - ``flow_inputs(batch, noise)``: the noisy inputs of one draw (exists for the ordinary forward);
 - ``anchor_video(inputs)``: the video side once, every coupled layer's video output recorded;
@@ -44,6 +45,7 @@ import torch
 from wallwm_pretrain.batch import Batch
 from wallwm_pretrain.config import ModelConfig
 from wallwm_pretrain.model.flow_matching import FlowNoise, masked_mse, sample_time, shift_time
+from wallwm_pretrain.model.interface import Denoiser
 
 
 def anchor_time(cfg: ModelConfig) -> float:
@@ -92,7 +94,7 @@ def with_anchor_draws(cfg: ModelConfig, noise: FlowNoise, generator: torch.Gener
     return AnchorDraws(t_video, noise.noise_video, torch.stack(times, 1), torch.stack(noises, 1))
 
 
-def anchor_losses(model, batch: Batch, draws: AnchorDraws, loss_denominators: torch.Tensor | None = None,
+def anchor_losses(model: Denoiser, batch: Batch, draws: AnchorDraws, loss_denominators: torch.Tensor | None = None,
                   hidden: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """The model's loss keys under the anchor mapping: one video pass, K action passes.
 

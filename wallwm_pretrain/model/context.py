@@ -42,21 +42,16 @@ from wallwm_pretrain.model.conditioner.vlm import FrozenVLM
 SOURCES = ("atomic", "global", "staircase")
 
 
-def context_width(cfg: ModelConfig) -> int:
-    """Width of the text context the towers read: the text encoder's states on the Wan path
-    (``model.wan.text_dim``), the caption encoder's output on the small path (``hidden_size``)."""
-    return int(cfg.wan.text_dim) if cfg.video_tower == "wan" else int(cfg.hidden_size)
-
-
-def aligned_width(cfg: ModelConfig) -> int:
+def aligned_width(cfg: ModelConfig, width: int, text_encoder_space: bool) -> int:
     """The alignment head's output width: the text encoder's (``model.conditioner.text_dim``, the
-    stage-3 target; on the Wan path ``model.wan.text_dim``, which it must equal)."""
+    stage-3 target). A video tower that reads text-encoder states (the Wan tower, ``width`` =
+    ``model.wan.text_dim``) reads it as is, so the two must agree."""
     own = cfg.conditioner.text_dim
-    if cfg.video_tower == "wan":
-        if isinstance(own, int) and own != cfg.wan.text_dim:
+    if text_encoder_space:
+        if isinstance(own, int) and own != width:
             raise ValueError(f"model.conditioner.text_dim={own} but the Wan tower reads text states of width "
-                             f"model.wan.text_dim={cfg.wan.text_dim}")
-        return int(cfg.wan.text_dim)
+                             f"model.wan.text_dim={width}")
+        return int(width)
     if not isinstance(own, int):
         raise ValueError("the global context source on the small towers needs model.conditioner.text_dim (the "
                          "width of the text states the conditioner was aligned to, in its run config)")
@@ -67,25 +62,32 @@ class ContextSources(nn.Module):
     """The global and Staircase sources of unified mode (``model.context.sources``).
 
     Args:
-        cfg: the ``model`` section (``context``, ``conditioner``, ``staircase``, ``wan.text_dim``).
+        cfg: the ``model`` section (``context``, ``conditioner``, ``staircase``).
+        width: width of the text context the towers read (the video tower says: the text
+            encoder's states on the Wan tower, ``model.wan.text_dim``; the caption encoder's
+            output on the small tower, ``hidden_size``).
+        text_encoder_space: the towers read the text encoder's states (the Wan tower), so the
+            conditioner's aligned states enter as they are; otherwise through ``global_proj``.
         vlm: the frozen VLM to share (default: loaded from ``model.conditioner.vlm``).
     """
 
-    def __init__(self, cfg: ModelConfig, *, vlm: FrozenVLM | None = None) -> None:
+    def __init__(self, cfg: ModelConfig, width: int, text_encoder_space: bool, *,
+                 vlm: FrozenVLM | None = None) -> None:
         super().__init__()
         from wallwm_pretrain.model.conditioner.model import vlm_dtype  # transformers: only when built
 
         self.cfg = cfg
         self.sources = tuple(cfg.context.sources)
-        self.width = context_width(cfg)
+        self.width = int(width)
+        self.global_proj: nn.Linear | None = None
         c = cfg.conditioner
         self.vlm = vlm if vlm is not None else FrozenVLM.load(c.vlm, dtype=vlm_dtype(c.vlm_dtype))
         dv = self.vlm.hidden_size
         if "global" in self.sources:
-            text_dim = aligned_width(cfg)
+            text_dim = aligned_width(cfg, self.width, text_encoder_space)
             self.adapter = Adapter(dv, c.hidden_size)
             self.align = AlignmentHead(c.hidden_size, c.num_heads, c.align_layers, c.align_tokens, text_dim)
-            if cfg.video_tower != "wan":  # the small towers' text stream is not the text encoder's space
+            if not text_encoder_space:  # the small tower's text stream: projected into it
                 self.global_proj = nn.Linear(text_dim, self.width)
         if "staircase" in self.sources:
             self.branch = StaircaseBranch(self.vlm.num_layers, dv, cfg.staircase)
@@ -111,7 +113,7 @@ class ContextSources(nn.Module):
         w = self.adapter.proj.weight
         memory = self.adapter(states.to(w.device, w.dtype))
         aligned = self.align(memory, ~valid.to(w.device))
-        return self.global_proj(aligned) if hasattr(self, "global_proj") else aligned
+        return aligned if self.global_proj is None else self.global_proj(aligned)
 
     def staircase_latents(self, observation: torch.Tensor, task: list[str], done: list[list[str]]) -> torch.Tensor:
         """[B, K_c, D_vlm]: the branch's reasoning latents (no autograd graph while the branch is

@@ -1,4 +1,8 @@
-"""WALL-WM-style dual-tower, layer-coupled flow-matching denoiser (event, chunk and unified mode).
+"""The dual-tower denoiser on the small pixel video tower (``model.video_tower=small``).
+
+The shared part (action tower, context, noise, losses, pipeline skeleton) is
+:class:`~.denoiser.DualTowerDenoiser`; this module is the small video tower's implementation of
+its :class:`~.video_tower.VideoTower` interface.
 
 Data flow of one training forward (shapes for batch B, T control steps, stride K = K_p,
 M = ``batch.history`` history latent frames, 0 in event and chunk mode):
@@ -38,6 +42,7 @@ cross stages. Parameter names are those of the whole model (``layers.<global ind
 stages' state dicts together are the whole model's.
 """
 
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -46,28 +51,20 @@ import torch
 from megatron.core.process_groups_config import ProcessGroupCollection
 from torch import nn
 
-from wallwm_pretrain.config import ModelConfig
-from wallwm_pretrain.model.blocks import CoupledLayer, FinalLayer, Streams, TextLayer, key_padding_mask
 from wallwm_pretrain.batch import Batch
 from wallwm_pretrain.captions import CAPTION_PAD
-from wallwm_pretrain.model.anchor_noise import AnchorDraws, anchor_losses, with_anchor_draws
-from wallwm_pretrain.model.embeddings import (
-    CaptionEncoder,
-    TimestepEmbedder,
-    mark_adamw,
-    patchify,
-    sinusoidal,
-)
+from wallwm_pretrain.config import ModelConfig
+from wallwm_pretrain.model.blocks import CoupledLayer, FinalLayer, Streams, TextLayer, key_padding_mask
+from wallwm_pretrain.model.denoiser import LOSS_KEYS, DualTowerDenoiser, flow_masks
+from wallwm_pretrain.model.embeddings import CaptionEncoder, TimestepEmbedder, mark_adamw, patchify, sinusoidal
 from wallwm_pretrain.model.flops import SampleShape, train_flops
-from wallwm_pretrain.model.flow_matching import FlowNoise, interpolate, masked_mse, sample_time, weighted_flow_loss
-from wallwm_pretrain.model.recompute import run_layer
-from wallwm_pretrain.model.remaining_time import RemainingTimeHead, huber_sum
-from wallwm_pretrain.model.spec import build_transformer_config
+from wallwm_pretrain.model.flow_matching import FlowNoise, interpolate, masked_mse
 from wallwm_pretrain.model.pipeline_slice import PipelineSlice, draw_base_seed, part_rng
+from wallwm_pretrain.model.recompute import run_layer
+from wallwm_pretrain.model.remaining_time import RemainingTimeHead
+from wallwm_pretrain.model.spec import build_transformer_config
 
-
-# what the last stage's forward returns, and so what the trainer logs and checkpoints
-LOSS_KEYS = ("loss", "loss_video", "loss_action", "loss_time")
+__all__ = ["LOSS_KEYS", "FlowInputs", "WallWM"]
 
 
 @dataclass
@@ -89,8 +86,8 @@ class FlowInputs:
     history: int = 0  # M: latent frames before the anchor (latent frame M)
 
 
-class WallWM(nn.Module):
-    """The dual-tower denoiser, or one pipeline stage of it.
+class WallWM(DualTowerDenoiser):
+    """The dual-tower denoiser on the small video tower, or one pipeline stage of it.
 
     Args:
         cfg: the ``model`` section of the run config (K_p is ``cfg.frame_stride``; captions are
@@ -103,8 +100,6 @@ class WallWM(nn.Module):
             for export, evaluation, inference and tests. The two load each other's state dicts.
     """
 
-    loss_keys = LOSS_KEYS
-
     def __init__(
         self,
         cfg: ModelConfig,
@@ -112,11 +107,9 @@ class WallWM(nn.Module):
         *,
         pg_collection: ProcessGroupCollection | None = None,
     ) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.frame_stride = frame_stride = cfg.frame_stride
+        super().__init__(cfg, pipeline_slice)
+        part = self.pipeline_slice
         caption_max_len = cfg.caption_max_bytes + 1
-        self.pipeline_slice = part = PipelineSlice.of(pipeline_slice, cfg.num_layers)
         h = cfg.hidden_size
         self.patches = cfg.num_views * (cfg.image_size // cfg.patch_size) ** 2
         self.patch_dim = cfg.patch_size**2 * 3
@@ -130,9 +123,7 @@ class WallWM(nn.Module):
             with part_rng(base, "embed"):
                 self.video_in = mark_adamw(nn.Linear(self.patch_dim, h))
                 self.video_patch_pos = mark_adamw(nn.Embedding(self.patches, h))
-                self.action_in = mark_adamw(nn.Linear(cfg.action_dim, h))
-                self.action_group_pos = mark_adamw(nn.Embedding(frame_stride, h))
-                self.state_in = mark_adamw(nn.Linear(cfg.state_dim, h))
+                self.build_action_embeddings()
                 self.time_video = TimestepEmbedder(h)
                 self.time_action = TimestepEmbedder(h)
                 text_cfg = build_transformer_config(cfg, num_layers=max(cfg.text_layers, 1))
@@ -143,11 +134,7 @@ class WallWM(nn.Module):
                         TextLayer(text_cfg, i + 1, selective, pg_collection) for i in range(cfg.text_layers)
                     ),
                 )
-            if cfg.context.sources:  # unified mode's global / Staircase text context (pp=1: config)
-                from wallwm_pretrain.model.context import ContextSources  # loads transformers
-
-                with part_rng(base, "context"):
-                    self.context = ContextSources(cfg)
+            self.build_context(base)
         # keyed by the global layer index: names match the whole model's ``layers.<i>.``
         self.layers = nn.ModuleDict()
         for i in part.layers:
@@ -160,170 +147,30 @@ class WallWM(nn.Module):
             with part_rng(base, "time_head"):
                 self.time_head = RemainingTimeHead(h, self.patch_dim)
 
+    # ------------------------------------------------------------------ bookkeeping
     def parameter_counts(self) -> dict[str, int]:
         """Parameters per tower held here (the rest: caption encoder, embeddings, timestep MLPs)."""
         count = lambda mods: sum(p.numel() for m in mods for p in m.parameters())  # noqa: E731
-        own = lambda *names: [getattr(self, n) for n in names if hasattr(self, n)]  # noqa: E731
-        layers = list(self.layers.values())
-        video = count([l.video for l in layers] + own("video_in", "video_patch_pos", "video_out"))
-        action = count(
-            [l.action for l in layers] + own("action_in", "action_group_pos", "state_in", "action_out")
-        )
+        part, layers = self.pipeline_slice, list(self.layers.values())
+        video = [l.video for l in layers] + ([self.video_in, self.video_patch_pos] if part.embed else [])
+        action = [l.action for l in layers] + ([self.action_in, self.action_group_pos, self.state_in] if part.embed else [])
+        if part.head:
+            video, action = video + [self.video_out], action + [self.action_out]
+        video, action = count(video), count(action)
         total = sum(p.numel() for p in self.parameters())
         return {"video_tower": video, "action_tower": action, "conditioning": total - video - action, "total": total}
 
-    def forward(
-        self,
-        batch: Batch,
-        *,
-        generator: torch.Generator | None = None,
-        noise: FlowNoise | None = None,
-        loss_denominators: torch.Tensor | None = None,
-        hidden: torch.Tensor | None = None,
-    ) -> dict[str, torch.Tensor] | torch.Tensor:
-        """Flow-matching losses of one batch (or this stage's part of computing them).
+    def coupled_layers(self) -> dict[str, tuple[nn.Module, nn.Module]]:
+        """Coupled layer i is one module (video block i and action block i)."""
+        return {i: (layer, layer) for i, layer in self.layers.items()}
 
-        Args:
-            batch: the padded batch (T a multiple of ``frame_stride``); its ``remaining`` is the
-                remaining-time head's target (None = no time loss).
-            generator: optional RNG for flow times and noise (ignored when ``noise`` is given).
-            noise: precomputed draws (see :meth:`sample_noise`), e.g. rows of a global batch's.
-                Every stage of a pipeline must be given the same draws. :class:`AnchorDraws`
-                (``model.action_pretrain.mapping=anchor``) take the anchor-noise path.
-            loss_denominators: [3] counts (video elements, action elements, samples) that divide
-                the loss sums instead of this batch's own counts (see :meth:`loss_element_counts`).
-            hidden: the packed :class:`Streams` from the previous stage (not on the first stage).
+    def residual_widths(self) -> set[int]:
+        return {self.cfg.hidden_size}
 
-        Returns:
-            On the last stage the :data:`LOSS_KEYS`: ``loss`` (weighted sum), ``loss_video``,
-            ``loss_action``, ``loss_time``; on any other stage the packed streams ``[s, B, H]``
-            for the next one.
-        """
-        if noise is None:
-            noise = self.sample_noise(batch, generator)
-        if isinstance(noise, AnchorDraws):  # model.action_pretrain.mapping=anchor
-            return anchor_losses(self, batch, noise, loss_denominators, hidden)
-        inputs = self.flow_inputs(batch, noise)
-        return self.forward_slice(inputs, hidden, loss_denominators, context_rows=self.context_rows(batch))
-
-    def context_rows(self, batch: Batch) -> list[torch.Tensor | None] | None:
-        """Unified mode: the context states ``[L_i, hidden]`` of the rows whose source is
-        ``global`` or ``staircase`` (None for ``atomic`` rows), or None when every row reads its
-        caption (:mod:`.context`)."""
-        if not batch.context_sources:
-            return None
-        if not hasattr(self, "context"):
-            raise ValueError(f"batch rows ask for {batch.context_sources} text contexts; "
-                             "this model builds none (model.context.sources)")
-        return self.context.row_states(batch)
-
-    def text_context(self, caption: torch.Tensor, context_rows: list[torch.Tensor | None] | None = None
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The towers' text stream ``[L, B, h]`` and its real positions ``[B, L]``: the caption
-        encoder's output, with the rows that carry context states (``context_rows``) reading
-        those instead."""
-        valid = caption != CAPTION_PAD
-        text = self.caption(caption, key_padding_mask(valid))
-        if context_rows is None or all(r is None for r in context_rows):
-            return text, valid
-        merged, merged_valid = self.context.merge(context_rows, text.transpose(0, 1), valid)
-        return merged.transpose(0, 1).to(text.dtype), merged_valid
-
-    def forward_slice(
-        self, inputs: FlowInputs, hidden: torch.Tensor | None = None, loss_denominators: torch.Tensor | None = None,
-        context_rows: list[torch.Tensor | None] | None = None,
-    ) -> dict[str, torch.Tensor] | torch.Tensor:
-        """This stage's layers on ``inputs`` (first stage) or on ``hidden`` (any later one)."""
-        if self.pipeline_slice.embed:
-            text = self.text_context(inputs.caption, context_rows)
-            s = self.embed(
-                inputs.xt_video, inputs.xt_action, inputs.t_video, inputs.t_action, inputs.state,
-                inputs.caption, inputs.frame_valid, inputs.action_valid, history=inputs.history, text=text,
-            )
-        else:
-            if hidden is None:
-                raise ValueError(
-                    f"pipeline slice from layer {self.pipeline_slice.first_layer} needs the previous stage's output"
-                )
-            video_mask, action_mask, text_mask = self._stream_masks(inputs)
-            b, f, p, _ = inputs.xt_video.shape
-            s = Streams.unpack(hidden, f * p, inputs.xt_action.shape[1], video_mask, action_mask, text_mask)
-        s = self.run_layers(s)
-        if not self.pipeline_slice.head:
-            return s.pack()
-        pred_v, pred_a = self.head(s, inputs.xt_video.shape)
-        den_v, den_a, den_t = (None,) * 3 if loss_denominators is None else loss_denominators.unbind()
-        loss_v = masked_mse(pred_v, inputs.target_video, inputs.video_loss_mask, den_v)
-        loss_a = masked_mse(pred_a, inputs.target_action, inputs.action_valid, den_a)
-        loss = weighted_flow_loss(self.cfg.video_loss_weight, loss_v, self.cfg.action_loss_weight, loss_a)
-        loss_t = self.time_loss(inputs, s, den_t)
-        if loss_t is None:
-            loss_t = torch.zeros((), device=loss.device)
-        else:
-            loss = loss + self.cfg.time_loss_weight * loss_t
-        return {"loss": loss, "loss_video": loss_v.detach(), "loss_action": loss_a.detach(), "loss_time": loss_t.detach()}
-
-    def time_loss(self, inputs: FlowInputs, s: Streams, den: torch.Tensor | None = None) -> torch.Tensor | None:
-        """The remaining-time head's Huber loss (None: no target in the batch, or weight 0)."""
-        if inputs.remaining is None or self.cfg.time_loss_weight <= 0:
-            return None
-        # the anchor (latent frame M) and the text stream's own mask (a context source's rows too)
-        pred_t = self.time_head(inputs.xt_video[:, inputs.history], s.state, s.text, ~s.text_mask[:, 0, 0])
-        den = torch.tensor(float(pred_t.shape[0]), device=pred_t.device) if den is None else den
-        return huber_sum(pred_t, inputs.remaining) / den.clamp_min(1.0)
-
-    def flow_inputs(self, batch: Batch, noise: FlowNoise) -> FlowInputs:
-        """Noisy inputs, velocity targets and masks of a batch (patchify, interpolate)."""
-        frames, actions, lengths, remaining = batch.frames, batch.actions, batch.lengths, batch.remaining
-        k, m = self.frame_stride, self._history(batch)
-        action_valid, frame_valid, video_loss_mask = self._masks(lengths, actions.shape[1], m)
-        # video latents; frames 0..M (history and anchor) are the clean condition
-        x0_v = patchify(frames[:, ::k], self.cfg.patch_size)  # [B, F, P, D]
-        xt_v, target_v = interpolate(x0_v, noise.noise_video, noise.t_video)
-        xt_v = torch.cat([x0_v[:, : m + 1], xt_v[:, m + 1 :]], dim=1)
-        xt_a, target_a = interpolate(actions, noise.noise_action, noise.t_action)
-        return FlowInputs(
-            xt_v, xt_a, target_v, target_a, noise.t_video, noise.t_action, batch.state, batch.caption,
-            frame_valid, action_valid, video_loss_mask,
-            None if remaining is None else remaining.float() / k, m,
-        )
-
-    def _history(self, batch: Batch) -> int:
-        """``batch.history`` (M), checked against the frames: ``[B, M K + T, ...]``."""
-        m, k = int(batch.history), self.frame_stride
-        t_steps = batch.actions.shape[1]
-        if m < 0:
-            raise ValueError(f"batch.history must be >= 0 latent frames, got {m}")
-        if batch.frames.shape[1] != m * k + t_steps:
-            raise ValueError(
-                f"batch.frames has {batch.frames.shape[1]} control steps; batch.history = {m} latent frames at "
-                f"K_p = model.frame_stride = {k} before the {t_steps} steps of batch.actions need {m * k + t_steps}"
-            )
-        return m
-
-    def _masks(
-        self, lengths: torch.Tensor, t_steps: int, history: int = 0
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Real action steps [B, T], real latent frames [B, M + F_T], frames that carry a video loss
-        (the M history frames are always real; neither they nor the anchor carry a loss)."""
-        k = self.frame_stride
-        dev = lengths.device
-        action_valid = torch.arange(t_steps, device=dev)[None, :] < lengths[:, None]
-        frame_valid = (torch.arange(t_steps // k, device=dev) * k)[None, :] < lengths[:, None]
-        if history:
-            frame_valid = torch.cat([frame_valid.new_ones(lengths.shape[0], history), frame_valid], dim=1)
-        video_loss_mask = frame_valid.clone()
-        video_loss_mask[:, : history + 1] = False  # history and anchor are the clean condition, never predicted
-        return action_valid, frame_valid, video_loss_mask
-
-    def _stream_masks(self, inputs: FlowInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """megatron key-padding masks of the video tokens, action tokens and caption."""
-        p = inputs.xt_video.shape[2]
-        return (
-            key_padding_mask(inputs.frame_valid.repeat_interleave(p, dim=1)),
-            key_padding_mask(inputs.action_valid),
-            key_padding_mask(inputs.caption != CAPTION_PAD),
-        )
+    @staticmethod
+    def boundary_width(cfg: ModelConfig) -> int:
+        """Both towers are ``hidden_size`` wide: so is the stage boundary."""
+        return build_transformer_config(cfg).hidden_size
 
     def loss_element_counts(self, lengths: torch.Tensor, t_steps: int, history: int = 0) -> torch.Tensor:
         """[3] float: video elements, action elements and samples over which this batch's
@@ -339,7 +186,7 @@ class WallWM(nn.Module):
         ).to(torch.float32)
 
     def loss_counts(self, batch: Batch) -> torch.Tensor:
-        """:meth:`loss_element_counts` of a batch (the interface both video towers share)."""
+        """:meth:`loss_element_counts` of a batch."""
         return self.loss_element_counts(batch.lengths, batch.actions.shape[1], self._history(batch))
 
     def boundary_seq_length(self, batch: Batch) -> int:
@@ -359,26 +206,124 @@ class WallWM(nn.Module):
         )
         return train_flops(self.cfg, shape)
 
-    def sample_noise(self, batch: Batch, generator: torch.Generator | None = None) -> FlowNoise:
-        """Flow times and noise for a batch, in the order the forward has always drawn them."""
-        frames, actions = batch.frames, batch.actions
-        b, t_steps = actions.shape[:2]
-        dev = actions.device
-        p = self.cfg.patch_size
-        # frames[:, ::K] keeps M + ceil(T / K) frames (the history's M K steps are whole frames)
+    # ------------------------------------------------------------------ inputs
+    def _history(self, batch: Batch) -> int:
+        """``batch.history`` (M), checked against the frames: ``[B, M K + T, ...]``."""
+        m, k = int(batch.history), self.frame_stride
+        t_steps = batch.actions.shape[1]
+        if m < 0:
+            raise ValueError(f"batch.history must be >= 0 latent frames, got {m}")
+        if batch.frames.shape[1] != m * k + t_steps:
+            raise ValueError(
+                f"batch.frames has {batch.frames.shape[1]} control steps; batch.history = {m} latent frames at "
+                f"K_p = model.frame_stride = {k} before the {t_steps} steps of batch.actions need {m * k + t_steps}"
+            )
+        return m
+
+    def _masks(self, lengths: torch.Tensor, t_steps: int, history: int = 0):
+        """:func:`~.denoiser.flow_masks` of T control steps (T // K future latent frames)."""
+        return flow_masks(lengths, t_steps, t_steps // self.frame_stride, history, self.frame_stride)
+
+    def video_noise_shape(self, batch: Batch) -> tuple[int, ...]:
+        """``[B, F, P, D]``: frames[:, ::K] keeps M + ceil(T / K) frames (the history's M K steps
+        are whole frames)."""
+        frames, p = batch.frames, self.cfg.patch_size
+        b, t_steps = batch.actions.shape[:2]
         n_frames = self._history(batch) + -(-t_steps // self.frame_stride)
         patches = frames.shape[2] * (frames.shape[3] // p) * (frames.shape[4] // p)
-        t_v = sample_time(b, dev, generator, shift=self.cfg.video_time_shift)
-        noise_v = torch.randn((b, n_frames, patches, p * p * frames.shape[5]), device=dev, generator=generator)
-        t_a = sample_time(b, dev, generator)
-        noise_a = torch.randn(actions.shape, device=dev, generator=generator)
-        # model.action_pretrain.mapping=anchor: t_video becomes t*, more action draws follow
-        return with_anchor_draws(self.cfg, FlowNoise(t_v, noise_v, t_a, noise_a), generator)
+        return (b, n_frames, patches, p * p * frames.shape[5])
+
+    def flow_inputs(self, batch: Batch, noise: FlowNoise) -> FlowInputs:
+        """Noisy inputs, velocity targets and masks of a batch (patchify, interpolate)."""
+        frames, actions, lengths, remaining = batch.frames, batch.actions, batch.lengths, batch.remaining
+        k, m = self.frame_stride, self._history(batch)
+        action_valid, frame_valid, video_loss_mask = self._masks(lengths, actions.shape[1], m)
+        # video latents; frames 0..M (history and anchor) are the clean condition
+        x0_v = patchify(frames[:, ::k], self.cfg.patch_size)  # [B, F, P, D]
+        xt_v, target_v = interpolate(x0_v, noise.noise_video, noise.t_video)
+        xt_v = torch.cat([x0_v[:, : m + 1], xt_v[:, m + 1 :]], dim=1)
+        xt_a, target_a = interpolate(actions, noise.noise_action, noise.t_action)
+        return FlowInputs(
+            xt_v, xt_a, target_v, target_a, noise.t_video, noise.t_action, batch.state, batch.caption,
+            frame_valid, action_valid, video_loss_mask,
+            None if remaining is None else remaining.float() / k, m,
+        )
+
+    def _stream_masks(self, inputs: FlowInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """megatron key-padding masks of the video tokens, action tokens and caption."""
+        p = inputs.xt_video.shape[2]
+        return (
+            key_padding_mask(inputs.frame_valid.repeat_interleave(p, dim=1)),
+            key_padding_mask(inputs.action_valid),
+            key_padding_mask(inputs.caption != CAPTION_PAD),
+        )
+
+    # ------------------------------------------------------------------ text context
+    def context_rows(self, batch: Batch) -> list[torch.Tensor | None] | None:
+        """Unified mode: the context states ``[L_i, hidden]`` of the rows whose source is
+        ``global`` or ``staircase`` (None for ``atomic`` rows), or None when every row reads its
+        caption (:mod:`.context`). They replace the caption encoder's output of their rows."""
+        if not batch.context_sources:
+            return None
+        self.require_context(batch)
+        return self.context.row_states(batch)
+
+    def text_context_space(self) -> tuple[int, bool]:
+        """The caption encoder's output stream (``hidden_size`` wide): a context row replaces it there."""
+        return int(self.cfg.hidden_size), False
+
+    def text_context(self, caption: torch.Tensor, context_rows: list[torch.Tensor | None] | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The towers' text stream ``[L, B, h]`` and its real positions ``[B, L]``: the caption
+        encoder's output, with the rows that carry context states (``context_rows``) reading
+        those instead."""
+        valid = caption != CAPTION_PAD
+        text = self.caption(caption, key_padding_mask(valid))
+        if context_rows is None or all(r is None for r in context_rows):
+            return text, valid
+        merged, merged_valid = self.context.merge(context_rows, text.transpose(0, 1), valid)
+        return merged.transpose(0, 1).to(text.dtype), merged_valid
+
+    # ------------------------------------------------------------------ the video tower interface
+    def layer_inputs(self, inputs: FlowInputs) -> None:
+        """Nothing: the masks travel in the :class:`Streams`."""
+        return None
+
+    def embed_towers(self, inputs: FlowInputs, layer_inputs: None = None,
+                     context_rows: list[torch.Tensor | None] | None = None) -> Streams:
+        text = self.text_context(inputs.caption, context_rows)
+        return self.embed(
+            inputs.xt_video, inputs.xt_action, inputs.t_video, inputs.t_action, inputs.state,
+            inputs.caption, inputs.frame_valid, inputs.action_valid, history=inputs.history, text=text,
+        )
+
+    def unpack_towers(self, hidden: torch.Tensor, inputs: FlowInputs, layer_inputs: None = None) -> Streams:
+        video_mask, action_mask, text_mask = self._stream_masks(inputs)
+        b, f, p, _ = inputs.xt_video.shape
+        return Streams.unpack(hidden, f * p, inputs.xt_action.shape[1], video_mask, action_mask, text_mask)
+
+    def run_coupled_layer(self, index: int, s: Streams, layer_inputs: None = None) -> Streams:
+        """Coupled layer ``index``, recomputed in backward when ``recompute=full``."""
+        return run_layer(self.layers[str(index)], s, self.cfg.recompute)
+
+    def pack_towers(self, s: Streams, layer_inputs: None = None) -> torch.Tensor:
+        return s.pack()
+
+    def tower_predictions(self, s: Streams, inputs: FlowInputs, layer_inputs: None = None):
+        pred_v, pred_a = self.head(s, inputs.xt_video.shape)
+        return pred_v, pred_a, s
+
+    def video_loss(self, pred_video: torch.Tensor, inputs: FlowInputs, denominator: torch.Tensor | None):
+        return masked_mse(pred_video, inputs.target_video, inputs.video_loss_mask, denominator)
+
+    def time_head_inputs(self, inputs: FlowInputs, s: Streams):
+        # the anchor (latent frame M) and the text stream's own mask (a context source's rows too)
+        return inputs.xt_video[:, inputs.history], s.text, ~s.text_mask[:, 0, 0]
 
     def run_layers(self, s: Streams) -> Streams:
         """This stage's coupled layers, each recomputed in backward when ``recompute=full``."""
-        for layer in self.layers.values():
-            s = run_layer(layer, s, self.cfg.recompute)
+        for i in self.pipeline_slice.layers:
+            s = self.run_coupled_layer(i, s)
         return s
 
     # -- the anchor mapping's two passes (model/anchor_noise.py); the whole model only ------------
@@ -405,8 +350,9 @@ class WallWM(nn.Module):
                               history=inputs.history)
         for layer, video in zip(self.layers.values(), videos):
             s = replace(s, action=run_layer(layer.action, s, self.cfg.recompute, video))
-        return self.action_out(s.action, s.temb_action).transpose(0, 1), s
+        return self.action_prediction(s), s
 
+    # ------------------------------------------------------------------ inference
     def denoise(
         self,
         xt_video: torch.Tensor,
@@ -430,8 +376,7 @@ class WallWM(nn.Module):
         stream and its mask from :meth:`text_context` (computed once per plan; default: the
         caption encoder's output of ``caption``).
         """
-        if not (self.pipeline_slice.embed and self.pipeline_slice.head):
-            raise ValueError("denoise needs the whole model; a pipeline stage runs forward_slice")
+        self.whole_model_only("denoise")
         if not 0 <= history < xt_video.shape[1]:
             raise ValueError(f"history={history} must leave the anchor among the {xt_video.shape[1]} latent frames")
         s = self.embed(xt_video, xt_action, t_video, t_action, state, caption, frame_valid, action_valid,
@@ -454,6 +399,7 @@ class WallWM(nn.Module):
         frames_left = self.time_head(patches, self.state_in(state)[None], text, text_valid)
         return frames_left * self.frame_stride
 
+    # ------------------------------------------------------------------ embed and heads
     def embed(self, xt_video, xt_action, t_video, t_action, state, caption, frame_valid, action_valid, *,
               history: int = 0, text: tuple[torch.Tensor, torch.Tensor] | None = None) -> Streams:
         s = self.embed_video(xt_video, t_video, caption, frame_valid, text=text)
@@ -465,13 +411,11 @@ class WallWM(nn.Module):
         encoder's output, video timestep); the action side's fields are None until
         :meth:`embed_action`."""
         b, f, p, _ = xt_video.shape
-        dev = xt_video.device
-        frame_index = torch.arange(f, device=dev)
+        frame_index = torch.arange(f, device=xt_video.device)
         h = self.cfg.hidden_size
         video = self.video_in(xt_video) + self.video_patch_pos.weight[None, None]
         video = video + sinusoidal(frame_index, h)[None, :, None]
         text, text_valid = self.text_context(caption) if text is None else text
-        text_mask = key_padding_mask(text_valid)
         return Streams(
             video=video.reshape(b, f * p, h).transpose(0, 1),
             action=None,
@@ -481,20 +425,12 @@ class WallWM(nn.Module):
             temb_action=None,
             video_mask=key_padding_mask(frame_valid.repeat_interleave(p, dim=1)),
             action_mask=None,
-            text_mask=text_mask,
+            text_mask=key_padding_mask(text_valid),
         )
 
     def embed_action(self, s: Streams, xt_action, t_action, state, action_valid, *, history: int = 0) -> Streams:
         """``s`` with the action side's input streams (action tokens, state token, action timestep)."""
-        t_steps = xt_action.shape[1]
-        k = self.frame_stride
-        dev = xt_action.device
-        h = self.cfg.hidden_size
-        steps = torch.arange(t_steps, device=dev)
-        # action k goes with latent frame M + k // K: the first group lines up with the anchor
-        action = (
-            self.action_in(xt_action) + sinusoidal(history + steps // k, h)[None] + self.action_group_pos(steps % k)[None]
-        )
+        action = self.action_tokens(xt_action, history)
         return replace(
             s, action=action.transpose(0, 1), state=self.state_in(state)[None],
             temb_action=self.time_action(t_action), action_mask=key_padding_mask(action_valid),
@@ -502,5 +438,4 @@ class WallWM(nn.Module):
 
     def head(self, s: Streams, video_shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor]:
         pred_v = self.video_out(s.video, s.temb_video).transpose(0, 1).reshape(video_shape)
-        pred_a = self.action_out(s.action, s.temb_action).transpose(0, 1)
-        return pred_v, pred_a
+        return pred_v, self.action_prediction(s)

@@ -1,7 +1,8 @@
 """The dual-tower denoiser with a Wan-architecture video tower (``model.video_tower=wan``).
 
-Same contract as :class:`~wallwm_pretrain.model.wallwm.WallWM` (forward on a :class:`Batch`
-and its :class:`FlowNoise`, pipeline slices, loss denominators), different video side:
+The shared part (forward on a :class:`Batch` and its :class:`FlowNoise`, pipeline skeleton, loss
+denominators, action tower, context, losses) is :class:`~.denoiser.DualTowerDenoiser`; this
+module is the Wan tower's implementation of its :class:`~.video_tower.VideoTower` interface:
 
 1. Video: the batch's VAE latents ``[B, V, Z, M + N, h, w]``: M = ``batch.history`` history
    latent frames (0 in event and chunk mode), then the N latent frames of the T control steps
@@ -48,14 +49,13 @@ from torch.utils.checkpoint import checkpoint
 
 from wallwm_pretrain.batch import Batch
 from wallwm_pretrain.config import ModelConfig, WanTowerConfig
-from wallwm_pretrain.model.anchor_noise import AnchorDraws, anchor_losses, with_anchor_draws
 from wallwm_pretrain.model.blocks import ActionBlock, FinalLayer, Streams, key_padding_mask
-from wallwm_pretrain.model.embeddings import TimestepEmbedder, mark_adamw, sinusoidal
+from wallwm_pretrain.model.denoiser import DualTowerDenoiser, flow_masks
+from wallwm_pretrain.model.embeddings import TimestepEmbedder, mark_adamw
 from wallwm_pretrain.model.flops import cross_attention_flops, ffn_flops, self_attention_flops
-from wallwm_pretrain.model.flow_matching import FlowNoise, interpolate, masked_mse, sample_time, weighted_flow_loss
+from wallwm_pretrain.model.flow_matching import FlowNoise, interpolate, masked_mse
 from wallwm_pretrain.model.pipeline_slice import PipelineSlice, draw_base_seed, part_rng
-from wallwm_pretrain.model.remaining_time import RemainingTimeHead, huber_sum
-from wallwm_pretrain.model.wallwm import LOSS_KEYS
+from wallwm_pretrain.model.remaining_time import RemainingTimeHead
 from wallwm_pretrain.model.spec import build_transformer_config
 from wallwm_pretrain.model.wan.config import WanConfig
 from wallwm_pretrain.model.wan.flops import wan_forward_flops
@@ -92,6 +92,16 @@ class WanFlowInputs:
     history: int = 0  # M: latent frames before the anchor
 
 
+@dataclass(frozen=True)
+class WanLayerInputs:
+    """What every coupled layer reads besides the streams, derived once per forward."""
+
+    geo: WanGeometry
+    rope: tuple[torch.Tensor, torch.Tensor]
+    video_mask: torch.Tensor | None
+    text_mask: torch.Tensor | None
+
+
 class ActionLayer(nn.Module):
     """Action block i and the projection of Wan block i's output to the action width."""
 
@@ -105,7 +115,7 @@ class ActionLayer(nn.Module):
         return self.block(s, self.coupling(coupling_keys(video, views)))
 
 
-class WanWallWM(nn.Module):
+class WanWallWM(DualTowerDenoiser):
     """The dual-tower denoiser on a Wan video tower, or one pipeline stage of it.
 
     Args:
@@ -121,20 +131,17 @@ class WanWallWM(nn.Module):
     state are keyed by name.
     """
 
-    loss_keys = LOSS_KEYS
-
     def __init__(self, cfg: ModelConfig, pipeline_slice: PipelineSlice | None = None, *,
                  pg_collection: ProcessGroupCollection | None = None) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.frame_stride = cfg.frame_stride
-        self.wan = wcfg = wan_config(cfg)
+        wcfg = wan_config(cfg)
         if wcfg.patch_size[0] != 1:
             raise ValueError(
                 f"model.wan.patch_size {list(cfg.wan.patch_size)}: the clean history and anchor latent frames are the "
                 "condition, which needs a temporal patch of 1"
             )
-        self.pipeline_slice = part = PipelineSlice.of(pipeline_slice, cfg.num_layers)
+        super().__init__(cfg, pipeline_slice)
+        self.wan = wcfg
+        part = self.pipeline_slice
         h = cfg.hidden_size
         tcfg = build_transformer_config(cfg)
         selective = cfg.recompute == "selective"
@@ -143,16 +150,10 @@ class WanWallWM(nn.Module):
         self.video = WanTower(wcfg, part, pg_collection=pg_collection, seed=base, recompute=cfg.recompute)
         if part.embed:
             with part_rng(base, "action.embed"):
-                self.action_in = mark_adamw(nn.Linear(int(cfg.action_dim), h))
-                self.action_group_pos = mark_adamw(nn.Embedding(cfg.frame_stride, h))
-                self.state_in = mark_adamw(nn.Linear(int(cfg.state_dim), h))
+                self.build_action_embeddings()
                 self.time_action = TimestepEmbedder(h)
                 self.text_in = mark_adamw(nn.Linear(wcfg.text_dim, h))
-            if cfg.context.sources:  # unified mode's global / Staircase text context (pp=1: config)
-                from wallwm_pretrain.model.context import ContextSources  # loads transformers
-
-                with part_rng(base, "context"):
-                    self.context = ContextSources(cfg)
+            self.build_context(base)
         self.action_layers = nn.ModuleDict()
         for i in part.layers:
             with part_rng(base, f"action.layer{i}"):
@@ -168,22 +169,27 @@ class WanWallWM(nn.Module):
         """Parameters held here per tower (the coupling projections count to the action tower)."""
         video = sum(p.numel() for p in self.video.parameters())
         total = sum(p.numel() for p in self.parameters())
-        cond = sum(p.numel() for n in ("text_in", "time_action", "context") if hasattr(self, n)
-                   for p in getattr(self, n).parameters())
+        cond_modules = [self.text_in, self.time_action] if self.pipeline_slice.embed else []
+        if self.context_sources:
+            cond_modules.append(self.context)
+        cond = sum(p.numel() for m in cond_modules for p in m.parameters())
         return {"video_tower": video, "action_tower": total - video - cond, "conditioning": cond, "total": total}
 
+    def coupled_layers(self) -> dict[str, tuple[nn.Module, nn.Module]]:
+        """Coupled layer i: Wan block i, then action layer i."""
+        return {i: (self.video.blocks[i], self.action_layers[i]) for i in self.action_layers}
+
+    def residual_widths(self) -> set[int]:
+        return {self.cfg.hidden_size, self.wan.hidden_size}
+
+    @staticmethod
+    def boundary_width(cfg: ModelConfig) -> int:
+        """The stage boundary is ``[n, B, Wan width]`` (see the module docstring)."""
+        return int(cfg.wan.num_attention_heads * cfg.wan.attention_head_dim)
+
     def _masks(self, lengths: torch.Tensor, t_steps: int, frames: int, history: int = 0):
-        """Real action steps [B, T], real latent frames [B, frames] (the first ``history`` always
-        real), frames that carry a video loss (not the history, not the anchor)."""
-        k = self.frame_stride
-        dev = lengths.device
-        action_valid = torch.arange(t_steps, device=dev)[None, :] < lengths[:, None]
-        frame_valid = (torch.arange(frames - history, device=dev) * k)[None, :] < lengths[:, None]
-        if history:
-            frame_valid = torch.cat([frame_valid.new_ones(lengths.shape[0], history), frame_valid], dim=1)
-        video_loss_mask = frame_valid.clone()
-        video_loss_mask[:, : history + 1] = False  # history and anchor are the clean condition, never predicted
-        return action_valid, frame_valid, video_loss_mask
+        """:func:`~.denoiser.flow_masks` of ``frames`` latent frames, the first ``history`` the history."""
+        return flow_masks(lengths, t_steps, frames - history, history, self.frame_stride)
 
     def _check(self, batch: Batch) -> None:
         missing = [n for n in ("latents", "text_states") if getattr(batch, n) is None]
@@ -225,7 +231,6 @@ class WanWallWM(nn.Module):
         action = (batch.actions.shape[1] + text_len + 2) * self.cfg.hidden_size
         return wan + -(-action // self.wan.hidden_size)
 
-    # ------------------------------------------------------------------ flow inputs
     def train_flops(self, batch: Batch) -> int:
         """Model FLOPs of one sample's training step at this batch's padded shapes (the whole
         model's, whichever pipeline slice this is): 3x :func:`forward_flops`, history latent
@@ -233,16 +238,11 @@ class WanWallWM(nn.Module):
         shape = tuple(batch.latents.shape[3:])
         return 3 * forward_flops(self.cfg, shape, batch.actions.shape[1], batch.text_states.shape[1])["total"]
 
-    def sample_noise(self, batch: Batch, generator: torch.Generator | None = None) -> FlowNoise:
-        """Flow times (video: shifted) and noise of a batch."""
+    # ------------------------------------------------------------------ flow inputs
+    def video_noise_shape(self, batch: Batch) -> tuple[int, ...]:
+        """The latents' shape (noise per latent, history and anchor included)."""
         self._check(batch)
-        b, dev = batch.actions.shape[0], batch.actions.device
-        t_v = sample_time(b, dev, generator, shift=self.cfg.video_time_shift)
-        noise_v = torch.randn(batch.latents.shape, device=dev, generator=generator)
-        t_a = sample_time(b, dev, generator)
-        noise_a = torch.randn(batch.actions.shape, device=dev, generator=generator)
-        # model.action_pretrain.mapping=anchor: t_video becomes t*, more action draws follow
-        return with_anchor_draws(self.cfg, FlowNoise(t_v, noise_v, t_a, noise_a), generator)
+        return batch.latents.shape
 
     def flow_inputs(self, batch: Batch, noise: FlowNoise) -> WanFlowInputs:
         self._check(batch)
@@ -265,27 +265,18 @@ class WanWallWM(nn.Module):
             text_valid, frame_valid, action_valid, video_loss_mask, anchor, remaining, m,
         )
 
-    # ------------------------------------------------------------------ forward
-    def forward(self, batch: Batch, *, generator: torch.Generator | None = None, noise: FlowNoise | None = None,
-                loss_denominators: torch.Tensor | None = None, hidden: torch.Tensor | None = None):
-        """As :meth:`WallWM.forward`: the losses on the last stage, else the packed streams. Rows
-        of a unified-mode batch whose context is ``global`` or ``staircase`` read that source's
-        text states (:mod:`.context`)."""
-        batch = self.with_context(batch)
-        if noise is None:
-            noise = self.sample_noise(batch, generator)
-        if isinstance(noise, AnchorDraws):  # model.action_pretrain.mapping=anchor
-            return anchor_losses(self, batch, noise, loss_denominators, hidden)
-        return self.forward_slice(self.flow_inputs(batch, noise), hidden, loss_denominators)
-
     def with_context(self, batch: Batch) -> Batch:
-        """``batch`` with each row's text context from its source (unchanged without sources)."""
+        """``batch`` with each row's text context from its source (unchanged without sources):
+        the Wan tower, the action tower's ``text_in`` and the time head read the text-encoder
+        states of the batch, so a global or Staircase row's states replace them there."""
         if not batch.context_sources:
             return batch
-        if not hasattr(self, "context"):
-            raise ValueError(f"batch rows ask for {batch.context_sources} text contexts; "
-                             "this model builds none (model.context.sources)")
+        self.require_context(batch)
         return self.context.apply(batch)
+
+    def text_context_space(self) -> tuple[int, bool]:
+        """The text encoder's states (``model.wan.text_dim`` wide), read from the batch."""
+        return int(self.wan.text_dim), True
 
     def geometry(self, inputs: WanFlowInputs) -> WanGeometry:
         return self.video.geometry(inputs.xt_video, inputs.timestep, inputs.text_states)
@@ -296,6 +287,40 @@ class WanWallWM(nn.Module):
         tokens = inputs.frame_valid.repeat_interleave(per_frame, dim=1)  # [B, S]
         return key_padding_mask(tokens.repeat(1, geo.views))
 
+    # ------------------------------------------------------------------ the video tower interface
+    def layer_inputs(self, inputs: WanFlowInputs) -> WanLayerInputs:
+        """Geometry, 3-D RoPE and the Wan tower's key-padding masks of a forward."""
+        geo = self.geometry(inputs)
+        rope = self.video.rope(geo, inputs.xt_video.device)
+        video_mask, text_mask = self.video.masks(geo, inputs.frame_valid, inputs.text_valid)
+        return WanLayerInputs(geo, rope, video_mask, text_mask)
+
+    def embed_towers(self, inputs: WanFlowInputs, li: WanLayerInputs, context_rows=None):
+        if context_rows is not None:
+            raise ValueError("the Wan tower reads a row's context from the batch's text states (with_context)")
+        return self.embed(inputs, li.geo)
+
+    def unpack_towers(self, hidden: torch.Tensor, inputs: WanFlowInputs, li: WanLayerInputs):
+        return self.unpack(hidden, inputs, li.geo)
+
+    def run_coupled_layer(self, index: int, state: tuple[WanStreams, Streams], li: WanLayerInputs):
+        ws, s = state
+        return self.run_layer(index, ws, s, li.rope, li.geo, li.video_mask, li.text_mask)
+
+    def pack_towers(self, state: tuple[WanStreams, Streams], li: WanLayerInputs) -> torch.Tensor:
+        return self.pack(*state, li.geo)
+
+    def tower_predictions(self, state: tuple[WanStreams, Streams], inputs: WanFlowInputs, li: WanLayerInputs):
+        ws, s = state
+        return self.video.head(ws, li.geo), self.action_prediction(s), s  # [B, V, Z, N, h, w], [B, T, A]
+
+    def video_loss(self, pred_video: torch.Tensor, inputs: WanFlowInputs, denominator: torch.Tensor | None):
+        by_frame = lambda x: x.permute(0, 3, 1, 2, 4, 5)  # noqa: E731  [B, N, V, Z, h, w]: masks are [B, N]
+        return masked_mse(by_frame(pred_video), by_frame(inputs.target_video), inputs.video_loss_mask, denominator)
+
+    def time_head_inputs(self, inputs: WanFlowInputs, s: Streams):
+        return inputs.anchor_frame, s.text, inputs.text_valid
+
     def embed(self, inputs: WanFlowInputs, geo: WanGeometry) -> tuple[WanStreams, Streams]:
         """The first stage's input side of both towers."""
         ws = self.video.embed(inputs.xt_video, inputs.timestep, inputs.text_states, geo)
@@ -303,11 +328,7 @@ class WanWallWM(nn.Module):
 
     def embed_action(self, inputs: WanFlowInputs, geo: WanGeometry) -> Streams:
         """The action tower's input streams (action tokens, projected caption, state token, timestep)."""
-        t_steps, k, h = inputs.xt_action.shape[1], self.frame_stride, self.cfg.hidden_size
-        steps = torch.arange(t_steps, device=inputs.xt_action.device)
-        # action k goes with latent frame M + k // K: the first group lines up with the anchor
-        frame = inputs.history + steps // k
-        action = self.action_in(inputs.xt_action) + sinusoidal(frame, h)[None] + self.action_group_pos(steps % k)[None]
+        action = self.action_tokens(inputs.xt_action, inputs.history)
         return Streams(
             video=None, action=action.transpose(0, 1), text=self.text_in(inputs.text_states).transpose(0, 1),
             state=self.state_in(inputs.state)[None], temb_video=None, temb_action=self.time_action(inputs.t_action),
@@ -334,68 +355,24 @@ class WanWallWM(nn.Module):
         """What the video pass reads: the Wan tower (the text states come precomputed)."""
         return list(self.video.parameters())
 
-    def anchor_video(self, inputs: WanFlowInputs) -> tuple[WanGeometry, list[torch.Tensor]]:
+    def anchor_video(self, inputs: WanFlowInputs) -> tuple[WanLayerInputs, list[torch.Tensor]]:
         """The Wan tower once, every block's output recorded (the same blocks and order as
         :meth:`forward_slice`); no output head (the anchor mapping has no video loss)."""
-        geo = self.geometry(inputs)
-        ws = self.video.embed(inputs.xt_video, inputs.timestep, inputs.text_states, geo)
-        rope = self.video.rope(geo, inputs.xt_video.device)
-        video_mask, text_mask = self.video.masks(geo, inputs.frame_valid, inputs.text_valid)
+        li = self.layer_inputs(inputs)
+        ws = self.video.embed(inputs.xt_video, inputs.timestep, inputs.text_states, li.geo)
         videos = []
         for i in self.pipeline_slice.layers:
-            ws = self.video.run_block(i, ws, rope, geo, video_mask, text_mask)
+            ws = self.video.run_block(i, ws, li.rope, li.geo, li.video_mask, li.text_mask)
             videos.append(ws.video)
-        return geo, videos
+        return li, videos
 
-    def anchor_action(self, inputs: WanFlowInputs, features: tuple[WanGeometry, list[torch.Tensor]]):
+    def anchor_action(self, inputs: WanFlowInputs, features: tuple[WanLayerInputs, list[torch.Tensor]]):
         """One action pass reading the recorded Wan block outputs: (prediction [B, T, A], streams)."""
-        geo, videos = features
-        s = self.embed_action(inputs, geo)
+        li, videos = features
+        s = self.embed_action(inputs, li.geo)
         for i, video in zip(self.pipeline_slice.layers, videos):
-            s = self.run_action_layer(i, s, video, geo)
-        return self.action_out(s.action, s.temb_action).transpose(0, 1), s
-
-    def time_loss(self, inputs: WanFlowInputs, s: Streams, den: torch.Tensor | None = None) -> torch.Tensor | None:
-        """The remaining-time head's Huber loss (None: no target in the batch, or weight 0)."""
-        if inputs.remaining is None or self.cfg.time_loss_weight <= 0:
-            return None
-        pred_t = self.time_head(inputs.anchor_frame, s.state, s.text, inputs.text_valid)
-        den = torch.tensor(float(pred_t.shape[0]), device=pred_t.device) if den is None else den
-        return huber_sum(pred_t, inputs.remaining) / den.clamp_min(1.0)
-
-    def forward_slice(self, inputs: WanFlowInputs, hidden: torch.Tensor | None = None,
-                      loss_denominators: torch.Tensor | None = None):
-        part = self.pipeline_slice
-        geo = self.geometry(inputs)
-        if part.embed:
-            ws, s = self.embed(inputs, geo)
-        else:
-            if hidden is None:
-                raise ValueError(f"pipeline slice from layer {part.first_layer} needs the previous stage's output")
-            ws, s = self.unpack(hidden, inputs, geo)
-        rope = self.video.rope(geo, inputs.xt_video.device)
-        video_mask, text_mask = self.video.masks(geo, inputs.frame_valid, inputs.text_valid)
-        for i in part.layers:
-            ws, s = self.run_layer(i, ws, s, rope, geo, video_mask, text_mask)
-        if not part.head:
-            return self.pack(ws, s, geo)
-        return self.losses(inputs, ws, s, geo, loss_denominators)
-
-    def losses(self, inputs: WanFlowInputs, ws: WanStreams, s: Streams, geo: WanGeometry,
-               loss_denominators: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        pred_v = self.video.head(ws, geo)  # [B, V, Z, N, h, w]
-        pred_a = self.action_out(s.action, s.temb_action).transpose(0, 1)
-        den_v, den_a, den_t = (None,) * 3 if loss_denominators is None else loss_denominators.unbind()
-        by_frame = lambda x: x.permute(0, 3, 1, 2, 4, 5)  # noqa: E731  [B, N, V, Z, h, w]: masks are [B, N]
-        loss_v = masked_mse(by_frame(pred_v), by_frame(inputs.target_video), inputs.video_loss_mask, den_v)
-        loss_a = masked_mse(pred_a, inputs.target_action, inputs.action_valid, den_a)
-        loss = weighted_flow_loss(self.cfg.video_loss_weight, loss_v, self.cfg.action_loss_weight, loss_a)
-        loss_t = self.time_loss(inputs, s, den_t)
-        if loss_t is None:
-            loss_t = torch.zeros((), device=loss.device)
-        else:
-            loss = loss + self.cfg.time_loss_weight * loss_t
-        return {"loss": loss, "loss_video": loss_v.detach(), "loss_action": loss_a.detach(), "loss_time": loss_t.detach()}
+            s = self.run_action_layer(i, s, video, li.geo)
+        return self.action_prediction(s), s
 
     def denoise(self, inputs: WanFlowInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """Velocity predictions ``([B, V, Z, M + N, h, w], [B, T, A])`` (the whole model only).
@@ -403,15 +380,7 @@ class WanWallWM(nn.Module):
         ``inputs`` as :meth:`flow_inputs` builds them; at inference the caller keeps latent
         frames 0..M clean, their timesteps 0 (``per_token_timesteps(..., clean_frames=M + 1)``)
         and sets ``history`` = M (the action tower's frame offset)."""
-        if not (self.pipeline_slice.embed and self.pipeline_slice.head):
-            raise ValueError("denoise needs the whole model; a pipeline stage runs forward_slice")
-        geo = self.geometry(inputs)
-        ws, s = self.embed(inputs, geo)
-        rope = self.video.rope(geo, inputs.xt_video.device)
-        video_mask, text_mask = self.video.masks(geo, inputs.frame_valid, inputs.text_valid)
-        for i in self.pipeline_slice.layers:
-            ws, s = self.run_layer(i, ws, s, rope, geo, video_mask, text_mask)
-        return self.video.head(ws, geo), self.action_out(s.action, s.temb_action).transpose(0, 1)
+        return self.predict(inputs)
 
     # ------------------------------------------------------------------ stage boundary
     def pack(self, ws: WanStreams, s: Streams, geo: WanGeometry) -> torch.Tensor:

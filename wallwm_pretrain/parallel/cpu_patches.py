@@ -82,6 +82,7 @@ class CpuRNGStatesTracker:
 
 
 def _require(module: types.ModuleType, name: str) -> object:
+    # a probe of megatron-core's API (the patched functions), not of the model's capabilities
     if not hasattr(module, name):
         raise MegatronPatchError(
             f"{module.__name__}.{name} no longer exists; megatron-core changed and "

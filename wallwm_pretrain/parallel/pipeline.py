@@ -61,7 +61,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 from wallwm_pretrain.config import ModelConfig
 from wallwm_pretrain.batch import Batch
-from wallwm_pretrain.model import WallWM, build_model
+from wallwm_pretrain.model import TrainableModel, boundary_width, build_model
 from wallwm_pretrain.model.flow_matching import FlowNoise
 from wallwm_pretrain.model.spec import build_transformer_config
 from wallwm_pretrain.parallel.cpu_patches import pipeline_config_overrides
@@ -72,7 +72,7 @@ from wallwm_pretrain.parallel.state import ParallelContext
 PIPELINE_DTYPE = torch.float32
 
 
-def build_pipeline_chunks(cfg: ModelConfig, ctx: ParallelContext, seed: int) -> list[WallWM]:
+def build_pipeline_chunks(cfg: ModelConfig, ctx: ParallelContext, seed: int) -> list[TrainableModel]:
     """This rank's model chunks (one per virtual stage it holds), on ``ctx.device``, built from
     megatron-core's layers over ``ctx.pg_collection``.
 
@@ -90,11 +90,9 @@ def build_pipeline_chunks(cfg: ModelConfig, ctx: ParallelContext, seed: int) -> 
 
 def pipeline_config(cfg: ModelConfig, ctx: ParallelContext) -> TransformerConfig:
     """The megatron config the schedule and the DDP wrappers read (not the layers' own)."""
-    base = build_transformer_config(cfg)
-    if cfg.video_tower == "wan":  # the stage boundary is [n, B, Wan width] (model/wan_wallwm.py)
-        base = dataclasses.replace(base, hidden_size=cfg.wan.num_attention_heads * cfg.wan.attention_head_dim)
     return dataclasses.replace(
-        base,
+        build_transformer_config(cfg),
+        hidden_size=boundary_width(cfg),  # the Wan path's boundary is [n, B, Wan width] (model/wan_wallwm.py)
         pipeline_model_parallel_size=ctx.pp,
         virtual_pipeline_model_parallel_size=ctx.vpp if ctx.vpp > 1 else None,
         # megatron's default (pp): microbatches go through a virtual stage in groups of pp
@@ -108,7 +106,7 @@ def pipeline_config(cfg: ModelConfig, ctx: ParallelContext) -> TransformerConfig
 
 
 def parallelize_chunks(
-    chunks: list[WallWM],
+    chunks: list[TrainableModel],
     ctx: ParallelContext,
     overlap_grad_reduce: bool | None = None,
     bucket_size: int | None = None,
@@ -158,17 +156,10 @@ def split_microbatches(batch: Batch, noise: FlowNoise, microbatches: int) -> lis
     return [MicroBatch(batch.rows(i, i + m), noise.rows(i, i + m)) for i in range(0, b, m)]
 
 
-def boundary_seq_length(model: WallWM, batch: Batch) -> int:
-    """Positions of the packed stage-boundary tensor: F * P + T + L + 3 (small video tower;
-    the Wan model says its own, see ``model/wan_wallwm.py``)."""
-    if hasattr(model, "boundary_seq_length"):
-        return model.boundary_seq_length(batch)
-    frames, caption = batch.frames, batch.caption
-    t_steps = batch.actions.shape[1]
-    frames_kept = -(-t_steps // model.frame_stride)
-    p = model.cfg.patch_size
-    patches = frames.shape[2] * (frames.shape[3] // p) * (frames.shape[4] // p)
-    return frames_kept * patches + t_steps + caption.shape[1] + 3
+def boundary_seq_length(model: TrainableModel, batch: Batch) -> int:
+    """Positions of the packed stage-boundary tensor, as the model says (small video tower:
+    F * P + T + L + 3; the Wan model's in ``model/wan_wallwm.py``)."""
+    return model.boundary_seq_length(batch)
 
 
 class PipelineSchedule:

@@ -3,7 +3,7 @@
 The schedules hand each stage the tensor received from the previous stage through
 ``set_input_tensor`` (looked up through the DDP wrapper) before calling the forward-step
 function, and read ``model_type``. :class:`PipelineChunk` keeps that tensor and passes it to
-:meth:`WallWM.forward` as ``hidden``; the model itself knows nothing of schedules or groups.
+the model's forward as ``hidden``; the model itself knows nothing of schedules or groups.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from megatron.core.enums import ModelType
 from torch import nn
 
 from wallwm_pretrain.batch import Batch
-from wallwm_pretrain.model import WallWM
+from wallwm_pretrain.model import TrainableModel
 from wallwm_pretrain.model.flow_matching import FlowNoise
 
 
@@ -28,7 +28,7 @@ class MicroBatch:
 
 
 class PipelineChunk(nn.Module):
-    """A :class:`WallWM` stage (or chunk) with megatron's pipeline-schedule interface.
+    """A model stage (or chunk, a :class:`~wallwm_pretrain.model.TrainableModel`) with megatron's pipeline-schedule interface.
 
     Its ``state_dict`` / ``load_state_dict`` are the wrapped model's own (no prefix), so the
     names are the whole model's.
@@ -40,7 +40,7 @@ class PipelineChunk(nn.Module):
 
     model_type = ModelType.encoder_or_decoder
 
-    def __init__(self, model: WallWM, pipeline_dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, model: TrainableModel, pipeline_dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         self.model = model
         self.pipeline_dtype = pipeline_dtype

@@ -35,13 +35,13 @@ from torch.overrides import TorchFunctionMode
 
 from wallwm_pretrain.batch import Batch
 from wallwm_pretrain.config import ModelConfig
-from wallwm_pretrain.model import build_model
+from wallwm_pretrain.model import Denoiser, build_model
 from wallwm_pretrain.model.flops import flop_counter
 from wallwm_pretrain.model.local_layers import LocalLinear
 from wallwm_pretrain.model.pipeline_slice import PipelineSlice
 
 
-def meta_model(cfg: ModelConfig, pipeline_slice: PipelineSlice | None = None) -> nn.Module:
+def meta_model(cfg: ModelConfig, pipeline_slice: PipelineSlice | None = None) -> Denoiser:
     """The model ``model.video_tower`` names (or one pipeline stage of it), every tensor on the
     meta device."""
     with torch.device("meta"):
@@ -136,18 +136,11 @@ def _tp_region(module: nn.Module) -> bool:
     return any(isinstance(child, LocalLinear) for child in module.children())
 
 
-def _coupled_layers(model: nn.Module) -> dict[str, tuple[nn.Module, nn.Module]]:
-    """Coupled layer i -> (its first module, its last module), for either model."""
-    if hasattr(model, "action_layers"):  # the Wan path: Wan block i, then action layer i
-        return {i: (model.video.blocks[i], model.action_layers[i]) for i in model.action_layers}
-    return {i: (layer, layer) for i, layer in model.layers.items()}
-
-
-def measure_forward(model: nn.Module, batch: Batch) -> ForwardMeasure:
+def measure_forward(model: Denoiser, batch: Batch) -> ForwardMeasure:
     """Run ``model`` (whole, meta device) on ``batch`` and count FLOPs and saved activations."""
     # the residual streams' widths (the Wan tower's and the action tower's): what every TP rank
     # keeps whole
-    hidden = {model.cfg.hidden_size} | ({model.wan.hidden_size} if hasattr(model, "wan") else set())
+    hidden = model.residual_widths()
     param_storages = {p.untyped_storage()._cdata for p in model.parameters()}
     seen: set[int] = set()
     state = {"part": "embed", "tp_depth": 0}
@@ -170,7 +163,7 @@ def measure_forward(model: nn.Module, batch: Batch) -> ForwardMeasure:
     # what recompute=full keeps of a coupled layer: the tensors it is called with (both towers'
     # streams, conditioning, timestep modulation, rotary tables, masks), by storage, so that a
     # tensor every layer reads (the caption, the per-token modulation) is counted once per stage
-    for name, (first, last) in _coupled_layers(model).items():
+    for name, (first, last) in model.coupled_layers().items():
         part = f"layer {name}"
 
         def enter(module, args, part=part):
