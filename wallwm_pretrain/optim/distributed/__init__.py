@@ -5,7 +5,8 @@
 - :mod:`.layout`: where megatron-core fuses linear maps into one weight;
 - :mod:`wallwm_pretrain.optim.tp_matrices` (beside this package, shared with the grad norm and
   the state pieces): whole matrices from tensor-parallel slices and back;
-- :mod:`.muon`: the optimizer (owner and gather modes);
+- :mod:`.muon`: the optimizer (owner and gather modes); :mod:`.muon_state` its momentum as a
+  checkpoint sees it; :mod:`.transfers` its asynchronous all-to-all;
 - :mod:`.home_reduce`: owner mode's gradients reduced straight to their homes inside megatron
   DDP's bucket sync (``optim.muon_reduce=home``);
 - :mod:`.sharded_ns`: Newton-Schulz on tensor-parallel pieces through one all-reduce of the Gram

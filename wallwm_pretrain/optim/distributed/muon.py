@@ -62,6 +62,7 @@ from wallwm_pretrain.optim.muon import adamw_rms_scale, apply_update, momentum_u
 from wallwm_pretrain.optim.newton_schulz import newton_schulz, resolve_ns_dtype
 from wallwm_pretrain.optim.distributed.layout import FusedLayout
 from wallwm_pretrain.optim.groups import OptimizerGroups
+from wallwm_pretrain.optim.distributed.muon_state import MomentumState
 from wallwm_pretrain.optim.distributed.plan import (
     DEFAULT_BUCKET_ELEMS,
     LogicalMatrix,
@@ -70,6 +71,7 @@ from wallwm_pretrain.optim.distributed.plan import (
     fingerprint,
     logical_matrices,
 )
+from wallwm_pretrain.optim.distributed.transfers import Pending, start_all_to_all
 from wallwm_pretrain.optim.distributed.sharded_ns import TP_NS_MODES, keeps_pieces, sharded_newton_schulz
 from wallwm_pretrain.optim.tp_matrices import restride, unstride
 
@@ -81,19 +83,7 @@ MODES = ("owner", "gather", "local")
 BATCH_MIN_SIDE = 16
 
 
-class _Pending:
-    """An in-flight transfer and what to do with its result."""
-
-    def __init__(self, work, finish: Callable[[], dict]) -> None:
-        self.work, self._finish = work, finish
-
-    def result(self) -> dict:
-        if self.work is not None:
-            self.work.wait()
-        return self._finish()
-
-
-class DistMuon(torch.optim.Optimizer):
+class DistMuon(MomentumState, torch.optim.Optimizer):
     """Muon over a pipeline stage's DP x TP ranks (see the module docstring).
 
     Every rank of the stage constructs it with its own pieces of the same parameters (same
@@ -175,7 +165,7 @@ class DistMuon(torch.optim.Optimizer):
         self.momentum: dict[str, Tensor] = {}
         self.home_grads = home_grads
         self.defer_return = defer_return and mode == "owner"
-        self._returns: list[tuple[set[str], _Pending]] = []  # in flight: (parameter names, transfer)
+        self._returns: list[tuple[set[str], Pending]] = []  # in flight: (parameter names, transfer)
         self.ns_calls: Counter[str] = Counter()
         self.ns_batched = 0
         self._coords, self.stage_rank = self._exchange_coordinates()
@@ -312,13 +302,13 @@ class DistMuon(torch.optim.Optimizer):
         """Parameters whose update has not landed yet."""
         return {n for touched, _ in self._returns for n in touched}
 
-    def _pipeline(self, start: Callable[[int], _Pending], compute: Callable[[int, dict], Optional[_Pending]]) -> None:
+    def _pipeline(self, start: Callable[[int], Pending], compute: Callable[[int, dict], Optional[Pending]]) -> None:
         """Run ``start`` (a transfer) one bucket ahead of ``compute`` when overlapping; a
         compute may return a transfer of its own, finished one bucket later (or, deferring,
         by :meth:`finish_param_sync`)."""
         n = len(self.buckets)
-        started: list[Optional[_Pending]] = [None] * n
-        later: Optional[_Pending] = None
+        started: list[Optional[Pending]] = [None] * n
+        later: Optional[Pending] = None
         for k in range(n):
             if started[k] is None:
                 started[k] = start(k)
@@ -340,13 +330,8 @@ class DistMuon(torch.optim.Optimizer):
             later.result()
 
     def _a2a(self, chunks_by_dst: list[list[Tensor]], recv_sizes: list[int], dtype: torch.dtype, device) -> tuple:
-        """Start one all_to_all_single over the stage; returns (work, received segments)."""
-        send_sizes = [sum(c.numel() for c in chunks) for chunks in chunks_by_dst]
-        flat = [c.reshape(-1).to(dtype) for chunks in chunks_by_dst for c in chunks]
-        inp = torch.cat(flat) if flat else torch.empty(0, dtype=dtype, device=device)
-        out = torch.empty(sum(recv_sizes), dtype=dtype, device=device)
-        work = dist.all_to_all_single(out, inp, recv_sizes, send_sizes, group=self.groups.stage, async_op=True)
-        return work, out
+        """Start one all_to_all_single over the stage's ranks; returns (work, received segments)."""
+        return start_all_to_all(chunks_by_dst, recv_sizes, dtype, device, self.groups.stage)
 
     def _step_owner(self, grads: dict[str, Tensor], group: dict) -> None:
         g = self.groups
@@ -360,12 +345,12 @@ class DistMuon(torch.optim.Optimizer):
 
         pieces_kept = self.sharded_keys
 
-        def to_home(k: int) -> _Pending:
+        def to_home(k: int) -> Pending:
             bucket = self.buckets[k]
             owned = [m for m in bucket if self.holds(m, me)]
             if self.home_grads is not None:  # reduced to this home during backward
                 reduced = self.home_grads
-                return _Pending(None, lambda: {
+                return Pending(None, lambda: {
                     m.key: reduced[m.key] if m.key in reduced
                     else torch.zeros(m.piece_shape(tp) if m.key in pieces_kept else (m.rows, m.cols),
                                      dtype=grad_dtype, device=device)  # no gradient: zero
@@ -375,7 +360,7 @@ class DistMuon(torch.optim.Optimizer):
             local = {m.key: self._local(m, grads[m.name]) for m in owned
                      if m.tp_dim is None or m.key in pieces_kept}
             if tp == 1 or g.stage_size == 1 or not any(m.tp_dim is not None and m.key not in pieces_kept for m in bucket):
-                return _Pending(None, lambda: local)
+                return Pending(None, lambda: local)
             # Pieces travel from the home's own data-parallel replica (its TP peers).
             chunks = [
                 [self._local(m, grads[m.name]) for m in bucket
@@ -397,9 +382,9 @@ class DistMuon(torch.optim.Optimizer):
                     full[m.key] = self._join(m, pieces)
                 return full
 
-            return _Pending(work, finish)
+            return Pending(work, finish)
 
-        def orthogonalise_and_send(k: int, full: dict) -> _Pending:
+        def orthogonalise_and_send(k: int, full: dict) -> Pending:
             bucket = self.buckets[k]
             owned = [m for m in bucket if self.holds(m, me)]
             updates = {}
@@ -425,7 +410,7 @@ class DistMuon(torch.optim.Optimizer):
                 return {}
 
             if g.stage_size == 1:
-                return _Pending(None, lambda: apply(orthos))
+                return Pending(None, lambda: apply(orthos))
             my_tp = self._coords[me][1]
             chunks = [
                 [orthos[m.key] if m.key in pieces_kept else self._cut(m, orthos[m.key], self._coords[dst][1])
@@ -450,7 +435,7 @@ class DistMuon(torch.optim.Optimizer):
                         pieces[m.key] = piece
                 return apply(pieces)
 
-            return _Pending(work, finish)
+            return Pending(work, finish)
 
         self._pipeline(to_home, orthogonalise_and_send)
 
@@ -468,12 +453,12 @@ class DistMuon(torch.optim.Optimizer):
         g = self.groups
         tp = g.tp_size
 
-        def gather(k: int) -> _Pending:
+        def gather(k: int) -> Pending:
             bucket = self.buckets[k]
             updates = self._piece_updates(bucket, grads, group)
             sharded = [m for m in bucket if m.tp_dim is not None]
             if tp == 1 or not sharded:
-                return _Pending(None, lambda: updates)
+                return Pending(None, lambda: updates)
             flat = torch.cat([updates[m.key].reshape(-1) for m in sharded])
             slots = [torch.empty_like(flat) for _ in range(tp)]
             work = dist.all_gather(slots, flat, group=g.tp, async_op=True)
@@ -486,7 +471,7 @@ class DistMuon(torch.optim.Optimizer):
                     full[m.key] = self._join(m, [parts[t][i].view(m.piece_shape(tp)) for t in range(tp)])
                 return full
 
-            return _Pending(work, finish)
+            return Pending(work, finish)
 
         def orthogonalise(k: int, full: dict) -> None:
             bucket = self.buckets[k]
@@ -506,71 +491,3 @@ class DistMuon(torch.optim.Optimizer):
             for m, o in zip(bucket, orthos):
                 # Scaled by the piece's own shape: this mode knows nothing beyond its pieces.
                 apply_update(self._target(m), o, group["lr"], adamw_rms_scale(*o.shape))
-
-    # -- state --------------------------------------------------------------------------
-    def sharded_state(self) -> dict:
-        """This rank's momentum with the layout needed to rebuild whole matrices (no comm)."""
-        g = self.groups
-        whole = {n: (list(f.whole.names), list(f.whole.sizes), f.whole.groups) for n, f in self.fused.items()}
-        return {
-            "mode": self.mode,
-            "tp_rank": g.tp_rank,
-            "tp_size": g.tp_size,
-            "dp_rank": g.dp_rank,
-            "pp_rank": g.pp_rank,
-            "stage_rank": self.stage_rank,
-            "names": list(self.params),
-            "plan": [dict(m.__dict__) for m in self.plan],
-            "tp_ns_keys": sorted(self.sharded_keys),  # momentum held in TP pieces (muon_tp_ns=sharded)
-            "whole_layouts": whole,
-            "momentum": {k: v.detach().to("cpu", copy=True) for k, v in self.momentum.items()},
-        }
-
-    def load_sharded_state(self, state: dict) -> None:
-        """Reload :meth:`sharded_state` of this rank under the same plan.
-
-        Raises:
-            ValueError: the state was saved under another plan or mode.
-        """
-        if (
-            state["mode"] != self.mode
-            or state["plan"] != [dict(m.__dict__) for m in self.plan]
-            or state.get("tp_ns_keys", []) != sorted(self.sharded_keys)
-        ):
-            raise ValueError(
-                f"momentum shard was saved under another plan, mode or optim.muon_tp_ns ({state['mode']!r} vs {self.mode!r}); "
-                "load the canonical state instead"
-            )
-        device = next(iter(self.params.values())).device
-        self.momentum = {k: v.to(device).clone() for k, v in state["momentum"].items()}
-
-    def load_whole_momentum(self, whole: dict[str, Tensor]) -> None:
-        """Take this rank's share of whole (TP=1 layout) momentum buffers, keyed by parameter.
-
-        Parameters missing from ``whole`` start with no momentum (as before their first step).
-
-        Raises:
-            ValueError: a buffer whose shape is not the parameter's whole shape.
-        """
-        self.momentum = {}
-        for m in self.plan:
-            buf = whole.get(m.name)
-            if buf is None:
-                continue
-            if m.part >= 0:
-                layout = self.fused[m.name].whole
-                layout.check(buf)
-                buf = layout.part(buf, m.part)
-            if tuple(buf.shape) != (m.rows, m.cols):
-                raise ValueError(f"momentum of {m.key}: expected {m.rows} x {m.cols}, got {tuple(buf.shape)}")
-            p = self.params[m.name]
-            if m.key in self.sharded_keys:
-                if self.holds(m, self.stage_rank):
-                    piece = self._cut(m, buf, self.groups.tp_rank)
-                    self.momentum[m.key] = piece.to(p.device, p.dtype).clone(memory_format=torch.contiguous_format)
-            elif self.mode == "owner":
-                if m.home == self.stage_rank:
-                    self.momentum[m.key] = buf.to(p.device, p.dtype).clone(memory_format=torch.contiguous_format)
-            else:
-                piece = self._cut(m, buf, self.groups.tp_rank)
-                self.momentum[m.key] = piece.to(p.device, p.dtype).clone(memory_format=torch.contiguous_format)
