@@ -91,7 +91,9 @@ _CONDITIONER = {
 
 def component_patterns(kind: str, video_tower: str) -> dict[str, str]:
     """Component name -> regular expression matched at the start of a parameter name, for a
-    model of ``model.kind`` and ``model.video_tower``."""
+    model of ``model.kind`` and ``model.video_tower``. This table per kind is the registry of
+    component names (config validation reads it before any model exists, so it cannot ask a
+    model class)."""
     if kind == "conditioner":
         return dict(_CONDITIONER)
     if kind == "staircase":

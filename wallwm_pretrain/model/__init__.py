@@ -14,7 +14,8 @@ from wallwm_pretrain.model.wan_wallwm import WanWallWM
 
 def denoiser_class(cfg: ModelConfig) -> type[DualTowerDenoiser]:
     """The denoiser of the video tower ``model.video_tower`` names: :class:`WallWM` (``small``)
-    or :class:`WanWallWM` (``wan``). The one place that maps the name to a class."""
+    or :class:`WanWallWM` (``wan``). The one place that maps the name to a class (the model's
+    registry, as ``data/modes/`` is the data's: everything else asks the class)."""
     return WanWallWM if cfg.video_tower == "wan" else WallWM
 
 
@@ -26,7 +27,8 @@ def boundary_width(cfg: ModelConfig) -> int:
 def build_model(cfg: ModelConfig, pipeline_slice: PipelineSlice | None = None, *,
                 pg_collection: ProcessGroupCollection | None = None) -> TrainableModel:
     """What ``model.kind`` names: the text conditioner (``conditioner``), its Staircase branch
-    (``staircase``), or the denoiser of :func:`denoiser_class`."""
+    (``staircase``), or the denoiser of :func:`denoiser_class`. The one place that maps the kind
+    to a class (a registry of three entries; the conditioner's are imported only when built)."""
     if cfg.kind == "conditioner":
         # imported here: it loads transformers, which tower runs need not import
         from wallwm_pretrain.model.conditioner.model import TextConditioner

@@ -143,7 +143,7 @@ def plan(cfg: Config, gpus: int | None, steps: int | None, gpu_memory_gib: float
     from wallwm_pretrain.plan.memory import Layout
 
     _check_dims(cfg)
-    if cfg.model.kind == "conditioner":
+    if cfg.model.kind == "conditioner":  # a check of the input, not a dispatch
         raise ConfigError("the plan measures the towers (model.kind=towers); the text conditioner's memory is its "
                           "frozen VLM, whole on every rank, plus its small heads: give the towers' config with --vlm")
     frozen_vlm = _frozen_vlm_bytes(vlm, vlm_dtype) if vlm else 0
@@ -160,13 +160,13 @@ def plan(cfg: Config, gpus: int | None, steps: int | None, gpu_memory_gib: float
     whole = meta_model(model_cfg)
     counts = whole.parameter_counts()
     latent_hw = _latent_size(latent_size)
-    if cfg.model.video_tower == "wan" and latent_hw is None:
+    if cfg.model.video_tower == "wan" and latent_hw is None:  # a check of the input, not a dispatch
         raise ConfigError("model.video_tower=wan: give the latent frame size, --latent-size HxW (e.g. 44x80)")
     measured = measure_forward(whole, meta_batch(model_cfg, micro, steps, latent_hw, text_tokens))
 
     m = cfg.model
     towers = (f"action tower hidden {m.hidden_size}, {m.num_heads} heads, FFN {m.ffn_hidden_size}")
-    if m.video_tower == "wan":
+    if m.video_tower == "wan":  # the report names the Wan shape it planned for
         towers = (f"Wan video tower dim {m.wan.num_attention_heads * m.wan.attention_head_dim}, "
                   f"{m.wan.num_attention_heads} heads, FFN {m.wan.ffn_dim}; " + towers
                   + f"; latents {m.wan.in_channels} x {-(-steps // m.frame_stride)} x {latent_size}, "

@@ -61,6 +61,8 @@ def meta_batch(cfg: ModelConfig, batch_size: int, steps: int, latent_hw: tuple[i
             caption=torch.ones(b, cfg.caption_max_bytes + 1, dtype=torch.long),
             remaining=torch.ones(b),
         )
+        # the meta batch carries what the named video tower reads (pixel frames, or VAE latents
+        # and text states): the plan builds inputs before any model, from the schema alone
         if cfg.video_tower != "wan":
             size = int(cfg.image_size)
             return Batch(frames=torch.empty(b, steps, views, size, size, 3, dtype=torch.uint8), **common)
