@@ -179,7 +179,11 @@ class DistributedOptimizerSet(OptimizerSetBase):
         self.finish_grad_sync()
         g = self.groups
         homes = list(self.home.reduced.values())
-        counted = homes + (self.shards.grad_pieces(g.tp_rank) if self.shards is not None else [])
+        pieces = self.shards.grad_pieces(g.tp_rank) if self.shards is not None else []
+        # summed in parameter order, as the squares of whole gradients were before the shards:
+        # one process then gives the very same norm (the float sum depends on its order)
+        order = {n: i for i, n in enumerate(self._params)}
+        counted = homes + [t for _, t in sorted(pieces, key=lambda nt: order[nt[0]])]
         squares = [torch.linalg.vector_norm(t, dtype=torch.float32).square() for t in counted]
         device = next(iter(self._params.values())).device
         sq = torch.stack(squares).sum() if squares else torch.zeros((), dtype=torch.float32, device=device)

@@ -127,8 +127,9 @@ class ShardReduce:
 
         finishers.append(finish)
 
-    def grad_pieces(self, tp_rank: int) -> list[Tensor]:
-        """Views of this rank's reduced shard gradients that count towards the global norm.
+    def grad_pieces(self, tp_rank: int) -> list[tuple[str, Tensor]]:
+        """``(parameter name, view)`` of this rank's reduced shard gradients that count towards
+        the global norm.
 
         Each element is counted once in the run: on the data-parallel rank of its shard, and
         for a parameter that tensor parallelism does not split, on tensor-parallel rank 0.
@@ -137,7 +138,7 @@ class ShardReduce:
         for f in self.adamw.flat:
             for i, _, dst, n in f.overlaps():
                 if is_tp_sharded(f.params[i]) or tp_rank == 0:
-                    out.append(f.value.grad[dst : dst + n])
+                    out.append((f.names[i], f.value.grad[dst : dst + n]))
         return out
 
     def shard_grads(self) -> list[Tensor]:
