@@ -141,7 +141,7 @@ def window_spec(index: dict, folder) -> dict | None:
 
 
 def balance_for(index: dict, cfg: DataConfig, frame_stride: int,
-                per_window: bool = False) -> tuple[ClusterBalance | None, dict | None]:
+                *, per_window: bool) -> tuple[ClusterBalance | None, dict | None]:
     """(the balance the loader applies, the window spec when it balances per window).
 
     None when ``data.balance`` is the natural mix. With ``per_window`` (the data mode balances
