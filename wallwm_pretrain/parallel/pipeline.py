@@ -77,7 +77,7 @@ def build_pipeline_chunks(cfg: ModelConfig, ctx: ParallelContext, seed: int) -> 
     megatron-core's layers over ``ctx.pg_collection``.
 
     Each chunk is built after ``torch.manual_seed(seed)``, so its weights are exactly those of
-    the same layers in a single-process model built after the same seed (see ``model/stage.py``).
+    the same layers in a single-process model built after the same seed (see ``model/pipeline_slice.py``).
     """
     chunks = []
     for spec in pipeline_slices(cfg.num_layers, ctx.pp, ctx.vpp, ctx.pp_rank):
