@@ -128,7 +128,7 @@ def _world_groups():
     from wallwm_pretrain.optim.groups import OptimizerGroups
 
     world, rank = dist.get_world_size(), dist.get_rank()
-    return OptimizerGroups(stage=None, tp=None, dp=None, tp_rank=0, tp_size=1, dp_rank=rank, dp_size=world)
+    return OptimizerGroups(tp_dp=None, tp=None, dp=None, tp_rank=0, tp_size=1, dp_rank=rank, dp_size=world)
 
 
 BUCKET_ELEMS = 1 << 20  # ~4 buckets here, so transfers can overlap Newton-Schulz

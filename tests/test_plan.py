@@ -12,7 +12,7 @@ from wallwm_pretrain.model.wallwm import WallWM
 from wallwm_pretrain.optim import build_optimizer
 from wallwm_pretrain.plan.__main__ import main
 from wallwm_pretrain.plan.measure import meta_batch, meta_model, measure_forward
-from wallwm_pretrain.plan.memory import Layout, stage_state_bytes, tp_split_names
+from wallwm_pretrain.plan.memory import Layout, pipeline_rank_state_bytes, tp_split_names
 
 DIMS = ["model.num_views=2", "model.action_dim=4", "model.state_dim=8", "model.image_size=32"]
 
@@ -59,7 +59,7 @@ def test_pipeline_stages_hold_the_whole_model_between_them():
     whole = sum(p.numel() for p in meta_model(cfg).parameters())
     stages = [PipelineSlice(0, 2, embed=True, head=False), PipelineSlice(2, 2, embed=False, head=True)]
     layout = Layout(tp=1, pp=2, dp=1)
-    held = sum(stage_state_bytes(meta_model(cfg, s), layout, "replicated", False).params for s in stages)
+    held = sum(pipeline_rank_state_bytes(meta_model(cfg, s), layout, "replicated", False).params for s in stages)
     assert held == whole
 
 
@@ -69,7 +69,7 @@ def test_tensor_parallelism_splits_only_the_parallel_linears():
     split = tp_split_names(model)
     assert "layers.0.video.self_attn.linear_qkv.weight" in split
     assert not any("adaln" in n or "norm" in n for n in split)
-    one, two = (stage_state_bytes(model, Layout(tp, 1, 1), "gather", True) for tp in (1, 2))
+    one, two = (pipeline_rank_state_bytes(model, Layout(tp, 1, 1), "gather", True) for tp in (1, 2))
     split_elems = sum(p.numel() for n, p in model.named_parameters() if n in split)
     assert one.params - two.params == split_elems // 2
 
@@ -88,15 +88,15 @@ def test_replicated_optimizer_bytes_are_what_the_optimizer_allocates():
         for state in o.state.values():
             allocated[name] += sum(t.numel() * t.element_size() for t in state.values()
                                    if torch.is_tensor(t) and t.dim() > 0)
-    planned = stage_state_bytes(meta_model(cfg), Layout(1, 1, 1), "replicated", False)
+    planned = pipeline_rank_state_bytes(meta_model(cfg), Layout(1, 1, 1), "replicated", False)
     assert (planned.muon, planned.adamw) == (allocated["muon"], allocated["adamw"])
 
 
 def test_owner_mode_spreads_the_momentum_over_the_homes():
     cfg = _cfg(num_layers=4)
     model = meta_model(cfg)
-    alone = stage_state_bytes(model, Layout(1, 1, 1), "owner", True)
-    four = stage_state_bytes(model, Layout(2, 1, 2), "owner", True)
+    alone = pipeline_rank_state_bytes(model, Layout(1, 1, 1), "owner", True)
+    four = pipeline_rank_state_bytes(model, Layout(2, 1, 2), "owner", True)
     assert alone.muon / 4 <= four.muon < alone.muon / 2
     assert four.adamw == pytest.approx(alone.adamw / 2, rel=0.01)  # ZeRO-1 over DP=2
 

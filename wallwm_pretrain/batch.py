@@ -4,7 +4,7 @@
 The loader collates cooked samples into a :class:`Batch`; the trainer moves it to the device;
 the pipeline schedule cuts it into microbatches with :meth:`Batch.rows`; the model's forward
 and its losses read it whole. A field added here (a new target, a new condition) reaches
-every stage without another repacking.
+every pipeline rank without another repacking.
 
 Samples have different lengths: every per-step field is padded to the batch's longest sample
 (rounded up to whole latent frames) and ``lengths`` says how much of each row is real; the

@@ -3,7 +3,7 @@
 WALL-WM trains in stages, each training some components and freezing the rest (the paper's
 Table 1, ``docs`` and ``configs/stages``). A component is a set of parameter names, matched by
 the patterns below on the whole model's names (``layers.<i>.`` / ``action_layers.<i>.`` carry the
-global layer index, so every pipeline stage classifies its own parameters alike). Every parameter
+global layer index, so every pipeline rank classifies its own parameters alike). Every parameter
 of every model belongs to exactly one component (``tests/test_stages.py`` checks it).
 
 ``model.kind=towers``, ``model.video_tower=small`` (the laptop analogue):

@@ -1,6 +1,6 @@
 """The packed stage-boundary tensor of :class:`Streams`: layout, round trip and the length check.
 
-Every expected value is written out here from the wire layout the pipeline stages agree on
+Every expected value is written out here from the wire layout the pipeline ranks agree on
 (``[video; action; caption; state token; t_video; t_action]`` along the sequence), not read back
 from ``pack``.
 """
@@ -79,7 +79,7 @@ def test_unpack_refuses_a_wire_tensor_of_the_wrong_length_naming_the_sizes(extra
     s = streams()
     packed = torch.zeros(SV + SA + L + 3 + extra, B, H)
     message = (
-        f"a packed stage input of {18 + extra} positions does not match the batch: "
+        f"a packed pipeline input of {18 + extra} positions does not match the batch: "
         "video 5 + action 4 + caption 6 + state 1 + timesteps 2 = 18"
     )
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):

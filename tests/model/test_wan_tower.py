@@ -85,7 +85,7 @@ def test_two_pipeline_slices_in_sequence_match_diffusers(tiny):
         got = last(latents, timestep, text, hidden=packed)
         expected = ref(latents[:, 0], timestep, text).sample
     assert (got[:, 0] - expected).abs().max() < TOL
-    with pytest.raises(ValueError, match="needs the previous stage's output"):
+    with pytest.raises(ValueError, match="needs the previous rank's output"):
         last(latents, timestep, text)
 
 

@@ -264,7 +264,7 @@ def distributed(ctx, options: dict) -> dict:
     record["ns_calls"] = opt.ns_calls
     record["ns_batched"] = opt.muon.ns_batched if opt.muon else 0
     record["state_numel"] = opt.state_numel()
-    record["stage_rank"] = opt.muon.stage_rank if opt.muon else 0
+    record["stage_rank"] = opt.muon.tp_dp_rank if opt.muon else 0
     if options.get("save"):
         canonical = opt.canonical_state_dict()
         if ctx.rank == 0:

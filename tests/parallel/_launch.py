@@ -64,7 +64,7 @@ def run_ranks(procs: list, what: str) -> None:
 
 def logical(records: list[dict], run: str, part: str, name: str) -> torch.Tensor:
     """Whole tensor ``name`` from the TP slices held by the ranks of data-parallel rank 0 (the
-    pipeline stage that holds ``name``).
+    pipeline rank that holds ``name``).
 
     Written independently of ``wallwm_pretrain.optim.tp_matrices`` (which it checks): with
     stride s, rank r holds pieces r, r + tp, r + 2 tp, ... of the s * tp pieces of the tensor.

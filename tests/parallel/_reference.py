@@ -2,7 +2,7 @@
 
 Tolerances (fp32). The parallel runs add the same numbers in another order: the TP all-reduce
 sums partial matmuls over the two halves of a contraction, the DP all-reduce sums the two
-halves of the batch, microbatches add their gradient shares one after another, pipeline stages
+halves of the batch, microbatches add their gradient shares one after another, pipeline ranks
 add the gradients of the passed conditioning (caption states, timestep embeddings) stage by
 stage, the grad norm adds per-slice and per-stage squares. Each such sum differs from the
 single-process one by a few ulp (fp32 eps = 1.2e-7), hence losses and gradients agree to

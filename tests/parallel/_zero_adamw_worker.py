@@ -35,7 +35,7 @@ from _dist_muon_worker import OPTIM, _config, cut, drawn, join, layout_of, whole
 from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear  # noqa: E402
 from torch import nn  # noqa: E402
 
-from wallwm_pretrain.optim import build_optimizer, split_parameters  # noqa: E402
+from wallwm_pretrain.optim import build_optimizer  # noqa: E402
 from wallwm_pretrain.optim.schedule import build_scheduler  # noqa: E402
 from wallwm_pretrain.parallel import init_parallel, shutdown_parallel  # noqa: E402
 from wallwm_pretrain.parallel.state import optimizer_groups  # noqa: E402

@@ -14,7 +14,7 @@ def test_pp2_splits_consecutive_layers():
 
 
 def test_interleaved_chunks_follow_megatrons_virtual_stage_order():
-    # chunk k of rank r is virtual stage k * pp + r
+    # chunk k of rank r is virtual chunk k * pp + r
     rank0 = pipeline_slices(8, pp=2, vpp=2, pp_rank=0)
     rank1 = pipeline_slices(8, pp=2, vpp=2, pp_rank=1)
     assert [list(s.layers) for s in rank0] == [[0, 1], [4, 5]]
@@ -24,7 +24,7 @@ def test_interleaved_chunks_follow_megatrons_virtual_stage_order():
 
 
 def test_uneven_split_names_the_arithmetic():
-    with pytest.raises(ValueError, match=r"num_layers=3 does not split into pp \* vpp = 2 \* 2 = 4 stages"):
+    with pytest.raises(ValueError, match=r"num_layers=3 does not split into pp \* vpp = 2 \* 2 = 4 chunks"):
         pipeline_slices(3, pp=2, vpp=2, pp_rank=0)
 
 

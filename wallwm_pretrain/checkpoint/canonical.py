@@ -1,11 +1,11 @@
 """Checkpoint state in the canonical (TP=1, PP=1) layout, whatever the run's layout.
 
 Saving gathers every tensor-parallel slice of the model into its whole logical tensor, then
-gathers the pipeline stages' states to the writer (global rank 0), which orders them as the
+gathers the pipeline ranks' states to the writer (global rank 0), which orders them as the
 single-process model orders its parameters; the optimizer set does the same for its own state
 (``canonical_state_dict``: every optimizer set of ``wallwm_pretrain.optim`` has it). A checkpoint
 is therefore the state one process would hold. Loading cuts each rank's part back out: each
-stage takes its layers, each tensor-parallel rank its slices, each optimizer its share. Any
+pipeline rank takes its layers, each tensor-parallel rank its slices, each optimizer its share. Any
 TP x PP x DP layout resumes from any other: resharding is the load itself.
 
 Trade-off: the writer holds one whole copy of the model and optimizer state while saving, and
@@ -23,7 +23,7 @@ from wallwm_pretrain.optim import OptimizerSet
 from wallwm_pretrain.optim.tp_matrices import TensorParallelMatrices, is_tp_sharded
 from wallwm_pretrain.optim.state_by_name import to_cpu
 from wallwm_pretrain.parallel.parallelize import as_chunks, unwrap_model
-from wallwm_pretrain.parallel.pipeline_split import virtual_stage
+from wallwm_pretrain.parallel.pipeline_split import virtual_chunk
 from wallwm_pretrain.parallel.state import ParallelContext
 
 
@@ -44,7 +44,7 @@ def canonical_model_state(model: nn.Module | list[nn.Module], ctx: ParallelConte
     """Whole-model, whole-tensor model state, complete and in model order on global rank 0.
 
     A collective over the tensor-parallel group, then (pp > 1) over the pipeline group of rank
-    0: call on all ranks. Other ranks get their own stages' part (whole tensors).
+    0: call on all ranks. Other ranks get their own pipeline rank's part (whole tensors).
 
     Args:
         model: this rank's model, or its list of chunks (bare or wrapped), in model order.
@@ -61,11 +61,11 @@ def canonical_model_state(model: nn.Module | list[nn.Module], ctx: ParallelConte
     # only the pipeline of global rank 0 (tp rank 0, dp rank 0) needs to meet at the writer
     if ctx.pp == 1 or ctx.tp_rank != 0 or ctx.dp_rank != 0:
         return model_state
-    # virtual stage of each chunk, so the writer can order the stages' names as one model
-    stages = [(virtual_stage(ctx.pp, ctx.pp_rank, k), list(c.state_dict().keys())) for k, c in enumerate(chunks)]
+    # the virtual chunk index of each chunk, so the writer can order the chunks' names as one model
+    chunk_names = [(virtual_chunk(ctx.pp, ctx.pp_rank, k), list(c.state_dict().keys())) for k, c in enumerate(chunks)]
     group = ctx.pg_collection.pp
     gathered = [None] * ctx.pp if ctx.pp_rank == 0 else None
-    dist.gather_object((to_cpu(model_state), stages), gathered, dst=dist.get_global_rank(group, 0), group=group)
+    dist.gather_object((to_cpu(model_state), chunk_names), gathered, dst=dist.get_global_rank(group, 0), group=group)
     if ctx.pp_rank != 0:
         return model_state
     order = [n for _, names in sorted(s for part in gathered for s in part[1]) for n in names]
@@ -102,7 +102,7 @@ def local_model_states(
         own = c.state_dict()
         missing = [n for n in own if n not in model_state]
         if missing and not keep_missing:
-            raise KeyError(f"checkpoint has no {missing[:3]} (of {len(missing)} tensors this stage holds)")
+            raise KeyError(f"checkpoint has no {missing[:3]} (of {len(missing)} tensors this pipeline rank holds)")
         states.append({
             n: own[n] if n not in model_state else tp.local(params[n], model_state[n]) if n in params else model_state[n]
             for n in own

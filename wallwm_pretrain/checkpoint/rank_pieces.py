@@ -5,11 +5,11 @@ Saving: every rank cuts what it holds into pieces of canonical tensors (``wallwm
 a tensor-parallel slice is one box per partition stride, a replicated tensor one whole box.
 Exactly one rank writes each element: data-parallel rank 0, and for tensors every
 tensor-parallel rank holds whole, tensor-parallel rank 0 too. The optimizer set adds its own
-pieces (``state_pieces``). Rank 0 of each pipeline stage's tensor- and data-parallel group also
-reports the stage's model order, the few non-tensor state entries and the optimizer's by-name
+pieces (``state_pieces``). Rank 0 of each pipeline rank's tensor- and data-parallel group also
+reports the pipeline rank's model order, the few non-tensor state entries and the optimizer's by-name
 structure, from which the checkpoint's index is built.
 
-Loading: each stage takes its layers, each tensor-parallel rank reads exactly the boxes of its
+Loading: each pipeline rank takes its layers, each tensor-parallel rank reads exactly the boxes of its
 slices, each optimizer its share. No collective: resharding is the load itself, as with the
 gathered checkpoints of :mod:`.canonical`.
 """
@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from wallwm_pretrain.optim import OptimizerSet
 from wallwm_pretrain.optim.state_pieces import param_view, writes
 from wallwm_pretrain.parallel.parallelize import as_chunks, unwrap_model
-from wallwm_pretrain.parallel.pipeline_split import virtual_stage
+from wallwm_pretrain.parallel.pipeline_split import virtual_chunk
 from wallwm_pretrain.parallel.state import ParallelContext
 from wallwm_pretrain.pieces import Piece, PieceSource, pieces_of, read_view, whole
 
@@ -42,19 +42,21 @@ def rank_pieces(
     """What this rank writes into a sharded checkpoint (no collective).
 
     Returns:
-        ``(pieces, stage)``: the pieces (views of the live tensors; copy them before training
-        goes on), and on rank 0 of each stage's tensor- and data-parallel group the stage's
-        description ``{"stages": [(virtual stage, names)], "extra": {name: value},
-        "optimizer": by-name structure}``, None elsewhere.
+        ``(pieces, description)``: the pieces (views of the live tensors; copy them before
+        training goes on), and on rank 0 of each pipeline rank's tensor- and data-parallel group
+        that pipeline rank's description ``{"stages": [(virtual chunk index, names)], "extra":
+        {name: value}, "optimizer": by-name structure}``, None elsewhere. (The keys ``stages``
+        here and ``stage`` in the checkpoint's rank reports are the format's names, kept so that
+        existing checkpoints load.)
     """
     chunks = _chunks(model)
     params = {name: p for c in chunks for name, p in c.named_parameters()}
     pieces: list[Piece] = []
     extra: dict[str, Any] = {}
-    stages = []
+    chunk_names = []
     for k, chunk in enumerate(chunks):
         state = chunk.state_dict()
-        stages.append((virtual_stage(ctx.pp, ctx.pp_rank, k), list(state)))
+        chunk_names.append((virtual_chunk(ctx.pp, ctx.pp_rank, k), list(state)))
         for name, t in state.items():
             if not isinstance(t, Tensor):
                 extra[name] = t  # megatron's ``_extra_state`` (None): small, kept in the index
@@ -68,7 +70,7 @@ def rank_pieces(
         pieces += optim_pieces
     if ctx.dp_rank != 0 or ctx.tp_rank != 0:
         return pieces, None
-    return pieces, {"stages": stages, "extra": extra, "optimizer": structure}
+    return pieces, {"stages": chunk_names, "extra": extra, "optimizer": structure}
 
 
 def load_rank_pieces(

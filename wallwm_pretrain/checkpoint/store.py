@@ -277,7 +277,7 @@ def finish_sharded_save(
     Args:
         tmp, final: from :func:`begin_sharded_save`.
         pieces: this rank's pieces (standalone CPU tensors, see :func:`.sharded.copy_off`).
-        stage: this rank's stage description, or None (see ``checkpoint.rank_pieces.rank_pieces``).
+        stage: this pipeline rank's description, or None (see ``checkpoint.rank_pieces.rank_pieces``).
         trainer, config_yaml: rank 0's trainer state and config (ignored elsewhere).
         keep_last, keep_every: retention, as :func:`save_checkpoint`.
 

@@ -14,11 +14,11 @@ class ParallelConfig:
     tp: int = 1
     """Tensor-parallel size."""
     pp: int = 1
-    """Pipeline-parallel size: each stage holds consecutive coupled layers."""
+    """Pipeline-parallel size: each pipeline rank holds consecutive coupled layers."""
     vpp: int = 1
-    """Virtual pipeline stages per pipeline rank (interleaved 1F1B): each rank holds ``vpp``
+    """Virtual chunks per pipeline rank (interleaved 1F1B): each rank holds ``vpp``
     non-adjacent chunks of layers, which shrinks the pipeline bubble by that factor at the cost
-    of ``vpp`` times more stage-to-stage messages. 1 = plain 1F1B."""
+    of ``vpp`` times more messages between pipeline ranks. 1 = plain 1F1B."""
     timeout_s: float = 600.0
     """Collective timeout, and how long a rank may stay in one phase of a step (data,
     forward/backward, optimizer) before the watchdog stops the run naming the rank, step and
@@ -41,4 +41,4 @@ class ParallelConfig:
                 f"vpp={self.vpp}"
             )
         if self.vpp > 1 and self.pp == 1:
-            raise ConfigError(f"parallel.vpp={self.vpp} interleaves pipeline stages and needs parallel.pp > 1")
+            raise ConfigError(f"parallel.vpp={self.vpp} interleaves pipeline ranks and needs parallel.pp > 1")

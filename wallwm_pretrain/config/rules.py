@@ -44,7 +44,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"model.action_pretrain.mapping=anchor runs with parallel.pp=1 only (got pp={pp}): the K action passes "
             "reuse every layer's video output inside one forward, which a pipeline schedule does not carry "
-            "between stages; use tensor or data parallelism"
+            "between pipeline ranks; use tensor or data parallelism"
         )
     if cfg.model.action_pretrain.mapping == "anchor" and cfg.model.video_tower == "small" and cfg.model.context.sources:
         # the small towers' anchor pass embeds the caption once for the video side; a context
@@ -54,7 +54,7 @@ def validate(cfg: Config) -> None:
     if layers % (pp * vpp):
         raise ConfigError(
             f"model.num_layers={layers} does not split into parallel.pp * parallel.vpp = {pp} * {vpp} = "
-            f"{pp * vpp} stages of whole coupled layers"
+            f"{pp * vpp} virtual chunks of whole coupled layers"
         )
     micro = cfg.train.microbatches
     if cfg.data.batch_size % micro:
@@ -66,7 +66,7 @@ def validate(cfg: Config) -> None:
     if vpp > 1 and micro % pp:
         raise ConfigError(
             f"train.microbatches={micro} must be a multiple of parallel.pp={pp} for the interleaved "
-            f"schedule (parallel.vpp={vpp}): it runs microbatches in groups of pp per virtual stage"
+            f"schedule (parallel.vpp={vpp}): it runs microbatches in groups of pp per virtual chunk"
         )
 
 
@@ -106,6 +106,6 @@ def _validate_context(cfg: Config) -> None:
         raise ConfigError("model.context.sources reads the frozen VLM: set model.conditioner.vlm")
     if cfg.parallel.pp != 1 or cfg.parallel.vpp != 1:
         # the context is computed (with gradient) before the first Wan block and read by every
-        # block: a pipeline would have to ship it, and its gradient, across stages
+        # block: a pipeline would have to ship it, and its gradient, across pipeline ranks
         raise ConfigError(f"model.context.sources runs with parallel.pp=1 (got pp={cfg.parallel.pp}, "
                           f"vpp={cfg.parallel.vpp})")

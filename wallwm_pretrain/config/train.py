@@ -75,7 +75,7 @@ class TrainConfig:
     microbatches: int = 1
     """Microbatches per optimizer step on each data-parallel rank: ``data.batch_size`` rows are
     cut into this many equal microbatches whose gradients accumulate before the step (pipeline
-    stages work on different microbatches at once). The update equals that of one batch."""
+    ranks work on different microbatches at once). The update equals that of one batch."""
     max_skipped_steps: int = 20
     """Stop the run (with an error) once this many steps had a non-finite loss or gradient
     norm in total; such a step's update is skipped on every rank. 0 = stop at the first."""

@@ -20,7 +20,7 @@ def denoiser_class(cfg: ModelConfig) -> type[DualTowerDenoiser]:
 
 
 def boundary_width(cfg: ModelConfig) -> int:
-    """Width of the tensor pipeline stages exchange (the pipeline config's hidden size)."""
+    """Width of the tensor pipeline ranks exchange (the pipeline config's hidden size)."""
     return denoiser_class(cfg).boundary_width(cfg)
 
 

@@ -30,7 +30,7 @@ for both video towers in ``denoiser.py`` or by each tower in its implementation)
 - ``video_side_parameters()``: what the video pass reads (decides ``torch.no_grad``).
 
 Pipeline parallelism is not supported: a pipeline schedule sends one tensor per microbatch
-between stages, and the K action passes would each need every stage's recorded video outputs;
+between pipeline ranks, and the K action passes would each need every pipeline rank's recorded video outputs;
 the config rejects ``parallel.pp > 1`` with the anchor mapping. Tensor and data parallelism run
 unchanged (the same layers, in another order; draws slice by rows like :class:`FlowNoise`).
 """
@@ -102,12 +102,12 @@ def anchor_losses(model: Denoiser, batch: Batch, draws: AnchorDraws, loss_denomi
     trains no video loss), ``loss_time`` is computed once (it reads no noisy input).
 
     Raises:
-        ValueError: ``model`` is a pipeline stage, not the whole model.
+        ValueError: ``model`` is a pipeline rank, not the whole model.
     """
     part = model.pipeline_slice
     if hidden is not None or not (part.embed and part.head):
         raise ValueError(
-            "model.action_pretrain.mapping=anchor needs the whole model on one pipeline stage (parallel.pp=1)"
+            "model.action_pretrain.mapping=anchor needs the whole model on one pipeline rank (parallel.pp=1)"
         )
     cfg = model.cfg
     inputs = [model.flow_inputs(batch, draws.draw(k)) for k in range(draws.count)]

@@ -2,7 +2,7 @@
 
 A *coupled layer* holds video block i and action block i. The action block reads the output of
 the video block of the same layer (one-way coupling: video never reads actions), so a pipeline
-stage that holds whole coupled layers never sends coupling traffic across stages; what flows
+rank that holds whole coupled layers never sends coupling traffic to another; what flows
 between layers is :class:`Streams`, which carries both towers' hidden states and the
 conditioning every layer reads.
 
@@ -10,11 +10,11 @@ The attention and FFN modules come from ``spec.py``: megatron-core's layers when
 given a ``ProcessGroupCollection``, local layers with the same parameters otherwise. Norms and
 the AdaLN modulation are small plain layers, replicated over tensor-parallel ranks.
 
-Between pipeline stages :class:`Streams` travels as ONE ``[s, b, h]`` tensor (what megatron's
+Between pipeline ranks :class:`Streams` travels as ONE ``[s, b, h]`` tensor (what megatron's
 point-to-point schedule sends): :meth:`Streams.pack` stacks, along the sequence, the video
 tokens, the action tokens, the caption states, the state token and the two timestep
 embeddings; :meth:`Streams.unpack` cuts them apart again. The masks do not travel: they follow
-from the batch's lengths and caption padding, which every stage reads anyway.
+from the batch's lengths and caption padding, which every pipeline rank reads anyway.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ class Streams:
         expected = video_len + action_len + text_len + 3
         if packed.shape[0] != expected:
             raise ValueError(
-                f"a packed stage input of {packed.shape[0]} positions does not match the batch: "
+                f"a packed pipeline input of {packed.shape[0]} positions does not match the batch: "
                 f"video {video_len} + action {action_len} + caption {text_len} + state 1 + timesteps 2 "
                 f"= {expected}"
             )
@@ -196,7 +196,7 @@ class ActionBlock(nn.Module):
 
 
 class CoupledLayer(nn.Module):
-    """Video block i and action block i: the unit a pipeline stage holds."""
+    """Video block i and action block i: the unit a pipeline rank holds."""
 
     def __init__(
         self,

@@ -3,9 +3,9 @@
 One class holds what both video towers share, written once:
 
 - the forward on a :class:`Batch` and its :class:`FlowNoise` (or the anchor mapping's
-  :class:`AnchorDraws`, ``anchor_noise.py``), and the pipeline-stage skeleton
-  (:meth:`DualTowerDenoiser.forward_slice`: embed on the first stage or unpack the previous
-  stage's tensor, this stage's coupled layers, then pack for the next stage or compute the
+  :class:`AnchorDraws`, ``anchor_noise.py``), and the pipeline-rank skeleton
+  (:meth:`DualTowerDenoiser.forward_slice`: embed on the first pipeline rank or unpack the
+  previous one's tensor, this rank's coupled layers, then pack for the next one or compute the
   losses on the last);
 - the flow noise (video time shifted by ``model.video_time_shift``, the action tower's uniform),
   in the order the forward has always drawn it;
@@ -23,7 +23,7 @@ small tower (``wallwm.py``) and the Wan tower (``wan_wallwm.py``); each register
 parameters (their names are the checkpoint format, see ``video_tower.py``) and its weights
 from its own named RNG parts, so splitting the shared code out of them moved no weight.
 Capabilities are attributes, not probes: ``context_sources`` (the context sources built here,
-empty when none) and ``pipeline_slice`` (which ends of the model this stage holds).
+empty when none) and ``pipeline_slice`` (which ends of the model this pipeline rank holds).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from wallwm_pretrain.model.pipeline_slice import PipelineSlice, part_rng
 from wallwm_pretrain.model.remaining_time import huber_sum
 from wallwm_pretrain.model.video_tower import VideoTower
 
-# what the last stage's forward returns, and so what the trainer logs and checkpoints
+# what the last pipeline rank's forward returns, and so what the trainer logs and checkpoints
 LOSS_KEYS = ("loss", "loss_video", "loss_action", "loss_time")
 
 
@@ -67,7 +67,7 @@ class DualTowerDenoiser(nn.Module, VideoTower):
 
     Args:
         cfg: the ``model`` section of the run config (K_p is ``cfg.frame_stride``).
-        pipeline_slice: the part to hold (one pipeline stage's); None = the whole model.
+        pipeline_slice: the part to hold (one pipeline rank's); None = the whole model.
     """
 
     loss_keys = LOSS_KEYS
@@ -77,7 +77,7 @@ class DualTowerDenoiser(nn.Module, VideoTower):
         self.cfg = cfg
         self.frame_stride = cfg.frame_stride
         self.pipeline_slice = PipelineSlice.of(pipeline_slice, cfg.num_layers)
-        # the unified-mode context sources this model builds (the first stage only; pp=1: config)
+        # the unified-mode context sources this model builds (the first pipeline rank only; pp=1: config)
         self.context_sources: tuple[str, ...] = ()
 
     # ------------------------------------------------------------------ building (subclasses)
@@ -102,7 +102,7 @@ class DualTowerDenoiser(nn.Module, VideoTower):
 
     def whole_model_only(self, what: str) -> None:
         if not (self.pipeline_slice.embed and self.pipeline_slice.head):
-            raise ValueError(f"{what} needs the whole model; a pipeline stage runs forward_slice")
+            raise ValueError(f"{what} needs the whole model; a pipeline rank runs forward_slice")
 
     # ------------------------------------------------------------------ noise
     def sample_noise(self, batch: Batch, generator: torch.Generator | None = None) -> FlowNoise:
@@ -143,7 +143,7 @@ class DualTowerDenoiser(nn.Module, VideoTower):
         loss_denominators: torch.Tensor | None = None,
         hidden: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor] | torch.Tensor:
-        """Flow-matching losses of one batch (or this stage's part of computing them).
+        """Flow-matching losses of one batch (or this pipeline rank's part of computing them).
 
         Args:
             batch: the padded batch; its ``remaining`` is the remaining-time head's target
@@ -151,15 +151,15 @@ class DualTowerDenoiser(nn.Module, VideoTower):
                 ``global`` or ``staircase`` read that source's states (:mod:`.context`).
             generator: optional RNG for flow times and noise (ignored when ``noise`` is given).
             noise: precomputed draws (see :meth:`sample_noise`), e.g. rows of a global batch's.
-                Every stage of a pipeline must be given the same draws. :class:`AnchorDraws`
+                Every pipeline rank of a pipeline must be given the same draws. :class:`AnchorDraws`
                 (``model.action_pretrain.mapping=anchor``) take the anchor-noise path.
             loss_denominators: [3] counts (video elements, action elements, samples) that divide
                 the loss sums instead of this batch's own counts (see :meth:`loss_counts`).
-            hidden: the packed streams from the previous stage (not on the first stage).
+            hidden: the packed streams from the previous pipeline rank (not on the first pipeline rank).
 
         Returns:
-            On the last stage the :data:`LOSS_KEYS`: ``loss`` (weighted sum), ``loss_video``,
-            ``loss_action``, ``loss_time``; on any other stage the packed streams for the next.
+            On the last pipeline rank the :data:`LOSS_KEYS`: ``loss`` (weighted sum), ``loss_video``,
+            ``loss_action``, ``loss_time``; on any other pipeline rank the packed streams for the next.
         """
         batch = self.with_context(batch)
         if noise is None:
@@ -172,14 +172,14 @@ class DualTowerDenoiser(nn.Module, VideoTower):
     def forward_slice(self, inputs: Any, hidden: torch.Tensor | None = None,
                       loss_denominators: torch.Tensor | None = None,
                       context_rows: list[torch.Tensor | None] | None = None) -> dict[str, torch.Tensor] | torch.Tensor:
-        """This stage's layers on ``inputs`` (first stage) or on ``hidden`` (any later one)."""
+        """This pipeline rank's layers on ``inputs`` (first pipeline rank) or on ``hidden`` (any later one)."""
         part = self.pipeline_slice
         layer_inputs = self.layer_inputs(inputs)
         if part.embed:
             state = self.embed_towers(inputs, layer_inputs, context_rows)
         else:
             if hidden is None:
-                raise ValueError(f"pipeline slice from layer {part.first_layer} needs the previous stage's output")
+                raise ValueError(f"pipeline slice from layer {part.first_layer} needs the previous rank's output")
             state = self.unpack_towers(hidden, inputs, layer_inputs)
         for i in part.layers:
             state = self.run_coupled_layer(i, state, layer_inputs)

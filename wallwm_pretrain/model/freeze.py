@@ -30,7 +30,7 @@ def apply_train_parts(chunks: nn.Module | Iterable[nn.Module], cfg: ModelConfig)
 
     Returns:
         Parameter counts held here, ``trained.<component>`` and ``frozen.<component>`` for every
-        component of the model (zeros included, so pipeline stages can sum them key by key).
+        component of the model (zeros included, so pipeline ranks can sum them key by key).
 
     Raises:
         ValueError: an unknown component name, or a parameter that belongs to no component.

@@ -7,13 +7,13 @@ having the members, no registration):
   drive, whatever is trained: the dual-tower denoiser (either video tower) and the text
   conditioner and Staircase models of ``model/conditioner``. One step: ``sample_noise`` for the
   global batch, ``loss_counts`` summed over data-parallel ranks, then the forward of each
-  microbatch on each pipeline stage with ``hidden`` the previous stage's packed tensor of
-  ``boundary_seq_length`` positions; ``loss_keys`` name what the last stage returns.
+  microbatch on each pipeline rank with ``hidden`` the previous pipeline rank's packed tensor of
+  ``boundary_seq_length`` positions; ``loss_keys`` name what the last pipeline rank returns.
 - :class:`Denoiser`: the dual-tower denoiser on top of that, as the anchor-noise mapping
   (``anchor_noise.py``) and the memory planner (``plan/measure.py``) use it. Both video towers
   implement it through :class:`~.denoiser.DualTowerDenoiser`.
 
-Capabilities are members, never probes: a stage's ends are ``pipeline_slice.embed`` /
+Capabilities are members, never probes: a pipeline rank's ends are ``pipeline_slice.embed`` /
 ``.head``, the context sources built ``context_sources`` (empty when none), the coupled layers
 and residual widths methods. Inference entry points (``denoise``, ``remaining_steps``) take the
 video tower's own input layout and so are not in the shared contract: see each tower's class.
@@ -33,7 +33,7 @@ from wallwm_pretrain.model.pipeline_slice import PipelineSlice
 
 @runtime_checkable
 class TrainableModel(Protocol):
-    """A model (or one pipeline stage of it) the trainer's pipeline path trains."""
+    """A model (or one pipeline rank of it) the trainer's pipeline path trains."""
 
     cfg: ModelConfig
     pipeline_slice: PipelineSlice
@@ -41,7 +41,7 @@ class TrainableModel(Protocol):
 
     def __call__(self, batch: Any, *, noise: Any = None, loss_denominators: torch.Tensor | None = None,
                  hidden: torch.Tensor | None = None) -> dict[str, torch.Tensor] | torch.Tensor:
-        """The :attr:`loss_keys` on the last stage, else the packed tensor for the next stage."""
+        """The :attr:`loss_keys` on the last pipeline rank, else the packed tensor for the next pipeline rank."""
         ...
 
     def sample_noise(self, batch: Any, generator: torch.Generator | None = None) -> Any:
@@ -53,7 +53,7 @@ class TrainableModel(Protocol):
         ...
 
     def boundary_seq_length(self, batch: Any) -> int:
-        """Positions of the tensor one pipeline stage sends the next."""
+        """Positions of the tensor one pipeline rank sends the next."""
         ...
 
     def train_flops(self, batch: Any) -> int:
@@ -79,7 +79,7 @@ class Denoiser(TrainableModel, Protocol):
     def forward_slice(self, inputs: Any, hidden: torch.Tensor | None = None,
                       loss_denominators: torch.Tensor | None = None,
                       context_rows: list[torch.Tensor | None] | None = None) -> dict[str, torch.Tensor] | torch.Tensor:
-        """This stage's part of the forward on flow inputs."""
+        """This pipeline rank's part of the forward on flow inputs."""
         ...
 
     def time_loss(self, inputs: Any, s: Streams, den: torch.Tensor | None = None) -> torch.Tensor | None:

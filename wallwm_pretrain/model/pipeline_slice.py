@@ -1,10 +1,10 @@
-"""Which part of the dual-tower model one pipeline stage holds, and how its weights are drawn.
+"""Which part of the dual-tower model one pipeline rank holds, and how its weights are drawn.
 
 (A *pipeline* stage: the word "stage" alone names the training stages of the recipe.)
 
-A stage holds consecutive *coupled layers* (video block i and action block i together, so the
-coupling never crosses a stage), plus the input side (patchify, embeddings, caption encoder,
-timestep embedders) when it is the first stage and the output side (final layers, losses)
+A pipeline rank holds consecutive *coupled layers* (video block i and action block i together, so the
+coupling never crosses a pipeline boundary), plus the input side (patchify, embeddings, caption encoder,
+timestep embedders) when it is the first pipeline rank and the output side (final layers, losses)
 when it is the last. :class:`PipelineSlice` only says which; deciding the split over ranks is the
 business of ``wallwm_pretrain.parallel`` (the model creates no process group; it only passes
 the ones it is given to its megatron layers).
@@ -12,7 +12,7 @@ the ones it is given to its megatron layers).
 Initial weights must not depend on the split, or a pipelined run would start from another
 model than the single-process run. Each part (the input side, each coupled layer, the output
 side) is therefore drawn from its own generator state, derived from one base seed and the
-part's name; a stage that builds only some parts draws exactly the weights those parts have in
+part's name; a pipeline rank that builds only some parts draws exactly the weights those parts have in
 the whole model. Trade-off: the model's initial weights differ from a plain sequential draw
 from the global RNG, and one int is drawn from it to derive the base seed.
 """
@@ -28,13 +28,13 @@ import torch
 
 @dataclass(frozen=True)
 class PipelineSlice:
-    """The part of the model one pipeline stage (or virtual-pipeline chunk) holds.
+    """The part of the model one pipeline rank (or virtual-pipeline chunk) holds.
 
     Args:
         first_layer: index of its first coupled layer (0-based, in the whole model).
         num_layers: how many consecutive coupled layers it holds.
-        embed: it holds the input side (it is the first stage).
-        head: it holds the output side and computes the losses (it is the last stage).
+        embed: it holds the input side (it is the first pipeline rank).
+        head: it holds the output side and computes the losses (it is the last pipeline rank).
     """
 
     first_layer: int
@@ -48,7 +48,7 @@ class PipelineSlice:
 
     @classmethod
     def whole(cls, num_layers: int) -> "PipelineSlice":
-        """The whole model in one stage (no pipeline)."""
+        """The whole model in one pipeline rank (no pipeline)."""
         return cls(0, num_layers, embed=True, head=True)
 
     @classmethod

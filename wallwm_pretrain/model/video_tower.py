@@ -2,11 +2,11 @@
 
 The denoiser (``denoiser.py``) owns everything the two video towers share: the action tower's
 embedding and head, the remaining-time head's loss, the unified-mode text context, the flow
-noise, the losses and the pipeline-stage skeleton (embed, coupled layers, pack or heads). What
+noise, the losses and the pipeline-rank skeleton (embed, coupled layers, pack or heads). What
 differs between the small pixel tower (:class:`~wallwm_pretrain.model.wallwm.WallWM`) and the
 Wan video DiT (:class:`~wallwm_pretrain.model.wan_wallwm.WanWallWM`) is this class's abstract
 methods: the noisy video inputs, the embedding, coupled layer i (video block i, then the action
-block reading it), the stream packing between pipeline stages, the video head and loss, and the
+block reading it), the stream packing between pipeline ranks, the video head and loss, and the
 video tower's bookkeeping (loss counts, boundary length, FLOPs).
 
 Why the video side is a set of methods of the denoiser rather than a submodule of it: parameter
@@ -48,7 +48,7 @@ class VideoTower(ABC):
     @abstractmethod
     def flow_inputs(self, batch: Batch, noise: FlowNoise) -> Any:
         """Noisy inputs, velocity targets and masks of both towers (no parameters involved):
-        every pipeline stage derives them from the same batch and noise."""
+        every pipeline rank derives them from the same batch and noise."""
 
     @abstractmethod
     def layer_inputs(self, inputs: Any) -> Any:
@@ -57,7 +57,7 @@ class VideoTower(ABC):
     # ---------------------------------------------------------------- embed, block i, head
     @abstractmethod
     def embed_towers(self, inputs: Any, layer_inputs: Any, context_rows: list | None = None) -> Any:
-        """The first stage's input side of both towers (the action side: :meth:`action_tokens`)."""
+        """The first pipeline rank's input side of both towers (the action side: :meth:`action_tokens`)."""
 
     @abstractmethod
     def run_coupled_layer(self, index: int, state: Any, layer_inputs: Any) -> Any:
@@ -67,7 +67,7 @@ class VideoTower(ABC):
     @abstractmethod
     def tower_predictions(self, state: Any, inputs: Any,
                           layer_inputs: Any) -> tuple[torch.Tensor, torch.Tensor, Streams]:
-        """The last stage's heads: (video velocity, action velocity ``[B, T, A]``, the action
+        """The last pipeline rank's heads: (video velocity, action velocity ``[B, T, A]``, the action
         streams the remaining-time head reads)."""
 
     @abstractmethod
@@ -82,7 +82,7 @@ class VideoTower(ABC):
     # ---------------------------------------------------------------- stream packing
     @abstractmethod
     def pack_towers(self, state: Any, layer_inputs: Any) -> torch.Tensor:
-        """Both towers' streams as the ONE tensor a pipeline stage sends the next."""
+        """Both towers' streams as the ONE tensor a pipeline rank sends the next."""
 
     @abstractmethod
     def unpack_towers(self, hidden: torch.Tensor, inputs: Any, layer_inputs: Any) -> Any:
@@ -90,12 +90,12 @@ class VideoTower(ABC):
 
     @abstractmethod
     def boundary_seq_length(self, batch: Batch) -> int:
-        """Positions of the packed stage-boundary tensor of a batch."""
+        """Positions of the packed pipeline-boundary tensor of a batch."""
 
     @staticmethod
     @abstractmethod
     def boundary_width(cfg) -> int:
-        """Width of the packed stage-boundary tensor (the pipeline config's hidden size)."""
+        """Width of the packed pipeline-boundary tensor (the pipeline config's hidden size)."""
 
     @abstractmethod
     def text_context_space(self) -> tuple[int, bool]:

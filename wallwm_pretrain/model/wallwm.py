@@ -34,12 +34,13 @@ the same blocks as one video pass that records every layer's video output
 (:meth:`WallWM.anchor_video`) and K action passes that read them (:meth:`WallWM.anchor_action`).
 
 Pipeline parallel. Built with a :class:`PipelineSlice`, the model holds only the parts one
-pipeline stage runs (see ``pipeline_slice.py``): the first stage embeds and sends the packed :class:`Streams`, middle stages
-unpack, run their coupled layers and pack again, the last stage computes heads and losses.
-Every stage derives the noisy inputs, targets and masks from the same batch and flow noise
+pipeline rank runs (see ``pipeline_slice.py``): the first embeds and sends the packed
+:class:`Streams`, middle ones unpack, run their coupled layers and pack again, the last computes
+heads and losses.
+Every pipeline rank derives the noisy inputs, targets and masks from the same batch and flow noise
 (:meth:`WallWM.flow_inputs`, no parameters, cheap next to the layers), so only hidden states
-cross stages. Parameter names are those of the whole model (``layers.<global index>``), so the
-stages' state dicts together are the whole model's.
+cross pipeline ranks. Parameter names are those of the whole model (``layers.<global index>``), so the
+pipeline ranks' state dicts together are the whole model's.
 """
 
 
@@ -69,7 +70,7 @@ __all__ = ["LOSS_KEYS", "FlowInputs", "WallWM"]
 
 @dataclass
 class FlowInputs:
-    """What every stage derives from a batch and its flow noise (no parameters involved)."""
+    """What every pipeline rank derives from a batch and its flow noise (no parameters involved)."""
 
     xt_video: torch.Tensor  # [B, F, P, D] noisy video latents, frames 0..M (history, anchor) clean
     xt_action: torch.Tensor  # [B, T, A] noisy actions
@@ -87,12 +88,12 @@ class FlowInputs:
 
 
 class WallWM(DualTowerDenoiser):
-    """The dual-tower denoiser on the small video tower, or one pipeline stage of it.
+    """The dual-tower denoiser on the small video tower, or one pipeline rank of it.
 
     Args:
         cfg: the ``model`` section of the run config (K_p is ``cfg.frame_stride``; captions are
             at most ``cfg.caption_max_bytes`` + 1 tokens).
-        pipeline_slice: the part to hold (one pipeline stage's); None = the whole model.
+        pipeline_slice: the part to hold (one pipeline rank's); None = the whole model.
         pg_collection: megatron's process groups of this rank (``ParallelContext.pg_collection``):
             the attention and FFN modules are then megatron-core's, split over its
             tensor-parallel group. None builds them from local layers with the same parameter
@@ -118,7 +119,7 @@ class WallWM(DualTowerDenoiser):
         base = draw_base_seed()
 
         # Registration order = parameter order: input side, layers, output side. Concatenating
-        # the stages in pipeline order therefore gives the whole model's order.
+        # the pipeline ranks in order therefore gives the whole model's order.
         if part.embed:
             with part_rng(base, "embed"):
                 self.video_in = mark_adamw(nn.Linear(self.patch_dim, h))
@@ -169,7 +170,7 @@ class WallWM(DualTowerDenoiser):
 
     @staticmethod
     def boundary_width(cfg: ModelConfig) -> int:
-        """Both towers are ``hidden_size`` wide: so is the stage boundary."""
+        """Both towers are ``hidden_size`` wide: so is the pipeline boundary."""
         return build_transformer_config(cfg).hidden_size
 
     def loss_element_counts(self, lengths: torch.Tensor, t_steps: int, history: int = 0) -> torch.Tensor:
@@ -190,7 +191,7 @@ class WallWM(DualTowerDenoiser):
         return self.loss_element_counts(batch.lengths, batch.actions.shape[1], self._history(batch))
 
     def boundary_seq_length(self, batch: Batch) -> int:
-        """Positions of the packed stage-boundary tensor (:meth:`Streams.pack`):
+        """Positions of the packed pipeline-boundary tensor (:meth:`Streams.pack`):
         F * P + T + L + 3, the F = M + ceil(T / K) latent frames counting the history."""
         frames, p = batch.frames, self.cfg.patch_size
         t_steps = batch.actions.shape[1]
@@ -321,7 +322,7 @@ class WallWM(DualTowerDenoiser):
         return inputs.xt_video[:, inputs.history], s.text, ~s.text_mask[:, 0, 0]
 
     def run_layers(self, s: Streams) -> Streams:
-        """This stage's coupled layers, each recomputed in backward when ``recompute=full``."""
+        """This pipeline rank's coupled layers, each recomputed in backward when ``recompute=full``."""
         for i in self.pipeline_slice.layers:
             s = self.run_coupled_layer(i, s)
         return s

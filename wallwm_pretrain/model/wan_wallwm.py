@@ -28,14 +28,14 @@ Action pretraining's anchor-noise mapping (``anchor_noise.py``) runs the Wan blo
 recording each block's output (:meth:`WanWallWM.anchor_video`), and K action passes reading them
 (:meth:`WanWallWM.anchor_action`).
 
-Pipeline stages. What crosses a stage boundary is ONE ``[n, B, d_wan]`` tensor (megatron's p2p
+Pipeline ranks. What crosses a pipeline boundary is ONE ``[n, B, d_wan]`` tensor (megatron's p2p
 sends one tensor of ``[seq, micro_batch, pipeline hidden size]``, and the pipeline config's
 hidden size is the Wan width here): first the Wan streams (:meth:`WanStreams.pack`,
 ``[S + L + 7t, B * V, d_wan]``) with each sample's views laid one after another along the
 sequence (``[V * (S + L + 7t), B, d_wan]``), then the action streams (action tokens, projected
 caption, state token, action timestep embedding; ``[T + L + 2, B, h]``) flattened per sample,
 zero-padded to a multiple of ``d_wan`` and cut into ``d_wan``-wide positions. Masks, RoPE and
-shapes do not travel: every stage derives them from the batch.
+shapes do not travel: every pipeline rank derives them from the batch.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def wan_config(cfg: ModelConfig) -> WanConfig:
 
 @dataclass
 class WanFlowInputs:
-    """What every stage derives from a batch and its flow noise (no parameters involved)."""
+    """What every pipeline rank derives from a batch and its flow noise (no parameters involved)."""
 
     xt_video: torch.Tensor  # [B, V, Z, M + N, h, w] noisy latents, latent frames 0..M (history, anchor) clean
     timestep: torch.Tensor  # [B, S] Wan timesteps per token (0 on the clean frames)
@@ -116,7 +116,7 @@ class ActionLayer(nn.Module):
 
 
 class WanWallWM(DualTowerDenoiser):
-    """The dual-tower denoiser on a Wan video tower, or one pipeline stage of it.
+    """The dual-tower denoiser on a Wan video tower, or one pipeline rank of it.
 
     Args:
         cfg: the ``model`` section (``video_tower=wan``; the Wan shape in ``cfg.wan``).
@@ -125,8 +125,8 @@ class WanWallWM(DualTowerDenoiser):
 
     Parameter names: ``video.*`` is the :class:`WanTower` (``video.blocks.<i>.*`` etc., the names
     ``convert_tower_state`` writes, under ``video.``), ``action_layers.<i>.*`` the action tower's
-    layers, the rest the action tower's input side and heads. The stages' names together are
-    the whole model's; their concatenated order is not the whole model's (each stage lists its
+    layers, the rest the action tower's input side and heads. The pipeline ranks' names together are
+    the whole model's; their concatenated order is not the whole model's (each pipeline rank lists its
     video part, then its action part), which nothing relies on: checkpoints and optimizer
     state are keyed by name.
     """
@@ -184,7 +184,7 @@ class WanWallWM(DualTowerDenoiser):
 
     @staticmethod
     def boundary_width(cfg: ModelConfig) -> int:
-        """The stage boundary is ``[n, B, Wan width]`` (see the module docstring)."""
+        """The pipeline boundary is ``[n, B, Wan width]`` (see the module docstring)."""
         return int(cfg.wan.num_attention_heads * cfg.wan.attention_head_dim)
 
     def _masks(self, lengths: torch.Tensor, t_steps: int, frames: int, history: int = 0):
@@ -221,7 +221,7 @@ class WanWallWM(DualTowerDenoiser):
         ]).to(torch.float32)
 
     def boundary_seq_length(self, batch: Batch) -> int:
-        """Positions of the packed stage-boundary tensor (see the module docstring; the
+        """Positions of the packed pipeline-boundary tensor (see the module docstring; the
         history latent frames are video tokens like the others)."""
         b, v, z, n, hh, ww = batch.latents.shape
         pt, ph, pw = self.wan.patch_size
@@ -322,7 +322,7 @@ class WanWallWM(DualTowerDenoiser):
         return inputs.anchor_frame, s.text, inputs.text_valid
 
     def embed(self, inputs: WanFlowInputs, geo: WanGeometry) -> tuple[WanStreams, Streams]:
-        """The first stage's input side of both towers."""
+        """The first pipeline rank's input side of both towers."""
         ws = self.video.embed(inputs.xt_video, inputs.timestep, inputs.text_states, geo)
         return ws, self.embed_action(inputs, geo)
 
@@ -382,7 +382,7 @@ class WanWallWM(DualTowerDenoiser):
         and sets ``history`` = M (the action tower's frame offset)."""
         return self.predict(inputs)
 
-    # ------------------------------------------------------------------ stage boundary
+    # ------------------------------------------------------------------ pipeline boundary
     def pack(self, ws: WanStreams, s: Streams, geo: WanGeometry) -> torch.Tensor:
         """Both towers' streams as one ``[n, B, d_wan]`` tensor (see the module docstring)."""
         d = self.wan.hidden_size
@@ -404,7 +404,7 @@ class WanWallWM(DualTowerDenoiser):
         expected = v * sw + -(-na * h // d)
         if packed.shape[0] != expected:
             raise ValueError(
-                f"a packed stage input of {packed.shape[0]} positions does not match the batch: {v} views x "
+                f"a packed pipeline input of {packed.shape[0]} positions does not match the batch: {v} views x "
                 f"(video {geo.tokens} + text {geo.text_len} + 7 x {geo.time_len}) + action streams {na} x {h} / {d} "
                 f"= {expected}"
             )

@@ -4,7 +4,7 @@ The global norm is the norm of the gradient of the *logical* model: a tensor-par
 contributes its squared norm and the slices add up over the group; a replicated parameter
 (norms, AdaLN, embeddings, heads) has the same gradient on every tensor-parallel rank and is
 counted once, on tensor-parallel rank 0. The squared sums are all-reduced over the
-model-parallel group (tp x pp), so pipeline stages, each with its own parameters, add up too,
+model-parallel group (tp x pp), so pipeline ranks, each with its own parameters, add up too,
 and every rank gets the same norm and hence the same clip factor.
 
 Trade-off: one small all-reduce per step; data-parallel ranks need none because their
@@ -35,7 +35,7 @@ def global_grad_norm(
         params_and_grads: (parameter, gradient) of this rank; the parameter carries megatron's
             ``tensor_model_parallel`` mark when its gradient is a slice.
         tp_rank: this rank's tensor-parallel rank (replicated gradients count on rank 0 only).
-        model_parallel_group: the group over which slices and stages add up.
+        model_parallel_group: the group over which slices and pipeline ranks add up.
         model_parallel_size: its size; 1 skips the collective.
         device: where the result lives (the collective's device).
     """

@@ -16,20 +16,21 @@ import torch.distributed as dist
 
 @dataclass(frozen=True)
 class OptimizerGroups:
-    """Groups and coordinates of this rank, for one pipeline stage.
+    """Groups and coordinates of this rank, for the model chunks of its pipeline rank.
 
     Attributes:
-        stage: the stage's DP x TP ranks (where distributed Muon places its matrices' homes).
+        tp_dp: the DP x TP ranks that hold the same pipeline rank (megatron's tensor-and-data
+            parallel group; where distributed Muon places its matrices' homes).
         tp: this rank's tensor-parallel group.
         dp: this rank's data-parallel group.
         tp_rank, tp_size, dp_rank, dp_size, pp_rank: this rank's coordinates.
-        pp: this rank's pipeline group (stages meet there when a checkpoint is gathered).
-        pp_size: number of pipeline stages.
-        model_parallel: the TP x PP group over which sliced gradients and stages add up in the
+        pp: this rank's pipeline group (pipeline ranks meet there when a checkpoint is gathered).
+        pp_size: number of pipeline ranks.
+        model_parallel: the TP x PP group over which sliced gradients and pipeline ranks add up in the
             global gradient norm; ``None`` when tp * pp == 1.
     """
 
-    stage: Optional[dist.ProcessGroup]
+    tp_dp: Optional[dist.ProcessGroup]
     tp: Optional[dist.ProcessGroup]
     dp: Optional[dist.ProcessGroup]
     tp_rank: int
@@ -42,7 +43,7 @@ class OptimizerGroups:
     model_parallel: Optional[dist.ProcessGroup] = None
 
     @property
-    def stage_size(self) -> int:
+    def tp_dp_size(self) -> int:
         return self.tp_size * self.dp_size
 
     @property

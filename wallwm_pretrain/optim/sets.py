@@ -149,7 +149,7 @@ class OptimizerSetBase:
         """Scale all gradients so the norm of the logical model's gradient is <= ``max_norm``.
 
         Sliced gradients add up over the tensor-parallel group, replicated ones count once,
-        pipeline stages add up; the norm, and so the clip factor, is the same on every rank.
+        pipeline ranks add up; the norm, and so the clip factor, is the same on every rank.
 
         Args:
             max_norm: the bound; 0 disables clipping (the norm is still measured).
@@ -296,13 +296,13 @@ class ReplicatedOptimizerSet(OptimizerSetBase):
         """The whole optimizer state in single-process layout, complete on global rank 0.
 
         A collective: tensor-parallel slices of the Muon momentum are gathered into whole
-        matrices (over the tensor-parallel group), then, with several pipeline stages, the
-        stages of the pipeline of global rank 0 send their parts to it. Other ranks get their
-        own stages' part.
+        matrices (over the tensor-parallel group), then, with several pipeline ranks, the
+        pipeline ranks of global rank 0 send their parts to it. Other ranks get their
+        own pipeline rank's part.
 
         Args:
             order: parameter names in the single-process model's order; needed on global rank 0
-                when there are several pipeline stages.
+                when there are several pipeline ranks.
         """
         named = map_2d(by_name(self.state_dict()), "muon", self._params, self.matrices.gather)
         g = self.groups
@@ -314,7 +314,7 @@ class ReplicatedOptimizerSet(OptimizerSetBase):
         if g.pp_rank != 0:
             return from_by_name(named, named["split"])
         if order is None:
-            raise ValueError("canonical_state_dict: the model's parameter order is needed to merge pipeline stages")
+            raise ValueError("canonical_state_dict: the model's parameter order is needed to merge pipeline ranks")
         merged = merge_by_name(gathered, order)
         return from_by_name(merged, merged["split"])
 

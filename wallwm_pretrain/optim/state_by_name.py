@@ -2,7 +2,7 @@
 
 A rank's Muon and AdamW number their parameters 0..n-1 over what that rank holds; a
 checkpoint numbers them over the whole model; an AdamW group (with decay / without) may be
-empty on one pipeline stage and not on another. Names are what stays fixed, so converting
+empty on one pipeline rank and not on another. Names are what stays fixed, so converting
 between layouts goes through the by-name form of :func:`by_name`: hyper-parameters per group
 kind, per-parameter state per optimizer, scheduler fields per group kind.
 
@@ -86,7 +86,7 @@ def map_2d(named: dict, key: str, params: dict[str, nn.Parameter], fn: Callable)
 
 
 def merge_by_name(parts: list[dict], order: list[str]) -> dict:
-    """One by-name state from the pipeline stages' by-name states; names sorted by ``order``."""
+    """One by-name state from the pipeline ranks' by-name states; names sorted by ``order``."""
     position = {n: i for i, n in enumerate(order)}
     split = {g: sorted((n for p in parts for n in p["split"][g]), key=position.__getitem__) for g in GROUPS}
     merged: dict[str, Any] = {"split": split, "hparams": {}, "state": {}, "schedulers": {}}

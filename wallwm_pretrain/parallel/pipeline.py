@@ -5,7 +5,7 @@ One training step of one data-parallel rank's batch runs through megatron-core's
 (pp > 1), or interleaved 1F1B (``vpp`` > 1 model chunks per rank). Every layout takes this one
 path, so microbatching and loss accounting are the same code for all.
 
-What crosses a stage boundary. The previous stage's :class:`Streams` packed into ONE
+What crosses a pipeline boundary. The previous pipeline rank's :class:`Streams` packed into ONE
 ``[s, b, h]`` tensor (megatron's p2p moves one tensor of a known shape): video tokens
 (F * P), action tokens (T), caption states (L), the state token and the two timestep
 embeddings (3), s = F * P + T + L + 3. With ``model.video_tower=wan`` the two towers have
@@ -14,21 +14,21 @@ the action streams flattened per sample and cut into Wan-width positions
 (``model/wan_wallwm.py``), and the pipeline config's hidden size is the Wan width.
 
 - The conditioning (caption states, state token, timestep embeddings) is *passed*, not
-  recomputed. Recomputing it on every stage would replicate the caption encoder, state and
-  timestep embedders on each stage, run them once per microbatch per stage, and need an
-  all-reduce of their gradients across stages (as megatron does for tied embeddings); passing
+  recomputed. Recomputing it on every pipeline rank would replicate the caption encoder, state and
+  timestep embedders on each pipeline rank, run them once per microbatch per pipeline rank, and need an
+  all-reduce of their gradients across pipeline ranks (as megatron does for tied embeddings); passing
   costs L + 3 extra positions per message (about a tenth of the smoke model's 432 tower
   tokens, a few percent at real video lengths) and the gradients of the conditioners flow
   back through the ordinary backward p2p.
-- The masks are *recomputed* on every stage from the batch's lengths and caption padding,
-  integers each stage reads anyway; sending them would cost h floats per position.
+- The masks are *recomputed* on every pipeline rank from the batch's lengths and caption padding,
+  integers each pipeline rank reads anyway; sending them would cost h floats per position.
 - Shapes. A step's microbatches are equal row slices of one padded batch, so all of them have
   the same [s, b, h], and the schedule is called with that step's s. Steps differ in shape
   (length buckets), but each step is its own schedule call. Hence no per-message shape
   exchange (megatron's ``variable_seq_lengths``, a small extra p2p before every transfer).
   Trade-off: microbatches of one step cannot have different lengths; the loader's length
   buckets keep the padding this costs small.
-- The boundary tensor is fp32 even under bf16 autocast: the stage boundary then adds no
+- The boundary tensor is fp32 even under bf16 autocast: the pipeline boundary then adds no
   rounding that the unsplit model does not have; bf16 would halve the bytes.
 
 Loss accounting. Every microbatch's losses divide by the element counts of the whole step
@@ -36,7 +36,7 @@ Loss accounting. Every microbatch's losses divide by the element counts of the w
 shares of all microbatches and ranks add up to the global-batch loss, and so do the gradients
 (DDP sums, megatron's ``calculate_per_token_loss``). The loss function returns megatron's
 3-tuple, so the schedule does not divide by the number of microbatches again. The step's loss
-values are summed on the last stage and all-reduced over the pipeline and data-parallel
+values are summed on the last pipeline rank and all-reduced over the pipeline and data-parallel
 groups: every rank reports the same global-batch losses.
 
 Gradient accumulation: DDP accumulates each microbatch's gradients into its buffers;
@@ -73,7 +73,7 @@ PIPELINE_DTYPE = torch.float32
 
 
 def build_pipeline_chunks(cfg: ModelConfig, ctx: ParallelContext, seed: int) -> list[TrainableModel]:
-    """This rank's model chunks (one per virtual stage it holds), on ``ctx.device``, built from
+    """This rank's model chunks (one per virtual chunk it holds), on ``ctx.device``, built from
     megatron-core's layers over ``ctx.pg_collection``.
 
     Each chunk is built after ``torch.manual_seed(seed)``, so its weights are exactly those of
@@ -95,7 +95,7 @@ def pipeline_config(cfg: ModelConfig, ctx: ParallelContext) -> TransformerConfig
         hidden_size=boundary_width(cfg),  # the Wan path's boundary is [n, B, Wan width] (model/wan_wallwm.py)
         pipeline_model_parallel_size=ctx.pp,
         virtual_pipeline_model_parallel_size=ctx.vpp if ctx.vpp > 1 else None,
-        # megatron's default (pp): microbatches go through a virtual stage in groups of pp
+        # megatron's default (pp): microbatches go through a virtual chunk in groups of pp
         microbatch_group_size_per_vp_stage=ctx.pp,
         pipeline_dtype=PIPELINE_DTYPE,
         # DDP sums over data-parallel ranks and the schedule does not divide by microbatches:
@@ -157,7 +157,7 @@ def split_microbatches(batch: Batch, noise: FlowNoise, microbatches: int) -> lis
 
 
 def boundary_seq_length(model: TrainableModel, batch: Batch) -> int:
-    """Positions of the packed stage-boundary tensor, as the model says (small video tower:
+    """Positions of the packed pipeline-boundary tensor, as the model says (small video tower:
     F * P + T + L + 3; the Wan model's in ``model/wan_wallwm.py``)."""
     return model.boundary_seq_length(batch)
 
@@ -188,7 +188,7 @@ class PipelineSchedule:
     def _denominators(self, batch: Batch) -> torch.Tensor | None:
         """Element counts of the global batch (this step, all data-parallel ranks)."""
         if not self.holds_head:
-            return None  # only the last stage computes losses; its DP peers are last stages too
+            return None  # only the last pipeline rank computes losses; its DP peers are last pipeline ranks too
         counts = self.bare[-1].loss_counts(batch).to(batch.lengths.device)
         if self.ctx.dp > 1:
             dist.all_reduce(counts, group=ps.get_data_parallel_group())
@@ -229,7 +229,7 @@ class PipelineSchedule:
             forward_only=False,
         )
         total = torch.zeros(len(self.loss_keys), dtype=torch.float32, device=lengths.device)
-        for values in stored:  # on the last stage only
+        for values in stored:  # on the last pipeline rank only
             total += torch.stack([values[k].float() for k in self.loss_keys])
         if self.ctx.pp > 1:
             dist.all_reduce(total, group=ps.get_pipeline_model_parallel_group())

@@ -1,6 +1,6 @@
 """One model chunk as megatron-core's pipeline schedules expect it.
 
-The schedules hand each stage the tensor received from the previous stage through
+The schedules hand each pipeline rank the tensor received from the previous pipeline rank through
 ``set_input_tensor`` (looked up through the DDP wrapper) before calling the forward-step
 function, and read ``model_type``. :class:`PipelineChunk` keeps that tensor and passes it to
 the model's forward as ``hidden``; the model itself knows nothing of schedules or groups.
@@ -28,14 +28,14 @@ class MicroBatch:
 
 
 class PipelineChunk(nn.Module):
-    """A model stage (or chunk, a :class:`~wallwm_pretrain.model.TrainableModel`) with megatron's pipeline-schedule interface.
+    """A model chunk ( a :class:`~wallwm_pretrain.model.TrainableModel`) with megatron's pipeline-schedule interface.
 
     Its ``state_dict`` / ``load_state_dict`` are the wrapped model's own (no prefix), so the
     names are the whole model's.
 
     Args:
         model: the chunk.
-        pipeline_dtype: dtype of the tensor sent to the next stage (what the receiver allocates).
+        pipeline_dtype: dtype of the tensor sent to the next pipeline rank (what the receiver allocates).
     """
 
     model_type = ModelType.encoder_or_decoder
@@ -47,7 +47,7 @@ class PipelineChunk(nn.Module):
         self.input_tensor: torch.Tensor | None = None
 
     def set_input_tensor(self, input_tensor) -> None:
-        """Called by the schedule before each forward (a one-element list; None on the first stage)."""
+        """Called by the schedule before each forward (a one-element list; None on the first pipeline rank)."""
         if isinstance(input_tensor, (list, tuple)):
             input_tensor = input_tensor[0] if input_tensor else None
         self.input_tensor = input_tensor

@@ -49,8 +49,8 @@ class ParallelContext:
     pg_collection: ProcessGroupCollection | None = field(default=None, repr=False, compare=False)
 
     @property
-    def is_last_stage(self) -> bool:
-        """This rank holds the last pipeline stage (heads and losses)."""
+    def is_last_pipeline_rank(self) -> bool:
+        """This rank holds the last pipeline rank (heads and losses)."""
         return self.pp_rank == self.pp - 1
 
     @property
@@ -98,7 +98,7 @@ def init_parallel(
     Args:
         tp: tensor-parallel size.
         pp: pipeline-parallel size.
-        vpp: virtual pipeline stages (model chunks) per pipeline rank; > 1 selects megatron's
+        vpp: virtual chunks (model chunks) per pipeline rank; > 1 selects megatron's
             interleaved schedule.
         device: ``auto``, ``cpu`` or ``cuda``.
         seed: base seed; megatron's model-parallel RNG streams are derived from it.
@@ -117,7 +117,7 @@ def init_parallel(
             f"need world = tp * pp * dp"
         )
     if vpp > 1 and pp == 1:
-        raise ValueError(f"vpp={vpp} interleaves pipeline stages and needs pp > 1, got pp={pp}")
+        raise ValueError(f"vpp={vpp} interleaves pipeline ranks and needs pp > 1, got pp={pp}")
     dev = choose_device(device, local_rank)
     backend = "nccl" if dev.type == "cuda" else "gloo"
     if dev.type == "cpu":
@@ -183,7 +183,7 @@ def shutdown_parallel() -> None:
 
 
 def sum_over_pipeline(counts: dict[str, int], ctx: ParallelContext) -> dict[str, int]:
-    """Integer counts (e.g. parameters per tower) summed over this rank's pipeline stages."""
+    """Integer counts (e.g. parameters per tower) summed over this rank's pipeline ranks."""
     if ctx.pp == 1:
         return dict(counts)
     from megatron.core import parallel_state as ps
@@ -210,7 +210,7 @@ def optimizer_groups(ctx: ParallelContext) -> OptimizerGroups:
 
     mp_size = ctx.tp * ctx.pp
     return OptimizerGroups(
-        stage=ps.get_tensor_and_data_parallel_group(),
+        tp_dp=ps.get_tensor_and_data_parallel_group(),
         tp=ps.get_tensor_model_parallel_group(),
         dp=ps.get_data_parallel_group(),
         tp_rank=ctx.tp_rank,

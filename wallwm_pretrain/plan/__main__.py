@@ -102,17 +102,17 @@ def rank_memory(cfg: Config, measured, layout, pp_rank: int, frozen_vlm: int = 0
     parameter in AdamW (the baseline of ``bench/gpu_check.py mfu``)."""
     from wallwm_pretrain.parallel.pipeline_split import pipeline_slices
     from wallwm_pretrain.plan.measure import meta_model
-    from wallwm_pretrain.plan.memory import stage_state_bytes
+    from wallwm_pretrain.plan.memory import pipeline_rank_state_bytes
 
     tp, pp, vpp = cfg.parallel.tp, cfg.parallel.pp, cfg.parallel.vpp
     model_cfg = dataclasses.replace(cfg.model, recompute="none")
     slices = pipeline_slices(cfg.model.num_layers, pp, vpp, pp_rank)
-    stages = [meta_model(model_cfg, s) for s in slices]
+    parts = [meta_model(model_cfg, s) for s in slices]
     if adamw_only:
-        for stage in stages:
-            for p in stage.parameters():
+        for part in parts:
+            for p in part.parameters():
                 p.use_adamw = True
-    states = [stage_state_bytes(stage, layout, cfg.optim.muon_mode, cfg.optim.muon_split_fused) for stage in stages]
+    states = [pipeline_rank_state_bytes(part, layout, cfg.optim.muon_mode, cfg.optim.muon_split_fused) for part in parts]
     layers = [f"layer {i}" for s in slices for i in s.layers]
     edges = [p for s in slices for p, on in (("embed", s.embed), ("head", s.head)) if on]
     # 1F1B: pipeline rank r keeps the activations of up to pp - r microbatches at once

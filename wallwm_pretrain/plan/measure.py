@@ -42,7 +42,7 @@ from wallwm_pretrain.model.pipeline_slice import PipelineSlice
 
 
 def meta_model(cfg: ModelConfig, pipeline_slice: PipelineSlice | None = None) -> Denoiser:
-    """The model ``model.video_tower`` names (or one pipeline stage of it), every tensor on the
+    """The model ``model.video_tower`` names (or one pipeline rank of it), every tensor on the
     meta device."""
     with torch.device("meta"):
         return build_model(cfg, pipeline_slice)
@@ -164,7 +164,7 @@ def measure_forward(model: Denoiser, batch: Batch) -> ForwardMeasure:
     handles = []
     # what recompute=full keeps of a coupled layer: the tensors it is called with (both towers'
     # streams, conditioning, timestep modulation, rotary tables, masks), by storage, so that a
-    # tensor every layer reads (the caption, the per-token modulation) is counted once per stage
+    # tensor every layer reads (the caption, the per-token modulation) is counted once per pipeline rank
     for name, (first, last) in model.coupled_layers().items():
         part = f"layer {name}"
 

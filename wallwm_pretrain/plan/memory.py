@@ -5,11 +5,11 @@ activations):
 
 - weights and gradients: 4 bytes per element of the rank's parameters. A tensor-parallel linear
   layer's weight is split over the TP ranks; everything else (norms, modulation, embeddings) is
-  whole on every rank of the stage.
+  whole on every rank of the TP x DP group.
 - AdamW (embeddings, heads, norms, biases): two fp32 moments; ZeRO-1 (``muon_mode`` owner or
   gather) shards them over the DP ranks, ``replicated`` keeps them whole.
 - Muon (hidden matrices): one fp32 momentum. ``owner``: kept only on each logical matrix's home
-  among the stage's DP x TP ranks, by the optimizer's own LPT plan (``optim.distributed.plan``);
+  among the pipeline rank's DP x TP ranks, by the optimizer's own LPT plan (``optim.distributed.plan``);
   the busiest home is reported. ``gather`` and ``replicated``: every rank keeps the momentum of
   its own pieces.
 
@@ -66,10 +66,10 @@ def tp_split_names(model: nn.Module) -> set[str]:
     }
 
 
-def stage_state_bytes(stage: nn.Module, layout: Layout, muon_mode: str, split_fused: bool) -> StateBytes:
-    """Memory of the busiest rank of one pipeline stage (``stage`` built whole, at TP=1)."""
-    split = tp_split_names(stage)
-    named = dict(stage.named_parameters())
+def pipeline_rank_state_bytes(part: nn.Module, layout: Layout, muon_mode: str, split_fused: bool) -> StateBytes:
+    """Memory of the busiest rank holding one pipeline rank's ``part`` (built whole, at TP=1)."""
+    split = tp_split_names(part)
+    named = dict(part.named_parameters())
     local = {n: p.numel() // layout.tp if n in split else p.numel() for n, p in named.items()}
     muon_names = [n for n, p in named.items() if uses_muon(p)]
     adamw_elems = sum(local[n] for n in named if n not in set(muon_names))
@@ -79,7 +79,7 @@ def stage_state_bytes(stage: nn.Module, layout: Layout, muon_mode: str, split_fu
         adamw = 2 * FP32 * -(-adamw_elems // layout.dp)
     if muon_mode == "owner":
         matrices = logical_matrices(
-            {n: named[n] for n in muon_names}, fused_layouts(stage, tp=1), tp=1, split_fused=split_fused
+            {n: named[n] for n in muon_names}, fused_layouts(part, tp=1), tp=1, split_fused=split_fused
         )
         load = [0] * (layout.dp * layout.tp)
         for m in assign_homes(matrices, layout.dp * layout.tp):

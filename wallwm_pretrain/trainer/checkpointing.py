@@ -215,13 +215,13 @@ class RunCheckpoints:
             self._wait_for_rank0(started)
             return path
         background = train.async_save and not final
-        pieces, stage = rank_pieces(t.model, t.optim, t.ctx)
+        pieces, description = rank_pieces(t.model, t.optim, t.ctx)
         pieces = ckpt.copy_off(pieces, background)
         rank, world = t.ctx.rank, t.ctx.world_size
         tmp, folder = ckpt.begin_sharded_save(t.run_dir, t.step, rank, world, self.save_group)
         write = partial(
             ckpt.finish_sharded_save, tmp, folder, rank=rank, world=world, group=self.save_group, pieces=pieces,
-            stage=stage, trainer=trainer_state, config_yaml=to_yaml(t.cfg) if t.ctx.is_main else "",
+            stage=description, trainer=trainer_state, config_yaml=to_yaml(t.cfg) if t.ctx.is_main else "",
             keep_last=train.keep_checkpoints, keep_every=train.keep_every,
         )
         if background:

@@ -99,7 +99,7 @@ class TextConditioner(nn.Module):
         c = cfg.conditioner
         self.pipeline_slice = PipelineSlice.of(pipeline_slice, cfg.num_layers)
         if not (self.pipeline_slice.embed and self.pipeline_slice.head):
-            raise ValueError("the text conditioner is one pipeline stage (parallel.pp=1)")
+            raise ValueError("the text conditioner is one pipeline rank (parallel.pp=1)")
         if not isinstance(c.text_dim, int):
             raise ValueError("model.conditioner.text_dim must be resolved from the shards before building")
         # plain attribute: nn.Module registers only modules, parameters and buffers
@@ -127,7 +127,7 @@ class TextConditioner(nn.Module):
         return NoDraws()
 
     def boundary_seq_length(self, batch: ConditionerBatch) -> int:
-        return 1  # one stage: nothing crosses a stage boundary
+        return 1  # one pipeline rank: nothing crosses a pipeline boundary
 
     def loss_counts(self, batch: ConditionerBatch) -> torch.Tensor:
         """[3] float: aligned text elements, caption tokens, samples (this batch's)."""

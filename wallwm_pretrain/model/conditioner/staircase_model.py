@@ -44,7 +44,7 @@ class StaircaseModel(nn.Module):
         self.scfg = cfg.staircase
         self.pipeline_slice = PipelineSlice.of(pipeline_slice, cfg.num_layers)
         if not (self.pipeline_slice.embed and self.pipeline_slice.head):
-            raise ValueError("the Staircase branch is one pipeline stage (parallel.pp=1)")
+            raise ValueError("the Staircase branch is one pipeline rank (parallel.pp=1)")
         dtype = vlm_dtype(cfg.conditioner.vlm_dtype)
         # plain attributes (FrozenVLM / FrozenSmallLM are not nn.Modules): outside the state dict
         self.vlm = vlm if vlm is not None else FrozenVLM.load(cfg.conditioner.vlm, dtype=dtype)

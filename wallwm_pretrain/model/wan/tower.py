@@ -1,4 +1,4 @@
-"""The Wan video tower, or the slice of it one pipeline stage holds.
+"""The Wan video tower, or the slice of it one pipeline rank holds.
 
 Forward (shapes for B samples, V views, latents ``[B, V, C, F, H, W]``, patch ``(pt, ph, pw)``):
 
@@ -10,9 +10,9 @@ Forward (shapes for B samples, V views, latents ``[B, V, C, F, H, W]``, patch ``
 3. last slice: the output head ``proj_out((LN(h) * (1 + scale) + shift))`` with ``(shift,
    scale) = head_modulation + temb``, then unpatchify back to ``[B, V, C_out, F, H, W]``.
 
-Between pipeline stages the :class:`WanStreams` travel packed into one ``[*, rows, hidden]``
-tensor; every stage derives the rest (3-D RoPE, masks, shapes) from the inputs, which every
-stage is given. Weights of each part (input side, each block, head) are drawn from their own
+Between pipeline ranks the :class:`WanStreams` travel packed into one ``[*, rows, hidden]``
+tensor; every pipeline rank derives the rest (3-D RoPE, masks, shapes) from the inputs, which each
+of them is given. Weights of each part (input side, each block, head) are drawn from their own
 RNG state (see ``model/pipeline_slice.py``), so a slice holds exactly the weights that part has
 in the whole tower.
 
@@ -59,7 +59,7 @@ class WanStreams:
         expected = video_len + text_len + 7 * time_len
         if packed.shape[0] != expected:
             raise ValueError(
-                f"a packed stage input of {packed.shape[0]} positions does not match the inputs: video {video_len} "
+                f"a packed pipeline input of {packed.shape[0]} positions does not match the inputs: video {video_len} "
                 f"+ text {text_len} + 7 x timesteps {time_len} = {expected}"
             )
         video, text, temb, mod = packed.split([video_len, text_len, time_len, 6 * time_len])
@@ -180,7 +180,7 @@ class WanTower(nn.Module):
         return WanGeometry(b, v, c, grid, text_states.shape[1], timestep.dim() == 2)
 
     def packed_shape(self, geo: WanGeometry) -> tuple[int, int, int]:
-        """Shape of the tensor one pipeline stage sends the next."""
+        """Shape of the tensor one pipeline rank sends the next."""
         return geo.tokens + geo.text_len + 7 * geo.time_len, geo.rows, self.cfg.hidden_size
 
     def rope(self, geo: WanGeometry, device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -242,7 +242,7 @@ class WanTower(nn.Module):
     def forward(self, latents: torch.Tensor, timestep: torch.Tensor, text_states: torch.Tensor, *,
                 frame_valid: torch.Tensor | None = None, text_valid: torch.Tensor | None = None,
                 hidden: torch.Tensor | None = None) -> torch.Tensor:
-        """Velocity prediction (last slice) or the packed streams for the next stage.
+        """Velocity prediction (last slice) or the packed streams for the next pipeline rank.
 
         Args:
             latents: ``[B, V, C, F, H, W]`` (or ``[B, C, F, H, W]``: one view) noisy latents.
@@ -250,7 +250,7 @@ class WanTower(nn.Module):
             text_states: ``[B, L, text_dim]`` the text encoder's states.
             frame_valid: optional bool ``[B, F]`` real latent frames (others are padding keys).
             text_valid: optional bool ``[B, L]`` real text tokens.
-            hidden: the previous stage's packed streams (every slice but the first).
+            hidden: the previous pipeline rank's packed streams (every slice but the first).
 
         Returns:
             ``[B, V, C_out, F, H, W]`` (``[B, C_out, F, H, W]`` for 5-D latents) on the last
@@ -265,7 +265,7 @@ class WanTower(nn.Module):
             s = self.embed(latents, timestep, text_states, geo)
         else:
             if hidden is None:
-                raise ValueError(f"pipeline slice from block {part.first_layer} needs the previous stage's output")
+                raise ValueError(f"pipeline slice from block {part.first_layer} needs the previous rank's output")
             s = WanStreams.unpack(hidden, geo.tokens, geo.text_len, geo.time_len)
         rope = self.rope(geo, latents.device)
         video_mask, text_mask = self.masks(geo, frame_valid, text_valid)

@@ -258,7 +258,7 @@ def merge_adamw_state(states: list[dict]) -> dict[str, dict[str, Tensor]]:
     """Whole (TP=1 layout) AdamW state per parameter from every rank's :meth:`ZeroAdamW.sharded_state`.
 
     Args:
-        states: the sharded states of all ranks of all stages (any order).
+        states: the sharded states of all ranks of all pipeline ranks (any order).
 
     Returns:
         ``{name: {"step": tensor, "exp_avg": ..., "exp_avg_sq": ...}}`` for groups with state.

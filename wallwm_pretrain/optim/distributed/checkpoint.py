@@ -28,7 +28,7 @@ from wallwm_pretrain.optim.tp_matrices import unstride
 
 FORMAT = "wallwm-dist-muon/1"
 KINDS = {"muon": ("muon",), "adamw": ("adamw_decay", "adamw_no_decay")}
-# LambdaLR fields that hold one entry per param group; a pipeline stage may lack a group kind
+# LambdaLR fields that hold one entry per param group; a pipeline rank may lack a group kind
 PER_GROUP_FIELDS = ("base_lrs", "_last_lr", "lr_lambdas")
 
 
@@ -66,42 +66,42 @@ def merge_momentum(states: list[dict]) -> tuple[list[str], dict[str, Tensor]]:
     """Whole (TP=1 layout) momentum per parameter from every rank's :meth:`DistMuon.sharded_state`.
 
     Args:
-        states: the sharded states of all ranks of all pipeline stages (any order).
+        states: the sharded states of all ranks of all pipeline ranks (any order).
 
     Returns:
-        ``(names, momentum)``: parameter names in pipeline-stage order, and the whole buffers of
+        ``(names, momentum)``: parameter names in pipeline-rank order, and the whole buffers of
         those that have one.
 
     Raises:
         ValueError: a matrix whose owner or pieces are missing from ``states``.
     """
-    by_stage: dict[int, list[dict]] = defaultdict(list)
+    by_pipeline_rank: dict[int, list[dict]] = defaultdict(list)
     for s in states:
-        by_stage[s["pp_rank"]].append(s)
+        by_pipeline_rank[s["pp_rank"]].append(s)
     names: list[str] = []
     whole: dict[str, Tensor] = {}
-    for pp in sorted(by_stage):
-        stage = by_stage[pp]
-        first = stage[0]
+    for pp in sorted(by_pipeline_rank):
+        same_pp = by_pipeline_rank[pp]
+        first = same_pp[0]
         names += first["names"]
         parts: dict[str, dict[int, Tensor]] = defaultdict(dict)
         for entry in first["plan"]:
             m = LogicalMatrix(**entry)
             if m.key in first.get("tp_ns_keys", ()):  # owner mode, kept in TP pieces at the home's DP index
-                home_dp = next(s["dp_rank"] for s in stage if s["stage_rank"] == m.home)
-                replica = sorted((s for s in stage if s["dp_rank"] == home_dp), key=lambda s: s["tp_rank"])
+                home_dp = next(s["dp_rank"] for s in same_pp if s["stage_rank"] == m.home)
+                replica = sorted((s for s in same_pp if s["dp_rank"] == home_dp), key=lambda s: s["tp_rank"])
                 if not all(m.key in s["momentum"] for s in replica):
                     continue  # no momentum yet: the step count is 0
                 if len(replica) != first["tp_size"]:
                     raise ValueError(f"momentum of {m.key}: {len(replica)} of {first['tp_size']} TP pieces present")
                 buf = unstride([s["momentum"][m.key] for s in replica], m.tp_dim, m.stride)
             elif first["mode"] == "owner":
-                holders = [s for s in stage if s["stage_rank"] == m.home and m.key in s["momentum"]]
+                holders = [s for s in same_pp if s["stage_rank"] == m.home and m.key in s["momentum"]]
                 if not holders:
                     continue  # no momentum yet: the step count is 0
                 buf = holders[0]["momentum"][m.key]
             else:
-                replica = sorted((s for s in stage if s["dp_rank"] == 0), key=lambda s: s["tp_rank"])
+                replica = sorted((s for s in same_pp if s["dp_rank"] == 0), key=lambda s: s["tp_rank"])
                 if not all(m.key in s["momentum"] for s in replica):
                     continue
                 pieces = [s["momentum"][m.key] for s in replica]
@@ -128,10 +128,10 @@ def merge_sharded_states(states: list[dict], order: Optional[list[str]] = None) 
     """Merge every rank's :meth:`DistributedOptimizerSet.state_dict` into single-process layout.
 
     Args:
-        states: one state per rank, all ranks of all pipeline stages (any order).
+        states: one state per rank, all ranks of all pipeline ranks (any order).
         order: parameter names in the single-process model's order. Without it the names of
-            each group follow the pipeline stages in rank order, which is the model's order
-            unless stages interleave (virtual pipeline); ``ReplicatedOptimizerSet.load_state_dict``
+            each group follow the pipeline ranks in rank order, which is the model's order
+            unless pipeline ranks interleave (virtual pipeline); ``ReplicatedOptimizerSet.load_state_dict``
             compares names in order, :meth:`DistributedOptimizerSet.load_canonical_state_dict`
             by name.
 
@@ -139,16 +139,16 @@ def merge_sharded_states(states: list[dict], order: Optional[list[str]] = None) 
         A dict laid out as ``ReplicatedOptimizerSet.state_dict()``: ``split``, ``optimizers`` (torch
         ``state_dict`` of ``muon`` and ``adamw`` with whole tensors) and ``schedulers``.
     """
-    stages: dict[int, dict] = {}
+    per_pp: dict[int, dict] = {}
     for s in states:
         if s.get("format") != FORMAT:
             raise ValueError(f"not a distributed Muon shard (format {s.get('format')!r})")
-        stages.setdefault(s["pp_rank"], s)
-    split = {k: [n for pp in sorted(stages) for n in stages[pp]["split"][k]] for k in ("muon", "adamw_decay", "adamw_no_decay")}
+        per_pp.setdefault(s["pp_rank"], s)
+    split = {k: [n for pp in sorted(per_pp) for n in per_pp[pp]["split"][k]] for k in ("muon", "adamw_decay", "adamw_no_decay")}
     if order is not None:
         rank = {n: i for i, n in enumerate(order)}
         split = {k: sorted(names, key=lambda n: rank.get(n, len(rank))) for k, names in split.items()}
-    muon_hyper = next((st["hyper"]["muon"][0] for st in stages.values() if "muon" in st["hyper"]), None)
+    muon_hyper = next((st["hyper"]["muon"][0] for st in per_pp.values() if "muon" in st["hyper"]), None)
     optimizers: dict[str, Any] = {}
     if split["muon"]:
         _, momentum = merge_momentum([s["muon"] for s in states if s["muon"] is not None])
@@ -161,7 +161,7 @@ def merge_sharded_states(states: list[dict], order: Optional[list[str]] = None) 
     if adam_groups:
         whole = merge_adamw_state([s["adamw"] for s in states if s["adamw"] is not None])
         names = [n for g in adam_groups for n in g]
-        hyper = _stage_hyper(stages)
+        hyper = _pipeline_rank_hyper(per_pp)
         state, groups, i = {}, [], 0
         for kind, g in zip([k for k in ("adamw_decay", "adamw_no_decay") if split[k]], adam_groups):
             groups.append({**hyper[kind], "params": list(range(i, i + len(g)))})
@@ -181,7 +181,7 @@ def merge_sharded_states(states: list[dict], order: Optional[list[str]] = None) 
         if not group_kinds(key, split):
             continue
         common, per_kind = None, {}
-        for st in stages.values():
+        for st in per_pp.values():
             kinds = group_kinds(key, st["split"])
             if not kinds:
                 continue
@@ -193,10 +193,10 @@ def merge_sharded_states(states: list[dict], order: Optional[list[str]] = None) 
     return {"split": split, "optimizers": optimizers, "schedulers": schedulers}
 
 
-def _stage_hyper(stages: dict[int, dict]) -> dict[str, dict]:
-    """AdamW hyper-parameters per group kind, from any stage that has that group."""
+def _pipeline_rank_hyper(per_pp: dict[int, dict]) -> dict[str, dict]:
+    """AdamW hyper-parameters per group kind, from any pipeline rank that has that group."""
     out: dict[str, dict] = {}
-    for s in stages.values():
+    for s in per_pp.values():
         kinds = [k for k in ("adamw_decay", "adamw_no_decay") if s["split"][k]]
         for kind, h in zip(kinds, s["hyper"].get("adamw", [])):
             out.setdefault(kind, h)

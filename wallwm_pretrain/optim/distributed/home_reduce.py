@@ -5,7 +5,7 @@ all-reduced. When megatron's DDP finds a bucket of gradients ready
 (during backward with ``overlap_grad_reduce``, else in ``finish_grad_sync``) it calls the bucket
 group's ``start_grad_sync``; :class:`HomeReduce` replaces that call, per bucket group, by:
 
-- one ``all_to_all_single`` over the stage (DP x TP) in which every rank sends its piece of each
+- one ``all_to_all_single`` over the TP x DP group in which every rank sends its piece of each
   Muon matrix of the bucket to that matrix's home; the home sums the data-parallel copies (in
   data-parallel rank order) and joins the tensor-parallel pieces into the whole matrix (with
   ``optim.muon_tp_ns=sharded``, a matrix kept in pieces goes piece by piece to the TP rank of
@@ -18,7 +18,7 @@ group's ``start_grad_sync``; :class:`HomeReduce` replaces that call, per bucket 
 
 Only the home ends up with a Muon matrix's reduced gradient (:attr:`HomeReduce.reduced`), only
 the shard's rank with an AdamW element's; the DDP buffers keep each rank's own unreduced
-contribution. A rank sends and receives (N-1)/N of its gradient bytes (N = stage size for Muon,
+contribution. A rank sends and receives (N-1)/N of its gradient bytes (N = TP x DP size for Muon,
 homes balanced; DP for AdamW), half an all-reduce; the return of the orthogonalised update
 (see :mod:`.muon`) and the all-gather of the AdamW shards are the other half.
 
@@ -67,7 +67,7 @@ class HomeReduce:
     """Reduce-to-home of distributed Muon's gradients inside megatron DDP (module docstring).
 
     Args:
-        muon: the owner-mode optimizer (its plan, homes and stage coordinates); ``None`` when
+        muon: the owner-mode optimizer (its plan, homes and TP x DP coordinates); ``None`` when
             every parameter goes to AdamW.
         buffers: the megatron ``DistributedDataParallel`` wrappers whose buffers hold the
             gradients of ``muon``'s parameters (and of the AdamW ones).
@@ -147,14 +147,14 @@ class HomeReduce:
         finishers.append(copy_back)
 
     def _senders(self, m, src: int) -> bool:
-        """Whether stage rank ``src`` sends its piece of ``m`` to the home."""
+        """Whether TP x DP rank ``src`` sends its piece of ``m`` to the home."""
         coords = self.muon._coords
         return m.tp_dim is not None or coords[src][1] == coords[m.home][1]
 
     def _to_home(self, matrices: list, works: list, finishers: list) -> None:
         mu = self.muon
         g = mu.groups
-        me, tp, world = mu.stage_rank, g.tp_size, g.stage_size
+        me, tp, world = mu.tp_dp_rank, g.tp_size, g.tp_dp_size
         grads = {m.name: mu.params[m.name].main_grad for m in matrices}
         mine = [m for m in matrices if mu.holds(m, me)]
         if world == 1:

@@ -1,9 +1,9 @@
 """Distributed Muon: each logical matrix is orthogonalised once, on its home rank.
 
-Single-process Muon (``wallwm_pretrain.optim.muon``) run on every rank of a DP x TP stage does
+Single-process Muon (``wallwm_pretrain.optim.muon``) run on every rank of a pipeline rank's DP x TP group does
 the same Newton-Schulz work DP x TP times over and keeps DP copies of the momentum. Here every
 logical matrix (a whole weight, or Q, K, V, gate, up of a fused one; see :mod:`.plan`)
-has one home among the stage's ranks. Per step and bucket of matrices:
+has one home among the pipeline rank's ranks. Per step and bucket of matrices:
 
 1. *to the home* (tensor-parallel pieces only): the ranks of the home's data-parallel replica
    send their pieces of the (already data-parallel-reduced) gradient to the home, which joins
@@ -11,7 +11,7 @@ has one home among the stage's ranks. Per step and bucket of matrices:
    transfer: every rank holds the reduced gradient.
 2. the home advances the momentum (kept only there, for the whole matrix), takes the Nesterov
    look-ahead and orthogonalises, batching same-shape matrices into one Newton-Schulz call;
-3. *back*: the home sends every rank its piece of the result (all_to_all over the stage group);
+3. *back*: the home sends every rank its piece of the result (all_to_all over the TP x DP group);
    each rank applies decoupled weight decay and the update scaled by the logical shape.
 
 Both transfers are one ``all_to_all_single`` per bucket, started asynchronously so that the
@@ -84,9 +84,9 @@ BATCH_MIN_SIDE = 16
 
 
 class DistMuon(MomentumState, torch.optim.Optimizer):
-    """Muon over a pipeline stage's DP x TP ranks (see the module docstring).
+    """Muon over a pipeline rank's DP x TP ranks (see the module docstring).
 
-    Every rank of the stage constructs it with its own pieces of the same parameters (same
+    Every rank of the TP x DP group constructs it with its own pieces of the same parameters (same
     names, in the same order) and calls :meth:`step` together.
 
     Attributes:
@@ -112,11 +112,11 @@ class DistMuon(MomentumState, torch.optim.Optimizer):
         tp_ns: str = "gather",
         **hyper,
     ) -> None:
-        """Create the optimizer (a collective over ``groups.stage``: it checks the plan).
+        """Create the optimizer (a collective over ``groups.tp_dp``: it checks the plan).
 
         Args:
             named_params: this rank's Muon parameters (2-D; TP pieces carry megatron's marks).
-            groups: the stage's process groups and this rank's coordinates.
+            groups: the pipeline rank's process groups and this rank's coordinates.
             mode: ``owner``, ``gather`` or ``local``.
             fused: fused row layouts by parameter name (:func:`.layout.fused_layouts`).
             split_fused: orthogonalise the logical matrices of fused weights separately.
@@ -141,7 +141,7 @@ class DistMuon(MomentumState, torch.optim.Optimizer):
 
         Raises:
             ValueError: a bad hyper-parameter or mode, a parameter that is not 2-D, or ranks of
-                the stage that computed different plans (different parameters or shapes).
+                the TP x DP group that computed different plans (different parameters or shapes).
         """
         if mode not in MODES:
             raise ValueError(f"distributed Muon mode must be one of {MODES}, got {mode!r}")
@@ -160,7 +160,7 @@ class DistMuon(MomentumState, torch.optim.Optimizer):
         self.fused = {n: f for n, f in (fused or {}).items() if n in self.params}
         self._grad_fn = grad_fn or (lambda p: p.grad)
         matrices = logical_matrices(self.params, self.fused, groups.tp_size, split_fused)
-        self.plan = assign_homes(matrices, groups.stage_size)
+        self.plan = assign_homes(matrices, groups.tp_dp_size)
         self.buckets = bucketize(self.plan, bucket_elems)
         self.momentum: dict[str, Tensor] = {}
         self.home_grads = home_grads
@@ -168,7 +168,7 @@ class DistMuon(MomentumState, torch.optim.Optimizer):
         self._returns: list[tuple[set[str], Pending]] = []  # in flight: (parameter names, transfer)
         self.ns_calls: Counter[str] = Counter()
         self.ns_batched = 0
-        self._coords, self.stage_rank = self._exchange_coordinates()
+        self._coords, self.tp_dp_rank = self._exchange_coordinates()
         self._rank_of = {c: r for r, c in enumerate(self._coords)}
         # matrices orthogonalised in their TP pieces (owner mode, optim.muon_tp_ns=sharded)
         self.tp_ns = tp_ns
@@ -181,30 +181,30 @@ class DistMuon(MomentumState, torch.optim.Optimizer):
     def _exchange_coordinates(self) -> tuple[list[tuple[int, int]], int]:
         g = self.groups
         mine = (g.dp_rank, g.tp_rank, fingerprint(self.plan))
-        if g.stage_size == 1:
+        if g.tp_dp_size == 1:
             return [(g.dp_rank, g.tp_rank)], 0
-        everyone: list = [None] * g.stage_size
-        dist.all_gather_object(everyone, mine, group=g.stage)
+        everyone: list = [None] * g.tp_dp_size
+        dist.all_gather_object(everyone, mine, group=g.tp_dp)
         prints = {fp for _, _, fp in everyone}
         if len(prints) != 1:
             raise ValueError(
-                f"distributed Muon: the {g.stage_size} ranks of a stage computed {len(prints)} different "
+                f"distributed Muon: the {g.tp_dp_size} ranks of a TP x DP group computed {len(prints)} different "
                 "ownership plans; they must hold the same parameter names and shapes"
             )
         coords = [(d, t) for d, t, _ in everyone]
         if sorted(coords) != sorted((d, t) for d in range(g.dp_size) for t in range(g.tp_size)):
-            raise ValueError(f"stage ranks do not cover dp {g.dp_size} x tp {g.tp_size} exactly once: {coords}")
-        return coords, dist.get_rank(group=g.stage)
+            raise ValueError(f"TP x DP ranks do not cover dp {g.dp_size} x tp {g.tp_size} exactly once: {coords}")
+        return coords, dist.get_rank(group=g.tp_dp)
 
     def holds(self, m: LogicalMatrix, rank: int) -> bool:
-        """Whether stage rank ``rank`` keeps ``m``'s momentum and orthogonalises it (its home,
+        """Whether TP x DP rank ``rank`` keeps ``m``'s momentum and orthogonalises it (its home,
         or for a sharded matrix every TP rank at the home's data-parallel index)."""
         if m.key in self.sharded_keys:
             return self._coords[rank][0] == self._coords[m.home][0]
         return rank == m.home
 
     def destination(self, m: LogicalMatrix, src: int) -> int:
-        """The stage rank that receives rank ``src``'s gradient piece of ``m``."""
+        """The TP x DP rank that receives rank ``src``'s gradient piece of ``m``."""
         if m.key in self.sharded_keys:
             return self._rank_of[(self._coords[m.home][0], self._coords[src][1])]
         return m.home
@@ -257,7 +257,7 @@ class DistMuon(MomentumState, torch.optim.Optimizer):
     # -- step ---------------------------------------------------------------------------
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], Tensor]] = None) -> Optional[Tensor]:
-        """One Muon update of every parameter (a collective over the stage in owner/gather mode).
+        """One Muon update of every parameter (a collective over the TP x DP group in owner/gather mode).
 
         Returns:
             The closure's loss, or None.
@@ -330,12 +330,12 @@ class DistMuon(MomentumState, torch.optim.Optimizer):
             later.result()
 
     def _a2a(self, chunks_by_dst: list[list[Tensor]], recv_sizes: list[int], dtype: torch.dtype, device) -> tuple:
-        """Start one all_to_all_single over the stage's ranks; returns (work, received segments)."""
-        return start_all_to_all(chunks_by_dst, recv_sizes, dtype, device, self.groups.stage)
+        """Start one all_to_all_single over the pipeline rank's ranks; returns (work, received segments)."""
+        return start_all_to_all(chunks_by_dst, recv_sizes, dtype, device, self.groups.tp_dp)
 
     def _step_owner(self, grads: dict[str, Tensor], group: dict) -> None:
         g = self.groups
-        me, my_dp, tp = self.stage_rank, g.dp_rank, g.tp_size
+        me, my_dp, tp = self.tp_dp_rank, g.dp_rank, g.tp_size
         device = next(iter(self.params.values())).device if self.params else torch.device("cpu")
         grad_dtype = torch.float32
         if grads:
@@ -359,23 +359,23 @@ class DistMuon(MomentumState, torch.optim.Optimizer):
             sharded_owned = [m for m in owned if m.tp_dim is not None and m.key not in pieces_kept]
             local = {m.key: self._local(m, grads[m.name]) for m in owned
                      if m.tp_dim is None or m.key in pieces_kept}
-            if tp == 1 or g.stage_size == 1 or not any(m.tp_dim is not None and m.key not in pieces_kept for m in bucket):
+            if tp == 1 or g.tp_dp_size == 1 or not any(m.tp_dim is not None and m.key not in pieces_kept for m in bucket):
                 return Pending(None, lambda: local)
             # Pieces travel from the home's own data-parallel replica (its TP peers).
             chunks = [
                 [self._local(m, grads[m.name]) for m in bucket
                  if m.tp_dim is not None and m.key not in pieces_kept and m.home == dst
                  and self._coords[dst][0] == my_dp]
-                for dst in range(g.stage_size)
+                for dst in range(g.tp_dp_size)
             ]
             per_src = sum(m.piece_numel(tp) for m in sharded_owned)
-            recv = [per_src if self._coords[src][0] == my_dp else 0 for src in range(g.stage_size)]
+            recv = [per_src if self._coords[src][0] == my_dp else 0 for src in range(g.tp_dp_size)]
             work, out = self._a2a(chunks, recv, grad_dtype, device)
 
             def finish() -> dict:
                 segments = out.split(recv)
                 split_sizes = [m.piece_numel(tp) for m in sharded_owned]
-                by_src = {src: segments[src].split(split_sizes) for src in range(g.stage_size) if recv[src]}
+                by_src = {src: segments[src].split(split_sizes) for src in range(g.tp_dp_size) if recv[src]}
                 full = dict(local)
                 for i, m in enumerate(sharded_owned):
                     pieces = [by_src[self._rank_of[(my_dp, t)]][i].view(m.piece_shape(tp)) for t in range(tp)]
@@ -409,19 +409,19 @@ class DistMuon(MomentumState, torch.optim.Optimizer):
                     apply_update(self._target(m), pieces[m.key], lr, adamw_rms_scale(m.rows, m.cols))
                 return {}
 
-            if g.stage_size == 1:
+            if g.tp_dp_size == 1:
                 return Pending(None, lambda: apply(orthos))
             my_tp = self._coords[me][1]
             chunks = [
                 [orthos[m.key] if m.key in pieces_kept else self._cut(m, orthos[m.key], self._coords[dst][1])
                  for m in owned if m.key not in pieces_kept or self._coords[dst][1] == my_tp]
-                for dst in range(g.stage_size)
+                for dst in range(g.tp_dp_size)
             ]
-            # what stage rank src sends this rank: its home matrices, and its pieces of split ones
+            # what TP x DP rank src sends this rank: its home matrices, and its pieces of split ones
             from_src = [
                 [m for m in bucket
                  if self.holds(m, src) and (m.key not in pieces_kept or self._coords[src][1] == my_tp)]
-                for src in range(g.stage_size)
+                for src in range(g.tp_dp_size)
             ]
             recv = [sum(m.piece_numel(tp) for m in ms) for ms in from_src]
             work, out = self._a2a(chunks, recv, ns_dtype, device)
@@ -429,7 +429,7 @@ class DistMuon(MomentumState, torch.optim.Optimizer):
             def finish() -> dict:
                 segments = out.split(recv)
                 pieces = {}
-                for src in range(g.stage_size):
+                for src in range(g.tp_dp_size):
                     mine = from_src[src]
                     for m, piece in zip(mine, segments[src].split([m.piece_numel(tp) for m in mine])):
                         pieces[m.key] = piece

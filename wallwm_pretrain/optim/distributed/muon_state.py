@@ -25,7 +25,7 @@ class MomentumState:
             "tp_size": g.tp_size,
             "dp_rank": g.dp_rank,
             "pp_rank": g.pp_rank,
-            "stage_rank": self.stage_rank,
+            "stage_rank": self.tp_dp_rank,  # the key checkpoints have always used for this rank
             "names": list(self.params),
             "plan": [dict(m.__dict__) for m in self.plan],
             "tp_ns_keys": sorted(self.sharded_keys),  # momentum held in TP pieces (muon_tp_ns=sharded)
@@ -72,11 +72,11 @@ class MomentumState:
                 raise ValueError(f"momentum of {m.key}: expected {m.rows} x {m.cols}, got {tuple(buf.shape)}")
             p = self.params[m.name]
             if m.key in self.sharded_keys:
-                if self.holds(m, self.stage_rank):
+                if self.holds(m, self.tp_dp_rank):
                     piece = self._cut(m, buf, self.groups.tp_rank)
                     self.momentum[m.key] = piece.to(p.device, p.dtype).clone(memory_format=torch.contiguous_format)
             elif self.mode == "owner":
-                if m.home == self.stage_rank:
+                if m.home == self.tp_dp_rank:
                     self.momentum[m.key] = buf.to(p.device, p.dtype).clone(memory_format=torch.contiguous_format)
             else:
                 piece = self._cut(m, buf, self.groups.tp_rank)

@@ -169,7 +169,7 @@ class DistributedOptimizerSet(OptimizerSetBase):
     def clip_grad_norm(self, max_norm: float) -> float:
         """As :meth:`OptimizerSetBase.clip_grad_norm`; with reduce-to-home the squares come from
         the homes' whole Muon matrices (or, with ``tp_ns`` sharded, the pieces their TP ranks
-        keep; each counted once in the stage) and from the AdamW shards' reduced gradients
+        keep; each counted once in the TP x DP group) and from the AdamW shards' reduced gradients
         (each data-parallel rank its shard, tensor-parallel rank 0 unless sliced), summed by
         one all-reduce of a scalar over all ranks."""
         if self.home is None:
@@ -188,7 +188,7 @@ class DistributedOptimizerSet(OptimizerSetBase):
         device = next(iter(self._params.values())).device
         sq = torch.stack(squares).sum() if squares else torch.zeros((), dtype=torch.float32, device=device)
         if dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(sq)  # every rank of the run: stages, TP and DP ranks each add their part
+            dist.all_reduce(sq)  # every rank of the run: pipeline, TP and DP ranks each add their part
         total = sq.sqrt()
         clip_by_global_norm(homes + (self.shards.shard_grads() if self.shards is not None else []), total, max_norm)
         return float(total)
@@ -259,7 +259,7 @@ class DistributedOptimizerSet(OptimizerSetBase):
     ) -> Optional[dict]:
         """The whole optimizer state in single-process ``OptimizerSet`` layout, on rank ``dst``.
 
-        A collective over ``group`` (default: all ranks, so every pipeline stage is included).
+        A collective over ``group`` (default: all ranks, so every pipeline rank is included).
 
         Args:
             dst: global rank that receives the merged state.
@@ -283,7 +283,7 @@ class DistributedOptimizerSet(OptimizerSetBase):
 
         Args:
             state: :meth:`canonical_state_dict` output or ``ReplicatedOptimizerSet.state_dict()``; it may
-                hold more parameters (other pipeline stages) than this rank.
+                hold more parameters (other pipeline ranks) than this rank.
 
         Raises:
             ValueError: a parameter of this rank missing from the state or in another group.

@@ -1,11 +1,11 @@
 """Which rank orthogonalises which logical matrix: the ownership plan of distributed Muon.
 
-Every logical 2-D matrix of a pipeline stage (a whole weight, or one part of a fused weight:
-Q, K, V, gate, up) gets one *home* among the stage's DP x TP ranks. Homes are assigned by
+Every logical 2-D matrix of a pipeline rank (a whole weight, or one part of a fused weight:
+Q, K, V, gate, up) gets one *home* among the pipeline rank's DP x TP ranks. Homes are assigned by
 longest-processing-time-first (LPT) on the Newton-Schulz cost ``4 s^2 l + 2 s^3`` per iteration
 (s <= l the matrix sides): matrices in decreasing cost, each to the rank with the least cost so
 far. LPT's makespan is within 4/3 of the optimum, and the first ``world`` (largest) matrices land
-on distinct ranks. The plan depends only on names and shapes, which every rank of the stage
+on distinct ranks. The plan depends only on names and shapes, which every rank of the TP x DP group
 holds alike, so all ranks compute the same plan without communication (a fingerprint of it is
 compared once at start-up).
 
@@ -43,7 +43,7 @@ class LogicalMatrix:
         tp_dim: dimension along which tensor-parallel ranks hold pieces; None = every rank
             holds the whole matrix (replicated).
         stride: megatron's partition stride of the pieces (1 for every part of a fused weight).
-        home: rank, within the stage's DP x TP group, that owns its momentum and Newton-Schulz.
+        home: rank, within the pipeline rank's DP x TP group, that owns its momentum and Newton-Schulz.
     """
 
     key: str
@@ -76,7 +76,7 @@ class LogicalMatrix:
 def logical_matrices(
     named: dict[str, Tensor], fused: dict[str, FusedLayout], tp: int, split_fused: bool
 ) -> list[LogicalMatrix]:
-    """The logical matrices of a stage's Muon parameters, in parameter order (homes unset).
+    """The logical matrices of a pipeline rank's Muon parameters, in parameter order (homes unset).
 
     Args:
         named: this rank's Muon parameters by name (its tensor-parallel pieces).
@@ -111,8 +111,8 @@ def assign_homes(matrices: list[LogicalMatrix], world: int) -> list[LogicalMatri
     """LPT assignment of homes; returns the matrices in LPT order (cost down, then key).
 
     Args:
-        matrices: the stage's logical matrices.
-        world: ranks in the stage's DP x TP group.
+        matrices: the pipeline rank's logical matrices.
+        world: ranks in the pipeline rank's DP x TP group.
 
     Raises:
         ValueError: ``world < 1`` or duplicate keys.

@@ -60,7 +60,7 @@ def _holds(muon: Any, m: LogicalMatrix) -> bool:
     """Whether this rank is the one that writes (and reads) the momentum of ``m``."""
     g = muon.groups
     if muon.mode == "owner":
-        return m.home == muon.stage_rank
+        return m.home == muon.tp_dp_rank
     return g.dp_rank == 0 and (m.tp_dim is not None or g.tp_rank == 0)
 
 
@@ -115,7 +115,7 @@ def load_distributed(opt_set: Any, saved: dict, source: PieceSource) -> None:
         for m in muon.plan:
             name = optim_name("muon", m.name, MOMENTUM)
             shape = source.shape(name)
-            if shape is None or (muon.mode == "owner" and m.home != muon.stage_rank):
+            if shape is None or (muon.mode == "owner" and m.home != muon.tp_dp_rank):
                 continue
             view = momentum_view(muon, m)
             if shape != view.global_shape:

@@ -1,4 +1,4 @@
-"""The transfers of distributed Muon: one uneven all-to-all over a stage's ranks, started
+"""The transfers of distributed Muon: one uneven all-to-all over a TP x DP group, started
 asynchronously, and a pending transfer with what to do once it has arrived (so the optimizer
 can keep one bucket's transfer in flight while it computes on the previous one)."""
 
