@@ -128,7 +128,9 @@ class DistributedOptimizerSet(OptimizerSetBase):
             self.optimizers["adamw"] = self.adamw.inner
         if home:
             if self.adamw is not None:
-                self.shards = ShardReduce(self.adamw, self.grad_buffers)
+                # the norm sums the squares in parameter order, as over whole gradients before the
+                # shards: one process then gives the very same norm (a float sum depends on order)
+                self.shards = ShardReduce(self.adamw, self.grad_buffers, param_order=list(self._params))
             self.home = HomeReduce(self.muon, self.grad_buffers, self.shards)
             if self.muon is not None:
                 self.home.reduced = self.muon.home_grads  # one dict: filled by the reduce, read by the step
@@ -179,11 +181,7 @@ class DistributedOptimizerSet(OptimizerSetBase):
         self.finish_grad_sync()
         g = self.groups
         homes = list(self.home.reduced.values())
-        pieces = self.shards.grad_pieces(g.tp_rank) if self.shards is not None else []
-        # summed in parameter order, as the squares of whole gradients were before the shards:
-        # one process then gives the very same norm (the float sum depends on its order)
-        order = {n: i for i, n in enumerate(self._params)}
-        counted = homes + [t for _, t in sorted(pieces, key=lambda nt: order[nt[0]])]
+        counted = homes + (self.shards.grad_pieces(g.tp_rank) if self.shards is not None else [])
         squares = [torch.linalg.vector_norm(t, dtype=torch.float32).square() for t in counted]
         device = next(iter(self._params.values())).device
         sq = torch.stack(squares).sum() if squares else torch.zeros((), dtype=torch.float32, device=device)

@@ -50,8 +50,18 @@ class ShardReduce:
         ValueError: an AdamW parameter that no DDP buffer holds (its gradient would never arrive).
     """
 
-    def __init__(self, adamw: ZeroAdamW, buffers: Sequence) -> None:
+    def __init__(self, adamw: ZeroAdamW, buffers: Sequence, param_order: Sequence[str] = ()) -> None:
+        """Args:
+            adamw: the ZeRO-1 AdamW whose shards receive the gradients.
+            buffers: the megatron DDP modules whose bucket sync runs the reduce-scatter.
+            param_order: parameter names in the order the global gradient norm sums their
+                squares (the optimizer set's); names not listed come after, in shard order.
+        """
         self.adamw = adamw
+        rank = {n: i for i, n in enumerate(param_order)}
+        pieces = [(gi, i, dst, n) for gi, f in enumerate(adamw.flat) for i, _, dst, n in f.overlaps()]
+        # fixed for the run (the shard layout does not change): sorted once, not every step
+        self._norm_pieces = sorted(pieces, key=lambda q: rank.get(adamw.flat[q[0]].names[q[1]], len(rank)))
         self.where: dict[int, tuple[int, int, int]] = {}  # id(param) -> (group, offset, numel)
         for gi, f in enumerate(adamw.flat):
             for p, off, n in zip(f.params, f.offsets, f.sizes):
@@ -127,18 +137,18 @@ class ShardReduce:
 
         finishers.append(finish)
 
-    def grad_pieces(self, tp_rank: int) -> list[tuple[str, Tensor]]:
-        """``(parameter name, view)`` of this rank's reduced shard gradients that count towards
-        the global norm.
+    def grad_pieces(self, tp_rank: int) -> list[Tensor]:
+        """Views of this rank's reduced shard gradients that count towards the global norm, in
+        ``param_order``.
 
         Each element is counted once in the run: on the data-parallel rank of its shard, and
         for a parameter that tensor parallelism does not split, on tensor-parallel rank 0.
         """
         out = []
-        for f in self.adamw.flat:
-            for i, _, dst, n in f.overlaps():
-                if is_tp_sharded(f.params[i]) or tp_rank == 0:
-                    out.append((f.names[i], f.value.grad[dst : dst + n]))
+        for gi, i, dst, n in self._norm_pieces:
+            f = self.adamw.flat[gi]
+            if is_tp_sharded(f.params[i]) or tp_rank == 0:
+                out.append(f.value.grad[dst : dst + n])
         return out
 
     def shard_grads(self) -> list[Tensor]:
