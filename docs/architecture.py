@@ -26,8 +26,7 @@ def nodes_and_edges() -> tuple[list[str], list[tuple[str, str]]]:
     """The children of the training package and the other two packages, and who imports whom."""
     import grimp
 
-    # type-only imports (under `if TYPE_CHECKING:`) are left out, as in .importlinter
-    graph = grimp.build_graph(ROOT, *OTHERS, exclude_type_checking_imports=True)
+    graph = grimp.build_graph(ROOT, *OTHERS)
     children = sorted(m for m in graph.find_children(ROOT) if not m.rsplit(".", 1)[-1].startswith("_"))
     nodes = children + list(OTHERS)
     edges = []

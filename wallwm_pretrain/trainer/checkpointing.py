@@ -18,7 +18,7 @@ import logging
 import time
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import Any, Optional
 
 import torch
 
@@ -36,8 +36,6 @@ from wallwm_pretrain.resilience.agree import agree
 from wallwm_pretrain.resilience.nonfinite import NonFiniteError
 from wallwm_pretrain.trainer.rng import rng_state, set_rng_state
 
-if TYPE_CHECKING:
-    from wallwm_pretrain.trainer.loop import Trainer
 
 log = logging.getLogger("wallwm_pretrain")
 
@@ -45,7 +43,8 @@ log = logging.getLogger("wallwm_pretrain")
 class RunCheckpoints:
     """Resume, init_from, save and flush for one trainer (see the module docstring)."""
 
-    def __init__(self, trainer: "Trainer") -> None:
+    def __init__(self, trainer: Any) -> None:
+        # the Trainer of trainer/loop.py, which imports this module: not imported back
         self.t = trainer
         self.save_group = save_group(trainer.ctx, trainer.cfg.parallel.save_timeout_s)  # sharded saves talk here
         self.background = BackgroundSave()

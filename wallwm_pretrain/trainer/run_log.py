@@ -16,7 +16,7 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import Any, Optional
 
 import numpy as np
 from tqdm import tqdm
@@ -26,8 +26,6 @@ from wallwm_pretrain.step_metrics import memory_label, peak_memory_gib, peak_tfl
 from wallwm_pretrain.tracking import plot_loss_curve
 from wallwm_pretrain.trainer.summary import RunSummary
 
-if TYPE_CHECKING:
-    from wallwm_pretrain.trainer.loop import Trainer
 
 log = logging.getLogger("wallwm_pretrain")
 
@@ -38,7 +36,7 @@ _COUNTS = ("samples", "tokens", "model_flops")
 class RunLog:
     """Meters, progress and tracking of one invocation of :meth:`Trainer.train`."""
 
-    def __init__(self, trainer: "Trainer", end_step: int) -> None:
+    def __init__(self, trainer: Any, end_step: int) -> None:
         self.t = t = trainer
         self.end_step = end_step
         self.start_step = t.step
