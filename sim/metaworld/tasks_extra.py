@@ -109,7 +109,7 @@ def _reach(obs, act):
     return "reach"  # both branches (rise over the wall, straight to the goal) reach the goal
 
 
-_WALL = ("wall", "low wall")
+_WALL = ("wall", "barrier")
 _BUTTON = ("button", "red button")
 
 EXTRA_SPECS: tuple[TaskSpec, ...] = (
@@ -198,7 +198,7 @@ EXTRA_SPECS: tuple[TaskSpec, ...] = (
                   (("press the {handle} down", "push the {handle} down"), ("press",))),
         task=("press the {handle} down", "push the {handle} down",
               "press down on the {handle}"),
-        nouns={"handle": ("handle", "red handle", "lever")}),
+        nouns={"handle": ("handle", "press handle")}),
     TaskSpec(
         "plate-slide-v3", _plate_slide([0.0, -0.055, 0.03], 0.03),
         primitives={
