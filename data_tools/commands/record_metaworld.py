@@ -25,8 +25,13 @@ from pathlib import Path
 from . import add_progress_flag, add_verb_parser
 
 DEFAULT_TASKS = ["pick-place-v3", "drawer-open-v3", "button-press-topdown-v3"]
+# tests/data_tools/test_dt_metaworld.py holds this list equal to sim.metaworld.SPECS.
 TASK_NAMES = ["pick-place-v3", "push-v3", "reach-v3", "drawer-open-v3", "drawer-close-v3",
-              "button-press-topdown-v3", "button-press-v3", "door-open-v3"]
+              "button-press-topdown-v3", "button-press-v3", "door-open-v3",
+              "window-open-v3", "window-close-v3", "button-press-wall-v3",
+              "button-press-topdown-wall-v3", "coffee-button-v3", "handle-press-v3",
+              "plate-slide-v3", "plate-slide-side-v3", "coffee-push-v3", "push-wall-v3",
+              "pick-place-wall-v3", "reach-wall-v3"]
 
 
 def _positive(text: str) -> int:

@@ -11,40 +11,26 @@ first appearances in the spec's order, and end a successful episode in the last 
 phase may also use the expert's own action (pick-place's grasp begins when the expert starts
 closing the gripper).
 
+This module holds the first eight tasks and ``SPECS``, the registry of all of them;
+``tasks_extra.py`` holds the others (wall variants, windows, plates, coffee machine, handle
+press) and names the experts left out and why. All tasks share one primitive vocabulary
+(reach, descend, grasp, transport, push, pull, press), so a task held out of training meets
+no primitive the training tasks lack.
+
 Adding a task: one ``TaskSpec`` with the expert's branch conditions, primitive and subtask
-templates, and the nouns its captions use.
+templates, and the nouns its captions use; its name goes into ``TASK_NAMES`` of
+``data_tools/commands/record_metaworld.py`` too (a test holds the two lists equal).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
-
 import numpy as np
 
 from .env import GRIPPER, HAND, OBJ1
+from .tasks_extra import EXTRA_SPECS
+from .taskspec import GOAL_NOUNS, Phase, TaskSpec, xy_dist as _xy
 
-Phase = Callable[[np.ndarray, np.ndarray], str]
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    name: str                                   # Meta-World environment, e.g. "pick-place-v3"
-    phase: Phase                                # (observation, expert action) -> primitive
-    primitives: dict[str, tuple[str, ...]]      # L1 primitive -> caption templates, in order
-    subtasks: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...]  # (L2 templates, primitives)
-    task: tuple[str, ...]                       # L3 templates
-    nouns: dict[str, tuple[str, ...]]           # template slot -> names; one per episode
-
-    def subtask_of(self, primitive: str) -> int:
-        for i, (_, prims) in enumerate(self.subtasks):
-            if primitive in prims:
-                return i
-        raise KeyError(f"{self.name}: primitive {primitive!r} belongs to no subtask")
-
-
-def _xy(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.linalg.norm(a[:2] - b[:2]))
+__all__ = ["SPECS", "Phase", "TaskSpec", "get_spec"]
 
 
 # --- phase functions: each mirrors the if/elif chain of Sawyer<Task>V3Policy ---------------
@@ -111,7 +97,7 @@ def _door_open(obs, act):
     return "pull"
 
 
-_GOAL = ("goal", "goal position", "target", "target position")
+_GOAL = GOAL_NOUNS
 
 SPECS: dict[str, TaskSpec] = {s.name: s for s in (
     TaskSpec(
@@ -222,6 +208,7 @@ SPECS: dict[str, TaskSpec] = {s.name: s for s in (
                   (("pull the {door} open", "open the {door}"), ("pull",))),
         task=("open the {door}", "pull the {door} open", "swing the {door} open"),
         nouns={"door": ("door",), "handle": ("door handle", "handle of the door")}),
+    *EXTRA_SPECS,
 )}
 
 

@@ -61,6 +61,14 @@ def test_task_list_of_the_cli_matches_the_specs():
     assert TASK_NAMES == list(SPECS) and set(DEFAULT_TASKS) <= set(SPECS)
 
 
+def test_every_primitive_is_shared_by_another_task():
+    """Holding any one task out of training leaves all of its primitives in the other tasks."""
+    for name, spec in SPECS.items():
+        for prim in spec.primitives:
+            others = [n for n, s in SPECS.items() if n != name and prim in s.primitives]
+            assert others, f"{name}: primitive {prim!r} occurs in no other task"
+
+
 def test_layouts_depend_on_the_seed_only(mw_backend):
     from sim.metaworld.env import OBJ1, TaskEnv
 
