@@ -13,6 +13,7 @@
 #                     stage from stages 2-4; rerun resumes an interrupted stage, skips
 #                     finished ones, and prints the summary table
 #   make ablation     Meta-World event mode vs chunk mode (bench/ablation.py), table in docs/
+#   make science      event vs chunk vs unified mode with 3 seeds and held-out tasks (bench/science.py), docs/science.md
 #   make gpu-wheels   the offline wheelhouse for a GPU machine with no package registry (.gpu/wheels,
 #                     bench/gpu_wheels.py; pins: setup.cfg and bench/gpu_wheels.txt)
 #   make gpu-check    the first GPU figures in one prepared run (bench/gpu_check.sh; see docs/benchmarks.md):
@@ -75,7 +76,7 @@ GPU_WHEELS ?= .gpu/wheels
 export MLFLOW_DISABLE_TELEMETRY ?= true
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install check-env slurm-deps test smoke-test smoke-train smoke-data smoke-wan wan-data smoke-wan-train gpu-wheels gpu-check smoke-conditioner smoke-unified recipe-smoke ablation fuzz mutation clean
+.PHONY: install check-env slurm-deps test smoke-test smoke-train smoke-data smoke-wan wan-data smoke-wan-train gpu-wheels gpu-check smoke-conditioner smoke-unified recipe-smoke ablation science fuzz mutation clean
 
 install: $(READY)
 
@@ -107,6 +108,9 @@ test: $(READY) slurm-deps
 
 ablation: $(READY)
 	$(PYTHON) bench/ablation.py
+
+science: $(READY)
+	$(PYTHON) bench/science.py
 
 fuzz: $(READY)
 	$(PYTHON) bench/fuzz_readers.py --cases $(FUZZ_CASES) --seed $(FUZZ_SEED)

@@ -160,3 +160,50 @@ def test_plot_loss_curve_draws_the_curve(tmp_path):
     path = plot_loss_curve({"loss": [(i, 5.0 / (i + 1)) for i in range(20)]}, tmp_path / "c.png")
     size, drawn = curve_pixels(path)
     assert size == (400, 700) and drawn > 100  # a line across the axes, in the series colour
+
+
+_OPEN_AND_LOG = """
+import sys
+from wallwm_pretrain.tracking import MLflowTracker, default_store
+uri, art = default_store(sys.argv[1])
+with MLflowTracker(uri, "array", f"job-{sys.argv[2]}", artifact_location=art) as t:
+    t.log_metrics({"x": float(sys.argv[2])}, 0)
+"""
+
+
+def test_processes_creating_one_new_store_at_once_all_log(tmp_path):
+    """Four processes start on a runs root with no store yet (a Slurm array sharing a runs root):
+    the first creates and migrates the sqlite store under a lock, the others wait and then log."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true")
+    procs = [subprocess.Popen([sys.executable, "-c", _OPEN_AND_LOG, str(tmp_path / "runs"), str(i)], env=env,
+                              stderr=subprocess.PIPE, text=True) for i in range(4)]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, "\n".join(e[-1500:] for e in errors)
+    runs = client_for(tmp_path).search_runs([client_for(tmp_path).get_experiment_by_name("array").experiment_id])
+    assert sorted(r.data.metrics["x"] for r in runs) == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_a_new_store_waits_for_the_lock_beside_it(tmp_path):
+    """While another process holds the lock beside ``mlflow.db``, opening the store does not
+    create it; once the lock is released it does."""
+    import fcntl
+    import subprocess
+    import sys
+    import time
+
+    root = tmp_path / "runs"
+    root.mkdir()
+    env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true")
+    with open(root / "mlflow.db.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        proc = subprocess.Popen([sys.executable, "-c", _OPEN_AND_LOG, str(root), "7"], env=env,
+                                stderr=subprocess.PIPE, text=True)
+        for _ in range(16):  # the child imports mlflow, then blocks on the lock; it must not finish
+            time.sleep(0.25)
+            assert proc.poll() is None, proc.communicate()[1][-1500:]
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    assert proc.wait(timeout=300) == 0, proc.communicate()[1][-1500:]
+    assert (root / "mlflow.db").is_file()

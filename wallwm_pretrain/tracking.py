@@ -148,10 +148,9 @@ class MLflowTracker(Tracker):
         tags: Mapping[str, str] | None = None,
     ) -> None:
         from mlflow.exceptions import MlflowException
-        from mlflow.tracking import MlflowClient
 
         self.tracking_uri = tracking_uri
-        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.client = open_store(tracking_uri)
         self._finished = False
         if run_id is not None:
             try:
@@ -232,6 +231,33 @@ class MLflowTracker(Tracker):
             return
         self.client.set_terminated(self.run_id, status=status)
         self._finished = True
+
+
+def open_store(tracking_uri: str):
+    """An ``MlflowClient`` of ``tracking_uri`` whose store exists and is migrated.
+
+    A new sqlite store is created and migrated by the first client that touches it, and MLflow's
+    migrations are not safe when two processes do that to the same file at once (a Slurm array
+    or several launches sharing one runs root fail with ``duplicate column name`` or ``table
+    already exists``). An exclusive lock on a file beside the database serialises the first
+    touch of every process; later ones find the schema current and only read it.
+    """
+    import fcntl
+
+    from mlflow.tracking import MlflowClient
+
+    if not tracking_uri.startswith("sqlite:///"):
+        return MlflowClient(tracking_uri=tracking_uri)
+    db = Path(tracking_uri[len("sqlite:///"):])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.parent / f"{db.name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:  # the client creates / migrates the store (at once or at its first call): both under the lock
+            client = MlflowClient(tracking_uri=tracking_uri)
+            client.search_experiments(max_results=1)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return client
 
 
 def default_store(runs_root: str | Path) -> tuple[str, str]:
