@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from wallwm_pretrain.checkpoint import CheckpointError, store
-from wallwm_pretrain.pieces import Piece
+from wallwm_pretrain.checkpoint.pieces import Piece
 
 CONFIG_YAML = "train:\n  steps: 5\n"
 
