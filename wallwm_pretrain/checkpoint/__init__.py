@@ -2,7 +2,8 @@
 
 ``save_checkpoint`` writes ``run_dir/checkpoints/step_XXXXXXXX/`` atomically and prunes old
 ones; ``find_latest`` / ``resolve_resume`` pick what to resume from; ``load_checkpoint``
-verifies hashes and rebuilds the nested optimizer and trainer states exactly. See :mod:`.store` and
+verifies hashes and rebuilds the nested optimizer and trainer states exactly;
+``merge_checkpoint`` writes a sharded checkpoint in the gathered layout. See :mod:`.store` and
 :mod:`.sharded` for the layouts, :mod:`.folders` for listing and retention, :mod:`.state` for the
 nested-state encoding, :mod:`.optim` for the optimizer state's pieces.
 """
@@ -29,6 +30,7 @@ from .store import (
     load_checkpoint,
     save_checkpoint,
 )
+from .merge import merge_checkpoint
 
 __all__ = [
     "Checkpoint",
@@ -46,6 +48,7 @@ __all__ = [
     "is_complete",
     "list_checkpoints",
     "load_checkpoint",
+    "merge_checkpoint",
     "prune_checkpoints",
     "resolve_resume",
     "save_checkpoint",
