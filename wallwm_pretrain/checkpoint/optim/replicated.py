@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from wallwm_pretrain.checkpoint.optim.by_name import GROUPS, KINDS, by_name, from_by_name
+from wallwm_pretrain.checkpoint.optim.by_name import KINDS, by_name, from_by_name
 from wallwm_pretrain.checkpoint.optim.interface import optimizer_pieces
 from wallwm_pretrain.checkpoint.optim.names import check_split, optim_name
 from wallwm_pretrain.checkpoint.pieces import Piece, PieceSource, pieces_of, read_view, whole
@@ -71,7 +71,7 @@ class ReplicatedPieces:
                     state[optimizer][param] = got
         named = {"split": structure["split"], "hparams": structure["hparams"], "state": state,
                  "schedulers": structure["schedulers"]}
-        opt.load_state_dict(from_by_name(named, {k: mine[k] for k in GROUPS}))
+        opt.load_state_dict(from_by_name(named, mine))
 
 
 @optimizer_pieces.register
