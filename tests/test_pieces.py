@@ -1,7 +1,7 @@
 """Geometry of sharded checkpoints: where a rank's tensor sits in the canonical tensor.
 
 Expected values are built by the layouts' own code (megatron-style ``restride``, ``FusedRows``)
-or by plain indexing, independently of ``wallwm_pretrain.pieces``.
+or by plain indexing, independently of ``wallwm_pretrain.checkpoint.pieces``.
 """
 
 import itertools
@@ -12,7 +12,7 @@ import torch
 
 from wallwm_pretrain.optim.tp_matrices import restride
 from wallwm_pretrain.optim.fused import FusedRows
-from wallwm_pretrain.pieces import (
+from wallwm_pretrain.checkpoint.pieces import (
     TensorView,
     compose,
     flat_boxes,
@@ -77,7 +77,7 @@ def test_a_fused_part_and_its_tensor_parallel_cut_are_their_boxes():
         assert torch.equal(read_view(view, _reader(whole)), logical)
         for rank in range(2):  # gather mode: this rank's tensor-parallel piece of the part
             local = restride(logical, 0, 1, rank, 2)
-            from wallwm_pretrain.pieces import tp_segments
+            from wallwm_pretrain.checkpoint.pieces import tp_segments
 
             cut = compose(segs, tp_segments(logical.size(0), 1, rank, 2))
             view = TensorView("w", tuple(whole.shape), (cut, ((0, 0, 6),)))

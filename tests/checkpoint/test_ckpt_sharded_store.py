@@ -7,8 +7,8 @@ import re
 import pytest
 import torch
 
-from wallwm_pretrain.checkpoint import CheckpointError, store
-from wallwm_pretrain.pieces import Piece
+from wallwm_pretrain.checkpoint import CheckpointError, folders, store
+from wallwm_pretrain.checkpoint.pieces import Piece
 
 CONFIG_YAML = "train:\n  steps: 5\n"
 
@@ -38,8 +38,8 @@ def test_a_one_rank_sharded_save_loads_through_every_reader(tmp_path):
         "config.yaml", "index.json", "manifest.json", "rank00000.safetensors", "trainer.json", "trainer.safetensors"]
     manifest = json.loads((folder / "manifest.json").read_text())
     assert (manifest["format_version"], manifest["layout"], manifest["step"]) == (2, "sharded", 7)
-    assert store.is_sharded(folder) and store.is_complete(folder)
-    assert store.find_latest(tmp_path) == folder and store.list_checkpoints(tmp_path) == [(7, folder)]
+    assert folders.is_sharded(folder) and folders.is_complete(folder)
+    assert folders.find_latest(tmp_path) == folder and folders.list_checkpoints(tmp_path) == [(7, folder)]
 
     expected = {**model_tensors(7), "norm._extra_state": None}
     ckpt = store.load_checkpoint(folder)
@@ -60,7 +60,7 @@ def test_sharded_and_gathered_folders_are_told_apart(tmp_path):
     sharded = sharded_save(tmp_path / "a", 3)
     gathered = store.save_checkpoint(tmp_path / "b", 3, model={"w": torch.ones(2)}, optimizer={"state": {}, "param_groups": []},
                                      trainer={"step": 3}, config_yaml=CONFIG_YAML, keep_last=0)
-    assert store.is_sharded(sharded) and not store.is_sharded(gathered)
+    assert folders.is_sharded(sharded) and not folders.is_sharded(gathered)
     with pytest.raises(CheckpointError, match=r"not a sharded checkpoint \(layout 'gathered'\)"):
         store.sharded_reader(gathered)
     step, model, config = store.load_model_state(gathered)
@@ -92,14 +92,14 @@ def test_the_sharded_reader_checks_the_trainer_files_by_default(tmp_path):
 def test_sharded_retention_has_no_milestones_by_default(tmp_path):
     for step in (1, 2):
         sharded_save(tmp_path, step, keep_last=1)
-    assert [s for s, _ in store.list_checkpoints(tmp_path)] == [2]
+    assert [s for s, _ in folders.list_checkpoints(tmp_path)] == [2]
 
 
 def test_sharded_saves_keep_the_newest_and_the_milestones(tmp_path):
     for step in range(1, 8):
         sharded_save(tmp_path, step, keep_last=2, keep_every=3)
     # milestones 3 and 6 are kept and not counted; of 1, 2, 4, 5, 7 the newest two stay
-    assert [s for s, _ in store.list_checkpoints(tmp_path)] == [3, 5, 6, 7]
+    assert [s for s, _ in folders.list_checkpoints(tmp_path)] == [3, 5, 6, 7]
     assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(".")]
 
 

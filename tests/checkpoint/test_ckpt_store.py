@@ -16,7 +16,7 @@ from wallwm_pretrain.checkpoint import (
     resolve_resume,
     save_checkpoint,
 )
-from wallwm_pretrain.checkpoint import store
+from wallwm_pretrain.checkpoint import folders, store
 
 CONFIG_YAML = "train:\n  steps: 5\n"
 
@@ -318,12 +318,13 @@ def test_a_model_state_with_nested_tensors_names_the_first_three(tmp_path):
 
 
 def test_the_store_signatures_resolve_for_typing_tools():
-    """The module postpones its annotations; a broken one would only fail what reads the hints."""
+    """The modules postpone their annotations; a broken one would only fail what reads the hints."""
     import inspect
     import typing
     from pathlib import Path
 
-    functions = [f for _, f in inspect.getmembers(store, inspect.isfunction) if f.__module__ == store.__name__]
+    functions = [f for module in (store, folders) for _, f in inspect.getmembers(module, inspect.isfunction)
+                 if f.__module__ == module.__name__]
     hints = {f.__name__: typing.get_type_hints(f) for f in functions}
     assert len(hints) >= 20 and hints["is_sharded"]["path"] == str | Path
     assert hints["resolve_resume"]["return"] == Path | None
@@ -364,8 +365,8 @@ def test_a_model_entry_that_cannot_be_saved_is_named(tmp_path):
 def test_a_negative_keep_last_keeps_everything(tmp_path):
     for step in (1, 2, 3):
         save(tmp_path, step)
-    store.prune_checkpoints(tmp_path, -1)
-    assert [s for s, _ in store.list_checkpoints(tmp_path)] == [1, 2, 3]
+    folders.prune_checkpoints(tmp_path, -1)
+    assert [s for s, _ in folders.list_checkpoints(tmp_path)] == [1, 2, 3]
 
 
 def test_a_scratch_name_already_taken_draws_another(tmp_path, monkeypatch):
@@ -379,14 +380,14 @@ def test_retention_defaults_have_no_milestones(tmp_path):
     """keep_every defaults to 0 everywhere: keep_last alone decides."""
     for step in (1, 2, 3):
         save(tmp_path, step)
-    store.prune_checkpoints(tmp_path, 1)
-    assert [s for s, _ in store.list_checkpoints(tmp_path)] == [3]
+    folders.prune_checkpoints(tmp_path, 1)
+    assert [s for s, _ in folders.list_checkpoints(tmp_path)] == [3]
     save_checkpoint(tmp_path, 4, model={"w": torch.ones(1)}, optimizer={}, trainer={}, config_yaml="", keep_last=1)
-    assert [s for s, _ in store.list_checkpoints(tmp_path)] == [4]
+    assert [s for s, _ in folders.list_checkpoints(tmp_path)] == [4]
 
 
 def test_step_zero_is_a_checkpoint(tmp_path):
-    assert save(tmp_path, 0).name == "step_00000000" and store.find_latest(tmp_path).name == "step_00000000"
+    assert save(tmp_path, 0).name == "step_00000000" and folders.find_latest(tmp_path).name == "step_00000000"
 
 
 def test_a_manifest_without_a_required_file_is_not_a_checkpoint(tmp_path):
@@ -394,7 +395,7 @@ def test_a_manifest_without_a_required_file_is_not_a_checkpoint(tmp_path):
     manifest = json.loads((path / "manifest.json").read_text())
     del manifest["files"]["config.yaml"]
     (path / "manifest.json").write_text(json.dumps(manifest))
-    assert not store.is_complete(path)
+    assert not folders.is_complete(path)
     with pytest.raises(CheckpointError, match="manifest does not list required file 'config.yaml'"):
         load_checkpoint(path)
 
@@ -405,7 +406,7 @@ def test_a_folder_named_for_another_step_is_refused(tmp_path, folder_step):
     moved = path.rename(path.with_name(f"step_{folder_step:08d}"))
     with pytest.raises(CheckpointError, match="folder name does not match manifest step 2"):
         load_checkpoint(moved)
-    assert store.list_checkpoints(tmp_path) == []
+    assert folders.list_checkpoints(tmp_path) == []
 
 
 def test_resume_auto_as_a_config_file_gives_it(tmp_path):
@@ -424,7 +425,7 @@ def test_a_negative_step_is_refused_before_anything_is_written(tmp_path):
 def test_keep_every_one_keeps_every_step(tmp_path):
     for step in (1, 2, 3):
         save(tmp_path, step, keep_last=1, keep_every=1)
-    assert [s for s, _ in store.list_checkpoints(tmp_path)] == [1, 2, 3]
+    assert [s for s, _ in folders.list_checkpoints(tmp_path)] == [1, 2, 3]
 
 
 def test_a_header_order_listing_more_than_the_file_holds_is_refused(tmp_path):

@@ -48,6 +48,7 @@ from megatron.core.transformer.mlp import MLP, MLPSubmodules  # noqa: E402
 from megatron.core.transformer.transformer_config import TransformerConfig  # noqa: E402
 from torch import nn  # noqa: E402
 
+from wallwm_pretrain.checkpoint.optim import as_source, gather_whole_state, optimizer_pieces  # noqa: E402
 from wallwm_pretrain.config import OptimConfig  # noqa: E402
 from wallwm_pretrain.optim import ReplicatedOptimizerSet, build_optimizer, split_parameters  # noqa: E402
 from wallwm_pretrain.optim.distributed.layout import fused_layouts  # noqa: E402
@@ -246,7 +247,7 @@ def distributed(ctx, options: dict) -> dict:
         tp_ns=options.get("tp_ns", "gather"),
     )
     if options.get("load"):
-        opt.load_canonical_state_dict(torch.load(options["load"] + "/optim.pt", weights_only=False))
+        optimizer_pieces(opt).load(*as_source(torch.load(options["load"] + "/optim.pt", weights_only=False)))
     record = {"init": _snapshot(net), "layout": layouts, "norms": [], "step_s": []}
     record["plan"] = {m.key: m.home for m in opt.muon.plan} if opt.muon else {}
     record["buckets"] = len(opt.muon.buckets) if opt.muon else 0
@@ -266,7 +267,7 @@ def distributed(ctx, options: dict) -> dict:
     record["state_numel"] = opt.state_numel()
     record["stage_rank"] = opt.muon.tp_dp_rank if opt.muon else 0
     if options.get("save"):
-        canonical = opt.canonical_state_dict()
+        canonical = gather_whole_state(opt)
         if ctx.rank == 0:
             torch.save(canonical, options["save"] + "/optim.pt")
         record["shard"] = opt.state_dict()
@@ -292,7 +293,7 @@ def _with_ddp(ctx, net: nn.Module, layouts: dict, options: dict) -> dict:
                   muon_tp_ns=options.get("tp_ns", "gather"))
     opt = build_optimizer(net, cfg, STEPS, optimizer_groups(ctx), grad_buffers=[ddp], device_type="cpu")
     if options.get("load"):
-        opt.load_canonical_state_dict(torch.load(options["load"] + "/optim.pt", weights_only=False))
+        optimizer_pieces(opt).load(*as_source(torch.load(options["load"] + "/optim.pt", weights_only=False)))
     record = {"init": _snapshot(net), "layout": layouts, "norms": []}
     start, end = options.get("start", 0), options.get("end", STEPS)
     for step in range(start, end):
@@ -332,7 +333,7 @@ def _with_ddp(ctx, net: nn.Module, layouts: dict, options: dict) -> dict:
     record["home_reduce"] = opt.home is not None
     record["sharded_keys"] = sorted(opt.muon.sharded_keys) if opt.muon else []
     if options.get("save"):
-        canonical = opt.canonical_state_dict()
+        canonical = gather_whole_state(opt)
         if ctx.rank == 0:
             torch.save(canonical, options["save"] + "/optim.pt")
     return record

@@ -32,7 +32,7 @@ OPTIM = replace(eq.OPTIM, muon_mode="owner", muon_split_fused=True)
 
 
 def _canonical(models, optim, ctx) -> dict | None:
-    from wallwm_pretrain.optim.state_by_name import by_name
+    from wallwm_pretrain.checkpoint.optim.by_name import by_name
     from wallwm_pretrain.checkpoint.canonical import canonical_checkpoint
 
     model_state, optim_state = canonical_checkpoint(models, optim, ctx)

@@ -35,6 +35,7 @@ from _dist_muon_worker import OPTIM, _config, cut, drawn, join, layout_of, whole
 from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear  # noqa: E402
 from torch import nn  # noqa: E402
 
+from wallwm_pretrain.checkpoint.optim import as_source, gather_whole_state, optimizer_pieces  # noqa: E402
 from wallwm_pretrain.optim import build_optimizer  # noqa: E402
 from wallwm_pretrain.optim.schedule import build_scheduler  # noqa: E402
 from wallwm_pretrain.parallel import init_parallel, shutdown_parallel  # noqa: E402
@@ -104,7 +105,7 @@ def run(ctx, options: dict) -> dict:
     cfg = replace(OPTIM, muon_reduce=options.get("reduce", "home"))
     opt = build_optimizer(net, cfg, STEPS, optimizer_groups(ctx), grad_buffers=[ddp], device_type="cpu")
     if options.get("load"):
-        opt.load_canonical_state_dict(torch.load(options["load"] + "/optim.pt", weights_only=False))
+        optimizer_pieces(opt).load(*as_source(torch.load(options["load"] + "/optim.pt", weights_only=False)))
     split = opt.split
     record = {"layout": layouts, "init": {n: p.detach().clone() for n, p in net.named_parameters()},
               "groups": [(list(split.adamw_decay), cfg.weight_decay), (list(split.adamw_no_decay), 0.0)],
@@ -129,7 +130,7 @@ def run(ctx, options: dict) -> dict:
     record["final"] = {n: p.detach().clone() for n, p in net.named_parameters()}
     record["shard_sizes"] = [g["hi"] - g["lo"] for g in opt.adamw.sharded_state()["groups"]]
     if options.get("save"):
-        canonical = opt.canonical_state_dict()
+        canonical = gather_whole_state(opt)
         if ctx.rank == 0:
             torch.save(canonical, options["save"] + "/optim.pt")
     return record

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from wallwm_pretrain.checkpoint.optim import as_source, gather_whole_state, merge_pieces, optimizer_pieces
 from wallwm_pretrain.config import OptimConfig
 from wallwm_pretrain.optim import (
     FusedRows,
@@ -24,7 +25,6 @@ from wallwm_pretrain.optim.newton_schulz import step_coefficients
 from wallwm_pretrain.optim.distributed.muon import BATCH_MIN_SIDE, DistMuon
 from wallwm_pretrain.optim.groups import OptimizerGroups
 from wallwm_pretrain.optim.distributed.adamw import ZeroAdamW, merge_adamw_state
-from wallwm_pretrain.optim.distributed.checkpoint import merge_sharded_states
 from wallwm_pretrain.optim.distributed.optimizer_set import DistributedOptimizerSet
 from wallwm_pretrain.optim.distributed.layout import FusedLayout
 from wallwm_pretrain.optim.distributed.plan import (
@@ -361,11 +361,11 @@ def test_one_rank_distributed_set_equals_the_single_process_set(mode):
         assert torch.equal(p, q), n
     assert dset.lrs() == ref.lrs()
     # the merged state is the single-process state, and either set loads the other's
-    merged = dset.canonical_state_dict()
+    merged = gather_whole_state(dset)
     assert torch.equal(merged["optimizers"]["muon"]["state"][0]["momentum_buffer"],
                        ref.state_dict()["optimizers"]["muon"]["state"][0]["momentum_buffer"])
     ref.load_state_dict(merged)
-    dset.load_canonical_state_dict(ref.state_dict())
+    optimizer_pieces(dset).load(*as_source(ref.state_dict()))
     dset.load_state_dict(dset.state_dict())
 
 
@@ -393,12 +393,13 @@ def test_merge_names_missing_ranks():
     _, _, b, dset = _tiny_pair(mode="gather")
     _grads(b, 0)
     dset.step()
-    state = dset.state_dict()
-    state["adamw"]["groups"][0]["lo"] = 3  # as if data-parallel rank 0's shard were lost
-    state["adamw"]["groups"][0]["exp_avg"] = torch.zeros(1)
-    state["adamw"]["groups"][0]["exp_avg_sq"] = torch.zeros(1)
+    structure, pieces = optimizer_pieces(dset).save()
+    # as if the rank holding the first elements of an AdamW moment were lost
+    i = next(i for i, p in enumerate(pieces) if p.name.endswith("/exp_avg") and p.tensor.dim() == 1 and p.tensor.numel() > 1)
+    p = pieces[i]
+    pieces[i] = p._replace(offsets=[p.offsets[0] + 1], tensor=p.tensor[1:])
     with pytest.raises(ValueError, match="cover"):
-        merge_sharded_states([state])
+        merge_pieces([(structure, pieces)])
 
 
 def test_merge_follows_a_given_name_order():
@@ -407,7 +408,7 @@ def test_merge_follows_a_given_name_order():
         _grads(model, 0)
         opt.step()
     names = [n for n, _ in b.named_parameters()]
-    merged = merge_sharded_states([dset.state_dict()], order=list(reversed(names)))
+    merged = gather_whole_state(dset, order=list(reversed(names)))
     assert merged["split"]["muon"] == ["proj.weight", "qkv.weight"]
     momentum = merged["optimizers"]["muon"]["state"]
     assert torch.equal(momentum[0]["momentum_buffer"], ref.optimizers["muon"].state[a.proj.weight]["momentum_buffer"])
@@ -480,14 +481,14 @@ def test_stages_with_different_group_kinds_merge_into_the_single_process_state()
                 p.grad = grads[n].clone()
         for opt in [ref] + sets:
             opt.step()
-    merged = merge_sharded_states([opt.state_dict() for opt in sets])
+    merged = merge_pieces([optimizer_pieces(opt).save() for opt in sets])
     _same_state(merged, ref.state_dict())
     # and back: fresh stages load the merged state and continue exactly as the reference
     a2, b2 = copy.deepcopy(a), copy.deepcopy(b)
     a2.emb.weight.use_adamw = True
     sets2 = stage_sets([a2, b2])
     for opt in sets2:
-        opt.load_canonical_state_dict(merged)
+        optimizer_pieces(opt).load(*as_source(merged))
     g = torch.Generator().manual_seed(99)
     grads = {n: torch.randn(p.shape, generator=g) for n, p in whole.named_parameters()}
     for m in (whole, a2, b2):

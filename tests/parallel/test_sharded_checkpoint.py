@@ -75,7 +75,7 @@ def test_every_rank_writes_its_own_file_and_the_index_tiles_each_tensor(saved):
     whole = load_checkpoint(folder)
     assert list(whole.model) == list(canonical["model"])
     assert_equal_state(whole.model, canonical["model"])
-    from wallwm_pretrain.optim.state_by_name import by_name
+    from wallwm_pretrain.checkpoint.optim.by_name import by_name
 
     assert_equal_state(by_name(whole.optimizer), canonical["optimizer"])
 

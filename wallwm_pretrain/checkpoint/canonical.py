@@ -1,17 +1,18 @@
 """Checkpoint state in the canonical (TP=1, PP=1) layout, whatever the run's layout.
 
-Saving gathers every tensor-parallel slice of the model into its whole logical tensor, then
-gathers the pipeline ranks' states to the writer (global rank 0), which orders them as the
-single-process model orders its parameters; the optimizer set does the same for its own state
-(``canonical_state_dict``: every optimizer set of ``wallwm_pretrain.optim`` has it). A checkpoint
-is therefore the state one process would hold. Loading cuts each rank's part back out: each
-pipeline rank takes its layers, each tensor-parallel rank its slices, each optimizer its share. Any
-TP x PP x DP layout resumes from any other: resharding is the load itself.
+Gathering (:func:`canonical_checkpoint`) puts every tensor-parallel slice of the model into its
+whole logical tensor, then the pipeline ranks' states on the writer (global rank 0), which
+orders them as the single-process model orders its parameters; the optimizer's whole state is
+built on the writer from every rank's pieces (:func:`~.optim.whole.gather_whole_state`). That
+is the state one process would hold: what the gathered layout and the equivalence tests
+compare. Loading (:func:`load_canonical`) cuts each rank's part back out: each pipeline rank
+takes its layers, each tensor-parallel rank its slices, each optimizer its share (through the
+same pieces interface as a sharded checkpoint). Any TP x PP x DP layout resumes from any other.
 
-Trade-off: the writer holds one whole copy of the model and optimizer state while saving, and
-the save is a collective over the tensor-parallel group and then the writer's pipeline group.
-This is ``train.save_format=gathered``; the default sharded checkpoints (:mod:`.sharded`)
-store pieces of the same canonical tensors, written by the ranks that hold them.
+Trade-off: the writer holds one whole copy of the model and optimizer state while gathering.
+The trainer therefore saves sharded (:mod:`.rank_pieces`); gathered checkpoints of older runs
+still load here, and ``python -m wallwm_pretrain.checkpoint merge`` writes one from a sharded
+checkpoint.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from __future__ import annotations
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from wallwm_pretrain.checkpoint.optim import as_source, gather_whole_state, optimizer_pieces
+from wallwm_pretrain.checkpoint.optim.by_name import to_cpu
 from wallwm_pretrain.optim import OptimizerSet
 from wallwm_pretrain.optim.tp_matrices import TensorParallelMatrices, is_tp_sharded
-from wallwm_pretrain.optim.state_by_name import to_cpu
 from wallwm_pretrain.parallel.parallelize import as_chunks, unwrap_model
 from wallwm_pretrain.parallel.pipeline_split import virtual_chunk
 from wallwm_pretrain.parallel.state import ParallelContext
@@ -76,10 +78,11 @@ def canonical_model_state(model: nn.Module | list[nn.Module], ctx: ParallelConte
 def canonical_checkpoint(
     model: nn.Module | list[nn.Module], optimizer: OptimizerSet, ctx: ParallelContext
 ) -> tuple[dict[str, Tensor], dict | None]:
-    """Canonical model and optimizer state of the run, complete on global rank 0 (collective)."""
+    """Canonical model and optimizer state of the run, complete on global rank 0 (a collective
+    over every rank); the optimizer state is None elsewhere."""
     model_state = canonical_model_state(model, ctx)
     order = list(model_state) if ctx.rank == 0 else None
-    return model_state, optimizer.canonical_state_dict(order)
+    return model_state, gather_whole_state(optimizer, order)
 
 
 def local_model_states(
@@ -131,4 +134,4 @@ def load_canonical(
     for chunk, state in zip(_chunks(chunks), local_model_states(chunks, model_state, ctx, keep_missing)):
         chunk.load_state_dict(state)
     if optimizer is not None and optim_state is not None:
-        optimizer.load_canonical_state_dict(optim_state)
+        optimizer_pieces(optimizer).load(*as_source(optim_state))

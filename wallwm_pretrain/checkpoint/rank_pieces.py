@@ -1,11 +1,11 @@
 """This rank's pieces of the canonical (TP=1, PP=1) model and optimizer state, and loading
 them back under any layout.
 
-Saving: every rank cuts what it holds into pieces of canonical tensors (``wallwm_pretrain.pieces``):
+Saving: every rank cuts what it holds into pieces of canonical tensors (:mod:`.pieces`):
 a tensor-parallel slice is one box per partition stride, a replicated tensor one whole box.
 Exactly one rank writes each element: data-parallel rank 0, and for tensors every
 tensor-parallel rank holds whole, tensor-parallel rank 0 too. The optimizer set adds its own
-pieces (``state_pieces``). Rank 0 of each pipeline rank's tensor- and data-parallel group also
+pieces (:func:`~.optim.optimizer_pieces`). Rank 0 of each pipeline rank's tensor- and data-parallel group also
 reports the pipeline rank's model order, the few non-tensor state entries and the optimizer's by-name
 structure, from which the checkpoint's index is built.
 
@@ -20,12 +20,13 @@ from typing import Any, Optional
 
 from torch import Tensor, nn
 
+from wallwm_pretrain.checkpoint.optim import optimizer_pieces
+from wallwm_pretrain.checkpoint.pieces import Piece, PieceSource, pieces_of, read_view, whole
+from wallwm_pretrain.checkpoint.views import param_view, writes
 from wallwm_pretrain.optim import OptimizerSet
-from wallwm_pretrain.optim.state_pieces import param_view, writes
 from wallwm_pretrain.parallel.parallelize import as_chunks, unwrap_model
 from wallwm_pretrain.parallel.pipeline_split import virtual_chunk
 from wallwm_pretrain.parallel.state import ParallelContext
-from wallwm_pretrain.pieces import Piece, PieceSource, pieces_of, read_view, whole
 
 
 def _chunks(model: nn.Module | list[nn.Module]) -> list[nn.Module]:
@@ -66,7 +67,7 @@ def rank_pieces(
                 pieces += pieces_of(view, t.detach())
     structure = None
     if optimizer is not None:
-        structure, optim_pieces = optimizer.state_pieces()
+        structure, optim_pieces = optimizer_pieces(optimizer).save()
         pieces += optim_pieces
     if ctx.dp_rank != 0 or ctx.tp_rank != 0:
         return pieces, None
@@ -104,4 +105,4 @@ def load_rank_pieces(
             state[name] = read_view(view, source.read)
         chunk.load_state_dict(state)
     if optimizer is not None and optim_structure is not None:
-        optimizer.load_state_pieces(optim_structure, source)
+        optimizer_pieces(optimizer).load(optim_structure, source)

@@ -36,10 +36,9 @@ import torch
 import torch.distributed as dist
 from safetensors import SafetensorError, safe_open
 
-from wallwm_pretrain.optim.state_by_name import from_by_name, merge_by_name
-from wallwm_pretrain.optim.state_pieces import PREFIX as OPTIM_PREFIX
-from wallwm_pretrain.optim.state_pieces import split_optim_name
-from wallwm_pretrain.pieces import Piece
+from wallwm_pretrain.checkpoint.optim.by_name import merge_by_name
+from wallwm_pretrain.checkpoint.optim.whole import whole_state
+from wallwm_pretrain.checkpoint.pieces import Piece, fill_box
 
 from .manifest import (
     CheckpointError,
@@ -257,21 +256,12 @@ class ShardedReader:
         if not sizes:  # a 0-d tensor is one piece
             file, key, _, _ = entry["pieces"][0]
             return self._open(file).get_tensor(key)
-        out = torch.empty(sizes, dtype=dtype)
-        covered = 0
-        for file, key, poff, psize in entry["pieces"]:
-            lo = [max(o, p) for o, p in zip(offsets, poff)]
-            hi = [min(o + s, p + q) for o, s, p, q in zip(offsets, sizes, poff, psize)]
-            if any(a >= b for a, b in zip(lo, hi)):
-                continue
-            src = tuple(slice(a - p, b - p) for a, b, p in zip(lo, hi, poff))
-            dst = tuple(slice(a - o, b - o) for a, b, o in zip(lo, hi, offsets))
-            out[dst] = self._open(file).get_slice(key)[src]
-            covered += math.prod(b - a for a, b in zip(lo, hi))
-        if covered != math.prod(sizes):
-            raise CheckpointError(f"{self.folder}: pieces of {name} cover {covered} of {math.prod(sizes)} elements of "
-                                  f"the box at {list(offsets)} of size {sizes}")
-        return out
+        stored = [(poff, psize, lambda sl, file=file, key=key: self._open(file).get_slice(key)[sl])
+                  for file, key, poff, psize in entry["pieces"]]
+        try:
+            return fill_box(offsets, sizes, dtype, stored)
+        except ValueError as exc:
+            raise CheckpointError(f"{self.folder}: {name}: {exc}") from None
 
     def read_whole(self, name: str) -> torch.Tensor:
         shape = self.shape(name)
@@ -283,12 +273,4 @@ class ShardedReader:
 
     def optimizer_state(self) -> Optional[dict]:
         """The whole optimizer state in single-process layout, as a gathered checkpoint holds it."""
-        if self.optimizer is None:
-            return None
-        state: dict[str, dict] = {}
-        for rest in self.keys(OPTIM_PREFIX):
-            name = OPTIM_PREFIX + rest
-            optimizer, param, key = split_optim_name(name)
-            state.setdefault(optimizer, {}).setdefault(param, {})[key] = self.read_whole(name)
-        named = dict(self.optimizer, state=state)
-        return from_by_name(named, named["split"])
+        return None if self.optimizer is None else whole_state(self.optimizer, self)

@@ -1,4 +1,4 @@
-"""Save, find, load and prune checkpoints in a run folder.
+"""Write and load checkpoints in a run folder (finding, listing and pruning them is :mod:`.folders`').
 
 Layout (one folder per optimizer step)::
 
@@ -22,16 +22,16 @@ step missing (older checkpoints stay loadable), never a mix of old and new files
 This is the *gathered* layout (format_version 1): one writer holds the whole state. The
 *sharded* layout (format_version 2, :mod:`.sharded`) keeps the folder, the scratch-and-rename
 commit and the manifest, and replaces the model and optimizer files by one file of pieces per
-rank plus ``index.json``: :func:`begin_sharded_save` / :func:`finish_sharded_save`. Both load
-with :func:`load_checkpoint`; a run folder must have a single save in flight. Every tensor is
-stored with safetensors; no pickle is used.
+rank plus ``index.json``: :func:`begin_sharded_save` / :func:`finish_sharded_save`, what
+training writes; the gathered layout is written by :mod:`.merge` from a sharded checkpoint.
+Both load with :func:`load_checkpoint`; a run folder must have a single save in flight. Every
+tensor is stored with safetensors; no pickle is used.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import secrets
 import shutil
 from dataclasses import dataclass
@@ -45,30 +45,16 @@ from safetensors.torch import load_file
 from .manifest import (
     CheckpointError,
     fsync_path,
-    read_manifest,
     sync_and_digest,
     verify_hashes,
     write_manifest,
     write_text_durable,
 )
+from .folders import CHECKPOINTS, CONFIG_FILE, MODEL_FILE, REQUIRED_FILES, STEP_DIR, check_folder, prune_checkpoints, step_dirname
 from .stable import save_file_stable
 from .sharded import REQUIRED_FILES as SHARDED_FILES
 from .sharded import ShardedReader, commit_files, write_sharded
 from .state import StateError, dedupe_storage, flatten_state, standalone_tensor, unflatten_state
-
-CHECKPOINTS = "checkpoints"
-MODEL_FILE = "model.safetensors"
-CONFIG_FILE = "config.yaml"
-REQUIRED_FILES = (
-    MODEL_FILE,
-    "optimizer.safetensors",
-    "optimizer.json",
-    "trainer.safetensors",
-    "trainer.json",
-    CONFIG_FILE,
-)
-_STEP_DIR = re.compile(r"^step_(\d{8,})$")
-_SCRATCH_PREFIXES = (".tmp-", ".old-")
 
 
 @dataclass
@@ -81,11 +67,6 @@ class Checkpoint:
     trainer: Any
     config_yaml: str
     path: Path
-
-
-def step_dirname(step: int) -> str:
-    """``step_00000200``: zero-padded so that names sort like steps (wider past 10^8)."""
-    return f"step_{step:08d}"
 
 
 def _write_tensors(
@@ -293,99 +274,12 @@ def finish_sharded_save(
             _write_state(folder, "trainer", trainer)
             write_text_durable(folder / CONFIG_FILE, config_yaml)
 
-        commit_files(tmp, int(_STEP_DIR.match(final.name).group(1)), reports, rest)
+        commit_files(tmp, int(STEP_DIR.match(final.name).group(1)), reports, rest)
         _commit(tmp, final)
         prune_checkpoints(final.parent.parent, keep_last, protect=final, keep_every=keep_every)
         return final
 
     return write_sharded(tmp, rank, world, group, pieces, stage, commit)
-
-
-def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
-    """``(step, folder)`` of every complete checkpoint, oldest first (sizes checked, not hashes)."""
-    root = Path(run_dir) / CHECKPOINTS
-    if not root.is_dir():
-        return []
-    found = []
-    for entry in root.iterdir():
-        match = _STEP_DIR.match(entry.name)
-        if match and entry.is_dir() and is_complete(entry):
-            found.append((int(match.group(1)), entry))
-    return sorted(found)
-
-
-def is_complete(path: str | Path) -> bool:
-    """True when ``path`` holds a manifest whose listed files are all present, at full size."""
-    try:
-        _check_folder(Path(path))
-    except CheckpointError:
-        return False
-    return True
-
-
-def _check_folder(path: Path) -> dict[str, Any]:
-    if not path.is_dir():
-        raise CheckpointError(f"{path}: not a folder")
-    manifest = read_manifest(path)
-    required = SHARDED_FILES if manifest.get("layout") == "sharded" else REQUIRED_FILES
-    for name in required:
-        if name not in manifest["files"]:
-            raise CheckpointError(f"{path}/manifest.json: manifest does not list required file {name!r}")
-    match = _STEP_DIR.match(path.name)
-    if match and int(match.group(1)) != manifest["step"]:
-        raise CheckpointError(f"{path}: folder name does not match manifest step {manifest['step']}")
-    return manifest
-
-
-def find_latest(run_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint folder of a run, or None.
-
-    Args:
-        run_dir: the run folder.
-
-    Returns:
-        The folder with the highest step whose manifest lists all files at the right sizes;
-        temp folders and folders without a manifest are ignored.
-    """
-    complete = list_checkpoints(run_dir)
-    return complete[-1][1] if complete else None
-
-
-def prune_checkpoints(
-    run_dir: str | Path, keep_last: int, protect: Path | None = None, keep_every: int = 0
-) -> None:
-    """Delete complete checkpoints beyond the newest ``keep_last``, and stale scratch folders.
-
-    Args:
-        run_dir: the run folder.
-        keep_last: how many complete checkpoints to keep; <= 0 keeps all.
-        protect: a folder that is never deleted (the one just written), even when newer
-            checkpoints from an earlier attempt exist.
-        keep_every: checkpoints whose step is a multiple of this are milestones, kept forever
-            and not counted in ``keep_last`` (0 = no milestones).
-    """
-    root = Path(run_dir) / CHECKPOINTS
-    if not root.is_dir():
-        return
-    # Leftovers of crashed saves or interrupted deletions: safe to drop under the single-writer
-    # rule, and they can be as large as a full checkpoint.
-    for entry in root.iterdir():
-        if entry.name.startswith(_SCRATCH_PREFIXES) and entry.is_dir():
-            shutil.rmtree(entry, ignore_errors=True)
-    if keep_last <= 0:
-        return
-    is_milestone = lambda step: keep_every > 0 and step % keep_every == 0  # noqa: E731
-    complete = [(step, folder) for step, folder in list_checkpoints(run_dir) if not is_milestone(step)]
-    protect = Path(protect).resolve() if protect is not None else None
-    for _, folder in complete[:-keep_last]:
-        if protect is not None and folder.resolve() == protect:
-            continue
-        # Rename first so that a deletion cut short never leaves a step folder that still looks
-        # loadable by name.
-        doomed = root / f".old-{folder.name}-{secrets.token_hex(4)}"
-        os.rename(folder, doomed)
-        shutil.rmtree(doomed, ignore_errors=True)
-    fsync_path(root)
 
 
 def _load_tensors(file: Path) -> dict[str, Any]:
@@ -420,7 +314,7 @@ def load_checkpoint(path: str | Path, verify: bool = True) -> Checkpoint:
     """Load a checkpoint folder.
 
     Args:
-        path: a ``step_XXXXXXXX`` folder (see :func:`find_latest`, :func:`resolve_resume`).
+        path: a ``step_XXXXXXXX`` folder (see :func:`.folders.find_latest`, :func:`.folders.resolve_resume`).
         verify: compare every file's sha256 with the manifest before reading it.
 
     Returns:
@@ -430,7 +324,7 @@ def load_checkpoint(path: str | Path, verify: bool = True) -> Checkpoint:
         CheckpointError: naming the folder or file that is incomplete, corrupted or unreadable.
     """
     folder = Path(path)
-    manifest = _check_folder(folder)
+    manifest = check_folder(folder)
     if manifest.get("layout") == "sharded":
         reader = sharded_reader(folder, verify, manifest)
         return Checkpoint(
@@ -453,11 +347,6 @@ def load_checkpoint(path: str | Path, verify: bool = True) -> Checkpoint:
     )
 
 
-def is_sharded(path: str | Path) -> bool:
-    """Whether a complete checkpoint folder has the sharded layout (per-rank piece files)."""
-    return _check_folder(Path(path)).get("layout") == "sharded"
-
-
 def sharded_reader(path: str | Path, verify: bool = True, manifest: dict | None = None) -> ShardedReader:
     """A reader of a sharded checkpoint's pieces; the trainer state and config are read with
     :func:`load_trainer_state`. With ``verify``, the trainer files' hashes are checked now and
@@ -467,7 +356,7 @@ def sharded_reader(path: str | Path, verify: bool = True, manifest: dict | None 
         CheckpointError: not a complete sharded checkpoint, naming the folder or file.
     """
     folder = Path(path)
-    manifest = manifest or _check_folder(folder)
+    manifest = manifest or check_folder(folder)
     if manifest.get("layout") != "sharded":
         raise CheckpointError(f"{folder}: not a sharded checkpoint (layout {manifest.get('layout', 'gathered')!r})")
     if verify:
@@ -483,7 +372,7 @@ def load_model_state(path: str | Path, verify: bool = True) -> tuple[int, dict[s
         CheckpointError: naming the folder or file that is incomplete, corrupted or unreadable.
     """
     folder = Path(path)
-    manifest = _check_folder(folder)
+    manifest = check_folder(folder)
     if manifest.get("layout") != "sharded":
         state = load_checkpoint(folder, verify)
         return state.step, state.model, state.config_yaml
@@ -495,34 +384,3 @@ def load_trainer_state(path: str | Path) -> tuple[Any, str]:
     """``(trainer state, config YAML)`` of a checkpoint folder of either layout."""
     folder = Path(path)
     return _load_state(folder, "trainer"), (folder / CONFIG_FILE).read_text(encoding="utf-8")
-
-
-def resolve_resume(run_dir: str | Path, resume: str) -> Path | None:
-    """Turn ``train.resume`` into a checkpoint folder to load, or None to start fresh.
-
-    Args:
-        run_dir: the run folder.
-        resume: ``"none"`` (start fresh), ``"auto"`` (newest complete checkpoint of the run,
-            None when there is none) or a path to a checkpoint folder.
-
-    Returns:
-        The checkpoint folder, or None.
-
-    Raises:
-        CheckpointError: an explicit path that is not a complete checkpoint, naming it and
-            saying why.
-    """
-    if resume == "none":
-        return None
-    if resume == "auto":
-        return find_latest(run_dir)
-    if not resume:
-        raise CheckpointError("train.resume is empty; use 'auto', 'none' or a checkpoint folder")
-    folder = Path(resume).expanduser()
-    try:
-        _check_folder(folder)
-    except CheckpointError as exc:
-        raise CheckpointError(
-            f"train.resume={resume!r} is not a complete checkpoint folder: {exc}"
-        ) from None
-    return folder

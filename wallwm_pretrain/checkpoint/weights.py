@@ -27,7 +27,8 @@ from safetensors.torch import load_file
 from .manifest import MANIFEST, CheckpointError, write_text_durable
 from .stable import save_file_stable
 from .state import dedupe_storage, standalone_tensor
-from .store import find_latest, load_model_state
+from .folders import find_latest
+from .store import load_model_state
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.yaml"

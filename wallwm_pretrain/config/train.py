@@ -63,8 +63,9 @@ class TrainConfig:
     ``keep_checkpoints`` (0 = none)."""
     save_format: str = "sharded"
     """``sharded``: every rank writes its own pieces of the canonical tensors (one safetensors
-    file per rank, plus an index); ``gathered``: rank 0 gathers the whole state and writes it
-    alone (the format of earlier versions). Both resume under any layout."""
+    file per rank, plus an index), the one way training saves; ``gathered``: the same save, then
+    rank 0 rewrites the step in the layout of earlier versions (whole model and optimizer files),
+    as ``python -m wallwm_pretrain.checkpoint merge`` does offline. Both resume under any layout."""
     async_save: bool = False
     """Write checkpoints on a background thread while training continues (``sharded`` only):
     the step boundary only copies the state off the accelerator; at most one save is in flight,

@@ -11,9 +11,11 @@ parts that do not depend on where optimizer state lives (:class:`OptimizerSetBas
   momentum and orthogonalises it; AdamW state is sharded over data-parallel ranks (ZeRO-1).
 
 Which one a run gets is ``optim.muon_mode`` (see :func:`~.build.build_optimizer`); the caller
-never branches on it. Both save and load the *canonical* state, the state dict of a
-single-process set (whole TP=1 tensors, parameters named by the ``split`` lists), so any layout
-resumes from any other.
+never branches on it. ``state_dict`` / ``load_state_dict`` reload a rank's own state under the
+same layout; how the state of any layout is laid out in a checkpoint, as pieces of the
+single-process state (whole TP=1 tensors, parameters named by the ``split`` lists) that any
+layout resumes from, is ``wallwm_pretrain.checkpoint.optim``'s, which reads :attr:`params`,
+:meth:`split_lists` and each set's own holdings.
 
 Gradients live in ``param.grad``, or, with ``grad_buffers`` (megatron DDP wrappers, one per
 model chunk), in ``param.main_grad``, reduced over data-parallel ranks by
@@ -25,7 +27,6 @@ from __future__ import annotations
 from typing import Any, Optional, Protocol, Sequence
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
 from ..config import OptimConfig
@@ -35,8 +36,8 @@ from .grad_norm import clip_by_global_norm, global_grad_norm
 from .groups import OptimizerGroups
 from .muon import LocalMatrices, Muon
 from .schedule import build_scheduler
-from .state_by_name import GROUPS, by_name, from_by_name, map_2d, merge_by_name, to_cpu
-from .state_pieces import load_replicated, replicated_pieces
+
+GROUPS = ("muon", "adamw_decay", "adamw_no_decay")
 
 
 class GradBuffer(Protocol):
@@ -71,13 +72,10 @@ class OptimizerSet(Protocol):
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
-    def canonical_state_dict(self, order: Optional[list[str]] = None) -> Optional[dict[str, Any]]: ...
+    @property
+    def params(self) -> dict[str, nn.Parameter]: ...
 
-    def load_canonical_state_dict(self, state: dict[str, Any]) -> None: ...
-
-    def state_pieces(self) -> tuple[dict, list]: ...
-
-    def load_state_pieces(self, structure: dict, source: Any) -> None: ...
+    def split_lists(self) -> dict[str, list[str]]: ...
 
 
 class OptimizerSetBase:
@@ -201,7 +199,13 @@ class OptimizerSetBase:
         """
         return self.split.summary(self._params)
 
-    def _split_lists(self) -> dict[str, list[str]]:
+    @property
+    def params(self) -> dict[str, nn.Parameter]:
+        """This rank's trainable parameters by name (the whole model's names)."""
+        return self._params
+
+    def split_lists(self) -> dict[str, list[str]]:
+        """Parameter names per group kind (``muon``, ``adamw_decay``, ``adamw_no_decay``)."""
         return {g: list(getattr(self.split, g)) for g in GROUPS}
 
 
@@ -263,7 +267,7 @@ class ReplicatedOptimizerSet(OptimizerSetBase):
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume: both optimizers, both schedulers and the name split."""
         return {
-            "split": self._split_lists(),
+            "split": self.split_lists(),
             "optimizers": {key: opt.state_dict() for key, opt in self.optimizers.items()},
             "schedulers": {key: sched.state_dict() for key, sched in self.schedulers.items()},
         }
@@ -291,47 +295,3 @@ class ReplicatedOptimizerSet(OptimizerSetBase):
             opt.load_state_dict(state["optimizers"][key])
         for key, sched in self.schedulers.items():
             sched.load_state_dict(state["schedulers"][key])
-
-    def canonical_state_dict(self, order: Optional[list[str]] = None) -> Optional[dict[str, Any]]:
-        """The whole optimizer state in single-process layout, complete on global rank 0.
-
-        A collective: tensor-parallel slices of the Muon momentum are gathered into whole
-        matrices (over the tensor-parallel group), then, with several pipeline ranks, the
-        pipeline ranks of global rank 0 send their parts to it. Other ranks get their
-        own pipeline rank's part.
-
-        Args:
-            order: parameter names in the single-process model's order; needed on global rank 0
-                when there are several pipeline ranks.
-        """
-        named = map_2d(by_name(self.state_dict()), "muon", self._params, self.matrices.gather)
-        g = self.groups
-        # only the pipeline of global rank 0 (tp rank 0, dp rank 0) needs to meet at the writer
-        if g.pp_size == 1 or g.tp_rank != 0 or g.dp_rank != 0:
-            return from_by_name(named, named["split"])
-        gathered = [None] * g.pp_size if g.pp_rank == 0 else None
-        dist.gather_object(to_cpu(named), gathered, dst=dist.get_global_rank(g.pp, 0), group=g.pp)
-        if g.pp_rank != 0:
-            return from_by_name(named, named["split"])
-        if order is None:
-            raise ValueError("canonical_state_dict: the model's parameter order is needed to merge pipeline ranks")
-        merged = merge_by_name(gathered, order)
-        return from_by_name(merged, merged["split"])
-
-    def load_canonical_state_dict(self, state: dict[str, Any]) -> None:
-        """Take this rank's part of a single-process-layout state (from any layout; no collective).
-
-        Raises:
-            ValueError: the state lacks parameters of this rank or holds them in another group.
-        """
-        named = map_2d(by_name(state), "muon", self._params, self.matrices.local)
-        self.load_state_dict(from_by_name(named, self._split_lists()))
-
-    def state_pieces(self) -> tuple[dict, list]:
-        """``(structure, pieces)`` this rank writes into a sharded checkpoint (no collective;
-        see :mod:`.state_pieces`)."""
-        return replicated_pieces(self)
-
-    def load_state_pieces(self, structure: dict, source: Any) -> None:
-        """Read this rank's share from a sharded checkpoint (any layout wrote it)."""
-        load_replicated(self, structure, source)

@@ -1,9 +1,11 @@
 """The trainer's checkpoints: resume or start from other weights, save, flush a background save.
 
 Everything a resumed run needs to continue exactly where the uninterrupted run would be is in
-the checkpoint: weights, optimizer and schedule, the loader position and all RNG states. By
-default every rank writes its own pieces of the canonical state (``train.save_format``), on a
-background thread with ``train.async_save``; any layout resumes from any other. ``init_from``
+the checkpoint: weights, optimizer and schedule, the loader position and all RNG states. Every rank
+writes its own pieces of the canonical state (the sharded layout), on a background thread with
+``train.async_save``; ``train.save_format=gathered`` then rewrites each step in the gathered
+layout (the offline merge, run by rank 0). Any layout resumes from any other, and from the
+gathered checkpoints of earlier runs. ``init_from``
 (``model.init_from`` and unified mode's context sources) loads weights only, at step 0.
 
 :class:`RunCheckpoints` works on its :class:`~wallwm_pretrain.trainer.loop.Trainer`'s parts
@@ -28,7 +30,7 @@ from wallwm_pretrain.components import component_patterns
 from wallwm_pretrain.config import to_yaml
 from wallwm_pretrain.data.badinput import merge_problems
 from wallwm_pretrain.handoff import handoff_report, init_sources, shape_mismatches
-from wallwm_pretrain.checkpoint.canonical import canonical_checkpoint, canonical_shape, load_canonical
+from wallwm_pretrain.checkpoint.canonical import canonical_shape, load_canonical
 from wallwm_pretrain.parallel.parallelize import unwrap_model
 from wallwm_pretrain.checkpoint.rank_pieces import load_rank_pieces, rank_pieces
 from wallwm_pretrain.parallel.state import gather_per_dp_rank, save_group
@@ -203,16 +205,7 @@ class RunCheckpoints:
         self._check_finite_weights()
         trainer_state = self._trainer_state()
         train = t.cfg.train
-        if train.save_format == "gathered":
-            model_state, optim_state = canonical_checkpoint(t.model, t.optim, t.ctx)
-            path = None
-            if t.ctx.is_main:
-                path = ckpt.save_checkpoint(
-                    t.run_dir, t.step, model=model_state, optimizer=optim_state, trainer=trainer_state,
-                    config_yaml=to_yaml(t.cfg), keep_last=train.keep_checkpoints, keep_every=train.keep_every,
-                )
-            self._wait_for_rank0(started)
-            return path
+        # one save path: every rank writes its pieces (train.save_format=gathered adds the merge)
         background = train.async_save and not final
         pieces, description = rank_pieces(t.model, t.optim, t.ctx)
         pieces = ckpt.copy_off(pieces, background)
@@ -228,8 +221,38 @@ class RunCheckpoints:
             t.deadline.note_save(time.perf_counter() - started)
             return None
         path = write()
+        if train.save_format == "gathered":
+            path = self._merge(path)
         t.deadline.note_save(time.perf_counter() - started)
         return path
+
+    def _merge(self, path: Path) -> Path:
+        """``train.save_format=gathered``: rank 0 rewrites the step just saved in the gathered
+        layout (the offline merge, ``python -m wallwm_pretrain.checkpoint merge``, in place) and
+        tells every rank the outcome over the save group (its timeout is parallel.save_timeout_s).
+
+        Raises:
+            CheckpointError: on every rank when the merge failed; the sharded step stays, complete.
+        """
+        t, train = self.t, self.t.cfg.train
+        outcome: list = [None]
+        if t.ctx.is_main:
+            try:
+                merged = ckpt.merge_checkpoint(path, t.run_dir, keep_last=train.keep_checkpoints,
+                                               keep_every=train.keep_every)
+                outcome = [(True, str(merged))]
+            except Exception as exc:  # every rank must hear of it, not wait for rank 0
+                outcome = [(False, f"{type(exc).__name__}: {exc}")]
+        if t.ctx.world_size > 1:
+            group = self.save_group
+            torch.distributed.broadcast_object_list(outcome, src=torch.distributed.get_global_rank(group, 0), group=group)
+        ok, what = outcome[0]
+        if not ok:
+            raise ckpt.CheckpointError(
+                f"train.save_format=gathered: writing step {t.step} in the gathered layout failed ({what}); "
+                f"the sharded checkpoint {path} is complete and loads"
+            )
+        return Path(what)
 
     def flush(self) -> Optional[Path]:
         """Wait for the background save in flight, if any (its error is raised here)."""
@@ -239,11 +262,3 @@ class RunCheckpoints:
         # the stop before the wall-time limit must leave room for a whole write
         self.t.deadline.note_save(self.background.seconds)
         return path
-
-    def _wait_for_rank0(self, started: float) -> None:
-        # every rank waits for rank 0's write in the "save" phase (the watchdog allows
-        # parallel.save_timeout_s there), and every rank's deadline learns how long a save takes;
-        # the barrier itself is bounded by parallel.timeout_s, which must exceed a save
-        if self.t.ctx.world_size > 1:
-            torch.distributed.barrier()
-        self.t.deadline.note_save(time.perf_counter() - started)

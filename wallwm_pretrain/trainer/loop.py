@@ -168,11 +168,11 @@ class Trainer:
     def save(self, final: bool = False) -> Optional[Path]:
         """Save the run at this step boundary (a collective).
 
-        ``train.save_format=sharded``: every rank writes its own pieces of the canonical
-        (TP=1, PP=1) state and rank 0 commits the index and manifest last; with
-        ``train.async_save`` the write runs in the background (``final`` saves, at a stop or the
-        end of the run, never do). ``gathered``: rank 0 gathers the canonical state and writes it.
-        Any save in flight is finished first.
+        Every rank writes its own pieces of the canonical (TP=1, PP=1) state and rank 0 commits
+        the index and manifest last; with ``train.async_save`` the write runs in the background
+        (``final`` saves, at a stop or the end of the run, never do). ``train.save_format=gathered``
+        then has rank 0 rewrite the step in the gathered layout (the offline merge). Any save in
+        flight is finished first.
 
         Returns:
             The checkpoint folder once committed; None for a background save (and on ranks

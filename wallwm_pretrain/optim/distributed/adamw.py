@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from wallwm_pretrain.optim.tp_matrices import is_tp_sharded, restride, unstride
+from wallwm_pretrain.optim.tp_matrices import is_tp_sharded, unstride
 
 
 def _layout(p: Tensor, tp: int) -> dict:
@@ -207,7 +207,7 @@ class ZeroAdamW:
             if (g["names"], g["lo"], g["hi"]) != (f.names, f.lo, f.hi):
                 raise ValueError(
                     f"AdamW shard [{g['lo']}, {g['hi']}) of {len(g['names'])} parameters does not match this "
-                    f"rank's [{f.lo}, {f.hi}) of {len(f.names)}; load the canonical state instead"
+                    f"rank's [{f.lo}, {f.hi}) of {len(f.names)}; load a checkpoint instead"
                 )
             if g["exp_avg"] is None:
                 continue
@@ -217,40 +217,6 @@ class ZeroAdamW:
                 "step": torch.tensor(g["step"], dtype=torch.float32),
                 "exp_avg": pad.clone().index_copy_(0, torch.arange(n, device=pad.device), g["exp_avg"].to(pad)),
                 "exp_avg_sq": pad.clone().index_copy_(0, torch.arange(n, device=pad.device), g["exp_avg_sq"].to(pad)),
-            }
-
-    def load_whole_state(self, whole: dict[str, dict[str, Tensor]]) -> None:
-        """Take this rank's shards of whole (TP=1 layout) AdamW state keyed by parameter name.
-
-        A group none of whose parameters appear in ``whole`` starts without state.
-
-        Raises:
-            ValueError: a group with state for only some of its parameters, or a wrong shape.
-        """
-        self.inner.state.clear()
-        for f in self.flat:
-            have = [n in whole for n in f.names]
-            if not any(have):
-                continue
-            if not all(have):
-                missing = [n for n, h in zip(f.names, have) if not h][:5]
-                raise ValueError(f"AdamW state lacks parameters of its group, first 5: {missing}")
-            local = {}
-            for key in ("exp_avg", "exp_avg_sq"):
-                pieces = []
-                for n, p in zip(f.names, f.params):
-                    lay, t = self.layouts[n], whole[n][key]
-                    if lay["dim"] is not None:
-                        t = restride(t, lay["dim"], lay["stride"], self.tp_rank, self.tp_size)
-                    if tuple(t.shape) != tuple(p.shape):
-                        raise ValueError(f"AdamW {key} of {n}: expected shape {tuple(p.shape)}, got {tuple(t.shape)}")
-                    pieces.append(t.to(p.device, p.dtype))
-                local[key] = f.flat_of(pieces)
-            step = whole[f.names[0]]["step"]
-            self.inner.state[f.value] = {
-                "step": torch.tensor(float(step), dtype=torch.float32),
-                "exp_avg": local["exp_avg"],
-                "exp_avg_sq": local["exp_avg_sq"],
             }
 
 

@@ -8,13 +8,10 @@ shared :class:`~wallwm_pretrain.optim.sets.OptimizerSetBase`.
 
 Checkpoints. :meth:`~DistributedOptimizerSet.state_dict` is this rank's share (momentum of the
 matrices it owns, its AdamW shards) plus the layout needed to rebuild whole tensors; it reloads
-only under the same layout. :meth:`~DistributedOptimizerSet.canonical_state_dict` gathers every
-rank's share to one writer and merges it into exactly the layout of a single-process set's
-``state_dict()`` (whole TP=1 tensors; parameters named by the ``split`` lists), and
-:meth:`~DistributedOptimizerSet.load_canonical_state_dict` gives each rank of any DP/TP/PP layout
-its share of such a state. A single-process run and any distributed layout therefore resume
-from one another. :func:`~.checkpoint.merge_sharded_states` does the merge offline from
-per-rank files.
+only under the same layout. A checkpoint that any DP/TP/PP layout (and a single process)
+resumes from is written and read as pieces of the single-process state by
+``wallwm_pretrain.checkpoint.optim.distributed``, from the ownership plan and shard ranges
+this set holds.
 
 Reduce-to-home (``reduce="home"``, ``optim.muon_reduce``; owner mode on megatron DDP buffers):
 the Muon matrices' gradients go straight to their homes during backward
@@ -24,9 +21,6 @@ bound (plus what Newton-Schulz on TP pieces needs); the global gradient norm is 
 the homes' whole matrices and the AdamW shards (one all-reduce of a scalar), and with
 ``modules`` the orthogonalised updates land just before the forward of the module that holds
 them (forward pre-hooks; :meth:`~DistributedOptimizerSet.finish_param_sync` lands all of them).
-
-Trade-off: the writer holds the whole optimizer state while saving (as the canonical model
-checkpoint already requires); per-rank files avoid that at the price of an offline merge.
 """
 
 from __future__ import annotations
@@ -38,26 +32,27 @@ import torch.distributed as dist
 from torch import nn
 
 from wallwm_pretrain.optim.distributed.adamw import ZeroAdamW
-from wallwm_pretrain.optim.distributed.checkpoint import (
-    FORMAT,
-    group_kinds,
-    hyper_of,
-    load_hyper,
-    matching_adamw_groups,
-    merge_sharded_states,
-    scheduler_by_kind,
-    scheduler_for,
-)
 from wallwm_pretrain.optim.distributed.home_reduce import HomeReduce
 from wallwm_pretrain.optim.distributed.layout import FusedLayout
 from wallwm_pretrain.optim.distributed.muon import DistMuon
 from wallwm_pretrain.optim.distributed.plan import DEFAULT_BUCKET_ELEMS
 from wallwm_pretrain.optim.distributed.shard_reduce import ShardReduce
-from wallwm_pretrain.optim.distributed.state_pieces import distributed_pieces, load_distributed
 from wallwm_pretrain.optim.grad_norm import clip_by_global_norm
 from wallwm_pretrain.optim.sets import OptimizerSetBase
 
 REDUCE_MODES = ("home", "all_reduce")
+FORMAT = "wallwm-dist-muon/1"  # this rank's share (state_dict), reloaded under the same layout only
+
+
+def hyper_of(group: dict) -> dict:
+    """A param group's hyper-parameters (everything but its parameters)."""
+    return {k: v for k, v in group.items() if k != "params"}
+
+
+def load_hyper(mine: list[dict], saved: list[dict]) -> None:
+    """Copy saved hyper-parameters (lr, initial_lr, ...) into this rank's param groups."""
+    for g, s in zip(mine, saved):
+        g.update({k: v for k, v in s.items() if k != "params"})
 
 
 class DistributedOptimizerSet(OptimizerSetBase):
@@ -237,12 +232,12 @@ class DistributedOptimizerSet(OptimizerSetBase):
         """Reload :meth:`state_dict` of the same rank under the same layout (no communication).
 
         Raises:
-            ValueError: a state saved under another layout or plan (use the canonical functions).
+            ValueError: a state saved under another layout or plan (load a checkpoint instead).
         """
         if state.get("format") != FORMAT:
             raise ValueError(f"not a distributed Muon shard (format {state.get('format')!r}, expected {FORMAT!r})")
         if state["split"] != self.state_dict()["split"]:
-            raise ValueError("optimizer shard holds other parameters than this rank; load the canonical state")
+            raise ValueError("optimizer shard holds other parameters than this rank; load a checkpoint instead")
         if self.muon is not None:
             self.muon.load_sharded_state(state["muon"])
             load_hyper(self.muon.param_groups, state["hyper"]["muon"])
@@ -251,72 +246,3 @@ class DistributedOptimizerSet(OptimizerSetBase):
             load_hyper(self.adamw.inner.param_groups, state["hyper"]["adamw"])
         for key, sched in self.schedulers.items():
             sched.load_state_dict(state["schedulers"][key])
-
-    def canonical_state_dict(
-        self, order: Optional[list[str]] = None, dst: int = 0, group: Optional[dist.ProcessGroup] = None
-    ) -> Optional[dict]:
-        """The whole optimizer state in single-process ``OptimizerSet`` layout, on rank ``dst``.
-
-        A collective over ``group`` (default: all ranks, so every pipeline rank is included).
-
-        Args:
-            dst: global rank that receives the merged state.
-            group: the ranks whose shares are merged.
-            order: parameter names in the single-process model's order (see
-                :func:`merge_sharded_states`).
-
-        Returns:
-            The state on ``dst``, None on the other ranks.
-        """
-        mine = self.state_dict()
-        if not dist.is_initialized() or dist.get_world_size(group) == 1:
-            return merge_sharded_states([mine], order)
-        rank = dist.get_rank()
-        everyone = [None] * dist.get_world_size(group) if rank == dst else None
-        dist.gather_object(mine, everyone, dst=dst, group=group)
-        return merge_sharded_states(everyone, order) if rank == dst else None  # type: ignore[arg-type]
-
-    def load_canonical_state_dict(self, state: dict[str, Any]) -> None:
-        """Take this rank's share of a single-process-layout state (from any layout).
-
-        Args:
-            state: :meth:`canonical_state_dict` output or ``ReplicatedOptimizerSet.state_dict()``; it may
-                hold more parameters (other pipeline ranks) than this rank.
-
-        Raises:
-            ValueError: a parameter of this rank missing from the state or in another group.
-        """
-        saved = state["split"]
-        for group in ("muon", "adamw_decay", "adamw_no_decay"):
-            missing = sorted(set(getattr(self.split, group)) - set(saved[group]))
-            if missing:
-                raise ValueError(
-                    f"optimizer state does not match the model: {len(missing)} parameters of group {group!r} "
-                    f"are not in the saved group (first 5: {missing[:5]})"
-                )
-        optimizers = state["optimizers"]
-        if self.muon is not None:
-            muon = optimizers["muon"]
-            order = [i for g in muon["param_groups"] for i in g["params"]]
-            by_idx = dict(zip(order, saved["muon"]))
-            whole = {by_idx[i]: s["momentum_buffer"] for i, s in muon["state"].items()}
-            self.muon.load_whole_momentum(whole)
-            load_hyper(self.muon.param_groups, muon["param_groups"])
-        if self.adamw is not None:
-            adamw = optimizers["adamw"]
-            name_groups = [g for g in (saved["adamw_decay"], saved["adamw_no_decay"]) if g]
-            by_idx = {i: n for g, ns in zip(adamw["param_groups"], name_groups) for i, n in zip(g["params"], ns)}
-            self.adamw.load_whole_state({by_idx[i]: s for i, s in adamw["state"].items()})
-            load_hyper(self.adamw.inner.param_groups, matching_adamw_groups(adamw["param_groups"], saved, self.split))
-        mine = {k: list(getattr(self.split, k)) for k in ("muon", "adamw_decay", "adamw_no_decay")}
-        for key, sched in self.schedulers.items():
-            common, per_kind = scheduler_by_kind(state["schedulers"][key], group_kinds(key, saved))
-            sched.load_state_dict(scheduler_for(common, per_kind, group_kinds(key, mine)))
-
-    def state_pieces(self) -> tuple[dict, list]:
-        """``(structure, pieces)`` this rank writes into a sharded checkpoint (see :mod:`.state_pieces`)."""
-        return distributed_pieces(self)
-
-    def load_state_pieces(self, structure: dict, source: Any) -> None:
-        """Read this rank's share from a sharded checkpoint (any layout wrote it)."""
-        load_distributed(self, structure, source)

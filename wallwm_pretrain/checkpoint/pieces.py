@@ -15,7 +15,9 @@ rank's tensor concatenates. That covers every layout of this project with one ru
 
 Saving cuts a rank's tensor into pieces (:func:`view_pieces`, :func:`flat_pieces`); loading
 asks a reader for exactly the boxes a rank needs (:func:`read_view`, :func:`read_flat`), so a
-rank of any layout reads only its own share. Plain tensor slicing, no communication.
+rank of any layout reads only its own share. Plain tensor slicing, no communication. The
+pieces of every rank, held in one process, are a source too (:class:`MemorySource`): the
+whole state in one process is built from them (:mod:`.optim.whole`, the gathered export).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterator, NamedTuple, Optional, Protocol, Sequence
+from typing import Callable, Iterable, Iterator, NamedTuple, Optional, Protocol, Sequence
 
 import torch
 from torch import Tensor
@@ -219,3 +221,67 @@ def read_flat(view: TensorView, read: BoxReader, a: int, b: int) -> Tensor:
     """Elements ``[a, b)`` (row-major) of the rank's tensor, read from the canonical one."""
     parts = [read_view(view, read, lo, size).reshape(-1) for lo, size in flat_boxes(view.local_shape, a, b)]
     return torch.cat(parts) if len(parts) != 1 else parts[0]
+
+
+StoredBox = tuple[Sequence[int], Sequence[int], Callable[[tuple[slice, ...]], Tensor]]
+"""``(offsets, sizes, fetch)`` of a stored piece; ``fetch(slices)`` reads that part of it."""
+
+
+def fill_box(offsets: Sequence[int], sizes: Sequence[int], dtype: torch.dtype, stored: Iterable[StoredBox]) -> Tensor:
+    """The box ``offsets``/``sizes`` of a canonical tensor, assembled from its stored pieces.
+
+    Raises:
+        ValueError: the stored pieces do not cover the box exactly once (says how much they cover).
+    """
+    out = torch.empty([int(s) for s in sizes], dtype=dtype)
+    covered = 0
+    for poff, psize, fetch in stored:
+        lo = [max(o, p) for o, p in zip(offsets, poff)]
+        hi = [min(o + s, p + q) for o, s, p, q in zip(offsets, sizes, poff, psize)]
+        if any(a >= b for a, b in zip(lo, hi)):
+            continue
+        out[tuple(slice(a - o, b - o) for a, b, o in zip(lo, hi, offsets))] = fetch(
+            tuple(slice(a - p, b - p) for a, b, p in zip(lo, hi, poff))
+        )
+        covered += math.prod(b - a for a, b in zip(lo, hi))
+    if covered != math.prod(sizes):
+        raise ValueError(f"pieces cover {covered} of {math.prod(sizes)} elements of the box at {list(offsets)} of size {list(sizes)}")
+    return out
+
+
+class MemorySource:
+    """A :class:`PieceSource` over pieces held in memory: every rank's pieces gathered to one
+    process, or a whole state cut into one piece per tensor.
+
+    Raises:
+        ValueError: two pieces of one tensor that disagree on its shape or dtype.
+    """
+
+    def __init__(self, pieces: Iterable[Piece]) -> None:
+        self.pieces: dict[str, list[Piece]] = {}
+        for p in pieces:
+            held = self.pieces.setdefault(p.name, [])
+            if held and (held[0].global_shape != p.global_shape or held[0].tensor.dtype != p.tensor.dtype):
+                raise ValueError(f"{p.name}: pieces disagree on its shape or dtype ({held[0].global_shape} vs {p.global_shape})")
+            held.append(p)
+
+    def shape(self, name: str) -> Optional[tuple[int, ...]]:
+        held = self.pieces.get(name)
+        return tuple(held[0].global_shape) if held else None
+
+    def keys(self, prefix: str) -> list[str]:
+        return sorted(n[len(prefix):] for n in self.pieces if n.startswith(prefix))
+
+    def read(self, name: str, offsets: Sequence[int], sizes: Sequence[int]) -> Tensor:
+        held = self.pieces.get(name)
+        if not held:
+            raise KeyError(f"no piece of tensor {name!r}")
+        stored = [(p.offsets, p.tensor.shape, lambda sl, t=p.tensor: t[sl]) for p in held]
+        try:
+            return fill_box(offsets, sizes, held[0].tensor.dtype, stored)
+        except ValueError as exc:
+            raise ValueError(f"{name}: {exc}") from None
+
+    def read_whole(self, name: str) -> Tensor:
+        shape = self.shape(name)
+        return self.read(name, [0] * len(shape), shape)
