@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 TASK = "pick-place-v3"
@@ -31,8 +32,10 @@ def wan_mw_run(mw_shards, tmp_path_factory):
     encode_latents(shards, models["vae"], progress=False)
     embed_captions(shards, models["text_encoder"], progress=False)
     init = base / "init"
+    index = json.loads((shards / "index.json").read_text())
+    dims = [f"model.action_dim={index['action_dim']}", f"model.state_dim={index['state_dim']}"]
     assert convert(["wan", "--src", str(models["transformer"]), "--out", str(init), "--num-views", "2",
-                    "model.video_input=latents", f"data.shards={shards}", *ACTION]) == 0
+                    "model.video_input=latents", f"data.shards={shards}", *ACTION, *dims]) == 0
     cfg = load_config(init / "config.yaml", [f"model.init_from={init}", f"train.runs_root={base / 'runs'}",
                                              "train.run_name=wan_mw", "train.device=cpu", "data.batch_size=2",
                                              "data.max_frames=8", "train.steps=2", "optim.warmup_steps=1"])
@@ -67,6 +70,28 @@ def test_a_wan_checkpoint_plans_in_metaworld_in_process_and_through_the_server(w
     remote = json.loads((tmp_path / "remote" / "results.json").read_text())
     for key in ("success_per_episode", "episode_seeds", "mean_steps", "mean_plans"):
         assert remote["tasks"][TASK][key] == task[key], key
+
+
+def test_an_event_trained_wan_checkpoint_plans_unified_chunks(wan_mw_run, tmp_path, eval_cli):
+    """One backbone, two modes: the event-trained Wan towers plan unified chunks (history frames
+    through the VAE, the atomic caption through UMT5)."""
+    code, _, err = eval_cli("--ckpt", wan_mw_run, "--env", "metaworld", "--tasks", TASK, "--episodes", "1",
+                            "--max-steps", "10", "--quiet", "--denoise-steps", "2", "--no-tracking", "--mode", "unified",
+                            "--context", "atomic", "--out", tmp_path / "unified")
+    assert code == 0, err
+    results = json.loads((tmp_path / "unified" / "results.json").read_text())
+    assert results["mode"] == "unified" and list(results["contexts"]) == ["atomic"]
+    task = results["contexts"]["atomic"]["tasks"][TASK]
+    assert task["episodes"] == 1 and task["mean_plans"] >= 1
+    # the other sources need the conditioner's or the Staircase branch's heads, which this run lacks
+    from wallwm_pretrain.eval.policy import ChunkContext, PolicyError
+    from wallwm_pretrain.eval.wan_policy import load_policy
+
+    policy = load_policy(wan_mw_run, mode="unified", denoise_steps=1)
+    frame = np.zeros((policy.num_views, policy.image_size, policy.image_size, 3), np.uint8)
+    with pytest.raises(PolicyError, match="builds none"):
+        policy.plan_chunk([frame] * policy.history, frame, np.zeros(policy.state_dim, np.float32),
+                          ChunkContext("global", task="pick the puck"), policy.new_episode(0))
 
 
 def test_the_open_loop_error_names_the_wan_path(wan_mw_run, mw_shards, eval_cli):
