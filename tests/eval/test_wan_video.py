@@ -90,7 +90,7 @@ def test_the_video_sampler_reproduces_wan_i2v_pipeline(tiny, first_frame, schedu
     assert np.abs(got[0, 1:] - got[0, :1]).max() > 1 and np.abs(got[0, -1] - got[0, 1]).max() > 1
 
 
-def test_a_different_seed_or_prompt_changes_the_video(tiny, first_frame):
+def test_another_prompt_changes_the_video_but_not_the_condition(tiny, first_frame):
     base = _ours(tiny, first_frame, make_scheduler("euler", 5.0), 2, 1.0).latents
     cfg, state, _ = convert_tower_state(tiny["transformer"])
     tower = WanTower(cfg).eval()
