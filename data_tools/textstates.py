@@ -2,7 +2,8 @@
 
 As Wan's pipelines encode a prompt: the tokenizer (with its end-of-sequence token, truncated at
 ``max_length``) and the frozen ``UMT5EncoderModel``'s ``last_hidden_state``, with the padding
-positions removed. Texts are batched (padded to the longest in the batch, the attention mask
+positions removed (the Wan path zero-pads them to ``model.text_len`` as Wan does, in the model:
+``wallwm_pretrain/model/wan/text.py``). Texts are batched (padded to the longest in the batch, the attention mask
 hiding the padding). Per sample, float16:
 
 * ``caption_states.npy`` [L_c, D], ``next_caption_states.npy`` [L_n, D], ``task_states.npy`` [L_t, D]

@@ -150,10 +150,10 @@ def _window_from_shards(folder: str, key: str | None, anchor: int, steps_back: l
 
 def infer_unified(args: argparse.Namespace) -> dict:
     """``--mode unified``: one chunk of a unified-mode checkpoint (the unified-chunks planner)."""
-    from wallwm_pretrain.eval.policy import CheckpointPolicy
+    from wallwm_pretrain.eval.wan_policy import load_policy
 
     # event- and unified-mode checkpoints share the towers: either plans a chunk
-    policy = CheckpointPolicy.load(args.policy, device=args.device, denoise_steps=args.denoise_steps, mode="unified")
+    policy = load_policy(args.policy, device=args.device, denoise_steps=args.denoise_steps, mode="unified")
     steps_back = policy.history_steps()
     if args.shards:
         sample = _window_from_shards(args.shards, args.key, args.anchor, steps_back)
@@ -213,7 +213,7 @@ def infer(args: argparse.Namespace) -> dict:
     from sim.imageops import resize_area
     from wallwm_pretrain.eval.conditioner import ConditionerPlanner
     from wallwm_pretrain.eval.planners import PredictedEvents, Scene, Task
-    from wallwm_pretrain.eval.policy import CheckpointPolicy
+    from wallwm_pretrain.eval.wan_policy import load_policy
 
     sample = _sample_from_shards(args.shards, args.key) if args.shards else _sample_from_file(args.observation)
     task = args.task if args.task is not None else sample["task"]
@@ -228,8 +228,7 @@ def infer(args: argparse.Namespace) -> dict:
     state = np.asarray(sample["state"], dtype=np.float32)
     if args.policy:
         # the predicted-events planner: the conditioner names the event, the towers plan it
-        policy = CheckpointPolicy.load(args.policy, device=args.device, denoise_steps=args.denoise_steps,
-                                       mode="event")
+        policy = load_policy(args.policy, device=args.device, denoise_steps=args.denoise_steps, mode="event")
         planner = PredictedEvents(policy, conditioner=conditioner)
         planner.start(Task(task, done=done), torch.Generator(device=policy.device).manual_seed(args.seed))
         frame = obs if obs.shape[1] == policy.image_size else resize_area(obs, policy.image_size)

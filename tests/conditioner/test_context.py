@@ -85,6 +85,26 @@ def test_rows_read_their_own_source(cond_world):
         assert out.text_valid[i].sum() == want.shape[0]
     assert stair.shape[0] == 3  # K_c latents
     assert glob.shape[0] == 5  # the alignment head's positions
+    # what the Wan tower reads of a global row: the head's positions (each trained), then Wan's zeros
+    inputs = model.flow_inputs(out, model.sample_noise(out, torch.Generator().manual_seed(0)))
+    assert inputs.text_states.shape[1] == CFG.text_len == 8
+    torch.testing.assert_close(inputs.text_states[1, :5], glob, atol=1e-5, rtol=1e-5)
+    assert (inputs.text_states[1, 5:] == 0).all() and model.layer_inputs(inputs).text_mask is None
+
+
+def test_the_wan_tower_reads_at_most_text_len_aligned_positions(cond_world):
+    cfg = _cfg(cond_world["models"], sources=("global",))
+    cfg = replace(cfg, conditioner=replace(cfg.conditioner, align_tokens=CFG.text_len + 3))
+    model = _model(cfg).eval()
+    batch = _batch(["global", "atomic"])
+    with torch.no_grad():
+        glob = model.context.global_states(batch.frames[:, 0], batch.task, batch.done)
+        states, valid = model.context.vlm.encode(batch.frames[:, 0], model.context.prompts(batch.task, batch.done))
+        full = model.context.align(model.context.adapter(states.float()), ~valid)  # every head position
+        inputs = model.flow_inputs(model.with_context(batch), model.sample_noise(batch, torch.Generator().manual_seed(0)))
+    assert glob.shape[1] == CFG.text_len and full.shape[1] == CFG.text_len + 3
+    torch.testing.assert_close(glob, full[:, : CFG.text_len], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(inputs.text_states[0], glob[0], atol=1e-5, rtol=1e-5)
 
 
 def test_staircase_branch_frozen_projection_trained(cond_world):

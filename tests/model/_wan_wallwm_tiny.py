@@ -14,7 +14,7 @@ WAN = WanTowerConfig(patch_size=[1, 2, 2], num_attention_heads=4, attention_head
 K = 4
 CFG = ModelConfig(video_tower="wan", wan=WAN, hidden_size=32, num_layers=2, num_heads=4, ffn_hidden_size=64,
                   frame_stride=K, num_views=2, action_dim=4, state_dim=8, image_size=16, patch_size=8,
-                  video_time_shift=5.0)
+                  video_time_shift=5.0, text_len=8)
 LATENT_HW = (4, 6)  # a 2 x 3 patch grid per latent frame
 TEXT_LEN = 6
 

@@ -67,11 +67,12 @@ def hand_composition(model, inp):
     """The documented composition, written out from the parts: WanTower forward, action
     embedding, action block i reading the projected coupling keys of Wan block i."""
     video = model.video
-    pred_v_tower = video(inp.xt_video, inp.timestep, inp.text_states, frame_valid=inp.frame_valid, text_valid=inp.text_valid)
+    # the Wan tower reads the padded text context with no text mask, as Wan does
+    pred_v_tower = video(inp.xt_video, inp.timestep, inp.text_states, frame_valid=inp.frame_valid)
     geo = video.geometry(inp.xt_video, inp.timestep, inp.text_states)
     ws = video.embed(inp.xt_video, inp.timestep, inp.text_states, geo)
     rope = video.rope(geo)
-    vmask, tmask = video.masks(geo, inp.frame_valid, inp.text_valid)
+    vmask, tmask = video.masks(geo, inp.frame_valid, None)
     t_steps, h = inp.xt_action.shape[1], CFG.hidden_size
     steps = torch.arange(t_steps)
     # action k carries latent frame index M + k // K (M = 0 outside unified mode)
@@ -183,7 +184,7 @@ def test_flop_formula_equals_counted_matmuls(monkeypatch, history):
     """As tests/model/test_wan_flops.py: the fused Wan attention core swapped for the textbook
     one, whose matmuls torch's counter sees; history latent frames are video tokens."""
     import wallwm_pretrain.model.wan.attention as attention
-    from _wan_wallwm_tiny import LATENT_HW, TEXT_LEN  # noqa: E402
+    from _wan_wallwm_tiny import LATENT_HW  # noqa: E402
     from test_wan_flops import textbook_attend  # noqa: E402
 
     from wallwm_pretrain.model.flops import flop_counter
@@ -196,7 +197,7 @@ def test_flop_formula_equals_counted_matmuls(monkeypatch, history):
     # the action tower's fused core runs the CPU flash kernel: flop_counter() counts it
     with flop_counter() as counter, torch.no_grad():
         model.denoise(inp)
-    flops = forward_flops(CFG, (history + 3, *LATENT_HW), 12, TEXT_LEN)
+    flops = forward_flops(CFG, (history + 3, *LATENT_HW), 12, CFG.text_len)  # the padded text context
     assert counter.get_total_flops() == batch.size * flops["total"]
     assert model.train_flops(batch) == 3 * flops["total"]
 

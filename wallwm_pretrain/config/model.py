@@ -121,6 +121,11 @@ class ModelConfig:
     learned projection."""
     wan: WanTowerConfig = field(default_factory=WanTowerConfig)
     """The Wan video tower's shape (``video_tower=wan`` only)."""
+    text_len: int = 512
+    """``video_tower=wan``: positions of the text context the Wan tower reads, as Wan was trained:
+    the text encoder's states zero-padded to this length with no key mask (Wan2.2's
+    ``max_sequence_length``, 512; ``model/wan/text.py``). A global context source's aligned states
+    are cut or zero-padded to it too."""
     kind: str = "towers"
     """What the run trains: ``towers`` (the dual-tower denoiser), ``conditioner`` (the text
     conditioner's heads on a frozen VLM, ``model.conditioner``) or ``staircase`` (the Staircase
@@ -179,6 +184,8 @@ class ModelConfig:
             value = getattr(self, name)
             if value != AUTO and (not isinstance(value, int) or value < 1):
                 raise ConfigError(f"model.{name} must be 'auto' or an int >= 1, got {value!r}")
+        if self.text_len < 1:
+            raise ConfigError(f"model.text_len must be >= 1, got {self.text_len}")
         if not self.video_time_shift > 0:
             raise ConfigError(f"model.video_time_shift must be > 0, got {self.video_time_shift}")
         for name in ("video_loss_weight", "action_loss_weight", "time_loss_weight"):

@@ -117,7 +117,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     from wallwm_pretrain.eval.adapter import EnvAdapter
     from wallwm_pretrain.eval.openloop import open_loop_error
     from wallwm_pretrain.eval.planners import choose, served_modes
-    from wallwm_pretrain.eval.policy import CheckpointPolicy
+    from wallwm_pretrain.eval.wan_policy import WanPolicy, load_policy
 
     if args.episodes < 1:
         raise ValueError(f"--episodes must be >= 1, got {args.episodes}")
@@ -150,8 +150,11 @@ def evaluate(args: argparse.Namespace) -> dict:
         checkpoint = str(ckpt)
     try:
         if not args.server:
-            policy = CheckpointPolicy.load(ckpt, args.stats, device, args.denoise_steps, args.mode)
+            policy = load_policy(ckpt, args.stats, device, args.denoise_steps, args.mode)
             cfg = policy.cfg
+            if args.heldout and isinstance(policy, WanPolicy):
+                raise ValueError("--heldout: the open-loop action error runs the small towers' sampler; a Wan-tower "
+                                 "checkpoint runs closed loop only")
         if args.mode and args.mode != policy.mode:  # a server plans in its own mode (not a dispatch: two names compared)
             raise ValueError(f"--mode {args.mode}, but the server plans in {policy.mode} mode")
         chosen = choose(policy.mode, {"events": args.events, "context": args.context}, DEFAULT_WAYS)

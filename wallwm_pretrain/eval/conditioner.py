@@ -9,7 +9,6 @@ normalisation of its shards, the views and the image size.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +35,6 @@ class ConditionerPlanner:
         self.model, self.cfg, self.index = model, cfg, index
         self.norm = Normalizer.from_index(index)
         self.device = next(model.parameters()).device
-        self.text_tokenizer, self.text_max_length = _text_tokenizer(index)
 
     @classmethod
     def load(cls, ckpt: str | Path, stats: str | Path | None = None, device: str = "cpu") -> "ConditionerPlanner":
@@ -70,23 +68,6 @@ class ConditionerPlanner:
             raise PolicyError(f"state has shape {state.shape}, the conditioner expects ({self.state_dim},)")
         obs = torch.from_numpy(np.array(frame, dtype=np.uint8))[None].to(self.device)  # a copy: frames may be read-only
         st = torch.from_numpy(self.norm.state(state.astype(np.float32)))[None].to(self.device)
-        pred = self.model.predict(obs, st, [task], [list(done)])[0]
-        if self.text_tokenizer is not None:
-            # as many positions as the text encoder gives the caption (embed-captions' rule): the
-            # alignment head was trained on those and never on the positions past them
-            n = len(self.text_tokenizer(pred.caption, truncation=True, max_length=self.text_max_length,
-                                        add_special_tokens=True)["input_ids"])
-            pred = replace(pred, text_states=pred.text_states[:n])
-        return pred
-
-
-def _text_tokenizer(index: dict):
-    """The text encoder's tokenizer that ``embed-captions`` recorded in the shards' index.json,
-    with its max_length (None when the index records none or the folder is not here)."""
-    spec = index.get("text_states")
-    folder = spec.get("tokenizer") if isinstance(spec, dict) else None
-    if not folder or not Path(folder).is_dir():
-        return None, 0
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(folder, local_files_only=True), int(spec.get("max_length", 512))
+        # all align_tokens positions: the alignment head trains every one of them against the caption's
+        # text-encoder states zero-padded as Wan reads them (model/conditioner/heads.py), so none is cut
+        return self.model.predict(obs, st, [task], [list(done)])[0]

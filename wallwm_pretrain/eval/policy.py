@@ -81,17 +81,18 @@ class CheckpointPolicy:
             chunk mode (the baseline) stays as trained.
     """
 
-    # the model this policy drives: the small towers (pixels in, byte captions). A policy for
-    # another model kind (the Wan towers: the VAE encodes each observation, UMT5 each caption) is
-    # a file of its own with the same planning methods; this is that policy saying which it is.
+    # the model this policy drives: the small towers (pixels in, byte captions). The Wan towers'
+    # policy (the VAE encodes each observation, UMT5 each caption) is eval/wan_policy.py, with the
+    # same planning methods; load_policy there picks between them by the checkpoint's config.
     MODEL = ("towers", "small")
 
     def __init__(self, model, cfg: Config, index: dict, denoise_steps: int = 10, mode: str | None = None) -> None:
         kind, tower = cfg.model.kind, cfg.model.video_tower
         if (kind, tower) != self.MODEL:
             what = f"{kind} with video_tower={tower}" if kind == self.MODEL[0] else kind
+            hint = " (eval.wan_policy.load_policy plans with it)" if (kind, tower) == ("towers", "wan") else ""
             raise PolicyError(f"the checkpoint policy runs the small towers (pixels in, byte captions); this "
-                              f"checkpoint is {what}")
+                              f"checkpoint is {what}{hint}")
         self.model, self.cfg, self.index = model, cfg, index
         self.norm = Normalizer.from_index(index)
         self.denoise_steps = denoise_steps

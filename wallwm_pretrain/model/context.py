@@ -107,13 +107,18 @@ class ContextSources(nn.Module):
 
     def global_states(self, observation: torch.Tensor, task: list[str], done: list[list[str]]) -> torch.Tensor:
         """[B, align_tokens, width]: the conditioner's aligned states of the global instruction
-        (gradient to the adapter and the alignment head, none to the VLM); on the small towers
-        through ``global_proj`` into their text stream."""
+        (gradient to the adapter and the alignment head, none to the VLM), every position trained
+        against the zero-padded target; on the Wan tower at most ``model.text_len`` of them, on the
+        small towers through ``global_proj`` into their text stream."""
         states, valid = self.vlm.encode(observation, self.prompts(task, done))
         w = self.adapter.proj.weight
         memory = self.adapter(states.to(w.device, w.dtype))
         aligned = self.align(memory, ~valid.to(w.device))
-        return aligned if self.global_proj is None else self.global_proj(aligned)
+        if self.global_proj is None:
+            # the Wan tower reads model.text_len positions (model/wan/text.py): those past it are cut
+            # here (the head trained them towards Wan's zero padding); fewer are zero-padded there
+            return aligned[:, : self.cfg.text_len]
+        return self.global_proj(aligned)
 
     def staircase_latents(self, observation: torch.Tensor, task: list[str], done: list[list[str]]) -> torch.Tensor:
         """[B, K_c, D_vlm]: the branch's reasoning latents (no autograd graph while the branch is

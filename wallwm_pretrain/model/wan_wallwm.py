@@ -60,6 +60,7 @@ from wallwm_pretrain.model.spec import build_transformer_config
 from wallwm_pretrain.model.wan.config import WanConfig
 from wallwm_pretrain.model.wan.flops import wan_forward_flops
 from wallwm_pretrain.model.wan.flow import per_token_timesteps
+from wallwm_pretrain.model.wan.text import pad_text_context
 from wallwm_pretrain.model.wan.tower import WanGeometry, WanStreams, WanTower, coupling_keys
 
 
@@ -226,7 +227,7 @@ class WanWallWM(DualTowerDenoiser):
         b, v, z, n, hh, ww = batch.latents.shape
         pt, ph, pw = self.wan.patch_size
         tokens = (n // pt) * (hh // ph) * (ww // pw)
-        text_len = batch.text_states.shape[1]
+        text_len = int(self.cfg.text_len)  # Wan's padded text context (model/wan/text.py)
         wan = v * (tokens + text_len + 7 * tokens)  # per-token timesteps: t = S
         action = (batch.actions.shape[1] + text_len + 2) * self.cfg.hidden_size
         return wan + -(-action // self.wan.hidden_size)
@@ -236,7 +237,7 @@ class WanWallWM(DualTowerDenoiser):
         model's, whichever pipeline slice this is): 3x :func:`forward_flops`, history latent
         frames counted as video tokens."""
         shape = tuple(batch.latents.shape[3:])
-        return 3 * forward_flops(self.cfg, shape, batch.actions.shape[1], batch.text_states.shape[1])["total"]
+        return 3 * forward_flops(self.cfg, shape, batch.actions.shape[1], int(self.cfg.text_len))["total"]
 
     # ------------------------------------------------------------------ flow inputs
     def video_noise_shape(self, batch: Batch) -> tuple[int, ...]:
@@ -255,13 +256,14 @@ class WanWallWM(DualTowerDenoiser):
         pt, ph, pw = self.wan.patch_size
         timestep = per_token_timesteps(noise.t_video, (n // pt, hh // ph, ww // pw), clean_frames=m + 1)
         xt_a, target_a = interpolate(batch.actions, noise.noise_action, noise.t_action)
-        text_valid = batch.text_valid
-        if text_valid is None:
-            text_valid = torch.ones(batch.text_states.shape[:2], dtype=torch.bool, device=x0.device)
+        # Wan's text context (model/wan/text.py): zero-padded to model.text_len, no key mask in
+        # the Wan tower; text_valid keeps the real positions for the action tower and time head
+        text_states, text_valid = pad_text_context(batch.text_states.float(), batch.text_valid,
+                                                   int(self.cfg.text_len), "batch.text_states")
         anchor = x0[:, :, :, m].permute(0, 1, 3, 4, 2).reshape(b, v * hh * ww, z)
         remaining = None if batch.remaining is None else batch.remaining.float() / self.frame_stride
         return WanFlowInputs(
-            xt_v, timestep, xt_a, target_v, target_a, noise.t_action, batch.state, batch.text_states.float(),
+            xt_v, timestep, xt_a, target_v, target_a, noise.t_action, batch.state, text_states,
             text_valid, frame_valid, action_valid, video_loss_mask, anchor, remaining, m,
         )
 
@@ -289,10 +291,11 @@ class WanWallWM(DualTowerDenoiser):
 
     # ------------------------------------------------------------------ the video tower interface
     def layer_inputs(self, inputs: WanFlowInputs) -> WanLayerInputs:
-        """Geometry, 3-D RoPE and the Wan tower's key-padding masks of a forward."""
+        """Geometry, 3-D RoPE and the Wan tower's key-padding masks of a forward: padded latent
+        frames only; the text context has no mask, as Wan's (``model/wan/text.py``)."""
         geo = self.geometry(inputs)
         rope = self.video.rope(geo, inputs.xt_video.device)
-        video_mask, text_mask = self.video.masks(geo, inputs.frame_valid, inputs.text_valid)
+        video_mask, text_mask = self.video.masks(geo, inputs.frame_valid, None)
         return WanLayerInputs(geo, rope, video_mask, text_mask)
 
     def embed_towers(self, inputs: WanFlowInputs, li: WanLayerInputs, context_rows=None):

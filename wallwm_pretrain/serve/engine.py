@@ -1,7 +1,8 @@
 """The model side of the server: a checkpoint policy that answers batches of observations.
 
 Everything that must match training (loading, normalisation statistics, caption encoding, the
-planning horizon, sampling) is the evaluation's :class:`CheckpointPolicy`; this module only
+planning horizon, sampling) is the evaluation's policy (:class:`CheckpointPolicy` for the small
+towers, :class:`~wallwm_pretrain.eval.wan_policy.WanPolicy` for the Wan towers); this module only
 turns checked observations into its batched call and its plans into reply dicts, and describes
 the model in the metadata a client reads first. A lock serialises model calls, so a caller that
 shares the model with a running server (the benchmark's in-process baseline) never overlaps a
@@ -27,7 +28,7 @@ PROTOCOL = "wallwm-policy/1"
 class PolicyEngine:
     """Args: policy: a loaded checkpoint policy; checkpoint: where it came from; step: its step."""
 
-    def __init__(self, policy: CheckpointPolicy, checkpoint: str = "", step: int | None = None) -> None:
+    def __init__(self, policy: CheckpointPolicy | Any, checkpoint: str = "", step: int | None = None) -> None:
         self.policy, self.checkpoint, self.step = policy, checkpoint, step
         views = policy.views or [f"view{i}" for i in range(policy.num_views)]
         if len(views) != policy.num_views:
@@ -47,7 +48,9 @@ class PolicyEngine:
              denoise_steps: int = 10) -> "PolicyEngine":
         from wallwm_pretrain.export import checkpoint_step
 
-        policy = CheckpointPolicy.load(ckpt, stats, device, denoise_steps)
+        from wallwm_pretrain.eval.wan_policy import load_policy
+
+        policy = load_policy(ckpt, stats, device, denoise_steps)
         return cls(policy, str(ckpt), checkpoint_step(ckpt))
 
     def new_generator(self, seed: int) -> torch.Generator:
@@ -62,9 +65,14 @@ class PolicyEngine:
                  "server_timing": {"queue_ms": "float", "infer_ms": "float", "batch_size": "int"}}
         if self.planner.reports_remaining:
             reply["remaining_steps"] = {"type": "float", "meaning": "predicted control steps to the end of the event"}
+        kind, tower = p.cfg.model.kind, p.cfg.model.video_tower
         return {
             "protocol": PROTOCOL,
             "mode": p.mode,
+            "model": {"kind": kind, "video_tower": tower,
+                      "text": "UMT5 states, zero-padded (Wan)" if tower == "wan" else "byte-level caption encoder",
+                      "context_sources": ["atomic", *getattr(getattr(p.model, "context", None), "sources", ())],
+                      "served_context": "atomic: the request's prompt"},
             "action_dim": p.action_dim,
             "state_dim": p.state_dim,
             "horizon": p.horizon,

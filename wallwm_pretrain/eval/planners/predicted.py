@@ -2,8 +2,9 @@
 
 Before each plan the conditioner (``eval/conditioner.py``) looks at the cameras (at its own
 image size), the task instruction and the events done so far, and predicts the next event's
-caption and the steps it has left; the policy plans that caption and that many steps run (at
-least one, at most the plan). The event counts as done when it ends within the plan. Each
+caption and the steps it has left; the policy plans that caption (a policy that
+``reads_text_states``, the Wan towers', plans the conditioner's aligned states of it instead of
+the text encoder's) and that many steps run (at least one, at most the plan). The event counts as done when it ends within the plan. Each
 prediction is kept on the decision (``Episode.predicted``).
 """
 
@@ -42,7 +43,11 @@ class PredictedEvents(Planner):
         pred = self.conditioner.next_event(resize_area(scene.raw, self.conditioner.image_size), scene.state,
                                            self.task.instruction, self.done)
         self.last = pred
-        plan = self.policy.plan(scene.frame, scene.state, pred.caption, self.generator)
+        if getattr(self.policy, "reads_text_states", False):
+            # the Wan towers read the conditioner's aligned states in place of UMT5's (the project-out)
+            plan = self.policy.plan_states(scene.frame, scene.state, pred.text_states, self.generator)
+        else:
+            plan = self.policy.plan(scene.frame, scene.state, pred.caption, self.generator)
         n = steps_to_run(pred.remaining_steps, len(plan.actions))
         if pred.remaining_steps <= len(plan.actions):
             self.done.append(pred.caption)

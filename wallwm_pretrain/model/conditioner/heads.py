@@ -5,8 +5,9 @@
 * :class:`AlignmentHead` (project-out): ``align_tokens`` learned position queries attend to the
   memory (torch's ``nn.TransformerDecoder`` without a causal mask) and are projected to the
   text encoder's width: position i is trained against the i-th state of the frozen text
-  encoder on the next event's caption (MSE over the caption's real positions only), so the
-  video tower can read these states where it reads the text encoder's.
+  encoder on the next event's caption zero-padded as Wan pads it (MSE over all ``align_tokens``
+  positions: the caption's real ones, then zeros), so the video tower can read these states where
+  it reads the text encoder's, and every position it reads was trained.
 * :class:`NextEventHead`: a small causal decoder (``nn.TransformerDecoder``) that writes the
   next event's caption in the VLM's own tokens, cross-attending to the memory. Its token
   embeddings and output layer are the frozen VLM's (input embedding table and LM head), reached
@@ -69,15 +70,20 @@ class AlignmentHead(nn.Module):
 
 
 def alignment_sse(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Summed squared error over the target's real positions (those past ``pred``'s length are
-    cut; padding never counts)."""
+    """Summed squared error of every predicted position against the target as Wan reads it: the
+    caption's real text-encoder positions, then zeros (``model/wan/text.py``). All
+    ``align_tokens`` positions are trained, so every position the head hands a tower was trained
+    (on the padding positions, to be Wan's zero padding); what sits in the target's padding never
+    counts, and real positions past ``pred``'s length are cut."""
     n = min(pred.shape[1], target.shape[1])
-    mask = valid[:, :n].unsqueeze(-1).to(pred.dtype)
-    return ((pred[:, :n].float() - target[:, :n].float()) ** 2 * mask).sum()
+    real = target[:, :n].float() * valid[:, :n].unsqueeze(-1).to(torch.float32)
+    padded = torch.nn.functional.pad(real, (0, 0, 0, pred.shape[1] - n))
+    return ((pred.float() - padded) ** 2).sum()
 
 
 def alignment_elements(valid: torch.Tensor, positions: int, text_dim: int) -> torch.Tensor:
-    return valid[:, :positions].sum().to(torch.float32) * text_dim
+    """Elements :func:`alignment_sse` sums: every position of every row."""
+    return torch.tensor(float(valid.shape[0] * positions * text_dim), device=valid.device)
 
 
 class NextEventHead(nn.Module):

@@ -74,9 +74,8 @@ class Prediction:
     remaining_steps: float
     """Control steps left in that event."""
     text_states: torch.Tensor
-    """float [n, text_dim]: the caption in the text encoder's space (``align_tokens`` positions
-    from :meth:`TextConditioner.predict`; the eval planner keeps the first n, the text encoder's
-    token count of the caption, when it has that tokenizer)."""
+    """float [align_tokens, text_dim]: the caption in the text encoder's space, zero-padded as Wan
+    reads it (every position trained against the padded target)."""
 
 
 class TextConditioner(nn.Module):

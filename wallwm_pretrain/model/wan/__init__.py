@@ -6,7 +6,8 @@ Files: ``config.py`` (the tower's shape, read from a diffusers ``config.json``),
 cross-attention), ``block.py`` (one Wan block plus cross-view attention), ``conditioning.py``
 (flow-time and text embedders), ``tower.py`` (the tower or one pipeline slice of it),
 ``from_diffusers.py`` (diffusers weights -> this tower's parameter names), ``flow.py`` (Wan's
-timestep conventions), ``flops.py`` (matmul FLOPs per sample).
+timestep conventions), ``text.py`` (Wan's zero-padded, unmasked text context), ``frozen.py`` (the
+frozen VAE and UMT5 at inference, loaded once per process), ``flops.py`` (matmul FLOPs per sample).
 """
 
 from wallwm_pretrain.model.wan.config import WanConfig
