@@ -32,26 +32,30 @@ def _train(shards, runs, name, *extra):
 
 
 @pytest.fixture(scope="module")
-def scored(tmp_path_factory):
+def world(tmp_path_factory):
+    """Training and held-out event shards of the synthetic tabletop world at 16 px."""
     from data_tools.shards import build_shards
     from data_tools.synthworld import synthesize
 
-    from wallwm_pretrain.eval.__main__ import main
-
     root = tmp_path_factory.mktemp("worldmodel")
-    shards = {}
-    for name, episodes, seed in (("train", 4, 7), ("heldout", 2, 8)):  # the synthetic tabletop world
+    for name, episodes, seed in (("train", 4, 7), ("heldout", 2, 8)):
         synthesize(root / f"{name}_src", episodes, seed, progress=False)
         build_shards(root / f"{name}_src", root / name, level="L1", seed=0, image_size=16, progress=False)
-        shards[name] = root / name
-    train, heldout = shards["train"], shards["heldout"]
+    return root, root / "train", root / "heldout"
+
+
+@pytest.fixture(scope="module")
+def scored(world):
+    from wallwm_pretrain.eval.__main__ import main
+
+    root, train, heldout = world
     runs = root / "runs"
     event = _train(train, runs, "event")
     chunk = _train(train, runs, "chunk", "data.mode=chunk")
     out = root / "out"
     code = main(["worldmodel", "--policy", str(event), "--shards", str(heldout), "--chunk", str(chunk),
-                 "--denoise-steps", "3", "--save-frames", "--events", str(HELDOUT_EVENTS), "--out", str(out), "--runs-root", str(runs),
-                 "--length-edges", "4", "8", "--grid-every", "2"])
+                 "--denoise-steps", "3", "--save-frames", "--events", str(HELDOUT_EVENTS), "--out", str(out),
+                 "--runs-root", str(runs), "--length-edges", "4", "8", "--grid-every", "2"])
     assert code == 0
     return out, heldout, json.loads((out / "results.json").read_text())
 
@@ -148,3 +152,40 @@ def test_bad_inputs_fail_with_one_line(scored, tmp_path, capsys):
     assert main(["worldmodel", "--policy", policy, "--shards", str(heldout), "--chunk", policy, "--no-mlflow",
                  "--out", str(tmp_path / "o")]) == 2
     assert "not a chunk-mode one" in capsys.readouterr().err
+
+
+def test_training_logs_the_same_scores_and_grids_every_video_eval_every_steps(world, tmp_path):
+    """train.video_eval_every=2 over 4 steps: MLflow has video_eval/* at steps 2 and 4 and the grids;
+    at step 4 they are the scores eval worldmodel gives the step-4 checkpoint (same events, seeds)."""
+    from mlflow.tracking import MlflowClient
+
+    from wallwm_pretrain.eval.__main__ import main
+
+    _, train, heldout = world
+    runs = tmp_path / "runs"
+    run = _train(train, runs, "video_eval", "train.steps=4", "train.save_every=0", "train.video_eval_every=2",
+                 f"train.video_eval_shards={heldout}", "train.video_eval_events=3", "train.video_eval_denoise_steps=3")
+    for step in (2, 4):
+        assert sorted(p.name for p in (run / "video_eval" / f"step_{step:08d}").glob("*.png"))
+    client = MlflowClient(f"sqlite:///{runs / 'mlflow.db'}")
+    [mlflow_run] = client.search_runs([client.get_experiment_by_name("wallwm-pretrain").experiment_id])
+    history = {k: [(m.step, m.value) for m in client.get_metric_history(mlflow_run.info.run_id, k)]
+               for k in ("video_eval/psnr", "video_eval/ssim", "video_eval/psnr_copy_first_frame")}
+    assert [s for s, _ in history["video_eval/psnr"]] == [2, 4]
+    assert client.list_artifacts(mlflow_run.info.run_id, "video_eval/step_00000004")
+    assert main(["worldmodel", "--policy", str(run), "--shards", str(heldout), "--events", "3", "--denoise-steps", "3",
+                 "--out", str(tmp_path / "wm"), "--no-mlflow"]) == 0
+    overall = json.loads((tmp_path / "wm" / "results.json").read_text())["overall"]
+    assert history["video_eval/psnr"][-1][1] == pytest.approx(overall["model"]["psnr"], abs=1e-3)
+    assert history["video_eval/ssim"][-1][1] == pytest.approx(overall["model"]["ssim"], abs=1e-4)
+    assert history["video_eval/psnr_copy_first_frame"][-1][1] == pytest.approx(overall["copy_first_frame"]["psnr"])
+
+
+def test_video_eval_every_is_refused_where_it_cannot_run():
+    from wallwm_pretrain.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"train.video_eval_every=5: .*parallel.tp=1, pp=1"):
+        load_config(SMOKE, ["train.video_eval_every=5", "parallel.pp=2"])
+    with pytest.raises(ConfigError, match=r"train.video_eval_every=5: .*data.mode=unified"):
+        load_config(SMOKE, ["train.video_eval_every=5", "data.mode=unified"])
+    assert load_config(SMOKE).train.video_eval_every == 0  # off in the smoke config
