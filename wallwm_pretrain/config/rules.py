@@ -29,7 +29,6 @@ def validate(cfg: Config) -> None:
         raise ConfigError("data.mode=conditioner feeds the text conditioner: set model.kind=conditioner "
                           "(or data.mode=event for the towers)")
     _validate_context(cfg)
-    _validate_video_eval(cfg)
     tp = cfg.parallel.tp
     split = [("num_heads", cfg.model.num_heads), ("ffn_hidden_size", cfg.model.ffn_hidden_size)]
     if cfg.model.video_tower == "wan":
@@ -111,20 +110,3 @@ def _validate_context(cfg: Config) -> None:
         raise ConfigError(f"model.context.sources runs with parallel.pp=1 (got pp={cfg.parallel.pp}, "
                           f"vpp={cfg.parallel.vpp})")
 
-
-def _validate_video_eval(cfg: Config) -> None:
-    """``train.video_eval_every`` predicts video with the whole small-tower model on rank 0."""
-    if not cfg.train.video_eval_every:
-        return
-    m, par = cfg.model, cfg.parallel
-    why = ""
-    if m.kind != "towers" or m.video_tower != "small":
-        why = (f"it predicts the small towers' video (model.kind={m.kind}, model.video_tower={m.video_tower}; the "
-               "Wan tower's video sampler is not there yet)")
-    elif cfg.data.mode not in ("event", "chunk"):
-        why = f"it predicts events from their first frame alone, in event or chunk mode (data.mode={cfg.data.mode})"
-    elif (par.tp, par.pp) != (1, 1):
-        why = f"it needs the whole model on rank 0 (parallel.tp=1, pp=1; got tp={par.tp}, pp={par.pp})"
-    if why:
-        raise ConfigError(f"train.video_eval_every={cfg.train.video_eval_every}: {why}; set train.video_eval_every=0 "
-                          "and score checkpoints with python -m wallwm_pretrain.eval worldmodel")

@@ -93,7 +93,8 @@ class TrainConfig:
     frame, caption and state, and logs PSNR and SSIM (the model and the copy-the-first-frame
     baseline) and a recorded / predicted / error grid per task to MLflow, as ``python -m
     wallwm_pretrain.eval worldmodel`` does on a checkpoint; 0 = off. Small towers in event or
-    chunk mode with the whole model on each process (``parallel.tp = pp = 1``)."""
+    chunk mode with the whole model on each process (``parallel.tp = pp = 1``); a run of another
+    kind says at its start why it goes on without it (so a preset can turn it on for all)."""
     video_eval_shards: str = ""
     """Held-out event shards for ``video_eval_every`` (empty: ``data.shards``, whose events the
     model also trains on)."""

@@ -23,13 +23,29 @@ import torch
 log = logging.getLogger("wallwm_pretrain")
 
 
+def unavailable(cfg) -> str:
+    """Why this run cannot predict video as it trains ('' when it can)."""
+    m, par = cfg.model, cfg.parallel
+    if m.kind != "towers" or m.video_tower != "small":
+        return (f"it predicts the small towers' video (model.kind={m.kind}, model.video_tower={m.video_tower}; "
+                "the Wan tower's video sampler is not there yet)")
+    if cfg.data.mode not in ("event", "chunk"):
+        return f"it predicts events from their first frame alone, in event or chunk mode (data.mode={cfg.data.mode})"
+    if (par.tp, par.pp) != (1, 1):
+        return f"it needs the whole model on rank 0 (parallel.tp=1, pp=1; got tp={par.tp}, pp={par.pp})"
+    return ""
+
+
 class VideoEval:
     """Called after every optimizer step; acts every ``train.video_eval_every`` steps on rank 0."""
 
     def __init__(self, trainer: Any) -> None:
         self.trainer = trainer
         self.every = trainer.cfg.train.video_eval_every
-        self.active = bool(self.every) and trainer.ctx.is_main
+        why_not = unavailable(trainer.cfg) if self.every else ""
+        if why_not and trainer.ctx.is_main:
+            log.warning("train.video_eval_every=%d: off for this run, %s", self.every, why_not)
+        self.active = bool(self.every) and not why_not and trainer.ctx.is_main
         if self.active:  # a wrong shard folder fails here, before the first step
             self._read()
 
