@@ -14,7 +14,8 @@ plugs in as one more entry of :data:`PREDICTORS`:
   frame after the first);
 * ``wan``: needs the Wan tower's video sampler (denoise VAE latents from the encoded first
   frame and the caption's UMT5 states, decode with the frozen VAE), which is not written yet;
-  until it is, a Wan checkpoint is refused with that reason.
+  until it is, a Wan checkpoint is refused with that reason (:data:`MISSING`). Once it is, a
+  factory ``(model, cfg, index, denoise_steps) -> predict`` goes into :data:`PREDICTORS`.
 
 :func:`copy_first_frame` is the baseline that predicts no motion at all.
 """
@@ -143,18 +144,22 @@ class SmallTowerVideo:
         return np.stack(out[:frames])
 
 
-def wan_video(model, cfg, index: dict, denoise_steps: int) -> Predictor:
-    raise WorldModelError("the Wan tower's predicted video needs its video sampler (denoise VAE latents from the "
-                          "encoded first frame and the caption's text states, decode with the frozen VAE), which "
-                          "this version does not have yet; score a small-tower checkpoint")
+# video tower (model.video_tower) -> the predictor of a checkpoint with that tower: a factory
+# (model, run config, statistics of its training shards, Euler steps) -> Predictor
+PREDICTORS: dict[str, Callable[..., Predictor]] = {"small": SmallTowerVideo}
+# towers whose predictor is not written yet, and why
+MISSING = {"wan": "the Wan tower's predicted video needs its video sampler (denoise VAE latents from the encoded "
+                  "first frame and the caption's text states, decode with the frozen VAE), which this version does "
+                  "not have yet; score a small-tower checkpoint"}
 
 
-# video tower (model.video_tower) -> the predictor of a checkpoint with that tower
-PREDICTORS: dict[str, Callable[..., Predictor]] = {"small": SmallTowerVideo, "wan": wan_video}
+def predictor_for(model, cfg, stats: str | Path, denoise_steps: int) -> Predictor:
+    """The video predictor of a loaded towers checkpoint; ``stats``: its training shards'
+    ``index.json`` (or their folder), read once the checkpoint is known to predict video."""
+    from wallwm_pretrain.eval.policy import read_stats
 
-
-def predictor_for(model, cfg, index: dict, denoise_steps: int) -> Predictor:
-    """The video predictor of a loaded towers checkpoint."""
     if cfg.model.kind != "towers":
         raise WorldModelError(f"a model.kind={cfg.model.kind} checkpoint predicts no video (give the towers')")
-    return PREDICTORS[cfg.model.video_tower](model, cfg, index, denoise_steps)
+    if cfg.model.video_tower in MISSING:
+        raise WorldModelError(MISSING[cfg.model.video_tower])
+    return PREDICTORS[cfg.model.video_tower](model, cfg, read_stats(stats), denoise_steps)

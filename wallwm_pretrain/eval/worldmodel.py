@@ -75,12 +75,11 @@ def length_bin(steps: int, edges: list[int]) -> str:
 
 
 def _load(ckpt: str, stats: str | None, denoise_steps: int, device: str):
-    from wallwm_pretrain.eval.policy import read_stats
     from wallwm_pretrain.eval.video_predict import predictor_for
     from wallwm_pretrain.export import load_model
 
     model, cfg = load_model(ckpt, device)
-    return cfg, predictor_for(model, cfg, read_stats(stats or cfg.data.shards), denoise_steps)
+    return cfg, predictor_for(model, cfg, stats or cfg.data.shards, denoise_steps)
 
 
 def _means(rows: list[dict], methods: list[str], metrics) -> dict:
