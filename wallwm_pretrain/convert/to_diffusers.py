@@ -40,7 +40,7 @@ from wallwm_pretrain.model.wan_wallwm import wan_config
 
 from .errors import ConvertError
 
-HELP = __doc__.split("\n\n", 1)[1].split("\n\nLayout")[0]
+HELP = __doc__.split("\n\n", 1)[1]
 EXTRAS = "wallwm"
 
 # What each top-level part of the denoiser beside the video tower is (for the report).

@@ -151,7 +151,7 @@ def score(args: argparse.Namespace) -> dict:
     notes = [f"- {m}: skipped, {why}" for m, why in results["skipped_metrics"].items()]
     notes += [f"- event {s['key']} skipped: {s['reason']}" for s in skipped]
     (out / "results.md").write_text(f"# Predicted video of {args.policy} on {args.shards}\n\n{results['table']}\n\n"
-                                    + "\n".join(notes) + "\n")
+                                    + "\n".join(notes) + "\n\n## Per event\n\n" + events_table(rows, methods) + "\n")
     if not args.no_mlflow:
         results["mlflow_run"] = log_to_mlflow(results, cfg, args, out)
         (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")  # now naming its MLflow run
@@ -174,6 +174,13 @@ def results_table(results: dict, metrics) -> str:
     rows += [row(f"task {t}", a) for t, a in results["tasks"].items()]
     rows += [row(f"length {b} steps", a) for b, a in results["lengths"].items()]
     return markdown_table(head, rows)
+
+
+def events_table(rows: list[dict], methods: list[str]) -> str:
+    """Markdown: one row per scored event."""
+    head = ["event", "task", "steps"] + [f"{k.upper()} {m}" for k in ("psnr", "ssim") for m in methods]
+    return markdown_table(head, [[r["key"], r["task"], str(r["steps"])]
+                                 + [f"{r['scores'][m][k]:.3f}" for k in ("psnr", "ssim") for m in methods] for r in rows])
 
 
 def log_to_mlflow(results: dict, cfg, args: argparse.Namespace, out: Path) -> str:
