@@ -7,6 +7,7 @@ the mean absolute difference over the colour channels, 0 (black) to 255 (bright)
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +40,8 @@ def save_video_grid(recorded: np.ndarray, predicted: np.ndarray, path: str | Pat
     cols = grid_columns(recorded.shape[0], every)
     v, h, w = recorded.shape[1:4]
     aspect = v * w / h
-    fig = Figure(figsize=(1.0 + 1.3 * aspect * len(cols), 4.3), dpi=100)
+    width = max(4.0, 1.0 + 1.3 * aspect * len(cols))
+    fig = Figure(figsize=(width, 4.6), dpi=100)
     FigureCanvasAgg(fig)
     error = np.abs(recorded.astype(np.int16) - predicted.astype(np.int16)).mean(axis=-1)  # [F, V, H, W]
     rows = [("recorded", recorded, {}), ("predicted", predicted, {}),
@@ -54,7 +56,7 @@ def save_video_grid(recorded: np.ndarray, predicted: np.ndarray, path: str | Pat
                 ax.set_title(f"step {j * stride}", fontsize=7)
             if c == 0:
                 ax.set_ylabel(label, fontsize=8)
-    fig.suptitle(title, fontsize=8)
+    fig.suptitle(textwrap.fill(title, width=int(width * 14)), fontsize=8)  # about 14 characters an inch at 8 pt
     fig.tight_layout()
     fig.savefig(path)
     return path
