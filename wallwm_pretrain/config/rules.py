@@ -109,4 +109,3 @@ def _validate_context(cfg: Config) -> None:
         # block: a pipeline would have to ship it, and its gradient, across pipeline ranks
         raise ConfigError(f"model.context.sources runs with parallel.pp=1 (got pp={cfg.parallel.pp}, "
                           f"vpp={cfg.parallel.vpp})")
-
