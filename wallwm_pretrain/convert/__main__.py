@@ -7,6 +7,7 @@ input errors into a one-line message and exit code 1.
 example:
   python -m wallwm_pretrain.convert make-tiny --out /tmp/tiny-wan --seed 0
   python -m wallwm_pretrain.convert wan --src /tmp/tiny-wan/transformer --out /tmp/wan-init model.action_dim=4 model.state_dim=8
+  python -m wallwm_pretrain.convert to-diffusers --ckpt runs/smoke-wan --out /tmp/smoke-wan-diffusers
 """
 
 from __future__ import annotations
@@ -18,13 +19,13 @@ import sys
 from .errors import ConvertError
 
 # Sub-command modules of this package, in --help order.
-SUBCOMMANDS = ("tiny", "wan")
+SUBCOMMANDS = ("tiny", "wan", "to_diffusers")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m wallwm_pretrain.convert",
-        description="Write model folders for the Wan-architecture video tower.",
+        description="Write model folders for the Wan-architecture video tower, from diffusers and back.",
         epilog="Run '%(prog)s SUBCOMMAND --help' for the flags of one sub-command.")
     sub = parser.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
     for name in SUBCOMMANDS:

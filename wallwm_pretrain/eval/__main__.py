@@ -1,4 +1,5 @@
-"""python -m wallwm_pretrain.eval: closed-loop success in Meta-World, open-loop action error.
+"""python -m wallwm_pretrain.eval: closed-loop success in Meta-World, open-loop action error;
+``python -m wallwm_pretrain.eval worldmodel ...``: the predicted video scored (eval/worldmodel.py).
 
     python -m wallwm_pretrain.eval --ckpt runs/mw_event --env metaworld \\
         --tasks pick-place-v3 drawer-open-v3 --episodes 20 --heldout data/shards/mw_heldout_L1
@@ -37,7 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
             "Observations are rendered at --render-size (the recorder's --image-size) and resized to\n"
             "the model's size as build-shards did. With --server the same episodes run through a policy\n"
             "server (python -m wallwm_pretrain.serve) instead of an in-process model; same seeds and\n"
-            "checkpoint give the same successes."
+            "checkpoint give the same successes.\n\n"
+            "'python -m wallwm_pretrain.eval worldmodel --help': the world model's predicted video on held-out\n"
+            "events, scored (PSNR, SSIM) against the recorded frames beside a chunk-mode and a copy-the-first-\n"
+            "frame baseline."
         ),
         epilog=(
             "example:\n"
@@ -300,6 +304,11 @@ def log_to_mlflow(results: dict, cfg, args: argparse.Namespace, out: Path) -> st
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["worldmodel"]:
+        from wallwm_pretrain.eval.worldmodel import main as worldmodel
+
+        return worldmodel(argv[1:])
     args = build_parser().parse_args(argv)
     # megatron-core warns at import about optional GPU-only extensions (apex, TE)
     warnings.filterwarnings("ignore", module="megatron")

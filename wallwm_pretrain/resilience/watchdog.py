@@ -34,7 +34,7 @@ from typing import Optional
 log = logging.getLogger("wallwm_pretrain")
 
 EXIT_WATCHDOG = 70  # EX_SOFTWARE
-LONG_PHASES = ("setup", "load", "save")
+LONG_PHASES = ("setup", "load", "save", "video_eval")
 
 
 class PeerFailure(RuntimeError):

@@ -4,7 +4,8 @@
 optimizer, data, resume from a checkpoint, tracking. ``Trainer.train`` then steps to
 ``train.steps`` (or ``train.stop_after``), saving every ``train.save_every`` steps and at the
 end, and returns a :class:`~wallwm_pretrain.trainer.summary.RunSummary`. Checkpoints live in
-:mod:`.checkpointing`, what the run prints and tracks in :mod:`.run_log`.
+:mod:`.checkpointing`, what the run prints and tracks in :mod:`.run_log`, the predicted video
+of held-out events every ``train.video_eval_every`` steps in :mod:`.video_eval`.
 
 Surviving a cluster (``wallwm_pretrain.resilience``): after each forward and backward all ranks
 agree, in one small collective, whether the step's loss and gradient norm were finite (if not,
@@ -51,6 +52,7 @@ from wallwm_pretrain.tracking import build_tracker
 from wallwm_pretrain.trainer.checkpointing import RunCheckpoints
 from wallwm_pretrain.trainer.run_log import RunLog
 from wallwm_pretrain.trainer.summary import RunSummary
+from wallwm_pretrain.trainer.video_eval import VideoEval
 
 log = logging.getLogger("wallwm_pretrain")
 
@@ -253,6 +255,7 @@ class Trainer:
         end_step = self.cfg.train.stop_after or self.cfg.train.steps
         save_every = self.cfg.train.save_every
         run_log = RunLog(self, end_step)
+        video_eval = VideoEval(self)  # train.video_eval_every: predicted video of held-out events
         last_path: Optional[Path] = None
         # a signal or the deadline during set-up stops before the first step
         stopped = agree(False, self.stop_reason(), self.device).stop
@@ -269,6 +272,9 @@ class Trainer:
             if m.pop("skipped"):
                 continue
             run_log.record(m)
+            if video_eval.due(self.step):
+                self.watchdog.phase("video_eval", self.step)
+                video_eval.run(self.step)
             if save_every and self.step % save_every == 0 and self.step < end_step and not stopped:
                 last_path = self.save()
         run_log.steps_done()

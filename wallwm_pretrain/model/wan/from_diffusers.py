@@ -1,4 +1,4 @@
-"""diffusers ``WanTransformer3DModel`` weights -> the video tower's parameter names.
+"""diffusers ``WanTransformer3DModel`` weights <-> the video tower's parameter names.
 
 Reads a diffusers model folder (``config.json`` plus ``diffusion_pytorch_model.safetensors``,
 or the shards its ``.safetensors.index.json`` lists) and renames every tensor to the tower's
@@ -7,6 +7,9 @@ renaming is a fixed table (:data:`RULES`); shapes are checked against the tower 
 meta device from the same config. Parameters the checkpoint cannot have (cross-view attention,
 camera embeddings) are reported as new; a checkpoint tensor that maps to nothing is an error
 unless allowed, so a checkpoint of another variant is never half-loaded silently.
+
+The way back (:func:`split_for_diffusers`, used by ``convert to-diffusers``) reads the same
+table right to left and sets the grafted parts apart.
 """
 
 from __future__ import annotations
@@ -25,36 +28,60 @@ from wallwm_pretrain.model.wan.tower import WanTower
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 INDEX = "diffusion_pytorch_model.safetensors.index.json"
 
-# (diffusers name pattern, tower name template); \1 is the block index where there is one
+# One table, read in both directions: (diffusers name, tower name) templates whose fields match
+# {i} a block index, {wb} weight/bias, {n} linear_1/linear_2. ``convert wan`` reads it left to
+# right (tower_name), ``convert to-diffusers`` right to left (diffusers_name), so the two
+# directions cannot drift apart.
+_FIELDS = {"i": r"\d+", "wb": r"weight|bias", "n": r"linear_[12]"}
 _ATTENTION = {"to_q": "linear_q", "to_k": "linear_k", "to_v": "linear_v", "to_out.0": "linear_proj",
               "norm_q": "q_norm", "norm_k": "k_norm"}
 RULES: list[tuple[str, str]] = [
-    (r"patch_embedding\.(weight|bias)", r"patch_embedding.\1"),
-    (r"condition_embedder\.time_embedder\.(linear_[12])\.(weight|bias)", r"condition_embedder.time_embedder.\1.\2"),
-    (r"condition_embedder\.time_proj\.(weight|bias)", r"condition_embedder.time_proj.\1"),
-    (r"condition_embedder\.text_embedder\.(linear_[12])\.(weight|bias)", r"condition_embedder.text_embedder.\1.\2"),
+    ("patch_embedding.{wb}", "patch_embedding.{wb}"),
+    ("condition_embedder.time_embedder.{n}.{wb}", "condition_embedder.time_embedder.{n}.{wb}"),
+    ("condition_embedder.time_proj.{wb}", "condition_embedder.time_proj.{wb}"),
+    ("condition_embedder.text_embedder.{n}.{wb}", "condition_embedder.text_embedder.{n}.{wb}"),
     *[
-        (rf"blocks\.(\d+)\.{attn}\.{re.escape(src)}\.(weight|bias)", rf"blocks.\1.{ours}.{dst}.\2")
+        (f"blocks.{{i}}.{attn}.{src}.{{wb}}", f"blocks.{{i}}.{ours}.{dst}.{{wb}}")
         for attn, ours in (("attn1", "self_attention"), ("attn2", "cross_attention"))
         for src, dst in _ATTENTION.items()
     ],
-    (r"blocks\.(\d+)\.norm2\.(weight|bias)", r"blocks.\1.cross_attention_norm.\2"),
-    (r"blocks\.(\d+)\.ffn\.net\.0\.proj\.(weight|bias)", r"blocks.\1.mlp.linear_fc1.\2"),
-    (r"blocks\.(\d+)\.ffn\.net\.2\.(weight|bias)", r"blocks.\1.mlp.linear_fc2.\2"),
-    (r"blocks\.(\d+)\.scale_shift_table", r"blocks.\1.modulation"),
-    (r"scale_shift_table", r"head_modulation"),
-    (r"proj_out\.(weight|bias)", r"proj_out.\1"),
+    ("blocks.{i}.norm2.{wb}", "blocks.{i}.cross_attention_norm.{wb}"),
+    ("blocks.{i}.ffn.net.0.proj.{wb}", "blocks.{i}.mlp.linear_fc1.{wb}"),
+    ("blocks.{i}.ffn.net.2.{wb}", "blocks.{i}.mlp.linear_fc2.{wb}"),
+    ("blocks.{i}.scale_shift_table", "blocks.{i}.modulation"),
+    ("scale_shift_table", "head_modulation"),
+    ("proj_out.{wb}", "proj_out.{wb}"),
 ]
-_COMPILED = [(re.compile(p + r"\Z"), t) for p, t in RULES]
+
+
+def _pattern(template: str) -> re.Pattern:
+    """A name template as a regular expression with one named group per field."""
+    parts = re.split(r"\{(\w+)\}", template)  # literal, field, literal, field, ...
+    body = "".join(re.escape(p) if k % 2 == 0 else f"(?P<{p}>{_FIELDS[p]})" for k, p in enumerate(parts))
+    return re.compile(body + r"\Z")
+
+
+_FORWARD = [(_pattern(d), t) for d, t in RULES]
+_BACKWARD = [(_pattern(t), d) for d, t in RULES]
+
+
+def _rename(name: str, table: list[tuple[re.Pattern, str]]) -> str | None:
+    for pattern, template in table:
+        m = pattern.match(name)
+        if m:
+            return template.format(**m.groupdict())
+    return None
 
 
 def tower_name(diffusers_name: str) -> str | None:
     """The tower's name for a diffusers tensor name (None: no rule covers it)."""
-    for pattern, template in _COMPILED:
-        m = pattern.match(diffusers_name)
-        if m:
-            return m.expand(template)
-    return None
+    return _rename(diffusers_name, _FORWARD)
+
+
+def diffusers_name(tower_name: str) -> str | None:
+    """The diffusers name of a tower parameter (None: the tower's own part, e.g. cross-view
+    attention and the camera embeddings, which Wan has no place for)."""
+    return _rename(tower_name, _BACKWARD)
 
 
 @dataclass
@@ -189,3 +216,29 @@ def convert_tower_state(folder: str | Path, *, num_views: int = 1, seed: int = 0
     tower = WanTower(cfg, seed=seed)
     report = load_diffusers_weights(tower, folder, allow_unused=allow_unused)
     return cfg, tower.state_dict(), report
+
+
+def split_for_diffusers(tower_state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The inverse of :func:`map_diffusers_state`: a whole tower's state (the tower's names, no
+    ``video.`` prefix) as ``(diffusers name -> tensor, tower name -> tensor Wan has no place for)``.
+
+    The second part is the grafted multi-view part (cross-view attention, camera embeddings);
+    the caller writes it beside the diffusers folder.
+
+    Raises:
+        ValueError: a tensor that is neither a Wan weight nor a grafted part, naming it (a
+            tower of another variant is never written half).
+    """
+    diffusers, grafted, unknown = {}, {}, []
+    for name, tensor in tower_state.items():
+        theirs = diffusers_name(name)
+        if theirs is not None:
+            diffusers[theirs] = tensor
+        elif ".cross_view." in name:
+            grafted[name] = tensor
+        else:
+            unknown.append(name)
+    if unknown:
+        raise ValueError(f"{len(unknown)} video tower tensors have no diffusers name and are not grafted parts: "
+                         f"{unknown[:5]}")
+    return diffusers, grafted
