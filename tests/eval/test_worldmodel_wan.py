@@ -144,3 +144,20 @@ def test_wan_training_logs_the_same_scores_every_video_eval_every_steps(wan_worl
     assert logged["video_eval/ssim"][0].value == pytest.approx(results["overall"]["model"]["ssim"], abs=1e-4)
     assert logged["video_eval/psnr_copy_first_frame"][0].value == pytest.approx(
         results["overall"]["copy_first_frame"]["psnr"])
+
+
+def test_a_wan_checkpoint_without_its_frozen_models_fails_with_one_line(wan_world, tmp_path, capsys):
+    """Statistics whose index.json names no VAE folder: the predictor cannot encode the first
+    frame, and says which key of which file to fix."""
+    from wallwm_pretrain.eval.__main__ import main
+
+    base, run, heldout = wan_world
+    index = json.loads((base / "train" / "index.json").read_text())
+    index["latents"]["source"] = str(tmp_path / "no_vae")
+    (tmp_path / "stats").mkdir()
+    (tmp_path / "stats" / "index.json").write_text(json.dumps(index))
+    capsys.readouterr()
+    assert main(["worldmodel", "--policy", str(run), "--shards", str(heldout), "--stats", str(tmp_path / "stats"),
+                 "--no-mlflow", "--out", str(tmp_path / "wm")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "latents.source" in err and "not a folder here" in err
