@@ -1,9 +1,10 @@
 """``eval worldmodel`` on a Wan-tower checkpoint: a tiny two-view Wan run (make-tiny's VAE, UMT5
 and transformer, real shards with VAE latents and UMT5 states, as ``make smoke-wan``) trained for
-two steps with ``train.video_eval_every=2`` predicts held-out events' video through the frozen
-VAE; the table has the model and the copy-the-first-frame baseline, the per-event scores equal
-direct torchmetrics calls on the saved frames, and the scores the run logged at step 2 are the
-ones ``eval worldmodel`` gives its step-2 checkpoint."""
+two steps with ``train.video_eval_every=2`` (and a chunk-mode one) predicts held-out events' video
+through the frozen VAE; the table has the model, the chunk-mode and the copy-the-first-frame
+baseline, the per-event scores equal direct torchmetrics calls on the saved frames, the saved
+predictions are the video sampler's every r-th decoded frame, and the scores the run logged at
+step 2 are the ones ``eval worldmodel`` gives its step-2 checkpoint."""
 
 from __future__ import annotations
 
@@ -47,8 +48,13 @@ def wan_world(tmp_path_factory):
         "data.batch_size=2", f"data.max_frames={MAX_FRAMES}", "train.steps=2", "train.save_every=2",
         "optim.warmup_steps=1", "train.video_eval_every=2", f"train.video_eval_shards={base / 'heldout'}",
         f"train.video_eval_events={EVENTS}", "train.video_eval_denoise_steps=2"])
+    chunk = load_config(init / "config.yaml", [
+        f"model.init_from={init}", f"train.runs_root={base / 'runs'}", "train.run_name=wan_chunk", "train.device=cpu",
+        "data.batch_size=2", "data.mode=chunk", "data.chunk_horizon=8", f"data.max_frames={MAX_FRAMES}",
+        "train.steps=2", "train.save_every=2", "optim.warmup_steps=1"])
     try:
         assert Trainer(cfg).train().end_step == 2
+        assert Trainer(chunk).train().end_step == 2
     finally:
         shutdown_parallel()
     return base, base / "runs" / "wan", base / "heldout"
@@ -61,7 +67,7 @@ def scored(wan_world):
     base, run, heldout = wan_world
     out = base / "out"
     assert main(["worldmodel", "--policy", str(run), "--shards", str(heldout), "--events", str(EVENTS),
-                 "--denoise-steps", "2", "--save-frames", "--out", str(out), "--runs-root", str(base / "runs"),
+                 "--chunk", str(run.with_name("wan_chunk")), "--denoise-steps", "2", "--save-frames", "--out", str(out), "--runs-root", str(base / "runs"),
                  "--length-edges", "8"]) == 0
     return out, heldout, json.loads((out / "results.json").read_text())
 
@@ -70,7 +76,7 @@ def test_wan_scores_match_torchmetrics_on_the_saved_frames(scored):
     import webdataset as wds
 
     out, heldout, results = scored
-    assert results["methods"] == ["model", "copy_first_frame"] and results["frame_stride"] == K
+    assert results["methods"] == ["model", "chunk_mode", "copy_first_frame"] and results["frame_stride"] == K
     recorded_in_shards = {}
     for tar in sorted(heldout.glob("*.tar")):
         for s in wds.WebDataset(str(tar), shardshuffle=False).decode():
@@ -90,9 +96,10 @@ def test_wan_scores_match_torchmetrics_on_the_saved_frames(scored):
             psnr, ssim = _direct(frames[method], recorded)
             assert row["scores"][method]["psnr"] == pytest.approx(psnr, abs=1e-4), (row["key"], method)
             assert row["scores"][method]["ssim"] == pytest.approx(ssim, abs=1e-5), (row["key"], method)
-        assert not np.array_equal(frames["model"][1:], frames["copy_first_frame"][1:])  # decoded, not copied
+        for method in ("model", "chunk_mode"):  # decoded, not copied
+            assert not np.array_equal(frames[method][1:], frames["copy_first_frame"][1:])
     table = (out / "results.md").read_text()
-    for column in ("PSNR model", "PSNR copy_first_frame", "SSIM model", "SSIM copy_first_frame"):
+    for column in ("PSNR model", "PSNR chunk_mode", "PSNR copy_first_frame", "SSIM model", "SSIM copy_first_frame"):
         assert column in table
     assert sorted(results["grids"]) == sorted({r["task"] for r in results["events"]})
 
@@ -124,8 +131,20 @@ def test_the_prediction_is_the_video_samplers_every_r_th_decoded_frame(wan_world
                          1 + K * (frames - 1), 2, torch.Generator().manual_seed(i),
                          scheduler=make_scheduler("euler", cfg.model.video_time_shift)).frames[0]
     assert video.shape == (2, 1 + K * (frames - 1), 32, 32, 3)
-    saved = np.load(out / "frames" / f"{row['key']}.npz")["model"]
-    np.testing.assert_array_equal(saved[1:], video[:, K::K].permute(1, 0, 2, 3, 4).numpy())
+    saved = np.load(out / "frames" / f"{row['key']}.npz")
+    np.testing.assert_array_equal(saved["model"][1:], video[:, K::K].permute(1, 0, 2, 3, 4).numpy())
+    # chunk mode (data.chunk_horizon = 8: two latent frames a chunk) chains chunks on the task, each
+    # from the previous chunk's last predicted frame, one noise stream through the event
+    chunk_model, chunk_cfg = load_model(str(run.with_name("wan_chunk")), "cpu")
+    states, valid = frozen.text_batch([event.task])
+    context = pad_text_context(states, valid, chunk_cfg.model.text_len)[0]
+    gen, chained = torch.Generator().manual_seed(i), [event.frames[0]]
+    while len(chained) < frames:
+        first = torch.from_numpy(np.array(chained[-1]))[None]
+        clip = sample_video(chunk_model.video, frozen, first, context, 1 + K, 2, gen,
+                            scheduler=make_scheduler("euler", chunk_cfg.model.video_time_shift)).frames[0]
+        chained.append(clip[:, K].numpy())
+    np.testing.assert_array_equal(saved["chunk_mode"], np.stack(chained))
 
 
 def test_wan_training_logs_the_same_scores_every_video_eval_every_steps(wan_world, scored):
@@ -135,7 +154,8 @@ def test_wan_training_logs_the_same_scores_every_video_eval_every_steps(wan_worl
     _, _, results = scored
     assert sorted(p.name for p in (run / "video_eval" / "step_00000002").glob("*.png"))
     client = MlflowClient(f"sqlite:///{base / 'runs' / 'mlflow.db'}")
-    [mlflow_run] = client.search_runs([client.get_experiment_by_name("wallwm-pretrain").experiment_id])
+    [mlflow_run] = client.search_runs([client.get_experiment_by_name("wallwm-pretrain").experiment_id],
+                                      filter_string="attributes.run_name = 'wan'")
     logged = {k: client.get_metric_history(mlflow_run.info.run_id, k)
               for k in ("video_eval/psnr", "video_eval/ssim", "video_eval/psnr_copy_first_frame")}
     assert [m.step for m in logged["video_eval/psnr"]] == [2]
