@@ -174,16 +174,3 @@ def test_a_towers_checkpoint_is_not_taken_for_conditioner_heads(tiny, tmp_path, 
     assert convert(["to-diffusers", "--ckpt", str(init), "--out", str(tmp_path / "o"), "--conditioner", str(init)]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "not the text conditioner's heads" in err
-
-
-def test_eval_worldmodel_names_what_the_wan_tower_lacks(trained_wan, tmp_path, capsys):
-    """The predicted-video scorer takes a Wan checkpoint once its video sampler exists; until then
-    it says so in one line instead of scoring something else."""
-    from wallwm_pretrain.eval.__main__ import main as evaluate
-
-    _, run = trained_wan
-    capsys.readouterr()
-    assert evaluate(["worldmodel", "--policy", str(run), "--shards", str(run), "--no-mlflow",
-                     "--out", str(tmp_path / "wm")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "Wan tower's predicted video needs its video sampler" in err

@@ -190,5 +190,6 @@ def test_video_eval_says_why_it_is_off_where_it_cannot_run():
     assert unavailable(load_config(SMOKE)) == ""
     assert "parallel.tp=1, pp=1" in unavailable(load_config(SMOKE, ["parallel.pp=2"]))
     assert "data.mode=unified" in unavailable(load_config(SMOKE, ["data.mode=unified"]))
-    assert "model.video_tower=wan" in unavailable(load_config(SMOKE.with_name("smoke_wan.yaml"),
-                                                              ["model.action_dim=4", "model.state_dim=8"]))
+    assert "model.kind=conditioner" in unavailable(load_config(SMOKE.with_name("smoke_conditioner.yaml")))
+    # the Wan tower predicts video too (tests/eval/test_worldmodel_wan.py)
+    assert unavailable(load_config(SMOKE.with_name("smoke_wan.yaml"), ["model.action_dim=4", "model.state_dim=8"])) == ""

@@ -12,17 +12,16 @@ plugs in as one more entry of :data:`PREDICTORS`:
   one go, a chunk-mode checkpoint chains ``data.chunk_horizon``-step chunks conditioned on the
   task, each starting from the previous chunk's last predicted frame (open loop: no recorded
   frame after the first);
-* ``wan``: needs the Wan tower's video sampler (denoise VAE latents from the encoded first
-  frame and the caption's UMT5 states, decode with the frozen VAE), which is not written yet;
-  until it is, a Wan checkpoint is refused with that reason (:data:`MISSING`). Once it is, a
-  factory ``(model, cfg, index, denoise_steps) -> predict`` goes into :data:`PREDICTORS`.
+* ``wan`` (:class:`~wallwm_pretrain.eval.wan_video_predict.WanTowerVideo`): the Wan tower's video
+  sampler (``eval/wan_video.py``) denoises VAE latents from the encoded first frame and the
+  caption's UMT5 states, and the frozen VAE decodes them; its every K_p-th decoded frame is one
+  latent frame's (``eval/wan_video_predict.py`` says why).
 
 :func:`copy_first_frame` is the baseline that predicts no motion at all.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -34,25 +33,10 @@ from wallwm_pretrain.data.cookers import Normalizer, check_sample
 from wallwm_pretrain.data.decode import decode_sample
 from wallwm_pretrain.data.index import read_index
 from wallwm_pretrain.data.tarread import read_tar
+from wallwm_pretrain.eval.heldout import HeldoutEvent, WorldModelError
 from wallwm_pretrain.eval.sampler import sample_event
+from wallwm_pretrain.eval.wan_video_predict import WanTowerVideo
 from wallwm_pretrain.model.embeddings import unpatchify
-
-
-class WorldModelError(ValueError):
-    """The checkpoint or the held-out shards cannot be scored (named, with the reason)."""
-
-
-@dataclass
-class HeldoutEvent:
-    key: str
-    task: str
-    caption: str
-    frames: np.ndarray  # uint8 [T, V, H, W, 3], the recorded video at every control step
-    state: np.ndarray  # float32 [S], the state at the first step, in the robot's units
-
-    @property
-    def length(self) -> int:
-        return int(self.frames.shape[0])
 
 
 Predictor = Callable[[HeldoutEvent, torch.Generator], np.ndarray]
@@ -145,12 +129,8 @@ class SmallTowerVideo:
 
 
 # video tower (model.video_tower) -> the predictor of a checkpoint with that tower: a factory
-# (model, run config, statistics of its training shards, Euler steps) -> Predictor
-PREDICTORS: dict[str, Callable[..., Predictor]] = {"small": SmallTowerVideo}
-# towers whose predictor is not written yet, and why
-MISSING = {"wan": "the Wan tower's predicted video needs its video sampler (denoise VAE latents from the encoded "
-                  "first frame and the caption's text states, decode with the frozen VAE), which this version does "
-                  "not have yet; score a small-tower checkpoint"}
+# (model, run config, statistics of its training shards, denoising steps) -> Predictor
+PREDICTORS: dict[str, Callable[..., Predictor]] = {"small": SmallTowerVideo, "wan": WanTowerVideo}
 
 
 def predictor_for(model, cfg, stats: str | Path, denoise_steps: int) -> Predictor:
@@ -160,6 +140,7 @@ def predictor_for(model, cfg, stats: str | Path, denoise_steps: int) -> Predicto
 
     if cfg.model.kind != "towers":
         raise WorldModelError(f"a model.kind={cfg.model.kind} checkpoint predicts no video (give the towers')")
-    if cfg.model.video_tower in MISSING:
-        raise WorldModelError(MISSING[cfg.model.video_tower])
+    if cfg.model.video_tower not in PREDICTORS:
+        raise WorldModelError(f"model.video_tower={cfg.model.video_tower}: no video predictor (they are "
+                              f"{', '.join(PREDICTORS)})")
     return PREDICTORS[cfg.model.video_tower](model, cfg, read_stats(stats), denoise_steps)

@@ -47,8 +47,8 @@ def make_scheduler(name: str = "euler", shift: float = 5.0):
 
 @dataclass
 class WanVideo:
-    latents: torch.Tensor  # [B, Z, F, h, w] normalised, latent frame 0 the condition
-    frames: torch.Tensor | None  # uint8 [B, T, H, W, 3] decoded (None when not asked)
+    latents: torch.Tensor  # [B, Z, F, h, w] (or [B, V, Z, F, h, w]) normalised, latent frame 0 the condition
+    frames: torch.Tensor | None  # uint8 [B, T, H, W, 3] (or [B, V, T, H, W, 3]) decoded (None when not asked)
 
 
 def first_frame_timesteps(t: torch.Tensor, grid: tuple[int, int, int], batch: int) -> torch.Tensor:
@@ -68,7 +68,8 @@ def sample_video(tower: WanTower, frozen: FrozenWan, first_frame: torch.Tensor, 
     Args:
         tower: the Wan video tower (one view, or the model's ``video``).
         frozen: the frozen VAE (encodes the first frame, decodes the video).
-        first_frame: uint8 ``[B, H, W, 3]``.
+        first_frame: uint8 ``[B, H, W, 3]``, or ``[B, V, H, W, 3]`` for a tower of V views (each view
+            encoded and decoded on its own, denoised together; latents ``[B, V, Z, F, h, w]``).
         text: ``[B, text_len, text_dim]`` Wan's text context (``model/wan/text.py``).
         num_frames: frames of the video, ``1 + r k`` for the VAE's temporal compression r.
         steps: the scheduler's inference steps.
@@ -81,20 +82,25 @@ def sample_video(tower: WanTower, frozen: FrozenWan, first_frame: torch.Tensor, 
     r, s = frozen.temporal, frozen.spatial
     if num_frames < 1 or (num_frames - 1) % r:
         raise ValueError(f"num_frames={num_frames}: the VAE needs 1 + {r} k frames")
-    b, height, width, _ = first_frame.shape
+    if first_frame.dim() not in (4, 5):
+        raise ValueError(f"first frame of shape {tuple(first_frame.shape)}: expected [B, H, W, 3] or [B, V, H, W, 3]")
+    views = first_frame.shape[1] if first_frame.dim() == 5 else None
+    b, height, width = first_frame.shape[0], first_frame.shape[-3], first_frame.shape[-2]
     if height % s or width % s:
         raise ValueError(f"first frame of {height}x{width} is not divisible by the VAE's spatial compression {s}")
     if guidance > 1 and negative is None:
         raise ValueError("guidance > 1 needs the negative prompt's text context (negative=)")
     scheduler = scheduler or make_scheduler()
     dev = next(tower.parameters()).device
-    condition = frozen.encode_frames(first_frame[:, None]).to(dev)  # [B, Z, 1, h, w]
+    condition = frozen.encode_frames(first_frame.reshape(-1, 1, height, width, 3)).to(dev)  # [B V, Z, 1, h, w]
     z, h, w = condition.shape[1], height // s, width // s
     f = (num_frames - 1) // r + 1
-    latents = torch.randn((b, z, f, h, w), generator=generator, dtype=torch.float32,
+    lead = (b,) if views is None else (b, views)
+    condition = condition.reshape(*lead, z, 1, h, w)
+    latents = torch.randn((*lead, z, f, h, w), generator=generator, dtype=torch.float32,
                           device=generator.device).to(dev)
-    mask = torch.ones(1, 1, f, h, w, device=dev)
-    mask[:, :, 0] = 0
+    mask = torch.ones(*(1,) * len(lead), 1, f, h, w, device=dev)
+    mask[..., 0, :, :] = 0
     pt, ph, pw = tower.cfg.patch_size
     grid = (f // pt, h // ph, w // pw)
     scheduler.set_timesteps(steps, device=dev)
@@ -108,5 +114,8 @@ def sample_video(tower: WanTower, frozen: FrozenWan, first_frame: torch.Tensor, 
             velocity = uncond + guidance * (velocity - uncond)
         latents = scheduler.step(velocity, t, latents, return_dict=False)[0]
     latents = (1 - mask) * condition + mask * latents
-    frames = frozen.to_uint8(frozen.decode(latents)) if decode else None
+    frames = None
+    if decode:  # [B, T, H, W, 3] (or [B, V, T, H, W, 3])
+        frames = frozen.to_uint8(frozen.decode(latents.reshape(-1, z, f, h, w)))
+        frames = frames.reshape(*lead, *frames.shape[1:])
     return WanVideo(latents, frames)

@@ -26,9 +26,11 @@ log = logging.getLogger("wallwm_pretrain")
 def unavailable(cfg) -> str:
     """Why this run cannot predict video as it trains ('' when it can)."""
     m, par = cfg.model, cfg.parallel
-    if m.kind != "towers" or m.video_tower != "small":
-        return (f"it predicts the small towers' video (model.kind={m.kind}, model.video_tower={m.video_tower}; "
-                "the Wan tower's video sampler is not there yet)")
+    from wallwm_pretrain.eval.video_predict import PREDICTORS
+
+    if m.kind != "towers" or m.video_tower not in PREDICTORS:
+        return (f"only the towers predict video (model.kind={m.kind}, model.video_tower={m.video_tower}; the video "
+                f"towers with a predictor are {', '.join(PREDICTORS)})")
     if cfg.data.mode not in ("event", "chunk"):
         return f"it predicts events from their first frame alone, in event or chunk mode (data.mode={cfg.data.mode})"
     if (par.tp, par.pp) != (1, 1):
@@ -55,7 +57,8 @@ class VideoEval:
 
         cfg = self.trainer.cfg
         shards = cfg.train.video_eval_shards or cfg.data.shards
-        self.index = read_index(cfg.data.shards)  # the training statistics normalise the state
+        # the training statistics normalise the state; for the Wan tower they name the frozen VAE and UMT5
+        self.index = read_index(cfg.data.shards)
         self.events = read_heldout_events(shards, cfg.data.max_frames, cfg.train.video_eval_events, cfg.model.image_size)
 
     def due(self, step: int) -> bool:
@@ -67,7 +70,7 @@ class VideoEval:
         """Predict, score, draw and log at ``step``; returns the logged metrics."""
         from wallwm_pretrain.eval.video_grid import save_video_grid
         from wallwm_pretrain.eval.video_metrics import video_scores
-        from wallwm_pretrain.eval.video_predict import SmallTowerVideo, copy_first_frame, recorded_video
+        from wallwm_pretrain.eval.video_predict import PREDICTORS, copy_first_frame, recorded_video
 
         t, cfg = self.trainer, self.trainer.cfg
         t.optim.finish_param_sync()  # updates in flight land before the weights are read
@@ -75,7 +78,7 @@ class VideoEval:
         was_training = model.training
         model.eval()
         try:
-            predict = SmallTowerVideo(model, cfg, self.index, cfg.train.video_eval_denoise_steps)
+            predict = PREDICTORS[cfg.model.video_tower](model, cfg, self.index, cfg.train.video_eval_denoise_steps)
             stride, folder = cfg.model.frame_stride, t.run_dir / "video_eval" / f"step_{step:08d}"
             scores: dict[str, list[dict]] = {"model": [], "copy_first_frame": []}
             grids = {}
