@@ -190,7 +190,7 @@ class PipelineSchedule:
         if not self.holds_head:
             return None  # only the last pipeline rank computes losses; its DP peers are last pipeline ranks too
         counts = self.bare[-1].loss_counts(batch).to(batch.lengths.device)
-        if self.ctx.dp > 1:
+        if self.ctx.dp > 1:  # not over context-parallel ranks: they count the same samples
             dist.all_reduce(counts, group=ps.get_data_parallel_group())
         return counts
 
@@ -233,6 +233,7 @@ class PipelineSchedule:
             total += torch.stack([values[k].float() for k in self.loss_keys])
         if self.ctx.pp > 1:
             dist.all_reduce(total, group=ps.get_pipeline_model_parallel_group())
-        if self.ctx.dp > 1:
-            dist.all_reduce(total, group=ps.get_data_parallel_group())
+        if self.ctx.dp * self.ctx.cp > 1:
+            # context-parallel ranks hold shares of the same samples' losses: they add up too
+            dist.all_reduce(total, group=ps.get_data_parallel_group(with_context_parallel=self.ctx.cp > 1))
         return dict(zip(self.loss_keys, total.unbind()))

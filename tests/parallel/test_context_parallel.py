@@ -1,0 +1,104 @@
+"""Context parallelism (Ulysses) against one process, on gloo, fp32: the small towers.
+
+Every sample's 27 video tokens and 9 action tokens (``_equivalence_worker.CP_CFG``: neither
+divisible by 2 or 4, so every split pads) are split over the context-parallel ranks; the
+batch has unequal event lengths and caption padding. Each layout trains three steps through
+the trainer's path (megatron's schedule, DDP over DP x CP) and must match the single process:
+losses, every step-0 gradient, the grad norms and the weights after three Muon + AdamW steps
+(tolerances of ``_reference.py``); owner-mode distributed Muon, whose homes spread over
+DP x CP, against the replicated optimizer with the same fused-weight split. Context-parallel
+peers must end bit-identical (they hold the same weights).
+
+Negative controls: the same CP2 run with the all-to-all replaced by a no-op, or its received
+chunks swapped, is far from the single process.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # --import-mode=importlib: not on the path
+from _launch import launch  # noqa: E402
+from _reference import LOSS_TOL, assert_matches_reference  # noqa: E402
+
+CP = dict(pipeline=True, cp_data=True)
+
+
+def first_cp_rank(records: list[dict]) -> list[dict]:
+    """The ranks of context-parallel rank 0 (one copy of every TP slice per DP rank)."""
+    return [r for r in records if r["ctx"]["cp_rank"] == 0]
+
+
+def assert_cp_peers_identical(records: list[dict], parts=("grads0", "final")) -> None:
+    """Context-parallel peers (same TP, PP and DP rank) hold bit-identical reduced gradients and weights."""
+    peers: dict[tuple, list[dict]] = {}
+    for r in records:
+        peers.setdefault((r["ctx"]["tp_rank"], r["ctx"]["pp_rank"], r["ctx"]["dp_rank"]), []).append(r)
+    assert all(len(group) == records[0]["ctx"]["cp"] for group in peers.values())
+    for group in peers.values():
+        first = group[0]["run"]
+        for other in group[1:]:
+            for part in parts:
+                for name, value in first[part].items():
+                    assert torch.equal(other["run"][part][name], value), f"{part} {name}"
+
+
+@pytest.fixture(scope="module")
+def cp_reference(tmp_path_factory):
+    return launch(tmp_path_factory.mktemp("cp_ref"), world=1, tp=1, **CP)[0]["run"]
+
+
+@pytest.fixture(scope="module")
+def cp_owner_reference(tmp_path_factory):
+    """One process, distributed Muon's math (fused weights split) with every home on rank 0, five steps."""
+    return launch(tmp_path_factory.mktemp("cp_ref_owner"), world=1, tp=1, muon_mode="owner", steps=5, **CP)[0]["run"]
+
+
+def test_cp2_matches_single_process(tmp_path, cp_reference):
+    records = launch(tmp_path, world=2, tp=1, cp=2, **CP)
+    assert sorted(r["ctx"]["cp_rank"] for r in records) == [0, 1]
+    assert all(r["ctx"]["dp"] == 1 for r in records)
+    assert_matches_reference(first_cp_rank(records), cp_reference)
+    assert_cp_peers_identical(records)
+
+
+def test_cp2_tp2_matches_single_process(tmp_path, cp_reference):
+    records = launch(tmp_path, world=4, tp=2, cp=2, **CP)
+    assert sorted((r["ctx"]["tp_rank"], r["ctx"]["cp_rank"]) for r in records) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert_matches_reference(first_cp_rank(records), cp_reference)
+    assert_cp_peers_identical(records)
+
+
+def test_cp2_dp2_matches_single_process(tmp_path, cp_reference):
+    records = launch(tmp_path, world=4, tp=1, cp=2, **CP)
+    assert sorted((r["ctx"]["dp_rank"], r["ctx"]["cp_rank"]) for r in records) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert_matches_reference(first_cp_rank(records), cp_reference)
+    assert_cp_peers_identical(records)
+
+
+def test_cp2_owner_muon_matches_single_process(tmp_path, cp_owner_reference):
+    """Distributed Muon in owner mode, five steps: each matrix has one home among the DP x CP
+    ranks, which orthogonalises it; the updates come back to both CP ranks."""
+    records = launch(tmp_path, world=2, tp=1, cp=2, muon_mode="owner", steps=5, **CP)
+    calls = [r["run"]["muon_ns_calls"] for r in records]  # Newton-Schulz calls by matrix shape
+    assert all(calls), f"every CP rank is home to some matrices: {calls}"
+    assert sum(calls, Counter()) == cp_owner_reference["muon_ns_calls"]  # each matrix orthogonalised once
+    # assert_matches_reference counts a replica's calls as one number: the CP ranks' together
+    first = first_cp_rank(records)
+    first[0]["run"]["muon_ns_calls"] = sum(sum(c.values()) for c in calls)
+    reference = dict(cp_owner_reference, muon_ns_calls=sum(cp_owner_reference["muon_ns_calls"].values()))
+    assert_matches_reference(first, reference, grads=False)  # reduced to their homes, not everywhere
+    assert_cp_peers_identical(records, parts=("final",))
+
+
+@pytest.mark.parametrize("how", ["noop", "swap"])
+def test_broken_exchange_is_far_from_single_process(tmp_path, cp_reference, how):
+    """Negative control: without the right all-to-all the CP2 losses are not the single process's."""
+    records = launch(tmp_path, world=2, tp=1, cp=2, break_exchange=how, **CP)
+    wrong = max(abs(a - b) for a, b in zip(records[0]["run"]["loss"], cp_reference["loss"]))
+    assert wrong > 100 * LOSS_TOL
