@@ -6,7 +6,10 @@ keeps this rank's contiguous piece of the video tokens and of the action tokens:
 ``n`` tokens is padded at its end to ``n_pad = cp * ceil(n / cp)`` and rank ``r`` keeps tokens
 ``[r n_pad / cp, (r + 1) n_pad / cp)``. The padding tokens are padding keys (the key-padding
 masks every attention reads are of the whole padded sequence, :meth:`SequenceSplit.pad_valid`)
-and carry no loss, so uneven lengths need no special case. Every layer then runs on the piece;
+and carry no loss, so uneven lengths need no special case. (One difference in a case the towers
+never meet: a sample with no real key at all attends uniformly to every key, as megatron's core
+does, and under a split "every key" includes the padding ones. A tower sample always has its
+anchor frame and at least one control step.) Every layer then runs on the piece;
 only the attentions that read the split sequence exchange data, the rest (norms, FFNs, AdaLN,
 heads) is per token. Conditioning that is not split (caption states, the state token, timestep
 embeddings) is computed whole on every CP rank.
