@@ -81,6 +81,22 @@ def test_cp2_dp2_matches_single_process(tmp_path, cp_reference):
     assert_cp_peers_identical(records)
 
 
+def test_cp4_matches_single_process(tmp_path, cp_reference):
+    """One head per rank; the 9 action tokens pad to 12, so rank 3 holds only padding action tokens."""
+    records = launch(tmp_path, world=4, tp=1, cp=4, **CP)
+    assert sorted(r["ctx"]["cp_rank"] for r in records) == [0, 1, 2, 3]
+    assert_matches_reference(first_cp_rank(records), cp_reference)
+    assert_cp_peers_identical(records)
+
+
+def test_cp2_pp2_matches_single_process(tmp_path, cp_reference):
+    """Pipeline ranks pass this CP rank's pieces of the streams (megatron's p2p shapes divide by cp)."""
+    records = launch(tmp_path, world=4, tp=1, cp=2, pp=2, **CP)
+    assert sorted((r["ctx"]["pp_rank"], r["ctx"]["cp_rank"]) for r in records) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert_matches_reference(first_cp_rank(records), cp_reference)
+    assert_cp_peers_identical(records)
+
+
 def test_cp2_owner_muon_matches_single_process(tmp_path, cp_owner_reference):
     """Distributed Muon in owner mode, five steps: each matrix has one home among the DP x CP
     ranks, which orthogonalises it; the updates come back to both CP ranks."""

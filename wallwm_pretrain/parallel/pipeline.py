@@ -224,7 +224,8 @@ class PipelineSchedule:
             data_iterator=iterators if len(iterators) > 1 else iterators[0],
             model=self.chunks if len(self.chunks) > 1 else self.chunks[0],
             num_microbatches=self.microbatches,
-            seq_length=boundary_seq_length(self.bare[0], batch),
+            # megatron divides the sequence by cp for its p2p shapes; the model's is this rank's piece
+            seq_length=boundary_seq_length(self.bare[0], batch) * self.ctx.cp,
             micro_batch_size=micro[0].batch.size,
             forward_only=False,
         )
