@@ -163,6 +163,8 @@ def step_batch(step: int, options: dict) -> Batch:
     if options.get("conditioner"):
         return conditioner_batch(step)
     m = options.get("history", 0)
+    if options.get("cp_data") and options.get("wan"):  # 1 x 3 patches per latent frame: 3 (3 + M) video tokens
+        return wan_batch(1000 + step, t=9, history=m, latent_hw=(2, 6))
     if options.get("cp_data"):
         return cp_batch(step)
     if options.get("wan"):

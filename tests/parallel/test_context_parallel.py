@@ -1,4 +1,4 @@
-"""Context parallelism (Ulysses) against one process, on gloo, fp32: the small towers.
+"""Context parallelism (Ulysses) against one process, on gloo, fp32: the small and the Wan towers.
 
 Every sample's 27 video tokens and 9 action tokens (``_equivalence_worker.CP_CFG``: neither
 divisible by 2 or 4, so every split pads) are split over the context-parallel ranks; the
@@ -8,6 +8,11 @@ losses, every step-0 gradient, the grad norms and the weights after three Muon +
 (tolerances of ``_reference.py``); owner-mode distributed Muon, whose homes spread over
 DP x CP, against the replicated optimizer with the same fused-weight split. Context-parallel
 peers must end bit-identical (they hold the same weights).
+
+The Wan tower (tests/model/_wan_wallwm_tiny.py, two views of 1 x 3 patches per latent frame: 9
+video tokens per view, 9 action tokens, per-token timesteps): its self-attention, the
+cross-view attention (grouped by latent frame after the exchange) and the coupling over both
+views' pieces, at CP2 and at CP2 x TP2 on unified-mode windows with a history latent frame.
 
 Negative controls: the same CP2 run with the all-to-all replaced by a no-op, or its received
 chunks swapped, is far from the single process.
@@ -110,6 +115,32 @@ def test_cp2_owner_muon_matches_single_process(tmp_path, cp_owner_reference):
     reference = dict(cp_owner_reference, muon_ns_calls=sum(cp_owner_reference["muon_ns_calls"].values()))
     assert_matches_reference(first, reference, grads=False)  # reduced to their homes, not everywhere
     assert_cp_peers_identical(records, parts=("final",))
+
+
+@pytest.mark.parametrize("recompute", ["selective", "full"])
+def test_cp2_with_recompute_matches_single_process(tmp_path, cp_reference, recompute):
+    """Recomputed cores (selective) and layers (full) redo the exchange in backward."""
+    records = launch(tmp_path, world=2, tp=1, cp=2, recompute=recompute, **CP)
+    assert_matches_reference(first_cp_rank(records), cp_reference)
+
+
+WAN = dict(CP, wan=True)
+
+
+def test_wan_cp2_matches_single_process(tmp_path):
+    reference = launch(tmp_path / "ref", world=1, tp=1, **WAN)[0]["run"]
+    records = launch(tmp_path / "cp2", world=2, tp=1, cp=2, **WAN)
+    assert_matches_reference(first_cp_rank(records), reference)
+    assert_cp_peers_identical(records)
+    moved = reference["final"]["video.blocks.0.cross_view.attention.linear_proj.weight"].abs().max()
+    assert moved > 1e-3  # the zero-initialised cross-view output moved: its attention counted in steps 2 and 3
+
+
+def test_wan_cp2_tp2_with_history_matches_single_process(tmp_path):
+    reference = launch(tmp_path / "ref", world=1, tp=1, history=1, **WAN)[0]["run"]
+    records = launch(tmp_path / "cp2tp2", world=4, tp=2, cp=2, history=1, **WAN)
+    assert_matches_reference(first_cp_rank(records), reference)
+    assert_cp_peers_identical(records)
 
 
 @pytest.mark.parametrize("how", ["noop", "swap"])

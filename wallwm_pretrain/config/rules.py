@@ -129,6 +129,9 @@ def _validate_context_parallel(cfg: Config) -> None:
     if cfg.model.action_pretrain.mapping == "anchor":
         raise ConfigError(f"model.action_pretrain.mapping=anchor is not built with context parallelism (parallel.cp={cp}): "
                           "its recorded video passes are whole sequences; use mapping=symmetric or parallel.cp=1")
+    if cfg.model.video_tower == "wan" and cfg.parallel.pp > 1:
+        raise ConfigError(f"parallel.cp={cp} with parallel.pp={cfg.parallel.pp} is not built for model.video_tower=wan "
+                          "(its pipeline boundary carries whole sequences); use parallel.pp=1 or the small towers")
     heads = [("num_heads", cfg.model.num_heads)]
     if cfg.model.video_tower == "wan":
         heads.append(("wan.num_attention_heads", cfg.model.wan.num_attention_heads))
