@@ -143,6 +143,20 @@ def test_wan_cp2_tp2_with_history_matches_single_process(tmp_path):
     assert_cp_peers_identical(records)
 
 
+def test_checkpoint_saved_at_cp2_tp2_resumes_at_cp1_and_cp4(tmp_path):
+    """The canonical checkpoint holds whole tensors, whatever the CP split: saved after three
+    steps at CP2 x TP2, it resumes at CP1 and at CP4 with the next loss the saving run had."""
+    saved = launch(tmp_path / "save", world=4, tp=2, cp=2, save=True, **CP)
+    state = torch.load(tmp_path / "save" / "canonical.pt", weights_only=False)
+    assert state["step"] == 3 and "layers.0.video.self_attn.linear_qkv.weight" in state["model"]
+    after = saved[0]["run"]["after_loss"]
+    assert all(r["run"]["after_loss"] == after for r in saved)
+    for world, cp in ((1, 1), (4, 4)):
+        resumed = launch(tmp_path / f"cp{cp}", world=world, tp=1, cp=cp, steps=1,
+                         load=str(tmp_path / "save" / "canonical.pt"), **CP)
+        assert resumed[0]["run"]["loss"][0] == pytest.approx(after, abs=LOSS_TOL), f"cp={cp}"
+
+
 @pytest.mark.parametrize("how", ["noop", "swap"])
 def test_broken_exchange_is_far_from_single_process(tmp_path, cp_reference, how):
     """Negative control: without the right all-to-all the CP2 losses are not the single process's."""
