@@ -28,7 +28,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # --import-mode=importlib: not on the path
-from _launch import launch  # noqa: E402
+from _launch import _CTX, launch, run_ranks  # noqa: E402
 from _reference import LOSS_TOL, assert_matches_reference  # noqa: E402
 
 CP = dict(pipeline=True, cp_data=True)
@@ -155,6 +155,40 @@ def test_checkpoint_saved_at_cp2_tp2_resumes_at_cp1_and_cp4(tmp_path):
         resumed = launch(tmp_path / f"cp{cp}", world=world, tp=1, cp=cp, steps=1,
                          load=str(tmp_path / "save" / "canonical.pt"), **CP)
         assert resumed[0]["run"]["loss"][0] == pytest.approx(after, abs=LOSS_TOL), f"cp={cp}"
+
+
+def test_sharded_checkpoint_at_cp2_tp2_writes_each_weight_once_and_resumes_at_tp1(tmp_path):
+    """Rank pieces (owner-mode Muon, ZeRO-1 AdamW over DP x CP): context-parallel peers hold the
+    same weights and only the first writes them; loaded at TP1 the canonical state is the saved one."""
+    import _sharded_worker as sharded_worker
+    from safetensors import safe_open
+
+    from wallwm_pretrain.checkpoint import find_latest
+
+    def run(folder, world, tp, **options):
+        procs = [_CTX.Process(target=sharded_worker.run_rank, args=(r, world, tp, 1, str(folder / "rdzv"), str(folder), options))
+                 for r in range(world)]
+        run_ranks(procs, f"sharded checkpoint, world {world}")
+        return [torch.load(folder / f"rank{r}.pt", weights_only=False) for r in range(world)]
+
+    (tmp_path / "save").mkdir()
+    saved = run(tmp_path / "save", 4, 2, mode="save", cp=2, **{"async": False})
+    folder = find_latest(tmp_path / "save" / "sync")
+    writers: dict[str, list[str]] = {}  # model piece "name@offsets" -> the files that hold it
+    for f in sorted(folder.glob("rank*.safetensors")):
+        with safe_open(str(f), "pt") as fh:
+            for key in fh.keys():
+                if not key.startswith("optim/"):
+                    writers.setdefault(key, []).append(f.name)
+    assert {k.split("@")[0] for k in writers} >= set(saved[0]["canonical"]["model"]) - {
+        n for n in saved[0]["canonical"]["model"] if n.endswith("_extra_state")}
+    twice = {k: files for k, files in writers.items() if len(files) > 1}
+    assert not twice, f"written by several ranks: {list(twice.items())[:3]}"
+    (tmp_path / "load").mkdir()
+    loaded = run(tmp_path / "load", 1, 1, mode="load", path=str(folder))
+    from test_sharded_checkpoint import assert_equal_state
+
+    assert_equal_state(loaded[0]["canonical"], saved[0]["canonical"])
 
 
 @pytest.mark.parametrize("how", ["noop", "swap"])
