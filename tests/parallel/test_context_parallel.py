@@ -197,3 +197,19 @@ def test_broken_exchange_is_far_from_single_process(tmp_path, cp_reference, how)
     records = launch(tmp_path, world=2, tp=1, cp=2, break_exchange=how, **CP)
     wrong = max(abs(a - b) for a, b in zip(records[0]["run"]["loss"], cp_reference["loss"]))
     assert wrong > 100 * LOSS_TOL
+
+
+def test_trainer_at_cp2_trains_the_single_process_run(tmp_path, shard_writer):
+    """``python -m wallwm_pretrain.train`` under torchrun with ``parallel.cp=2`` (real shards,
+    loader, loop, checkpoint) follows the single-process run's losses."""
+    from test_launchers import LENGTHS, losses, train
+
+    from wallwm_pretrain.checkpoint import find_latest, load_checkpoint
+
+    folder = shard_writer(tmp_path / "shards", LENGTHS)
+    train(tmp_path, folder, "one")
+    train(tmp_path, folder, "cp2", "parallel.cp=2", nproc=2)
+    assert load_checkpoint(find_latest(tmp_path / "runs" / "cp2")).trainer["layout"]["cp"] == 2
+    one, cp2 = losses(tmp_path, "one"), losses(tmp_path, "cp2")
+    assert len(one) == len(cp2) == 4
+    assert cp2 == pytest.approx(one, rel=0, abs=1e-5)
