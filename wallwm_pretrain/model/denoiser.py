@@ -204,6 +204,8 @@ class DualTowerDenoiser(nn.Module, VideoTower):
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """Velocity predictions (video, actions ``[B, T, A]``) of flow inputs (the whole model)."""
         self.whole_model_only("denoise")
+        if self.split is not None:
+            raise ValueError("denoising predicts whole sequences: build the model without a context-parallel group")
         layer_inputs = self.layer_inputs(inputs)
         state = self.embed_towers(inputs, layer_inputs, context_rows)
         for i in self.pipeline_slice.layers:
