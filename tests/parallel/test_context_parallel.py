@@ -2,7 +2,8 @@
 
 Every sample's 27 video tokens and 9 action tokens (``_equivalence_worker.CP_CFG``: neither
 divisible by 2 or 4, so every split pads) are split over the context-parallel ranks; the
-batch has unequal event lengths and caption padding. Each layout trains three steps through
+batch has unequal event lengths and caption padding. Each layout (CP2, CP4, CP2 x TP2,
+CP2 x DP2, CP2 x PP2, CP2 x PP2 interleaved, CP2 with recompute) trains three steps through
 the trainer's path (megatron's schedule, DDP over DP x CP) and must match the single process:
 losses, every step-0 gradient, the grad norms and the weights after three Muon + AdamW steps
 (tolerances of ``_reference.py``); owner-mode distributed Muon, whose homes spread over
@@ -99,6 +100,14 @@ def test_cp2_pp2_matches_single_process(tmp_path, cp_reference):
     records = launch(tmp_path, world=4, tp=1, cp=2, pp=2, **CP)
     assert sorted((r["ctx"]["pp_rank"], r["ctx"]["cp_rank"]) for r in records) == [(0, 0), (0, 1), (1, 0), (1, 1)]
     assert_matches_reference(first_cp_rank(records), cp_reference)
+    assert_cp_peers_identical(records)
+
+
+def test_cp2_pp2_interleaved_matches_single_process(tmp_path):
+    """vpp = 2 over 4 coupled layers, 2 microbatches: the interleaved schedule's p2p shapes too."""
+    reference = launch(tmp_path / "ref", world=1, tp=1, num_layers=4, **CP)[0]["run"]
+    records = launch(tmp_path / "vpp", world=4, tp=1, cp=2, pp=2, vpp=2, microbatches=2, num_layers=4, **CP)
+    assert_matches_reference(first_cp_rank(records), reference)
     assert_cp_peers_identical(records)
 
 
