@@ -25,6 +25,9 @@ give every large tensor its own mapping, ``MALLOC_MMAP_THRESHOLD_=65536``, so fr
 leave the resident set), and the bytes autograd keeps for backward at the end of the forward
 (``torch.autograd.graph.saved_tensors_hooks``, each storage counted once): the activations the
 memory plan models. The busiest rank of each CP size is reported, and its ratio to CP 1.
+Beside them, the memory plan's activation figure for the same config and CP size
+(``python -m wallwm_pretrain.plan``'s ``rank_memory``: a meta forward, layer activations / cp)
+and its ratio to the measured bytes kept for backward.
 """
 
 from __future__ import annotations
@@ -130,6 +133,22 @@ def analytic_sent(args, cp: int) -> float:
     return args.layers * 2 * 6 * (pad(video) + pad(args.steps)) / cp * args.hidden * 4 * (cp - 1) / cp
 
 
+def planned_activations(args, cp: int) -> float:
+    """The memory plan's activation bytes per rank for this config at ``cp`` (meta device)."""
+    from wallwm_pretrain.config import load_config
+    from wallwm_pretrain.plan.__main__ import rank_memory
+    from wallwm_pretrain.plan.measure import meta_batch, meta_model, measure_forward
+    from wallwm_pretrain.plan.memory import Layout
+
+    m = _config(args)
+    keys = ("hidden_size", "num_layers", "num_heads", "ffn_hidden_size", "image_size", "patch_size", "num_views",
+            "frame_stride", "caption_max_bytes", "action_dim", "state_dim")
+    cfg = load_config(None, [f"model.{k}={getattr(m, k)}" for k in keys]
+                      + [f"parallel.cp={cp}", "data.batch_size=1", f"data.max_frames={args.steps}"])
+    measured = measure_forward(meta_model(cfg.model), meta_batch(cfg.model, 1, args.steps))
+    return rank_memory(cfg, measured, Layout(1, 1, cp), 0)["activations"]
+
+
 def measure(args, cp: int) -> list[dict]:
     os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"  # read by each spawned interpreter's glibc
     ctx = mp.get_context("spawn")
@@ -156,8 +175,8 @@ def main(argv=None) -> None:
     print(f"one sample: {video} video tokens + {args.steps} action tokens; hidden {args.hidden}, {args.heads} heads, "
           f"{args.layers} coupled layers; fp32, gloo, 1 thread per rank\n")
     print("| cp | loss (sum of the ranks' shares) | peak RSS over the step, busiest rank (MiB) | / cp 1 | kept for backward, busiest rank (MiB) "
-          "| / cp 1 | all-to-all bytes sent per rank (counted) | analytic | counted / analytic | step s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| / cp 1 | all-to-all bytes sent per rank (counted) | analytic | counted / analytic | plan's activations (MiB) | plan / kept | step s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     base = None
     for cp in args.cps:
         ranks = measure(args, cp)
@@ -168,9 +187,11 @@ def main(argv=None) -> None:
         expected = analytic_sent(args, cp)
         ratio = f"{sent / expected:.4f}" if expected else "-"
         floor = "" if all(r["new_peak"] for r in ranks) else "*"
+        planned = planned_activations(args, cp)
         loss = sum(r["loss"] for r in ranks)  # each CP rank holds its tokens' share of the sample's loss
         print(f"| {cp} | {loss:.6f} | {peak / 2**20:.1f}{floor} | {peak / base[0]:.3f} | "
               f"{saved / 2**20:.1f} | {saved / base[1]:.3f} | {sent:,.0f} | {expected:,.0f} | {ratio} | "
+              f"{planned / 2**20:.1f} | {planned / saved:.3f} | "
               f"{max(r['seconds'] for r in ranks):.1f} |")
 
 
