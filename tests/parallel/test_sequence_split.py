@@ -81,3 +81,10 @@ def test_heads_not_divisible_by_cp_name_the_largest_cp_that_works():
     assert cfg.parallel.cp == 12
     with pytest.raises(ConfigError, match="parallel.cp must be >= 1|parallel.cp=0"):
         load_config(None, ["parallel.cp=0"])
+
+
+def test_what_context_parallelism_is_not_built_for_is_refused_before_any_work():
+    with pytest.raises(ConfigError, match="anchor is not built with context parallelism"):
+        load_config(None, ["parallel.cp=2", "model.action_pretrain.mapping=anchor", "model.video_loss_weight=0"])
+    with pytest.raises(ConfigError, match="parallel.pp=2 is not built for model.video_tower=wan"):
+        load_config(None, ["parallel.cp=2", "parallel.pp=2", "model.video_tower=wan", "model.num_layers=2"])
