@@ -118,7 +118,7 @@ def meta_batch_cpu(cfg):
 def test_cli_prints_every_pipeline_rank(capsys):
     assert main(["--config", "configs/smoke.yaml", "--gpus", "8", "parallel.tp=2", "parallel.pp=2", *DIMS]) == 0
     out = capsys.readouterr().out
-    assert "8 ranks = TP 2 x PP 2 x DP 2" in out
+    assert "8 ranks = TP 2 x PP 2 x CP 1 x DP 2" in out
     assert "FLOPs per sample" in out
     rows = [line for line in out.splitlines() if line.strip().startswith(("0 |", "1 |"))]
     assert len(rows) == 2
@@ -187,3 +187,21 @@ def test_frozen_vlm_adds_its_weights_to_every_rank(capsys, tmp_path):
     (folder / "config.json").write_text(json.dumps({"architectures": ["UMT5EncoderModel"], "model_type": "umt5"}))
     assert main(args + ["--vlm", str(folder)]) == 2
     assert "config.json" in capsys.readouterr().err
+
+
+def test_context_parallel_divides_the_layers_activations(capsys):
+    """parallel.cp=2 halves what the coupled layers keep (each rank holds half of every sample's
+    tokens), leaves the input and output sides whole, and shards the optimizer over DP x CP."""
+    import re
+
+    def busiest(*overrides):
+        assert main(["--config", "configs/smoke.yaml", "--gpus", "4", *DIMS, *overrides]) == 0
+        out = capsys.readouterr().out
+        row = next(line for line in out.splitlines() if line.strip().startswith("0 |"))
+        return out, [float(x) for x in re.findall(r"\d+\.\d+", row.split("|", 2)[2])]
+
+    out1, (w1, g1, a1, m1, act1, full1, tot1) = busiest()
+    out2, (w2, g2, a2, m2, act2, full2, tot2) = busiest("parallel.cp=2")
+    assert "4 ranks = TP 1 x PP 1 x CP 2 x DP 2" in out2
+    assert (w2, g2, a2) == (w1, g1, a1)  # weights replicated over CP; AdamW sharded over DP x CP = 4 either way
+    assert act1 / 2 < act2 < act1 and full1 / 2 < full2 < full1

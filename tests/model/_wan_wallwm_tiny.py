@@ -19,9 +19,11 @@ LATENT_HW = (4, 6)  # a 2 x 3 patch grid per latent frame
 TEXT_LEN = 6
 
 
-def wan_batch(seed: int, b: int = 4, t: int = 12, views: int = 2, history: int = 0) -> Batch:
+def wan_batch(seed: int, b: int = 4, t: int = 12, views: int = 2, history: int = 0,
+              latent_hw: tuple[int, int] = LATENT_HW) -> Batch:
     """Unequal lengths and caption paddings; latents of ``history`` + ceil(t / K) frames (the
-    history latent frames drawn last, so ``history=0`` draws what it always has)."""
+    history latent frames drawn last, so ``history=0`` draws what it always has), each
+    ``latent_hw`` per view."""
     g = torch.Generator().manual_seed(seed)
     n = -(-t // K)
     lengths = torch.tensor([t, 5, t - 3, 3][:b])
@@ -35,12 +37,12 @@ def wan_batch(seed: int, b: int = 4, t: int = 12, views: int = 2, history: int =
         actions=actions, state=torch.randn(b, 8, generator=g), lengths=lengths,
         caption=torch.ones(b, 1, dtype=torch.long),
         remaining=lengths.float() + torch.tensor([0.0, 20.0, 3.0, 11.0][:b]),
-        latents=torch.randn(b, views, WAN.in_channels, n, *LATENT_HW, generator=g),
+        latents=torch.randn(b, views, WAN.in_channels, n, *latent_hw, generator=g),
         text_states=torch.randn(b, TEXT_LEN, WAN.text_dim, generator=g) * text_valid[..., None],
         text_valid=text_valid,
     )
     if history:
-        past = torch.randn(b, views, WAN.in_channels, history, *LATENT_HW, generator=g)
+        past = torch.randn(b, views, WAN.in_channels, history, *latent_hw, generator=g)
         batch.latents = torch.cat([past, batch.latents], dim=3)
         batch.history = history
     return batch

@@ -64,6 +64,42 @@ def global_batch(step: int, t: int = 12, history: int = 0):
     return frames, actions, state, lengths, caption, remaining
 
 
+# Context parallelism (``options["cp_data"]``): one view of 24x24 pixels in 8x8 patches (P = 9
+# tokens per latent frame) and K_p = 3 over T = 9 steps: 27 video and 9 action tokens per
+# sample, neither divisible by 2 or 4, so every split pads; unequal lengths pad the samples too.
+CP_CFG = replace(CFG, frame_stride=3, num_views=1, image_size=24)
+CP_STEPS = 9
+
+
+def cp_batch(step: int) -> Batch:
+    """A seeded batch of :data:`CP_CFG`'s shapes with unequal event lengths and captions."""
+    g = torch.Generator().manual_seed(3000 + step)
+    b, t = GLOBAL_BATCH, CP_STEPS
+    lengths = torch.tensor([t, 5, 7, 2])
+    actions = torch.randn(b, t, CFG.action_dim, generator=g) * (torch.arange(t)[None, :, None] < lengths[:, None, None])
+    caption = torch.randint(2, 258, (b, 10), generator=g)
+    caption[:, 0] = 1
+    caption[1, 4:] = 0
+    return Batch(torch.randint(0, 256, (b, t, 1, 24, 24, 3), dtype=torch.uint8, generator=g), actions,
+                 torch.randn(b, CFG.state_dim, generator=g), lengths, caption,
+                 lengths.float() + torch.tensor([0.0, 7.0, 3.0, 11.0]))
+
+
+def break_exchange(how: str) -> None:
+    """The negative controls of the context-parallel tests: the all-to-all of every split
+    attention replaced by a no-op (``noop``: each rank keeps its own chunks) or its received
+    chunks put in the wrong order (``swap``)."""
+    from wallwm_pretrain.model import sequence_split
+
+    real = sequence_split._all_to_all
+    if how == "noop":
+        sequence_split._all_to_all = lambda x, group: x.clone()
+    elif how == "swap":
+        sequence_split._all_to_all = lambda x, group: real(x, group).flip(0)
+    else:
+        raise ValueError(f"unknown broken exchange {how!r}")
+
+
 def _layout(p: torch.Tensor) -> dict:
     return {
         "sharded": bool(getattr(p, "tensor_model_parallel", False)),
@@ -110,7 +146,7 @@ def model_config(options: dict) -> ModelConfig:
     or with ``conditioner`` (a VLM folder) the text conditioner."""
     if options.get("conditioner"):
         return replace(conditioner_config(options["conditioner"]), train_parts=options.get("train_parts", ["all"]))
-    base = WAN_CFG if options.get("wan") else CFG
+    base = WAN_CFG if options.get("wan") else CP_CFG if options.get("cp_data") else CFG
     if options.get("anchor_draws"):  # action pretraining's anchor-noise mapping, K action draws
         base = replace(base, action_pretrain=ActionPretrainConfig(mapping="anchor", draws=options["anchor_draws"]),
                        video_loss_weight=0.0)
@@ -127,6 +163,10 @@ def step_batch(step: int, options: dict) -> Batch:
     if options.get("conditioner"):
         return conditioner_batch(step)
     m = options.get("history", 0)
+    if options.get("cp_data") and options.get("wan"):  # 1 x 3 patches per latent frame: 3 (3 + M) video tokens
+        return wan_batch(1000 + step, t=9, history=m, latent_hw=(2, 6))
+    if options.get("cp_data"):
+        return cp_batch(step)
     if options.get("wan"):
         return wan_batch(1000 + step, history=m)
     return Batch(*global_batch(step, history=m), history=m)
@@ -260,9 +300,11 @@ def run_rank(rank: int, world: int, tp: int, rdzv: str, out_dir: str, options: d
 
     torch.set_num_threads(1)  # several ranks share two cores
     dist.init_process_group("gloo", init_method=f"file://{rdzv}", rank=rank, world_size=world)
-    ctx = init_parallel(tp, options.get("pp", 1), "cpu", seed=0, vpp=options.get("vpp", 1))
+    ctx = init_parallel(tp, options.get("pp", 1), "cpu", seed=0, vpp=options.get("vpp", 1), cp=options.get("cp", 1))
+    if options.get("break_exchange"):
+        break_exchange(options["break_exchange"])
     result = {"ctx": {"tp_rank": ctx.tp_rank, "dp_rank": ctx.dp_rank, "pp_rank": ctx.pp_rank, "tp": ctx.tp,
-                      "dp": ctx.dp, "pp": ctx.pp}}
+                      "dp": ctx.dp, "pp": ctx.pp, "cp": ctx.cp, "cp_rank": ctx.cp_rank}}
     if options.get("pipeline"):
         result["run"] = train_pipeline(ctx, options, out_dir)
     else:

@@ -30,7 +30,10 @@ def max_param_diff(records, reference, run="run", part="final"):
     return max((logical(records, run, part, n) - ref).abs().max().item() for n, ref in reference[part].items())
 
 
-def assert_matches_reference(records, reference):
+def assert_matches_reference(records, reference, grads: bool = True):
+    """Losses, grad norms, Newton-Schulz calls, initial and final weights and (``grads``) the
+    step-0 gradients of ``records`` against the single process. ``grads=False`` where
+    distributed Muon reduces gradients to their homes only, so no rank holds all of them."""
     for rec in records:
         run = rec["run"]
         for key in ("loss", "loss_video", "loss_action", "loss_time"):
@@ -45,7 +48,7 @@ def assert_matches_reference(records, reference):
     assert all(r["run"]["muon_ns_calls"] == replica[r["ctx"]["pp_rank"]] for r in records)
     for name, ref in reference["init"].items():
         assert torch.equal(logical(records, "run", "init", name), ref), f"initial {name}"
-    for name, ref in reference["grads0"].items():
+    for name, ref in reference["grads0"].items() if grads else ():
         torch.testing.assert_close(logical(records, "run", "grads0", name), ref, rtol=0, atol=GRAD_TOL, msg=name)
     assert max_param_diff(records, reference) <= PARAM_TOL
     # and the comparison is not trivial: three steps moved the weights far beyond the tolerance

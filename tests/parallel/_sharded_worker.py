@@ -84,7 +84,7 @@ def run_rank(rank: int, world: int, tp: int, pp: int, rdzv: str, out_dir: str, o
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{rdzv}", rank=rank, world_size=world)
-    ctx = init_parallel(tp, pp, "cpu", seed=0)
+    ctx = init_parallel(tp, pp, "cpu", seed=0, cp=options.get("cp", 1))
     chunks = build_pipeline_chunks(eq.CFG, ctx, seed=0)
     models = parallelize_chunks(chunks, ctx)
     mode_ = options.get("muon_mode", OPTIM.muon_mode)

@@ -67,7 +67,7 @@ def test_tp2pp2_checkpoint_resumes_at_tp1(tmp_path, shard_writer):
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "run summary" in out.stdout and "steps            0 -> 2" in out.stdout
     state = load_checkpoint(find_latest(tmp_path / "runs" / "mixed"))
-    assert state.trainer["layout"] == {"tp": 2, "pp": 2, "dp": 1, "vpp": 1, "microbatches": 2}
+    assert state.trainer["layout"] == {"tp": 2, "pp": 2, "dp": 1, "vpp": 1, "cp": 1, "microbatches": 2}
     train(tmp_path, folder, "mixed")
     ref, mixed = losses(tmp_path, "ref"), losses(tmp_path, "mixed")
     assert len(ref) == len(mixed) == 4

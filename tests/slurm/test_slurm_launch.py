@@ -130,4 +130,4 @@ def test_two_nodes_tp2_finish_and_are_not_requeued(slurm, tmp_path, shard_writer
     assert "2 nodes x 1 processes" in said and "trainer says: finished step=3" in said
     assert "requeueing" not in said
     state = load_checkpoint(find_latest(tmp_path / "runs" / "twonodes"))
-    assert state.step == 3 and state.trainer["layout"] == {"tp": 2, "pp": 1, "dp": 1, "vpp": 1, "microbatches": 1}
+    assert state.step == 3 and state.trainer["layout"] == {"tp": 2, "pp": 1, "dp": 1, "vpp": 1, "cp": 1, "microbatches": 1}

@@ -60,8 +60,8 @@ def canonical_model_state(model: nn.Module | list[nn.Module], ctx: ParallelConte
         for c in chunks
         for name, t in c.state_dict().items()
     }
-    # only the pipeline of global rank 0 (tp rank 0, dp rank 0) needs to meet at the writer
-    if ctx.pp == 1 or ctx.tp_rank != 0 or ctx.dp_rank != 0:
+    # only the pipeline of global rank 0 (tp rank 0, dp rank 0, cp rank 0) needs to meet at the writer
+    if ctx.pp == 1 or ctx.tp_rank != 0 or ctx.dp_rank != 0 or ctx.cp_rank != 0:
         return model_state
     # the virtual chunk index of each chunk, so the writer can order the chunks' names as one model
     chunk_names = [(virtual_chunk(ctx.pp, ctx.pp_rank, k), list(c.state_dict().keys())) for k, c in enumerate(chunks)]

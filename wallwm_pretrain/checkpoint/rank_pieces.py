@@ -63,13 +63,14 @@ def rank_pieces(
                 extra[name] = t  # megatron's ``_extra_state`` (None): small, kept in the index
                 continue
             view = _view(name, t, params, ctx)
-            if writes(view, ctx.dp_rank, ctx.tp_rank):
+            # context-parallel ranks hold the same weights as their first one: it alone writes
+            if ctx.cp_rank == 0 and writes(view, ctx.dp_rank, ctx.tp_rank):
                 pieces += pieces_of(view, t.detach())
     structure = None
     if optimizer is not None:
         structure, optim_pieces = optimizer_pieces(optimizer).save()
         pieces += optim_pieces
-    if ctx.dp_rank != 0 or ctx.tp_rank != 0:
+    if ctx.dp_rank != 0 or ctx.tp_rank != 0 or ctx.cp_rank != 0:
         return pieces, None
     return pieces, {"stages": chunk_names, "extra": extra, "optimizer": structure}
 

@@ -39,6 +39,7 @@ def validate(cfg: Config) -> None:
                 f"model.{name}={value} is not divisible by parallel.tp={tp} "
                 f"({value} = {value // tp} * {tp} + {value % tp}); tensor parallel splits it evenly"
             )
+    _validate_context_parallel(cfg)
     pp, vpp, layers = cfg.parallel.pp, cfg.parallel.vpp, cfg.model.num_layers
     if cfg.model.action_pretrain.mapping == "anchor" and pp > 1:
         raise ConfigError(
@@ -109,3 +110,37 @@ def _validate_context(cfg: Config) -> None:
         # block: a pipeline would have to ship it, and its gradient, across pipeline ranks
         raise ConfigError(f"model.context.sources runs with parallel.pp=1 (got pp={cfg.parallel.pp}, "
                           f"vpp={cfg.parallel.vpp})")
+
+
+def largest_context_parallel(heads_per_rank: int, cp: int) -> int:
+    """The largest context-parallel size <= ``cp`` that divides ``heads_per_rank``."""
+    return max(c for c in range(1, cp + 1) if heads_per_rank % c == 0)
+
+
+def _validate_context_parallel(cfg: Config) -> None:
+    """Ulysses attention hands each context-parallel rank ``heads / tp / cp`` whole heads of
+    every attention over the split sequence: both towers' heads per TP rank must divide by cp."""
+    tp, cp = cfg.parallel.tp, cfg.parallel.cp
+    if cp == 1:
+        return
+    if cfg.model.kind in ("conditioner", "staircase"):
+        raise ConfigError(f"model.kind={cfg.model.kind} has no video or action token sequence to split: "
+                          f"set parallel.cp=1 (got {cp})")
+    if cfg.model.action_pretrain.mapping == "anchor":
+        raise ConfigError(f"model.action_pretrain.mapping=anchor is not built with context parallelism (parallel.cp={cp}): "
+                          "its recorded video passes are whole sequences; use mapping=symmetric or parallel.cp=1")
+    if cfg.model.video_tower == "wan" and cfg.parallel.pp > 1:
+        raise ConfigError(f"parallel.cp={cp} with parallel.pp={cfg.parallel.pp} is not built for model.video_tower=wan "
+                          "(its pipeline boundary carries whole sequences); use parallel.pp=1 or the small towers")
+    heads = [("num_heads", cfg.model.num_heads)]
+    if cfg.model.video_tower == "wan":
+        heads.append(("wan.num_attention_heads", cfg.model.wan.num_attention_heads))
+    for name, value in heads:
+        per_rank = value // tp
+        if per_rank % cp:
+            best = largest_context_parallel(per_rank, cp)
+            raise ConfigError(
+                f"model.{name}={value} gives {per_rank} heads per tensor-parallel rank (parallel.tp={tp}), which "
+                f"parallel.cp={cp} does not divide: Ulysses attention gives every context-parallel rank whole "
+                f"heads. The largest parallel.cp <= {cp} that works is {best} (ring attention is not built)"
+            )

@@ -33,9 +33,17 @@ state token) the softmax is 1 whatever the scores: that case runs as two ``[s_q,
 matmuls and a softmax instead of the kernel, so the query and key gradients are exactly zero
 there, as megatron's.
 
+Context parallelism (``sequence_split.py``): an attention whose queries and keys are split
+over the context-parallel ranks (``split`` given, :func:`split_sequence_attention`) trades the
+sequence split for a head split by an all-to-all before the kernel and back after it (Ulysses);
+the key-padding mask is then that of the whole padded key sequence. An attention whose keys are
+whole on every rank (captions, the state token) needs no exchange: its queries are independent.
+megatron's own context parallelism (``context_parallel_size`` in the layer config, which needs
+Transformer Engine) stays refused; the CP group reaches the core in the process-group collection.
+
 Trade-offs: what the kernels do not take is refused rather than emulated: attention dropout
 (torch's RNG stream, not megatron's CUDA tracker), attention biases, causal or sliding-window
-masks, packed sequences, context parallelism, softmax types other than vanilla. Query groups
+masks, packed sequences, megatron's context-parallel config, softmax types other than vanilla. Query groups
 are expanded to full heads before the call (``repeat_interleave``, as megatron does; linear
 memory) because not every GPU kernel that takes a mask also takes grouped keys. Which kernel
 runs is torch's choice; on this CPU it is ``_scaled_dot_product_flash_attention_for_cpu`` in
@@ -56,6 +64,8 @@ from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.utils import divide
 from torch import nn
+
+from wallwm_pretrain.model.sequence_split import SequenceSplit
 
 
 def fused_attention(
@@ -114,6 +124,45 @@ def fused_attention(
     return out.permute(2, 0, 1, 3).reshape(sq, b, heads * hn)
 
 
+def split_sequence_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    split: SequenceSplit,
+    key_valid: torch.Tensor | None = None,
+    softmax_scale: float | None = None,
+    regroup=None,
+) -> torch.Tensor:
+    """:func:`fused_attention` of queries and keys split along the sequence over the CP ranks.
+
+    Args:
+        query: ``[s_q / cp, b, heads, head_dim]`` this rank's queries (all heads).
+        key, value: ``[s_k / cp, b, groups, head_dim]`` this rank's keys and values.
+        split: the context-parallel split (``s_q`` and ``s_k`` are the padded lengths).
+        key_valid: ``[b, s_k]`` real keys of the *whole* padded key sequence, in the order the
+            exchange lays the ranks' pieces one after another; None = all real.
+        regroup: optional ``(to_groups, from_groups)``: after the exchange, ``to_groups`` turns
+            the whole sequences ``[s, b, h, d]`` into the sequences attention runs over (e.g. the
+            views of one latent frame), ``from_groups`` turns the core's output back.
+
+    Returns:
+        ``[s_q / cp, b, heads * head_dim]``, this rank's queries.
+    """
+    heads, groups, hn = query.shape[2], key.shape[2], query.shape[3]
+    cp = split.size
+    if heads % cp or groups % cp:
+        raise ValueError(f"{heads} query and {groups} key/value heads on this rank do not split over "
+                         f"context-parallel size {cp} (Ulysses gives every rank whole heads)")
+    q, k, v = split.to_heads(query), split.to_heads(key), split.to_heads(value)  # [s, b, h / cp, d]
+    if regroup is not None:
+        q, k, v = (regroup[0](x) for x in (q, k, v))
+    out = fused_attention(q, k, v, key_valid, softmax_scale)  # [s_q, b, heads / cp * hn]
+    if regroup is not None:
+        out = regroup[1](out)
+    out = split.to_sequence(out.unflatten(-1, (heads // cp, hn)))  # [s_q / cp, b, heads, hn]
+    return out.flatten(2)
+
+
 def key_valid_from_mask(attention_mask: torch.Tensor | None, batch: int, keys: int) -> torch.Tensor | None:
     """megatron's key-padding mask ``[b, 1, 1, s_k]`` (True = masked out) -> ``[b, s_k]`` (True = real key).
 
@@ -161,6 +210,12 @@ class FusedCoreAttention(MegatronModule):
     values, and megatron's key-padding mask ``[b, 1, 1, s_k]`` (True = masked); it returns
     ``[s_q, b, heads / tp * head_dim]``. Attention heads are independent, so a tensor-parallel
     rank computes its heads with no communication, as megatron's core does.
+
+    ``split_keys`` (bound by ``spec.py``): this attention's queries and keys are split along
+    the sequence over the context-parallel group of ``pg_collection`` (self-attention of the
+    towers, the coupling to the video); its mask is then of the whole padded key sequence and
+    the core exchanges heads for tokens (:func:`split_sequence_attention`). At cp = 1 or
+    without ``split_keys`` (keys whole on every rank: caption, state token) the core is local.
     """
 
     def __init__(
@@ -173,6 +228,7 @@ class FusedCoreAttention(MegatronModule):
         softmax_scale: float | None = None,
         cp_comm_type: str | None = None,
         pg_collection: ProcessGroupCollection | None = None,
+        split_keys: bool = False,
     ) -> None:
         super().__init__(config=config)
         check_core_supported(config, attention_dropout)
@@ -188,6 +244,7 @@ class FusedCoreAttention(MegatronModule):
         self.num_query_groups_per_partition = divide(config.num_query_groups, tp)
         self.hidden_size_per_attention_head = config.kv_channels
         self.softmax_scale = _scale(config, softmax_scale)
+        self.split = SequenceSplit.of(pg_collection) if split_keys else None
 
     def forward(self, query, key, value, attention_mask, attn_mask_type=None, attention_bias=None,
                 packed_seq_params=None) -> torch.Tensor:
@@ -199,6 +256,9 @@ class FusedCoreAttention(MegatronModule):
         if query.shape[2] != heads or key.shape[2] != groups:
             raise ValueError(f"this rank holds {heads} query and {groups} key/value heads; got query "
                              f"{tuple(query.shape)} and key {tuple(key.shape)} ([s, b, heads, head_dim])")
+        if self.split is not None:
+            key_valid = key_valid_from_mask(attention_mask, query.shape[1], key.shape[0] * self.split.size)
+            return split_sequence_attention(query, key, value, self.split, key_valid, self.softmax_scale)
         key_valid = key_valid_from_mask(attention_mask, query.shape[1], key.shape[0])
         return fused_attention(query, key, value, key_valid, self.softmax_scale)
 

@@ -6,6 +6,11 @@ rank that holds whole coupled layers never sends coupling traffic to another; wh
 between layers is :class:`Streams`, which carries both towers' hidden states and the
 conditioning every layer reads.
 
+Context parallelism (``sequence_split.py``): the video and action tokens of :class:`Streams`
+may be one context-parallel rank's piece of each sample's sequence; the self-attentions and the
+coupling then exchange heads for tokens in their core, and their masks are those of the whole
+padded sequences. The caption encoder's tokens and the state token are never split.
+
 The attention and FFN modules come from ``spec.py``: megatron-core's layers when the model is
 given a ``ProcessGroupCollection``, local layers with the same parameters otherwise. Norms and
 the AdaLN modulation are small plain layers, replicated over tensor-parallel ranks.
@@ -145,7 +150,7 @@ class VideoBlock(nn.Module):
         h = config.hidden_size
         self.adaln = AdaLN(h)
         self.norm_self = nn.LayerNorm(h, elementwise_affine=False)
-        self.self_attn = self_attention(config, layer_number, recompute_core, pg_collection)
+        self.self_attn = self_attention(config, layer_number, recompute_core, pg_collection, split_sequence=True)
         self.norm_text = nn.LayerNorm(h)
         self.text_attn = cross_attention(config, layer_number, recompute_core, pg_collection)
         self.norm_ffn = nn.LayerNorm(h, elementwise_affine=False)
@@ -174,11 +179,11 @@ class ActionBlock(nn.Module):
         h = config.hidden_size
         self.adaln = AdaLN(h)
         self.norm_self = nn.LayerNorm(h, elementwise_affine=False)
-        self.self_attn = self_attention(config, layer_number, recompute_core, pg_collection)
+        self.self_attn = self_attention(config, layer_number, recompute_core, pg_collection, split_sequence=True)
         self.norm_state = nn.LayerNorm(h)
         self.state_attn = cross_attention(config, layer_number, recompute_core, pg_collection)
         self.norm_video = nn.LayerNorm(h)
-        self.video_attn = cross_attention(config, layer_number, recompute_core, pg_collection)
+        self.video_attn = cross_attention(config, layer_number, recompute_core, pg_collection, split_sequence=True)
         self.norm_text = nn.LayerNorm(h)
         self.text_attn = cross_attention(config, layer_number, recompute_core, pg_collection)
         self.norm_ffn = nn.LayerNorm(h, elementwise_affine=False)

@@ -23,7 +23,11 @@ small tower (``wallwm.py``) and the Wan tower (``wan_wallwm.py``); each register
 parameters (their names are the checkpoint format, see ``video_tower.py``) and its weights
 from its own named RNG parts, so splitting the shared code out of them moved no weight.
 Capabilities are attributes, not probes: ``context_sources`` (the context sources built here,
-empty when none) and ``pipeline_slice`` (which ends of the model this pipeline rank holds).
+empty when none), ``pipeline_slice`` (which ends of the model this pipeline rank holds) and
+``split`` (this rank's piece of each sample's token sequence under context parallelism, see
+``sequence_split.py``; None = whole sequences): the action loss then covers this rank's action
+tokens, and the remaining-time head, which every context-parallel rank computes whole, counts
+``1 / cp`` on each so that the ranks' losses add up to the sample's.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from wallwm_pretrain.model.embeddings import mark_adamw, sinusoidal
 from wallwm_pretrain.model.flow_matching import FlowNoise, masked_mse, sample_time, weighted_flow_loss
 from wallwm_pretrain.model.pipeline_slice import PipelineSlice, part_rng
 from wallwm_pretrain.model.remaining_time import huber_sum
+from wallwm_pretrain.model.sequence_split import SequenceSplit
 from wallwm_pretrain.model.video_tower import VideoTower
 
 # what the last pipeline rank's forward returns, and so what the trainer logs and checkpoints
@@ -79,6 +84,8 @@ class DualTowerDenoiser(nn.Module, VideoTower):
         self.pipeline_slice = PipelineSlice.of(pipeline_slice, cfg.num_layers)
         # the unified-mode context sources this model builds (the first pipeline rank only; pp=1: config)
         self.context_sources: tuple[str, ...] = ()
+        # context parallelism: set by a subclass from its process groups (None: whole sequences)
+        self.split: SequenceSplit | None = None
 
     # ------------------------------------------------------------------ building (subclasses)
     def build_action_embeddings(self) -> None:
@@ -164,7 +171,12 @@ class DualTowerDenoiser(nn.Module, VideoTower):
         batch = self.with_context(batch)
         if noise is None:
             noise = self.sample_noise(batch, generator)
+        if self.split is not None and loss_denominators is None:
+            # a context-parallel rank's losses are shares of the sample's: divide by the whole counts
+            loss_denominators = self.loss_counts(batch).to(batch.actions.device)
         if isinstance(noise, AnchorDraws):  # model.action_pretrain.mapping=anchor
+            if self.split is not None:
+                raise ValueError("the anchor-noise mapping is not built with context parallelism (parallel.cp > 1)")
             return anchor_losses(self, batch, noise, loss_denominators, hidden)
         inputs = self.flow_inputs(batch, noise)
         return self.forward_slice(inputs, hidden, loss_denominators, context_rows=self.context_rows(batch))
@@ -192,6 +204,8 @@ class DualTowerDenoiser(nn.Module, VideoTower):
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """Velocity predictions (video, actions ``[B, T, A]``) of flow inputs (the whole model)."""
         self.whole_model_only("denoise")
+        if self.split is not None:
+            raise ValueError("denoising predicts whole sequences: build the model without a context-parallel group")
         layer_inputs = self.layer_inputs(inputs)
         state = self.embed_towers(inputs, layer_inputs, context_rows)
         for i in self.pipeline_slice.layers:
@@ -205,7 +219,10 @@ class DualTowerDenoiser(nn.Module, VideoTower):
         """The :data:`LOSS_KEYS` of the towers' predictions."""
         den_v, den_a, den_t = (None,) * 3 if loss_denominators is None else loss_denominators.unbind()
         loss_v = self.video_loss(pred_video, inputs, den_v)
-        loss_a = masked_mse(pred_action, inputs.target_action, inputs.action_valid, den_a)
+        target_a, valid_a = inputs.target_action, inputs.action_valid
+        if self.split is not None:  # this rank's action tokens (pred_action is [B, T_pad / cp, A])
+            target_a, valid_a = self.split.shard(target_a, 1), self.split.shard_valid(valid_a)
+        loss_a = masked_mse(pred_action, target_a, valid_a, den_a)
         loss = weighted_flow_loss(self.cfg.video_loss_weight, loss_v, self.cfg.action_loss_weight, loss_a)
         loss_t = self.time_loss(inputs, s, den_t)
         if loss_t is None:
@@ -222,7 +239,9 @@ class DualTowerDenoiser(nn.Module, VideoTower):
         anchor, text, text_valid = self.time_head_inputs(inputs, s)
         pred_t = self.time_head(anchor, s.state, text, text_valid)
         den = torch.tensor(float(pred_t.shape[0]), device=pred_t.device) if den is None else den
-        return huber_sum(pred_t, inputs.remaining) / den.clamp_min(1.0)
+        loss = huber_sum(pred_t, inputs.remaining) / den.clamp_min(1.0)
+        # every context-parallel rank computes the per-sample head whole: each counts 1 / cp
+        return loss if self.split is None else loss / self.split.size
 
     # ------------------------------------------------------------------ the action tower
     def action_tokens(self, xt_action: torch.Tensor, history: int = 0) -> torch.Tensor:

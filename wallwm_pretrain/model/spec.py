@@ -69,8 +69,9 @@ def build_transformer_config(cfg: ModelConfig, num_layers: int | None = None) ->
     )
 
 
-def _core(recompute_core: bool) -> type:
-    return RecomputedCoreAttention if recompute_core else FusedCoreAttention
+def _core(recompute_core: bool, split_keys: bool = False):
+    core = RecomputedCoreAttention if recompute_core else FusedCoreAttention
+    return partial(core, split_keys=True) if split_keys else core
 
 
 def _local_core(recompute_core: bool) -> type:
@@ -82,15 +83,20 @@ def self_attention(
     layer_number: int,
     recompute_core: bool = False,
     pg_collection: ProcessGroupCollection | None = None,
+    split_sequence: bool = False,
 ) -> nn.Module:
-    """Self-attention with padding masks: megatron's with ``pg_collection``, else the local one."""
+    """Self-attention with padding masks: megatron's with ``pg_collection``, else the local one.
+
+    ``split_sequence``: the tokens are split over the context-parallel group of
+    ``pg_collection`` (the towers' tokens, not the caption's): the core exchanges heads for
+    tokens (``attention_core.split_sequence_attention``)."""
     if pg_collection is None:
         return LocalSelfAttention(config, _local_core(recompute_core))
     return SelfAttention(
         config,
         SelfAttentionSubmodules(
             linear_qkv=ColumnParallelLinear,
-            core_attention=_core(recompute_core),
+            core_attention=_core(recompute_core, split_sequence),
             linear_proj=RowParallelLinear,
             q_layernorm=IdentityOp,
             k_layernorm=IdentityOp,
@@ -106,8 +112,13 @@ def cross_attention(
     layer_number: int,
     recompute_core: bool = False,
     pg_collection: ProcessGroupCollection | None = None,
+    split_sequence: bool = False,
 ) -> nn.Module:
-    """Cross-attention with padding masks: megatron's with ``pg_collection``, else the local one."""
+    """Cross-attention with padding masks: megatron's with ``pg_collection``, else the local one.
+
+    ``split_sequence``: queries and keys are both split over the context-parallel group (the
+    action tower's coupling to the video tokens); keys that every rank holds whole (caption,
+    state token) leave it False: queries are independent, nothing is exchanged."""
     if pg_collection is None:
         return LocalCrossAttention(config, _local_core(recompute_core))
     # megatron's CrossAttention passes the tp group to linear_proj but not to linear_q and
@@ -118,7 +129,7 @@ def cross_attention(
         CrossAttentionSubmodules(
             linear_q=column,
             linear_kv=column,
-            core_attention=_core(recompute_core),
+            core_attention=_core(recompute_core, split_sequence),
             linear_proj=RowParallelLinear,
         ),
         layer_number=layer_number,

@@ -33,6 +33,11 @@ Action pretraining's anchor-noise mapping (``anchor_noise.py``, ``model.action_p
 the same blocks as one video pass that records every layer's video output
 (:meth:`WallWM.anchor_video`) and K action passes that read them (:meth:`WallWM.anchor_action`).
 
+Context parallel. Given a context-parallel group (``pg_collection.cp`` of size > 1), each
+rank keeps its piece of the video tokens (F * P per sample) and of the action tokens (T) after
+embedding them (:meth:`WallWM.split_streams`, ``sequence_split.py``); the heads predict and
+the losses cover this rank's tokens only.
+
 Pipeline parallel. Built with a :class:`PipelineSlice`, the model holds only the parts one
 pipeline rank runs (see ``pipeline_slice.py``): the first embeds and sends the packed
 :class:`Streams`, middle ones unpack, run their coupled layers and pack again, the last computes
@@ -63,6 +68,7 @@ from wallwm_pretrain.model.flow_matching import FlowNoise, interpolate, masked_m
 from wallwm_pretrain.model.pipeline_slice import PipelineSlice, draw_base_seed, part_rng
 from wallwm_pretrain.model.recompute import run_layer
 from wallwm_pretrain.model.remaining_time import RemainingTimeHead
+from wallwm_pretrain.model.sequence_split import SequenceSplit
 from wallwm_pretrain.model.spec import build_transformer_config
 
 __all__ = ["LOSS_KEYS", "FlowInputs", "WallWM"]
@@ -109,6 +115,7 @@ class WallWM(DualTowerDenoiser):
         pg_collection: ProcessGroupCollection | None = None,
     ) -> None:
         super().__init__(cfg, pipeline_slice)
+        self.split = SequenceSplit.of(pg_collection)
         part = self.pipeline_slice
         caption_max_len = cfg.caption_max_bytes + 1
         h = cfg.hidden_size
@@ -197,7 +204,10 @@ class WallWM(DualTowerDenoiser):
         t_steps = batch.actions.shape[1]
         frames_kept = self._history(batch) + -(-t_steps // self.frame_stride)
         patches = frames.shape[2] * (frames.shape[3] // p) * (frames.shape[4] // p)
-        return frames_kept * patches + t_steps + batch.caption.shape[1] + 3
+        video, action = frames_kept * patches, t_steps
+        if self.split is not None:  # this context-parallel rank's pieces
+            video, action = self.split.local(video), self.split.local(action)
+        return video + action + batch.caption.shape[1] + 3
 
     def train_flops(self, batch: Batch) -> int:
         """Model FLOPs of one sample's training step at this batch's padded shapes (the whole
@@ -251,13 +261,22 @@ class WallWM(DualTowerDenoiser):
         )
 
     def _stream_masks(self, inputs: FlowInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """megatron key-padding masks of the video tokens, action tokens and caption."""
+        """megatron key-padding masks of the video tokens, action tokens and caption (under
+        context parallelism: of the whole padded token sequences)."""
         p = inputs.xt_video.shape[2]
-        return (
-            key_padding_mask(inputs.frame_valid.repeat_interleave(p, dim=1)),
-            key_padding_mask(inputs.action_valid),
-            key_padding_mask(inputs.caption != CAPTION_PAD),
-        )
+        video, action = inputs.frame_valid.repeat_interleave(p, dim=1), inputs.action_valid
+        if self.split is not None:
+            video, action = self.split.pad_valid(video), self.split.pad_valid(action)
+        return key_padding_mask(video), key_padding_mask(action), key_padding_mask(inputs.caption != CAPTION_PAD)
+
+    def split_streams(self, s: Streams) -> Streams:
+        """``s`` with this context-parallel rank's piece of the video and action tokens and the
+        masks of the whole padded sequences (unchanged without context parallelism)."""
+        if self.split is None:
+            return s
+        sp = self.split
+        return replace(s, video=sp.shard(s.video), action=sp.shard(s.action),
+                       video_mask=sp.pad(s.video_mask, 3, True), action_mask=sp.pad(s.action_mask, 3, True))
 
     # ------------------------------------------------------------------ text context
     def context_rows(self, batch: Batch) -> list[torch.Tensor | None] | None:
@@ -293,15 +312,18 @@ class WallWM(DualTowerDenoiser):
     def embed_towers(self, inputs: FlowInputs, layer_inputs: None = None,
                      context_rows: list[torch.Tensor | None] | None = None) -> Streams:
         text = self.text_context(inputs.caption, context_rows)
-        return self.embed(
+        return self.split_streams(self.embed(
             inputs.xt_video, inputs.xt_action, inputs.t_video, inputs.t_action, inputs.state,
             inputs.caption, inputs.frame_valid, inputs.action_valid, history=inputs.history, text=text,
-        )
+        ))
 
     def unpack_towers(self, hidden: torch.Tensor, inputs: FlowInputs, layer_inputs: None = None) -> Streams:
         video_mask, action_mask, text_mask = self._stream_masks(inputs)
         b, f, p, _ = inputs.xt_video.shape
-        return Streams.unpack(hidden, f * p, inputs.xt_action.shape[1], video_mask, action_mask, text_mask)
+        video, action = f * p, inputs.xt_action.shape[1]
+        if self.split is not None:
+            video, action = self.split.local(video), self.split.local(action)
+        return Streams.unpack(hidden, video, action, video_mask, action_mask, text_mask)
 
     def run_coupled_layer(self, index: int, s: Streams, layer_inputs: None = None) -> Streams:
         """Coupled layer ``index``, recomputed in backward when ``recompute=full``."""
@@ -311,10 +333,17 @@ class WallWM(DualTowerDenoiser):
         return s.pack()
 
     def tower_predictions(self, s: Streams, inputs: FlowInputs, layer_inputs: None = None):
+        if self.split is not None:  # this rank's tokens: [B, F P_pad / cp, D], [B, T_pad / cp, A]
+            return self.video_out(s.video, s.temb_video).transpose(0, 1), self.action_prediction(s), s
         pred_v, pred_a = self.head(s, inputs.xt_video.shape)
         return pred_v, pred_a, s
 
     def video_loss(self, pred_video: torch.Tensor, inputs: FlowInputs, denominator: torch.Tensor | None):
+        if self.split is not None:  # this rank's tokens of the targets and of the loss mask
+            b, f, p, d = inputs.target_video.shape
+            target = self.split.shard(inputs.target_video.reshape(b, f * p, d), 1)
+            mask = self.split.shard_valid(inputs.video_loss_mask.repeat_interleave(p, dim=1))
+            return masked_mse(pred_video, target, mask, denominator)
         return masked_mse(pred_video, inputs.target_video, inputs.video_loss_mask, denominator)
 
     def time_head_inputs(self, inputs: FlowInputs, s: Streams):

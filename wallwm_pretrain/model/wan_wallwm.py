@@ -28,6 +28,12 @@ Action pretraining's anchor-noise mapping (``anchor_noise.py``) runs the Wan blo
 recording each block's output (:meth:`WanWallWM.anchor_video`), and K action passes reading them
 (:meth:`WanWallWM.anchor_action`).
 
+Context parallelism (``sequence_split.py``): each rank holds its piece of every view's video
+tokens (the Wan tower, ``model/wan/tower.py``) and of the action tokens; the coupling's keys
+are this rank's tokens of all views (:func:`coupling_keys` of the piece), which the exchange
+lays one rank after another, so their mask (:meth:`WanWallWM.coupling_mask`) follows that
+order. Not built: context parallelism together with pipeline ranks on this tower.
+
 Pipeline ranks. What crosses a pipeline boundary is ONE ``[n, B, d_wan]`` tensor (megatron's p2p
 sends one tensor of ``[seq, micro_batch, pipeline hidden size]``, and the pipeline config's
 hidden size is the Wan width here): first the Wan streams (:meth:`WanStreams.pack`,
@@ -56,6 +62,7 @@ from wallwm_pretrain.model.flops import cross_attention_flops, ffn_flops, self_a
 from wallwm_pretrain.model.flow_matching import FlowNoise, interpolate, masked_mse
 from wallwm_pretrain.model.pipeline_slice import PipelineSlice, draw_base_seed, part_rng
 from wallwm_pretrain.model.remaining_time import RemainingTimeHead
+from wallwm_pretrain.model.sequence_split import SequenceSplit
 from wallwm_pretrain.model.spec import build_transformer_config
 from wallwm_pretrain.model.wan.config import WanConfig
 from wallwm_pretrain.model.wan.flops import wan_forward_flops
@@ -142,7 +149,11 @@ class WanWallWM(DualTowerDenoiser):
             )
         super().__init__(cfg, pipeline_slice)
         self.wan = wcfg
+        self.split = SequenceSplit.of(pg_collection)
         part = self.pipeline_slice
+        if self.split is not None and not (part.embed and part.head):
+            raise ValueError("the Wan tower's pipeline boundary is not built with context parallelism: "
+                             "use parallel.pp=1 with parallel.cp > 1 on model.video_tower=wan")
         h = cfg.hidden_size
         tcfg = build_transformer_config(cfg)
         selective = cfg.recompute == "selective"
@@ -284,10 +295,16 @@ class WanWallWM(DualTowerDenoiser):
         return self.video.geometry(inputs.xt_video, inputs.timestep, inputs.text_states)
 
     def coupling_mask(self, inputs: WanFlowInputs, geo: WanGeometry) -> torch.Tensor:
-        """Key padding of the coupling keys ``[V * S]`` per sample (view-major, as coupling_keys)."""
+        """Key padding of the coupling keys ``[V * S]`` per sample (view-major, as coupling_keys);
+        under context parallelism ``[cp * V * S_pad / cp]``: each rank's tokens of all views,
+        rank after rank, as the exchange gathers them."""
         per_frame = geo.tokens // geo.grid[0]
         tokens = inputs.frame_valid.repeat_interleave(per_frame, dim=1)  # [B, S]
-        return key_padding_mask(tokens.repeat(1, geo.views))
+        if self.split is None:
+            return key_padding_mask(tokens.repeat(1, geo.views))
+        b, cp = tokens.shape[0], self.split.size
+        by_rank = self.split.pad_valid(tokens).view(b, cp, 1, -1).expand(b, cp, geo.views, -1)
+        return key_padding_mask(by_rank.reshape(b, -1))
 
     # ------------------------------------------------------------------ the video tower interface
     def layer_inputs(self, inputs: WanFlowInputs) -> WanLayerInputs:
@@ -318,6 +335,14 @@ class WanWallWM(DualTowerDenoiser):
         return self.video.head(ws, li.geo), self.action_prediction(s), s  # [B, V, Z, N, h, w], [B, T, A]
 
     def video_loss(self, pred_video: torch.Tensor, inputs: WanFlowInputs, denominator: torch.Tensor | None):
+        if self.split is not None:  # this rank's tokens [rows, S_pad / cp, pt ph pw C] (the head's layout)
+            b, v, c, n, hh, ww = inputs.target_video.shape
+            pt, ph, pw = self.wan.patch_size
+            target = inputs.target_video.reshape(b, v, c, n // pt, pt, hh // ph, ph, ww // pw, pw)
+            target = target.permute(0, 1, 3, 5, 7, 4, 6, 8, 2).reshape(b * v, -1, pt * ph * pw * c)
+            mask = inputs.video_loss_mask[:, ::pt].repeat_interleave((hh // ph) * (ww // pw), dim=1)
+            mask = mask.repeat_interleave(v, dim=0)  # rows: sample-major
+            return masked_mse(pred_video, self.split.shard(target, 1), self.split.shard_valid(mask), denominator)
         by_frame = lambda x: x.permute(0, 3, 1, 2, 4, 5)  # noqa: E731  [B, N, V, Z, h, w]: masks are [B, N]
         return masked_mse(by_frame(pred_video), by_frame(inputs.target_video), inputs.video_loss_mask, denominator)
 
@@ -331,11 +356,13 @@ class WanWallWM(DualTowerDenoiser):
 
     def embed_action(self, inputs: WanFlowInputs, geo: WanGeometry) -> Streams:
         """The action tower's input streams (action tokens, projected caption, state token, timestep)."""
-        action = self.action_tokens(inputs.xt_action, inputs.history)
+        action, action_valid = self.action_tokens(inputs.xt_action, inputs.history).transpose(0, 1), inputs.action_valid
+        if self.split is not None:  # this rank's action tokens; the mask of the whole padded sequence
+            action, action_valid = self.split.shard(action), self.split.pad_valid(action_valid)
         return Streams(
-            video=None, action=action.transpose(0, 1), text=self.text_in(inputs.text_states).transpose(0, 1),
+            video=None, action=action, text=self.text_in(inputs.text_states).transpose(0, 1),
             state=self.state_in(inputs.state)[None], temb_video=None, temb_action=self.time_action(inputs.t_action),
-            video_mask=self.coupling_mask(inputs, geo), action_mask=key_padding_mask(inputs.action_valid),
+            video_mask=self.coupling_mask(inputs, geo), action_mask=key_padding_mask(action_valid),
             text_mask=key_padding_mask(inputs.text_valid),
         )
 

@@ -190,7 +190,7 @@ class PipelineSchedule:
         if not self.holds_head:
             return None  # only the last pipeline rank computes losses; its DP peers are last pipeline ranks too
         counts = self.bare[-1].loss_counts(batch).to(batch.lengths.device)
-        if self.ctx.dp > 1:
+        if self.ctx.dp > 1:  # not over context-parallel ranks: they count the same samples
             dist.all_reduce(counts, group=ps.get_data_parallel_group())
         return counts
 
@@ -224,7 +224,8 @@ class PipelineSchedule:
             data_iterator=iterators if len(iterators) > 1 else iterators[0],
             model=self.chunks if len(self.chunks) > 1 else self.chunks[0],
             num_microbatches=self.microbatches,
-            seq_length=boundary_seq_length(self.bare[0], batch),
+            # megatron divides the sequence by cp for its p2p shapes; the model's is this rank's piece
+            seq_length=boundary_seq_length(self.bare[0], batch) * self.ctx.cp,
             micro_batch_size=micro[0].batch.size,
             forward_only=False,
         )
@@ -233,6 +234,7 @@ class PipelineSchedule:
             total += torch.stack([values[k].float() for k in self.loss_keys])
         if self.ctx.pp > 1:
             dist.all_reduce(total, group=ps.get_pipeline_model_parallel_group())
-        if self.ctx.dp > 1:
-            dist.all_reduce(total, group=ps.get_data_parallel_group())
+        if self.ctx.dp * self.ctx.cp > 1:
+            # context-parallel ranks hold shares of the same samples' losses: they add up too
+            dist.all_reduce(total, group=ps.get_data_parallel_group(with_context_parallel=self.ctx.cp > 1))
         return dict(zip(self.loss_keys, total.unbind()))

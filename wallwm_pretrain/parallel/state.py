@@ -4,7 +4,10 @@ This is the one place that creates process groups. It works the same under ``tor
 RANK / WORLD_SIZE / LOCAL_RANK) and as a plain single process (an in-memory store, no port).
 Backend and device follow the hardware: NCCL + ``cuda:LOCAL_RANK`` when a GPU is present and
 wanted, gloo + CPU otherwise (then megatron-core's CUDA assumptions are patched first).
-Data-parallel size is derived: world = tp * pp * dp.
+Data-parallel size is derived: world = tp * pp * cp * dp. Context-parallel ranks (``cp``) hold
+the same samples and the same weights, each a piece of every sample's token sequence; whatever
+sums over data-parallel replicas (gradients, optimizer homes and shards) sums over DP x CP,
+megatron's data-parallel-with-context group.
 
 The groups megatron-core creates are also handed out explicitly, as its
 ``ProcessGroupCollection`` (``ParallelContext.pg_collection``): the model passes it to every
@@ -45,6 +48,8 @@ class ParallelContext:
     device: torch.device
     backend: str
     vpp: int = 1
+    cp: int = 1
+    cp_rank: int = 0
     # megatron's groups of this rank (see build_pg_collection); None only for hand-made contexts
     pg_collection: ProcessGroupCollection | None = field(default=None, repr=False, compare=False)
 
@@ -91,7 +96,8 @@ def build_pg_collection() -> ProcessGroupCollection:
 
 
 def init_parallel(
-    tp: int = 1, pp: int = 1, device: str = "auto", seed: int = 0, vpp: int = 1, timeout_s: float | None = None
+    tp: int = 1, pp: int = 1, device: str = "auto", seed: int = 0, vpp: int = 1, timeout_s: float | None = None,
+    cp: int = 1,
 ) -> ParallelContext:
     """Initialise torch.distributed and megatron-core's model-parallel groups.
 
@@ -104,17 +110,19 @@ def init_parallel(
         seed: base seed; megatron's model-parallel RNG streams are derived from it.
         timeout_s: collective timeout of every group (None = torch's default, 10 min for gloo
             and NCCL); a collective that waits longer raises instead of hanging.
+        cp: context-parallel size (megatron's ``context_parallel_size``): ranks that split each
+            sample's token sequence.
 
     Raises:
-        ValueError: the world size is not a multiple of tp * pp, or vpp > 1 without pp > 1.
+        ValueError: the world size is not a multiple of tp * pp * cp, or vpp > 1 without pp > 1.
     """
     rank = int(os.environ.get("RANK", 0))
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    if world_size % (tp * pp):
+    if world_size % (tp * pp * cp):
         raise ValueError(
-            f"world size {world_size} is not divisible by tp*pp = {tp}*{pp} = {tp * pp}; "
-            f"need world = tp * pp * dp"
+            f"world size {world_size} is not divisible by tp*pp*cp = {tp}*{pp}*{cp} = {tp * pp * cp}; "
+            f"need world = tp * pp * cp * dp"
         )
     if vpp > 1 and pp == 1:
         raise ValueError(f"vpp={vpp} interleaves pipeline ranks and needs pp > 1, got pp={pp}")
@@ -138,6 +146,7 @@ def init_parallel(
             tensor_model_parallel_size=tp,
             pipeline_model_parallel_size=pp,
             virtual_pipeline_model_parallel_size=vpp if vpp > 1 else None,
+            context_parallel_size=cp,
             # megatron takes whole minutes: its groups wait up to the next minute
             **({} if timeout_s is None else {"distributed_timeout_minutes": max(1, math.ceil(timeout_s / 60))}),
         )
@@ -148,13 +157,15 @@ def init_parallel(
         local_rank=local_rank,
         tp=tp,
         pp=pp,
-        dp=world_size // (tp * pp),
+        dp=world_size // (tp * pp * cp),
         dp_rank=ps.get_data_parallel_rank(),
         tp_rank=ps.get_tensor_model_parallel_rank(),
         pp_rank=ps.get_pipeline_model_parallel_rank(),
         device=dev,
         backend=backend,
         vpp=vpp,
+        cp=cp,
+        cp_rank=ps.get_context_parallel_rank(),
         pg_collection=build_pg_collection(),
     )
 
@@ -205,18 +216,26 @@ def gather_per_dp_rank(obj: object, ctx: ParallelContext) -> list:
 
 
 def optimizer_groups(ctx: ParallelContext) -> OptimizerGroups:
-    """The run's groups as the optimizer takes them (call after :func:`init_parallel`)."""
+    """The run's groups as the optimizer takes them (call after :func:`init_parallel`).
+
+    Context-parallel ranks hold the same weights and add their gradients like data-parallel
+    replicas (each holds a share of every sample's loss), so the optimizer's data-parallel group
+    is megatron's data-parallel-with-context group (DP x CP, the group DDP reduces over) and its
+    TP x DP group the tensor-and-data-parallel-with-context one: distributed Muon's homes and
+    ZeRO-1 AdamW's shards spread over DP x CP ranks.
+    """
     from megatron.core import parallel_state as ps
 
     mp_size = ctx.tp * ctx.pp
+    with_cp = ctx.cp > 1
     return OptimizerGroups(
-        tp_dp=ps.get_tensor_and_data_parallel_group(),
+        tp_dp=ps.get_tensor_and_data_parallel_group(with_context_parallel=with_cp),
         tp=ps.get_tensor_model_parallel_group(),
-        dp=ps.get_data_parallel_group(),
+        dp=ps.get_data_parallel_group(with_context_parallel=with_cp),
         tp_rank=ctx.tp_rank,
         tp_size=ctx.tp,
-        dp_rank=ctx.dp_rank,
-        dp_size=ctx.dp,
+        dp_rank=ps.get_data_parallel_rank(with_context_parallel=with_cp),
+        dp_size=ctx.dp * ctx.cp,
         pp_rank=ctx.pp_rank,
         pp=ps.get_pipeline_model_parallel_group(),
         pp_size=ctx.pp,

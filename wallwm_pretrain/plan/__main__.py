@@ -31,7 +31,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="YAML preset (default: schema defaults); given again, merged in order (e.g. a size "
                              "preset, then a stage preset of configs/stages/)")
     parser.add_argument("--gpus", type=int, default=None,
-                        help="ranks in the job; data-parallel size = gpus / (tp * pp) (default: tp * pp)")
+                        help="ranks in the job; data-parallel size = gpus / (tp * pp * cp) (default: tp * pp * cp)")
     parser.add_argument("--steps", type=int, default=None,
                         help="control steps per sample (default: data.max_frames, the longest sample)")
     parser.add_argument("--latent-size", default=None, metavar="HxW",
@@ -97,14 +97,17 @@ def rank_memory(cfg: Config, measured, layout, pp_rank: int, frozen_vlm: int = 0
                 adamw_only: bool = False) -> dict[str, float]:
     """Bytes on the busiest TP rank of pipeline rank ``pp_rank``: parameters (elements), weights,
     grads, AdamW and Muon state, the activations kept without and with ``recompute=full``, and
-    the total as the config trains (``measured``: :func:`~.measure.measure_forward` of one
+    the total as the config trains. Context parallelism (``parallel.cp``) divides the coupled
+    layers' activations by cp (each rank keeps its piece of every sample's tokens; the caption
+    and conditioning, a small part, are whole on every rank and counted whole with the input and
+    output side) and spreads the optimizer's shards and homes over DP x CP (``layout.dp``) (``measured``: :func:`~.measure.measure_forward` of one
     microbatch of the whole model; ``layout``: :class:`~.memory.Layout`). ``adamw_only``: every
     parameter in AdamW (the baseline of ``bench/gpu_check.py mfu``)."""
     from wallwm_pretrain.parallel.pipeline_split import pipeline_slices
     from wallwm_pretrain.plan.measure import meta_model
     from wallwm_pretrain.plan.memory import pipeline_rank_state_bytes
 
-    tp, pp, vpp = cfg.parallel.tp, cfg.parallel.pp, cfg.parallel.vpp
+    tp, pp, vpp, cp = cfg.parallel.tp, cfg.parallel.pp, cfg.parallel.vpp, cfg.parallel.cp
     model_cfg = dataclasses.replace(cfg.model, recompute="none")
     slices = pipeline_slices(cfg.model.num_layers, pp, vpp, pp_rank)
     parts = [meta_model(model_cfg, s) for s in slices]
@@ -117,11 +120,11 @@ def rank_memory(cfg: Config, measured, layout, pp_rank: int, frozen_vlm: int = 0
     edges = [p for s in slices for p, on in (("embed", s.embed), ("head", s.head)) if on]
     # 1F1B: pipeline rank r keeps the activations of up to pp - r microbatches at once
     in_flight = min(pp - pp_rank, cfg.train.microbatches) if pp > 1 else 1
-    per_micro = sum(measured.part_bytes(p, tp) for p in layers + edges)
-    act = in_flight * per_micro
-    kept = measured.kept(layers)
-    transient = max((measured.part_bytes(p, tp) for p in layers), default=0)
     edge = sum(measured.part_bytes(p, tp) for p in edges)
+    per_micro = sum(measured.part_bytes(p, tp) for p in layers) / cp + edge
+    act = in_flight * per_micro
+    kept = measured.kept(layers) / cp
+    transient = max((measured.part_bytes(p, tp) for p in layers), default=0) / cp
     act_full = in_flight * (kept + edge) + transient
     static = sum(s.total for s in states)
     # the total counts activations as the config trains: recomputed or not
@@ -147,11 +150,12 @@ def plan(cfg: Config, gpus: int | None, steps: int | None, gpu_memory_gib: float
         raise ConfigError("the plan measures the towers (model.kind=towers); the text conditioner's memory is its "
                           "frozen VLM, whole on every rank, plus its small heads: give the towers' config with --vlm")
     frozen_vlm = _frozen_vlm_bytes(vlm, vlm_dtype) if vlm else 0
-    tp, pp, vpp = cfg.parallel.tp, cfg.parallel.pp, cfg.parallel.vpp
-    gpus = gpus or tp * pp
-    if gpus % (tp * pp):
-        raise ConfigError(f"--gpus {gpus} is not a multiple of parallel.tp * parallel.pp = {tp * pp}")
-    layout = Layout(tp, pp, gpus // (tp * pp))
+    tp, pp, vpp, cp = cfg.parallel.tp, cfg.parallel.pp, cfg.parallel.vpp, cfg.parallel.cp
+    gpus = gpus or tp * pp * cp
+    if gpus % (tp * pp * cp):
+        raise ConfigError(f"--gpus {gpus} is not a multiple of parallel.tp * parallel.pp * parallel.cp = {tp * pp * cp}")
+    dp = gpus // (tp * pp * cp)
+    layout = Layout(tp, pp, dp * cp)  # the optimizer's data-parallel group is DP x CP
     micro = cfg.data.batch_size // cfg.train.microbatches
     steps = steps or cfg.data.max_frames
     steps = -(-steps // cfg.model.frame_stride) * cfg.model.frame_stride
@@ -174,7 +178,7 @@ def plan(cfg: Config, gpus: int | None, steps: int | None, gpu_memory_gib: float
     lines = [
         f"model: {m.num_layers} coupled layers; {towers}",
         "parameters: " + ", ".join(f"{k} {_count(v)}" for k, v in counts.items()),
-        f"layout: {gpus} ranks = TP {tp} x PP {pp} x DP {layout.dp}"
+        f"layout: {gpus} ranks = TP {tp} x PP {pp} x CP {cp} x DP {dp}"
         + (f" (VPP {vpp})" if vpp > 1 else "")
         + f"; optim.muon_mode={cfg.optim.muon_mode}; microbatch {micro} samples of {steps} control steps",
         "",

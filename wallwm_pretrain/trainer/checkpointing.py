@@ -185,7 +185,7 @@ class RunCheckpoints:
         return {
             "step": t.step,
             "loaders": loaders,
-            "layout": {"tp": t.ctx.tp, "pp": t.ctx.pp, "dp": t.ctx.dp, "vpp": t.ctx.vpp,
+            "layout": {"tp": t.ctx.tp, "pp": t.ctx.pp, "dp": t.ctx.dp, "vpp": t.ctx.vpp, "cp": t.ctx.cp,
                        "microbatches": t.cfg.train.microbatches},
             "rng": rng_state(),
             "history": json.dumps(t.history),

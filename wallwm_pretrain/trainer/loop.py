@@ -88,7 +88,7 @@ class Trainer:
         # 1. process groups and device (megatron-core state; CPU patches when there is no GPU)
         par = cfg.parallel
         self.ctx = init_parallel(par.tp, par.pp, cfg.train.device, cfg.train.seed, vpp=par.vpp,
-                                 timeout_s=par.timeout_s)
+                                 timeout_s=par.timeout_s, cp=par.cp)
         self.device = self.ctx.device
         self.run_dir = cfg.train.run_dir
         self.checkpoints = RunCheckpoints(self)  # its save group is created here, with the others

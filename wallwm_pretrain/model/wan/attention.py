@@ -21,7 +21,8 @@ from megatron.core.tensor_parallel import set_tensor_model_parallel_attributes
 from megatron.core.transformer.transformer_config import TransformerConfig
 from torch import nn
 
-from wallwm_pretrain.model.attention_core import fused_attention, key_valid_from_mask
+from wallwm_pretrain.model.attention_core import fused_attention, key_valid_from_mask, split_sequence_attention
+from wallwm_pretrain.model.sequence_split import SequenceSplit
 from wallwm_pretrain.model.wan.layers import column_linear, row_linear, tp_size
 from wallwm_pretrain.model.wan.rope import apply_rope
 
@@ -99,10 +100,15 @@ class WanAttention(nn.Module):
         config: megatron config (hidden size, heads, head dim, init).
         eps: the q/k norm's epsilon.
         tp_group: tensor-parallel group (None: local layers).
+        split: the context-parallel split of the video tokens, for an attention over them
+            (self-attention, cross-view): its queries and keys are this rank's tokens and the
+            core exchanges heads for tokens (``attention_core.split_sequence_attention``).
+            None: keys whole on every rank (the text) or no context parallelism.
     """
 
-    def __init__(self, config: TransformerConfig, eps: float, tp_group=None) -> None:
+    def __init__(self, config: TransformerConfig, eps: float, tp_group=None, split: SequenceSplit | None = None) -> None:
         super().__init__()
+        self.split = split
         hidden, heads, head_dim = config.hidden_size, config.num_attention_heads, config.kv_channels
         width = heads * head_dim
         if heads % tp_size(tp_group):
@@ -120,13 +126,19 @@ class WanAttention(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, context: torch.Tensor | None = None,
                 rope: tuple[torch.Tensor, torch.Tensor] | None = None,
-                key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+                key_padding_mask: torch.Tensor | None = None, regroup=None) -> torch.Tensor:
         """Attention of ``hidden_states`` ``[s, b, h]`` to itself (``context`` None) or to
-        ``context`` ``[sk, b, h]``; ``rope`` (cos, sin) rotates q and k (self-attention)."""
+        ``context`` ``[sk, b, h]``; ``rope`` (cos, sin) rotates q and k (self-attention).
+        Under a split, ``rope`` is this rank's tokens' and ``key_padding_mask`` the whole padded
+        sequence's; ``regroup`` as :func:`split_sequence_attention` takes it."""
         kv_in = hidden_states if context is None else context
         q = self._heads(self.q_norm(self.linear_q(hidden_states)[0]))
         k = self._heads(self.k_norm(self.linear_k(kv_in)[0]))
         v = self._heads(self.linear_v(kv_in)[0])
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if self.split is not None and context is None:
+            key_valid = key_valid_from_mask(key_padding_mask, q.shape[1], k.shape[0] * self.split.size)
+            out = split_sequence_attention(q, k, v, self.split, key_valid, regroup=regroup).type_as(q)
+            return self.linear_proj(out)[0]
         return self.linear_proj(attend(q, k, v, key_padding_mask))[0]

@@ -14,6 +14,12 @@ in float32 and cast back, as in diffusers. The cross-view step exists only with 
 block's self-attention gate, ``W_view`` the cross-view attention's output projection, zero at
 initialisation (weight and bias), and the camera embedding (one vector per view) starts at
 zero, so a fresh graft leaves every view exactly on the pretrained single-view path.
+
+Context parallelism (``split``, ``sequence_split.py``): ``h`` is this rank's piece of each
+view's tokens and the modulation (per-token timesteps) its piece too; the self-attention and
+the cross-view attention exchange heads for tokens in their core. The cross-view attention
+groups the views of a latent frame only after the exchange, when every rank holds whole
+sequences, so a piece need not end on a frame boundary.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import torch.nn.functional as F
 from megatron.core.transformer.transformer_config import TransformerConfig
 from torch import nn
 
+from wallwm_pretrain.model.sequence_split import SequenceSplit
 from wallwm_pretrain.model.wan.attention import WanAttention
 from wallwm_pretrain.model.wan.config import WanConfig
 from wallwm_pretrain.model.wan.layers import column_linear, row_linear, tp_size
@@ -76,10 +83,11 @@ class CrossViewAttention(nn.Module):
     a group and cancels in q.k); the camera embedding tells the views apart.
     """
 
-    def __init__(self, config: TransformerConfig, cfg: WanConfig, tp_group=None) -> None:
+    def __init__(self, config: TransformerConfig, cfg: WanConfig, tp_group=None,
+                 split: SequenceSplit | None = None) -> None:
         super().__init__()
-        self.views = cfg.num_views
-        self.attention = WanAttention(config, cfg.eps, tp_group)
+        self.views, self.split = cfg.num_views, split
+        self.attention = WanAttention(config, cfg.eps, tp_group, split)
         with torch.no_grad():
             self.attention.linear_proj.weight.zero_()
             self.attention.linear_proj.bias.zero_()
@@ -88,14 +96,32 @@ class CrossViewAttention(nn.Module):
         self.camera.no_weight_decay = True  # a learned offset per view: decay would pull it to zero
 
     def forward(self, x: torch.Tensor, frames: int, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        """``x`` ``[F * P, B * V, d]`` (rows ordered sample-major) -> same shape."""
+        """``x`` ``[F * P, B * V, d]`` (rows ordered sample-major) -> same shape; ``rope`` of
+        the whole grid (under a split too)."""
         v = self.views
+        if self.split is not None:
+            return self._split_forward(x, frames, rope)
         grouped = to_view_groups(x, v, frames)
         p = grouped.shape[0] // v
         grouped = grouped + self.camera.to(grouped.dtype).repeat_interleave(p, dim=0)[:, None, :]
         cos, sin = (t[:p].repeat(v, 1) for t in rope)  # first frame's angles: (h, w) only
         out = self.attention(grouped, rope=(cos, sin))
         return from_view_groups(out, v, frames)
+
+    def _split_forward(self, x: torch.Tensor, frames: int, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """This rank's tokens ``[n / cp, B * V, d]`` of the ``n = F * P`` of each view."""
+        v, sp, n = self.views, self.split, rope[0].shape[0]
+        p = n // frames
+        x = x + self.camera.to(x.dtype).repeat(x.shape[1] // v, 1)[None]  # row b * V + v: camera v
+        cos, sin = (sp.shard(t[:p].repeat(frames, 1)) for t in rope)  # each token's (h, w) angles
+
+        def to_groups(t: torch.Tensor) -> torch.Tensor:  # whole padded [n_pad, B V, h, d] -> [V P, B F, h, d]
+            return to_view_groups(t[:n].flatten(2), v, frames).unflatten(-1, t.shape[2:])
+
+        def from_groups(t: torch.Tensor) -> torch.Tensor:  # [V P, B F, h d] -> [n_pad, B V, h d]
+            return sp.pad(from_view_groups(t, v, frames), 0)
+
+        return self.attention(x, rope=(cos, sin), regroup=(to_groups, from_groups))
 
 
 class WanBlock(nn.Module):
@@ -107,12 +133,13 @@ class WanBlock(nn.Module):
         tp_group: tensor-parallel group (None: local layers).
     """
 
-    def __init__(self, config: TransformerConfig, cfg: WanConfig, tp_group=None) -> None:
+    def __init__(self, config: TransformerConfig, cfg: WanConfig, tp_group=None,
+                 split: SequenceSplit | None = None) -> None:
         super().__init__()
         d = cfg.hidden_size
-        self.eps = cfg.eps
-        self.self_attention = WanAttention(config, cfg.eps, tp_group)
-        self.cross_view = CrossViewAttention(config, cfg, tp_group) if cfg.cross_view else None
+        self.eps, self.split = cfg.eps, split
+        self.self_attention = WanAttention(config, cfg.eps, tp_group, split)
+        self.cross_view = CrossViewAttention(config, cfg, tp_group, split) if cfg.cross_view else None
         self.cross_attention_norm = FP32LayerNorm(d, eps=cfg.eps) if cfg.cross_attn_norm else None
         self.cross_attention = WanAttention(config, cfg.eps, tp_group)
         self.mlp = WanMLP(config, tp_group)
@@ -129,7 +156,7 @@ class WanBlock(nn.Module):
             h: ``[s, rows, d]`` video tokens (rows = samples x views).
             text: ``[L, rows, d]`` embedded text states.
             modulation: ``[t, rows, 6, d]`` flow-time projection (t = 1, or s for per-token times).
-            rope: ``(cos, sin)`` ``[s, head_dim / 2]``.
+            rope: ``(cos, sin)`` ``[s, head_dim / 2]`` of the whole grid (under a split too).
             frames: latent frames (for cross-view grouping).
             video_mask, text_mask: key-padding masks ``[rows, 1, 1, s | L]`` (True = padding).
         """
@@ -140,7 +167,8 @@ class WanBlock(nn.Module):
         def modulated(x):
             return (layer_norm(x, self.eps) * (1 + scale) + shift).to(dtype)
 
-        h = (h.float() + self.self_attention(modulated(h), rope=rope, key_padding_mask=video_mask) * gate).to(dtype)
+        own = rope if self.split is None else tuple(self.split.shard(t) for t in rope)  # this rank's tokens'
+        h = (h.float() + self.self_attention(modulated(h), rope=own, key_padding_mask=video_mask) * gate).to(dtype)
         if self.cross_view is not None:
             h = (h.float() + self.cross_view(modulated(h), frames, rope) * gate).to(dtype)
         normed = h if self.cross_attention_norm is None else self.cross_attention_norm(h).to(dtype)

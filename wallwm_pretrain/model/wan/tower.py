@@ -16,6 +16,12 @@ of them is given. Weights of each part (input side, each block, head) are drawn 
 RNG state (see ``model/pipeline_slice.py``), so a slice holds exactly the weights that part has
 in the whole tower.
 
+Context parallelism (``pg_collection.cp`` of size > 1, ``sequence_split.py``): after the
+patch embedding each rank keeps its piece of every view's ``S`` tokens (and of the per-token
+timestep embeddings), the video key-padding mask is that of the whole padded sequence, and the
+head returns this rank's tokens unpatchified (``[rows, S_pad / cp, pt ph pw C_out]``): the
+loss compares them with the same piece of the targets.
+
 Timesteps are ``[B]`` (one flow time per sample) or ``[B, S]`` (one per token, as Wan2.2 TI2V
 uses to keep its first latent frame clean); they are on Wan's scale (0..1000).
 """
@@ -31,6 +37,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from wallwm_pretrain.model.pipeline_slice import PipelineSlice, draw_base_seed, part_rng
+from wallwm_pretrain.model.sequence_split import SequenceSplit
 from wallwm_pretrain.model.wan.block import WanBlock, layer_norm
 from wallwm_pretrain.model.wan.conditioning import WanConditioning
 from wallwm_pretrain.model.wan.config import WanConfig
@@ -134,6 +141,7 @@ class WanTower(nn.Module):
                 f"{cfg.num_layers} blocks (0..{cfg.num_layers - 1})"
             )
         tp_group = None if pg_collection is None else pg_collection.tp
+        self.split = SequenceSplit.of(pg_collection)
         config = wan_transformer_config(cfg)
         d = cfg.hidden_size
         base = draw_base_seed() if seed is None else seed
@@ -144,7 +152,7 @@ class WanTower(nn.Module):
         self.blocks = nn.ModuleDict()
         for i in part.layers:
             with part_rng(base, f"wan.block{i}"):
-                self.blocks[str(i)] = WanBlock(config, cfg, tp_group)
+                self.blocks[str(i)] = WanBlock(config, cfg, tp_group, self.split)
         if part.head:
             with part_rng(base, "wan.head"):
                 self.head_modulation = nn.Parameter(torch.randn(1, 2, d) / d**0.5)
@@ -193,7 +201,8 @@ class WanTower(nn.Module):
         video = text = None
         if frame_valid is not None:  # a patch frame is real when its first latent frame is
             tokens = frame_valid[:, :: self.cfg.patch_size[0]].repeat_interleave(per_frame, dim=1)
-            video = key_padding(tokens.repeat_interleave(geo.views, dim=0))
+            tokens = tokens.repeat_interleave(geo.views, dim=0)
+            video = key_padding(tokens if self.split is None else self.split.pad_valid(tokens))
         if text_valid is not None:
             text = key_padding(text_valid.repeat_interleave(geo.views, dim=0))
         return video, text
@@ -211,6 +220,10 @@ class WanTower(nn.Module):
         else:
             temb, modulation = temb[None], modulation[None]
         v = geo.views
+        if self.split is not None:  # this context-parallel rank's tokens (and their timesteps)
+            video = self.split.shard(video)
+            if geo.per_token_time:
+                temb, modulation = self.split.shard(temb), self.split.shard(modulation)
         return WanStreams(
             video=video,
             text=text.repeat_interleave(v, dim=0).transpose(0, 1),
@@ -233,6 +246,8 @@ class WanTower(nn.Module):
         shift, scale = (self.head_modulation[None] + s.temb[:, :, None, :]).unbind(dim=2)
         h = (layer_norm(s.video, self.cfg.eps) * (1 + scale) + shift).to(s.video.dtype)
         out = self.proj_out(h).transpose(0, 1)  # [rows, S, out * pt * ph * pw]
+        if self.split is not None:  # this rank's tokens: the loss takes the targets' same piece
+            return out
         (f, hh, ww), (pt, ph, pw) = geo.grid, self.cfg.patch_size
         out = out.reshape(geo.rows, f, hh, ww, pt, ph, pw, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
         out = out.reshape(geo.batch, geo.views, -1, f * pt, hh * ph, ww * pw)
