@@ -171,3 +171,13 @@ def test_locations_that_would_leak_or_cannot_name_files_are_refused():
         assert says in str(err.value) and "secret" not in str(err.value) and "abc" not in str(err.value)
     assert file_url("s3://b/p/", "index.json") == "s3://b/p/index.json"
     assert file_url("pipe:aws s3 cp s3://b/p/{name} -", "x.tar") == "pipe:aws s3 cp s3://b/p/x.tar -"
+
+
+def test_data_tools_inspect_reads_a_bucket_as_the_folder(tmp_path, shard_writer, s3):
+    from data_tools.inspection import inspect_shards
+
+    folder = shard_writer(tmp_path / "shards", LENGTHS, clusters=[(i % 3, i % 2) for i in range(len(LENGTHS))])
+    url = s3.upload(folder, "inspect")
+    local, remote = inspect_shards(folder), inspect_shards(url)
+    assert remote.pop("shards") == url and local.pop("shards") == str(folder)
+    assert remote == local and remote["total_samples"] == len(LENGTHS)  # problems included: the same
