@@ -6,7 +6,8 @@ Builds event shards from synthetic episodes (data_tools synth + build-shards) an
 Wan VAE (``wallwm_pretrain.convert make-tiny``), then, per repeat, encodes a fresh copy of the
 shards (a) with one process and (b) with two rank processes at once (``--rank/--world``) followed
 by ``--finalize``. Each rank process times only its own encode call (interpreter start and model
-load excluded: they do not grow with the data). Prints samples/s of each process and of the
+load excluded: they do not grow with the data); on one machine two ranks split its cores (torch
+threads = cores / ranks), as a cluster's ranks would each have their own node. Prints samples/s of each process and of the
 whole job, and the ratio (b)/(a) of the job's samples/s; checks that (b) gives the same folder as
 (a), byte for byte. Runs on CPU; on a GPU machine pass ``--device cuda``.
 """
@@ -32,6 +33,11 @@ def child(args: argparse.Namespace) -> None:
     from data_tools.ranks import owned
     from data_tools.shardread import read_index
 
+    from data_tools.frozen import threads_per_worker, use_threads
+
+    # ranks on one machine share its cores, as --workers processes do (one rank per node on a
+    # cluster has them all)
+    use_threads(threads_per_worker(args.device, args.world))
     mine = owned(read_index(Path(args.shards))["shards"], args.rank, args.world)
     t0 = time.perf_counter()
     encode_latents(Path(args.shards), Path(args.vae), args.device, 1, 1, progress=False,
