@@ -114,19 +114,31 @@ def process_shard(job: ShardJob) -> tuple[str, int, str]:
     return job.name, path.stat().st_size, sha256_file(path)
 
 
+def _write_side(folder: Path, side: dict[str, bytes]) -> None:
+    for name, data in side.items():
+        tmp = folder / f"{name}.tmp-{os.getpid()}"  # several ranks may write the same bytes at once
+        tmp.write_bytes(data)
+        os.replace(tmp, folder / name)
+
+
 def augment_shards(folder: Path, step: str, spec: dict, members: tuple[str, ...],
                    compute: Compute, workers: int = 1, progress: bool = True,
                    force: bool = False, identity: tuple[str, ...] = ("fingerprint",),
-                   side_files: dict[str, bytes] | None = None) -> dict:
+                   side_files: dict[str, bytes] | None = None, rank: int = 0, world: int = 1) -> dict:
     """Add ``members`` (computed by ``compute``) to every sample of the shards in ``folder``.
 
     ``spec`` becomes ``index.json[step]`` (plus ``complete``); ``identity`` names the spec keys
     that must match an earlier run's for its shards to be kept. ``side_files`` (name -> bytes)
     are written beside index.json once the run is known to go ahead. Returns
-    ``{"shards": n, "done": computed now, "skipped": already done}``.
+    ``{"shards": n, "done": computed now, "skipped": already done}``. With ``world > 1`` only
+    this rank's shards are done and recorded in its ledger (``ranks.py``); index.json is left
+    to ``--finalize``.
     """
     folder = Path(folder)
     index = read_index(folder)
+    if world > 1:
+        return _augment_rank(folder, index, step, spec, members, compute, workers, progress, force,
+                             identity, side_files or {}, rank, world)
     shards = index.get("shards") or []
     if not shards:
         raise DataToolsError(f"{folder / INDEX_FILE}: lists no shards")
@@ -164,10 +176,7 @@ def augment_shards(folder: Path, step: str, spec: dict, members: tuple[str, ...]
             if not (folder / name).is_file() or (folder / name).read_bytes() != data}
     if not todo and not adopted and not side and old == {**spec, "complete": True}:
         return {"shards": len(shards), "done": 0, "skipped": skipped}  # nothing to do
-    for name, data in side.items():
-        tmp = folder / (name + ".tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, folder / name)
+    _write_side(folder, side)
     index[step] = {**spec, "complete": False}
     write_index(folder, index)
     by_name = {s["name"]: s for s in shards}
@@ -179,3 +188,50 @@ def augment_shards(folder: Path, step: str, spec: dict, members: tuple[str, ...]
     index[step]["complete"] = True
     write_index(folder, index)
     return {"shards": len(shards), "done": len(todo), "skipped": skipped}
+
+
+def _augment_rank(folder: Path, index: dict, step: str, spec: dict, members: tuple[str, ...],
+                  compute: Compute, workers: int, progress: bool, force: bool,
+                  identity: tuple[str, ...], side_files: dict[str, bytes], rank: int, world: int) -> dict:
+    """This rank's part of :func:`augment_shards` (``ranks.py``): its shards, its ledger."""
+    from .ranks import Ledger, owned
+
+    shards = index.get("shards") or []
+    if not shards:
+        raise DataToolsError(f"{folder / INDEX_FILE}: lists no shards")
+    mine = owned(shards, rank, world)
+    old = index.get(step) or {}
+    same = all(old.get(k) == spec.get(k) for k in identity)
+    flagged = [s["name"] for s in shards if s.get(step)]
+    if flagged and not same and not force:
+        raise DataToolsError(
+            f"{folder / INDEX_FILE}: {len(flagged)} shard(s) already carry {step} from another "
+            f"model ({old.get('source', '?')}); pass --force to recompute every shard")
+    for s in mine:
+        if not (folder / s["name"]).is_file():
+            raise DataToolsError(f"{folder / s['name']}: listed in index.json but missing")
+        (folder / (s["name"] + PARTIAL)).unlink(missing_ok=True)  # left by a crash
+    ledger = Ledger(folder, step)
+    ledger.start(rank, world, spec, identity, force)
+    records = {} if force else ledger.records()
+    todo, skipped = [], 0
+    for s in mine:
+        path = folder / s["name"]
+        size = path.stat().st_size
+        recorded = [rec for _, rec in records.get(s["name"], []) if rec["bytes"] == size]
+        if recorded or (not force and same and s.get(step) and size == s.get("bytes")):
+            skipped += 1
+        elif not force and (same or not old) and (sha := sha256_file(path)) != s.get("sha256") \
+                and has_members(path, members, s["samples"]):
+            # replaced by this rank's earlier run (the ledger's spec is this model's: checked by
+            # ledger.start), which stopped before recording it
+            ledger.record(rank, world, s["name"], size, sha)
+            skipped += 1
+        else:
+            todo.append(ShardJob(str(folder), s["name"], s["samples"], members, compute))
+    _write_side(folder, {name: data for name, data in side_files.items()
+                         if not (folder / name).is_file() or (folder / name).read_bytes() != data})
+    for name, size, sha in run_ordered(process_shard, todo, workers, lambda j: str(folder / j.name),
+                                       f"{step} rank {rank}/{world} ({skipped} shard(s) already done)", progress):
+        ledger.record(rank, world, name, size, sha)
+    return {"shards": len(mine), "done": len(todo), "skipped": skipped, "rank": rank, "world": world}

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .prune import Pruning, count_pruning
-from .shardread import iter_samples, read_index
+from .shardread import file_url, iter_samples, location, read_index
 
 
 def _counts(c: Counter) -> dict[str, int]:
@@ -29,8 +29,8 @@ def _examples(caps: dict[int, Counter], n: int) -> dict[str, list[str]]:
     return {str(c): [t for t, _ in caps[c].most_common(n)] for c in sorted(caps)}
 
 
-def inspect_shards(folder: Path, examples: int = 3) -> dict:
-    folder = Path(folder)
+def inspect_shards(folder: str | Path, examples: int = 3) -> dict:
+    folder = location(str(folder))
     index = read_index(folder)
     levels, vl, act = Counter(), Counter(), Counter()
     per_shard = defaultdict(lambda: {"samples": 0, "vl_cluster": Counter(), "action_cluster": Counter()})
@@ -41,14 +41,14 @@ def inspect_shards(folder: Path, examples: int = 3) -> dict:
     metas = []  # (where, meta) of a pruned folder, for the recount of index.json's "pruning"
     for shard, key, m in iter_samples(folder, ("json",)):
         if "json" not in m:
-            problems.append(f"{folder / shard}: sample {key} has no json member")
+            problems.append(f"{file_url(folder, shard)}: sample {key} has no json member")
             continue
         meta = json.loads(m["json"])
         v, a = int(meta.get("vl_cluster", 0)), int(meta.get("action_cluster", 0))
         length = int(meta["end"]) - int(meta["start"])
         if "kept_steps" in meta:
             length = len(meta["kept_steps"])
-            metas.append((f"{folder / shard}: sample {key}", meta))
+            metas.append((f"{file_url(folder, shard)}: sample {key}", meta))
         levels[meta["level"]] += 1
         vl[v] += 1
         act[a] += 1

@@ -173,8 +173,10 @@ def latents_spec(vae_folder: Path, config: dict, fingerprint: str) -> dict:
 
 
 def encode_latents(shards: Path, vae: Path, device: str = "cpu", batch_size: int = 1,
-                   workers: int = 1, progress: bool = True, force: bool = False) -> dict:
-    """Add ``latents.npy`` to every sample of the shard folder ``shards`` (see module doc)."""
+                   workers: int = 1, progress: bool = True, force: bool = False,
+                   rank: int = 0, world: int = 1) -> dict:
+    """Add ``latents.npy`` to every sample of the shard folder ``shards`` (see module doc);
+    with ``world > 1`` to the shards of this ``rank`` only (``ranks.py``)."""
     from .augment import augment_shards
     from .frozen import check_device, check_vae, fingerprint
 
@@ -187,4 +189,5 @@ def encode_latents(shards: Path, vae: Path, device: str = "cpu", batch_size: int
 
     compute = EncodeLatents(str(Path(vae).resolve()), device, batch_size,
                             threads_per_worker(device, workers))
-    return augment_shards(shards, "latents", spec, (MEMBER,), compute, workers, progress, force)
+    return augment_shards(shards, "latents", spec, (MEMBER,), compute, workers, progress, force,
+                          rank=rank, world=world)

@@ -2,7 +2,9 @@
 
 Plain ``tarfile`` in index order, yielding only the members asked for (the frames of a sample
 are skipped, not decoded). A tar that cannot be read, or a folder whose index.json lists a
-missing shard, raises DataToolsError naming the file.
+missing shard, raises DataToolsError naming the file. A folder may be a path or a URL
+(``s3://``, ``http(s)://``, ``pipe:...{name}...``): files are opened through the loader's
+``wallwm_pretrain.data.source``, so the data tools read what training reads.
 """
 
 from __future__ import annotations
@@ -15,37 +17,55 @@ from typing import Iterator
 
 import numpy as np
 
+from wallwm_pretrain.data.errors import ShardError
+from wallwm_pretrain.data.source import check_location, file_url, is_remote, open_shard, read_file
+
 from .errors import DataToolsError
 from . import textio
 
 INDEX_FILE = "index.json"
 
 
-def read_index(folder: Path) -> dict:
-    path = Path(folder) / INDEX_FILE
+def location(text: str) -> str | Path:
+    """A ``--shards`` argument: a URL stays a string, anything else is a local path."""
+    return text if is_remote(text) else Path(text)
+
+
+def read_index(folder: str | Path) -> dict:
+    path = file_url(folder, INDEX_FILE)
+    if not is_remote(folder):
+        try:
+            return textio.read_json(Path(path))
+        except FileNotFoundError:
+            raise DataToolsError(f"{path} not found: {folder} is not a shard folder") from None
+        except (OSError, ValueError) as exc:
+            raise DataToolsError(f"{path}: cannot read ({exc})") from None
     try:
-        return textio.read_json(path)
+        check_location(folder)
+        return json.loads(read_file(folder, INDEX_FILE))
     except FileNotFoundError:
         raise DataToolsError(f"{path} not found: {folder} is not a shard folder") from None
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # ShardError is a ValueError
         raise DataToolsError(f"{path}: cannot read ({exc})") from None
 
 
-def iter_samples(folder: Path, wanted: tuple[str, ...] = ("json",)
+def iter_samples(folder: str | Path, wanted: tuple[str, ...] = ("json",)
                  ) -> Iterator[tuple[str, str, dict[str, bytes]]]:
     """(shard name, sample key, {ext: bytes}) for every sample, in shard order."""
     index = read_index(folder)
     for shard in index.get("shards", []):
-        for key, members in iter_tar(Path(folder) / shard["name"], wanted):
+        url = file_url(folder, shard["name"])
+        for key, members in iter_tar(url if is_remote(folder) else Path(url), wanted):
             yield shard["name"], key, members
 
 
-def iter_tar(path: Path, wanted: tuple[str, ...] = ("json",)
+def iter_tar(path: str | Path, wanted: tuple[str, ...] = ("json",)
              ) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """(sample key, {ext: bytes}) for every sample of one tar, in tar order."""
+    """(sample key, {ext: bytes}) for every sample of one tar (a path or URL), in tar order."""
     current, members = None, {}
     try:
-        with tarfile.open(path) as tar:
+        fh, _ = open_shard(str(path))
+        with fh, tarfile.open(fileobj=fh, mode="r:*") as tar:
             for m in tar:
                 key, _, ext = m.name.partition(".")
                 if key != current:
@@ -54,8 +74,9 @@ def iter_tar(path: Path, wanted: tuple[str, ...] = ("json",)
                     current, members = key, {}
                 if ext in wanted:
                     members[ext] = tar.extractfile(m).read()
-    except (tarfile.TarError, OSError) as exc:
-        raise DataToolsError(f"{path}: cannot read shard ({exc})") from None
+    except (tarfile.TarError, OSError, ShardError) as exc:
+        where = str(path)
+        raise DataToolsError(f"{where}: cannot read shard ({str(exc).removeprefix(where + ': ')})") from None
     if current is not None:
         yield current, members
 

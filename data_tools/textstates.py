@@ -121,11 +121,15 @@ def _event_captions(meta: dict, where: str) -> list[str]:
     return [e["caption"] for e in events]
 
 
+IDENTITY = ("fingerprint", "max_length")  # spec keys that must match for earlier work to count
+
+
 def embed_captions(shards: Path, text_encoder: Path, tokenizer: Path | None = None,
                    device: str = "cpu", batch_size: int = 16, workers: int = 1,
                    max_length: int = MAX_LENGTH, progress: bool = True,
-                   force: bool = False) -> dict:
-    """Add the text-encoder states to every sample of ``shards`` (see the module doc)."""
+                   force: bool = False, rank: int = 0, world: int = 1) -> dict:
+    """Add the text-encoder states to every sample of ``shards`` (see the module doc); with
+    ``world > 1`` to the shards of this ``rank`` only (``ranks.py``)."""
     from .augment import augment_shards
     from .frozen import check_device, check_text_encoder, find_tokenizer, fingerprint, threads_per_worker
     from .shardread import read_index
@@ -161,5 +165,5 @@ def embed_captions(shards: Path, text_encoder: Path, tokenizer: Path | None = No
                                  "rule": "real rows of each event's states in event_states.npy"}
     added = (*MEMBERS.values(), LENGTHS) + ((EVENT_STATES, EVENT_STATES_LEN) if episodes else ())
     return augment_shards(shards, "text_states", spec, added, compute,
-                          workers, progress, force, identity=("fingerprint", "max_length"),
-                          side_files={EMPTY_FILE: empty_bytes})
+                          workers, progress, force, identity=IDENTITY,
+                          side_files={EMPTY_FILE: empty_bytes}, rank=rank, world=world)

@@ -16,12 +16,19 @@
 # ($WALLWM_EXIT_FILE, one line: finished | requeue | failed), since torchrun reports any
 # failing worker as exit code 1.
 #
+# A lost rank (a worker killed, or a rank that stops because a peer died: the trainer detects
+# it within seconds) makes torchrun start every node's workers again (--max-restarts
+# MAX_RESTARTS, default 3, per node), within the allocation: they resume from the newest complete
+# checkpoint, and the node log and MLflow say which restart it is and how the previous attempt
+# ended. Once the budget is spent the job fails (not requeued).
+#
 # Logs: runs/slurm/<job name>-<job id>/node-<N>.log (one per node, appended across requeues)
 # beside Slurm's own output (%x-%j.out, appended too).
 # Environment knobs: PYTHON (interpreter, default python), NPROC_PER_NODE (default: GPUs on
 # the node, else 1), MASTER_PORT (default 29500), WALLWM_LOG_ROOT (default runs/slurm),
 # SHUTDOWN_TIMEOUT (seconds torchrun waits for the workers to save and exit after a signal
-# before it kills them; default 600, keep it below the --signal lead time).
+# before it kills them; default 600, keep it below the --signal lead time), MAX_RESTARTS
+# (restarts after a lost rank, default 3; 0: a lost rank ends the run).
 #SBATCH --job-name=wallwm-pretrain
 #SBATCH --nodes=2
 #SBATCH --ntasks-per-node=1
@@ -54,6 +61,7 @@ if [ -z "${NPROC_PER_NODE:-}" ]; then
   NPROC_PER_NODE=$("$PYTHON" -c "import torch; print(max(torch.cuda.device_count(), 1))")
 fi
 SHUTDOWN_TIMEOUT=${SHUTDOWN_TIMEOUT:-600}
+MAX_RESTARTS=${MAX_RESTARTS:-3}
 LOG_DIR=${WALLWM_LOG_ROOT:-runs/slurm}/${SLURM_JOB_NAME:-wallwm}-${SLURM_JOB_ID}
 mkdir -p "$LOG_DIR"
 
@@ -62,6 +70,9 @@ export TORCH_NCCL_ASYNC_ERROR_HANDLING=${TORCH_NCCL_ASYNC_ERROR_HANDLING:-1}
 export NCCL_DEBUG=${NCCL_DEBUG:-WARN}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( ${SLURM_CPUS_PER_TASK:-$NPROC_PER_NODE} / NPROC_PER_NODE ))}
 export MLFLOW_DISABLE_TELEMETRY=${MLFLOW_DISABLE_TELEMETRY:-true}
+# restarted workers get a fresh store (rank 0's, on a new port each attempt) instead of the agent's
+# long-lived one, where keys of the attempt that failed (a dead peer's address) are still found
+export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=${TORCH_DISABLE_SHARE_RDZV_TCP_STORE:-1}
 export PYTHONUNBUFFERED=1
 # the trainer's verdict (rank 0 writes it); stale from an earlier run of this job: removed
 export WALLWM_EXIT_FILE="$LOG_DIR/exit-status"
@@ -75,7 +86,8 @@ fi
 
 say() { echo "$(date '+%F %T') job $SLURM_JOB_ID: $*"; }
 say "run ${SLURM_RESTART_COUNT:-0} (requeues so far), $NNODES nodes x $NPROC_PER_NODE processes," \
-    "rendezvous $MASTER_ADDR:$MASTER_PORT, ends ${END_TIME:-?}, logs $LOG_DIR"
+    "rendezvous $MASTER_ADDR:$MASTER_PORT, ends ${END_TIME:-?}, up to $MAX_RESTARTS restart(s) after a lost rank," \
+    "logs $LOG_DIR"
 
 # Arguments travel to every node as one quoted string; SLURM_NODEID is set per node by srun.
 # torchrun forwards SIGUSR1 and SIGTERM to its workers and gives them SHUTDOWN_TIMEOUT s to exit;
@@ -87,6 +99,7 @@ srun --kill-on-bad-exit=1 --ntasks-per-node=1 bash -c "
     --nnodes $NNODES --nproc-per-node $NPROC_PER_NODE \
     --rdzv-backend c10d --rdzv-endpoint $MASTER_ADDR:$MASTER_PORT --rdzv-id $SLURM_JOB_ID \
     --signals-to-handle SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1 --shutdown-timeout $SHUTDOWN_TIMEOUT \
+    --max-restarts $MAX_RESTARTS \
     -m wallwm_pretrain.train $CONFIG_ARGS $ARGS \
     >> \"$LOG_DIR/node-\${SLURM_NODEID:-0}.log\" 2>&1
 " &
@@ -123,6 +136,6 @@ case "$STATUS" in
     scontrol requeue "$SLURM_JOB_ID"
     exit 0 ;;
   *)
-    say "not requeued: the training failed"
+    say "not requeued: the training failed (a lost rank is restarted up to MAX_RESTARTS=$MAX_RESTARTS times first)"
     exit $(( RC == 0 ? 1 : RC )) ;;
 esac

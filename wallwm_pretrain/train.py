@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     from wallwm_pretrain.checkpoint import CheckpointError
     from wallwm_pretrain.data import InputError
     from wallwm_pretrain.parallel import shutdown_parallel
-    from wallwm_pretrain.resilience.exit import EXIT_REQUEUE, write_exit_record
+    from wallwm_pretrain.resilience.exit import stop_exit_code, write_exit_record
     from wallwm_pretrain.resilience.nonfinite import NonFiniteError
     from wallwm_pretrain.resilience.watchdog import PeerFailure
     from wallwm_pretrain.trainer import Trainer
@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         # a launcher behind torchrun sees only torchrun's code: it reads this record instead
         write_exit_record("requeue" if summary.stopped else "finished", summary.end_step, summary.stopped)
     # 75 (EX_TEMPFAIL): saved on request (signal, wall time), not finished: run again to continue
-    return EXIT_REQUEUE if summary.stopped else 0
+    # (0 under torchrun restarts, which would take 75 for a failure: exit.stop_exit_code)
+    return stop_exit_code() if summary.stopped else 0
 
 
 if __name__ == "__main__":

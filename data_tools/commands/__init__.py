@@ -48,3 +48,27 @@ def add_clustering_flags(parser: argparse.ArgumentParser, per: str, trajectory: 
 def add_progress_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true",
                         help="no progress bars (errors and the final summary still print)")
+
+
+def add_rank_flags(parser: argparse.ArgumentParser) -> None:
+    """--rank/--world/--finalize of the verbs that run a frozen model over finished shards."""
+    parser.add_argument("--rank", type=int, default=None,
+                        help="this process's share of the shards: shard i goes to rank i %% world "
+                             "(default: $RANK of torchrun, else $SLURM_PROCID of srun, else 0)")
+    parser.add_argument("--world", type=int, default=None,
+                        help="processes sharing the work, e.g. nodes (default: $WORLD_SIZE, else "
+                             "$SLURM_NTASKS, else 1). With more than one, ranks leave index.json alone "
+                             "and record their shards beside it; --finalize then updates it")
+    parser.add_argument("--finalize", action="store_true",
+                        help="after all ranks: check that every shard was done exactly once and write "
+                             "index.json (no model is loaded; the model flags may be left out)")
+
+
+def resolve_ranks(args: argparse.Namespace) -> tuple[int, int]:
+    """(rank, world) of a verb with :func:`add_rank_flags`, printed when several."""
+    from ..ranks import rank_and_world
+
+    rank, world, where = rank_and_world(args.rank, args.world)
+    if world > 1:
+        print(f"rank {rank} of {world} (from {where})", flush=True)
+    return rank, world

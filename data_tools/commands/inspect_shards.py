@@ -7,6 +7,7 @@ histograms as PNG (per level, and per action cluster). Also available as `stats`
 example:
   python -m data_tools inspect --shards data/shards/smoke
   python -m data_tools stats --shards data/shards/smoke --plots /tmp/plots --examples 5 --json
+  python -m data_tools inspect --shards s3://bucket/shards/smoke --plots /tmp/plots
 """
 
 from __future__ import annotations
@@ -15,12 +16,15 @@ import argparse
 import json
 from pathlib import Path
 
+from ..shardread import location
 from . import add_verb_parser
 
 
 def add_parser(subparsers) -> None:
     p = add_verb_parser(subparsers, "inspect", __doc__, aliases=["stats"])
-    p.add_argument("--shards", type=Path, required=True, help="shard folder with index.json")
+    p.add_argument("--shards", type=location, required=True,
+                   help="shard folder with index.json: a path, s3://bucket/prefix, http(s)://host/prefix or "
+                        "pipe:COMMAND with {name} for the file (credentials from the environment / AWS config)")
     p.add_argument("--plots", type=Path, default=None,
                    help="folder for the PNG histograms (default: <shards>.inspect beside the "
                         "shard folder)")
@@ -37,6 +41,8 @@ def run(args: argparse.Namespace) -> int:
     report = inspect_shards(args.shards, args.examples)
     plots = []
     if not args.no_plots:
+        if args.plots is None and not isinstance(args.shards, Path):
+            raise SystemExit("inspect: --plots (or --no-plots) is needed for a remote --shards")
         target = args.plots or args.shards.parent / f"{args.shards.name}.inspect"
         plots = save_plots(report, target)
     if args.json:

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from wallwm_pretrain.config import ConfigError, load_config, parse_duration
-from wallwm_pretrain.resilience.exit import write_exit_record
+from wallwm_pretrain.resilience.exit import restart_attempt, stop_exit_code, write_exit_record
 from wallwm_pretrain.resilience.stop import Deadline, StopRequests
 
 
@@ -62,3 +62,20 @@ def test_exit_record(tmp_path, monkeypatch):
     assert target.read_text() == "requeue step=14 reason=wall_time\n"
     with pytest.raises(ValueError):
         write_exit_record("maybe", 1)
+
+
+def test_a_restarted_worker_knows_its_attempt_and_how_the_last_one_ended(tmp_path, monkeypatch):
+    target = tmp_path / "exit-status"
+    monkeypatch.setenv("WALLWM_EXIT_FILE", str(target))
+    for name in ("TORCHELASTIC_RESTART_COUNT", "TORCHELASTIC_MAX_RESTARTS"):
+        monkeypatch.delenv(name, raising=False)
+    assert restart_attempt() is None and stop_exit_code() == 75  # not under torchrun
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
+    monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "3")
+    assert restart_attempt() is None  # a first start
+    assert stop_exit_code() == 0  # torchrun would restart on 75; the record says requeue instead
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "2")
+    attempt, budget, before = restart_attempt()
+    assert (attempt, budget) == (2, 3) and before.startswith("no exit record (a rank was killed")
+    write_exit_record("failed", -1, "peer failure")
+    assert restart_attempt() == (2, 3, "failed step=-1 reason=peer_failure")

@@ -69,7 +69,16 @@ class DataConfig:
     """Where training samples come from and how they are batched."""
 
     shards: str = "data/shards/smoke"
-    """Folder holding WebDataset ``*.tar`` shards and their ``index.json`` (from build-shards)."""
+    """Folder holding WebDataset ``*.tar`` shards and their ``index.json`` (from build-shards): a
+    path, ``s3://bucket/prefix`` (credentials and endpoint from the environment or the AWS
+    config: ``AWS_PROFILE``, ``AWS_ACCESS_KEY_ID``, ``AWS_ENDPOINT_URL``...), ``http(s)://host/prefix``
+    or ``pipe:COMMAND`` whose ``{name}`` the loader replaces by ``index.json`` or a shard's name
+    (e.g. ``pipe:aws s3 cp s3://bucket/prefix/{name} -``)."""
+    cache_dir: str = ""
+    """Node-local folder for copies of remote shards (read from there in later epochs and by the
+    node's other readers); empty = stream remote shards without keeping them."""
+    cache_max_gb: float = 100.0
+    """Size bound of ``cache_dir`` (GB, 1e9 bytes); least recently used shards are deleted."""
     batch_size: int = 8
     """Samples per rank per optimizer step."""
     num_workers: int = 0
@@ -116,6 +125,8 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.verify not in ("size", "sha256", "none"):
             raise ConfigError(f"data.verify must be size, sha256 or none, got {self.verify!r}")
+        if self.cache_max_gb <= 0:
+            raise ConfigError(f"data.cache_max_gb must be > 0, got {self.cache_max_gb}")
         if self.max_bad_samples < 0:
             raise ConfigError(f"data.max_bad_samples must be >= 0, got {self.max_bad_samples}")
         if self.mode not in DATA_MODES:

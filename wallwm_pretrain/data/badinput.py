@@ -79,7 +79,7 @@ class SkipCounter:
         return report
 
 
-def read_shards(urls: Iterable[str], counter: SkipCounter, epoch: int) -> Iterator[dict]:
+def read_shards(urls: Iterable[str], counter: SkipCounter, epoch: int, cache=None) -> Iterator[dict]:
     """Crude samples of each shard in turn; a quarantined shard is not opened after the epoch
     it was found in (in that epoch it is read again up to the damage, so a resumed epoch sees
     exactly the samples the first run saw)."""
@@ -88,7 +88,7 @@ def read_shards(urls: Iterable[str], counter: SkipCounter, epoch: int) -> Iterat
         if found is not None and found < epoch:
             continue
         try:
-            yield from read_tar(url)
+            yield from read_tar(url, cache)
         except ShardError as exc:
             counter.bad_shard(url, exc)
 

@@ -12,11 +12,11 @@ them set explicitly.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 from wallwm_pretrain.config import AUTO, DATA_DIMS, Config, ConfigError, validate
 from wallwm_pretrain.data.extras import check_video_input
 from wallwm_pretrain.data.index import INDEX_FILE, read_index
+from wallwm_pretrain.data.source import file_url
 
 
 def index_dims(index: dict) -> dict[str, int]:
@@ -47,7 +47,7 @@ def resolve_data_dims(cfg: Config, index: dict | None = None) -> Config:
         if value == AUTO:
             if found is None:
                 raise ConfigError(
-                    f"model.{name}=auto but {Path(folder) / INDEX_FILE} records no "
+                    f"model.{name}=auto but {file_url(folder, INDEX_FILE)} records no "
                     f"{'views' if name == 'num_views' else name}; set model.{name} explicitly"
                 )
             resolved[name] = found
@@ -76,7 +76,7 @@ def _conditioner_text_dim(cfg: Config, index: dict):
     c = cfg.model.conditioner
     spec = index.get("text_states")
     found = spec.get("dim") if isinstance(spec, dict) and spec.get("complete") else None
-    where = Path(cfg.data.shards) / INDEX_FILE
+    where = file_url(cfg.data.shards, INDEX_FILE)
     if found is None and c.l_align > 0:
         raise ConfigError(
             f"model.kind=conditioner trains the alignment head on the text encoder's states of each caption, "

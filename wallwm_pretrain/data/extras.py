@@ -14,7 +14,6 @@ data_tools/README.md). Here the loader decides, once per run, what it reads:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -23,6 +22,7 @@ from wallwm_pretrain.config import ConfigError
 from wallwm_pretrain.data.errors import InputError, ShardError
 from wallwm_pretrain.data.index import INDEX_FILE
 from wallwm_pretrain.data.npy import load_npy
+from wallwm_pretrain.data.source import file_url, read_file
 
 
 @dataclass(frozen=True)
@@ -35,11 +35,11 @@ class Extras:
     """float16 [L_0, D]: read the ``*_states.npy`` members; a dropped caption becomes these."""
 
 
-def check_video_input(folder: str | Path, index: dict, video_input: str, frame_stride: int) -> None:
+def check_video_input(folder: str, index: dict, video_input: str, frame_stride: int) -> None:
     """ConfigError (one line, naming the folder) unless the shards can feed ``video_input``."""
     if video_input != "latents":
         return
-    where = Path(folder) / INDEX_FILE
+    where = file_url(folder, INDEX_FILE)
     spec = index.get("latents")
     if not isinstance(spec, dict) or not spec.get("complete"):
         state = "records latents for only some shards" if isinstance(spec, dict) else "records no VAE latents"
@@ -54,16 +54,17 @@ def check_video_input(folder: str | Path, index: dict, video_input: str, frame_s
         )
 
 
-def load_extras(folder: str | Path, index: dict, video_input: str, frame_stride: int) -> Extras:
+def load_extras(folder: str, index: dict, video_input: str, frame_stride: int) -> Extras:
     check_video_input(folder, index, video_input, frame_stride)
     empty = None
     spec = index.get("text_states")
     if isinstance(spec, dict) and spec.get("complete"):
-        path = Path(folder) / str((spec.get("empty") or {}).get("file", "empty_text_states.npy"))
+        name = str((spec.get("empty") or {}).get("file", "empty_text_states.npy"))
+        path = file_url(folder, name)
         try:
-            empty = load_npy(path.read_bytes())
+            empty = load_npy(read_file(folder, name))
         except FileNotFoundError:
-            raise ShardError(f"{path} not found: {Path(folder) / INDEX_FILE} records text states; "
+            raise ShardError(f"{path} not found: {file_url(folder, INDEX_FILE)} records text states; "
                              "re-run `python -m data_tools embed-captions`") from None
         except (OSError, InputError) as exc:
             raise ShardError(f"{path}: cannot read ({exc})") from None

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from wallwm_pretrain.data.errors import ShardError
+from wallwm_pretrain.data.source import check_location, file_url, read_file, sizes
 from wallwm_pretrain.data.textread import load_json
 
 INDEX_FILE = "index.json"
@@ -100,18 +101,13 @@ def _check_dims(index: dict, where: str) -> None:
         raise ShardError(f"{where}: 'views' must be a non-empty list of view names, got {views!r:.80}")
 
 
-def _is_file(path: Path) -> bool:
-    try:
-        return path.is_file()
-    except OSError:  # a name the file system cannot hold (too long, bad bytes)
-        return False
-
-
 def read_index(folder: str | Path) -> dict:
-    """The checked index of a shard folder; :class:`ShardError` names the file and the key."""
-    path = Path(folder) / INDEX_FILE
+    """The checked index of a shard folder (a path or a URL, ``source.py``); :class:`ShardError`
+    names the file and the key."""
+    check_location(folder)
+    path = file_url(folder, INDEX_FILE)
     try:
-        raw = path.read_bytes()
+        raw = read_file(folder, INDEX_FILE)
     except FileNotFoundError:
         raise ShardError(
             f"{path} not found: data.shards must name a folder written by `python -m data_tools build-shards`"
@@ -127,7 +123,8 @@ def read_index(folder: str | Path) -> dict:
     _check_stats(index.get("stats"), str(path))
     _check_counts(index, str(path))
     _check_dims(index, str(path))
-    missing = [s["name"] for s in index["shards"] if not _is_file(Path(folder) / s["name"])]
+    found = sizes(folder, [s["name"] for s in index["shards"]])  # None: a pipe: cannot be listed
+    missing = [name for name, size in (found or {}).items() if size is None]
     if missing:
         raise ShardError(f"{folder}: shards listed in index.json are missing: {[m[:80] for m in missing[:5]]}")
     return index

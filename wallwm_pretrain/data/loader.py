@@ -42,12 +42,14 @@ from wallwm_pretrain.data.badinput import (
     BadInputError, Known, SkipCounter, SkipReport, cook_or_skip, read_shards, report_skips,
 )
 from wallwm_pretrain.batch import Batch
+from wallwm_pretrain.data.cache import ShardCache
 from wallwm_pretrain.data.cookers import Normalizer, TrainSample
 from wallwm_pretrain.data.decode import decode_sample
 from wallwm_pretrain.data.errors import ShardError
 from wallwm_pretrain.data.extras import load_extras
 from wallwm_pretrain.data.index import read_index
 from wallwm_pretrain.data.modes import check_shard_kind, mode_of
+from wallwm_pretrain.data.source import file_url, is_remote
 from wallwm_pretrain.data.tarread import read_tar
 from wallwm_pretrain.data.verify import verify_shards
 
@@ -63,11 +65,12 @@ def read_cooked(
     mode the samples are ``conditioner.ConditionerSample``."""
     index = read_index(folder)
     check_shard_kind(folder, index, cfg.mode)
-    urls = [str(Path(folder) / s["name"]) for s in index["shards"]]
+    urls = [file_url(folder, s["name"]) for s in index["shards"]]
     cooker = mode_of(cfg.mode).cooker(cfg, caption_max_bytes, norm,
                                       load_extras(folder, index, video_input, frame_stride), frame_stride)
+    cache = shard_cache(cfg)
     for url in urls:
-        for crude in read_tar(url):
+        for crude in read_tar(url, cache):
             yield from cooker(decode_sample(crude), epoch=0)
 
 
@@ -77,8 +80,15 @@ def _split_by_rank(src: Iterable[dict], rank: int, world: int) -> Iterator[dict]
             yield item
 
 
-def _read_listed(src: Iterable[dict], counter: SkipCounter, epoch: int) -> Iterator[dict]:
-    return read_shards((item["url"] for item in src), counter, epoch)
+def _read_listed(src: Iterable[dict], counter: SkipCounter, epoch: int, cache: Optional[ShardCache]) -> Iterator[dict]:
+    return read_shards((item["url"] for item in src), counter, epoch, cache)
+
+
+def shard_cache(cfg: DataConfig) -> Optional[ShardCache]:
+    """The node-local cache of remote shards (``data.cache_dir``), or None."""
+    if not cfg.cache_dir or not is_remote(cfg.shards):
+        return None
+    return ShardCache(cfg.cache_dir, int(cfg.cache_max_gb * 1e9))
 
 
 def _shuffle(src: Iterable, bufsize: int, seed: tuple[int, ...]) -> Iterator:
@@ -116,8 +126,10 @@ class EventLoader:
         self.index = read_index(cfg.shards)
         check_shard_kind(cfg.shards, self.index, cfg.mode)
         self.extras = load_extras(cfg.shards, self.index, video_input, frame_stride)
-        verify_shards(cfg.shards, self.index, cfg.verify)
-        self.urls = [str(Path(cfg.shards) / s["name"]) for s in self.index["shards"]]
+        self.cache = shard_cache(cfg)
+        verify_shards(cfg.shards, self.index, cfg.verify, self.cache)
+        self.urls = [file_url(cfg.shards, s["name"]) for s in self.index["shards"]]
+        self.names = {file_url(cfg.shards, s["name"]): s["name"] for s in self.index["shards"]}
         readers = dp_size * max(cfg.num_workers, 1)
         if len(self.urls) < readers:
             raise ShardError(
@@ -141,17 +153,17 @@ class EventLoader:
     def pipeline(self, epoch: int) -> wds.DataPipeline:
         urls = list(self.urls)
         random.Random(self.cfg.seed * 1_000_003 + epoch).shuffle(urls)
-        folder = Path(self.cfg.shards)
         known = Known(
-            frozenset(str(folder / i) for i in self.bad_sample_ids),
-            {str(folder / name): found for name, found in self.quarantined.items()},
+            frozenset(f"{file_url(self.cfg.shards, name)}#{key}"
+                      for name, _, key in (i.rpartition("#") for i in self.bad_sample_ids)),
+            {file_url(self.cfg.shards, name): found for name, found in self.quarantined.items()},
         )
         counter = SkipCounter(self.cfg.max_bad_samples, known)
         filters: list = [
             wds.SimpleShardList(urls),
             functools.partial(_split_by_rank, rank=self.dp_rank, world=self.dp_size),
             wds.split_by_worker,
-            functools.partial(_read_listed, counter=counter, epoch=epoch),
+            functools.partial(_read_listed, counter=counter, epoch=epoch, cache=self.cache),
         ]
         if self.balance is not None and self.window_spec is None:
             filters.append(functools.partial(self.balance.sample_filter, epoch=epoch))
@@ -184,15 +196,16 @@ class EventLoader:
         return self
 
     def _count(self, report: SkipReport) -> None:
-        """Count each problem a reader reports once per run (ids are relative to the folder)."""
-        folder = Path(self.cfg.shards)
+        """Count each problem a reader reports once per run (ids are relative to the folder:
+        ``shard name#key``, so a run may move its shards, e.g. to a bucket, and resume)."""
         for ident in report.bad_samples:
-            rel = ident.removeprefix(f"{folder}/")
+            url, _, key = ident.rpartition("#")
+            rel = f"{self.names.get(url, url)}#{key}"
             if rel not in self.bad_sample_ids:
                 self.bad_sample_ids.add(rel)
                 self.bad_samples += 1
         for url in report.quarantined:
-            name = Path(url).name
+            name = self.names.get(url, url)
             if name not in self.quarantined:
                 self.quarantined[name] = self.epoch
                 self.bad_samples += 1

@@ -9,8 +9,9 @@ different error), and so that a member's declared size is checked against the fi
 before anything is read (a lying header cannot cause a huge allocation).
 
 The same walk over the headers, without reading payloads, is :func:`scan_tar`, which the loader
-uses to verify shards against index.json before training starts. Trade-off: the tar is read
-with random access, so shards must be local or mounted files, not streamed URLs.
+uses to verify shards against index.json before training starts. The tar is read with random
+access; ``source.py`` opens local files, remote objects (seekable through range requests) and
+``pipe:`` commands (copied to a local file first) alike, so the checks are the same for all.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from __future__ import annotations
 import re
 import tarfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import BinaryIO, Iterator
 
 from wallwm_pretrain.data.errors import ShardError
+from wallwm_pretrain.data.source import open_shard
 
 # WebDataset's split of a member path into (sample key, extension)
 _KEY_EXT = re.compile(r"^((?:.*/|)[^./]+)[.]([^/]*)$")
@@ -40,6 +41,8 @@ def _members(fh: BinaryIO, url: str, size: int) -> Iterator[tuple[str, str, tarf
             while True:
                 try:
                     info = tar.next()
+                except ShardError:  # the remote file gave up (named already)
+                    raise
                 except (tarfile.TarError, EOFError, ValueError, OverflowError) as exc:
                     raise ShardError(f"{url}: unreadable tar after {tar.offset} bytes ({exc})") from None
                 if info is None:
@@ -68,17 +71,9 @@ def _members(fh: BinaryIO, url: str, size: int) -> Iterator[tuple[str, str, tarf
         raise ShardError(f"{url}: not a readable tar ({exc})") from None
 
 
-def _open(url: str) -> tuple[BinaryIO, int]:
-    try:
-        fh = open(url, "rb")
-    except OSError as exc:
-        raise ShardError(f"{url}: cannot open ({exc.strerror or exc})") from None
-    return fh, Path(url).stat().st_size
-
-
-def scan_tar(url: str) -> TarScan:
+def scan_tar(url: str, cache=None) -> TarScan:
     """Samples and members of a tar from its headers alone (payloads are skipped)."""
-    fh, size = _open(url)
+    fh, size = open_shard(url, cache)
     with fh:
         keys, members, last = 0, 0, None
         for key, _, _ in _members(fh, url, size):
@@ -88,10 +83,11 @@ def scan_tar(url: str) -> TarScan:
     return TarScan(samples=keys, members=members)
 
 
-def read_tar(url: str) -> Iterator[dict]:
+def read_tar(url: str, cache=None) -> Iterator[dict]:
     """Crude samples of one tar, in file order; :class:`ShardError` on a damaged tar (the
-    sample being assembled when the damage is found is not yielded)."""
-    fh, size = _open(url)
+    sample being assembled when the damage is found is not yielded). ``cache``: the node-local
+    :class:`~wallwm_pretrain.data.cache.ShardCache` for remote shards, or None."""
+    fh, size = open_shard(url, cache)
     with fh:
         current: dict | None = None
         for key, ext, info in _members(fh, url, size):

@@ -45,6 +45,7 @@ from wallwm_pretrain.parallel.parallelize import unwrap_model
 from wallwm_pretrain.parallel.pipeline import PipelineSchedule, build_pipeline_chunks, parallelize_chunks
 from wallwm_pretrain.parallel.state import optimizer_groups, sum_over_pipeline
 from wallwm_pretrain.resilience.agree import agree
+from wallwm_pretrain.resilience.exit import restart_attempt
 from wallwm_pretrain.resilience.nonfinite import NonFiniteError, SkipBook, is_finite
 from wallwm_pretrain.resilience.stop import Deadline, StopRequests
 from wallwm_pretrain.resilience.watchdog import Watchdog
@@ -152,6 +153,21 @@ class Trainer:
             totals = {s: sum(v for k, v in self.part_counts.items() if k.startswith(f"{s}."))
                       for s in ("trained", "frozen")}
             self.tracker.log_params({f"params.{k}": v for k, v in {**self.part_counts, **totals}.items()})
+        self._note_restart()
+
+    def _note_restart(self) -> None:
+        """A worker that torchrun started again after a failure says so, with how the previous
+        attempt ended, in the log and in MLflow (``restart.N.*`` params, metric ``restarts``)."""
+        restart = restart_attempt()
+        if restart is None:
+            return
+        attempt, budget, before = restart
+        where = f"resumed from {self.resumed_from} at step {self.step}" if self.resumed_from else \
+            "no checkpoint yet: started over"
+        log.warning("restart %d of %d (torchrun --max-restarts) after: %s; %s", attempt, budget, before, where)
+        self.tracker.log_params({f"restart.{attempt}.after": before,
+                                 f"restart.{attempt}.resumed_from": self.resumed_from or "none"})
+        self.tracker.log_metrics({"restarts": float(attempt)}, self.step)
 
     def _parameter_counts(self) -> dict[str, int]:
         """Parameters of the whole pipeline (this rank's tensor-parallel slices), per tower."""
