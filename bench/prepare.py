@@ -10,6 +10,13 @@ load excluded: they do not grow with the data); on one machine two ranks split i
 threads = cores / ranks), as a cluster's ranks would each have their own node. Prints samples/s of each process and of the
 whole job, and the ratio (b)/(a) of the job's samples/s; checks that (b) gives the same folder as
 (a), byte for byte. Runs on CPU; on a GPU machine pass ``--device cuda``.
+
+Then, for the real model, the hours of video one GPU encodes per day with the Wan2.2 TI2V-5B VAE
+(``wallwm_pretrain/plan/vae.py``: the encoder's FLOPs counted on meta tensors by
+``torch.utils.flop_counter`` through diffusers' own ``AutoencoderKLWan``), for 121-frame clips at
+24 fps (Wan2.2's own sampling setting) per camera at 704x1280 and at a robot camera's 480x640, on
+an H100/H200's 989 dense bf16 TFLOP/s at 30% and 50% utilisation: a bound from arithmetic, not a
+measurement (``--vae-only`` prints just this table).
 """
 
 from __future__ import annotations
@@ -73,6 +80,7 @@ def main() -> None:
     p.add_argument("--samples-per-shard", type=int, default=8, help="events per shard (default 8)")
     p.add_argument("--repeats", type=int, default=2, help="repeats; the best of each is kept (default 2)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--vae-only", action="store_true", help="only the Wan2.2 VAE hours-per-GPU-day table")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--shards", help=argparse.SUPPRESS)
     p.add_argument("--vae", help=argparse.SUPPRESS)
@@ -82,6 +90,25 @@ def main() -> None:
     if args.child:
         child(args)
         return
+    if not args.vae_only:
+        measure(args)
+    wan22_table()
+
+
+def wan22_table(frames: int = 121, fps: float = 24.0, peak_tflops: float = 989.0) -> None:
+    from wallwm_pretrain.plan.vae import WAN22_VAE, vae_encode_flops, video_hours_per_gpu_day
+
+    print(f"\nWan2.2 TI2V-5B VAE encoder, {frames}-frame clips at {fps:g} fps, one camera, {peak_tflops:g} TFLOP/s peak:")
+    print("| frame size | encoder TFLOP per clip | TFLOP per second of video | video hours / GPU-day at 30% | at 50% |")
+    print("|---|---|---|---|---|")
+    for h, w in ((704, 1280), (480, 640)):
+        flops = vae_encode_flops(WAN22_VAE, frames, h, w)
+        seconds = frames / fps
+        hours = [video_hours_per_gpu_day(flops, seconds, peak_tflops, u) for u in (0.3, 0.5)]
+        print(f"| {h}x{w} | {flops / 1e12:.1f} | {flops / 1e12 / seconds:.1f} | {hours[0]:.0f} | {hours[1]:.0f} |")
+
+
+def measure(args: argparse.Namespace) -> None:
 
     from data_tools.shards import build_shards
     from data_tools.synthworld import synthesize

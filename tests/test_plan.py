@@ -205,3 +205,25 @@ def test_context_parallel_divides_the_layers_activations(capsys):
     assert "4 ranks = TP 1 x PP 1 x CP 2 x DP 2" in out2
     assert (w2, g2, a2) == (w1, g1, a1)  # weights replicated over CP; AdamW sharded over DP x CP = 4 either way
     assert act1 / 2 < act2 < act1 and full1 / 2 < full2 < full1
+
+
+def test_vae_encoder_flops_on_meta_equal_the_real_encoder_and_grow_per_four_frames():
+    """The Wan VAE's encoder FLOPs counted on meta tensors (what the Wan2.2 table of
+    bench/prepare.py uses) equal the count of a real encode on CPU for make-tiny's VAE; the
+    causal encoder costs the first frame alone, then the same per 4 more frames."""
+    from wallwm_pretrain.convert.tiny import VAE
+    from wallwm_pretrain.plan.vae import WAN22_VAE, vae_encode_flops, video_hours_per_gpu_day
+
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    meta = [vae_encode_flops(VAE, f, 32, 32) for f in (1, 5, 9)]
+    # the real encoder on CPU, with attention in its math form: torch's FLOP counter has no
+    # formula for the CPU flash kernel, so that kernel's matmuls would go uncounted
+    with sdpa_kernel(SDPBackend.MATH):
+        real = vae_encode_flops(VAE, 5, 32, 32, device="cpu")
+    assert meta[1] == real > 0
+    assert meta[2] - meta[1] == meta[1] - meta[0] > 0
+    assert vae_encode_flops(WAN22_VAE, 1, 64, 64) > 50 * vae_encode_flops(VAE, 1, 64, 64)
+    assert video_hours_per_gpu_day(2e15, 5.0, 1000.0, 0.5) == pytest.approx(86_400 * 0.25 * 5.0 / 3600)
+    with pytest.raises(ValueError, match="1 \\+ 4k frames"):
+        vae_encode_flops(VAE, 4, 32, 32)
