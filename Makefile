@@ -104,7 +104,7 @@ slurm-deps:
 
 test: $(READY) slurm-deps
 	$(PYTHON) -c "from importlinter.cli import lint_imports_command; lint_imports_command(['--no-cache'])"  # architecture contracts: .importlinter
-	$(PYTHON) -m pytest -q tests
+	$(PYTHON) -m pytest -q --durations=25 tests  # the slowest tests are listed at the end: the suite must stay inside CI's budget
 
 ablation: $(READY)
 	$(PYTHON) bench/ablation.py
