@@ -106,9 +106,10 @@ def write_shards(
     return folder
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def shard_writer():
-    """The :func:`write_shards` helper (fixtures are importable under --import-mode=importlib)."""
+    """The :func:`write_shards` helper (fixtures are importable under --import-mode=importlib, where
+    ``from conftest import`` may find another folder's conftest)."""
     return write_shards
 
 

@@ -34,6 +34,6 @@ def test_the_plan_covers_the_wan_path(capsys):
     args = ["--config", PRESET, "--gpus", "8", "parallel.tp=2", "--latent-size", "44x80", *DIMS]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "video_tower 5.000B" in out and "8 ranks = TP 2 x PP 1 x DP 4" in out
+    assert "video_tower 5.000B" in out and "8 ranks = TP 2 x PP 1 x CP 1 x DP 4" in out
     assert main(["--config", PRESET, *DIMS]) == 2  # no latent size: one line naming the option
     assert "--latent-size" in capsys.readouterr().err

@@ -74,17 +74,15 @@ def _latent_shards(tiny, folder, shard_writer):
 
 
 @pytest.fixture(scope="module")
-def trained_wan(tiny, tmp_path_factory):
+def trained_wan(tiny, tmp_path_factory, shard_writer):
     """Three steps of a two-view tiny Wan run from the converted diffusers tower (sharded checkpoint, the default)."""
-    from conftest import write_shards
-
     from wallwm_pretrain.config import load_config
     from wallwm_pretrain.parallel import shutdown_parallel
     from wallwm_pretrain.trainer import Trainer
 
     root = tmp_path_factory.mktemp("trained_wan")
     torch.set_num_threads(1)
-    shards = _latent_shards(tiny, root / "shards", write_shards)
+    shards = _latent_shards(tiny, root / "shards", shard_writer)
     init = root / "init"
     assert convert(["wan", "--src", str(tiny / "transformer"), "--out", str(init), "--num-views", "2",
                     "model.video_input=latents", f"data.shards={shards}", *ACTION]) == 0
