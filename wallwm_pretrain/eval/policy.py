@@ -68,31 +68,13 @@ def read_stats(path: str | Path) -> dict:
     return data
 
 
-class CheckpointPolicy:
-    """Plans an event (or chunk) from the current observation with a trained model.
+class PolicyBase:
+    """What every checkpoint policy shares, whichever video tower it drives: the plan mode (the
+    checkpoint's, or another that shares the towers), the horizon in whole latent frames, the
+    statistics' check, the observation's shape and the episode's noise stream. A subclass checks
+    its model first, then calls :meth:`_setup`, and adds how observations and captions go in."""
 
-    Args:
-        model: the whole model, eval mode; cfg: its run config.
-        index: the training shards' ``index.json`` (statistics, views).
-        denoise_steps: Euler steps per plan.
-        mode: the mode to plan in (default the checkpoint's ``data.mode``). The towers are one
-            backbone for both inference modes: an event-mode checkpoint may plan unified chunks
-            and a unified-mode one whole events (with the horizons and history of its config);
-            chunk mode (the baseline) stays as trained.
-    """
-
-    # the model this policy drives: the small towers (pixels in, byte captions). The Wan towers'
-    # policy (the VAE encodes each observation, UMT5 each caption) is eval/wan_policy.py, with the
-    # same planning methods; load_policy there picks between them by the checkpoint's config.
-    MODEL = ("towers", "small")
-
-    def __init__(self, model, cfg: Config, index: dict, denoise_steps: int = 10, mode: str | None = None) -> None:
-        kind, tower = cfg.model.kind, cfg.model.video_tower
-        if (kind, tower) != self.MODEL:
-            what = f"{kind} with video_tower={tower}" if kind == self.MODEL[0] else kind
-            hint = " (eval.wan_policy.load_policy plans with it)" if (kind, tower) == ("towers", "wan") else ""
-            raise PolicyError(f"the checkpoint policy runs the small towers (pixels in, byte captions); this "
-                              f"checkpoint is {what}{hint}")
+    def _setup(self, model, cfg: Config, index: dict, denoise_steps: int, mode: str | None) -> None:
         self.model, self.cfg, self.index = model, cfg, index
         self.norm = Normalizer.from_index(index)
         self.denoise_steps = denoise_steps
@@ -110,12 +92,6 @@ class CheckpointPolicy:
             got = index.get(name)
             if got is not None and got != want:
                 raise PolicyError(f"the statistics' {name} is {got} but the model's is {want}: wrong --stats?")
-
-    @classmethod
-    def load(cls, ckpt: str | Path, stats: str | Path | None = None, device: str = "cpu",
-             denoise_steps: int = 10, mode: str | None = None) -> "CheckpointPolicy":
-        model, cfg = load_model(ckpt, device)
-        return cls(model, cfg, read_stats(stats or cfg.data.shards), denoise_steps, mode)
 
     @property
     def mode(self) -> str:
@@ -150,15 +126,49 @@ class CheckpointPolicy:
         """The sampling-noise stream of one episode: every plan of the episode draws from it."""
         return torch.Generator(device=self.device).manual_seed(seed)
 
-    def caption_tokens(self, text: str) -> torch.Tensor:
-        return torch.from_numpy(encode_caption(text, self.cfg.model.caption_max_bytes))[None].to(self.device)
-
     def check_observation(self, frame: np.ndarray, state: np.ndarray) -> None:
         want = (self.num_views, self.image_size, self.image_size, 3)
         if frame.shape != want:
             raise PolicyError(f"observation frame has shape {frame.shape}, the model expects {want}")
         if state.shape != (self.state_dim,):
             raise PolicyError(f"state has shape {state.shape}, the model expects ({self.state_dim},)")
+
+
+class CheckpointPolicy(PolicyBase):
+    """Plans an event (or chunk) from the current observation with a trained model.
+
+    Args:
+        model: the whole model, eval mode; cfg: its run config.
+        index: the training shards' ``index.json`` (statistics, views).
+        denoise_steps: Euler steps per plan.
+        mode: the mode to plan in (default the checkpoint's ``data.mode``). The towers are one
+            backbone for both inference modes: an event-mode checkpoint may plan unified chunks
+            and a unified-mode one whole events (with the horizons and history of its config);
+            chunk mode (the baseline) stays as trained.
+    """
+
+    # the model this policy drives: the small towers (pixels in, byte captions). The Wan towers'
+    # policy (the VAE encodes each observation, UMT5 each caption) is eval/wan_policy.py, with the
+    # same planning methods; load_policy there picks between them by the checkpoint's config.
+    MODEL = ("towers", "small")
+
+    def __init__(self, model, cfg: Config, index: dict, denoise_steps: int = 10, mode: str | None = None) -> None:
+        kind, tower = cfg.model.kind, cfg.model.video_tower
+        if (kind, tower) != self.MODEL:
+            what = f"{kind} with video_tower={tower}" if kind == self.MODEL[0] else kind
+            hint = " (eval.wan_policy.load_policy plans with it)" if (kind, tower) == ("towers", "wan") else ""
+            raise PolicyError(f"the checkpoint policy runs the small towers (pixels in, byte captions); this "
+                              f"checkpoint is {what}{hint}")
+        self._setup(model, cfg, index, denoise_steps, mode)
+
+    @classmethod
+    def load(cls, ckpt: str | Path, stats: str | Path | None = None, device: str = "cpu",
+             denoise_steps: int = 10, mode: str | None = None) -> "CheckpointPolicy":
+        model, cfg = load_model(ckpt, device)
+        return cls(model, cfg, read_stats(stats or cfg.data.shards), denoise_steps, mode)
+
+    def caption_tokens(self, text: str) -> torch.Tensor:
+        return torch.from_numpy(encode_caption(text, self.cfg.model.caption_max_bytes))[None].to(self.device)
 
     def plan(self, frame: np.ndarray, state: np.ndarray, caption: str, generator: torch.Generator) -> Plan:
         """Denoise ``self.horizon`` steps from this observation.

@@ -20,9 +20,7 @@ import numpy as np
 import torch
 
 from wallwm_pretrain.config import Config
-from wallwm_pretrain.data.cookers import Normalizer
-from wallwm_pretrain.data.modes import MODES, mode_of
-from wallwm_pretrain.eval.policy import ChunkContext, Plan, PolicyError
+from wallwm_pretrain.eval.policy import ChunkContext, Plan, PolicyBase, PolicyError
 from wallwm_pretrain.eval.wan_sampler import WanSample, sample_wan
 from wallwm_pretrain.model.wan.frozen import FrozenWan, frozen_wan
 
@@ -39,7 +37,7 @@ def frozen_of(index: dict, device: str = "cpu") -> FrozenWan:
     return frozen_wan(lat["source"], text["source"], text.get("tokenizer"), device, int(text.get("max_length", 512)))
 
 
-class WanPolicy:
+class WanPolicy(PolicyBase):
     """Plans an event (or chunk) from the current observation with a Wan-tower model.
 
     Args:
@@ -59,70 +57,21 @@ class WanPolicy:
         if (kind, tower) != self.MODEL:
             raise PolicyError(f"the Wan-tower policy runs model.video_tower=wan towers; this checkpoint is {kind} "
                               f"with video_tower={tower}")
-        self.model, self.cfg, self.index = model, cfg, index
-        self.norm = Normalizer.from_index(index)
-        self.denoise_steps, self.scheduler = denoise_steps, scheduler
-        self.device = next(model.parameters()).device
+        self._setup(model, cfg, index, denoise_steps, mode)
+        self.scheduler = scheduler
         self.frozen = frozen if frozen is not None else frozen_of(index, str(self.device))
-        trained = mode_of(cfg.data.mode)
-        self.plan_mode = mode_of(mode) if mode else trained
-        if self.plan_mode is not trained and not (self.plan_mode.shares_towers and trained.shares_towers):
-            shared = " and ".join(m.name for m in MODES.values() if m.shares_towers)
-            raise PolicyError(f"a {trained.name}-mode checkpoint cannot plan in {self.plan_mode.name} mode ({shared} "
-                              "mode share the towers; the other modes plan as trained)")
-        k = cfg.model.frame_stride
-        if self.frozen.temporal != k:
+        if self.frozen.temporal != cfg.model.frame_stride:
             raise PolicyError(f"the VAE compresses {self.frozen.temporal} frames per latent frame, the model's "
-                              f"model.frame_stride is {k}")
-        self.horizon = -(-self.plan_mode.horizon(cfg.data) // k) * k
-        self.history = self.plan_mode.history(cfg.data)
-        for name, want in (("state_dim", cfg.model.state_dim), ("action_dim", cfg.model.action_dim)):
-            got = index.get(name)
-            if got is not None and got != want:
-                raise PolicyError(f"the statistics' {name} is {got} but the model's is {want}: wrong --stats?")
-
-    @property
-    def mode(self) -> str:
-        return self.plan_mode.name
-
-    @property
-    def views(self) -> list[str]:
-        return list(self.index.get("views") or [])
+                              f"model.frame_stride is {cfg.model.frame_stride}")
 
     @property
     def image_size(self) -> int:
         return int(self.index.get("image_size") or self.cfg.model.image_size)
 
-    @property
-    def state_dim(self) -> int:
-        return self.cfg.model.state_dim
-
-    @property
-    def action_dim(self) -> int:
-        return self.cfg.model.action_dim
-
-    @property
-    def num_views(self) -> int:
-        return self.cfg.model.num_views
-
-    @property
-    def fps(self) -> float | None:
-        return self.index.get("fps")
-
     def context_sources(self) -> list[str]:
         """The text contexts a plan can read: ``atomic`` (UMT5 states of a caption) and the model's
         built sources (``model.context.sources``)."""
-        return ["atomic", *getattr(getattr(self.model, "context", None), "sources", ())]
-
-    def new_episode(self, seed: int) -> torch.Generator:
-        return torch.Generator(device=self.device).manual_seed(seed)
-
-    def check_observation(self, frame: np.ndarray, state: np.ndarray) -> None:
-        want = (self.num_views, self.image_size, self.image_size, 3)
-        if frame.shape != want:
-            raise PolicyError(f"observation frame has shape {frame.shape}, the model expects {want}")
-        if state.shape != (self.state_dim,):
-            raise PolicyError(f"state has shape {state.shape}, the model expects ({self.state_dim},)")
+        return ["atomic", *self.cfg.model.context.sources]
 
     # ------------------------------------------------------------------ inputs
     def latents(self, frames: np.ndarray) -> torch.Tensor:
