@@ -362,10 +362,11 @@ def test_a_model_entry_that_cannot_be_saved_is_named(tmp_path):
     assert not list((tmp_path / "checkpoints").glob("step_*"))
 
 
-def test_a_negative_keep_last_keeps_everything(tmp_path):
+@pytest.mark.parametrize("keep_last", [-1, 0])
+def test_a_keep_last_of_zero_or_less_keeps_everything(tmp_path, keep_last):
     for step in (1, 2, 3):
         save(tmp_path, step)
-    folders.prune_checkpoints(tmp_path, -1)
+    folders.prune_checkpoints(tmp_path, keep_last)
     assert [s for s, _ in folders.list_checkpoints(tmp_path)] == [1, 2, 3]
 
 
